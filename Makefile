@@ -1,0 +1,63 @@
+# Thin wrapper around CMake.  `make demo` and `make check` work on a fresh
+# Debian 12 machine: they install missing packages first (when root).
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang \
+            libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev
+
+.PHONY: all deps build demo check check-asan check-tsan fuzz bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing packages:$$missing (run as root or install them)"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	./$(BUILD)/livemig demo
+
+check: build
+	cd $(BUILD) && ctest --output-on-failure -j 1
+
+# Sanitizer builds of the unit, fuzz-replay and integration tests.
+check-asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+	  -DLM_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1 $(CTEST_ARGS)
+
+check-tsan: deps
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+	  -DLM_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --output-on-failure -j 1 $(CTEST_ARGS)
+
+# libFuzzer targets (clang).  Run one with e.g.
+#   ./build-fuzz/fuzz_stream -max_total_time=60 tests/fuzz/corpus/fuzz_stream
+fuzz: deps
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DLM_FUZZ=ON
+	cmake --build build-fuzz -j $(JOBS)
+
+bench: build
+	python3 bench/bench.py --livemig ./$(BUILD)/livemig
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz

@@ -1,0 +1,124 @@
+/*
+ * chan.h - transports (tcp, unix, fd URIs), buffered framed I/O with a
+ * sticky first error, and the bandwidth window used for max-bandwidth.
+ *
+ * Threads: a channel has at most one writer thread and one reader thread at
+ * a time (the main channel: migration thread writes, return-path thread
+ * reads).  lm_chan_shutdown() and lm_chan_get_error() may be called from any
+ * thread.  The sticky error is guarded by the channel's mutex; the buffers
+ * belong to their single reader / writer and need no lock.
+ */
+#ifndef LM_CHAN_H
+#define LM_CHAN_H
+
+#include "livemig.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* ------------------------------------------------------------------- URIs */
+
+typedef enum lm_uri_kind {
+    LM_URI_TCP,  /* tcp:HOST:PORT, HOST may be [v6addr]; PORT 0 = any (listen) */
+    LM_URI_UNIX, /* unix:PATH (absolute or relative; <= 107 bytes) */
+    LM_URI_FD,   /* fd:N, an already connected socket (or listening one for incoming) */
+} lm_uri_kind;
+
+typedef struct lm_uri {
+    lm_uri_kind kind;
+    char host[256];
+    char port[8];
+    char path[108];
+    int fd;
+} lm_uri;
+
+/* Pure: parses and validates; errors name what was wrong, e.g.
+ * "bad URI 'tcp:host': missing ':PORT'" or "unknown URI scheme 'http'". */
+int lm_uri_parse(const char *s, lm_uri *out, lm_error *err);
+/* Formats back to text (for socket-address), returns out. */
+const char *lm_uri_format(const lm_uri *u, char *out, size_t cap);
+
+/* Connects (blocking, bounded by timeout_ms) and tunes the socket (see
+ * lm_sock_tune).  For fd: returns a dup of N.  *fd_out is owned by caller. */
+int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err);
+/* Listens (SO_REUSEADDR; unix: removes a stale socket file first).  actual
+ * gets the bound address as a URI text, with the real port for port 0. */
+int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err);
+/* accept4 with CLOEXEC, then lm_sock_tune.  Blocks until a peer comes or
+ * lfd is shut down / closed by another thread (then returns -ECANCELED). */
+int lm_sock_accept(int lfd, int *fd_out, lm_error *err);
+/* TCP: TCP_NODELAY, SO_KEEPALIVE (idle 5 s, interval 1 s, 5 probes),
+ * TCP_USER_TIMEOUT 10 s, large socket buffers.  Unix: buffers only. */
+int lm_sock_tune(int fd, lm_error *err);
+
+/* --------------------------------------------------------------- channels */
+
+typedef struct lm_chan lm_chan;
+
+/* Takes ownership of fd.  name is used in error messages ("main channel"). */
+int lm_chan_new(int fd, const char *name, lm_chan **out, lm_error *err);
+/* Closes the fd.  No other thread may still use the channel. */
+void lm_chan_free(lm_chan *c);
+
+/* Write side.  Small writes are buffered (64 KiB); lm_chan_write_ref()
+ * sends the buffered bytes, hdr and the caller's data in one writev without
+ * copying data (page data straight from guest memory).  All return 0 or the
+ * sticky error (negative); after the first error every call fails at once. */
+int lm_chan_put(lm_chan *c, const void *p, size_t n);
+int lm_chan_write_ref(lm_chan *c, const void *hdr, size_t hlen, const void *data, size_t dlen);
+/* Like write_ref with several data pieces (iov[0..n), n <= 64). */
+int lm_chan_writev_ref(lm_chan *c, const void *hdr, size_t hlen, const struct iovec *iov, int n);
+int lm_chan_flush(lm_chan *c);
+
+/* Read side.  Reads exactly n bytes: from the read buffer first, then,
+ * for large reads, straight into p (guest memory) with no copy.  EOF in the
+ * middle is an error ("main channel: peer closed the connection"). */
+int lm_chan_read_full(lm_chan *c, void *p, size_t n);
+/* Discards n bytes. */
+int lm_chan_skip(lm_chan *c, size_t n);
+/* Waits up to timeout_ms for readable data (buffered or on the socket);
+ * returns 1 readable, 0 timeout, < 0 error. */
+int lm_chan_wait_readable(lm_chan *c, int timeout_ms);
+
+/* Any thread: records "<name>: shut down" as the error unless one is set,
+ * and shutdown(2)s the socket so blocked reads/writes return at once. */
+void lm_chan_shutdown(lm_chan *c, const char *why);
+/* Any thread: sets the sticky error (first wins) without shutting down. */
+void lm_chan_set_error(lm_chan *c, int code, const char *msg);
+/* Any thread: copies the sticky error into err (if any); returns its code
+ * (0 when none). */
+int lm_chan_get_error(lm_chan *c, lm_error *err);
+
+uint64_t lm_chan_bytes_written(const lm_chan *c); /* relaxed atomic reads */
+uint64_t lm_chan_bytes_read(const lm_chan *c);
+int lm_chan_fd(const lm_chan *c);
+/* Nanoseconds the writer spent inside write syscalls (for wire bandwidth). */
+uint64_t lm_chan_write_busy_ns(const lm_chan *c);
+
+/* ------------------------------------------------------------- rate limit */
+
+/* max-bandwidth in 100 ms windows (QEMU's BUFFER_DELAY).  Not thread-safe:
+ * owned by the migration thread; a new limit is passed in by it. */
+#define LM_RATE_WINDOW_NS 100000000ull
+
+typedef struct lm_ratelimit {
+    uint64_t bytes_per_sec; /* 0 = unlimited */
+    uint64_t window_start_ns;
+    uint64_t window_bytes;
+} lm_ratelimit;
+
+void lm_rl_init(lm_ratelimit *rl, uint64_t bytes_per_sec, uint64_t now_ns);
+/* Changing the limit takes effect in the current window. */
+void lm_rl_set(lm_ratelimit *rl, uint64_t bytes_per_sec);
+void lm_rl_account(lm_ratelimit *rl, uint64_t bytes);
+/* Starts a new window when the current one is over. */
+void lm_rl_tick(lm_ratelimit *rl, uint64_t now_ns);
+bool lm_rl_exceeded(const lm_ratelimit *rl);
+/* Bytes still allowed in this window (UINT64_MAX when unlimited). */
+uint64_t lm_rl_budget(const lm_ratelimit *rl);
+/* ns until the current window ends. */
+uint64_t lm_rl_wait_ns(const lm_ratelimit *rl, uint64_t now_ns);
+
+#endif /* LM_CHAN_H */

@@ -1,0 +1,213 @@
+/*
+ * format.h - pure encoders/decoders of the livemig wire format v1.
+ *
+ * docs/format.md is the normative byte-level spec; this header is its C
+ * face.  Every function here is pure: no I/O, no threads, no allocation.
+ * Encoders write into a caller buffer and return the bytes written, or
+ * -ENOSPC when cap is too small.  Decoders return the bytes consumed (> 0),
+ * 0 when more input is needed, or a negative code with a message in err
+ * naming what was wrong.  Everything from the peer is hostile input: every
+ * length, count and index is bounded here or by the caller's limits.
+ *
+ * All integers are little-endian.
+ */
+#ifndef LM_FORMAT_H
+#define LM_FORMAT_H
+
+#include "livemig.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------ HELLO */
+
+#define LM_HELLO_MAGIC 0x47494d4cu /* "LMIG" as bytes 4c 4d 49 47 */
+#define LM_FORMAT_VERSION 1
+#define LM_HELLO_SIZE 48
+#define LM_SESSION_ID_LEN 16
+
+typedef enum lm_chan_role {
+    LM_ROLE_MAIN = 1,    /* sections, RAM, commands; return path on the same socket */
+    LM_ROLE_MULTIFD = 2, /* page batches (multifd issue) */
+    LM_ROLE_PREEMPT = 3, /* urgent postcopy pages (postcopy issue) */
+} lm_chan_role;
+
+typedef enum lm_hello_kind {
+    LM_HELLO_REQUEST = 0, /* source -> destination, first bytes of a connection */
+    LM_HELLO_ACCEPT = 1,  /* destination -> source: go ahead */
+    LM_HELLO_REJECT = 2,  /* destination -> source: an ERROR record follows */
+} lm_hello_kind;
+
+/* Feature bits that must be equal on both sides (negotiated in HELLO). */
+#define LM_FEAT_MULTIFD (1ull << 0)
+#define LM_FEAT_POSTCOPY (1ull << 1)
+#define LM_FEAT_PREEMPT (1ull << 2)
+#define LM_FEAT_SWITCHOVER_ACK (1ull << 3)
+#define LM_FEAT_MAPPED_RAM (1ull << 4)
+#define LM_FEAT_KNOWN_MASK 0x1full
+
+typedef struct lm_hello {
+    uint16_t version;      /* LM_FORMAT_VERSION */
+    uint8_t role;          /* lm_chan_role */
+    uint8_t kind;          /* lm_hello_kind */
+    uint16_t chan_index;   /* 0 for main; 0..count-1 for multifd */
+    uint16_t chan_count;   /* number of multifd channels, 0 when off */
+    uint32_t page_size;    /* target page size, 4096 */
+    uint8_t session[LM_SESSION_ID_LEN];
+    uint64_t features;     /* LM_FEAT_* */
+} lm_hello;
+
+int lm_fmt_hello_encode(const lm_hello *h, uint8_t *buf, size_t cap);
+/* Rejects a bad magic ("not a livemig stream"), an unsupported version,
+ * an unknown role or kind, a page size that is not a power of two in
+ * [4096, 1 GiB], unknown feature bits, non-zero reserved bytes. */
+int lm_fmt_hello_decode(const uint8_t *buf, size_t len, lm_hello *out, lm_error *err);
+
+/* ---------------------------------------------------------------- records */
+
+#define LM_REC_HDR_SIZE 8
+/* Largest payload of any record: a RAM_PAGES run of 1024 4 KiB pages plus
+ * its header, or a device section chunk.  Bounded so a loader can pre-size. */
+#define LM_REC_MAX_PAYLOAD (16u << 20)
+
+typedef enum lm_rec_type {
+    /* source -> destination, main channel */
+    LM_REC_SECTION_START = 0x01,
+    LM_REC_SECTION_PART = 0x02,
+    LM_REC_SECTION_END = 0x03,
+    LM_REC_SECTION_FULL = 0x04,
+    LM_REC_RAM_BLOCKS = 0x10,
+    LM_REC_RAM_PAGES = 0x11,
+    LM_REC_RAM_ZERO = 0x12,
+    LM_REC_RAM_PASS = 0x13,
+    LM_REC_PING = 0x20,
+    LM_REC_SWITCHOVER_START = 0x21,
+    LM_REC_EOS = 0x30,
+    /* either direction */
+    LM_REC_ERROR = 0x7f,
+    /* destination -> source (return path) */
+    LM_REC_RP_SHUT = 0x81,
+    LM_REC_RP_PONG = 0x82,
+    LM_REC_RP_REQ_PAGES = 0x83,
+    LM_REC_RP_SWITCHOVER_ACK = 0x86,
+} lm_rec_type;
+
+typedef struct lm_rec_hdr {
+    uint8_t type;   /* lm_rec_type */
+    uint32_t len;   /* payload bytes following the header */
+} lm_rec_hdr;
+
+const char *lm_rec_type_name(uint8_t type); /* "RAM_PAGES", ...; "unknown" */
+
+int lm_fmt_rec_hdr_encode(uint8_t type, uint32_t len, uint8_t *buf, size_t cap);
+/* Rejects unknown types, non-zero flags/reserved, len > LM_REC_MAX_PAYLOAD,
+ * and a len that is wrong for a fixed-size type (e.g. PING must be 4). */
+int lm_fmt_rec_hdr_decode(const uint8_t *buf, size_t len, lm_rec_hdr *out, lm_error *err);
+
+/* ---------------------------------------------------------------- sections */
+
+#define LM_SECTION_NAME_MAX 255
+
+/* START and FULL carry the identity; PART and END only the id. */
+typedef struct lm_section_hdr {
+    uint32_t section_id;
+    uint32_t instance;
+    uint32_t version;
+    uint8_t name_len;
+    char name[LM_SECTION_NAME_MAX + 1]; /* NUL-terminated copy */
+} lm_section_hdr;
+
+/* Encodes the section header part of a payload; device data follows it. */
+int lm_fmt_section_hdr_encode(uint8_t type, const lm_section_hdr *s, uint8_t *buf, size_t cap);
+/* payload/len is the whole record payload; returns the header size, so
+ * device data is payload[ret .. len).  Names must be printable ASCII. */
+int lm_fmt_section_hdr_decode(uint8_t type, const uint8_t *payload, size_t len,
+                              lm_section_hdr *out, lm_error *err);
+
+/* --------------------------------------------------------------------- RAM */
+
+#define LM_RAM_NAME_MAX 63
+#define LM_RAM_MAX_BLOCKS 64
+
+typedef struct lm_fmt_block {
+    char name[LM_RAM_NAME_MAX + 1]; /* NUL-terminated; 1..63 printable bytes */
+    uint32_t page_size;             /* power of two, 4096..1 GiB */
+    uint64_t length;                /* bytes, a non-zero multiple of page_size */
+} lm_fmt_block;
+
+/* RAM_BLOCKS payload: the block table; a block's index in it is the block
+ * number used by RAM_PAGES/RAM_ZERO/REQ_PAGES. */
+int lm_fmt_ram_blocks_encode(const lm_fmt_block *b, uint32_t n, uint8_t *buf, size_t cap);
+/* Decodes at most max entries into out; *n gets the count.  Rejects a count
+ * above max or LM_RAM_MAX_BLOCKS, bad names, duplicates, bad sizes, and
+ * trailing bytes.  Consumes the whole payload. */
+int lm_fmt_ram_blocks_decode(const uint8_t *payload, size_t len, lm_fmt_block *out,
+                             uint32_t max, uint32_t *n, lm_error *err);
+
+#define LM_RAM_PAGES_HDR_SIZE 16
+#define LM_RAM_MAX_RUN 1024 /* pages per RAM_PAGES record */
+
+/* RAM_PAGES: fixed header, then count pages of the block's page size. */
+typedef struct lm_ram_run {
+    uint32_t block;
+    uint32_t count;
+    uint64_t first_page;
+} lm_ram_run;
+
+int lm_fmt_ram_pages_hdr_encode(const lm_ram_run *r, uint8_t *buf, size_t cap);
+/* Decodes the 16-byte header only (the page data is read separately,
+ * straight into guest memory).  Checks count in 1..LM_RAM_MAX_RUN. */
+int lm_fmt_ram_pages_hdr_decode(const uint8_t *buf, size_t len, lm_ram_run *out, lm_error *err);
+
+/* RAM_ZERO: a run of zero pages, count >= 1 (no upper bound but the
+ * block's size, which the loader checks). */
+typedef struct lm_ram_zero {
+    uint32_t block;
+    uint64_t first_page;
+    uint64_t count;
+} lm_ram_zero;
+#define LM_RAM_ZERO_SIZE 24
+int lm_fmt_ram_zero_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap);
+int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err);
+
+/* Validates a run against the block table: block index known, range inside
+ * the block without overflow, and (for pages) rec_len == header + count *
+ * page_size.  Pure; used by every loader. */
+int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
+                         const lm_fmt_block *blocks, uint32_t nblocks, lm_error *err);
+
+/* ------------------------------------------------------- small fixed records */
+
+/* PING / PONG / RAM_PASS payloads: one u32 (PING, PONG) or u64 (RAM_PASS). */
+int lm_fmt_u32_encode(uint32_t v, uint8_t *buf, size_t cap);
+int lm_fmt_u32_decode(const uint8_t *payload, size_t len, uint32_t *out, lm_error *err);
+int lm_fmt_u64_encode(uint64_t v, uint8_t *buf, size_t cap);
+int lm_fmt_u64_decode(const uint8_t *payload, size_t len, uint64_t *out, lm_error *err);
+
+/* ERROR and RP_SHUT: i32 status (0 = ok for SHUT), u16 message length,
+ * message bytes (<= LM_ERROR_MSG_MAX - 1, printable, no NUL). */
+typedef struct lm_status_msg {
+    int32_t status;
+    char msg[LM_ERROR_MSG_MAX]; /* NUL-terminated */
+} lm_status_msg;
+int lm_fmt_status_msg_encode(const lm_status_msg *s, uint8_t *buf, size_t cap);
+int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *out,
+                             lm_error *err);
+
+/* RP_REQ_PAGES: {u32 block, u32 count, u64 first_page}, same layout as a
+ * RAM_PAGES header. */
+#define lm_fmt_req_pages_encode lm_fmt_ram_pages_hdr_encode
+#define lm_fmt_req_pages_decode lm_fmt_ram_pages_hdr_decode
+
+/* ----------------------------------------------------------- stream walker */
+
+/* Decodes a whole byte stream as the destination sees it: an optional HELLO
+ * request, then records; every payload goes through its decoder.  Used by
+ * `livemig inspect`, the fuzz target and the tests.  Calls cb (may be NULL)
+ * for each record with its decoded header and payload; returns the bytes
+ * consumed up to the last complete record, or < 0 on malformed input. */
+typedef int (*lm_fmt_walk_fn)(void *opaque, const lm_rec_hdr *h, const uint8_t *payload);
+long lm_fmt_walk(const uint8_t *buf, size_t len, bool expect_hello, lm_fmt_walk_fn cb,
+                 void *opaque, lm_error *err);
+
+#endif /* LM_FORMAT_H */
