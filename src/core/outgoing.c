@@ -1,0 +1,689 @@
+/*
+ * outgoing.c - the source side: the migration thread and the return path.
+ *
+ * Threads:
+ *  - "lm-migration" (one per migration): connects, says HELLO, runs setup,
+ *    the iteration loop of seed 000 (DESIGN §4), switchover and cleanup.
+ *    It alone writes to the main channel and owns the RAM send state.
+ *  - "lm-rp": reads the destination's return-path records (SHUT, PONG,
+ *    ERROR) from the same socket and reports them under m->lock.
+ * Both wait on m->cond; cancel, parameter changes, migrate-continue and
+ * return-path news broadcast it.  A failure or cancel before the end of
+ * stream leaves the source running; after it, the destination's SHUT
+ * decides (see completion()).
+ */
+#include "core/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CONNECT_TIMEOUT_MS 10000
+#define HELLO_TIMEOUT_MS 10000
+/* Below this many bytes left, another live round cannot shorten the pause
+ * by more than a fraction of a millisecond at loopback speeds. */
+#define ADAPTIVE_MIN_PENDING (1ull << 20)
+#define ADAPTIVE_MAX_EXTRA_ROUNDS 10
+
+typedef struct outgoing {
+    lm_mig *m;
+    lm_uri uri;
+    lm_out o;
+    lm_chan *chan;
+    lm_ratelimit rl;
+    uint64_t params_gen;
+    lm_params params;
+    bool caps_pause;
+    /* window accounting (100 ms, QEMU's migration_update_counters) */
+    uint64_t win_start_ns;
+    uint64_t win_start_bytes;
+    uint64_t win_start_pages;
+    bool win_throttled;
+    bool have_unthrottled_bw;
+    uint64_t bandwidth;          /* B/s used for threshold and expectation */
+    uint64_t threshold;          /* bytes */
+    unsigned extra_rounds;
+    uint64_t rtt_ns;
+    uint64_t ping_sent_ns;
+    bool verdict;                /* SHUT/ERROR came from the destination (lock) */
+    bool was_running;            /* guest was running when we stopped it */
+    bool stopped_vm;
+} outgoing;
+
+static void *rp_thread_fn(void *arg);
+
+int lm_out_record(lm_out *o, uint8_t type, const void *payload, uint32_t len)
+{
+    uint8_t hdr[LM_REC_HDR_SIZE];
+    lm_fmt_rec_hdr_encode(type, len, hdr, sizeof hdr);
+    if (len > 4096)
+        return lm_chan_write_ref(o->chan, hdr, sizeof hdr, payload, len);
+    int ret = lm_chan_put(o->chan, hdr, sizeof hdr);
+    if (ret == 0 && len)
+        ret = lm_chan_put(o->chan, payload, len);
+    return ret;
+}
+
+static lm_status cur_status(lm_mig *m)
+{
+    pthread_mutex_lock(&m->lock);
+    lm_status s = m->status;
+    pthread_mutex_unlock(&m->lock);
+    return s;
+}
+
+/* ------------------------------------------------------------ handshake */
+
+static int hello(outgoing *g, lm_error *err)
+{
+    uint8_t buf[LM_HELLO_SIZE];
+    lm_hello h = {.version = LM_FORMAT_VERSION, .role = LM_ROLE_MAIN,
+                  .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE};
+    if (getrandom(h.session, sizeof h.session, 0) != sizeof h.session)
+        return lm_error_set(err, -EIO, "getrandom failed");
+    lm_fmt_hello_encode(&h, buf, sizeof buf);
+    if (lm_chan_put(g->chan, buf, sizeof buf) < 0 || lm_chan_flush(g->chan) < 0)
+        return lm_chan_get_error(g->chan, err);
+    int r = lm_chan_wait_readable(g->chan, HELLO_TIMEOUT_MS);
+    if (r == 0)
+        return lm_error_set(err, -ETIMEDOUT, "destination did not answer HELLO within %d s",
+                            HELLO_TIMEOUT_MS / 1000);
+    if (r < 0 || lm_chan_read_full(g->chan, buf, sizeof buf) < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_prefix(err, "waiting for the destination's HELLO");
+    }
+    lm_hello reply;
+    if (lm_fmt_hello_decode(buf, sizeof buf, &reply, err) <= 0)
+        return lm_error_prefix(err, "destination's HELLO");
+    if (reply.kind == LM_HELLO_REJECT) {
+        uint8_t hb[LM_REC_HDR_SIZE];
+        lm_rec_hdr rh;
+        lm_status_msg sm = {0};
+        uint8_t *p = NULL;
+        if (lm_chan_read_full(g->chan, hb, sizeof hb) == 0 &&
+            lm_fmt_rec_hdr_decode(hb, sizeof hb, &rh, NULL) > 0 && rh.type == LM_REC_ERROR &&
+            (p = malloc(rh.len ? rh.len : 1)) && lm_chan_read_full(g->chan, p, rh.len) == 0)
+            lm_fmt_status_msg_decode(p, rh.len, &sm, NULL);
+        free(p);
+        return lm_error_set(err, -ECONNREFUSED, "destination rejected the migration: %s",
+                            sm.msg[0] ? sm.msg : "no reason given");
+    }
+    if (reply.kind != LM_HELLO_ACCEPT || reply.role != LM_ROLE_MAIN ||
+        memcmp(reply.session, h.session, sizeof h.session) != 0)
+        return lm_error_set(err, -EPROTO, "destination's HELLO does not answer ours");
+    return 0;
+}
+
+/* ------------------------------------------------------------ return path */
+
+static void *rp_thread_fn(void *arg)
+{
+    outgoing *g = arg;
+    lm_mig *m = g->m;
+    lm_error err = {0};
+    uint8_t *payload = malloc(LM_ERROR_MSG_MAX + 64);
+    pthread_setname_np(pthread_self(), "lm-rp");
+    for (;;) {
+        uint8_t hb[LM_REC_HDR_SIZE];
+        lm_rec_hdr h;
+        if (!payload) {
+            lm_error_set(&err, -ENOMEM, "out of memory");
+            break;
+        }
+        if (lm_chan_read_full(g->chan, hb, sizeof hb) < 0) {
+            lm_chan_get_error(g->chan, &err);
+            lm_error_prefix(&err, "return path");
+            break;
+        }
+        if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, &err) <= 0) {
+            lm_error_prefix(&err, "return path");
+            break;
+        }
+        if (h.len > LM_ERROR_MSG_MAX + 64) {
+            lm_error_set(&err, -EPROTO, "return path: %s record of %u bytes",
+                         lm_rec_type_name(h.type), h.len);
+            break;
+        }
+        if (lm_chan_read_full(g->chan, payload, h.len) < 0) {
+            lm_chan_get_error(g->chan, &err);
+            lm_error_prefix(&err, "return path");
+            break;
+        }
+        if (h.type == LM_REC_RP_SHUT || h.type == LM_REC_ERROR) {
+            lm_status_msg sm;
+            if (lm_fmt_status_msg_decode(payload, h.len, &sm, &err) <= 0) {
+                lm_error_prefix(&err, "return path");
+                break;
+            }
+            pthread_mutex_lock(&m->lock);
+            m->shut_received = true;
+            g->verdict = true;
+            m->shut = sm;
+            if (h.type == LM_REC_ERROR && !sm.status)
+                m->shut.status = -EIO;
+            pthread_mutex_unlock(&m->lock);
+            goto out; /* the destination closes after its verdict */
+        } else if (h.type == LM_REC_RP_PONG) {
+            uint32_t v;
+            if (lm_fmt_u32_decode(payload, h.len, &v, &err) <= 0)
+                break;
+            pthread_mutex_lock(&m->lock);
+            g->rtt_ns = lm_now_ns() - g->ping_sent_ns;
+            pthread_mutex_unlock(&m->lock);
+        } else if (h.type == LM_REC_RP_SWITCHOVER_ACK) {
+            pthread_mutex_lock(&m->lock);
+            m->switchover_acked = true;
+            pthread_cond_broadcast(&m->cond);
+            pthread_mutex_unlock(&m->lock);
+        } else {
+            lm_error_set(&err, -EPROTO, "return path: unexpected record %s",
+                         lm_rec_type_name(h.type));
+            break;
+        }
+    }
+    /* The return path is gone without a verdict: record why (a transport
+     * failure, not the destination's word) and wake the migration thread. */
+    pthread_mutex_lock(&m->lock);
+    if (!m->shut_received) {
+        m->shut_received = true;
+        m->shut.status = err.code ? err.code : -EIO;
+        snprintf(m->shut.msg, sizeof m->shut.msg, "%s",
+                 err.code ? err.msg : "return path closed");
+    }
+    pthread_mutex_unlock(&m->lock);
+out:
+    pthread_mutex_lock(&m->lock);
+    m->rp_running = false;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    free(payload);
+    return NULL;
+}
+
+/* ------------------------------------------------------- counters, policy */
+
+static void reload_params(outgoing *g)
+{
+    lm_mig *m = g->m;
+    pthread_mutex_lock(&m->lock);
+    if (g->params_gen != m->params_gen || g->params_gen == 0) {
+        g->params = m->params;
+        g->params_gen = m->params_gen ? m->params_gen : 1;
+        g->caps_pause = m->caps & (1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER);
+        lm_rl_set(&g->rl, g->params.max_bandwidth);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static uint64_t switchover_bw(const outgoing *g)
+{
+    if (g->params.avail_switchover_bandwidth)
+        return g->params.avail_switchover_bandwidth;
+    return g->bandwidth;
+}
+
+/* Expected downtime in µs for `pending` bytes: the final sync (its cost was
+ * just measured), the data at wire speed, and one round trip for the
+ * destination's confirmation. */
+static uint64_t expected_downtime_us(const outgoing *g, uint64_t pending)
+{
+    uint64_t bw = switchover_bw(g);
+    uint64_t us = g->m->ram.last_sync_cost_ns / 1000 + g->rtt_ns / 1000 + 200;
+    if (bw)
+        us += pending * 1000000ull / bw;
+    return us;
+}
+
+/* Every 100 ms: bandwidth, threshold, mbps, expected downtime (QEMU's
+ * migration_update_counters, digest §3.4).  The bandwidth used for the
+ * threshold is the wire speed measured in windows that were not held
+ * back by max-bandwidth, because at switchover the limit is lifted: the
+ * pause runs at wire speed.  Until such a window exists, the measured
+ * (limited) rate is used, as QEMU does. */
+static void update_counters(outgoing *g, uint64_t now)
+{
+    lm_mig *m = g->m;
+    uint64_t bytes = lm_chan_bytes_written(g->chan);
+    LM_ATOMIC_SET(&m->stats.transferred, bytes);
+    uint64_t dt = now - g->win_start_ns;
+    if (dt < LM_RATE_WINDOW_NS)
+        return;
+    uint64_t wb = bytes - g->win_start_bytes;
+    uint64_t pages = LM_ATOMIC_GET(&m->stats.normal) + LM_ATOMIC_GET(&m->stats.duplicate);
+    uint64_t rate = wb * 1000000000ull / dt;
+    LM_ATOMIC_SET(&m->stats.mbps_x1000, wb * 8ull * 1000000000ull / dt / 1000ull);
+    LM_ATOMIC_SET(&m->stats.pages_per_second,
+                  (pages - g->win_start_pages) * 1000000000ull / dt);
+    if (wb >= (1u << 20)) {
+        if (!g->win_throttled) {
+            g->bandwidth = g->have_unthrottled_bw ? (g->bandwidth * 3 + rate) / 4 : rate;
+            g->have_unthrottled_bw = true;
+        } else if (!g->have_unthrottled_bw) {
+            g->bandwidth = rate;
+        }
+    }
+    uint64_t bw = switchover_bw(g);
+    g->threshold = bw * g->params.downtime_limit / 1000;
+    LM_ATOMIC_SET(&m->stats.bandwidth, bw);
+    if (bw) {
+        uint64_t pending = m->ram.dirty_pages * LM_PAGE_SIZE;
+        LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
+                      (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
+    }
+    g->win_start_ns = now;
+    g->win_start_bytes = bytes;
+    g->win_start_pages = pages;
+    g->win_throttled = false;
+}
+
+/* Beyond QEMU: a pending set under the threshold may still be worth one
+ * more live round when the guest dirties memory slowly compared with the
+ * link, because the round shrinks what the pause must carry.  QEMU stops
+ * as soon as pending <= threshold and spends up to the whole budget; we
+ * stop when another round would not at least halve the pending set. */
+static bool another_round_pays(outgoing *g, uint64_t pending)
+{
+    lm_mig *m = g->m;
+    if (!m->ram.tracking || pending <= ADAPTIVE_MIN_PENDING ||
+        g->extra_rounds >= ADAPTIVE_MAX_EXTRA_ROUNDS)
+        return false;
+    uint64_t bw = switchover_bw(g);
+    if (!bw)
+        return false;
+    /* Dirtying speed seen by the last sync, in bytes/s (at least the
+     * period rate). */
+    uint64_t rate = LM_ATOMIC_GET(&m->stats.dirty_pages_rate) * LM_PAGE_SIZE;
+    uint64_t round_ns = pending * 1000000000ull / bw + m->ram.last_sync_cost_ns;
+    uint64_t next = rate * round_ns / 1000000000ull;
+    if (next * 2 >= pending)
+        return false;
+    g->extra_rounds++;
+    return true;
+}
+
+/* Waits on m->cond until `deadline_ns` or a wake-up (cancel, params,
+ * return path).  Returns false when the migration should stop waiting
+ * because something happened. */
+static void wait_until(lm_mig *m, uint64_t deadline_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
+    pthread_mutex_lock(&m->lock);
+    if (!m->cancel_requested && !m->shut_received)
+        pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* ------------------------------------------------------------- completion */
+
+typedef enum { ITER_RESUME, ITER_SKIP, ITER_BREAK } iter_result;
+
+/* Precopy switchover (digest §3.9).  Returns 0 when the destination
+ * confirmed, < 0 otherwise. */
+static int completion(outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    uint64_t t0 = lm_now_ns();
+    g->was_running = lm_vm_stop_for_migration(m, LM_RUN_FINISH_MIGRATE);
+    g->stopped_vm = true;
+    if (g->caps_pause) {
+        if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_PRE_SWITCHOVER))
+            return lm_error_set(err, -ECANCELED, "migration cancelled");
+        pthread_mutex_lock(&m->lock);
+        while (!m->continue_requested && !m->cancel_requested && !m->shut_received)
+            pthread_cond_wait(&m->cond, &m->lock);
+        pthread_mutex_unlock(&m->lock);
+        if (!lm_state_set(m, LM_STATUS_PRE_SWITCHOVER, LM_STATUS_DEVICE))
+            return lm_error_set(err, -ECANCELED, "migration cancelled");
+    } else if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_DEVICE)) {
+        return lm_error_set(err, -ECANCELED, "migration cancelled");
+    }
+    g->o.last_stage = true;
+    lm_rl_set(&g->rl, 0); /* no limit during the pause */
+    int ret = lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
+    if (ret == 0)
+        ret = lm_savevm_complete(m, &g->o, err);
+    if (ret == 0)
+        ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
+    if (ret == 0)
+        ret = lm_chan_flush(g->chan);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_set(err, ret, "sending the final state failed");
+    }
+    pthread_mutex_lock(&m->lock);
+    m->eos_sent = true;
+    while (!m->shut_received)
+        pthread_cond_wait(&m->cond, &m->lock);
+    lm_status_msg verdict = m->shut;
+    pthread_mutex_unlock(&m->lock);
+    uint64_t t1 = lm_now_ns();
+    LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(g->chan));
+    if (verdict.status != 0)
+        return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
+    LM_ATOMIC_SET(&m->stats.downtime_us, (t1 - t0) / 1000);
+    return 0;
+}
+
+/* One step of the loop, per seed 000 (digest §3.2). */
+static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
+{
+    lm_mig *m = g->m;
+    uint64_t must = 0, can = 0;
+    bool in_postcopy = cur_status(m) == LM_STATUS_POSTCOPY_ACTIVE;
+    /* Switchover-ack is not built yet: nothing holds the switch. */
+    bool can_switchover = true;
+    bool complete_ready;
+
+    /* Fast path: the cheap estimate. */
+    lm_savevm_pending(m, false, &g->o, &must, &can, err);
+    uint64_t pending = must + can;
+    if (in_postcopy) {
+        /* Postcopy completes only when everything is flushed, never by
+         * threshold, and the complete step pushes no RAM (recovery stays
+         * possible until the end). */
+        complete_ready = pending == 0;
+    } else {
+        /* The exact pending (a dirty sync) is only worth it in precopy:
+         * it is what starts a new pass. */
+        if (pending < g->threshold) {
+            lm_savevm_pending(m, true, &g->o, &must, &can, err);
+            if (err && err->code) {
+                *ret = err->code;
+                return ITER_BREAK;
+            }
+            pending = must + can;
+        }
+        /* (Switch to postcopy here when asked: the postcopy issue.) */
+        complete_ready = can_switchover && pending <= g->threshold;
+        if (complete_ready && another_round_pays(g, pending))
+            complete_ready = false;
+    }
+    if (complete_ready) {
+        LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
+                      (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
+        *ret = completion(g, err);
+        return ITER_BREAK;
+    }
+    uint64_t budget = lm_rl_budget(&g->rl);
+    int r = lm_savevm_iterate(m, &g->o, budget, in_postcopy, err);
+    if (r < 0) {
+        *ret = r;
+        return ITER_BREAK;
+    }
+    return ITER_RESUME;
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void finish(outgoing *g, int ret, lm_error *err)
+{
+    lm_mig *m = g->m;
+    lm_status final = LM_STATUS_COMPLETED;
+    bool restart = false;
+
+    pthread_mutex_lock(&m->lock);
+    bool cancelled = m->cancel_requested;
+    bool committed = m->eos_sent;
+    pthread_mutex_unlock(&m->lock);
+
+    if (ret < 0) {
+        if (cancelled && !committed) {
+            final = LM_STATUS_CANCELLED;
+        } else {
+            final = LM_STATUS_FAILED;
+            /* Prefer the destination's own reason when it sent one before
+             * closing: its ERROR may race our write error.  The return path
+             * ends by itself once the destination closes (bounded wait). */
+            pthread_mutex_lock(&m->lock);
+            uint64_t deadline = lm_now_ns() + 1000000000ull;
+            while (m->rp_running && lm_now_ns() < deadline) {
+                struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),
+                                      .tv_nsec = (long)(deadline % 1000000000ull)};
+                pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+            }
+            if (g->verdict && m->shut.status && !m->error.code)
+                lm_error_set(&m->error, m->shut.status, "destination: %s", m->shut.msg);
+            pthread_mutex_unlock(&m->lock);
+            if (committed)
+                lm_error_prefix(err, "switchover was committed but not confirmed; the source "
+                                     "stays paused to avoid running twice (use 'cont' if the "
+                                     "destination is not running)");
+        }
+        lm_mig_set_error(m, err);
+        restart = g->stopped_vm && g->was_running && !committed;
+    }
+
+    /* Stop the return path and the channel. */
+    pthread_mutex_lock(&m->lock);
+    lm_chan *chan = m->chan;
+    pthread_mutex_unlock(&m->lock);
+    if (chan)
+        lm_chan_shutdown(chan, ret < 0 ? "migration ended" : "migration completed");
+    if (m->rp_thread) {
+        pthread_join(m->rp_thread, NULL);
+        m->rp_thread = 0;
+    }
+    lm_savevm_cleanup(m);
+
+    if (final == LM_STATUS_COMPLETED)
+        lm_vm_start_after_migration(m, LM_RUN_POSTMIGRATE);
+    else if (g->stopped_vm)
+        lm_vm_start_after_migration(m, restart ? LM_RUN_RUNNING : LM_RUN_PAUSED);
+
+    LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
+    if (chan)
+        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan));
+    uint64_t total_ns = LM_ATOMIC_GET(&m->stats.end_ns) - LM_ATOMIC_GET(&m->stats.start_ns);
+    if (final == LM_STATUS_COMPLETED && total_ns) {
+        /* mbps at completion is the average over the whole migration. */
+        uint64_t b = LM_ATOMIC_GET(&m->stats.transferred);
+        LM_ATOMIC_SET(&m->stats.mbps_x1000, b * 8ull * 1000000000ull / total_ns / 1000ull);
+        LM_ATOMIC_SET(&m->stats.remaining, 0);
+    }
+
+    pthread_mutex_lock(&m->lock);
+    m->chan = NULL;
+    m->rp_running = false;
+    lm_status cur = m->status;
+    bool changed = false;
+    if (final == LM_STATUS_CANCELLED) {
+        if (cur != LM_STATUS_CANCELLING)
+            lm_state_set_locked(m, cur, LM_STATUS_CANCELLING);
+        changed = lm_state_set_locked(m, LM_STATUS_CANCELLING, LM_STATUS_CANCELLED);
+    } else if (final == LM_STATUS_FAILED) {
+        if (cur == LM_STATUS_CANCELLING) /* cancelling only leads to cancelled */
+            final = LM_STATUS_CANCELLED;
+        changed = lm_state_set_locked(m, cur, final);
+    } else {
+        changed = lm_state_set_locked(m, LM_STATUS_DEVICE, LM_STATUS_COMPLETED);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (changed)
+        lm_emit_status(m, final);
+    lm_chan_free(chan);
+}
+
+static void *migration_thread_fn(void *arg)
+{
+    outgoing *g = arg;
+    lm_mig *m = g->m;
+    lm_error err = {0};
+    int ret = 0, fd = -1;
+    pthread_setname_np(pthread_self(), "lm-migration");
+
+    ret = lm_uri_connect(&g->uri, CONNECT_TIMEOUT_MS, &fd, &err);
+    if (ret < 0)
+        goto out;
+    ret = lm_chan_new(fd, "main channel", &g->chan, &err);
+    if (ret < 0) {
+        close(fd);
+        goto out;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->chan = g->chan;
+    bool cancel = m->cancel_requested;
+    pthread_mutex_unlock(&m->lock);
+    if (cancel) {
+        ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
+        goto out;
+    }
+    g->o.m = m;
+    g->o.chan = g->chan;
+
+    ret = hello(g, &err);
+    if (ret < 0)
+        goto out;
+    pthread_mutex_lock(&m->lock);
+    m->rp_running = true;
+    ret = -pthread_create(&m->rp_thread, NULL, rp_thread_fn, g);
+    if (ret) {
+        m->rp_running = false;
+        m->rp_thread = 0;
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (ret < 0) {
+        lm_error_set(&err, ret, "cannot start the return-path thread");
+        goto out;
+    }
+    /* A round trip now measures the confirmation cost of the switchover. */
+    uint8_t pb[4];
+    lm_fmt_u32_encode(1, pb, sizeof pb);
+    g->ping_sent_ns = lm_now_ns();
+    lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
+
+    reload_params(g);
+    ret = lm_savevm_setup(m, &g->o, &err);
+    if (ret == 0)
+        ret = lm_chan_flush(g->chan);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, &err);
+        lm_error_set(&err, ret, "setup failed");
+        goto out;
+    }
+    uint64_t now = lm_now_ns();
+    LM_ATOMIC_SET(&m->stats.setup_time_ms, (now - LM_ATOMIC_GET(&m->stats.start_ns)) / 1000000);
+    if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
+        ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
+        goto out;
+    }
+    LM_ATOMIC_SET(&m->stats.expected_downtime_ms, (int64_t)g->params.downtime_limit);
+    lm_rl_init(&g->rl, g->params.max_bandwidth, now);
+    g->win_start_ns = now;
+    g->win_start_bytes = lm_chan_bytes_written(g->chan);
+
+    for (;;) {
+        lm_status s = cur_status(m);
+        if (s != LM_STATUS_ACTIVE && s != LM_STATUS_POSTCOPY_ACTIVE) {
+            ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
+            break;
+        }
+        pthread_mutex_lock(&m->lock);
+        bool rp_gone = m->shut_received, verdict = g->verdict;
+        lm_status_msg v = m->shut;
+        pthread_mutex_unlock(&m->lock);
+        if (rp_gone) {
+            ret = lm_error_set(&err, v.status ? v.status : -EPROTO, "%s%s",
+                               verdict ? "destination: " : "",
+                               v.status ? v.msg : "destination ended the migration early");
+            break;
+        }
+        if (lm_chan_get_error(g->chan, &err)) {
+            ret = err.code;
+            break;
+        }
+        reload_params(g);
+        now = lm_now_ns();
+        lm_rl_tick(&g->rl, now);
+        update_counters(g, now);
+        if (lm_rl_exceeded(&g->rl)) {
+            g->win_throttled = true;
+            wait_until(m, now + lm_rl_wait_ns(&g->rl, now));
+            continue;
+        }
+        uint64_t before = lm_chan_bytes_written(g->chan);
+        iter_result r = iteration_run(g, &err, &ret);
+        lm_rl_account(&g->rl, lm_chan_bytes_written(g->chan) - before);
+        if (r == ITER_BREAK)
+            break;
+    }
+out:
+    if (ret < 0 && !err.code)
+        lm_error_set(&err, ret, "migration failed");
+    finish(g, ret, &err);
+    free(g);
+    return NULL;
+}
+
+int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
+{
+    outgoing *g = calloc(1, sizeof *g);
+    if (!g)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    int ret = lm_uri_parse(uri, &g->uri, err);
+    if (ret < 0)
+        goto fail;
+
+    /* A finished migration's thread may still be in its last cleanup. */
+    pthread_mutex_lock(&m->lock);
+    if (lm_status_is_active(m->status)) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
+        goto fail;
+    }
+    bool joinable = m->thread_running;
+    pthread_t old = m->thread;
+    m->thread_running = false;
+    pthread_mutex_unlock(&m->lock);
+    if (joinable)
+        pthread_join(old, NULL);
+    if (lm_vm_runstate(m) == LM_RUN_INMIGRATE) {
+        ret = lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
+        goto fail;
+    }
+
+    pthread_mutex_lock(&m->lock);
+    if (lm_status_is_active(m->status)) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
+        goto fail;
+    }
+    memset(&m->stats, 0, sizeof m->stats);
+    m->stats.start_ns = lm_now_ns();
+    m->stats.expected_downtime_ms = -1;
+    lm_error_clear(&m->error);
+    m->role = LM_ROLE_SOURCE;
+    m->ram_frozen = true;
+    m->cancel_requested = false;
+    m->continue_requested = false;
+    m->eos_sent = false;
+    m->shut_received = false;
+    m->switchover_acked = false;
+    memset(&m->shut, 0, sizeof m->shut);
+    m->rp_thread = 0;
+    lm_status prev = m->status;
+    if (!lm_state_set_locked(m, prev, LM_STATUS_SETUP)) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EINVAL, "cannot start a migration from state '%s'",
+                           lm_status_name(prev));
+        goto fail;
+    }
+    g->m = m;
+    ret = -pthread_create(&m->thread, NULL, migration_thread_fn, g);
+    if (ret < 0) {
+        m->status = LM_STATUS_FAILED;
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, ret, "cannot start the migration thread");
+        goto fail;
+    }
+    m->thread_running = true;
+    pthread_mutex_unlock(&m->lock);
+    lm_emit_status(m, LM_STATUS_SETUP);
+    return 0;
+fail:
+    free(g);
+    return ret;
+}

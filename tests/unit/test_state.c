@@ -1,0 +1,212 @@
+/*
+ * test_state.c - walks the migration state table, the single setter and
+ * the capability/parameter tables (names, defaults, validation).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "core/internal.h"
+
+static void nop(void *o)
+{
+}
+static const lm_host_ops ops = {.stop = nop, .start = nop};
+
+/* The table, written out independently of state.c: every pair not listed
+ * here must be refused. */
+static const struct {
+    lm_status from, to;
+} legal[] = {
+    {LM_STATUS_NONE, LM_STATUS_SETUP},
+    {LM_STATUS_SETUP, LM_STATUS_ACTIVE},
+    {LM_STATUS_SETUP, LM_STATUS_WAIT_UNPLUG},
+    {LM_STATUS_SETUP, LM_STATUS_FAILED},
+    {LM_STATUS_SETUP, LM_STATUS_CANCELLING},
+    {LM_STATUS_WAIT_UNPLUG, LM_STATUS_ACTIVE},
+    {LM_STATUS_WAIT_UNPLUG, LM_STATUS_FAILED},
+    {LM_STATUS_WAIT_UNPLUG, LM_STATUS_CANCELLING},
+    {LM_STATUS_ACTIVE, LM_STATUS_PRE_SWITCHOVER},
+    {LM_STATUS_ACTIVE, LM_STATUS_DEVICE},
+    {LM_STATUS_ACTIVE, LM_STATUS_COMPLETED},
+    {LM_STATUS_ACTIVE, LM_STATUS_FAILED},
+    {LM_STATUS_ACTIVE, LM_STATUS_CANCELLING},
+    {LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE},
+    {LM_STATUS_ACTIVE, LM_STATUS_COLO},
+    {LM_STATUS_PRE_SWITCHOVER, LM_STATUS_DEVICE},
+    {LM_STATUS_PRE_SWITCHOVER, LM_STATUS_FAILED},
+    {LM_STATUS_PRE_SWITCHOVER, LM_STATUS_CANCELLING},
+    {LM_STATUS_DEVICE, LM_STATUS_COMPLETED},
+    {LM_STATUS_DEVICE, LM_STATUS_FAILED},
+    {LM_STATUS_DEVICE, LM_STATUS_CANCELLING},
+    {LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE},
+    {LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE},
+    {LM_STATUS_DEVICE, LM_STATUS_COLO},
+    {LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE},
+    {LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_FAILED},
+    {LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_PAUSED},
+    {LM_STATUS_POSTCOPY_ACTIVE, LM_STATUS_POSTCOPY_PAUSED},
+    {LM_STATUS_POSTCOPY_ACTIVE, LM_STATUS_COMPLETED},
+    {LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER_SETUP},
+    {LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER},
+    {LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_PAUSED},
+    {LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER},
+    {LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE},
+    {LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_PAUSED},
+    {LM_STATUS_CANCELLING, LM_STATUS_CANCELLED},
+    {LM_STATUS_COLO, LM_STATUS_COMPLETED},
+    {LM_STATUS_COMPLETED, LM_STATUS_SETUP},
+    {LM_STATUS_FAILED, LM_STATUS_SETUP},
+    {LM_STATUS_CANCELLED, LM_STATUS_SETUP},
+};
+
+static bool listed(lm_status f, lm_status t)
+{
+    for (size_t i = 0; i < sizeof legal / sizeof legal[0]; i++)
+        if (legal[i].from == f && legal[i].to == t)
+            return true;
+    return false;
+}
+
+static lm_event seen[64];
+static int nseen;
+static void on_event(void *o, const lm_event *ev)
+{
+    if (nseen < 64)
+        seen[nseen++] = *ev;
+}
+
+static void test_table_matches(void **state)
+{
+    for (int f = 0; f < LM_STATUS__MAX; f++)
+        for (int t = 0; t < LM_STATUS__MAX; t++)
+            assert_int_equal(lm_state_transition_valid(f, t), listed(f, t));
+    assert_false(lm_state_transition_valid(LM_STATUS__MAX, LM_STATUS_SETUP));
+}
+
+/* Drives the real setter through every legal edge, reaching each `from`
+ * by forcing the state, and checks refusal of a stale `from`. */
+static void test_setter_walk(void **state)
+{
+    lm_mig *m = NULL;
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &m, NULL), 0);
+    assert_int_equal(lm_mig_add_listener(m, on_event, NULL, NULL), 0);
+    assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_EVENTS, 1ull << LM_CAP_EVENTS,
+                                             NULL), 0);
+    nseen = 0;
+    for (size_t i = 0; i < sizeof legal / sizeof legal[0]; i++) {
+        m->status = legal[i].from;
+        assert_false(lm_state_set(m, (legal[i].from + 1) % LM_STATUS__MAX, legal[i].to));
+        assert_true(lm_state_set(m, legal[i].from, legal[i].to));
+        assert_int_equal(m->status, legal[i].to);
+    }
+    /* One MIGRATION event per successful transition, in order (first 64). */
+    assert_int_equal(nseen, (int)(sizeof legal / sizeof legal[0]));
+    for (int i = 0; i < nseen; i++) {
+        assert_int_equal(seen[i].type, LM_EVENT_MIGRATION);
+        assert_int_equal(seen[i].status, legal[i].to);
+    }
+    /* Cancelling leads only to cancelled. */
+    m->status = LM_STATUS_CANCELLING;
+    assert_false(lm_state_set(m, LM_STATUS__MAX, LM_STATUS_FAILED));
+    assert_false(lm_state_set(m, LM_STATUS__MAX, LM_STATUS_COMPLETED));
+    m->status = LM_STATUS_NONE;
+    lm_mig_free(m);
+}
+
+static void test_names(void **state)
+{
+    const char *want[] = {"none", "setup", "cancelling", "cancelled", "active",
+                          "postcopy-device", "postcopy-active", "postcopy-paused",
+                          "postcopy-recover-setup", "postcopy-recover", "completed", "failed",
+                          "colo", "pre-switchover", "device", "wait-unplug"};
+    assert_int_equal(sizeof want / sizeof want[0], LM_STATUS__MAX);
+    for (int i = 0; i < LM_STATUS__MAX; i++) {
+        lm_status s;
+        assert_string_equal(lm_status_name(i), want[i]);
+        assert_int_equal(lm_status_from_name(want[i], &s), 0);
+        assert_int_equal(s, i);
+    }
+    lm_status s;
+    assert_int_not_equal(lm_status_from_name("bogus", &s), 0);
+    for (int c = 0; c < LM_CAP__MAX; c++) {
+        lm_cap back;
+        assert_non_null(lm_cap_name(c));
+        assert_int_equal(lm_cap_from_name(lm_cap_name(c), &back), 0);
+        assert_int_equal(back, c);
+    }
+    for (int p = 0; p < LM_PARAM__MAX; p++) {
+        lm_param back;
+        assert_non_null(lm_param_name(p));
+        assert_int_equal(lm_param_from_name(lm_param_name(p), &back), 0);
+        assert_int_equal(back, p);
+    }
+}
+
+static void test_params(void **state)
+{
+    lm_params p;
+    lm_params_default(&p);
+    assert_int_equal(p.max_bandwidth, 134217728);
+    assert_int_equal(p.downtime_limit, 300);
+    assert_int_equal(p.multifd_channels, 2);
+    assert_int_equal(p.zero_page_detection, LM_ZPD_MULTIFD);
+    lm_mig *m = NULL;
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &m, NULL), 0);
+    lm_error err = {0};
+    p.downtime_limit = 2000001;
+    assert_true(lm_mig_set_params(m, &p, 1ull << LM_PARAM_DOWNTIME_LIMIT, &err) < 0);
+    assert_non_null(strstr(err.msg, "downtime-limit"));
+    /* all or nothing: a bad field keeps the good one out too */
+    lm_error_clear(&err);
+    p.max_bandwidth = 5;
+    assert_true(lm_mig_set_params(m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) |
+                                             (1ull << LM_PARAM_MAX_BANDWIDTH), &err) < 0);
+    lm_params got;
+    lm_mig_get_params(m, &got);
+    assert_int_equal(got.max_bandwidth, 134217728);
+    p.downtime_limit = 10;
+    assert_int_equal(lm_mig_set_params(m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) |
+                                                  (1ull << LM_PARAM_MAX_BANDWIDTH), NULL), 0);
+    lm_mig_get_params(m, &got);
+    assert_int_equal(got.max_bandwidth, 5);
+    assert_int_equal(got.downtime_limit, 10);
+    /* capabilities: unsupported ones are refused, not silently taken */
+    lm_error_clear(&err);
+    assert_true(lm_mig_set_capabilities(m, 1ull << LM_CAP_XBZRLE, 1ull << LM_CAP_XBZRLE,
+                                        &err) < 0);
+    assert_non_null(strstr(err.msg, "not supported yet"));
+    assert_int_equal(lm_mig_get_capabilities(m), 0);
+    assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER,
+                                             1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER, NULL), 0);
+    lm_mig_free(m);
+}
+
+static void test_bitmap(void **state)
+{
+    uint64_t b[4] = {0};
+    lm_bit_set(b, 3);
+    lm_bit_set(b, 64);
+    lm_bit_set(b, 200);
+    assert_int_equal(lm_bitmap_next_set(b, 256, 0), 3);
+    assert_int_equal(lm_bitmap_next_set(b, 256, 4), 64);
+    assert_int_equal(lm_bitmap_next_set(b, 256, 65), 200);
+    assert_int_equal(lm_bitmap_next_set(b, 200, 65), 200); /* past nbits */
+    assert_int_equal(lm_bitmap_next_set(b, 256, 201), 256);
+    assert_int_equal(lm_bitmap_next_clear(b, 256, 3), 4);
+    assert_int_equal(lm_bitmap_count(b, 256), 3);
+    assert_int_equal(lm_bitmap_count(b, 100), 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table_matches), cmocka_unit_test(test_setter_walk),
+        cmocka_unit_test(test_names),         cmocka_unit_test(test_params),
+        cmocka_unit_test(test_bitmap),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
