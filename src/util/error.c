@@ -35,10 +35,23 @@ int lm_error_prefix(lm_error *err, const char *fmt, ...)
     }
     char old[LM_ERROR_MSG_MAX];
     memcpy(old, err->msg, sizeof old);
-    /* Truncation is fine: the message is for people. */
-    size_t n = strnlen(pre, sizeof err->msg - 1);
-    memcpy(err->msg, pre, n);
-    snprintf(err->msg + n, sizeof err->msg - n, ": %s", old);
+    /* "<pre>: <old>", truncated if need be: the message is for people. */
+    size_t cap = sizeof err->msg - 1;
+    size_t n = strnlen(pre, cap);
+    size_t m = strnlen(old, cap);
+    char out[LM_ERROR_MSG_MAX];
+    memcpy(out, pre, n);
+    size_t k = n;
+    if (k + 2 <= cap) {
+        memcpy(out + k, ": ", 2);
+        k += 2;
+    }
+    if (m > cap - k)
+        m = cap - k;
+    memcpy(out + k, old, m);
+    k += m;
+    out[k] = '\0';
+    memcpy(err->msg, out, k + 1);
     return err->code;
 }
 

@@ -1,0 +1,371 @@
+/*
+ * test_migrate_inproc.c - the engine end to end inside one process: a
+ * source and a destination lm_mig over a real unix socket, a writer thread
+ * dirtying source memory through real userfaultfd write-protect, and a
+ * byte-for-byte comparison of both memories after the switchover.  Also
+ * cancel, a destination with the wrong RAM layout, and a stopped source.
+ *
+ * Threads: the test thread, one writer ("vCPU") thread per source, and the
+ * library's own threads.  The writer parks on `pause` under `mu`.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define MB (1ull << 20)
+
+typedef struct host {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool pause, parked, quit, run_writer;
+    pthread_t writer;
+    uint8_t *mem[2];
+    uint64_t len[2];
+    uint64_t writes;
+    uint64_t seed;
+} host;
+
+static void host_stop(void *o)
+{
+    host *h = o;
+    pthread_mutex_lock(&h->mu);
+    h->pause = true;
+    while (h->run_writer && !h->parked)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void host_start(void *o)
+{
+    host *h = o;
+    pthread_mutex_lock(&h->mu);
+    h->pause = false;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static const lm_host_ops ops = {.stop = host_stop, .start = host_start};
+
+static uint64_t xs(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* Writes random words into random pages until told to quit; parks between
+ * writes when paused. */
+static void *writer_fn(void *arg)
+{
+    host *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        while (h->pause && !h->quit) {
+            h->parked = true;
+            pthread_cond_broadcast(&h->cv);
+            pthread_cond_wait(&h->cv, &h->mu);
+        }
+        h->parked = false;
+        bool quit = h->quit;
+        pthread_mutex_unlock(&h->mu);
+        if (quit)
+            break;
+        for (int i = 0; i < 64; i++) {
+            unsigned b = xs(&h->seed) % 2;
+            uint64_t page = xs(&h->seed) % (h->len[b] / 4096);
+            uint64_t *p = (uint64_t *)(h->mem[b] + page * 4096);
+            for (int k = 0; k < 512; k += 37)
+                p[k] = xs(&h->seed);
+            h->writes++;
+        }
+        usleep(200);
+    }
+    return NULL;
+}
+
+static uint8_t *map(uint64_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+static void host_init(host *h, bool fill, uint64_t l0, uint64_t l1)
+{
+    memset(h, 0, sizeof *h);
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    h->len[0] = l0;
+    h->len[1] = l1;
+    h->mem[0] = map(l0);
+    h->mem[1] = map(l1);
+    h->seed = 88172645463325252ull;
+    if (fill) {
+        /* random pages, zero-written pages, untouched pages */
+        for (int b = 0; b < 2; b++)
+            for (uint64_t p = 0; p < h->len[b] / 4096; p++) {
+                if (p % 3 == 0) {
+                    uint64_t *w = (uint64_t *)(h->mem[b] + p * 4096);
+                    for (int k = 0; k < 512; k++)
+                        w[k] = xs(&h->seed);
+                } else if (p % 3 == 1) {
+                    memset(h->mem[b] + p * 4096, 0, 4096);
+                }
+            }
+    }
+}
+
+static void host_fini(host *h)
+{
+    if (h->run_writer) {
+        pthread_mutex_lock(&h->mu);
+        h->quit = true;
+        pthread_cond_broadcast(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+        pthread_join(h->writer, NULL);
+    }
+    munmap(h->mem[0], h->len[0]);
+    munmap(h->mem[1], h->len[1]);
+}
+
+static lm_mig *mig_for(host *h, lm_runstate rs)
+{
+    lm_mig *m = NULL;
+    lm_error err = {0};
+    assert_int_equal(lm_mig_new(&ops, h, rs, &m, &err), 0);
+    assert_int_equal(lm_ram_add(m, "ram0", h->mem[0], h->len[0], 4096, &err), 0);
+    assert_int_equal(lm_ram_add(m, "ram1", h->mem[1], h->len[1], 4096, &err), 0);
+    return m;
+}
+
+static lm_status wait_final(lm_mig *m, int timeout_ms)
+{
+    lm_info info;
+    for (int i = 0; i < timeout_ms / 10; i++) {
+        lm_mig_query(m, &info);
+        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
+            info.status == LM_STATUS_CANCELLED)
+            return info.status;
+        usleep(10000);
+    }
+    lm_mig_query(m, &info);
+    return info.status;
+}
+
+static lm_status wait_for(lm_mig *m, lm_status want, int timeout_ms)
+{
+    lm_info info;
+    for (int i = 0; i < timeout_ms / 5; i++) {
+        lm_mig_query(m, &info);
+        if (info.status == want)
+            return want;
+        usleep(5000);
+    }
+    return info.status;
+}
+
+static char sock[128];
+
+static int setup(void **state)
+{
+    snprintf(sock, sizeof sock, "unix:/tmp/lm-inproc-%d.sock", getpid());
+    lm_error err = {0};
+    if (lm_dirty_uffd_probe(&err) < 0) {
+        fprintf(stderr, "userfaultfd write-protect unavailable: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Live migration with a dirtying writer, then a byte-for-byte compare. */
+static void test_live(void **state)
+{
+    host src, dst;
+    host_init(&src, true, 24 * MB, 8 * MB);
+    host_init(&dst, false, 24 * MB, 8 * MB);
+    src.run_writer = true;
+    pthread_create(&src.writer, NULL, writer_fn, &src);
+    lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 40 * MB; /* a few passes while the writer runs */
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    usleep(300000);
+    p.max_bandwidth = 0;
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, 5000), LM_STATUS_COMPLETED);
+    assert_int_equal(lm_vm_runstate(ms), LM_RUN_POSTMIGRATE);
+    assert_int_equal(lm_vm_runstate(md), LM_RUN_RUNNING);
+    lm_info info;
+    lm_mig_query(ms, &info);
+    assert_true(info.dirty_sync_count >= 2);
+    assert_true(info.downtime >= 0);
+    assert_true(src.writes > 0);
+    /* The source writer is parked (postmigrate); compare. */
+    assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
+    assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    host_fini(&src);
+    host_fini(&dst);
+}
+
+/* Cancel while active: the source keeps running, then a new migration to
+ * a fresh destination completes. */
+static void test_cancel_then_retry(void **state)
+{
+    host src, dst, dst2;
+    host_init(&src, true, 24 * MB, 8 * MB);
+    host_init(&dst, false, 24 * MB, 8 * MB);
+    host_init(&dst2, false, 24 * MB, 8 * MB);
+    src.run_writer = true;
+    pthread_create(&src.writer, NULL, writer_fn, &src);
+    lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 4 * MB;
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(wait_for(ms, LM_STATUS_ACTIVE, 5000), LM_STATUS_ACTIVE);
+    assert_int_equal(lm_mig_cancel(ms, &err), 0);
+    assert_int_equal(wait_final(ms, 5000), LM_STATUS_CANCELLED);
+    assert_int_equal(lm_vm_runstate(ms), LM_RUN_RUNNING);
+    /* the destination learns it failed; it stays up */
+    lm_status ds = wait_final(md, 5000);
+    assert_true(ds == LM_STATUS_FAILED || ds == LM_STATUS_CANCELLED);
+    uint64_t w = src.writes;
+    usleep(50000);
+    assert_true(src.writes > w); /* still running */
+
+    lm_mig *md2 = mig_for(&dst2, LM_RUN_INMIGRATE);
+    p.max_bandwidth = 0;
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(lm_mig_incoming(md2, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md2, 5000), LM_STATUS_COMPLETED);
+    assert_memory_equal(src.mem[0], dst2.mem[0], src.len[0]);
+    assert_memory_equal(src.mem[1], dst2.mem[1], src.len[1]);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    lm_mig_free(md2);
+    host_fini(&src);
+    host_fini(&dst);
+    host_fini(&dst2);
+}
+
+/* A destination whose RAM does not match fails with a message naming the
+ * block, and the source fails with the destination's reason, running. */
+static void test_layout_mismatch(void **state)
+{
+    host src, dst;
+    host_init(&src, true, 8 * MB, 4 * MB);
+    host_init(&dst, false, 8 * MB, 8 * MB);
+    lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(wait_final(ms, 10000), LM_STATUS_FAILED);
+    assert_int_equal(wait_final(md, 10000), LM_STATUS_FAILED);
+    lm_info info;
+    lm_mig_query(md, &info);
+    assert_non_null(strstr(info.error_desc, "ram1"));
+    lm_mig_query(ms, &info);
+    assert_non_null(strstr(info.error_desc, "ram1"));
+    assert_int_equal(lm_vm_runstate(ms), LM_RUN_RUNNING);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    host_fini(&src);
+    host_fini(&dst);
+}
+
+/* Pause before switchover, then continue. */
+static void test_pause_before_switchover(void **state)
+{
+    host src, dst;
+    host_init(&src, true, 8 * MB, 4 * MB);
+    host_init(&dst, false, 8 * MB, 4 * MB);
+    lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    uint64_t c = 1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER;
+    assert_int_equal(lm_mig_set_capabilities(ms, c, c, &err), 0);
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 0;
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(wait_for(ms, LM_STATUS_PRE_SWITCHOVER, 10000), LM_STATUS_PRE_SWITCHOVER);
+    assert_int_equal(lm_vm_runstate(ms), LM_RUN_FINISH_MIGRATE);
+    assert_true(lm_mig_continue(ms, LM_STATUS_ACTIVE, &err) < 0);
+    assert_int_equal(lm_mig_continue(ms, LM_STATUS_PRE_SWITCHOVER, NULL), 0);
+    assert_int_equal(wait_final(ms, 10000), LM_STATUS_COMPLETED);
+    assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    host_fini(&src);
+    host_fini(&dst);
+}
+
+/* A stopped source needs no dirty tracking: one exact pass. */
+static void test_stopped_source(void **state)
+{
+    host src, dst;
+    host_init(&src, true, 8 * MB, 4 * MB);
+    host_init(&dst, false, 8 * MB, 4 * MB);
+    lm_mig *ms = mig_for(&src, LM_RUN_PAUSED);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 0;
+    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(wait_final(ms, 10000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, 10000), LM_STATUS_COMPLETED);
+    assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
+    assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
+    lm_info info;
+    lm_mig_query(ms, &info);
+    /* two thirds of the pages are zero (written or never touched) */
+    assert_true(info.duplicate >= (12 * MB / 4096) * 6 / 10);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    host_fini(&src);
+    host_fini(&dst);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_live),
+        cmocka_unit_test(test_cancel_then_retry),
+        cmocka_unit_test(test_layout_mismatch),
+        cmocka_unit_test(test_pause_before_switchover),
+        cmocka_unit_test(test_stopped_source),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
