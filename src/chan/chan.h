@@ -47,7 +47,8 @@ int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err);
  * gets the bound address as a URI text, with the real port for port 0. */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err);
 /* accept4 with CLOEXEC, then lm_sock_tune.  Blocks until a peer comes or
- * lfd is shut down / closed by another thread (then returns -ECANCELED). */
+ * another thread calls shutdown(lfd, SHUT_RDWR) (then returns -ECANCELED);
+ * close() does not wake it: shut down, join, then close. */
 int lm_sock_accept(int lfd, int *fd_out, lm_error *err);
 /* TCP: TCP_NODELAY, SO_KEEPALIVE (idle 5 s, interval 1 s, 5 probes),
  * TCP_USER_TIMEOUT 10 s, large socket buffers.  Unix: buffers only. */
