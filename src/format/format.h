@@ -171,8 +171,8 @@ int lm_fmt_ram_zero_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap);
 int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err);
 
 /* Validates a run against the block table: block index known, range inside
- * the block without overflow, and (for pages) rec_len == header + count *
- * page_size.  Pure; used by every loader. */
+ * the block without overflow.  Pure; used by every loader.  The record
+ * length (header + count * page_size) is the loader's to check. */
 int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
                          const lm_fmt_block *blocks, uint32_t nblocks, lm_error *err);
 
