@@ -94,6 +94,25 @@ static int hello(incoming *in, lm_error *err)
     return 0;
 }
 
+/* After a verdict on failure: closing with unread stream data in the
+ * socket would make the kernel reset the connection, and the source could
+ * lose our reason in the reset.  Half-close and drain what the source
+ * still sends until it closes, bounded to 2 s. */
+static void linger_drain(lm_chan *c)
+{
+    int fd = lm_chan_fd(c);
+    uint8_t sink[16384];
+    shutdown(fd, SHUT_WR);
+    uint64_t deadline = lm_now_ns() + 2000000000ull;
+    while (lm_now_ns() < deadline) {
+        struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t n = recv(fd, sink, sizeof sink, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            break;
+    }
+}
+
 static int skip_section(lm_chan *c, const lm_rec_hdr *h, lm_error *err)
 {
     /* Device sections arrive with the devices issue; until then any
@@ -235,11 +254,13 @@ out:
     if (ret < 0) {
         if (!err.code)
             lm_error_set(&err, ret, "incoming migration failed");
-        if (in->chan && !cancelled)
-            send_status(in->chan, LM_REC_RP_SHUT, err.code, err.msg);
+        if (in->chan && !cancelled && send_status(in->chan, LM_REC_RP_SHUT, err.code,
+                                                  err.msg) == 0)
+            linger_drain(in->chan);
         lm_mig_set_error(m, &err);
     }
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
+    lm_ram_prefault_stop(m);
     pthread_mutex_lock(&m->lock);
     m->chan = NULL;
     lm_status cur = m->status, final;
@@ -304,6 +325,12 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     }
     in->m = m;
     in->lfd = lfd;
+    ret = lm_ram_incoming_prepare(m, err);
+    if (ret < 0) {
+        close(lfd);
+        free(in);
+        return ret;
+    }
 
     pthread_mutex_lock(&m->lock);
     lm_status prev = m->status;

@@ -195,6 +195,14 @@ struct lm_mig {
         uint32_t nblocks;
         uint8_t map[LM_RAM_MAX_BLOCKS];         /* stream index -> local block */
         bool have_blocks;
+        /* "lm-prefault": populates the destination's RAM in the background
+         * from migrate-incoming on (like QEMU's -mem-prealloc), so page
+         * population stays off the receive path.  Chunk bits in
+         * blocks[].prefaulted are set with atomic ORs by it and by the
+         * incoming thread. */
+        pthread_t prefault_thread;
+        bool prefault_running; /* thread exists (incoming/API threads) */
+        bool prefault_stop;    /* atomic */
     } in;
     lm_dirty *dirty;          /* migration thread only */
     lm_handler handlers[LM_MAX_HANDLERS];
@@ -253,6 +261,9 @@ extern const lm_handler_ops lm_ram_handler_ops;
 /* Destination: handles RAM_BLOCKS / RAM_PAGES / RAM_ZERO / RAM_PASS. */
 int lm_ram_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err);
 int lm_ram_load_setup(lm_mig *m, lm_error *err);
+/* Allocates the destination's maps and starts / stops "lm-prefault". */
+int lm_ram_incoming_prepare(lm_mig *m, lm_error *err);
+void lm_ram_prefault_stop(lm_mig *m);
 void lm_ram_save_cleanup(lm_mig *m);
 
 /* savevm.c */

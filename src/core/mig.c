@@ -120,6 +120,7 @@ void lm_mig_free(lm_mig *m)
     if (!m)
         return;
     stop_threads(m);
+    lm_ram_prefault_stop(m);
     lm_ram_save_cleanup(m);
     for (unsigned i = 0; i < m->nblocks; i++) {
         free(m->blocks[i].received);
@@ -535,10 +536,13 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->postcopy_bytes = LM_ATOMIC_GET(&st->postcopy_bytes);
     out->bandwidth = LM_ATOMIC_GET(&st->bandwidth);
     uint64_t dt = LM_ATOMIC_GET(&st->downtime_us);
+    /* Unlike QEMU, the last expected-downtime stays visible once completed:
+     * it is the prediction made at the switchover decision, to be compared
+     * with the downtime that actually happened. */
     if (out->status == LM_STATUS_COMPLETED) {
         out->downtime = (int64_t)((dt + 500) / 1000);
         out->downtime_us = dt;
-    } else if (lm_status_is_active(out->status)) {
-        out->expected_downtime = LM_ATOMIC_GET(&st->expected_downtime_ms);
     }
+    if (out->status != LM_STATUS_SETUP)
+        out->expected_downtime = LM_ATOMIC_GET(&st->expected_downtime_ms);
 }

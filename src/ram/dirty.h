@@ -52,6 +52,16 @@ int lm_dirty_add_range(lm_dirty *d, void *base, uint64_t len, uint32_t page_size
 /* Starts tracking: from its return on, every write to a range is recorded.
  * uffd: registers WP and write-protects everything (~12 ms/GiB here). */
 int lm_dirty_start(lm_dirty *d, lm_error *err);
+/* Like lm_dirty_start, and also sets in populated[i] (one bitmap per range,
+ * OR-ed, like the sync bitmaps) the pages that were populated at the instant
+ * tracking began for them: a page left clear was zero then, and every later
+ * write to it is reported by lm_dirty_sync, so the first pass may send it as
+ * zero without reading it.  uffd: the write-protect is done by PAGEMAP_SCAN,
+ * which reads each page's state and protects it atomically (an
+ * lm_mem_populated_scan after lm_dirty_start would count never-populated
+ * pages as populated, and one before it races with the workload).  Other
+ * backends: lm_mem_populated_scan of each range after starting. */
+int lm_dirty_start_populated(lm_dirty *d, uint64_t *const *populated, lm_error *err);
 /* ORs the pages written since start or the previous sync into bitmaps[i]
  * (one per range) and re-arms tracking for them, atomically per page (a
  * write that races the scan is either collected now or at the next sync,
@@ -65,7 +75,11 @@ void lm_dirty_free(lm_dirty *d);
  * [base, base+len) that are populated (present or swapped).  Pages left
  * clear were never populated (or were discarded) and read as zero, so they
  * can be sent as zero without reading them.  Uses PAGEMAP_SCAN; falls back
- * to "all populated" where it is missing (returns 1 then, 0 normally). */
+ * to "all populated" where it is missing (returns 1 then, 0 normally).
+ * Pages mapping the shared zero page (only read so far) count as not
+ * populated.  In a range under uffd-wp tracking, never-populated pages count
+ * as populated (the kernel reports their write-protect marker as swapped):
+ * use lm_dirty_start_populated() there. */
 int lm_mem_populated_scan(void *base, uint64_t len, uint32_t page_size, uint64_t *bitmap,
                           lm_error *err);
 
