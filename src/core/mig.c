@@ -278,7 +278,7 @@ lm_runstate lm_vm_runstate(lm_mig *m)
 bool lm_vm_stop_for_migration(lm_mig *m, lm_runstate to)
 {
     pthread_mutex_lock(&m->run_lock);
-    bool was_running = m->runstate == LM_RUN_RUNNING;
+    bool was_running = lm_vm_runstate(m) == LM_RUN_RUNNING;
     if (was_running)
         m->ops.stop(m->host);
     lm_runstate_set(m, to);
@@ -293,7 +293,7 @@ bool lm_vm_stop_for_migration(lm_mig *m, lm_runstate to)
 void lm_vm_start_after_migration(lm_mig *m, lm_runstate to)
 {
     pthread_mutex_lock(&m->run_lock);
-    bool start = to == LM_RUN_RUNNING && m->runstate != LM_RUN_RUNNING;
+    bool start = to == LM_RUN_RUNNING && lm_vm_runstate(m) != LM_RUN_RUNNING;
     if (start)
         m->ops.start(m->host);
     lm_runstate_set(m, to);
@@ -307,7 +307,7 @@ void lm_vm_start_after_migration(lm_mig *m, lm_runstate to)
 int lm_vm_stop(lm_mig *m, lm_error *err)
 {
     pthread_mutex_lock(&m->run_lock);
-    lm_runstate r = m->runstate;
+    lm_runstate r = lm_vm_runstate(m);
     bool stop = r == LM_RUN_RUNNING;
     if (stop) {
         m->ops.stop(m->host);
@@ -325,7 +325,7 @@ int lm_vm_cont(lm_mig *m, lm_error *err)
 {
     int ret = 0;
     pthread_mutex_lock(&m->run_lock);
-    lm_runstate r = m->runstate;
+    lm_runstate r = lm_vm_runstate(m);
     if (r == LM_RUN_INMIGRATE) {
         ret = lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
     } else if (r == LM_RUN_FINISH_MIGRATE) {

@@ -171,7 +171,7 @@ static void *rp_thread_fn(void *arg)
             if (lm_fmt_u32_decode(payload, h.len, &v, &err) <= 0)
                 break;
             pthread_mutex_lock(&m->lock);
-            g->rtt_ns = lm_now_ns() - g->ping_sent_ns;
+            LM_ATOMIC_SET(&g->rtt_ns, lm_now_ns() - LM_ATOMIC_GET(&g->ping_sent_ns));
             pthread_mutex_unlock(&m->lock);
         } else if (h.type == LM_REC_RP_SWITCHOVER_ACK) {
             pthread_mutex_lock(&m->lock);
@@ -231,7 +231,7 @@ static uint64_t switchover_bw(const outgoing *g)
 static uint64_t expected_downtime_us(const outgoing *g, uint64_t pending)
 {
     uint64_t bw = switchover_bw(g);
-    uint64_t us = g->m->ram.last_sync_cost_ns / 1000 + g->rtt_ns / 1000 + 200;
+    uint64_t us = g->m->ram.last_sync_cost_ns / 1000 + LM_ATOMIC_GET(&g->rtt_ns) / 1000 + 200;
     if (bw)
         us += pending * 1000000ull / bw;
     return us;
@@ -552,7 +552,7 @@ static void *migration_thread_fn(void *arg)
     /* A round trip now measures the confirmation cost of the switchover. */
     uint8_t pb[4];
     lm_fmt_u32_encode(1, pb, sizeof pb);
-    g->ping_sent_ns = lm_now_ns();
+    LM_ATOMIC_SET(&g->ping_sent_ns, lm_now_ns());
     lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
 
     reload_params(g);
