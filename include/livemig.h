@@ -239,8 +239,10 @@ typedef struct lm_event {
     int64_t ts_sec, ts_usec;/* wall-clock timestamp, QMP style */
 } lm_event;
 
-/* Called from whichever library thread caused the event, without library
- * locks held; must not block for long.  Must not call lm_mig_free(). */
+/* Called from whichever library thread caused the event, one event at a
+ * time and in order, without the object's state lock held; must not block
+ * for long.  Must not call lm_mig_free() nor anything that changes the
+ * migration or run state (queue the work instead). */
 typedef void (*lm_event_fn)(void *opaque, const lm_event *ev);
 
 /* ----------------------------------------------------------- host model */
@@ -275,6 +277,11 @@ int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len,
 
 /* Adds an event listener (at most 8).  Thread: any.  Blocks: no. */
 int lm_mig_add_listener(lm_mig *m, lm_event_fn fn, void *opaque, lm_error *err);
+
+/* Removes a listener added with the same fn and opaque; once it returns the
+ * listener is not running and will not be called again.  Must not be called
+ * from a listener.  Returns -ENOENT when not found. */
+int lm_mig_remove_listener(lm_mig *m, lm_event_fn fn, void *opaque);
 
 /* Capabilities: sets the bits of `mask` to the matching bits of `values`
  * (bit i = lm_cap i), all or nothing, after checking support, dependencies

@@ -142,6 +142,13 @@ struct lm_mig {
     pthread_mutex_t run_lock; /* serialises host hooks and runstate */
     lm_runstate runstate;     /* guarded by run_lock; read atomically */
 
+    /* Taken around every call of the listeners, never while holding
+     * lock: events reach listeners one at a time and in the order the
+     * state changed (the pending statuses queue under lock, whoever emits
+     * next delivers them in order), and a removed listener is never
+     * called after lm_mig_remove_listener() returns. */
+    pthread_mutex_t emit_lock;
+
     pthread_mutex_t lock;
     pthread_cond_t cond;      /* signalled on every change below */
     /* --- guarded by lock --- */
@@ -173,6 +180,8 @@ struct lm_mig {
         void *opaque;
     } listeners[LM_MAX_LISTENERS];
     unsigned nlisteners;
+    lm_status ev_ring[32];    /* MIGRATION events not yet delivered */
+    unsigned ev_head, ev_tail;
     /* --- end of lock group --- */
 
     lm_stats stats;           /* relaxed atomics, see above */
@@ -223,6 +232,8 @@ bool lm_status_is_postcopy(lm_status s);
 
 /* events (mig.c) */
 void lm_emit(lm_mig *m, const lm_event *ev);
+/* Delivers the MIGRATION events queued by lm_state_set_locked(), in order.
+ * Call after dropping m->lock whenever a state may have changed. */
 void lm_emit_status(lm_mig *m, lm_status s);
 void lm_emit_pass(lm_mig *m, uint64_t pass);
 

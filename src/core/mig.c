@@ -85,6 +85,7 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     m->listen_fd = -1;
     lm_params_default(&m->params);
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->emit_lock, NULL);
     pthread_mutex_init(&m->run_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -128,6 +129,7 @@ void lm_mig_free(lm_mig *m)
     }
     pthread_cond_destroy(&m->cond);
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->emit_lock);
     pthread_mutex_destroy(&m->run_lock);
     free(m);
 }
@@ -209,16 +211,37 @@ int lm_mig_add_listener(lm_mig *m, lm_event_fn fn, void *opaque, lm_error *err)
     return ret;
 }
 
+int lm_mig_remove_listener(lm_mig *m, lm_event_fn fn, void *opaque)
+{
+    int ret = -ENOENT;
+    /* Under emit_lock: no call of this listener is in flight afterwards. */
+    pthread_mutex_lock(&m->emit_lock);
+    pthread_mutex_lock(&m->lock);
+    for (unsigned i = 0; i < m->nlisteners; i++) {
+        if (m->listeners[i].fn == fn && m->listeners[i].opaque == opaque) {
+            memmove(&m->listeners[i], &m->listeners[i + 1],
+                    (m->nlisteners - i - 1) * sizeof m->listeners[0]);
+            m->nlisteners--;
+            ret = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&m->emit_lock);
+    return ret;
+}
+
 /* ----------------------------------------------------------------- events */
 
-void lm_emit(lm_mig *m, const lm_event *ev_in)
+/* Calls the listeners; emit_lock held by the caller. */
+static void deliver(lm_mig *m, const lm_event *ev_in)
 {
     lm_event ev = *ev_in;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     ev.ts_sec = tv.tv_sec;
     ev.ts_usec = tv.tv_usec;
-    /* Copy the listener list so callbacks run without the lock. */
+    /* Copy the listener list so callbacks run without m->lock. */
     struct {
         lm_event_fn fn;
         void *opaque;
@@ -231,6 +254,29 @@ void lm_emit(lm_mig *m, const lm_event *ev_in)
         l[i].fn(l[i].opaque, &ev);
 }
 
+/* Delivers queued MIGRATION events in order; emit_lock held. */
+static void drain_status(lm_mig *m)
+{
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        bool have = m->ev_head != m->ev_tail;
+        lm_status s = have ? m->ev_ring[m->ev_head++ % 32] : LM_STATUS_NONE;
+        pthread_mutex_unlock(&m->lock);
+        if (!have)
+            return;
+        lm_event ev = {.type = LM_EVENT_MIGRATION, .status = s};
+        deliver(m, &ev);
+    }
+}
+
+void lm_emit(lm_mig *m, const lm_event *ev)
+{
+    pthread_mutex_lock(&m->emit_lock);
+    drain_status(m); /* status changes that happened before come first */
+    deliver(m, ev);
+    pthread_mutex_unlock(&m->emit_lock);
+}
+
 static bool events_on(lm_mig *m)
 {
     pthread_mutex_lock(&m->lock);
@@ -241,10 +287,10 @@ static bool events_on(lm_mig *m)
 
 void lm_emit_status(lm_mig *m, lm_status s)
 {
-    if (!events_on(m))
-        return;
-    lm_event ev = {.type = LM_EVENT_MIGRATION, .status = s};
-    lm_emit(m, &ev);
+    (void)s; /* the queue holds the statuses, in the order they were set */
+    pthread_mutex_lock(&m->emit_lock);
+    drain_status(m);
+    pthread_mutex_unlock(&m->emit_lock);
 }
 
 void lm_emit_pass(lm_mig *m, uint64_t pass)
@@ -350,7 +396,10 @@ int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error 
 {
     int ret = 0;
     pthread_mutex_lock(&m->lock);
-    if (lm_status_is_active(m->status)) {
+    /* As QEMU: refused while an outgoing migration runs; a destination that
+     * is still waiting for its stream (setup) may change them. */
+    if (lm_status_is_active(m->status) &&
+        !(m->role == LM_ROLE_DEST && m->status == LM_STATUS_SETUP)) {
         ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
         goto out;
     }

@@ -86,6 +86,10 @@ bool lm_state_set_locked(lm_mig *m, lm_status from, lm_status to)
         return false;
     m->status = to;
     pthread_cond_broadcast(&m->cond);
+    /* Queue the event now, in the order of the changes; it is delivered
+     * after the lock is dropped (lm_emit_status). */
+    if ((m->caps & (1ull << LM_CAP_EVENTS)) && m->ev_tail - m->ev_head < 32)
+        m->ev_ring[m->ev_tail++ % 32] = to;
     return true;
 }
 

@@ -1,0 +1,873 @@
+/*
+ * server.c - the QMP control server: QEMU's QMP protocol on a socket, for
+ * several clients at once, with migration events pushed to all of them.
+ *
+ * Threads:
+ *  - "lm-qmp", one per server: a poll() loop over the listening socket, an
+ *    eventfd and the clients.  It alone owns the clients (sockets, input
+ *    readers, output queues) and runs every command, built-in or host
+ *    registered.  It never blocks: sockets are non-blocking, a slow client's
+ *    replies and events wait in its own bounded output queue, and commands
+ *    only call lm_mig_* functions that answer at once.
+ *  - any library thread (migration, incoming, return path, the QMP thread
+ *    itself, the host) calls the event listener, relay_event(), which
+ *    formats the event, queues it and wakes the server through the eventfd.
+ *  - the host thread calls start/register/stop.
+ *
+ * Locks (order: relay->lock, then s->lock):
+ *  - relay->lock guards relay->s.  lm_mig_remove_listener() guarantees no
+ *    late call, but the relay (the listener's opaque) still outlives the
+ *    server as a second line of defence: stop() clears relay->s under this
+ *    lock and any call would see NULL.  Retired relays stay on a static
+ *    list (bytes each).
+ *  - s->lock guards the "shared" fields of lm_qmp_server: stop request,
+ *    host commands and the event queue.  Held briefly, never across I/O or
+ *    a command.
+ *
+ * Lifetime: the host stops the server before lm_mig_free().  A host command
+ * may call lm_qmp_server_stop() itself (e.g. "quit"): the thread then
+ * finishes the current command, flushes replies and frees the server.
+ */
+#include "qmp/qmp_internal.h"
+
+#include "chan/chan.h"
+#include "core/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CLIENTS 32
+#define MAX_HOST_CMDS 128
+#define CMD_NAME_MAX 63
+#define READ_CHUNK 65536
+/* A client whose queued output passes OUT_HIGH is not read from until it
+ * catches up (back-pressure for pipelined commands); one whose queue passes
+ * OUT_MAX (it does not read its events) is dropped. */
+#define OUT_HIGH (1u << 20)
+#define OUT_MAX (4u << 20)
+/* Events waiting for the server thread; the oldest go first past this. */
+#define EVQ_MAX 4096
+/* How long stop() keeps flushing replies already queued (e.g. to "quit"). */
+#define FINAL_FLUSH_MS 200
+/* Requests run per client per loop turn, so one client pipelining many
+ * commands cannot delay the others' replies for long. */
+#define TURN_REQUESTS 64
+/* After accept() fails for lack of descriptors or memory, the pending
+ * connection keeps the listener readable: look again only after this. */
+#define ACCEPT_BACKOFF_MS 100
+
+typedef struct client {
+    int fd;
+    bool negotiated;
+    bool eof; /* peer closed its write side: answer what is queued, then close */
+    bool dead;
+    bool more; /* complete requests may be buffered: run them next turn */
+    lm_qmp_reader rd;
+    char *out;
+    size_t out_head, out_len, out_cap;
+} client;
+
+typedef struct evnode {
+    struct evnode *next;
+    size_t len;
+    char text[]; /* JSON + "\r\n" */
+} evnode;
+
+typedef struct relay {
+    pthread_mutex_t lock;
+    lm_qmp_server *s; /* guarded by lock; NULL once stopped */
+    struct relay *retired_next;
+} relay;
+
+typedef struct hostcmd {
+    char name[CMD_NAME_MAX + 1];
+    lm_qmp_cmd_fn fn;
+    void *opaque;
+} hostcmd;
+
+struct lm_qmp_server {
+    lm_mig *m;
+    int lfd;
+    int efd;
+    char unix_path[108]; /* socket file to remove at stop, or "" */
+    dev_t sock_dev;      /* ... if it is still the one we created */
+    ino_t sock_ino;
+    pthread_t thread;
+    relay *relay;
+
+    pthread_mutex_t lock;
+    /* --- shared, guarded by lock --- */
+    bool stop;
+    bool self_free; /* stop() was called by a command on our thread */
+    hostcmd cmds[MAX_HOST_CMDS];
+    unsigned ncmds;
+    evnode *ev_head, *ev_tail;
+    unsigned nev;
+    /* --- end of shared --- */
+
+    /* server thread only */
+    client clients[MAX_CLIENTS];
+    unsigned nclients;
+    uint64_t accept_after_ms; /* accept() back-off, see ACCEPT_BACKOFF_MS */
+};
+
+static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
+static relay *retired; /* guarded by retired_lock */
+
+static const char greeting[] =
+    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 1, \"major\": 0}, "
+    "\"package\": \"livemig\"}, \"capabilities\": []}}\r\n";
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void wake(lm_qmp_server *s)
+{
+    uint64_t one = 1;
+    /* EAGAIN means the counter is already non-zero: a wake-up is pending. */
+    ssize_t n = write(s->efd, &one, sizeof one);
+    (void)n;
+}
+
+/* -------------------------------------------------------------- output */
+
+static void out_append(client *c, const char *data, size_t n)
+{
+    if (c->dead)
+        return;
+    size_t queued = c->out_len - c->out_head;
+    if (queued + n > OUT_MAX) {
+        /* It does not read what it asked for: drop it rather than grow
+         * without bound or block everyone else. */
+        c->dead = true;
+        return;
+    }
+    if (c->out_head && c->out_len + n > c->out_cap) {
+        memmove(c->out, c->out + c->out_head, queued);
+        c->out_len = queued;
+        c->out_head = 0;
+    }
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        char *nb = realloc(c->out, cap);
+        if (!nb) {
+            c->dead = true;
+            return;
+        }
+        c->out = nb;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, data, n);
+    c->out_len += n;
+}
+
+static void out_json(client *c, json_t *v)
+{
+    char *t = json_dumps(v, JSON_ENCODE_ANY);
+    if (!t) {
+        c->dead = true;
+        return;
+    }
+    out_append(c, t, strlen(t));
+    out_append(c, "\r\n", 2);
+    free(t);
+}
+
+static size_t out_queued(const client *c)
+{
+    return c->out_len - c->out_head;
+}
+
+/* Writes what the socket takes now. */
+static void out_flush(client *c)
+{
+    while (!c->dead && out_queued(c)) {
+        ssize_t n = send(c->fd, c->out + c->out_head, out_queued(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                c->dead = true;
+            return;
+        }
+        c->out_head += (size_t)n;
+    }
+    if (c->out_head == c->out_len)
+        c->out_head = c->out_len = 0;
+}
+
+static void reply_error(client *c, json_t *id, const char *cls, const char *desc)
+{
+    json_t *r = json_pack("{s:{s:s, s:s}}", "error", "class", cls, "desc", desc);
+    if (!r) {
+        c->dead = true;
+        return;
+    }
+    if (id)
+        json_object_set(r, "id", id);
+    out_json(c, r);
+    json_decref(r);
+}
+
+static void reply_return(client *c, json_t *id, json_t *ret)
+{
+    json_t *r = json_object();
+    if (!r || json_object_set_new(r, "return", ret ? ret : json_object()) < 0) {
+        json_decref(r);
+        c->dead = true;
+        return;
+    }
+    if (id)
+        json_object_set(r, "id", id);
+    out_json(c, r);
+    json_decref(r);
+}
+
+/* -------------------------------------------------------------- events */
+
+static void relay_event(void *opaque, const lm_event *ev)
+{
+    relay *r = opaque;
+    json_t *o = lm_qmp_event_json(ev);
+    char *t = o ? json_dumps(o, 0) : NULL;
+    json_decref(o);
+    if (!t)
+        return;
+    size_t len = strlen(t);
+    evnode *n = malloc(sizeof *n + len + 3);
+    if (n) {
+        n->next = NULL;
+        n->len = len + 2;
+        memcpy(n->text, t, len);
+        memcpy(n->text + len, "\r\n", 3);
+    }
+    free(t);
+    if (!n)
+        return;
+
+    pthread_mutex_lock(&r->lock);
+    lm_qmp_server *s = r->s;
+    if (s) {
+        pthread_mutex_lock(&s->lock);
+        if (s->nev >= EVQ_MAX) {
+            evnode *old = s->ev_head;
+            s->ev_head = old->next;
+            if (!s->ev_head)
+                s->ev_tail = NULL;
+            s->nev--;
+            free(old);
+        }
+        if (s->ev_tail)
+            s->ev_tail->next = n;
+        else
+            s->ev_head = n;
+        s->ev_tail = n;
+        s->nev++;
+        n = NULL;
+        pthread_mutex_unlock(&s->lock);
+        wake(s);
+    }
+    pthread_mutex_unlock(&r->lock);
+    free(n);
+}
+
+/* Server thread: hands queued events to every negotiated client. */
+static void drain_events(lm_qmp_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    evnode *n = s->ev_head;
+    s->ev_head = s->ev_tail = NULL;
+    s->nev = 0;
+    pthread_mutex_unlock(&s->lock);
+    while (n) {
+        evnode *next = n->next;
+        for (unsigned i = 0; i < s->nclients; i++)
+            if (s->clients[i].negotiated)
+                out_append(&s->clients[i], n->text, n->len);
+        free(n);
+        n = next;
+    }
+}
+
+/* Removes our listener from the migration object (called with no lock of
+ * ours held: the library may be delivering an event that takes them). */
+static void detach_listener(lm_qmp_server *s)
+{
+    relay *r = s->relay;
+    if (!r)
+        return;
+    lm_mig_remove_listener(s->m, relay_event, r);
+    pthread_mutex_lock(&r->lock);
+    r->s = NULL;
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&retired_lock);
+    r->retired_next = retired;
+    retired = r;
+    pthread_mutex_unlock(&retired_lock);
+    s->relay = NULL;
+}
+
+/* ------------------------------------------------------------ commands */
+
+static int find_host_cmd(lm_qmp_server *s, const char *name)
+{
+    for (unsigned i = 0; i < s->ncmds; i++)
+        if (strcmp(s->cmds[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static json_t *query_commands(lm_qmp_server *s)
+{
+    json_t *list = json_array();
+    if (!list)
+        return NULL;
+    lm_qmp_builtin_list(list);
+    pthread_mutex_lock(&s->lock);
+    for (unsigned i = 0; i < s->ncmds; i++)
+        json_array_append_new(list, json_pack("{s:s}", "name", s->cmds[i].name));
+    pthread_mutex_unlock(&s->lock);
+    return list;
+}
+
+static void negotiate(client *c, lm_qmp_request *req)
+{
+    if (c->negotiated) {
+        reply_error(c, req->id, "CommandNotFound",
+                    "Capabilities negotiation is already complete, command ignored");
+        return;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(req->args, key, v) {
+        char desc[LM_ERROR_MSG_MAX];
+        if (strcmp(key, "enable") != 0) {
+            snprintf(desc, sizeof desc, "Parameter '%s' is unexpected", key);
+            reply_error(c, req->id, "GenericError", desc);
+            return;
+        }
+        if (!json_is_array(v)) {
+            reply_error(c, req->id, "GenericError",
+                        "Invalid parameter type for 'enable', expected: array");
+            return;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            /* The greeting offers no capability (no "oob"). */
+            if (json_is_string(e) && strcmp(json_string_value(e), "oob") == 0)
+                snprintf(desc, sizeof desc, "Capability 'oob' not available");
+            else if (json_is_string(e))
+                snprintf(desc, sizeof desc, "Parameter 'enable[%zu]' does not accept value '%s'", i,
+                         json_string_value(e));
+            else
+                snprintf(desc, sizeof desc,
+                         "Invalid parameter type for 'enable[%zu]', expected: string", i);
+            reply_error(c, req->id, "GenericError", desc);
+            return;
+        }
+    }
+    c->negotiated = true;
+    reply_return(c, req->id, NULL);
+}
+
+static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const hostcmd *hc)
+{
+    lm_error err = {0};
+    char *ret_txt = NULL;
+    char *args_txt = req->args ? json_dumps(req->args, JSON_COMPACT) : strdup("{}");
+    if (!args_txt) {
+        reply_error(c, req->id, "GenericError", "out of memory");
+        return;
+    }
+    int rc = hc->fn(hc->opaque, args_txt, &ret_txt, &err);
+    free(args_txt);
+    drain_events(s);
+    if (rc < 0) {
+        free(ret_txt);
+        reply_error(c, req->id, "GenericError",
+                    err.msg[0] ? err.msg : "command failed without a message");
+        return;
+    }
+    json_t *ret = NULL;
+    if (ret_txt) {
+        json_error_t je;
+        ret = json_loads(ret_txt, JSON_DECODE_ANY, &je);
+        free(ret_txt);
+        if (!ret) {
+            char desc[LM_ERROR_MSG_MAX];
+            snprintf(desc, sizeof desc, "command '%s' returned invalid JSON: %s", hc->name,
+                     je.text);
+            reply_error(c, req->id, "GenericError", desc);
+            return;
+        }
+    }
+    reply_return(c, req->id, ret);
+}
+
+static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
+{
+    const char *name = req->execute;
+
+    if (!c->negotiated && strcmp(name, "qmp_capabilities") != 0) {
+        reply_error(c, req->id, "CommandNotFound",
+                    "Expecting capabilities negotiation with 'qmp_capabilities'");
+        return;
+    }
+    if (strcmp(name, "qmp_capabilities") == 0) {
+        negotiate(c, req);
+        return;
+    }
+    if (strcmp(name, "query-commands") == 0) {
+        if (json_object_size(req->args) > 0) {
+            char desc[LM_ERROR_MSG_MAX];
+            snprintf(desc, sizeof desc, "Parameter '%s' is unexpected",
+                     json_object_iter_key(json_object_iter(req->args)));
+            reply_error(c, req->id, "GenericError", desc);
+            return;
+        }
+        json_t *list = query_commands(s);
+        if (list)
+            reply_return(c, req->id, list);
+        else
+            reply_error(c, req->id, "GenericError", "out of memory");
+        return;
+    }
+
+    json_t *ret = NULL;
+    const char *cls = "GenericError";
+    lm_error err = {0};
+    int rc = lm_qmp_builtin_run(s->m, name, req->args, &ret, &cls, &err);
+    if (rc == 0) {
+        /* Events the command caused (STOP, MIGRATION setup) go out before
+         * its reply, as QEMU orders them. */
+        drain_events(s);
+        reply_return(c, req->id, ret);
+        return;
+    }
+    if (rc < 0) {
+        drain_events(s);
+        reply_error(c, req->id, cls, err.msg[0] ? err.msg : "command failed");
+        return;
+    }
+
+    pthread_mutex_lock(&s->lock);
+    int i = find_host_cmd(s, name);
+    hostcmd hc = {{0}};
+    if (i >= 0)
+        hc = s->cmds[i];
+    pthread_mutex_unlock(&s->lock);
+    if (i >= 0) {
+        run_host_cmd(s, c, req, &hc);
+        return;
+    }
+    char desc[LM_ERROR_MSG_MAX];
+    snprintf(desc, sizeof desc, "The command %s has not been found", name);
+    reply_error(c, req->id, "CommandNotFound", desc);
+}
+
+/* Runs complete requests buffered for c, while its output has room and
+ * its turn lasts. */
+static bool stopping(lm_qmp_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool stop = s->stop;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
+static void process_input(lm_qmp_server *s, client *c)
+{
+    c->more = false;
+    for (unsigned n = 0;; n++) {
+        /* Nothing runs after a command (a host's "quit") stopped us. */
+        if (c->dead || stopping(s))
+            return;
+        if (n == TURN_REQUESTS || out_queued(c) >= OUT_HIGH) {
+            /* Input stays buffered, and no more is read, until its
+             * requests have run. */
+            c->more = true;
+            return;
+        }
+        json_t *v = NULL;
+        lm_error err = {0};
+        int rc = lm_qmp_reader_next(&c->rd, &v, &err);
+        if (rc == LM_QMP_READ_MORE)
+            return;
+        if (rc == LM_QMP_READ_OVERFLOW) {
+            reply_error(c, NULL, "GenericError", err.msg);
+            out_flush(c);
+            c->dead = true;
+            return;
+        }
+        if (rc == LM_QMP_READ_BAD) {
+            reply_error(c, NULL, "GenericError", err.msg);
+            continue;
+        }
+        lm_qmp_request req;
+        if (lm_qmp_request_check(v, &req) < 0)
+            reply_error(c, req.id, req.err_class, req.err_desc);
+        else
+            dispatch(s, c, &req);
+        lm_qmp_request_fini(&req);
+    }
+}
+
+/* --------------------------------------------------------------- clients */
+
+static void client_close(client *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    lm_qmp_reader_fini(&c->rd);
+    free(c->out);
+    c->out = NULL;
+    c->out_head = c->out_len = c->out_cap = 0;
+}
+
+static void accept_clients(lm_qmp_server *s)
+{
+    for (;;) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            /* EAGAIN: all taken; ECONNABORTED and the like concern one
+             * attempt.  Out of descriptors or memory, the connection
+             * stays queued and would wake poll() at once: back off. */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == ENOBUFS)
+                s->accept_after_ms = now_ms() + ACCEPT_BACKOFF_MS;
+            return;
+        }
+        if (s->nclients >= MAX_CLIENTS) {
+            static const char full[] = "{\"error\": {\"class\": \"GenericError\", \"desc\": "
+                                       "\"too many QMP clients\"}}\r\n";
+            ssize_t n = send(fd, full, sizeof full - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n;
+            close(fd);
+            continue;
+        }
+        client *c = &s->clients[s->nclients++];
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        lm_qmp_reader_init(&c->rd, LM_QMP_MAX_REQUEST);
+        out_append(c, greeting, sizeof greeting - 1);
+        out_flush(c);
+    }
+}
+
+static void read_client(lm_qmp_server *s, client *c)
+{
+    char buf[READ_CHUNK];
+    ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            c->dead = true;
+        return;
+    }
+    if (n == 0) {
+        c->eof = true;
+        return;
+    }
+    lm_error err = {0};
+    if (lm_qmp_reader_feed(&c->rd, buf, (size_t)n, &err) < 0) {
+        reply_error(c, NULL, "GenericError", err.msg);
+        out_flush(c);
+        c->dead = true;
+    }
+}
+
+static void reap_clients(lm_qmp_server *s)
+{
+    unsigned j = 0;
+    for (unsigned i = 0; i < s->nclients; i++) {
+        client *c = &s->clients[i];
+        bool done = c->eof && !c->more && !out_queued(c);
+        if (c->dead || done) {
+            client_close(c);
+            continue;
+        }
+        if (i != j)
+            s->clients[j] = *c;
+        j++;
+    }
+    s->nclients = j;
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void destroy(lm_qmp_server *s);
+
+/* Best effort, bounded: replies already queued (to "quit", say) reach
+ * clients that are reading. */
+static void final_flush(lm_qmp_server *s)
+{
+    uint64_t deadline = now_ms() + FINAL_FLUSH_MS;
+    for (;;) {
+        struct pollfd pfd[MAX_CLIENTS];
+        unsigned n = 0;
+        for (unsigned i = 0; i < s->nclients; i++) {
+            client *c = &s->clients[i];
+            out_flush(c);
+            if (!c->dead && out_queued(c))
+                pfd[n++] = (struct pollfd){.fd = c->fd, .events = POLLOUT};
+        }
+        uint64_t now = now_ms();
+        if (!n || now >= deadline)
+            return;
+        if (poll(pfd, n, (int)(deadline - now)) <= 0)
+            return;
+    }
+}
+
+static void *server_main(void *arg)
+{
+    lm_qmp_server *s = arg;
+    struct pollfd pfd[2 + MAX_CLIENTS];
+
+    pthread_setname_np(pthread_self(), "lm-qmp");
+    while (!stopping(s)) {
+
+        int timeout = -1;
+        uint64_t now = now_ms();
+        bool accepting = now >= s->accept_after_ms;
+        if (!accepting)
+            timeout = (int)(s->accept_after_ms - now);
+        pfd[0] = (struct pollfd){.fd = s->efd, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = accepting ? s->lfd : -1, .events = POLLIN};
+        for (unsigned i = 0; i < s->nclients; i++) {
+            client *c = &s->clients[i];
+            short ev = 0;
+            if (c->more && out_queued(c) < OUT_HIGH)
+                timeout = 0;
+            if (!c->eof && !c->more && out_queued(c) < OUT_HIGH)
+                ev |= POLLIN;
+            if (out_queued(c))
+                ev |= POLLOUT;
+            pfd[2 + i] = (struct pollfd){.fd = c->fd, .events = ev};
+        }
+        unsigned npfd = 2 + s->nclients;
+        int n = poll(pfd, npfd, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            /* Cannot happen with valid descriptors; do not spin. */
+            break;
+        }
+        if (pfd[0].revents & POLLIN) {
+            uint64_t cnt;
+            ssize_t r = read(s->efd, &cnt, sizeof cnt);
+            (void)r;
+        }
+        unsigned old = s->nclients;
+        for (unsigned i = 0; i < old; i++) {
+            client *c = &s->clients[i];
+            short re = pfd[2 + i].revents;
+            if (re & POLLOUT)
+                out_flush(c);
+            if (re & POLLIN)
+                read_client(s, c);
+            else if (re & (POLLERR | POLLHUP | POLLNVAL))
+                c->dead = true;
+            /* Also after POLLOUT alone: input held back by a full output
+             * queue may run now. */
+            process_input(s, c);
+        }
+        drain_events(s);
+        if (pfd[1].revents & POLLIN)
+            accept_clients(s);
+        for (unsigned i = 0; i < s->nclients; i++)
+            out_flush(&s->clients[i]);
+        reap_clients(s);
+    }
+
+    drain_events(s);
+    final_flush(s);
+    for (unsigned i = 0; i < s->nclients; i++)
+        client_close(&s->clients[i]);
+    s->nclients = 0;
+
+    pthread_mutex_lock(&s->lock);
+    bool self_free = s->self_free;
+    pthread_mutex_unlock(&s->lock);
+    if (self_free)
+        destroy(s);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- public */
+
+static void destroy(lm_qmp_server *s)
+{
+    detach_listener(s);
+    if (s->lfd >= 0)
+        close(s->lfd);
+    struct stat st;
+    if (s->unix_path[0] && stat(s->unix_path, &st) == 0 && st.st_dev == s->sock_dev &&
+        st.st_ino == s->sock_ino)
+        unlink(s->unix_path);
+    if (s->efd >= 0)
+        close(s->efd);
+    evnode *n = s->ev_head;
+    while (n) {
+        evnode *next = n->next;
+        free(n);
+        n = next;
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err)
+{
+    lm_qmp_server *s = NULL;
+    relay *r = NULL;
+    lm_uri u;
+    int rc = 0;
+    bool listening = false;
+
+    *out = NULL;
+    if (!m || !uri)
+        return lm_error_set(err, -EINVAL, "QMP server: missing migration object or URI");
+    if (uri[0] == '/' || uri[0] == '.') {
+        /* A bare path, as QEMU's -qmp accepts with unix: omitted by some
+         * tools. */
+        memset(&u, 0, sizeof u);
+        u.kind = LM_URI_UNIX;
+        u.fd = -1;
+        if (strlen(uri) >= sizeof u.path)
+            return lm_error_set(err, -ENAMETOOLONG, "QMP server: socket path '%s' is too long",
+                                uri);
+        snprintf(u.path, sizeof u.path, "%s", uri);
+    } else if ((rc = lm_uri_parse(uri, &u, err)) < 0) {
+        return lm_error_prefix(err, "QMP server");
+    }
+
+    s = calloc(1, sizeof *s);
+    r = calloc(1, sizeof *r);
+    if (!s || !r) {
+        free(s);
+        free(r);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    s->m = m;
+    s->lfd = -1;
+    s->efd = -1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&r->lock, NULL);
+    r->s = s;
+
+    char actual[256];
+    if ((rc = lm_uri_listen(&u, &s->lfd, actual, sizeof actual, err)) < 0) {
+        lm_error_prefix(err, "QMP server");
+        goto fail;
+    }
+    listening = true;
+    struct stat st;
+    if (u.kind == LM_URI_UNIX && stat(u.path, &st) == 0) {
+        snprintf(s->unix_path, sizeof s->unix_path, "%s", u.path);
+        s->sock_dev = st.st_dev;
+        s->sock_ino = st.st_ino;
+    }
+    int fl = fcntl(s->lfd, F_GETFL);
+    if (fl < 0 || fcntl(s->lfd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        rc = lm_error_set(err, -errno, "QMP server: %s", strerror(errno));
+        goto fail;
+    }
+    s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->efd < 0) {
+        rc = lm_error_set(err, -errno, "QMP server: eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if ((rc = lm_mig_add_listener(m, relay_event, r, err)) < 0) {
+        lm_error_prefix(err, "QMP server");
+        goto fail;
+    }
+    s->relay = r;
+    r = NULL; /* now owned by s (retired at destroy) */
+    int e = pthread_create(&s->thread, NULL, server_main, s);
+    if (e) {
+        rc = lm_error_set(err, -e, "QMP server: cannot start thread: %s", strerror(e));
+        goto fail;
+    }
+    *out = s;
+    return 0;
+
+fail:
+    if (!listening)
+        s->unix_path[0] = '\0'; /* never remove a file we did not create */
+    if (r)
+        pthread_mutex_destroy(&r->lock);
+    free(r);
+    destroy(s);
+    return rc;
+}
+
+int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn, void *opaque,
+                           lm_error *err)
+{
+    if (!s || !name || !fn)
+        return lm_error_set(err, -EINVAL, "QMP register: missing server, name or function");
+    size_t len = strlen(name);
+    if (len < 1 || len > CMD_NAME_MAX)
+        return lm_error_set(err, -EINVAL, "QMP register: command name must be 1..%d bytes",
+                            CMD_NAME_MAX);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (ch <= 0x20 || ch >= 0x7f)
+            return lm_error_set(err, -EINVAL,
+                                "QMP register: command name '%s' must be printable "
+                                "ASCII without spaces",
+                                name);
+    }
+    if (lm_qmp_builtin_exists(name))
+        return lm_error_set(err, -EEXIST, "QMP register: '%s' is a built-in command", name);
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    if (find_host_cmd(s, name) >= 0) {
+        rc = lm_error_set(err, -EEXIST, "QMP register: '%s' is already registered", name);
+    } else if (s->ncmds >= MAX_HOST_CMDS) {
+        rc = lm_error_set(err, -ENOSPC, "QMP register: too many commands (max %d)", MAX_HOST_CMDS);
+    } else {
+        hostcmd *h = &s->cmds[s->ncmds++];
+        snprintf(h->name, sizeof h->name, "%s", name);
+        h->fn = fn;
+        h->opaque = opaque;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void lm_qmp_server_stop(lm_qmp_server *s)
+{
+    if (!s)
+        return;
+    bool own_thread = pthread_equal(pthread_self(), s->thread);
+    pthread_mutex_lock(&s->lock);
+    s->stop = true;
+    s->self_free = own_thread;
+    pthread_mutex_unlock(&s->lock);
+    if (own_thread) {
+        /* Called from a command: the thread frees the server when the
+         * command returns (it cannot join itself). */
+        pthread_detach(pthread_self());
+        return;
+    }
+    wake(s);
+    pthread_join(s->thread, NULL);
+    destroy(s);
+}
