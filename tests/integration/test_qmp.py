@@ -1,0 +1,208 @@
+"""The QMP control server: several clients and their events, malformed
+input, unknown commands, capability/parameter round trips, and that every
+command answers at once while a migration channel hangs (DESIGN §3)."""
+
+import json
+import socket
+import time
+
+from lmtest import (QMP, Runner, check, check_eq, log, migrate, set_caps, set_params,
+                    stop_and_verify, wait_status)
+
+R = Runner("qmp", per_test=40, budget=200)
+
+
+@R.test("several clients all receive MIGRATION events")
+def many_clients(t):
+    src = t.guest("src", mem="128M", workload="random", fill="random")
+    dst = t.dest("dst", transport="tcp", mem="128M", workload="random")
+    clients = [src.qmp, src.client(), src.client()]
+    set_caps(clients[1], {"events": True})
+    set_params(clients[2], {"max-bandwidth": 0})
+    migrate(src, dst)
+    for i, c in enumerate(clients):
+        ev = c.wait_event("MIGRATION", lambda d: d.get("status") == "completed", 30)
+        ts = ev.get("timestamp", {})
+        check(isinstance(ts.get("seconds"), int) and isinstance(ts.get("microseconds"), int),
+              "client %d: event timestamp %r", i, ts)
+        check(abs(ts["seconds"] - time.time()) < 60, "client %d: timestamp %r is not now",
+              i, ts)
+    for i, c in enumerate(clients):
+        sts = c.migration_statuses()
+        check("setup" in sts and "active" in sts, "client %d: events before completed: %s",
+              i, sts)
+    # A client that connects later still works and gets later events.
+    late = src.client()
+    check_eq(late.execute("query-migrate").get("status"), "completed", "late client status")
+    stop_and_verify(dst)
+
+
+def raw_client(g):
+    """A connected socket past the greeting, and its QMP wrapper."""
+    q = QMP(g.sock, timeout=5)
+    g.clients.append(q)
+    return q
+
+
+def reply_to(q, data, timeout=5.0):
+    q.send_raw(data)
+    return q.recv_reply(timeout)
+
+
+@R.test("malformed JSON gets an error and the server keeps serving")
+def malformed(t):
+    g = t.guest("g", mem="64M")
+    q = raw_client(g)
+    bad_inputs = [
+        b'{"execute": query-status}\n',
+        b'[1, 2, 3]\n',
+        b'"just a string"\n',
+        b'{"execute": 42}\n',
+        b'{"arguments": {}}\n',
+        b'{"execute": "query-status", "arguments": [1]}\n',
+        b'{"execute": "query-status", "bogus-key": 1}\n',
+    ]
+    for data in bad_inputs:
+        r = reply_to(q, data)
+        check("error" in r, "input %r: want an error reply, got %r", data, r)
+        check(r["error"].get("class") and r["error"].get("desc"),
+              "input %r: error without class/desc: %r", data, r)
+        # ... and the connection still works, with ids echoed.  A parser
+        # that resynchronises may report more than one error for one bad
+        # line (QEMU's does); those come first, without an id.
+        q.send_raw(b'{"execute": "query-status", "id": {"n": 7}}\n')
+        for _ in range(10):
+            r = q.recv_reply(5)
+            if r.get("id") == {"n": 7} or "error" not in r or "id" in r:
+                break
+        check_eq(r.get("id"), {"n": 7}, "id echoed after %r" % data)
+        check("return" in r, "query-status after %r: %r", data, r)
+    # A command split over two writes is one command.
+    q.send_raw(b'{"execute": "query-')
+    time.sleep(0.1)
+    r = reply_to(q, b'status", "id": "split"}\n')
+    check_eq(r.get("id"), "split", "reply to a split command")
+    check("return" in r, "split command: %r", r)
+    # Two commands in one write get two replies, in order.
+    q.send_raw(b'{"execute": "query-status", "id": 1}{"execute": "query-migrate", "id": 2}\n')
+    r1, r2 = q.recv_reply(5), q.recv_reply(5)
+    check_eq((r1.get("id"), r2.get("id")), (1, 2), "ids of two pipelined commands")
+    # Other clients are unaffected.
+    check_eq(g.status(), "running", "another client's query-status")
+
+
+@R.test("commands before qmp_capabilities are refused")
+def before_caps(t):
+    g = t.guest("g", mem="64M")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(g.sock)
+    try:
+        f = s.makefile("rb")
+        greeting = json.loads(f.readline())
+        check("QMP" in greeting and "version" in greeting["QMP"],
+              "greeting %r lacks QMP.version", greeting)
+        check("capabilities" in greeting["QMP"], "greeting %r lacks QMP.capabilities",
+              greeting)
+        s.sendall(b'{"execute": "query-status", "id": 1}\n')
+        r = json.loads(f.readline())
+        check("error" in r, "query-status before negotiation answered %r", r)
+        s.sendall(b'{"execute": "qmp_capabilities", "id": 2}\n')
+        r = json.loads(f.readline())
+        check_eq(r, {"return": {}, "id": 2}, "qmp_capabilities reply")
+        s.sendall(b'{"execute": "query-status", "id": 3}\n')
+        r = json.loads(f.readline())
+        check("return" in r and r["return"].get("status") == "running", "query-status: %r", r)
+    finally:
+        s.close()
+
+
+@R.test("unknown command -> CommandNotFound")
+def unknown_command(t):
+    g = t.guest("g", mem="64M")
+    e = g.qmp.expect_error("no-such-command")
+    check_eq(e.cls, "CommandNotFound", "error class")
+    check("no-such-command" in e.desc, "desc %r does not name the command", e.desc)
+    check_eq(g.status(), "running", "run state afterwards")
+
+
+@R.test("capabilities and parameters round trip")
+def caps_params(t):
+    g = t.guest("g", mem="64M")
+    caps = {c["capability"]: c["state"] for c in
+            g.qmp.execute("query-migrate-capabilities")}
+    for name in ("events", "return-path", "pause-before-switchover", "late-block-activate",
+                 "postcopy-ram", "multifd"):
+        check(name in caps, "query-migrate-capabilities lacks %s: %r", name, caps)
+    check(not any(caps.values()), "capabilities not all off by default: %r", caps)
+    set_caps(g, {"events": True, "pause-before-switchover": True})
+    caps = {c["capability"]: c["state"] for c in
+            g.qmp.execute("query-migrate-capabilities")}
+    check(caps["events"] and caps["pause-before-switchover"] and not caps["return-path"],
+          "capabilities after set: %r", caps)
+    p = g.qmp.execute("query-migrate-parameters")
+    check_eq(p.get("downtime-limit"), 300, "default downtime-limit")
+    check_eq(p.get("max-bandwidth"), 128 << 20, "default max-bandwidth")
+    set_params(g, {"downtime-limit": 42, "max-bandwidth": 12345678})
+    p = g.qmp.execute("query-migrate-parameters")
+    check_eq((p.get("downtime-limit"), p.get("max-bandwidth")), (42, 12345678),
+             "parameters after set")
+    # All or nothing: one bad value leaves the others unchanged.
+    g.qmp.expect_error("migrate-set-parameters", {"downtime-limit": 7,
+                                                  "max-bandwidth": -1})
+    p = g.qmp.execute("query-migrate-parameters")
+    check_eq(p.get("downtime-limit"), 42, "downtime-limit after a refused set")
+
+
+@R.test("a listening destination accepts migrate-set-capabilities (as QEMU does)")
+def dst_caps_while_listening(t):
+    # QEMU refuses capability changes only while an *outgoing* migration
+    # runs (qmp_migrate_set_capabilities checks the outgoing state); a
+    # destination started with -incoming tcp:... can still get "events".
+    dst = t.dest("dst", transport="tcp", mem="64M")
+    check_eq(dst.query_migrate().get("status"), "setup", "listening destination status")
+    set_caps(dst, {"events": True})
+    caps = {c["capability"]: c["state"] for c in
+            dst.qmp.execute("query-migrate-capabilities")}
+    check(caps["events"], "events not on after set: %r", caps)
+
+
+@R.test("commands answer within 100 ms while the migration channel hangs")
+def responsive_while_hung(t):
+    src = t.guest("src", mem="128M", workload="random", fill="random")
+    silent = t.silent()
+    set_caps(src, {"events": True})
+    migrate(src, None, silent.uri)
+    check(silent.accepted.wait(5), "the silent destination saw no connection")
+    time.sleep(0.2)
+    check_eq(src.query_migrate().get("status"), "setup", "status with a silent destination")
+    other = src.client()
+    worst = {}
+    for i in range(15):
+        for name, fn in (
+            ("query-migrate", lambda: src.qmp.execute("query-migrate")),
+            ("query-status", lambda: src.qmp.execute("query-status")),
+            ("migrate-set-parameters",
+             lambda: set_params(src, {"max-bandwidth": (i + 1) << 20})),
+            ("x-guest-stats", lambda: other.execute("x-guest-stats")),
+            ("query-migrate (2nd client)", lambda: other.execute("query-migrate")),
+        ):
+            t0 = time.monotonic()
+            fn()
+            dt = time.monotonic() - t0
+            worst[name] = max(worst.get(name, 0), dt)
+        time.sleep(0.02)
+    log("worst latencies (ms): %s" % {k: round(v * 1000, 1) for k, v in worst.items()})
+    for name, dt in worst.items():
+        check(dt < 0.1, "%s took %.1f ms while the channel hangs", name, dt * 1000)
+    check_eq(src.qmp.execute("query-migrate-parameters").get("max-bandwidth"), 15 << 20,
+             "max-bandwidth set while hung")
+    t0 = time.monotonic()
+    src.qmp.execute("migrate_cancel")
+    check(time.monotonic() - t0 < 0.1, "migrate_cancel took %.1f ms",
+          (time.monotonic() - t0) * 1000)
+    wait_status(src, "cancelled", 3, fail_on=("completed", "failed"))
+
+
+if __name__ == "__main__":
+    R.main()

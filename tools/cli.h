@@ -1,0 +1,187 @@
+/*
+ * cli.h - shared pieces of the `livemig` command-line tool: option parsing,
+ * size/unit formatting, the QMP helpers built on lm_qmp_client + jansson,
+ * child-process management, and the entry points of the subcommands.
+ *
+ * The tool uses only the public header (include/livemig.h), like curl's tool
+ * uses only libcurl.  Exit codes: 0 success, 1 failure, 2 usage error.
+ */
+#ifndef LM_TOOLS_CLI_H
+#define LM_TOOLS_CLI_H
+
+#include "livemig.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Default bound of one QMP command round trip, ms.  The control server
+ * answers every command at once (DESIGN §3), so this is generous. */
+#define CLI_QMP_TIMEOUT_MS 10000
+
+/* ------------------------------------------------------------ messages */
+
+/* "livemig: <msg>" / "livemig <cmd>: <msg>" on stderr. */
+void cli_err(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ------------------------------------------------------ option parsing */
+
+/* One long option.  Every subcommand also accepts -h/--help. */
+typedef struct cli_opt {
+    const char *name; /* without the leading "--" */
+    bool has_arg;
+    int id;           /* > 0 */
+} cli_opt;
+
+enum {
+    CLI_END = 0,      /* no more arguments */
+    CLI_POS = -1,     /* a positional argument, in *val */
+    CLI_HELP = -2,    /* -h / --help */
+    CLI_ERR = -3,     /* error already printed (unknown flag, missing value) */
+};
+
+typedef struct cli_args {
+    const char *cmd;  /* "guest", "migrate", ... for messages */
+    int argc;
+    char **argv;
+    int i;            /* next argv index */
+    bool no_more_opts;/* after "--" */
+} cli_args;
+
+void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv);
+/* Accepts "--name value" and "--name=value".  opts ends with a zero entry. */
+int cli_next(cli_args *a, const cli_opt *opts, const char **val);
+
+/* ------------------------------------------------- numbers and units */
+
+/* "64M", "1G", "4096", "2KiB", "1.5G"? (no: integers only).  Suffixes K, M,
+ * G, T (powers of 1024), case-insensitive, optionally followed by "B" or
+ * "iB".  Returns false on garbage or overflow. */
+bool cli_parse_size(const char *s, uint64_t *out);
+/* A plain unsigned decimal integer (no sign, no suffix). */
+bool cli_parse_u64(const char *s, uint64_t *out);
+/* A signed decimal integer. */
+bool cli_parse_i64(const char *s, int64_t *out);
+/* on/off, true/false, yes/no, 1/0. */
+bool cli_parse_bool(const char *s, bool *out);
+
+/* "1.50 GiB", "812 B"; returns buf. */
+const char *cli_fmt_bytes(char *buf, size_t cap, double bytes);
+/* "2.41 GiB/s". */
+const char *cli_fmt_rate(char *buf, size_t cap, double bytes_per_s);
+/* "12 ms", "3.4 s", "2m05s". */
+const char *cli_fmt_ms(char *buf, size_t cap, double ms);
+
+uint64_t cli_now_ms(void);   /* CLOCK_MONOTONIC */
+
+/* ------------------------------------------------------------- signals */
+
+/* Set by the SIGINT/SIGTERM handler that cli_catch_signals() installs. */
+extern volatile sig_atomic_t cli_interrupted;
+/* Installs a flag-setting handler for SIGINT and SIGTERM (no SA_RESTART, so
+ * blocking calls return EINTR) and ignores SIGPIPE. */
+void cli_catch_signals(void);
+
+/* --------------------------------------------------------------- QMP */
+
+typedef struct lm_qmp_client qmpc;
+
+int qmpc_connect(const char *sock, int timeout_ms, qmpc **out, lm_error *err);
+/* Executes cmd with args (borrowed; NULL for none).  On success *ret (if
+ * ret is non-NULL) is the parsed "return" value, owned by the caller. */
+int qmpc_call(qmpc *c, const char *cmd, json_t *args, json_t **ret, lm_error *err);
+/* Next event as a parsed object, -ETIMEDOUT when none within timeout_ms. */
+int qmpc_next_event(qmpc *c, int timeout_ms, json_t **ev, lm_error *err);
+
+/* QEMU's query-migrate, tolerant of missing fields (a QEMU, or our own
+ * server, may omit any of them). */
+typedef struct qmpc_mig {
+    char status[40];            /* "none" when absent, as QEMU omits it then */
+    bool has_ram;
+    uint64_t transferred, remaining, total, mbps_x1000, dirty_pages_rate;
+    uint64_t page_size, dirty_sync_count, duplicate, normal;
+    bool has_remaining, has_mbps, has_dirty_rate;
+    int64_t total_time, setup_time, downtime, expected_downtime; /* -1 absent */
+    char error_desc[LM_ERROR_MSG_MAX];
+} qmpc_mig;
+
+void qmpc_mig_parse(json_t *ret, qmpc_mig *out);
+/* query-migrate: parses into *out and (if raw) hands over the raw object. */
+int qmpc_query_migrate(qmpc *c, qmpc_mig *out, json_t **raw, lm_error *err);
+/* completed, failed, cancelled. */
+bool qmpc_status_final(const char *status);
+
+/* Builds the URI the source must connect to from the destination's
+ * query-migrate "socket-address" (QEMU: a list of SocketAddress objects,
+ * port as a string; a plain "tcp:H:P" string is accepted too).  want is
+ * the URI given by the user: its scheme and host are kept, only a port 0
+ * is replaced.  Returns false when no matching address is found. */
+bool qmpc_real_uri(json_t *qm_ret, const char *want, char *out, size_t cap);
+
+/* ------------------------------------------------------- processes */
+
+/* Starts `/proc/self/exe argv...` with stdin from /dev/null and stdout and
+ * stderr appended to logpath (or inherited when NULL).  The child gets
+ * SIGTERM if this process dies (PR_SET_PDEATHSIG), so nothing outlives us. */
+int cli_spawn_self(char *const argv[], const char *logpath, pid_t *pid, lm_error *err);
+/* waitpid with a bound.  Returns 1 when reaped (*status set), 0 when it is
+ * still running after timeout_ms. */
+int cli_wait_child(pid_t pid, int timeout_ms, int *status);
+/* SIGTERM, wait up to grace_ms, then SIGKILL and reap.  pid <= 0 no-op. */
+void cli_kill_child(pid_t pid, int grace_ms);
+/* Removes a directory of plain files / sockets (not recursive beyond one
+ * level: the demo's private dir has no subdirectories). */
+void cli_rm_dir(const char *dir);
+/* Prints the last `lines` lines of a file to stderr, indented. */
+void cli_print_tail(const char *path, int lines);
+
+/* ------------------------------------------------------- subcommands */
+
+int cmd_guest(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
+void usage_guest(FILE *f);
+void usage_migrate(FILE *f);
+void usage_status(FILE *f);
+void usage_cancel(FILE *f);
+void usage_demo(FILE *f);
+
+/* The engine of `livemig migrate`, shared with `livemig demo`. */
+#define MIG_MAX_CAPS 32
+#define MIG_MAX_PARAMS 32
+
+typedef enum mig_progress { MIG_PROGRESS_AUTO, MIG_PROGRESS_NONE } mig_progress;
+
+typedef struct mig_opts {
+    const char *src, *dst, *uri;
+    const char *cap_name[MIG_MAX_CAPS];
+    bool cap_on[MIG_MAX_CAPS];
+    int ncaps;
+    const char *param_name[MIG_MAX_PARAMS];
+    const char *param_value[MIG_MAX_PARAMS];
+    int nparams;
+    bool json;
+    int timeout_s;
+    mig_progress progress;
+} mig_opts;
+
+/* Adds "NAME=on|off" / "NAME=VALUE"; prints an error and returns false on
+ * a malformed one. */
+bool mig_opts_add_cap(mig_opts *o, const char *cmd, const char *spec);
+bool mig_opts_add_param(mig_opts *o, const char *cmd, const char *spec);
+/* Runs a migration end to end and prints progress and the summary.
+ * Returns the exit code (0 only when completed).  Honours cli_interrupted:
+ * cancels the migration on the source and waits (bounded) for the end. */
+int mig_run(const mig_opts *o);
+
+#endif /* LM_TOOLS_CLI_H */

@@ -1,0 +1,698 @@
+/*
+ * migrate.c - `livemig migrate`, `livemig status`, `livemig cancel`: drive
+ * two hosts (ours or QEMU) over QMP with QEMU-standard commands only, show
+ * live progress from query-migrate and print an honest final report.
+ * mig_run() is also the engine of `livemig demo`.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define POLL_MS 100
+#define CONNECT_TIMEOUT_MS 5000
+#define CANCEL_WAIT_MS 10000 /* bound on waiting for the end after a cancel */
+#define DST_WAIT_MS 5000     /* bound on waiting for the destination's verdict */
+
+/* ---------------------------------------------------------------- usage */
+
+void usage_migrate(FILE *f)
+{
+    fprintf(f,
+            "usage: livemig migrate --src unix:SRC --dst unix:DST --uri URI [options]\n\n"
+            "Migrates the host behind QMP socket SRC to the one behind DST (livemig\n"
+            "guests or QEMUs).  DST must be waiting for a migration (--incoming URI, or\n"
+            "--incoming defer: then migrate-incoming URI is issued on it).  With a tcp\n"
+            "port 0 the real port is read from the destination's socket-address.\n\n"
+            "options:\n"
+            "  --src SOCK             source QMP socket (unix:PATH or PATH)\n"
+            "  --dst SOCK             destination QMP socket\n"
+            "  --uri URI              migration URI: tcp:HOST:PORT, unix:PATH\n"
+            "  --cap NAME=on|off      set a capability on both sides (repeatable);\n"
+            "                         'events' is always turned on\n"
+            "  --param NAME=VALUE     set a parameter on both sides (repeatable); VALUE\n"
+            "                         is an integer (K/M/G allowed for *-bandwidth),\n"
+            "                         true/false, or a string\n"
+            "  --json                 print one JSON object at the end, no progress\n"
+            "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
+            "Exit status: 0 completed, 1 failed/cancelled/timed out, 2 usage.\n"
+            "Ctrl-C cancels the migration on the source (the source keeps running).\n");
+}
+
+void usage_status(FILE *f)
+{
+    fprintf(f, "usage: livemig status SOCK [--watch] [--json]\n\n"
+               "Shows query-migrate of the host behind QMP socket SOCK.\n\n"
+               "options:\n"
+               "  --watch                refresh every second until a final status\n"
+               "  --json                 print query-migrate as JSON (one line per refresh)\n");
+}
+
+void usage_cancel(FILE *f)
+{
+    fprintf(f, "usage: livemig cancel SOCK\n\n"
+               "Cancels the outgoing migration of the host behind QMP socket SOCK\n"
+               "(migrate_cancel); the source keeps running.\n");
+}
+
+/* ------------------------------------------------------------- options */
+
+bool mig_opts_add_cap(mig_opts *o, const char *cmd, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    bool on;
+    if (!eq || eq == spec || !cli_parse_bool(eq + 1, &on)) {
+        cli_err(cmd, "--cap: '%s' is not NAME=on|off", spec);
+        return false;
+    }
+    if (o->ncaps >= MIG_MAX_CAPS) {
+        cli_err(cmd, "--cap: more than %d capabilities", MIG_MAX_CAPS);
+        return false;
+    }
+    o->cap_name[o->ncaps] = strndup(spec, (size_t)(eq - spec));
+    o->cap_on[o->ncaps] = on;
+    o->ncaps++;
+    return true;
+}
+
+bool mig_opts_add_param(mig_opts *o, const char *cmd, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    if (!eq || eq == spec) {
+        cli_err(cmd, "--param: '%s' is not NAME=VALUE", spec);
+        return false;
+    }
+    if (o->nparams >= MIG_MAX_PARAMS) {
+        cli_err(cmd, "--param: more than %d parameters", MIG_MAX_PARAMS);
+        return false;
+    }
+    o->param_name[o->nparams] = strndup(spec, (size_t)(eq - spec));
+    o->param_value[o->nparams] = eq + 1;
+    o->nparams++;
+    return true;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* QMP typing of a parameter value: QEMU rejects "100" for an integer. */
+static json_t *param_json(const char *name, const char *value)
+{
+    int64_t i;
+    uint64_t u;
+    if (cli_parse_i64(value, &i))
+        return json_integer(i);
+    if ((ends_with(name, "bandwidth") || ends_with(name, "-size")) &&
+        cli_parse_size(value, &u) && u <= INT64_MAX)
+        return json_integer((json_int_t)u);
+    if (!strcmp(value, "true"))
+        return json_true();
+    if (!strcmp(value, "false"))
+        return json_false();
+    return json_string(value);
+}
+
+/* ------------------------------------------------------------ progress */
+
+typedef struct progress {
+    bool tty;
+    bool enabled;
+    int lines;            /* lines of the block drawn last (tty) */
+    uint64_t start_ms;
+    uint64_t last_plain_ms;
+} progress;
+
+/* Live: QEMU's mbps is the last 100 ms window.  Final: it is the average
+ * once completed; for a failed or cancelled run use the average too. */
+static double throughput_of(const qmpc_mig *q, bool final)
+{
+    if (final && strcmp(q->status, "completed") && q->total_time > 0)
+        return (double)q->transferred * 1000.0 / (double)q->total_time;
+    if (q->has_mbps)
+        return (double)q->mbps_x1000 / 1000.0 * 1e6 / 8;
+    if (q->total_time > 0)
+        return (double)q->transferred * 1000.0 / (double)q->total_time;
+    return 0;
+}
+
+static void progress_init(progress *p, bool enabled)
+{
+    memset(p, 0, sizeof *p);
+    p->enabled = enabled;
+    p->tty = isatty(STDOUT_FILENO);
+    p->start_ms = cli_now_ms();
+}
+
+static void progress_show(progress *p, const qmpc_mig *q, bool force)
+{
+    if (!p->enabled)
+        return;
+    uint64_t now = cli_now_ms();
+    double elapsed = q->total_time >= 0 ? (double)q->total_time : (double)(now - p->start_ms);
+    double tput = throughput_of(q, false);
+    double dirty = (double)q->dirty_pages_rate * (double)q->page_size;
+    double eta = q->has_remaining && tput > 0 ? (double)q->remaining / tput * 1000 : -1;
+    char el[32], tr[32], rem[32], tot[32], tp[32], dr[32], ed[32], et[32];
+    cli_fmt_ms(el, sizeof el, elapsed);
+    cli_fmt_bytes(tr, sizeof tr, (double)q->transferred);
+    if (q->has_remaining)
+        cli_fmt_bytes(rem, sizeof rem, (double)q->remaining);
+    else
+        snprintf(rem, sizeof rem, "-");
+    cli_fmt_bytes(tot, sizeof tot, (double)q->total);
+    cli_fmt_rate(tp, sizeof tp, tput);
+    if (q->has_dirty_rate)
+        cli_fmt_rate(dr, sizeof dr, dirty);
+    else
+        snprintf(dr, sizeof dr, "-");
+    cli_fmt_ms(ed, sizeof ed, (double)q->expected_downtime);
+    cli_fmt_ms(et, sizeof et, eta);
+    const char *st = q->status[0] ? q->status : "?";
+
+    if (p->tty) {
+        /* A block redrawn in place: cursor up over the last one. */
+        if (p->lines)
+            printf("\033[%dA", p->lines);
+        printf("\r\033[K  status       %-12s pass %-6" PRIu64 " elapsed %s\n", st,
+               q->dirty_sync_count, el);
+        if (q->has_ram) {
+            printf("\r\033[K  transferred  %-10s   remaining %-10s  total %s\n", tr, rem, tot);
+            printf("\r\033[K  throughput   %-12s dirty rate %s\n", tp, dr);
+            printf("\r\033[K  downtime     expected %-9s ETA %s\n", ed, et);
+            p->lines = 4;
+        } else {
+            p->lines = 1;
+        }
+        fflush(stdout);
+        return;
+    }
+    if (!force && p->last_plain_ms && now - p->last_plain_ms < 1000)
+        return;
+    p->last_plain_ms = now;
+    if (q->has_ram)
+        printf("[%8s] %s pass %" PRIu64 ": transferred %s, remaining %s of %s, %s, dirty %s, "
+               "expected downtime %s, ETA %s\n",
+               el, st, q->dirty_sync_count, tr, rem, tot, tp, dr, ed, et);
+    else
+        printf("[%8s] %s\n", el, st);
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------- summary */
+
+static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, FILE *f)
+{
+    char tt[32], dt[32], tr[32], tp[32], st[32];
+    fprintf(f, "migration %s", s->status[0] ? s->status : "?");
+    if (note)
+        fprintf(f, " (%s)", note);
+    fprintf(f, "\n");
+    if (s->total_time >= 0)
+        fprintf(f, "  total time    %s\n", cli_fmt_ms(tt, sizeof tt, (double)s->total_time));
+    if (s->downtime >= 0)
+        fprintf(f, "  downtime      %s\n", cli_fmt_ms(dt, sizeof dt, (double)s->downtime));
+    if (s->has_ram) {
+        fprintf(f, "  transferred   %s\n", cli_fmt_bytes(tr, sizeof tr, (double)s->transferred));
+        fprintf(f, "  throughput    %s\n", cli_fmt_rate(tp, sizeof tp, throughput_of(s, true)));
+        fprintf(f, "  passes        %" PRIu64 "\n", s->dirty_sync_count);
+    }
+    if (s->setup_time >= 0)
+        fprintf(f, "  setup time    %s\n", cli_fmt_ms(st, sizeof st, (double)s->setup_time));
+    if (d && d->status[0])
+        fprintf(f, "  destination   %s\n", d->status);
+    if (s->error_desc[0])
+        fprintf(f, "  error         %s\n", s->error_desc);
+    if (d && d->error_desc[0])
+        fprintf(f, "  dest error    %s\n", d->error_desc);
+}
+
+static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw,
+                            const char *uri, uint64_t wall_ms, bool timed_out, bool interrupted)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string(s->status));
+    json_object_set_new(o, "uri", json_string(uri ? uri : ""));
+    json_object_set_new(o, "wall-time", json_integer((json_int_t)wall_ms));
+    if (s->total_time >= 0)
+        json_object_set_new(o, "total-time", json_integer(s->total_time));
+    if (s->downtime >= 0)
+        json_object_set_new(o, "downtime", json_integer(s->downtime));
+    if (s->setup_time >= 0)
+        json_object_set_new(o, "setup-time", json_integer(s->setup_time));
+    if (s->has_ram) {
+        json_object_set_new(o, "transferred", json_integer((json_int_t)s->transferred));
+        json_object_set_new(o, "throughput", json_integer((json_int_t)throughput_of(s, true)));
+        json_object_set_new(o, "passes", json_integer((json_int_t)s->dirty_sync_count));
+    }
+    if (s->error_desc[0])
+        json_object_set_new(o, "error-desc", json_string(s->error_desc));
+    json_object_set_new(o, "timed-out", json_boolean(timed_out));
+    json_object_set_new(o, "interrupted", json_boolean(interrupted));
+    json_object_set(o, "source", src_raw ? src_raw : json_null());
+    json_object_set(o, "destination", dst_raw ? dst_raw : json_null());
+    return o;
+}
+
+/* -------------------------------------------------------------- engine */
+
+/* "events" goes on wherever we can set capabilities: it is what lets us
+ * wake on MIGRATION instead of waiting for the next poll. */
+static int set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, lm_error *err)
+{
+    if (!events && !o->ncaps)
+        return 0;
+    json_t *list = json_array();
+    if (events)
+        json_array_append_new(list,
+                              json_pack("{s:s, s:b}", "capability", "events", "state", 1));
+    for (int i = 0; i < o->ncaps; i++)
+        json_array_append_new(list, json_pack("{s:s, s:b}", "capability", o->cap_name[i],
+                                              "state", o->cap_on[i]));
+    json_t *args = json_pack("{s:o}", "capabilities", list);
+    int rc = qmpc_call(c, "migrate-set-capabilities", args, NULL, err);
+    json_decref(args);
+    if (rc < 0)
+        lm_error_prefix(err, "%s", side);
+    return rc;
+}
+
+static int set_params(qmpc *c, const char *side, const mig_opts *o, lm_error *err)
+{
+    if (!o->nparams)
+        return 0;
+    json_t *args = json_object();
+    for (int i = 0; i < o->nparams; i++)
+        json_object_set_new(args, o->param_name[i],
+                            param_json(o->param_name[i], o->param_value[i]));
+    int rc = qmpc_call(c, "migrate-set-parameters", args, NULL, err);
+    json_decref(args);
+    if (rc < 0)
+        lm_error_prefix(err, "%s", side);
+    return rc;
+}
+
+/* Configures the destination and makes it listen if it was started with
+ * --incoming defer; returns the URI the source must use (the real port for
+ * a port 0). */
+static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t cap,
+                               lm_error *err)
+{
+    json_t *st = NULL, *qm = NULL;
+    int rc = qmpc_call(dst, "query-status", NULL, &st, err);
+    if (rc < 0)
+        goto out;
+    const char *rs = json_string_value(json_object_get(st, "status"));
+    if (!rs || strcmp(rs, "inmigrate")) {
+        rc = lm_error_set(err, -EINVAL, "destination is not waiting for a migration (run "
+                                        "state '%s'; start it with --incoming)",
+                          rs ? rs : "?");
+        goto out;
+    }
+    qmpc_mig q;
+    if ((rc = qmpc_query_migrate(dst, &q, &qm, err)) < 0)
+        goto out;
+    /* Waiting for migrate-incoming: nothing started and no listener (QEMU
+     * 7.2 keeps reporting no status while it listens). */
+    bool deferred = !strcmp(q.status, "none") && !json_object_get(qm, "socket-address");
+    /* A destination already listening (--incoming URI) may refuse new
+     * capabilities (QEMU takes them, livemig does not once it listens).  Go
+     * on with a warning: a capability that must match on both sides then
+     * fails the migration at its start with a clear error anyway. */
+    if (set_caps(dst, "destination", o, deferred, err) < 0) {
+        if (deferred) {
+            rc = err->code;
+            goto out;
+        }
+        fprintf(stderr, "livemig migrate: warning: %s (it is already listening; start it "
+                        "with --incoming defer to configure it first)\n", err->msg);
+        lm_error_clear(err);
+    }
+    if ((rc = set_params(dst, "destination", o, err)) < 0)
+        goto out;
+    if (deferred) {
+        json_t *args = json_pack("{s:s}", "uri", o->uri);
+        rc = qmpc_call(dst, "migrate-incoming", args, NULL, err);
+        json_decref(args);
+        if (rc < 0) {
+            lm_error_prefix(err, "destination");
+            goto out;
+        }
+        json_decref(qm);
+        qm = NULL;
+        if ((rc = qmpc_query_migrate(dst, &q, &qm, err)) < 0)
+            goto out;
+    }
+    if (!qmpc_real_uri(qm, o->uri, real, cap))
+        rc = lm_error_set(err, -EPROTO, "destination's query-migrate has no socket-address "
+                                        "to resolve port 0 of '%s'", o->uri);
+out:
+    json_decref(st);
+    json_decref(qm);
+    return rc;
+}
+
+int mig_run(const mig_opts *o)
+{
+    qmpc *src = NULL, *dst = NULL;
+    json_t *src_raw = NULL, *dst_raw = NULL;
+    lm_error err = {0};
+    int ret = CLI_EXIT_FAIL;
+    char uri[512];
+    qmpc_mig s, d;
+    progress p;
+    bool cancel_sent = false, timed_out = false, interrupted = false;
+    uint64_t start = cli_now_ms(), cancel_deadline = 0;
+    uint64_t deadline = start + (uint64_t)o->timeout_s * 1000;
+
+    memset(&s, 0, sizeof s);
+    memset(&d, 0, sizeof d);
+    s.total_time = s.setup_time = s.downtime = s.expected_downtime = -1;
+    snprintf(uri, sizeof uri, "%s", o->uri);
+
+    if (qmpc_connect(o->src, CONNECT_TIMEOUT_MS, &src, &err) < 0 ||
+        qmpc_connect(o->dst, CONNECT_TIMEOUT_MS, &dst, &err) < 0 ||
+        set_caps(src, "source", o, true, &err) < 0 || set_params(src, "source", o, &err) < 0 ||
+        prepare_destination(dst, o, uri, sizeof uri, &err) < 0) {
+        cli_err("migrate", "%s", err.msg);
+        goto out;
+    }
+    json_t *args = json_pack("{s:s}", "uri", uri);
+    int rc = qmpc_call(src, "migrate", args, NULL, &err);
+    json_decref(args);
+    if (rc < 0) {
+        cli_err("migrate", "source: %s", err.msg);
+        goto out;
+    }
+    progress_init(&p, !o->json && o->progress != MIG_PROGRESS_NONE);
+    if (p.enabled && !p.tty)
+        printf("migrating %s -> %s via %s\n", o->src, o->dst, uri);
+
+    for (;;) {
+        uint64_t now = cli_now_ms();
+        if (cli_interrupted && !cancel_sent) {
+            interrupted = true;
+            fprintf(stderr, "livemig migrate: interrupted, cancelling the migration\n");
+        } else if (now >= deadline && !cancel_sent) {
+            timed_out = true;
+            fprintf(stderr, "livemig migrate: no final status after %d s, cancelling\n",
+                    o->timeout_s);
+        }
+        if ((interrupted || timed_out) && !cancel_sent) {
+            lm_error_clear(&err);
+            if (qmpc_call(src, "migrate_cancel", NULL, NULL, &err) < 0)
+                cli_err("migrate", "source: %s", err.msg);
+            cancel_sent = true;
+            cancel_deadline = now + CANCEL_WAIT_MS;
+        }
+        if (cancel_sent && now >= cancel_deadline) {
+            cli_err("migrate", "source did not reach a final status %d s after cancel",
+                    CANCEL_WAIT_MS / 1000);
+            break;
+        }
+
+        json_decref(src_raw);
+        src_raw = NULL;
+        lm_error_clear(&err);
+        if (qmpc_query_migrate(src, &s, &src_raw, &err) < 0) {
+            if (p.enabled && p.tty)
+                p.lines = 0;
+            cli_err("migrate", "source: %s", err.msg);
+            goto out;
+        }
+        bool final = qmpc_status_final(s.status);
+        progress_show(&p, &s, final);
+        if (final)
+            break;
+
+        /* Sleep until the next poll, woken early by a MIGRATION event. */
+        uint64_t tick = now + POLL_MS;
+        while (!cli_interrupted) {
+            uint64_t t = cli_now_ms();
+            if (t >= tick)
+                break;
+            json_t *ev = NULL;
+            lm_error_clear(&err);
+            int erc = qmpc_next_event(src, (int)(tick - t), &ev, &err);
+            if (erc == -ETIMEDOUT)
+                break;
+            if (erc < 0) {
+                if (erc == -EINTR)
+                    continue;
+                break; /* the next query reports a dead connection */
+            }
+            const char *name = json_string_value(json_object_get(ev, "event"));
+            const char *st = json_string_value(
+                json_object_get(json_object_get(ev, "data"), "status"));
+            bool wake = name && !strcmp(name, "MIGRATION") && st && qmpc_status_final(st);
+            json_decref(ev);
+            if (wake)
+                break;
+        }
+    }
+
+    /* The destination decides last (it may still be loading the end of the
+     * stream): wait, bounded, for its own final status. */
+    uint64_t dst_deadline = cli_now_ms() + DST_WAIT_MS;
+    for (;;) {
+        json_decref(dst_raw);
+        dst_raw = NULL;
+        lm_error_clear(&err);
+        if (qmpc_query_migrate(dst, &d, &dst_raw, &err) < 0) {
+            if (!strcmp(s.status, "completed"))
+                cli_err("migrate", "destination: %s", err.msg);
+            memset(&d, 0, sizeof d);
+            break;
+        }
+        if (qmpc_status_final(d.status) || strcmp(s.status, "completed") ||
+            cli_now_ms() >= dst_deadline || cli_interrupted)
+            break;
+        usleep(20 * 1000);
+    }
+
+    const char *note = timed_out ? "timed out" : interrupted ? "interrupted" : NULL;
+    if (o->json) {
+        json_t *j = summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out,
+                                 interrupted);
+        char *txt = json_dumps(j, JSON_INDENT(2));
+        if (txt)
+            printf("%s\n", txt);
+        free(txt);
+        json_decref(j);
+    } else {
+        print_summary(&s, &d, note, stdout);
+    }
+    fflush(stdout);
+    if (!strcmp(s.status, "completed") && !timed_out && !interrupted) {
+        if (!strcmp(d.status, "failed"))
+            cli_err("migrate", "the source completed but the destination failed%s%s",
+                    d.error_desc[0] ? ": " : "", d.error_desc);
+        else
+            ret = CLI_EXIT_OK;
+    }
+
+out:
+    json_decref(src_raw);
+    json_decref(dst_raw);
+    lm_qmp_client_close(src);
+    lm_qmp_client_close(dst);
+    return ret;
+}
+
+/* ---------------------------------------------------------- subcommands */
+
+enum { O_SRC = 1, O_DST, O_URI, O_CAP, O_PARAM, O_JSON, O_TIMEOUT, O_WATCH };
+
+static void mig_opts_free(mig_opts *o)
+{
+    for (int i = 0; i < o->ncaps; i++)
+        free((char *)o->cap_name[i]);
+    for (int i = 0; i < o->nparams; i++)
+        free((char *)o->param_name[i]);
+}
+
+int cmd_migrate(int argc, char **argv)
+{
+    static const cli_opt opts[] = {
+        {"src", true, O_SRC},     {"dst", true, O_DST},          {"uri", true, O_URI},
+        {"cap", true, O_CAP},     {"param", true, O_PARAM},      {"json", false, O_JSON},
+        {"timeout", true, O_TIMEOUT}, {NULL, false, 0},
+    };
+    mig_opts o;
+    memset(&o, 0, sizeof o);
+    o.timeout_s = 600;
+    cli_args a;
+    cli_args_init(&a, "migrate", argc, argv);
+    const char *v;
+    int id, ret = CLI_EXIT_USAGE;
+    uint64_t n;
+
+    while ((id = cli_next(&a, opts, &v)) != CLI_END) {
+        switch (id) {
+        case CLI_ERR:
+            goto out;
+        case CLI_HELP:
+            usage_migrate(stdout);
+            ret = CLI_EXIT_OK;
+            goto out;
+        case CLI_POS:
+            cli_err("migrate", "unexpected argument '%s'", v);
+            goto out;
+        case O_SRC: o.src = v; break;
+        case O_DST: o.dst = v; break;
+        case O_URI: o.uri = v; break;
+        case O_CAP:
+            if (!mig_opts_add_cap(&o, "migrate", v))
+                goto out;
+            break;
+        case O_PARAM:
+            if (!mig_opts_add_param(&o, "migrate", v))
+                goto out;
+            break;
+        case O_JSON: o.json = true; break;
+        case O_TIMEOUT:
+            if (!cli_parse_u64(v, &n) || n < 1 || n > 86400 * 7) {
+                cli_err("migrate", "--timeout: '%s' is not a number of seconds >= 1", v);
+                goto out;
+            }
+            o.timeout_s = (int)n;
+            break;
+        }
+    }
+    if (!o.src || !o.dst || !o.uri) {
+        cli_err("migrate", "missing %s (see 'livemig help migrate')",
+                !o.src ? "--src" : !o.dst ? "--dst" : "--uri");
+        goto out;
+    }
+    cli_catch_signals();
+    ret = mig_run(&o);
+out:
+    mig_opts_free(&o);
+    return ret;
+}
+
+int cmd_status(int argc, char **argv)
+{
+    static const cli_opt opts[] = {
+        {"watch", false, O_WATCH}, {"json", false, O_JSON}, {NULL, false, 0},
+    };
+    cli_args a;
+    cli_args_init(&a, "status", argc, argv);
+    const char *v, *sock = NULL;
+    bool watch = false, json = false;
+    int id;
+
+    while ((id = cli_next(&a, opts, &v)) != CLI_END) {
+        switch (id) {
+        case CLI_ERR:
+            return CLI_EXIT_USAGE;
+        case CLI_HELP:
+            usage_status(stdout);
+            return CLI_EXIT_OK;
+        case CLI_POS:
+            if (sock) {
+                cli_err("status", "unexpected argument '%s'", v);
+                return CLI_EXIT_USAGE;
+            }
+            sock = v;
+            break;
+        case O_WATCH: watch = true; break;
+        case O_JSON: json = true; break;
+        }
+    }
+    if (!sock) {
+        cli_err("status", "missing SOCK (see 'livemig help status')");
+        return CLI_EXIT_USAGE;
+    }
+    cli_catch_signals();
+    qmpc *c = NULL;
+    lm_error err = {0};
+    int ret = CLI_EXIT_FAIL;
+    progress p;
+    progress_init(&p, !json);
+    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0) {
+        cli_err("status", "%s", err.msg);
+        return CLI_EXIT_FAIL;
+    }
+    for (;;) {
+        json_t *raw = NULL;
+        qmpc_mig q;
+        lm_error_clear(&err);
+        if (qmpc_query_migrate(c, &q, &raw, &err) < 0) {
+            cli_err("status", "%s", err.msg);
+            goto out;
+        }
+        bool final = qmpc_status_final(q.status) || !strcmp(q.status, "none");
+        if (json) {
+            char *txt = json_dumps(raw, JSON_COMPACT);
+            printf("%s\n", txt ? txt : "null");
+            fflush(stdout);
+            free(txt);
+        } else if (!final) {
+            if (!watch)
+                p.tty = false; /* one shot: one plain line, no redraw codes */
+            progress_show(&p, &q, true);
+        } else {
+            print_summary(&q, NULL, NULL, stdout);
+        }
+        json_decref(raw);
+        if (!watch || final)
+            break;
+        /* One refresh a second; a Ctrl-C ends the watch. */
+        for (int i = 0; i < 10 && !cli_interrupted; i++)
+            usleep(100 * 1000);
+        if (cli_interrupted)
+            break;
+    }
+    ret = CLI_EXIT_OK;
+out:
+    lm_qmp_client_close(c);
+    return ret;
+}
+
+int cmd_cancel(int argc, char **argv)
+{
+    cli_args a;
+    cli_args_init(&a, "cancel", argc, argv);
+    const char *v, *sock = NULL;
+    int id;
+    while ((id = cli_next(&a, NULL, &v)) != CLI_END) {
+        switch (id) {
+        case CLI_ERR:
+            return CLI_EXIT_USAGE;
+        case CLI_HELP:
+            usage_cancel(stdout);
+            return CLI_EXIT_OK;
+        case CLI_POS:
+            if (sock) {
+                cli_err("cancel", "unexpected argument '%s'", v);
+                return CLI_EXIT_USAGE;
+            }
+            sock = v;
+            break;
+        }
+    }
+    if (!sock) {
+        cli_err("cancel", "missing SOCK (see 'livemig help cancel')");
+        return CLI_EXIT_USAGE;
+    }
+    qmpc *c = NULL;
+    lm_error err = {0};
+    int ret = CLI_EXIT_FAIL;
+    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0 ||
+        qmpc_call(c, "migrate_cancel", NULL, NULL, &err) < 0) {
+        cli_err("cancel", "%s", err.msg);
+        goto out;
+    }
+    printf("cancel requested\n");
+    ret = CLI_EXIT_OK;
+out:
+    lm_qmp_client_close(c);
+    return ret;
+}
