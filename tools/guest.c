@@ -85,6 +85,7 @@ struct guest {
     fill fill;
     uint64_t hot_size;
     bool hot_size_set;
+    bool prealloc;        /* --prealloc: populate all memory before serving */
     char qmp_uri[4200];
     const char *incoming;
 
@@ -197,6 +198,22 @@ static int region_map(region *r, uint64_t len, lm_error *err)
     r->base = (uint8_t *)a;
     r->len = len;
     madvise(r->base, len, MADV_HUGEPAGE); /* a hint: failure is harmless */
+    return 0;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+/* --prealloc: every page present before the guest serves, so that a
+ * destination's load is not paced by first-touch page zeroing (0.3-1.7
+ * s/GiB on this machine kind, perf-anchors B1).  Leaves the memory zero. */
+static int prealloc_memory(guest *g)
+{
+    region *rs[] = {&g->ram[0], &g->ram[1], &g->ledger_r};
+    for (unsigned i = 0; i < sizeof rs / sizeof rs[0]; i++)
+        if (madvise(rs[i]->base, rs[i]->len, MADV_POPULATE_WRITE) < 0)
+            return -errno;
     return 0;
 }
 
@@ -588,13 +605,17 @@ void usage_guest(FILE *f)
             "                         written once (version 1), zero = populated zero\n"
             "                         (default none)\n"
             "  --hot-size SIZE        hot: bytes of the hot set at the start of RAM\n"
-            "                         (default 64M, at most --mem)\n\n"
+            "                         (default 64M, at most --mem)\n"
+            "  --prealloc             populate all guest memory before serving (QEMU's\n"
+            "                         -mem-prealloc): a destination then loads at wire\n"
+            "                         speed instead of paying the kernel's page zeroing\n\n"
             "QMP commands besides QEMU's: quit, x-guest-verify (guest stopped),\n"
             "x-guest-stats.  SIGINT/SIGTERM exit cleanly like quit.\n");
 }
 
 enum {
     O_MEM = 1, O_QMP, O_INCOMING, O_WORKLOAD, O_RATE, O_THREADS, O_SEED, O_FILL, O_HOT,
+    O_PREALLOC,
 };
 
 static const cli_opt guest_opts[] = {
@@ -602,7 +623,8 @@ static const cli_opt guest_opts[] = {
     {"incoming", true, O_INCOMING}, {"workload", true, O_WORKLOAD},
     {"dirty-rate", true, O_RATE},   {"threads", true, O_THREADS},
     {"seed", true, O_SEED},         {"fill", true, O_FILL},
-    {"hot-size", true, O_HOT},      {NULL, false, 0},
+    {"hot-size", true, O_HOT},      {"prealloc", false, O_PREALLOC},
+    {NULL, false, 0},
 };
 
 static int parse_flags(guest *g, int argc, char **argv)
@@ -699,6 +721,9 @@ static int parse_flags(guest *g, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             }
             g->hot_size_set = true;
+            break;
+        case O_PREALLOC:
+            g->prealloc = true;
             break;
         }
     }
@@ -799,6 +824,10 @@ int cmd_guest(int argc, char **argv)
         sweep s[2];
         sweep_all(g, g->fill == FILL_RANDOM ? SWEEP_FILL_RANDOM : SWEEP_FILL_ZERO,
                   "guest-fill", s);
+    } else if (g->prealloc && prealloc_memory(g) < 0) {
+        /* Kernels before 5.14 lack MADV_POPULATE_WRITE: write the zeros. */
+        sweep s[2];
+        sweep_all(g, SWEEP_FILL_ZERO, "guest-fill", s);
     }
 
     static const lm_host_ops ops = {.stop = host_stop, .start = host_start};

@@ -46,8 +46,14 @@ typedef struct outgoing {
     uint64_t bandwidth;          /* B/s used for threshold and expectation */
     uint64_t threshold;          /* bytes */
     unsigned extra_rounds;
+    /* Round trip of a PING: the smallest seen, because one queued behind
+     * page data (or answered by a destination busy populating memory)
+     * measures that instead of the confirmation at switchover.  At most one
+     * PING is in flight: ping_sent_ns is 0 when none is (atomics: the
+     * return-path thread writes both). */
     uint64_t rtt_ns;
     uint64_t ping_sent_ns;
+    uint32_t ping_seq;
     bool verdict;                /* SHUT/ERROR came from the destination (lock) */
     bool was_running;            /* guest was running when we stopped it */
     bool stopped_vm;
@@ -170,9 +176,13 @@ static void *rp_thread_fn(void *arg)
             uint32_t v;
             if (lm_fmt_u32_decode(payload, h.len, &v, &err) <= 0)
                 break;
-            pthread_mutex_lock(&m->lock);
-            LM_ATOMIC_SET(&g->rtt_ns, lm_now_ns() - LM_ATOMIC_GET(&g->ping_sent_ns));
-            pthread_mutex_unlock(&m->lock);
+            uint64_t sent = LM_ATOMIC_GET(&g->ping_sent_ns);
+            if (sent && v == LM_ATOMIC_GET(&g->ping_seq)) {
+                uint64_t rtt = lm_now_ns() - sent, best = LM_ATOMIC_GET(&g->rtt_ns);
+                if (!best || rtt < best)
+                    LM_ATOMIC_SET(&g->rtt_ns, rtt);
+                LM_ATOMIC_SET(&g->ping_sent_ns, 0);
+            }
         } else if (h.type == LM_REC_RP_SWITCHOVER_ACK) {
             pthread_mutex_lock(&m->lock);
             m->switchover_acked = true;
@@ -237,6 +247,17 @@ static uint64_t expected_downtime_us(const outgoing *g, uint64_t pending)
     return us;
 }
 
+static int send_ping(outgoing *g)
+{
+    uint8_t pb[4];
+    uint32_t seq = LM_ATOMIC_GET(&g->ping_seq) + 1;
+    lm_fmt_u32_encode(seq, pb, sizeof pb);
+    LM_ATOMIC_SET(&g->ping_seq, seq);
+    LM_ATOMIC_SET(&g->ping_sent_ns, lm_now_ns());
+    int ret = lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
+    return ret < 0 ? ret : lm_chan_flush(g->chan);
+}
+
 /* Every 100 ms: bandwidth, threshold, mbps, expected downtime (QEMU's
  * migration_update_counters, digest §3.4).  The bandwidth used for the
  * threshold is the wire speed measured in windows that were not held
@@ -273,6 +294,8 @@ static void update_counters(outgoing *g, uint64_t now)
         LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
                       (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
     }
+    if (!LM_ATOMIC_GET(&g->ping_sent_ns))
+        send_ping(g); /* a failure is the channel's sticky error: seen by the loop */
     g->win_start_ns = now;
     g->win_start_bytes = bytes;
     g->win_start_pages = pages;
@@ -549,11 +572,15 @@ static void *migration_thread_fn(void *arg)
         lm_error_set(&err, ret, "cannot start the return-path thread");
         goto out;
     }
-    /* A round trip now measures the confirmation cost of the switchover. */
-    uint8_t pb[4];
-    lm_fmt_u32_encode(1, pb, sizeof pb);
-    LM_ATOMIC_SET(&g->ping_sent_ns, lm_now_ns());
-    lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
+    /* A round trip measures the confirmation cost of the switchover; the
+     * first one now, flushed at once (queued behind the setup it would
+     * measure the first dirty sync), more every window (update_counters). */
+    ret = send_ping(g);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, &err);
+        lm_error_set(&err, ret, "setup failed");
+        goto out;
+    }
 
     reload_params(g);
     ret = lm_savevm_setup(m, &g->o, &err);

@@ -24,11 +24,13 @@ CONVERGE = {"max-bandwidth": 0, "downtime-limit": 300}
 # must take the extra sync.  defer: the destination is started with
 # --incoming defer, gets the events capability, then migrate-incoming (the
 # QEMU/libvirt flow); otherwise --incoming URI on its command line.
+# dst_extra: more flags for the destination (--prealloc: memory populated,
+# zero, before the stream arrives).
 SCENARIOS = [
     {"name": "idle/tcp", "transport": "tcp", "workload": "idle", "fill": "random",
      "wait_syncs": 0, "defer": False},
     {"name": "idle/unix", "transport": "unix", "workload": "idle", "fill": "random",
-     "wait_syncs": 0, "defer": True},
+     "wait_syncs": 0, "defer": True, "dst_extra": ("--prealloc",)},
     {"name": "random/tcp", "transport": "tcp", "workload": "random", "fill": "none",
      "wait_syncs": 2, "defer": True},
     {"name": "random/unix", "transport": "unix", "workload": "random", "fill": "none",
@@ -49,7 +51,8 @@ def precopy_live(t, sc):
         wl["dirty_rate"] = RATE
     src = t.guest("src", mem=MEM, fill=sc["fill"], seed=1, **wl)
     dst = t.dest("dst", transport=sc["transport"], mem=MEM, seed=2, defer=sc["defer"],
-                 caps={"events": True} if sc["defer"] else None, **wl)
+                 caps={"events": True} if sc["defer"] else None,
+                 extra=sc.get("dst_extra", ()), **wl)
     check_eq(dst.status(), "inmigrate", "destination run state before migrating")
     check_eq(src.status(), "running", "source run state before migrating")
 
