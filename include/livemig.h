@@ -194,6 +194,14 @@ int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 
 /* ------------------------------------------------------------ statistics */
 
+/* One multifd channel's figures (source side). */
+#define LM_MULTIFD_MAX_CHANNELS 255
+typedef struct lm_multifd_chan_stats {
+    uint64_t bytes;   /* on the wire, headers included */
+    uint64_t normal;  /* pages sent with data */
+    uint64_t zero;    /* zero pages detected by this channel (no data) */
+} lm_multifd_chan_stats;
+
 /* query-migrate, QEMU's fields (digest §10) plus a few of ours. */
 typedef struct lm_info {
     lm_status status;
@@ -219,6 +227,8 @@ typedef struct lm_info {
     uint64_t downtime_us;          /* ours: downtime in microseconds */
     uint64_t bandwidth;            /* ours: measured wire bandwidth, B/s */
     uint64_t dirty_sync_missed_zero_copy;
+    unsigned multifd_channels;     /* ours: channels of this migration (0: none) */
+    lm_multifd_chan_stats multifd_chan[LM_MULTIFD_MAX_CHANNELS];
     char error_desc[LM_ERROR_MSG_MAX]; /* empty when none */
     char socket_address[128];      /* destination: actual listening address */
 } lm_info;

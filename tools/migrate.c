@@ -37,6 +37,10 @@ void usage_migrate(FILE *f)
             "  --param NAME=VALUE     set a parameter on both sides (repeatable); VALUE\n"
             "                         is an integer (K/M/G allowed for *-bandwidth),\n"
             "                         true/false, or a string\n"
+            "  --multifd N            N parallel channels: --cap multifd=on and\n"
+            "                         --param multifd-channels=N (1..255)\n"
+            "  --compress METHOD      multifd compression: none, zlib, zstd, lz4\n"
+            "                         (implies multifd; --param multifd-compression)\n"
             "  --json                 print one JSON object at the end, no progress\n"
             "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
             "Exit status: 0 completed, 1 failed/cancelled/timed out, 2 usage.\n"
@@ -507,7 +511,8 @@ out:
 
 /* ---------------------------------------------------------- subcommands */
 
-enum { O_SRC = 1, O_DST, O_URI, O_CAP, O_PARAM, O_JSON, O_TIMEOUT, O_WATCH };
+enum { O_SRC = 1, O_DST, O_URI, O_CAP, O_PARAM, O_JSON, O_TIMEOUT, O_WATCH, O_MULTIFD,
+       O_COMPRESS };
 
 static void mig_opts_free(mig_opts *o)
 {
@@ -522,8 +527,12 @@ int cmd_migrate(int argc, char **argv)
     static const cli_opt opts[] = {
         {"src", true, O_SRC},     {"dst", true, O_DST},          {"uri", true, O_URI},
         {"cap", true, O_CAP},     {"param", true, O_PARAM},      {"json", false, O_JSON},
-        {"timeout", true, O_TIMEOUT}, {NULL, false, 0},
+        {"timeout", true, O_TIMEOUT}, {"multifd", true, O_MULTIFD},
+        {"compress", true, O_COMPRESS}, {NULL, false, 0},
     };
+    static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
+    char mfd_spec[2][64];
+    bool mfd = false;
     mig_opts o;
     memset(&o, 0, sizeof o);
     o.timeout_s = 600;
@@ -555,6 +564,30 @@ int cmd_migrate(int argc, char **argv)
             if (!mig_opts_add_param(&o, "migrate", v))
                 goto out;
             break;
+        case O_MULTIFD:
+            if (!cli_parse_u64(v, &n) || n < 1 || n > 255) {
+                cli_err("migrate", "--multifd: '%s' is not a number of channels in 1..255", v);
+                goto out;
+            }
+            snprintf(mfd_spec[0], sizeof mfd_spec[0], "multifd-channels=%s", v);
+            if (!mig_opts_add_param(&o, "migrate", mfd_spec[0]))
+                goto out;
+            mfd = true;
+            break;
+        case O_COMPRESS: {
+            bool known = false;
+            for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+                known |= !strcmp(v, methods[i]);
+            if (!known) {
+                cli_err("migrate", "--compress: unknown method '%s' (none, zlib, zstd, lz4)", v);
+                goto out;
+            }
+            snprintf(mfd_spec[1], sizeof mfd_spec[1], "multifd-compression=%s", v);
+            if (!mig_opts_add_param(&o, "migrate", mfd_spec[1]))
+                goto out;
+            mfd = true;
+            break;
+        }
         case O_JSON: o.json = true; break;
         case O_TIMEOUT:
             if (!cli_parse_u64(v, &n) || n < 1 || n > 86400 * 7) {
@@ -565,6 +598,8 @@ int cmd_migrate(int argc, char **argv)
             break;
         }
     }
+    if (mfd && !mig_opts_add_cap(&o, "migrate", "multifd=on"))
+        goto out;
     if (!o.src || !o.dst || !o.uri) {
         cli_err("migrate", "missing %s (see 'livemig help migrate')",
                 !o.src ? "--src" : !o.dst ? "--dst" : "--uri");

@@ -3,27 +3,40 @@
  * HELLO, load records straight into guest memory, confirm with RP_SHUT.
  *
  * Threads: "lm-incoming" (one per migrate-incoming) accepts, reads and
- * loads; it alone uses the channel, reading the stream and writing the
- * return path.  Cancel (any thread) shuts down the listening socket or the
+ * loads; it alone uses the main channel, reading the stream and writing
+ * the return path.  With multifd it accepts every channel of the session
+ * first (in any order: HELLO names each), then "lm-mfd-recv/N" threads read
+ * the multifd channels (multifd/recv.c).  Cancel (any thread) shuts down the listening socket or the
  * channel under m->lock, which makes the blocked accept/read return.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
  */
 #include "core/internal.h"
+#include "multifd/multifd.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define HELLO_TIMEOUT_S 10
+/* After the first channel, the others of the session must come within. */
+#define CHANNELS_TIMEOUT_MS 10000
 
 typedef struct incoming {
     lm_mig *m;
     int lfd;
-    lm_chan *chan;
+    lm_chan *chan;                /* the main channel once known */
+    /* Channel identification (incoming thread only). */
+    bool have_session;
     uint8_t session[LM_SESSION_ID_LEN];
+    uint64_t features;
+    unsigned nmfd;                /* multifd channels of the session */
+    unsigned nmfd_have;
+    lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS];
+    lm_mfd_recv *mfd;
 } incoming;
 
 static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg)
@@ -38,60 +51,6 @@ static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg
     if (lm_chan_put(c, h, sizeof h) < 0 || lm_chan_put(c, p, (size_t)n) < 0)
         return -EIO;
     return lm_chan_flush(c);
-}
-
-/* Reads and checks the source's HELLO; answers ACCEPT or REJECT+ERROR. */
-static int hello(incoming *in, lm_error *err)
-{
-    uint8_t buf[LM_HELLO_SIZE];
-    lm_hello h;
-    int fd = lm_chan_fd(in->chan);
-    struct timeval tv = {.tv_sec = HELLO_TIMEOUT_S};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (lm_chan_read_full(in->chan, buf, sizeof buf) < 0) {
-        lm_error tmp = {0};
-        lm_chan_get_error(in->chan, &tmp);
-        if (strstr(tmp.msg, "temporarily unavailable"))
-            return lm_error_set(err, -ETIMEDOUT, "no HELLO from the source within %d s",
-                                HELLO_TIMEOUT_S);
-        return lm_error_set(err, tmp.code ? tmp.code : -EIO, "reading HELLO: %s", tmp.msg);
-    }
-    tv.tv_sec = 0;
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-
-    lm_hello reply = {.version = LM_FORMAT_VERSION, .role = LM_ROLE_MAIN,
-                      .kind = LM_HELLO_ACCEPT, .page_size = LM_PAGE_SIZE};
-    int ret = lm_fmt_hello_decode(buf, sizeof buf, &h, err) > 0 ? 0 : -EPROTO;
-    if (ret == 0 && h.kind != LM_HELLO_REQUEST)
-        ret = lm_error_set(err, -EPROTO, "HELLO: expected a request, got kind %u", h.kind);
-    if (ret == 0 && h.role != LM_ROLE_MAIN)
-        ret = lm_error_set(err, -EPROTO, "HELLO: a %s channel arrived but no migration is "
-                                         "running on this destination",
-                           h.role == LM_ROLE_MULTIFD ? "multifd" : "preempt");
-    if (ret == 0 && h.page_size != LM_PAGE_SIZE)
-        ret = lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
-                           h.page_size, LM_PAGE_SIZE);
-    if (ret == 0 && h.features)
-        ret = lm_error_set(err, -ENOTSUP, "HELLO: the source asks for features 0x%llx that "
-                                          "this destination does not support yet",
-                           (unsigned long long)h.features);
-    if (ret < 0) {
-        if (err && err->code && strstr(err->msg, "bad magic") == NULL) {
-            /* A livemig peer: tell it why, so both sides name the reason. */
-            reply.kind = LM_HELLO_REJECT;
-            memcpy(reply.session, h.session, sizeof reply.session);
-            lm_fmt_hello_encode(&reply, buf, sizeof buf);
-            if (lm_chan_put(in->chan, buf, sizeof buf) == 0)
-                send_status(in->chan, LM_REC_ERROR, err->code, err->msg);
-        }
-        return ret;
-    }
-    memcpy(in->session, h.session, sizeof in->session);
-    memcpy(reply.session, h.session, sizeof reply.session);
-    lm_fmt_hello_encode(&reply, buf, sizeof buf);
-    if (lm_chan_put(in->chan, buf, sizeof buf) < 0 || lm_chan_flush(in->chan) < 0)
-        return lm_chan_get_error(in->chan, err);
-    return 0;
 }
 
 /* After a verdict on failure: closing with unread stream data in the
@@ -110,6 +69,186 @@ static void linger_drain(lm_chan *c)
         ssize_t n = recv(fd, sink, sizeof sink, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
             break;
+    }
+}
+
+/* Checks one HELLO against this destination and the channels already
+ * accepted; returns 0 or an error naming what was wrong. */
+static int hello_check(incoming *in, const lm_hello *h, lm_error *err)
+{
+    pthread_mutex_lock(&in->m->lock);
+    bool multifd = in->m->caps & (1ull << LM_CAP_MULTIFD);
+    pthread_mutex_unlock(&in->m->lock);
+    if (h->kind != LM_HELLO_REQUEST)
+        return lm_error_set(err, -EPROTO, "HELLO: expected a request, got kind %u", h->kind);
+    if (h->page_size != LM_PAGE_SIZE)
+        return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
+                            h->page_size, LM_PAGE_SIZE);
+    if (h->features & ~LM_FEAT_MULTIFD)
+        return lm_error_set(err, -ENOTSUP, "HELLO: the source asks for features 0x%llx that "
+                                           "this destination does not support yet",
+                            (unsigned long long)(h->features & ~LM_FEAT_MULTIFD));
+    bool src_mfd = h->features & LM_FEAT_MULTIFD;
+    if (src_mfd && !multifd)
+        return lm_error_set(err, -EPROTO, "the source migrates with multifd but the 'multifd' "
+                                          "capability is off on this destination");
+    if (!src_mfd && multifd)
+        return lm_error_set(err, -EPROTO, "the 'multifd' capability is on on this destination "
+                                          "but the source migrates without it");
+    if (src_mfd ? h->chan_count < 1 || h->chan_count > LM_MULTIFD_MAX_CHANNELS
+                : h->chan_count != 0)
+        return lm_error_set(err, -EPROTO, "HELLO: %u multifd channels announced", h->chan_count);
+    if (in->have_session) {
+        if (memcmp(h->session, in->session, sizeof in->session) != 0)
+            return lm_error_set(err, -EPROTO, "a channel of another migration session arrived "
+                                              "(%s channel %u)",
+                                h->role == LM_ROLE_MAIN ? "main" : "multifd", h->chan_index);
+        if (h->features != in->features || h->chan_count != in->nmfd)
+            return lm_error_set(err, -EPROTO, "HELLO: channels of one session disagree on "
+                                              "features or channel count");
+    }
+    switch (h->role) {
+    case LM_ROLE_MAIN:
+        if (in->chan)
+            return lm_error_set(err, -EPROTO, "a second main channel arrived");
+        if (h->chan_index != 0)
+            return lm_error_set(err, -EPROTO, "HELLO: main channel with index %u",
+                                h->chan_index);
+        return 0;
+    case LM_ROLE_MULTIFD:
+        if (!src_mfd)
+            return lm_error_set(err, -EPROTO, "a multifd channel arrived but the session does "
+                                              "not use multifd");
+        if (h->chan_index >= h->chan_count)
+            return lm_error_set(err, -EPROTO, "multifd channel %u of %u does not exist",
+                                h->chan_index, h->chan_count);
+        if (in->mfd_chans[h->chan_index])
+            return lm_error_set(err, -EPROTO, "multifd channel %u arrived twice", h->chan_index);
+        return 0;
+    default:
+        return lm_error_set(err, -ENOTSUP, "a postcopy preempt channel arrived: postcopy is "
+                                           "not supported yet");
+    }
+}
+
+/* Reads and checks the HELLO of one connection; answers ACCEPT or
+ * REJECT+ERROR; on success the channel is placed (main or multifd N) and
+ * owned by `in`. */
+static int hello(incoming *in, lm_chan *c, lm_error *err)
+{
+    uint8_t buf[LM_HELLO_SIZE];
+    lm_hello h;
+    int fd = lm_chan_fd(c);
+    struct timeval tv = {.tv_sec = HELLO_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (lm_chan_read_full(c, buf, sizeof buf) < 0) {
+        lm_error tmp = {0};
+        lm_chan_get_error(c, &tmp);
+        if (strstr(tmp.msg, "temporarily unavailable"))
+            return lm_error_set(err, -ETIMEDOUT, "no HELLO from the source within %d s",
+                                HELLO_TIMEOUT_S);
+        return lm_error_set(err, tmp.code ? tmp.code : -EIO, "reading HELLO: %s", tmp.msg);
+    }
+    tv.tv_sec = 0;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+    int ret = lm_fmt_hello_decode(buf, sizeof buf, &h, err) > 0 ? 0 : -EPROTO;
+    if (ret == 0)
+        ret = hello_check(in, &h, err);
+    lm_hello reply = {.version = LM_FORMAT_VERSION, .role = h.role, .kind = LM_HELLO_ACCEPT,
+                      .page_size = LM_PAGE_SIZE, .chan_index = h.chan_index,
+                      .chan_count = h.chan_count, .features = h.features};
+    memcpy(reply.session, h.session, sizeof reply.session);
+    if (ret < 0) {
+        if (err && err->code && strstr(err->msg, "bad magic") == NULL) {
+            /* A livemig peer: tell it why, so both sides name the reason. */
+            reply.kind = LM_HELLO_REJECT;
+            reply.role = LM_ROLE_MAIN;
+            reply.features = 0;
+            reply.chan_count = 0;
+            lm_fmt_hello_encode(&reply, buf, sizeof buf);
+            if (lm_chan_put(c, buf, sizeof buf) == 0)
+                send_status(c, LM_REC_ERROR, err->code, err->msg);
+        }
+        return ret;
+    }
+    lm_fmt_hello_encode(&reply, buf, sizeof buf);
+    if (lm_chan_put(c, buf, sizeof buf) < 0 || lm_chan_flush(c) < 0)
+        return lm_chan_get_error(c, err);
+    if (!in->have_session) {
+        in->have_session = true;
+        memcpy(in->session, h.session, sizeof in->session);
+        in->features = h.features;
+        in->nmfd = h.chan_count;
+    }
+    if (h.role == LM_ROLE_MAIN) {
+        in->chan = c;
+        pthread_mutex_lock(&in->m->lock);
+        in->m->chan = c;
+        pthread_mutex_unlock(&in->m->lock);
+    } else {
+        in->mfd_chans[h.chan_index] = c;
+        in->nmfd_have++;
+        if (!lm_mig_aux_chan_add(in->m, c))
+            return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+    }
+    return 0;
+}
+
+/* Accepts connections until the main channel and every multifd channel of
+ * the session are there (DESIGN §5: identified by HELLO, never by order). */
+static int accept_channels(incoming *in, lm_error *err)
+{
+    lm_mig *m = in->m;
+    uint64_t deadline = 0;
+    for (;;) {
+        if (in->chan && in->nmfd_have == in->nmfd)
+            return 0;
+        int fd = -1, ret;
+        if (deadline) {
+            int64_t left = (int64_t)(deadline - lm_now_ns()) / 1000000;
+            struct pollfd p = {.fd = in->lfd, .events = POLLIN};
+            int r = left > 0 ? poll(&p, 1, (int)left) : 0;
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r == 0)
+                return lm_error_set(err, -ETIMEDOUT,
+                                    "only %s%u of %u multifd channels arrived within %d s",
+                                    in->chan ? "the main channel and " : "", in->nmfd_have,
+                                    in->nmfd, CHANNELS_TIMEOUT_MS / 1000);
+        }
+        ret = lm_sock_accept(in->lfd, &fd, err);
+        if (ret < 0)
+            return ret;
+        pthread_mutex_lock(&m->lock);
+        bool cancel = m->cancel_requested;
+        pthread_mutex_unlock(&m->lock);
+        lm_chan *c;
+        ret = lm_chan_new(fd, "incoming channel", &c, err);
+        if (ret < 0) {
+            close(fd);
+            return ret;
+        }
+        if (cancel) {
+            lm_chan_free(c);
+            return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+        }
+        ret = hello(in, c, err);
+        if (ret < 0) {
+            if (c != in->chan) {
+                bool placed = false;
+                for (unsigned i = 0; i < in->nmfd; i++)
+                    placed |= in->mfd_chans[i] == c;
+                if (!placed) {
+                    if (err && err->code && strstr(err->msg, "bad magic") == NULL)
+                        linger_drain(c);
+                    lm_chan_free(c);
+                }
+            }
+            return ret;
+        }
+        if (!deadline)
+            deadline = lm_now_ns() + CHANNELS_TIMEOUT_MS * 1000000ull;
     }
 }
 
@@ -152,7 +291,24 @@ static int load(incoming *in, lm_error *err)
             ret = lm_ram_load_record(m, in->chan, &h, err);
             if (ret < 0)
                 return ret;
+            if (h.type == LM_REC_RAM_BLOCKS && in->mfd)
+                lm_mfd_recv_blocks_ready(in->mfd);
             break;
+        case LM_REC_MULTIFD_FLUSH: {
+            uint8_t p[8];
+            uint64_t seq;
+            if (lm_chan_read_full(in->chan, p, sizeof p) < 0)
+                return lm_chan_get_error(in->chan, err);
+            if (lm_fmt_u64_decode(p, sizeof p, &seq, err) <= 0)
+                return -EPROTO;
+            if (!in->mfd)
+                return lm_error_set(err, -EPROTO, "MULTIFD_FLUSH in a migration without "
+                                                  "multifd channels");
+            ret = lm_mfd_recv_sync(in->mfd, seq, err);
+            if (ret < 0)
+                return ret;
+            break;
+        }
         case LM_REC_PING: {
             uint8_t p[4], r[LM_REC_HDR_SIZE + 4];
             uint32_t v;
@@ -176,7 +332,8 @@ static int load(incoming *in, lm_error *err)
         case LM_REC_EOS:
             if (!m->in.have_blocks && m->nblocks)
                 return lm_error_set(err, -EPROTO, "end of stream before the RAM block table");
-            return 0;
+            /* Every multifd channel ends too (after its last sync). */
+            return in->mfd ? lm_mfd_recv_finish(in->mfd, err) : 0;
         case LM_REC_ERROR: {
             uint8_t p[6 + LM_ERROR_MSG_MAX];
             lm_status_msg sm;
@@ -210,32 +367,33 @@ static void *incoming_thread_fn(void *arg)
     if (getsockopt(in->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &sl) == 0 && !listening) {
         fd = in->lfd;
         in->lfd = -1;
+        lm_chan *c = NULL;
+        ret = lm_chan_new(fd, "incoming channel", &c, &err);
+        if (ret < 0)
+            close(fd);
+        if (ret == 0 && (ret = hello(in, c, &err)) < 0 && c != in->chan)
+            lm_chan_free(c);
+        if (ret == 0 && in->nmfd)
+            ret = lm_error_set(&err, -EPROTO, "the source uses multifd, which needs a "
+                                              "listening socket, not the connected fd");
     } else {
-        ret = lm_sock_accept(in->lfd, &fd, &err);
+        ret = accept_channels(in, &err);
     }
     pthread_mutex_lock(&m->lock);
     m->listen_fd = -1;
     pthread_mutex_unlock(&m->lock);
     if (in->lfd >= 0)
-        close(in->lfd); /* one stream per migrate-incoming */
+        close(in->lfd); /* one migration per migrate-incoming */
+    in->lfd = -1;
     if (ret < 0)
         goto out;
-    ret = lm_chan_new(fd, "incoming channel", &in->chan, &err);
-    if (ret < 0) {
-        close(fd);
-        goto out;
+    if (in->nmfd) {
+        /* The channels now belong to the receiver, even if it fails. */
+        ret = lm_mfd_recv_new(m, in->chan, in->mfd_chans, in->nmfd, &in->mfd, &err);
+        memset(in->mfd_chans, 0, sizeof in->mfd_chans);
+        if (ret < 0)
+            goto out;
     }
-    pthread_mutex_lock(&m->lock);
-    m->chan = in->chan;
-    bool cancel = m->cancel_requested;
-    pthread_mutex_unlock(&m->lock);
-    if (cancel) {
-        ret = lm_error_set(&err, -ECANCELED, "incoming migration cancelled");
-        goto out;
-    }
-    ret = hello(in, &err);
-    if (ret < 0)
-        goto out;
     if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
         ret = lm_error_set(&err, -ECANCELED, "incoming migration cancelled");
         goto out;
@@ -259,6 +417,14 @@ out:
             linger_drain(in->chan);
         lm_mig_set_error(m, &err);
     }
+    if (in->mfd) {
+        if (ret < 0)
+            lm_mfd_recv_shutdown(in->mfd, "incoming migration ended");
+        lm_mfd_recv_free(in->mfd);
+    }
+    lm_mig_aux_chans_clear(m);
+    for (unsigned i = 0; i < LM_MULTIFD_MAX_CHANNELS; i++)
+        lm_chan_free(in->mfd_chans[i]); /* accepted, never handed over */
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     lm_ram_prefault_stop(m);
     pthread_mutex_lock(&m->lock);

@@ -101,6 +101,9 @@ typedef struct lm_stats {
     uint64_t total_time_ms;
     uint64_t start_ns, end_ns;
     uint64_t postcopy_requests;
+    uint64_t multifd_bytes;
+    uint32_t mfd_channels;     /* multifd channels of this migration */
+    lm_multifd_chan_stats mfd_chan[LM_MULTIFD_MAX_CHANNELS];
 } lm_stats;
 
 /* --------------------------------------------------------- savevm handlers */
@@ -163,6 +166,10 @@ struct lm_mig {
     pthread_t rp_thread;
     bool rp_running;
     lm_chan *chan;            /* main channel while one is up */
+    /* Multifd channels while they are up, so cancel can shut them down
+     * (their threads may be blocked in I/O on them). */
+    lm_chan *aux_chans[LM_MULTIFD_MAX_CHANNELS];
+    unsigned naux_chans;
     int connect_fd;           /* socket being connected, -1 */
     int listen_fd;            /* incoming listener, -1 */
     char socket_address[128];
@@ -244,6 +251,11 @@ void lm_runstate_set(lm_mig *m, lm_runstate r);
 bool lm_vm_stop_for_migration(lm_mig *m, lm_runstate to);
 void lm_vm_start_after_migration(lm_mig *m, lm_runstate to);
 
+/* Channels cancel must shut down besides m->chan (mig.c; take m->lock).
+ * add returns false when cancel was already requested. */
+bool lm_mig_aux_chan_add(lm_mig *m, lm_chan *c);
+void lm_mig_aux_chans_clear(lm_mig *m);
+
 /* Records the first error of this migration (under lock). */
 void lm_mig_set_error(lm_mig *m, const lm_error *err);
 
@@ -258,11 +270,18 @@ int lm_caps_check(uint64_t caps, lm_error *err);
 /* ----------------------------------------------------- the outgoing side */
 
 /* What handlers write into: the main channel plus accounting. */
+struct lm_mfd_send;
 struct lm_out {
     lm_mig *m;
     lm_chan *chan;
     bool last_stage;       /* VM stopped (downtime bytes) */
+    struct lm_mfd_send *mfd;   /* multifd channels, NULL without multifd */
+    lm_zero_page_detection zpd;
 };
+
+/* Bytes on the wire so far: the main channel plus every multifd channel
+ * (rate limiting and bandwidth count them all). */
+uint64_t lm_out_bytes(const lm_out *o);
 
 /* Writes one record with a small payload (copied). */
 int lm_out_record(lm_out *o, uint8_t type, const void *payload, uint32_t len);
@@ -275,6 +294,12 @@ int lm_ram_load_setup(lm_mig *m, lm_error *err);
 /* Allocates the destination's maps and starts / stops "lm-prefault". */
 int lm_ram_incoming_prepare(lm_mig *m, lm_error *err);
 void lm_ram_prefault_stop(lm_mig *m);
+/* Destination, incoming or multifd threads: populates the 2 MiB chunks of
+ * pages [first, first+count) not yet populated; marks / tests a page as
+ * written by a stream (atomic). */
+void lm_ram_prefault_pages(lm_ram_block *b, uint64_t first, uint64_t count);
+void lm_ram_mark_received(lm_ram_block *b, uint64_t page);
+bool lm_ram_test_received(const lm_ram_block *b, uint64_t page);
 void lm_ram_save_cleanup(lm_mig *m);
 
 /* savevm.c */

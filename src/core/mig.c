@@ -96,6 +96,23 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     return 0;
 }
 
+bool lm_mig_aux_chan_add(lm_mig *m, lm_chan *c)
+{
+    pthread_mutex_lock(&m->lock);
+    bool ok = !m->cancel_requested && m->naux_chans < LM_MULTIFD_MAX_CHANNELS;
+    if (ok)
+        m->aux_chans[m->naux_chans++] = c;
+    pthread_mutex_unlock(&m->lock);
+    return ok;
+}
+
+void lm_mig_aux_chans_clear(lm_mig *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->naux_chans = 0;
+    pthread_mutex_unlock(&m->lock);
+}
+
 /* Joins whichever thread runs a migration, after shutting its I/O down. */
 static void stop_threads(lm_mig *m)
 {
@@ -103,6 +120,8 @@ static void stop_threads(lm_mig *m)
     m->cancel_requested = true;
     if (m->chan)
         lm_chan_shutdown(m->chan, "migration object freed");
+    for (unsigned i = 0; i < m->naux_chans; i++)
+        lm_chan_shutdown(m->aux_chans[i], "migration object freed");
     if (m->connect_fd >= 0)
         shutdown(m->connect_fd, SHUT_RDWR);
     if (m->listen_fd >= 0)
@@ -507,6 +526,8 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
     bool changed = !m->eos_sent && lm_state_set_locked(m, s, LM_STATUS_CANCELLING);
     if (m->chan)
         lm_chan_shutdown(m->chan, "migration cancelled");
+    for (unsigned i = 0; i < m->naux_chans; i++)
+        lm_chan_shutdown(m->aux_chans[i], "migration cancelled");
     if (m->connect_fd >= 0)
         shutdown(m->connect_fd, SHUT_RDWR);
     if (m->listen_fd >= 0)
@@ -584,6 +605,13 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->downtime_bytes = LM_ATOMIC_GET(&st->downtime_bytes);
     out->postcopy_bytes = LM_ATOMIC_GET(&st->postcopy_bytes);
     out->bandwidth = LM_ATOMIC_GET(&st->bandwidth);
+    out->multifd_bytes = LM_ATOMIC_GET(&st->multifd_bytes);
+    out->multifd_channels = LM_ATOMIC_GET(&st->mfd_channels);
+    for (unsigned i = 0; i < out->multifd_channels && i < LM_MULTIFD_MAX_CHANNELS; i++) {
+        out->multifd_chan[i].bytes = LM_ATOMIC_GET(&st->mfd_chan[i].bytes);
+        out->multifd_chan[i].normal = LM_ATOMIC_GET(&st->mfd_chan[i].normal);
+        out->multifd_chan[i].zero = LM_ATOMIC_GET(&st->mfd_chan[i].zero);
+    }
     uint64_t dt = LM_ATOMIC_GET(&st->downtime_us);
     /* Unlike QEMU, the last expected-downtime stays visible once completed:
      * it is the prediction made at the switchover decision, to be compared

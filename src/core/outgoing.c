@@ -7,14 +7,19 @@
  *    It alone writes to the main channel and owns the RAM send state.
  *  - "lm-rp": reads the destination's return-path records (SHUT, PONG,
  *    ERROR) from the same socket and reports them under m->lock.
+ *  - with multifd, "lm-mfd-send/N" per channel (multifd/send.c); the
+ *    migration thread connects their channels, hands them over and, at the
+ *    end, joins them.
  * Both wait on m->cond; cancel, parameter changes, migrate-continue and
  * return-path news broadcast it.  A failure or cancel before the end of
  * stream leaves the source running; after it, the destination's SHUT
  * decides (see completion()).
  */
 #include "core/internal.h"
+#include "multifd/multifd.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -33,6 +38,12 @@ typedef struct outgoing {
     lm_uri uri;
     lm_out o;
     lm_chan *chan;
+    uint8_t session[LM_SESSION_ID_LEN];
+    unsigned nmfd;               /* multifd channels (0: off) */
+    lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS]; /* until handed to o.mfd */
+    lm_mfd_send_cfg mfd_cfg;
+    bool test_shuffle;           /* test knob: connect channels in random order */
+    uint64_t rl_seen;            /* bytes already accounted to the rate limiter */
     lm_ratelimit rl;
     uint64_t params_gen;
     lm_params params;
@@ -73,6 +84,11 @@ int lm_out_record(lm_out *o, uint8_t type, const void *payload, uint32_t len)
     return ret;
 }
 
+uint64_t lm_out_bytes(const lm_out *o)
+{
+    return lm_chan_bytes_written(o->chan) + LM_ATOMIC_GET(&o->m->stats.multifd_bytes);
+}
+
 static lm_status cur_status(lm_mig *m)
 {
     pthread_mutex_lock(&m->lock);
@@ -83,22 +99,25 @@ static lm_status cur_status(lm_mig *m)
 
 /* ------------------------------------------------------------ handshake */
 
-static int hello(outgoing *g, lm_error *err)
+/* HELLO on one connection: role and index name the channel, the session
+ * id ties the channels of this migration together (DESIGN §5). */
+static int hello(outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_error *err)
 {
     uint8_t buf[LM_HELLO_SIZE];
-    lm_hello h = {.version = LM_FORMAT_VERSION, .role = LM_ROLE_MAIN,
-                  .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE};
-    if (getrandom(h.session, sizeof h.session, 0) != sizeof h.session)
-        return lm_error_set(err, -EIO, "getrandom failed");
+    lm_hello h = {.version = LM_FORMAT_VERSION, .role = (uint8_t)role,
+                  .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE,
+                  .chan_index = (uint16_t)index, .chan_count = (uint16_t)g->nmfd,
+                  .features = g->nmfd ? LM_FEAT_MULTIFD : 0};
+    memcpy(h.session, g->session, sizeof h.session);
     lm_fmt_hello_encode(&h, buf, sizeof buf);
-    if (lm_chan_put(g->chan, buf, sizeof buf) < 0 || lm_chan_flush(g->chan) < 0)
-        return lm_chan_get_error(g->chan, err);
-    int r = lm_chan_wait_readable(g->chan, HELLO_TIMEOUT_MS);
+    if (lm_chan_put(c, buf, sizeof buf) < 0 || lm_chan_flush(c) < 0)
+        return lm_chan_get_error(c, err);
+    int r = lm_chan_wait_readable(c, HELLO_TIMEOUT_MS);
     if (r == 0)
         return lm_error_set(err, -ETIMEDOUT, "destination did not answer HELLO within %d s",
                             HELLO_TIMEOUT_MS / 1000);
-    if (r < 0 || lm_chan_read_full(g->chan, buf, sizeof buf) < 0) {
-        lm_chan_get_error(g->chan, err);
+    if (r < 0 || lm_chan_read_full(c, buf, sizeof buf) < 0) {
+        lm_chan_get_error(c, err);
         return lm_error_prefix(err, "waiting for the destination's HELLO");
     }
     lm_hello reply;
@@ -109,17 +128,97 @@ static int hello(outgoing *g, lm_error *err)
         lm_rec_hdr rh;
         lm_status_msg sm = {0};
         uint8_t *p = NULL;
-        if (lm_chan_read_full(g->chan, hb, sizeof hb) == 0 &&
+        if (lm_chan_read_full(c, hb, sizeof hb) == 0 &&
             lm_fmt_rec_hdr_decode(hb, sizeof hb, &rh, NULL) > 0 && rh.type == LM_REC_ERROR &&
-            (p = malloc(rh.len ? rh.len : 1)) && lm_chan_read_full(g->chan, p, rh.len) == 0)
+            (p = malloc(rh.len ? rh.len : 1)) && lm_chan_read_full(c, p, rh.len) == 0)
             lm_fmt_status_msg_decode(p, rh.len, &sm, NULL);
         free(p);
         return lm_error_set(err, -ECONNREFUSED, "destination rejected the migration: %s",
                             sm.msg[0] ? sm.msg : "no reason given");
     }
-    if (reply.kind != LM_HELLO_ACCEPT || reply.role != LM_ROLE_MAIN ||
+    if (reply.kind != LM_HELLO_ACCEPT || reply.role != role || reply.chan_index != index ||
         memcmp(reply.session, h.session, sizeof h.session) != 0)
         return lm_error_set(err, -EPROTO, "destination's HELLO does not answer ours");
+    return 0;
+}
+
+/* Test knobs (never set in production): LIVEMIG_TEST_MULTIFD is a comma
+ * list of "shuffle" (connect the main and multifd channels in a random
+ * order) and "delay=CHAN:MS" (channel CHAN sleeps MS before each packet),
+ * used by the tests of channel identification and of the round sync. */
+static void read_test_knobs(outgoing *g)
+{
+    const char *e = getenv("LIVEMIG_TEST_MULTIFD");
+    if (!e)
+        return;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", e);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        unsigned ch, ms;
+        if (!strcmp(t, "shuffle"))
+            g->test_shuffle = true;
+        else if (sscanf(t, "delay=%u:%u", &ch, &ms) == 2) {
+            g->mfd_cfg.delay_chan = ch;
+            g->mfd_cfg.delay_ms = ms;
+        }
+    }
+}
+
+/* Connects and greets the main channel and, with multifd, every multifd
+ * channel.  Channels are named by their HELLO, so the order does not matter
+ * to the destination (the shuffle knob proves it). */
+static int connect_channels(outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    unsigned n = g->nmfd + 1, order[LM_MULTIFD_MAX_CHANNELS + 1];
+    for (unsigned i = 0; i < n; i++)
+        order[i] = i; /* 0: main, i: multifd channel i - 1 */
+    if (g->test_shuffle) {
+        for (unsigned i = n - 1; i > 0; i--) {
+            unsigned r;
+            if (getrandom(&r, sizeof r, 0) != sizeof r)
+                r = i;
+            unsigned j = r % (i + 1), t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+    }
+    for (unsigned k = 0; k < n; k++) {
+        unsigned which = order[k];
+        int fd = -1;
+        int ret = lm_uri_connect(&g->uri, CONNECT_TIMEOUT_MS, &fd, err);
+        if (ret < 0)
+            return which ? lm_error_prefix(err, "multifd channel %u", which - 1) : ret;
+        char name[32];
+        if (which)
+            snprintf(name, sizeof name, "multifd channel %u", which - 1);
+        else
+            snprintf(name, sizeof name, "main channel");
+        lm_chan *c;
+        ret = lm_chan_new(fd, name, &c, err);
+        if (ret < 0) {
+            close(fd);
+            return ret;
+        }
+        bool cancelled;
+        if (which == 0) {
+            g->chan = c;
+            pthread_mutex_lock(&m->lock);
+            m->chan = c;
+            cancelled = m->cancel_requested;
+            pthread_mutex_unlock(&m->lock);
+        } else {
+            g->mfd_chans[which - 1] = c;
+            cancelled = !lm_mig_aux_chan_add(m, c);
+        }
+        if (cancelled)
+            return lm_error_set(err, -ECANCELED, "migration cancelled");
+        ret = which ? hello(g, c, LM_ROLE_MULTIFD, which - 1, err)
+                    : hello(g, c, LM_ROLE_MAIN, 0, err);
+        if (ret < 0)
+            return which ? lm_error_prefix(err, "multifd channel %u", which - 1) : ret;
+    }
     return 0;
 }
 
@@ -247,6 +346,16 @@ static uint64_t expected_downtime_us(const outgoing *g, uint64_t pending)
     return us;
 }
 
+/* Counts the bytes written since the last call against max-bandwidth.
+ * Multifd channels write after the hand-off, so their bytes are counted
+ * when they show up, not when the pages were queued. */
+static void account_rl(outgoing *g)
+{
+    uint64_t total = lm_out_bytes(&g->o);
+    lm_rl_account(&g->rl, total - g->rl_seen);
+    g->rl_seen = total;
+}
+
 static int send_ping(outgoing *g)
 {
     uint8_t pb[4];
@@ -267,7 +376,7 @@ static int send_ping(outgoing *g)
 static void update_counters(outgoing *g, uint64_t now)
 {
     lm_mig *m = g->m;
-    uint64_t bytes = lm_chan_bytes_written(g->chan);
+    uint64_t bytes = lm_out_bytes(&g->o);
     LM_ATOMIC_SET(&m->stats.transferred, bytes);
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
@@ -365,6 +474,8 @@ static int completion(outgoing *g, lm_error *err)
         return lm_error_set(err, -ECANCELED, "migration cancelled");
     }
     g->o.last_stage = true;
+    if (g->o.mfd)
+        lm_mfd_send_last_stage(g->o.mfd);
     lm_rl_set(&g->rl, 0); /* no limit during the pause */
     int ret = lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
     if (ret == 0)
@@ -373,6 +484,8 @@ static int completion(outgoing *g, lm_error *err)
         ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
     if (ret == 0)
         ret = lm_chan_flush(g->chan);
+    if (ret == 0 && g->o.mfd)
+        ret = lm_mfd_send_finish(g->o.mfd, err);
     if (ret < 0) {
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending the final state failed");
@@ -384,7 +497,7 @@ static int completion(outgoing *g, lm_error *err)
     lm_status_msg verdict = m->shut;
     pthread_mutex_unlock(&m->lock);
     uint64_t t1 = lm_now_ns();
-    LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(g->chan));
+    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o));
     if (verdict.status != 0)
         return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
     LM_ATOMIC_SET(&m->stats.downtime_us, (t1 - t0) / 1000);
@@ -411,8 +524,12 @@ static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
         complete_ready = pending == 0;
     } else {
         /* The exact pending (a dirty sync) is only worth it in precopy:
-         * it is what starts a new pass. */
-        if (pending < g->threshold) {
+         * it is what starts a new pass.  A finished pass (estimate 0)
+         * always syncs, as QEMU does: with no bandwidth measured yet the
+         * threshold is 0, and 0 <= 0 would complete without looking at
+         * what the guest dirtied meanwhile, all of it then sent in the
+         * pause. */
+        if (pending == 0 || pending < g->threshold) {
             lm_savevm_pending(m, true, &g->o, &must, &can, err);
             if (err && err->code) {
                 *ret = err->code;
@@ -486,6 +603,17 @@ static void finish(outgoing *g, int ret, lm_error *err)
     pthread_mutex_unlock(&m->lock);
     if (chan)
         lm_chan_shutdown(chan, ret < 0 ? "migration ended" : "migration completed");
+    /* Multifd: after the main channel (their failures are reported on
+     * it), before it is freed. */
+    if (g->o.mfd) {
+        if (ret < 0)
+            lm_mfd_send_shutdown(g->o.mfd, "migration ended");
+        lm_mfd_send_free(g->o.mfd);
+        g->o.mfd = NULL;
+    }
+    lm_mig_aux_chans_clear(m);
+    for (unsigned i = 0; i < g->nmfd; i++)
+        lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
     if (m->rp_thread) {
         pthread_join(m->rp_thread, NULL);
         m->rp_thread = 0;
@@ -499,7 +627,8 @@ static void finish(outgoing *g, int ret, lm_error *err)
 
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     if (chan)
-        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan));
+        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan) +
+                                                 LM_ATOMIC_GET(&m->stats.multifd_bytes));
     uint64_t total_ns = LM_ATOMIC_GET(&m->stats.end_ns) - LM_ATOMIC_GET(&m->stats.start_ns);
     if (final == LM_STATUS_COMPLETED && total_ns) {
         /* mbps at completion is the average over the whole migration. */
@@ -535,31 +664,41 @@ static void *migration_thread_fn(void *arg)
     outgoing *g = arg;
     lm_mig *m = g->m;
     lm_error err = {0};
-    int ret = 0, fd = -1;
+    int ret = 0;
     pthread_setname_np(pthread_self(), "lm-migration");
 
-    ret = lm_uri_connect(&g->uri, CONNECT_TIMEOUT_MS, &fd, &err);
-    if (ret < 0)
-        goto out;
-    ret = lm_chan_new(fd, "main channel", &g->chan, &err);
-    if (ret < 0) {
-        close(fd);
-        goto out;
-    }
-    pthread_mutex_lock(&m->lock);
-    m->chan = g->chan;
-    bool cancel = m->cancel_requested;
-    pthread_mutex_unlock(&m->lock);
-    if (cancel) {
-        ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
-        goto out;
-    }
     g->o.m = m;
-    g->o.chan = g->chan;
-
-    ret = hello(g, &err);
+    reload_params(g);
+    pthread_mutex_lock(&m->lock);
+    bool multifd = m->caps & (1ull << LM_CAP_MULTIFD);
+    pthread_mutex_unlock(&m->lock);
+    if (multifd) {
+        g->nmfd = g->params.multifd_channels;
+        g->mfd_cfg.compression = g->params.multifd_compression;
+        g->mfd_cfg.level = g->params.multifd_compression == LM_COMPRESS_ZLIB
+                               ? g->params.multifd_zlib_level
+                               : g->params.multifd_zstd_level;
+        g->mfd_cfg.zpd = g->params.zero_page_detection;
+        read_test_knobs(g);
+    }
+    g->o.zpd = g->params.zero_page_detection;
+    if (getrandom(g->session, sizeof g->session, 0) != sizeof g->session) {
+        ret = lm_error_set(&err, -EIO, "getrandom failed");
+        goto out;
+    }
+    ret = connect_channels(g, &err);
     if (ret < 0)
         goto out;
+    g->o.chan = g->chan;
+    if (g->nmfd) {
+        /* The channels now belong to the sender, even if it fails. */
+        ret = lm_mfd_send_new(m, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg, &g->o.mfd, &err);
+        memset(g->mfd_chans, 0, sizeof g->mfd_chans);
+        if (ret < 0) {
+            lm_mig_aux_chans_clear(m);
+            goto out;
+        }
+    }
     pthread_mutex_lock(&m->lock);
     m->rp_running = true;
     ret = -pthread_create(&m->rp_thread, NULL, rp_thread_fn, g);
@@ -600,7 +739,8 @@ static void *migration_thread_fn(void *arg)
     LM_ATOMIC_SET(&m->stats.expected_downtime_ms, (int64_t)g->params.downtime_limit);
     lm_rl_init(&g->rl, g->params.max_bandwidth, now);
     g->win_start_ns = now;
-    g->win_start_bytes = lm_chan_bytes_written(g->chan);
+    g->win_start_bytes = lm_out_bytes(&g->o);
+    g->rl_seen = g->win_start_bytes;
 
     for (;;) {
         lm_status s = cur_status(m);
@@ -625,15 +765,15 @@ static void *migration_thread_fn(void *arg)
         reload_params(g);
         now = lm_now_ns();
         lm_rl_tick(&g->rl, now);
+        account_rl(g);
         update_counters(g, now);
         if (lm_rl_exceeded(&g->rl)) {
             g->win_throttled = true;
             wait_until(m, now + lm_rl_wait_ns(&g->rl, now));
             continue;
         }
-        uint64_t before = lm_chan_bytes_written(g->chan);
         iter_result r = iteration_run(g, &err, &ret);
-        lm_rl_account(&g->rl, lm_chan_bytes_written(g->chan) - before);
+        account_rl(g);
         if (r == ITER_BREAK)
             break;
     }

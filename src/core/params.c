@@ -75,7 +75,7 @@ static const struct {
      * accepted for compatibility and changes nothing. */
     [LM_CAP_RETURN_PATH] = {"return-path", true},
     [LM_CAP_PAUSE_BEFORE_SWITCHOVER] = {"pause-before-switchover", true},
-    [LM_CAP_MULTIFD] = {"multifd", false},
+    [LM_CAP_MULTIFD] = {"multifd", true},
     [LM_CAP_DIRTY_BITMAPS] = {"dirty-bitmaps", false},
     [LM_CAP_POSTCOPY_BLOCKTIME] = {"postcopy-blocktime", false},
     /* A no-op in QEMU too: activation is always delayed until start. */
@@ -289,12 +289,5 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
     if ((which & P(LM_PARAM_ANNOUNCE_STEP)) && (p->announce_step < 1 || p->announce_step > 10000))
         return lm_error_set(err, -EINVAL,
                             "Parameter 'announce-step' expects a value between 1 and 10000");
-    /* Compression methods and non-default zero-page detection belong to
-     * multifd, which this build does not have yet: refuse rather than
-     * accept a setting that would do nothing. */
-    if ((which & P(LM_PARAM_MULTIFD_COMPRESSION)) && p->multifd_compression != LM_COMPRESS_NONE)
-        return lm_error_set(err, -ENOTSUP, "Parameter 'multifd-compression': '%s' is not "
-                                           "supported yet",
-                            lm_compression_name(p->multifd_compression));
     return 0;
 }

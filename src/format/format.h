@@ -83,6 +83,11 @@ typedef enum lm_rec_type {
     LM_REC_PING = 0x20,
     LM_REC_SWITCHOVER_START = 0x21,
     LM_REC_EOS = 0x30,
+    /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
+     * channels (which also end with EOS) */
+    LM_REC_MULTIFD_FLUSH = 0x50,
+    LM_REC_MULTIFD_PAGES = 0x51,
+    LM_REC_MULTIFD_SYNC = 0x52,
     /* either direction */
     LM_REC_ERROR = 0x7f,
     /* destination -> source (return path) */
@@ -176,9 +181,51 @@ int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out,
 int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
                          const lm_fmt_block *blocks, uint32_t nblocks, lm_error *err);
 
+/* ---------------------------------------------------------------- multifd */
+
+/* MULTIFD_PAGES payload: a 24-byte header, (normal + zero) u64 page indices
+ * (the normal pages first, then the zero pages, each list strictly
+ * ascending, no page in both), then data_len bytes of page data: the
+ * normal pages in index order, raw or as one compressed blob. */
+#define LM_MFD_HDR_SIZE 24
+#define LM_MFD_MAX_PAGES 1024 /* pages per packet (the source sends <= 256) */
+
+typedef enum lm_mfd_comp {
+    LM_MFD_COMP_NONE = 0,
+    LM_MFD_COMP_ZLIB = 1,
+    LM_MFD_COMP_ZSTD = 2,
+    LM_MFD_COMP_LZ4 = 3,
+} lm_mfd_comp;
+
+typedef struct lm_mfd_pages {
+    uint32_t block;      /* index in the RAM_BLOCKS table */
+    uint16_t normal;     /* pages with data */
+    uint16_t zero;       /* zero pages (no data) */
+    uint8_t compression; /* lm_mfd_comp */
+    uint32_t data_len;   /* bytes of page data after the index list */
+    uint64_t packet_num; /* per channel, from 1, +1 each packet */
+} lm_mfd_pages;
+
+int lm_fmt_mfd_pages_hdr_encode(const lm_mfd_pages *p, uint8_t *buf, size_t cap);
+/* Decodes the header and checks it against the record's payload length
+ * (rec_len) and the block's page size: 1 <= normal + zero <= LM_MFD_MAX_PAGES,
+ * a known compression, data_len = normal * page_size uncompressed, and
+ * 0 < data_len (only with normal > 0) compressed, the whole length adding
+ * up.  page_size 0 skips the checks that need it (no block table). */
+int lm_fmt_mfd_pages_hdr_decode(const uint8_t *buf, size_t len, uint32_t rec_len,
+                                uint32_t page_size, lm_mfd_pages *out, lm_error *err);
+/* Decodes the index list of p (8 * (normal + zero) bytes of buf) into
+ * out[], checking every index < block_pages, each list strictly ascending
+ * and no page in both lists. */
+int lm_fmt_mfd_index_decode(const uint8_t *buf, size_t len, const lm_mfd_pages *p,
+                            uint64_t block_pages, uint64_t *out, lm_error *err);
+/* Encodes n page indices (u64 LE). */
+int lm_fmt_mfd_index_encode(const uint64_t *idx, uint32_t n, uint8_t *buf, size_t cap);
+
 /* ------------------------------------------------------- small fixed records */
 
-/* PING / PONG / RAM_PASS payloads: one u32 (PING, PONG) or u64 (RAM_PASS). */
+/* PING / PONG / RAM_PASS / MULTIFD_FLUSH / MULTIFD_SYNC payloads: one u32
+ * (PING, PONG) or u64 (the others). */
 int lm_fmt_u32_encode(uint32_t v, uint8_t *buf, size_t cap);
 int lm_fmt_u32_decode(const uint8_t *payload, size_t len, uint32_t *out, lm_error *err);
 int lm_fmt_u64_encode(uint64_t v, uint8_t *buf, size_t cap);

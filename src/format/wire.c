@@ -210,6 +210,12 @@ const char *lm_rec_type_name(uint8_t type)
         return "SWITCHOVER_START";
     case LM_REC_EOS:
         return "EOS";
+    case LM_REC_MULTIFD_FLUSH:
+        return "MULTIFD_FLUSH";
+    case LM_REC_MULTIFD_PAGES:
+        return "MULTIFD_PAGES";
+    case LM_REC_MULTIFD_SYNC:
+        return "MULTIFD_SYNC";
     case LM_REC_ERROR:
         return "ERROR";
     case LM_REC_RP_SHUT:
@@ -257,7 +263,12 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         *min = *max = LM_RAM_ZERO_SIZE;
         return true;
     case LM_REC_RAM_PASS:
+    case LM_REC_MULTIFD_FLUSH:
+    case LM_REC_MULTIFD_SYNC:
         *min = *max = 8;
+        return true;
+    case LM_REC_MULTIFD_PAGES:
+        *min = LM_MFD_HDR_SIZE + 8;
         return true;
     case LM_REC_PING:
     case LM_REC_RP_PONG:
@@ -609,6 +620,107 @@ int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
     return 0;
 }
 
+/* ---------------------------------------------------------------- multifd */
+
+int lm_fmt_mfd_pages_hdr_encode(const lm_mfd_pages *p, uint8_t *buf, size_t cap)
+{
+    if ((uint32_t)p->normal + p->zero < 1 || (uint32_t)p->normal + p->zero > LM_MFD_MAX_PAGES ||
+        p->compression > LM_MFD_COMP_LZ4)
+        return -EINVAL;
+    if (cap < LM_MFD_HDR_SIZE)
+        return -ENOSPC;
+    put32(buf, p->block);
+    put16(buf + 4, p->normal);
+    put16(buf + 6, p->zero);
+    buf[8] = p->compression;
+    buf[9] = buf[10] = buf[11] = 0;
+    put32(buf + 12, p->data_len);
+    put64(buf + 16, p->packet_num);
+    return LM_MFD_HDR_SIZE;
+}
+
+int lm_fmt_mfd_pages_hdr_decode(const uint8_t *buf, size_t len, uint32_t rec_len,
+                                uint32_t page_size, lm_mfd_pages *out, lm_error *err)
+{
+    if (len < LM_MFD_HDR_SIZE)
+        return 0;
+    lm_mfd_pages p = {.block = get32(buf), .normal = get16(buf + 4), .zero = get16(buf + 6),
+                      .compression = buf[8], .data_len = get32(buf + 12),
+                      .packet_num = get64(buf + 16)};
+    uint32_t n = (uint32_t)p.normal + p.zero;
+    if (n < 1 || n > LM_MFD_MAX_PAGES)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %" PRIu32 " pages, must be 1..%d", n,
+                            LM_MFD_MAX_PAGES);
+    if (p.compression > LM_MFD_COMP_LZ4)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: unknown compression %u", p.compression);
+    for (int i = 9; i < 12; i++)
+        if (buf[i])
+            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: reserved byte %d is 0x%02x, must "
+                                              "be 0", i, buf[i]);
+    uint64_t want = LM_MFD_HDR_SIZE + 8ull * n + p.data_len;
+    if (want != rec_len)
+        return lm_error_set(err, -EPROTO,
+                            "MULTIFD_PAGES: record of %" PRIu32 " bytes, header says %" PRIu64
+                            " (%u + %" PRIu32 " indices + %" PRIu32 " data bytes)",
+                            rec_len, want, LM_MFD_HDR_SIZE, n, p.data_len);
+    if (p.compression == LM_MFD_COMP_NONE) {
+        if (page_size && (uint64_t)p.data_len != (uint64_t)p.normal * page_size)
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: %" PRIu32 " data bytes for %u pages of %" PRIu32
+                                " bytes",
+                                p.data_len, p.normal, page_size);
+    } else if ((p.normal == 0) != (p.data_len == 0)) {
+        return lm_error_set(err, -EPROTO,
+                            "MULTIFD_PAGES: %" PRIu32 " compressed bytes for %u normal pages",
+                            p.data_len, p.normal);
+    }
+    *out = p;
+    return LM_MFD_HDR_SIZE;
+}
+
+int lm_fmt_mfd_index_encode(const uint64_t *idx, uint32_t n, uint8_t *buf, size_t cap)
+{
+    if (cap < 8ull * n)
+        return -ENOSPC;
+    for (uint32_t i = 0; i < n; i++)
+        put64(buf + 8 * i, idx[i]);
+    return (int)(8 * n);
+}
+
+int lm_fmt_mfd_index_decode(const uint8_t *buf, size_t len, const lm_mfd_pages *p,
+                            uint64_t block_pages, uint64_t *out, lm_error *err)
+{
+    uint32_t n = (uint32_t)p->normal + p->zero;
+    if (len < 8ull * n)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: index list cut short");
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t v = get64(buf + 8 * i);
+        if (v >= block_pages)
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: page %" PRIu64 " past the end of block %" PRIu32
+                                " (%" PRIu64 " pages)",
+                                v, p->block, block_pages);
+        if (i != 0 && i != p->normal && v <= out[i - 1])
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: page index %" PRIu64 " after %" PRIu64
+                                " (lists must be strictly ascending)",
+                                v, out[i - 1]);
+        out[i] = v;
+    }
+    /* No page in both lists: a merge walk over the two sorted lists. */
+    uint32_t a = 0, b = p->normal;
+    while (a < p->normal && b < n) {
+        if (out[a] == out[b])
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: page %" PRIu64 " is both normal and zero", out[a]);
+        if (out[a] < out[b])
+            a++;
+        else
+            b++;
+    }
+    return (int)(8 * n);
+}
+
 /* ------------------------------------------------------- small fixed records */
 
 int lm_fmt_u32_encode(uint32_t v, uint8_t *buf, size_t cap)
@@ -747,9 +859,36 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         rc = lm_fmt_ram_run_check(z.block, z.first_page, z.count, w->blocks, w->nblocks, err);
         break;
     }
-    case LM_REC_RAM_PASS: {
+    case LM_REC_RAM_PASS:
+    case LM_REC_MULTIFD_FLUSH:
+    case LM_REC_MULTIFD_SYNC: {
         uint64_t v;
         rc = lm_fmt_u64_decode(p, h->len, &v, err);
+        break;
+    }
+    case LM_REC_MULTIFD_PAGES: {
+        /* A multifd channel's stream has no block table of its own: the
+         * index bounds are checked when one was seen in the same walk. */
+        lm_mfd_pages mp;
+        uint32_t ps = 0;
+        uint64_t pages = UINT64_MAX;
+        rc = lm_fmt_mfd_pages_hdr_decode(p, h->len, h->len, 0, &mp, err);
+        if (rc < 0)
+            break;
+        if (w->have_blocks) {
+            if (mp.block >= w->nblocks)
+                return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: block %" PRIu32
+                                                  " out of range (%" PRIu32 " blocks)",
+                                    mp.block, w->nblocks);
+            ps = w->blocks[mp.block].page_size;
+            pages = w->blocks[mp.block].length / ps;
+            rc = lm_fmt_mfd_pages_hdr_decode(p, h->len, h->len, ps, &mp, err);
+            if (rc < 0)
+                break;
+        }
+        uint64_t idx[LM_MFD_MAX_PAGES];
+        rc = lm_fmt_mfd_index_decode(p + LM_MFD_HDR_SIZE, h->len - LM_MFD_HDR_SIZE, &mp, pages,
+                                     idx, err);
         break;
     }
     case LM_REC_PING:

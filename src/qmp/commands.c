@@ -600,6 +600,21 @@ json_t *lm_qmp_info_json(const lm_info *in)
             put(r, "downtime-bytes", ju64(in->downtime_bytes));
             put(r, "postcopy-bytes", ju64(in->postcopy_bytes));
             put(r, "dirty-sync-missed-zero-copy", ju64(in->dirty_sync_missed_zero_copy));
+            if (in->multifd_channels) {
+                /* Ours: what each multifd channel carried. */
+                json_t *a = json_array();
+                for (unsigned i = 0; a && i < in->multifd_channels; i++) {
+                    json_t *c = json_object();
+                    if (!c)
+                        break;
+                    put(c, "id", json_integer(i));
+                    put(c, "bytes", ju64(in->multifd_chan[i].bytes));
+                    put(c, "normal", ju64(in->multifd_chan[i].normal));
+                    put(c, "zero", ju64(in->multifd_chan[i].zero));
+                    json_array_append_new(a, c);
+                }
+                put(r, "x-multifd-channels", a);
+            }
             put(o, "ram", r);
         }
     }

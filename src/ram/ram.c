@@ -23,6 +23,7 @@
  * a first-time zero page costs nothing and is never faulted in.
  */
 #include "core/internal.h"
+#include "multifd/multifd.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -166,9 +167,17 @@ out:
     return ret;
 }
 
-/* Collects the pages written since the last sync (a new pass). */
-static int ram_sync(lm_mig *m, lm_error *err)
+/* Collects the pages written since the last sync (a new pass).  With
+ * multifd, the pages sent so far are first fenced off from those of the
+ * new pass: a page re-sent on another channel can never be overtaken by
+ * its older copy (seed 004, multifd.h). */
+static int ram_sync(lm_mig *m, lm_out *o, lm_error *err)
 {
+    if (o->mfd) {
+        int ret = lm_mfd_send_sync(o->mfd, o, err);
+        if (ret < 0)
+            return ret;
+    }
     uint64_t t0 = lm_now_ns();
     uint64_t newly = 0;
     for (unsigned i = 0; i < m->nblocks; i++) {
@@ -262,6 +271,18 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p)
         end++;
     clear_range(b->dirty, p, end);
     m->ram.dirty_pages -= end - p;
+    /* With multifd and zero-page-detection=multifd (or none) every page
+     * goes to the channels, which detect zero pages in parallel (digest
+     * §8.3); otherwise this thread checks them here. */
+    bool detect = o->zpd == LM_ZPD_LEGACY || (!o->mfd && o->zpd == LM_ZPD_MULTIFD);
+    if (!detect) {
+        ret = 0;
+        if (!o->mfd)
+            ret = send_page_run(m, o, bi, p, end - p);
+        for (uint64_t i = p; o->mfd && i < end && ret >= 0; i++)
+            ret = lm_mfd_queue_page(o->mfd, bi, i, NULL);
+        return ret < 0 ? ret : (int64_t)end;
+    }
     /* Split into zero / non-zero sub-runs. */
     uint64_t i = p;
     while (i < end) {
@@ -269,7 +290,14 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p)
         uint64_t j = i + 1;
         while (j < end && lm_page_is_zero(b->base + j * b->page_size, b->page_size) == zero)
             j++;
-        ret = zero ? send_zero_run(m, o, bi, i, j - i) : send_page_run(m, o, bi, i, j - i);
+        if (zero) {
+            ret = send_zero_run(m, o, bi, i, j - i);
+        } else if (o->mfd) {
+            for (uint64_t k = i; k < j && ret >= 0; k++)
+                ret = lm_mfd_queue_page(o->mfd, bi, k, NULL);
+        } else {
+            ret = send_page_run(m, o, bi, i, j - i);
+        }
         if (ret < 0)
             return ret;
         i = j;
@@ -281,7 +309,7 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p)
  * dirty.  Returns 1 when no dirty page is left, 0 when more remain. */
 static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error *err)
 {
-    uint64_t start_bytes = lm_chan_bytes_written(o->chan);
+    uint64_t start_bytes = lm_out_bytes(o);
     uint64_t t0 = lm_now_ns();
     unsigned runs = 0;
     unsigned scanned_blocks = 0;
@@ -304,7 +332,7 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
             return lm_error_set(err, (int)next, "sending RAM failed");
         }
         m->ram.cur_page = (uint64_t)next;
-        if (budget != UINT64_MAX && lm_chan_bytes_written(o->chan) - start_bytes >= budget)
+        if (budget != UINT64_MAX && lm_out_bytes(o) - start_bytes >= budget)
             break;
         if (timed && (++runs % 16) == 0 && lm_now_ns() - t0 > SLICE_NS)
             break;
@@ -330,7 +358,7 @@ static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *
                              lm_error *err)
 {
     lm_mig *m = opaque;
-    int ret = ram_sync(m, err);
+    int ret = ram_sync(m, o, err);
     if (ret < 0)
         return ret;
     *must += m->ram.dirty_pages * LM_PAGE_SIZE;
@@ -341,13 +369,15 @@ static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *
 static int ram_save_complete(void *opaque, lm_out *o, lm_error *err)
 {
     lm_mig *m = opaque;
-    int ret = ram_sync(m, err);
+    int ret = ram_sync(m, o, err);
     if (ret < 0)
         return ret;
     /* Tracking stays armed until cleanup: disarming write-protection of
      * a GiB costs 10-14 ms here (measured), which would all be downtime.
      * The guest is stopped, so nothing more is recorded meanwhile. */
     ret = ram_send(m, o, UINT64_MAX, false, err);
+    if (ret >= 0 && o->mfd)
+        ret = lm_mfd_send_sync(o->mfd, o, err); /* all pages before the end of stream */
     return ret < 0 ? ret : 0;
 }
 
@@ -500,12 +530,36 @@ out:
     return ret;
 }
 
-static void prefault(lm_ram_block *b, uint64_t first, uint64_t count)
+void lm_ram_prefault_pages(lm_ram_block *b, uint64_t first, uint64_t count)
 {
     uint64_t c0 = first / CHUNK_PAGES, c1 = (first + count - 1) / CHUNK_PAGES;
     for (uint64_t c = c0; c <= c1; c++)
         if (!chunk_test(b->prefaulted, c))
             populate_chunk(b, c);
+}
+
+/* The received map is shared by the incoming thread and the multifd
+ * channel threads (which write disjoint pages of one round, but pages of
+ * one 64-bit word): atomic ORs and loads. */
+void lm_ram_mark_received(lm_ram_block *b, uint64_t page)
+{
+    __atomic_fetch_or(&b->received[page / 64], 1ull << (page % 64), __ATOMIC_RELAXED);
+}
+
+bool lm_ram_test_received(const lm_ram_block *b, uint64_t page)
+{
+    return (__atomic_load_n(&b->received[page / 64], __ATOMIC_RELAXED) >> (page % 64)) & 1;
+}
+
+static void mark_received_run(lm_ram_block *b, uint64_t first, uint64_t count)
+{
+    uint64_t i = first, end = first + count;
+    for (; i < end && (i % 64); i++)
+        lm_ram_mark_received(b, i);
+    for (; i + 64 <= end; i += 64)
+        __atomic_store_n(&b->received[i / 64], ~0ull, __ATOMIC_RELAXED);
+    for (; i < end; i++)
+        lm_ram_mark_received(b, i);
 }
 
 static int load_pages(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
@@ -528,11 +582,10 @@ static int load_pages(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
         return lm_error_set(err, -EPROTO,
                             "RAM_PAGES: record length %u does not match %u pages of %u bytes",
                             h->len, r.count, b->page_size);
-    prefault(b, r.first_page, r.count);
+    lm_ram_prefault_pages(b, r.first_page, r.count);
     if (lm_chan_read_full(c, b->base + r.first_page * b->page_size, bytes) < 0)
         return lm_chan_get_error(c, err);
-    for (uint64_t i = r.first_page; i < r.first_page + r.count; i++)
-        lm_bit_set(b->received, i);
+    mark_received_run(b, r.first_page, r.count);
     return 0;
 }
 
@@ -552,12 +605,25 @@ static int load_zero(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
     if (ret < 0)
         return lm_error_prefix(err, "RAM_ZERO");
     lm_ram_block *b = &m->blocks[m->in.map[z.block]];
+    /* Only pages an earlier round wrote need clearing; whole words of
+     * never-received pages are skipped (a never-populated GiB is one
+     * record). */
     uint64_t end = z.first_page + z.count;
-    uint64_t i = lm_bitmap_next_set(b->received, end, z.first_page);
-    while (i < end) {
-        uint64_t j = lm_bitmap_next_clear(b->received, end, i);
-        memset(b->base + i * b->page_size, 0, (j - i) * b->page_size);
-        i = lm_bitmap_next_set(b->received, end, j);
+    for (uint64_t i = z.first_page; i < end;) {
+        uint64_t w = __atomic_load_n(&b->received[i / 64], __ATOMIC_RELAXED);
+        if (!(i % 64) && end - i >= 64 && w == 0) {
+            i += 64;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < end && lm_ram_test_received(b, j))
+            j++;
+        if (j > i) {
+            memset(b->base + i * b->page_size, 0, (j - i) * b->page_size);
+            i = j;
+        } else {
+            i++;
+        }
     }
     return 0;
 }

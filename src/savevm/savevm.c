@@ -80,9 +80,9 @@ int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, l
         /* Fair share of what is left among the handlers still to run. */
         uint64_t share = left == UINT64_MAX ? UINT64_MAX : left / (active - turn);
         turn++;
-        uint64_t before = lm_chan_bytes_written(o->chan);
+        uint64_t before = lm_out_bytes(o);
         int ret = h->ops->save_iterate(h->opaque, o, share, err);
-        uint64_t used = lm_chan_bytes_written(o->chan) - before;
+        uint64_t used = lm_out_bytes(o) - before;
         h->sent += used;
         if (left != UINT64_MAX)
             left = used >= left ? 0 : left - used;

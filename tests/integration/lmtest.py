@@ -392,7 +392,7 @@ class Guest:
 
     def __init__(self, tmpdir, name, mem="256M", incoming=None, workload=None,
                  dirty_rate=None, threads=None, seed=None, fill=None, hot_size=None,
-                 extra=(), ready_timeout=None):
+                 extra=(), ready_timeout=None, env=None):
         self.name = name
         self.tmpdir = tmpdir
         self.sock = os.path.join(tmpdir, name + ".qmp")
@@ -408,7 +408,7 @@ class Guest:
                 argv += [flag, str(val)]
         argv += list(extra)
         self.argv = argv
-        self.proc = spawn(argv, self.logpath)
+        self.proc = spawn(argv, self.logpath, env=env)
         self.pid = self.proc.pid
         if ready_timeout is None:
             # A random fill writes every page once (a few hundred MB/s in the

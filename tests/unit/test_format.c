@@ -369,6 +369,9 @@ static const struct {
     {LM_REC_RP_PONG, "RP_PONG", 4, 4},
     {LM_REC_RP_REQ_PAGES, "RP_REQ_PAGES", 16, 16},
     {LM_REC_RP_SWITCHOVER_ACK, "RP_SWITCHOVER_ACK", 0, 0},
+    {LM_REC_MULTIFD_FLUSH, "MULTIFD_FLUSH", 8, 8},
+    {LM_REC_MULTIFD_PAGES, "MULTIFD_PAGES", 32, LM_REC_MAX_PAYLOAD},
+    {LM_REC_MULTIFD_SYNC, "MULTIFD_SYNC", 8, 8},
 };
 #define N_REC_TYPES (sizeof rec_types / sizeof rec_types[0])
 

@@ -1,0 +1,109 @@
+/*
+ * multifd.h - parallel page channels (DESIGN §8, seed 004, digest §5.9/§8).
+ *
+ * Source: the migration thread queues pages (lm_mfd_queue_page); a full
+ * batch (one block, up to LM_MFD_BATCH_PAGES pages) is handed to an idle
+ * channel thread, which detects zero pages (zero-page-detection=multifd),
+ * compresses (one stream per channel) and writes one MULTIFD_PAGES record.
+ * At every dirty sync the migration thread calls lm_mfd_send_sync(): each
+ * channel writes MULTIFD_SYNC(seq) after the batches it already has, and
+ * the main channel gets MULTIFD_FLUSH(seq).
+ *
+ * Destination: a thread per channel reads MULTIFD_PAGES straight into
+ * guest memory (or decompresses into it).  On MULTIFD_SYNC(seq) a channel
+ * parks until the main thread, on MULTIFD_FLUSH(seq), has seen every
+ * channel reach seq (lm_mfd_recv_sync).  So every page of round N is in
+ * memory before any page of round N+1 is read, on whatever channel: a page
+ * re-sent in a later round can never be overwritten by its older copy.
+ * lm_mfd_recv_sync() may be called any number of times (a seq already
+ * reached returns at once); it is the only sync primitive, for sockets and
+ * (later) files alike.
+ */
+#ifndef LM_MULTIFD_H
+#define LM_MULTIFD_H
+
+#include "core/internal.h"
+
+#include <sys/uio.h>
+
+#define LM_MFD_BATCH_PAGES 256 /* pages per packet: 1 MiB, like a main-channel run */
+
+/* ------------------------------------------------------------ compression */
+
+typedef struct lm_mfd_codec lm_mfd_codec;
+
+/* One compression (or decompression) stream of one channel.  level: zlib
+ * 0..9, zstd 0..20 (0 = library default), ignored for lz4. */
+int lm_mfd_codec_new(lm_mfd_comp method, int level, bool compress, lm_mfd_codec **out,
+                     lm_error *err);
+void lm_mfd_codec_free(lm_mfd_codec *c);
+/* Largest output of lm_mfd_compress for in_len input bytes. */
+size_t lm_mfd_compress_bound(lm_mfd_comp method, size_t in_len);
+/* Compresses the n pieces as one packet (flushed, so the peer can decode
+ * it now); returns the compressed size or < 0. */
+long lm_mfd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, uint8_t *out,
+                     size_t cap, lm_error *err);
+/* Decompresses one packet: must yield exactly out_len bytes and use all of
+ * in; anything else is an error naming what was wrong. */
+int lm_mfd_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, uint8_t *out,
+                      size_t out_len, lm_error *err);
+
+/* ------------------------------------------------------------------ source */
+
+typedef struct lm_mfd_send lm_mfd_send;
+
+typedef struct lm_mfd_send_cfg {
+    lm_multifd_compression compression;
+    int level;
+    lm_zero_page_detection zpd;
+    unsigned delay_chan;      /* test knob: channel to slow down ... */
+    unsigned delay_ms;        /* ... by this much per packet (0 = none) */
+} lm_mfd_send_cfg;
+
+/* Starts a send thread per channel ("lm-mfd-send/N").  chans[0..n) are
+ * connected channels past their HELLO; ownership moves to the sender.
+ * main is the main channel: a channel's failure is set as its error and
+ * shuts it down, so the migration thread sees it. */
+int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
+                    const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err);
+/* Migration thread: adds one page; hands the batch off when it is full or
+ * the block changes (may block until a channel is idle). */
+int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *err);
+/* Migration thread: hands off the partial batch, then has every channel
+ * write MULTIFD_SYNC(seq) after its queued work, and writes
+ * MULTIFD_FLUSH(seq) on the main channel.  Does nothing when no page was
+ * queued since the previous sync. */
+int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err);
+/* Migration thread, after the main channel's EOS: every channel writes EOS
+ * and flushes; waits for them.  Returns the first channel error. */
+int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err);
+/* From then on, bytes are counted as downtime bytes. */
+void lm_mfd_send_last_stage(lm_mfd_send *s);
+/* Any thread: shuts every channel down (cancel, failure). */
+void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why);
+/* Joins the threads (after shutdown or finish), closes the channels. */
+void lm_mfd_send_free(lm_mfd_send *s);
+/* Wire bytes written by all channels (relaxed).  Per-channel figures are
+ * in m->stats.mfd_chan[], written by the channel threads. */
+uint64_t lm_mfd_send_bytes(const lm_mfd_send *s);
+
+/* ------------------------------------------------------------- destination */
+
+typedef struct lm_mfd_recv lm_mfd_recv;
+
+/* Starts a receive thread per channel ("lm-mfd-recv/N"); ownership of
+ * chans moves.  A channel's failure is set as main's error and shuts main
+ * down, so the incoming thread stops with that reason. */
+int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mfd_recv **out,
+                    lm_error *err);
+/* Incoming thread: the RAM block table is known (channels may place pages). */
+void lm_mfd_recv_blocks_ready(lm_mfd_recv *r);
+/* Incoming thread: waits until every channel reached MULTIFD_SYNC(seq),
+ * then releases them.  Re-entrant: a seq already reached returns at once. */
+int lm_mfd_recv_sync(lm_mfd_recv *r, uint64_t seq, lm_error *err);
+/* Incoming thread, at EOS: waits for every channel's EOS. */
+int lm_mfd_recv_finish(lm_mfd_recv *r, lm_error *err);
+void lm_mfd_recv_shutdown(lm_mfd_recv *r, const char *why);
+void lm_mfd_recv_free(lm_mfd_recv *r);
+
+#endif /* LM_MULTIFD_H */

@@ -1,0 +1,397 @@
+/*
+ * recv.c - the destination's multifd channels (multifd.h has the protocol).
+ *
+ * Threads:
+ *  - "lm-mfd-recv/N", one per channel: reads its channel; places page data
+ *    straight into guest memory (or decompresses into it); parks at each
+ *    MULTIFD_SYNC until released; ends at EOS.  It alone reads its channel.
+ *  - the incoming thread: lm_mfd_recv_blocks_ready, lm_mfd_recv_sync (on
+ *    MULTIFD_FLUSH), lm_mfd_recv_finish (at EOS).
+ * Lock: r->lock guards the "lock" fields: per channel synced/eos, and
+ * released, blocks_ready, quit, the first error.  One condition variable
+ * (r->cond) for every change; the sets are small (<= 255 channels) and the
+ * changes rare (one per packet round, not per page).
+ * Guest memory: a page belongs to one channel within a round (the source
+ * sends it at most once between syncs), so channels write disjoint pages;
+ * the received bitmap is shared and set with atomic ORs.
+ */
+#include "multifd/multifd.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct recv_chan {
+    lm_mfd_recv *r;
+    unsigned id;
+    pthread_t thread;
+    bool started;
+    lm_chan *chan;
+    /* --- lock --- */
+    uint64_t synced;      /* last MULTIFD_SYNC seen */
+    bool eos;
+    /* --- channel thread only --- */
+    lm_mfd_codec *codec;
+    lm_mfd_comp method;
+    uint8_t *ibuf;        /* index list, then compressed data */
+    size_t ibuf_cap;
+    uint8_t *dbuf;        /* decompressed pages */
+    uint64_t expect_packet;
+    uint64_t idx[LM_MFD_MAX_PAGES];
+} recv_chan;
+
+struct lm_mfd_recv {
+    lm_mig *m;
+    lm_chan *main;
+    unsigned n;
+    recv_chan *ch;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* --- lock --- */
+    uint64_t released;
+    bool blocks_ready;
+    bool quit;
+    lm_error error;
+};
+
+static void fail(lm_mfd_recv *r, recv_chan *c, lm_error *e)
+{
+    pthread_mutex_lock(&r->lock);
+    bool first = !r->quit;
+    if (!r->error.code)
+        lm_error_set(&r->error, e->code ? e->code : -EIO, "multifd channel %u: %s", c->id,
+                     e->msg[0] ? e->msg : "failed");
+    r->quit = true;
+    pthread_cond_broadcast(&r->cond);
+    lm_error copy = r->error;
+    pthread_mutex_unlock(&r->lock);
+    if (first) {
+        /* The incoming thread stops at its next read with this reason. */
+        lm_chan_set_error(r->main, copy.code, copy.msg);
+        lm_chan_shutdown(r->main, copy.msg);
+    }
+}
+
+static int chan_err(recv_chan *c, lm_error *err)
+{
+    return lm_chan_get_error(c->chan, err);
+}
+
+static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
+{
+    lm_mfd_recv *r = c->r;
+    lm_mig *m = r->m;
+    uint8_t hb[LM_MFD_HDR_SIZE];
+    lm_mfd_pages p;
+
+    pthread_mutex_lock(&r->lock);
+    while (!r->blocks_ready && !r->quit)
+        pthread_cond_wait(&r->cond, &r->lock);
+    bool quit = r->quit;
+    pthread_mutex_unlock(&r->lock);
+    if (quit)
+        return -ECANCELED;
+
+    if (lm_chan_read_full(c->chan, hb, sizeof hb) < 0)
+        return chan_err(c, err);
+    if (lm_fmt_mfd_pages_hdr_decode(hb, sizeof hb, h->len, 0, &p, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    if (p.block >= m->in.nblocks)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: block %u out of range (%u blocks)",
+                            p.block, m->in.nblocks);
+    const lm_fmt_block *fb = &m->in.blocks[p.block];
+    if (lm_fmt_mfd_pages_hdr_decode(hb, sizeof hb, h->len, fb->page_size, &p, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    if (p.packet_num != c->expect_packet)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: packet %llu, expected %llu",
+                            (unsigned long long)p.packet_num,
+                            (unsigned long long)c->expect_packet);
+    c->expect_packet++;
+    lm_ram_block *b = &m->blocks[m->in.map[p.block]];
+    size_t ps = b->page_size;
+    uint32_t n = (uint32_t)p.normal + p.zero;
+    uint64_t data = (uint64_t)p.normal * ps;
+    if (data > (uint64_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE || ps != LM_PAGE_SIZE)
+        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %u pages of %zu bytes are more than a "
+                                          "packet may carry", p.normal, ps);
+    if (lm_chan_read_full(c->chan, c->ibuf, 8ull * n) < 0)
+        return chan_err(c, err);
+    if (lm_fmt_mfd_index_decode(c->ibuf, 8ull * n, &p, b->npages, c->idx, err) < 0)
+        return err->code;
+
+    if (p.compression == LM_MFD_COMP_NONE) {
+        for (uint32_t i = 0; i < p.normal;) {
+            uint32_t j = i + 1;
+            while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
+                j++;
+            lm_ram_prefault_pages(b, c->idx[i], j - i);
+            if (lm_chan_read_full(c->chan, b->base + c->idx[i] * ps, (j - i) * ps) < 0)
+                return chan_err(c, err);
+            i = j;
+        }
+    } else if (p.normal) {
+        if (!c->codec) {
+            int ret = lm_mfd_codec_new((lm_mfd_comp)p.compression, 0, false, &c->codec, err);
+            if (ret < 0)
+                return ret;
+            c->method = (lm_mfd_comp)p.compression;
+        } else if (c->method != p.compression) {
+            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: compression changed from %u to %u "
+                                              "within the channel", c->method, p.compression);
+        }
+        if (p.data_len > c->ibuf_cap)
+            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %u compressed bytes for %u pages "
+                                              "(at most %zu)", p.data_len, p.normal, c->ibuf_cap);
+        if (lm_chan_read_full(c->chan, c->ibuf, p.data_len) < 0)
+            return chan_err(c, err);
+        int ret = lm_mfd_decompress(c->codec, c->ibuf, p.data_len, c->dbuf, data, err);
+        if (ret < 0)
+            return lm_error_prefix(err, "MULTIFD_PAGES");
+        for (uint32_t i = 0; i < p.normal;) {
+            uint32_t j = i + 1;
+            while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
+                j++;
+            lm_ram_prefault_pages(b, c->idx[i], j - i);
+            memcpy(b->base + c->idx[i] * ps, c->dbuf + (size_t)i * ps, (j - i) * ps);
+            i = j;
+        }
+    }
+    for (uint32_t i = 0; i < p.normal; i++)
+        lm_ram_mark_received(b, c->idx[i]);
+    /* A zero page only needs clearing when an earlier round wrote it: a
+     * destination's memory starts zero (digest §8.3). */
+    for (uint32_t i = p.normal; i < n; i++) {
+        uint64_t pg = c->idx[i];
+        if (lm_ram_test_received(b, pg))
+            memset(b->base + pg * ps, 0, ps);
+        else
+            lm_ram_mark_received(b, pg);
+    }
+    return 0;
+}
+
+static int wait_release(recv_chan *c, uint64_t seq, lm_error *err)
+{
+    lm_mfd_recv *r = c->r;
+    pthread_mutex_lock(&r->lock);
+    if (seq <= c->synced) {
+        pthread_mutex_unlock(&r->lock);
+        return lm_error_set(err, -EPROTO, "MULTIFD_SYNC %llu after %llu: sequence went back",
+                            (unsigned long long)seq, (unsigned long long)c->synced);
+    }
+    c->synced = seq;
+    pthread_cond_broadcast(&r->cond);
+    while (r->released < seq && !r->quit)
+        pthread_cond_wait(&r->cond, &r->lock);
+    bool quit = r->quit;
+    pthread_mutex_unlock(&r->lock);
+    return quit ? -ECANCELED : 0;
+}
+
+static void *recv_thread(void *arg)
+{
+    recv_chan *c = arg;
+    lm_mfd_recv *r = c->r;
+    char name[16];
+    snprintf(name, sizeof name, "lm-mfd-recv/%u", c->id);
+    pthread_setname_np(pthread_self(), name);
+    lm_error err = {0};
+    int ret = 0;
+
+    for (;;) {
+        uint8_t hb[LM_REC_HDR_SIZE];
+        lm_rec_hdr h;
+        if (lm_chan_read_full(c->chan, hb, sizeof hb) < 0) {
+            ret = chan_err(c, &err);
+            break;
+        }
+        if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, &err) <= 0) {
+            ret = err.code ? err.code : -EPROTO;
+            break;
+        }
+        if (h.type == LM_REC_MULTIFD_PAGES) {
+            ret = load_packet(c, &h, &err);
+        } else if (h.type == LM_REC_MULTIFD_SYNC) {
+            uint8_t p[8];
+            uint64_t seq;
+            if (lm_chan_read_full(c->chan, p, sizeof p) < 0)
+                ret = chan_err(c, &err);
+            else if (lm_fmt_u64_decode(p, sizeof p, &seq, &err) <= 0)
+                ret = -EPROTO;
+            else
+                ret = wait_release(c, seq, &err);
+        } else if (h.type == LM_REC_EOS) {
+            pthread_mutex_lock(&r->lock);
+            c->eos = true;
+            pthread_cond_broadcast(&r->cond);
+            pthread_mutex_unlock(&r->lock);
+            return NULL;
+        } else {
+            ret = lm_error_set(&err, -EPROTO, "unexpected %s record on a multifd channel",
+                               lm_rec_type_name(h.type));
+        }
+        if (ret < 0)
+            break;
+    }
+    pthread_mutex_lock(&r->lock);
+    bool quitting = r->quit;
+    pthread_mutex_unlock(&r->lock);
+    if (!quitting) /* not a consequence of another failure or a cancel */
+        fail(r, c, &err);
+    return NULL;
+}
+
+int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mfd_recv **out,
+                    lm_error *err)
+{
+    int ret = 0;
+    lm_mfd_recv *r = calloc(1, sizeof *r);
+    recv_chan *ch = calloc(n ? n : 1, sizeof *ch);
+    if (!r || !ch) {
+        free(r);
+        free(ch);
+        for (unsigned i = 0; i < n; i++)
+            lm_chan_free(chans[i]);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    r->m = m;
+    r->main = main;
+    r->n = n;
+    r->ch = ch;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->cond, NULL);
+    size_t data = (size_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE;
+    for (unsigned i = 0; i < n; i++) {
+        recv_chan *c = &ch[i];
+        c->r = r;
+        c->id = i;
+        c->chan = chans[i]; /* now owned by r */
+        c->expect_packet = 1;
+        /* Compressed data may exceed its input a little; the largest
+         * bound of the methods covers them all. */
+        c->ibuf_cap = lm_mfd_compress_bound(LM_MFD_COMP_ZSTD, data);
+        if (lm_mfd_compress_bound(LM_MFD_COMP_ZLIB, data) > c->ibuf_cap)
+            c->ibuf_cap = lm_mfd_compress_bound(LM_MFD_COMP_ZLIB, data);
+        if (lm_mfd_compress_bound(LM_MFD_COMP_LZ4, data) > c->ibuf_cap)
+            c->ibuf_cap = lm_mfd_compress_bound(LM_MFD_COMP_LZ4, data);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        recv_chan *c = &ch[i];
+        c->ibuf = malloc(c->ibuf_cap);
+        c->dbuf = malloc(data);
+        if (!c->ibuf || !c->dbuf) {
+            ret = lm_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        ret = -pthread_create(&c->thread, NULL, recv_thread, c);
+        if (ret < 0) {
+            lm_error_set(err, ret, "cannot start multifd receive thread %u", i);
+            break;
+        }
+        c->started = true;
+    }
+    if (ret < 0) {
+        lm_mfd_recv_shutdown(r, "multifd setup failed");
+        lm_mfd_recv_free(r);
+        return ret;
+    }
+    *out = r;
+    return 0;
+}
+
+void lm_mfd_recv_blocks_ready(lm_mfd_recv *r)
+{
+    pthread_mutex_lock(&r->lock);
+    r->blocks_ready = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static int stopped(lm_mfd_recv *r, lm_error *err)
+{
+    int code = r->error.code ? r->error.code : -ECANCELED;
+    return lm_error_set(err, code, "%s", r->error.code ? r->error.msg : "multifd channels stopped");
+}
+
+int lm_mfd_recv_sync(lm_mfd_recv *r, uint64_t seq, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        if (r->quit) {
+            ret = stopped(r, err);
+            break;
+        }
+        unsigned reached = 0;
+        for (unsigned i = 0; i < r->n; i++) {
+            recv_chan *c = &r->ch[i];
+            if (c->synced >= seq) {
+                reached++;
+            } else if (c->eos) {
+                ret = lm_error_set(err, -EPROTO, "multifd channel %u ended before sync %llu", i,
+                                   (unsigned long long)seq);
+                break;
+            }
+        }
+        if (ret < 0 || reached == r->n)
+            break;
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    if (ret == 0 && seq > r->released) {
+        r->released = seq;
+        pthread_cond_broadcast(&r->cond);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+int lm_mfd_recv_finish(lm_mfd_recv *r, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        if (r->quit) {
+            ret = stopped(r, err);
+            break;
+        }
+        unsigned done = 0;
+        for (unsigned i = 0; i < r->n; i++)
+            done += r->ch[i].eos;
+        if (done == r->n)
+            break;
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+void lm_mfd_recv_shutdown(lm_mfd_recv *r, const char *why)
+{
+    pthread_mutex_lock(&r->lock);
+    r->quit = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    for (unsigned i = 0; i < r->n; i++)
+        if (r->ch[i].chan)
+            lm_chan_shutdown(r->ch[i].chan, why);
+}
+
+void lm_mfd_recv_free(lm_mfd_recv *r)
+{
+    if (!r)
+        return;
+    for (unsigned i = 0; i < r->n; i++) {
+        recv_chan *c = &r->ch[i];
+        if (c->started)
+            pthread_join(c->thread, NULL);
+        lm_chan_free(c->chan);
+        lm_mfd_codec_free(c->codec);
+        free(c->ibuf);
+        free(c->dbuf);
+    }
+    free(r->ch);
+    pthread_cond_destroy(&r->cond);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}

@@ -1,0 +1,485 @@
+/*
+ * send.c - the source's multifd channels (multifd.h has the protocol).
+ *
+ * Threads:
+ *  - the migration thread fills s->cur and hands it off (queue_page,
+ *    send_sync, finish); it alone touches cur, dirty and seq;
+ *  - "lm-mfd-send/N", one per channel: takes its job, detects zero pages,
+ *    compresses, writes; then its SYNC or EOS.  It alone writes its channel.
+ * Lock: s->lock guards every field marked "lock" (the hand-off slots of
+ * each channel, quit and the first error).  Channel threads wait on their
+ * own c->cond for work; the migration thread waits on s->cond for an idle
+ * channel or the end.  Nothing does I/O with the lock held.
+ * Ownership: a batch is either s->cur (migration thread), a channel's job
+ * (its thread, from hand-off until done) or a channel's spare (free, swapped
+ * in as the next s->cur at the next hand-off to that channel).
+ */
+#include "multifd/multifd.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct batch {
+    uint32_t block;
+    uint32_t n;
+    uint64_t pages[LM_MFD_BATCH_PAGES];
+} batch;
+
+typedef struct send_chan {
+    lm_mfd_send *s;
+    unsigned id;
+    pthread_t thread;
+    bool started;
+    lm_chan *chan;
+    pthread_cond_t cond;
+    /* --- lock --- */
+    batch *job;           /* to send */
+    batch *spare;         /* free */
+    uint64_t sync_seq;    /* > done_seq: a SYNC to write */
+    uint64_t done_seq;
+    bool eos, eos_done;
+    /* --- channel thread only --- */
+    lm_mfd_codec *codec;
+    uint8_t *cbuf;
+    size_t cbuf_cap;
+    uint64_t packet_num;
+    lm_multifd_chan_stats *st; /* in m->stats: relaxed atomics */
+} send_chan;
+
+struct lm_mfd_send {
+    lm_mig *m;
+    lm_chan *main;
+    lm_mfd_send_cfg cfg;
+    unsigned n;
+    send_chan *ch;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* --- lock --- */
+    bool quit;
+    lm_error error;
+    /* --- migration thread only --- */
+    batch *cur;
+    unsigned next;        /* round-robin start of the idle search */
+    uint64_t seq;         /* last sync sequence */
+    bool dirty;           /* pages handed off since the last sync */
+    /* --- relaxed atomic --- */
+    bool last_stage;
+};
+
+static void fail(lm_mfd_send *s, send_chan *c, lm_error *e)
+{
+    pthread_mutex_lock(&s->lock);
+    bool first = !s->quit;
+    /* Channel I/O errors already start with the channel's name. */
+    if (!s->error.code && !strncmp(e->msg, "multifd channel", 15))
+        lm_error_set(&s->error, e->code ? e->code : -EIO, "%s", e->msg);
+    else if (!s->error.code)
+        lm_error_set(&s->error, e->code ? e->code : -EIO, "multifd channel %u: %s", c->id,
+                     e->msg[0] ? e->msg : "failed");
+    s->quit = true;
+    for (unsigned i = 0; i < s->n; i++)
+        pthread_cond_signal(&s->ch[i].cond);
+    pthread_cond_broadcast(&s->cond);
+    lm_error copy = s->error;
+    pthread_mutex_unlock(&s->lock);
+    if (first) {
+        /* The migration thread notices on its next main-channel write or
+         * loop turn; the message says which channel and why. */
+        lm_chan_set_error(s->main, copy.code, copy.msg);
+        lm_chan_shutdown(s->main, copy.msg);
+    }
+}
+
+static bool chan_idle(const send_chan *c)
+{
+    return !c->job && c->sync_seq == c->done_seq && !c->eos;
+}
+
+/* Writes one batch as a MULTIFD_PAGES record. */
+static int send_batch(send_chan *c, batch *b, lm_error *err)
+{
+    lm_mfd_send *s = c->s;
+    lm_ram_block *blk = &s->m->blocks[b->block];
+    size_t ps = blk->page_size;
+    uint64_t idx[LM_MFD_BATCH_PAGES];
+    uint32_t nn = 0, nz = 0;
+
+    if (s->cfg.zpd == LM_ZPD_MULTIFD) {
+        /* Normal pages first, zero pages last, each in address order. */
+        uint64_t zeros[LM_MFD_BATCH_PAGES];
+        for (uint32_t i = 0; i < b->n; i++) {
+            if (lm_page_is_zero(blk->base + b->pages[i] * ps, ps))
+                zeros[nz++] = b->pages[i];
+            else
+                idx[nn++] = b->pages[i];
+        }
+        memcpy(idx + nn, zeros, nz * sizeof zeros[0]);
+    } else {
+        memcpy(idx, b->pages, b->n * sizeof idx[0]);
+        nn = b->n;
+    }
+
+    /* Normal pages as iovecs straight from guest memory, adjacent pages
+     * merged. */
+    struct iovec iov[LM_MFD_BATCH_PAGES];
+    unsigned niov = 0;
+    for (uint32_t i = 0; i < nn; i++) {
+        uint8_t *p = blk->base + idx[i] * ps;
+        if (niov && (uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == p)
+            iov[niov - 1].iov_len += ps;
+        else
+            iov[niov++] = (struct iovec){p, ps};
+    }
+
+    lm_mfd_pages h = {.block = b->block, .normal = (uint16_t)nn, .zero = (uint16_t)nz,
+                      .compression = LM_MFD_COMP_NONE, .packet_num = ++c->packet_num};
+    long clen = -1;
+    if (c->codec && nn) {
+        clen = lm_mfd_compress(c->codec, iov, niov, c->cbuf, c->cbuf_cap, err);
+        if (clen < 0)
+            return (int)clen;
+        h.compression = (uint8_t)s->cfg.compression;
+        h.data_len = (uint32_t)clen;
+    } else {
+        h.data_len = (uint32_t)(nn * ps);
+    }
+
+    uint8_t hdr[LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE + 8 * LM_MFD_BATCH_PAGES];
+    uint32_t ilen = 8 * (nn + nz);
+    uint32_t plen = LM_MFD_HDR_SIZE + ilen + h.data_len;
+    if (lm_fmt_rec_hdr_encode(LM_REC_MULTIFD_PAGES, plen, hdr, LM_REC_HDR_SIZE) < 0 ||
+        lm_fmt_mfd_pages_hdr_encode(&h, hdr + LM_REC_HDR_SIZE, LM_MFD_HDR_SIZE) < 0 ||
+        lm_fmt_mfd_index_encode(idx, nn + nz, hdr + LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE,
+                                ilen) < 0)
+        return lm_error_set(err, -EINVAL, "cannot encode a packet of %u pages", nn + nz);
+    size_t hlen = LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE + ilen;
+
+    if (s->cfg.delay_ms && c->id == s->cfg.delay_chan)
+        usleep(s->cfg.delay_ms * 1000u); /* test knob: a slow channel */
+
+    uint64_t before = lm_chan_bytes_written(c->chan);
+    int ret;
+    if (clen >= 0) {
+        ret = lm_chan_write_ref(c->chan, hdr, hlen, c->cbuf, (size_t)clen);
+    } else {
+        /* writev_ref takes at most 64 pieces: the header goes with the
+         * first ones, the rest follow. */
+        ret = 0;
+        unsigned done = 0;
+        do {
+            unsigned k = niov - done > 64 ? 64 : niov - done;
+            ret = lm_chan_writev_ref(c->chan, done ? NULL : hdr, done ? 0 : hlen, iov + done,
+                                     (int)k);
+            done += k;
+        } while (ret == 0 && done < niov);
+    }
+    if (ret < 0)
+        return lm_chan_get_error(c->chan, err);
+    uint64_t wrote = lm_chan_bytes_written(c->chan) - before;
+    LM_ATOMIC_ADD(&c->st->bytes, wrote);
+    LM_ATOMIC_ADD(&c->st->normal, nn);
+    LM_ATOMIC_ADD(&c->st->zero, nz);
+    lm_stats *st = &s->m->stats;
+    LM_ATOMIC_ADD(&st->normal, nn);
+    LM_ATOMIC_ADD(&st->duplicate, nz);
+    LM_ATOMIC_ADD(&st->multifd_bytes, wrote);
+    if (LM_ATOMIC_GET(&s->last_stage))
+        LM_ATOMIC_ADD(&st->downtime_bytes, wrote);
+    else
+        LM_ATOMIC_ADD(&st->precopy_bytes, wrote);
+    return 0;
+}
+
+static int send_u64_record(send_chan *c, uint8_t type, uint64_t v, bool with_payload)
+{
+    uint8_t buf[LM_REC_HDR_SIZE + 8];
+    uint32_t len = with_payload ? 8 : 0;
+    lm_fmt_rec_hdr_encode(type, len, buf, LM_REC_HDR_SIZE);
+    if (with_payload)
+        lm_fmt_u64_encode(v, buf + LM_REC_HDR_SIZE, 8);
+    uint64_t before = lm_chan_bytes_written(c->chan);
+    int ret = lm_chan_put(c->chan, buf, LM_REC_HDR_SIZE + len);
+    if (ret == 0)
+        ret = lm_chan_flush(c->chan);
+    uint64_t wrote = lm_chan_bytes_written(c->chan) - before;
+    LM_ATOMIC_ADD(&c->st->bytes, wrote);
+    LM_ATOMIC_ADD(&c->s->m->stats.multifd_bytes, wrote);
+    return ret;
+}
+
+static void *send_thread(void *arg)
+{
+    send_chan *c = arg;
+    lm_mfd_send *s = c->s;
+    char name[16];
+    snprintf(name, sizeof name, "lm-mfd-send/%u", c->id);
+    pthread_setname_np(pthread_self(), name);
+    lm_error err = {0};
+
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (chan_idle(c) && !s->quit)
+            pthread_cond_wait(&c->cond, &s->lock);
+        if (s->quit)
+            break;
+        int ret = 0;
+        if (c->job) {
+            batch *b = c->job;
+            pthread_mutex_unlock(&s->lock);
+            ret = send_batch(c, b, &err);
+            pthread_mutex_lock(&s->lock);
+            c->job = NULL;
+            c->spare = b;
+        } else if (c->sync_seq != c->done_seq) {
+            uint64_t seq = c->sync_seq;
+            pthread_mutex_unlock(&s->lock);
+            ret = send_u64_record(c, LM_REC_MULTIFD_SYNC, seq, true);
+            pthread_mutex_lock(&s->lock);
+            c->done_seq = seq;
+        } else if (c->eos) {
+            pthread_mutex_unlock(&s->lock);
+            ret = send_u64_record(c, LM_REC_EOS, 0, false);
+            pthread_mutex_lock(&s->lock);
+            c->eos_done = true;
+            pthread_cond_broadcast(&s->cond);
+            break;
+        }
+        if (ret < 0) {
+            if (!err.code)
+                lm_chan_get_error(c->chan, &err);
+            pthread_mutex_unlock(&s->lock);
+            fail(s, c, &err);
+            pthread_mutex_lock(&s->lock);
+            break;
+        }
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
+                    const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err)
+{
+    int ret = 0;
+    lm_mfd_send *s = calloc(1, sizeof *s);
+    if (!s) {
+        for (unsigned i = 0; i < n; i++)
+            lm_chan_free(chans[i]);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    s->m = m;
+    s->main = main;
+    s->cfg = *cfg;
+    s->n = n;
+    LM_ATOMIC_SET(&m->stats.mfd_channels, n);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->ch = calloc(n, sizeof *s->ch);
+    s->cur = calloc(1, sizeof *s->cur);
+    if (!s->ch || !s->cur) {
+        free(s->ch);
+        s->ch = NULL;
+        s->n = 0;
+        for (unsigned i = 0; i < n; i++)
+            lm_chan_free(chans[i]);
+        lm_mfd_send_free(s);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    lm_mfd_comp method = (lm_mfd_comp)cfg->compression; /* same numbering */
+    for (unsigned i = 0; i < n; i++) {
+        send_chan *c = &s->ch[i];
+        c->s = s;
+        c->id = i;
+        c->chan = chans[i]; /* now owned by s */
+        c->st = &m->stats.mfd_chan[i];
+        pthread_cond_init(&c->cond, NULL);
+    }
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        send_chan *c = &s->ch[i];
+        c->spare = calloc(1, sizeof *c->spare);
+        if (!c->spare) {
+            ret = lm_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        if (method != LM_MFD_COMP_NONE) {
+            ret = lm_mfd_codec_new(method, cfg->level, true, &c->codec, err);
+            if (ret < 0)
+                break;
+            c->cbuf_cap = lm_mfd_compress_bound(method, (size_t)LM_MFD_BATCH_PAGES * LM_PAGE_SIZE);
+            c->cbuf = malloc(c->cbuf_cap);
+            if (!c->cbuf) {
+                ret = lm_error_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+        }
+        ret = -pthread_create(&c->thread, NULL, send_thread, c);
+        if (ret < 0) {
+            lm_error_set(err, ret, "cannot start multifd send thread %u", i);
+            break;
+        }
+        c->started = true;
+    }
+    if (ret < 0) {
+        lm_mfd_send_shutdown(s, "multifd setup failed");
+        lm_mfd_send_free(s);
+        return ret;
+    }
+    *out = s;
+    return 0;
+}
+
+/* Hands s->cur to the next idle channel, waiting for one. */
+static int hand_off(lm_mfd_send *s, lm_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    send_chan *c = NULL;
+    while (!s->quit) {
+        for (unsigned k = 0; k < s->n; k++) {
+            send_chan *t = &s->ch[(s->next + k) % s->n];
+            if (chan_idle(t)) {
+                c = t;
+                break;
+            }
+        }
+        if (c)
+            break;
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+    if (!c) {
+        int code = s->error.code ? s->error.code : -ECANCELED;
+        lm_error_set(err, code, "%s", s->error.code ? s->error.msg : "multifd channels stopped");
+        pthread_mutex_unlock(&s->lock);
+        return code;
+    }
+    batch *next = c->spare;
+    c->spare = NULL;
+    c->job = s->cur;
+    s->cur = next;
+    s->next = c->id + 1;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&s->lock);
+    s->cur->n = 0;
+    s->dirty = true;
+    return 0;
+}
+
+int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *err)
+{
+    if (s->cur->n && (s->cur->block != block || s->cur->n == LM_MFD_BATCH_PAGES)) {
+        int ret = hand_off(s, err);
+        if (ret < 0)
+            return ret;
+    }
+    s->cur->block = block;
+    s->cur->pages[s->cur->n++] = page;
+    return 0;
+}
+
+int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err)
+{
+    if (s->cur->n) {
+        int ret = hand_off(s, err);
+        if (ret < 0)
+            return ret;
+    }
+    if (!s->dirty)
+        return 0;
+    s->dirty = false;
+    uint64_t seq = ++s->seq;
+    pthread_mutex_lock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++) {
+        s->ch[i].sync_seq = seq;
+        pthread_cond_signal(&s->ch[i].cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    uint8_t p[8];
+    lm_fmt_u64_encode(seq, p, sizeof p);
+    /* Flushed now: the destination's channels park at their SYNC until
+     * the main thread reads this record, and with every page on the
+     * multifd channels nothing else may push it out of the buffer. */
+    int ret = lm_out_record(o, LM_REC_MULTIFD_FLUSH, p, sizeof p);
+    if (ret == 0)
+        ret = lm_chan_flush(o->chan);
+    if (ret < 0) {
+        lm_chan_get_error(o->chan, err);
+        return ret;
+    }
+    return 0;
+}
+
+int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++) {
+        s->ch[i].eos = true;
+        pthread_cond_signal(&s->ch[i].cond);
+    }
+    for (;;) {
+        unsigned done = 0;
+        for (unsigned i = 0; i < s->n; i++)
+            done += s->ch[i].eos_done;
+        if (done == s->n || s->quit)
+            break;
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+    int ret = 0;
+    if (s->quit)
+        ret = lm_error_set(err, s->error.code ? s->error.code : -ECANCELED, "%s",
+                           s->error.code ? s->error.msg : "multifd channels stopped");
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+void lm_mfd_send_last_stage(lm_mfd_send *s)
+{
+    LM_ATOMIC_SET(&s->last_stage, true);
+}
+
+void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why)
+{
+    pthread_mutex_lock(&s->lock);
+    s->quit = true;
+    for (unsigned i = 0; i < s->n; i++)
+        pthread_cond_signal(&s->ch[i].cond);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->ch[i].chan)
+            lm_chan_shutdown(s->ch[i].chan, why);
+}
+
+void lm_mfd_send_free(lm_mfd_send *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->quit = true;
+    for (unsigned i = 0; i < s->n; i++)
+        pthread_cond_signal(&s->ch[i].cond);
+    pthread_mutex_unlock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++) {
+        send_chan *c = &s->ch[i];
+        if (c->started)
+            pthread_join(c->thread, NULL);
+        pthread_cond_destroy(&c->cond);
+        lm_chan_free(c->chan);
+        lm_mfd_codec_free(c->codec);
+        free(c->cbuf);
+        free(c->job);
+        free(c->spare);
+    }
+    free(s->ch);
+    free(s->cur);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+uint64_t lm_mfd_send_bytes(const lm_mfd_send *s)
+{
+    return LM_ATOMIC_GET(&s->m->stats.multifd_bytes);
+}

@@ -1,0 +1,231 @@
+/*
+ * test_multifd.c - the multifd packet codecs (format) and the compression
+ * streams (one per channel: several packets in a row, corrupt input).  The
+ * channels themselves are tested end to end in
+ * tests/integration/test_multifd.py.
+ */
+#include "core/internal.h"
+#include "multifd/multifd.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define assert_err(e, c, needle)                                                                   \
+    do {                                                                                           \
+        assert_int_equal((e)->code, (c));                                                          \
+        if (!strstr((e)->msg, (needle)))                                                           \
+            fail_msg("error message \"%s\" lacks \"%s\"", (e)->msg, (needle));                     \
+    } while (0)
+
+/* ------------------------------------------------------------- packet codecs */
+
+static void test_pages_hdr_roundtrip(void **state)
+{
+    lm_mfd_pages p = {.block = 3, .normal = 200, .zero = 56, .compression = LM_MFD_COMP_NONE,
+                      .data_len = 200 * 4096, .packet_num = 0x0102030405060708ull};
+    uint8_t b[LM_MFD_HDR_SIZE];
+    assert_int_equal(lm_fmt_mfd_pages_hdr_encode(&p, b, sizeof b), LM_MFD_HDR_SIZE);
+    /* Little-endian, documented offsets (docs/format.md). */
+    assert_int_equal(b[0], 3);
+    assert_int_equal(b[4], 200);
+    assert_int_equal(b[6], 56);
+    assert_int_equal(b[16], 0x08);
+    uint32_t rec = LM_MFD_HDR_SIZE + 8 * 256 + 200 * 4096;
+    lm_mfd_pages q;
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_mfd_pages_hdr_decode(b, sizeof b, rec, 4096, &q, &err),
+                     LM_MFD_HDR_SIZE);
+    assert_int_equal(q.block, 3);
+    assert_int_equal(q.normal, 200);
+    assert_int_equal(q.zero, 56);
+    assert_int_equal(q.data_len, 200 * 4096);
+    assert_true(q.packet_num == p.packet_num);
+    /* Too short: need more. */
+    assert_int_equal(lm_fmt_mfd_pages_hdr_decode(b, LM_MFD_HDR_SIZE - 1, rec, 4096, &q, &err), 0);
+    /* Encoder refuses what the decoder would refuse. */
+    p.normal = p.zero = 0;
+    assert_int_equal(lm_fmt_mfd_pages_hdr_encode(&p, b, sizeof b), -EINVAL);
+    p.normal = 1;
+    p.compression = 9;
+    assert_int_equal(lm_fmt_mfd_pages_hdr_encode(&p, b, sizeof b), -EINVAL);
+}
+
+static void test_pages_hdr_bad(void **state)
+{
+    struct {
+        lm_mfd_pages p;
+        uint32_t rec_len;
+        uint8_t poke_at, poke;
+        const char *needle;
+    } cases[] = {
+        {{.normal = 1, .data_len = 4096}, 24 + 8 + 4095, 0, 0, "record of 4127 bytes"},
+        {{.normal = 2, .data_len = 4096}, 24 + 16 + 4096, 0, 0, "4096 data bytes for 2 pages"},
+        {{.normal = 1, .zero = 1, .compression = LM_MFD_COMP_ZSTD, .data_len = 0}, 24 + 16, 0, 0,
+         "0 compressed bytes for 1 normal pages"},
+        {{.zero = 1, .compression = LM_MFD_COMP_LZ4, .data_len = 5}, 24 + 8 + 5, 0, 0,
+         "5 compressed bytes for 0 normal pages"},
+        {{.normal = 1, .data_len = 4096}, 24 + 8 + 4096, 8, 4, "unknown compression 4"},
+        {{.normal = 1, .data_len = 4096}, 24 + 8 + 4096, 10, 1, "reserved byte 10"},
+        {{.normal = 1, .data_len = 4096}, 24 + 8 + 4096, 5, 0x08, "pages, must be 1..1024"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t b[LM_MFD_HDR_SIZE];
+        assert_int_equal(lm_fmt_mfd_pages_hdr_encode(&cases[i].p, b, sizeof b), LM_MFD_HDR_SIZE);
+        if (cases[i].poke_at)
+            b[cases[i].poke_at] = cases[i].poke;
+        lm_mfd_pages q;
+        lm_error err = {0};
+        assert_int_equal(lm_fmt_mfd_pages_hdr_decode(b, sizeof b, cases[i].rec_len, 4096, &q,
+                                                     &err),
+                         -EPROTO);
+        assert_err(&err, -EPROTO, cases[i].needle);
+    }
+}
+
+static void test_index_list(void **state)
+{
+    lm_mfd_pages p = {.normal = 3, .zero = 2};
+    uint64_t in[5] = {4, 5, 9, 1, 6}, out[5];
+    uint8_t b[40];
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_mfd_index_encode(in, 5, b, sizeof b), 40);
+    assert_int_equal(lm_fmt_mfd_index_encode(in, 5, b, 39), -ENOSPC);
+    assert_int_equal(lm_fmt_mfd_index_decode(b, sizeof b, &p, 10, out, &err), 40);
+    assert_memory_equal(in, out, sizeof in);
+
+    struct {
+        uint64_t idx[5];
+        uint64_t pages;
+        const char *needle;
+    } bad[] = {
+        {{4, 5, 10, 1, 6}, 10, "page 10 past the end of block"},
+        {{4, 4, 9, 1, 6}, 10, "page index 4 after 4"},
+        {{4, 5, 9, 6, 1}, 10, "page index 1 after 6"},
+        {{4, 5, 9, 1, 5}, 10, "page 5 is both normal and zero"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        lm_error_clear(&err);
+        lm_fmt_mfd_index_encode(bad[i].idx, 5, b, sizeof b);
+        assert_int_equal(lm_fmt_mfd_index_decode(b, sizeof b, &p, bad[i].pages, out, &err),
+                         -EPROTO);
+        assert_err(&err, -EPROTO, bad[i].needle);
+    }
+    lm_error_clear(&err);
+    assert_int_equal(lm_fmt_mfd_index_decode(b, 39, &p, 10, out, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "index list cut short");
+}
+
+/* ------------------------------------------------------------- compression */
+
+static void fill_pages(uint8_t *p, unsigned n, unsigned seed)
+{
+    /* Compressible but not trivial: text-like runs with a varying byte. */
+    for (size_t i = 0; i < (size_t)n * 4096; i++)
+        p[i] = (uint8_t)("livemig multifd "[i % 16] + ((i / 512 + seed) % 7));
+}
+
+static void roundtrip_method(lm_mfd_comp method)
+{
+    lm_mfd_codec *tx = NULL, *rx = NULL;
+    lm_error err = {0};
+    assert_int_equal(lm_mfd_codec_new(method, 1, true, &tx, &err), 0);
+    assert_int_equal(lm_mfd_codec_new(method, 0, false, &rx, &err), 0);
+    unsigned n = 64;
+    uint8_t *pages = malloc((size_t)n * 4096), *back = malloc((size_t)n * 4096);
+    size_t cap = lm_mfd_compress_bound(method, (size_t)n * 4096);
+    uint8_t *c = malloc(cap);
+    /* Several packets through the same pair of streams, each decodable on
+     * its own arrival (sync flush), pieces of different lengths. */
+    for (unsigned k = 0; k < 4; k++) {
+        fill_pages(pages, n, k);
+        struct iovec iov[3] = {{pages, 4096}, {pages + 4096, 10 * 4096},
+                               {pages + 11 * 4096, (size_t)(n - 11) * 4096}};
+        long len = lm_mfd_compress(tx, iov, 3, c, cap, &err);
+        assert_true(len > 0);
+        assert_true((size_t)len < (size_t)n * 4096 / 2); /* it did compress */
+        memset(back, 0xee, (size_t)n * 4096);
+        assert_int_equal(lm_mfd_decompress(rx, c, (size_t)len, back, (size_t)n * 4096, &err), 0);
+        assert_memory_equal(pages, back, (size_t)n * 4096);
+    }
+    lm_mfd_codec_free(rx);
+    rx = NULL;
+    assert_int_equal(lm_mfd_codec_new(method, 0, false, &rx, &err), 0);
+    /* Garbage is refused with a message naming the method, never a crash. */
+    uint8_t junk[256];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 37 + 11);
+    lm_error_clear(&err);
+    assert_true(lm_mfd_decompress(rx, junk, sizeof junk, back, 4096, &err) < 0);
+    assert_int_equal(err.code, -EPROTO);
+    assert_non_null(strstr(err.msg, method == LM_MFD_COMP_ZLIB   ? "zlib"
+                                    : method == LM_MFD_COMP_ZSTD ? "zstd"
+                                                                 : "lz4"));
+    lm_mfd_codec_free(tx);
+    lm_mfd_codec_free(rx);
+    free(pages);
+    free(back);
+    free(c);
+}
+
+static void test_zlib(void **state)
+{
+    roundtrip_method(LM_MFD_COMP_ZLIB);
+}
+
+static void test_zstd(void **state)
+{
+    roundtrip_method(LM_MFD_COMP_ZSTD);
+}
+
+static void test_lz4(void **state)
+{
+    roundtrip_method(LM_MFD_COMP_LZ4);
+}
+
+/* A packet that decodes to fewer or more bytes than its header says. */
+static void test_length_mismatch(void **state)
+{
+    lm_mfd_comp methods[] = {LM_MFD_COMP_ZLIB, LM_MFD_COMP_ZSTD, LM_MFD_COMP_LZ4};
+    for (size_t i = 0; i < 3; i++) {
+        lm_mfd_codec *tx = NULL, *rx = NULL;
+        lm_error err = {0};
+        assert_int_equal(lm_mfd_codec_new(methods[i], 1, true, &tx, &err), 0);
+        assert_int_equal(lm_mfd_codec_new(methods[i], 0, false, &rx, &err), 0);
+        uint8_t *pages = malloc(2 * 4096), *back = malloc(3 * 4096);
+        size_t cap = lm_mfd_compress_bound(methods[i], 2 * 4096);
+        uint8_t *c = malloc(cap);
+        fill_pages(pages, 2, 1);
+        struct iovec v = {pages, 2 * 4096};
+        long len = lm_mfd_compress(tx, &v, 1, c, cap, &err);
+        assert_true(len > 0);
+        assert_true(lm_mfd_decompress(rx, c, (size_t)len, back, 3 * 4096, &err) < 0);
+        assert_non_null(strstr(err.msg, "header says"));
+        lm_mfd_codec_free(tx);
+        lm_mfd_codec_free(rx);
+        free(pages);
+        free(back);
+        free(c);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pages_hdr_roundtrip),
+        cmocka_unit_test(test_pages_hdr_bad),
+        cmocka_unit_test(test_index_list),
+        cmocka_unit_test(test_zlib),
+        cmocka_unit_test(test_zstd),
+        cmocka_unit_test(test_lz4),
+        cmocka_unit_test(test_length_mismatch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
