@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import time
 
 from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, set_caps,
@@ -251,6 +252,49 @@ def dst_killed(t):
     check(info.get("error-desc"), "failed without error-desc")
     wait_runstate(src, "running", 5)
     check_writes_increase(src)
+    src.qmp.execute("stop")
+    sv = src.verify()
+    check(sv.get("ok") is True, "source memory after the failure: %r", sv)
+
+
+def src_connections(pid, port):
+    """(fd, local port) of the process's TCP connections to 127.0.0.1:port."""
+    out = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1", "dport", "=", str(port)],
+                         capture_output=True, text=True, timeout=10).stdout
+    conns = []
+    for line in out.splitlines():
+        m = re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:%d\b.*pid=%d,fd=(\d+)" % (port, pid),
+                      line)
+        if m:
+            conns.append((int(m.group(2)), int(m.group(1))))
+    return sorted(conns)
+
+
+@R.test("one multifd channel's connection killed mid-way -> both sides fail, source runs")
+def chan_killed(t):
+    src, dst = mfd_pair(t, 4)
+    set_params(src, {"max-bandwidth": 20 * 1000 * 1000})
+    uri = migrate(src, dst)
+    port = int(uri.rsplit(":", 1)[1])
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4e6, 20,
+               "4 MB transferred")
+    conns = src_connections(src.pid, port)
+    check_eq(len(conns), 5, "connections of the source (main + 4 multifd)")
+    # The main channel connects first, so it has the lowest fd: the
+    # highest is a multifd channel.
+    victim = conns[-1][1]
+    r = subprocess.run(["ss", "-K", "src", "127.0.0.1", "sport", "=", str(victim), "dst",
+                        "127.0.0.1", "dport", "=", str(port)], capture_output=True, timeout=10)
+    check_eq(r.returncode, 0, "ss -K")
+    info = wait_status(src, "failed", 20, fail_on=("completed", "cancelled"))
+    dinfo = wait_status(dst, ("failed", "cancelled"), 20, fail_on=("completed",))
+    log("source %r / destination %r" % (info.get("error-desc"), dinfo.get("error-desc")))
+    check(info.get("error-desc"), "source failed without error-desc")
+    check(re.search("multifd channel|connection|peer", dinfo.get("error-desc") or ""),
+          "destination error-desc %r", dinfo.get("error-desc"))
+    wait_runstate(src, "running", 5)
+    check_writes_increase(src)
+    check(dst.alive(), "destination exited")
     src.qmp.execute("stop")
     sv = src.verify()
     check(sv.get("ok") is True, "source memory after the failure: %r", sv)
