@@ -816,7 +816,7 @@ static void *race_writer(void *arg)
                              __ATOMIC_RELAXED);
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
             uint32_t b = (uint32_t)__atomic_load_n(&r->completed, __ATOMIC_ACQUIRE);
-            r->writes++;
+            __atomic_fetch_add(&r->writes, 1, __ATOMIC_RELAXED);
             r->racing += a != b;
             r->during += __atomic_load_n(&r->in_sync, __ATOMIC_RELAXED);
             if (r->last_a[page] != a || r->last_b[page] != b) {
@@ -884,6 +884,11 @@ static void race_run(bool thp)
     r->deadline = t0 + 30.0; /* writer's own bound, if we never get to stop it */
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, race_writer, r), 0);
+    /* On a busy machine the writer may not run before a few thousand
+     * cheap syncs are over: wait (bounded) until it has started. */
+    for (int i = 0; i < 10000 && __atomic_load_n(&r->writes, __ATOMIC_RELAXED) == 0; i++)
+        usleep(1000);
+    t0 = now_s();
     uint32_t k = 0;
     /* about a second, at least RACE_MIN_SYNCS syncs, at most 10 s (TSan) */
     for (double t = 0; k < RACE_MAX_SYNCS && t < 10.0 && (t < 1.0 || k < RACE_MIN_SYNCS);
