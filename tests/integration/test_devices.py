@@ -93,11 +93,12 @@ def check_source_survives(src, want_in_error):
 
 @R.test("switchover waits for the ack while the guest runs")
 def ack_gates_switchover(t):
-    # 16 MiB of initial device data at a limited bandwidth takes a while to
+    # 16 MiB of initial device data at half of 10 MB/s takes ~3 s to
     # arrive, while avail-switchover-bandwidth makes the switchover
-    # threshold huge: without the ack gate the source would switch at once.
+    # threshold huge: without the ack gate the source would switch within
+    # its few adaptive extra rounds (~1 s), before the ack.
     src, dst = pair(t, bulk("16M", "16M", "256K"), bulk("16M", "16M", "256K"))
-    set_params(src, {"max-bandwidth": 40 * 1000 * 1000, "downtime-limit": 2000,
+    set_params(src, {"max-bandwidth": 10 * 1000 * 1000, "downtime-limit": 2000,
                      "avail-switchover-bandwidth": 10 * 1000 * 1000 * 1000})
     migrate(src, dst)
     wait_status(src, "completed", 30)
