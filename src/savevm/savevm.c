@@ -7,9 +7,11 @@
  * Iteration is round-robin over every active handler and never stops at
  * the first unfinished one (seed 001, digest §3.6).  Beyond QEMU, each
  * handler gets a fair share of the bandwidth budget of the current window
- * (what one leaves unused passes to the next), and the starting handler
- * rotates, so a fast dirtier cannot starve the others even under a low
- * max-bandwidth (digest §3.6 "observation", §12).
+ * (what one leaves unused passes to the ones after it, and a second round
+ * gives what is still unused to those with data left), the starting
+ * handler rotates, and RAM cuts its page runs to its share, so a fast
+ * dirtier cannot starve the others even under a low max-bandwidth
+ * (digest §3.6 "observation", §12; tests/unit/test_devices.c).
  *
  * Threads: the source drivers run on the migration thread, the load
  * drivers on the incoming thread; lm_device_register and
@@ -285,6 +287,26 @@ static bool iterates(const lm_handler *h, bool in_postcopy)
     return h->ops->has_postcopy && h->ops->has_postcopy(h->opaque);
 }
 
+/* Runs handler h with a byte budget; returns its iterate result and adds
+ * what it wrote to *used. */
+static int run_one(lm_handler *h, lm_out *o, uint64_t share, uint64_t *used, lm_error *err)
+{
+    uint64_t before = lm_chan_bytes_written(o->chan);
+    int ret;
+    if (h->dev) {
+        lm_device_out out = {.o = o, .dev = h->dev, .section_id = h->section_id,
+                             .type = LM_REC_SECTION_PART};
+        ret = h->dev->ops->save_iterate(h->dev->opaque, &out, share, err);
+    } else {
+        ret = h->ops->save_iterate(h->opaque, o, share, err);
+    }
+    *used = lm_chan_bytes_written(o->chan) - before;
+    h->sent += *used;
+    if (ret < 0)
+        lm_error_prefix(err, "%s iterate", hname(h));
+    return ret;
+}
+
 int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, lm_error *err)
 {
     unsigned n = m->nhandlers, active = 0;
@@ -293,35 +315,51 @@ int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, l
             active++;
     if (!active)
         return 1;
-    bool all_finished = true;
+    bool unfinished[LM_MAX_HANDLERS] = {false};
+    unsigned nunfinished = 0;
     uint64_t left = budget;
     unsigned start = m->rotor++ % n, turn = 0;
     for (unsigned k = 0; k < n; k++) {
-        lm_handler *h = &m->handlers[(start + k) % n];
+        unsigned i = (start + k) % n;
+        lm_handler *h = &m->handlers[i];
         if (!iterates(h, in_postcopy))
             continue;
         /* Fair share of what is left among the handlers still to run. */
         uint64_t share = left == UINT64_MAX ? UINT64_MAX : left / (active - turn);
         turn++;
-        uint64_t before = lm_chan_bytes_written(o->chan);
-        int ret;
-        if (h->dev) {
-            lm_device_out out = {.o = o, .dev = h->dev, .section_id = h->section_id,
-                                 .type = LM_REC_SECTION_PART};
-            ret = h->dev->ops->save_iterate(h->dev->opaque, &out, share, err);
-        } else {
-            ret = h->ops->save_iterate(h->opaque, o, share, err);
-        }
-        uint64_t used = lm_chan_bytes_written(o->chan) - before;
-        h->sent += used;
+        uint64_t used;
+        int ret = run_one(h, o, share, &used, err);
+        if (ret < 0)
+            return ret;
         if (left != UINT64_MAX)
             left = used >= left ? 0 : left - used;
-        if (ret < 0)
-            return lm_error_prefix(err, "%s iterate", hname(h));
-        if (ret == 0)
-            all_finished = false;
+        if (ret == 0) {
+            unfinished[i] = true;
+            nunfinished++;
+        }
     }
-    return all_finished;
+    /* A handler with little to send left part of its share unused; when it
+     * ran after the others, they have not seen it.  One more round splits
+     * the rest among those that still have data, so the window is used
+     * whatever the order (bounded: one extra call each). */
+    if (left != UINT64_MAX && left >= LM_PAGE_SIZE && nunfinished && nunfinished < active) {
+        unsigned turn2 = 0, total = nunfinished;
+        for (unsigned k = 0; k < n && left >= LM_PAGE_SIZE; k++) {
+            unsigned i = (start + k) % n;
+            if (!unfinished[i])
+                continue;
+            uint64_t share = left / (total - turn2++), used;
+            int ret = run_one(&m->handlers[i], o, share, &used, err);
+            if (ret < 0)
+                return ret;
+            left = used >= left ? 0 : left - used;
+            if (ret == 1) {
+                unfinished[i] = false;
+                nunfinished--;
+            }
+        }
+    }
+    return nunfinished == 0;
 }
 
 int lm_savevm_complete(lm_mig *m, lm_out *o, lm_error *err)
