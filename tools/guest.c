@@ -581,9 +581,18 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
+/* The workers wrote their registers before parking under g->lock:
+ * taking it orders this thread after those writes. */
+static void sync_with_parked_workers(guest *g)
+{
+    pthread_mutex_lock(&g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
 static int cpu_save_state(void *opaque, lm_device_out *out, lm_error *err)
 {
     guest *g = opaque;
+    sync_with_parked_workers(g);
     uint8_t buf[CPU_HDR + MAX_THREADS * CPU_PER_THREAD];
     uint32_t hdr[4] = {CPU_MAGIC, (uint32_t)g->wl, g->nthreads, 0};
     memcpy(buf, hdr, sizeof hdr);
@@ -625,6 +634,7 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
      * own registers and all the source's writes become base writes. */
     bool same = hdr[1] == (uint32_t)g->wl && hdr[2] == g->nthreads &&
                 (g->wl == WL_IDLE || g->nstarted == g->nthreads);
+    sync_with_parked_workers(g);
     if (same) {
         g->seed = get64(d + 16);
         g->base_writes = base;
@@ -657,6 +667,7 @@ static const lm_device_ops cpu_ops = {
 /* Checks the cpu state against memory (workload stopped); fills why. */
 static bool cpu_verify(guest *g, char *why, size_t n)
 {
+    sync_with_parked_workers(g);
     uint64_t sum = 0;
     for (uint64_t i = 0; i < g->npages; i++)
         sum += g->ledger[i];

@@ -248,7 +248,8 @@ static void *writer_run(void *arg)
         uint64_t c = (rng * 0x2545F4914F6CDD1Dull) % b->nchunks;
         uint64_t ver = b->vers[c] + 1;
         chunk_write(b->mem + c * CHUNK, c, ver);
-        b->vers[c] = ver;
+        /* Atomic: save_setup reads the table while the writer runs. */
+        __atomic_store_n(&b->vers[c], ver, __ATOMIC_RELAXED);
         bit_set(b->dirty, c);
         __atomic_fetch_add(&b->writes, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&b->lock);

@@ -316,7 +316,8 @@ static int section(dst *d, uint8_t type, uint32_t id, const char *name, uint32_t
     int n = lm_fmt_section_hdr_encode(type, &s, p, sizeof p);
     assert_true(n > 0);
     size_t dl = data ? strlen(data) : 0;
-    memcpy(p + n, data, dl);
+    if (dl)
+        memcpy(p + n, data, dl);
     return feed(d, type, p, (uint32_t)(n + dl), err);
 }
 
