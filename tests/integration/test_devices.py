@@ -192,7 +192,7 @@ def device_skew(t, sc):
 
 
 for sc in DEVICE_SKEW:
-    R.add("device ack support on the %s only falls back" % sc["name"], device_skew, sc)
+    R.add("device ack support on the %s falls back" % sc["name"], device_skew, sc)
 
 
 @R.test("seed 001: fast RAM under a low max-bandwidth does not starve the device")
