@@ -240,6 +240,10 @@ typedef enum lm_event_type {
     LM_EVENT_MIGRATION_PASS,  /* dirty sync number `pass` (needs "events") */
     LM_EVENT_STOP,            /* run state: guest stopped */
     LM_EVENT_RESUME,          /* run state: guest resumed */
+    /* Switchover-ack: on the source when the destination's ack arrived,
+     * on the destination when it sent it (QMP X_MIGRATION_SWITCHOVER_ACK;
+     * sent whatever the "events" capability says, like STOP/RESUME). */
+    LM_EVENT_SWITCHOVER_ACK,
 } lm_event_type;
 
 typedef struct lm_event {
@@ -331,6 +335,147 @@ void lm_mig_query(lm_mig *m, lm_info *out);
 lm_runstate lm_vm_runstate(lm_mig *m);
 int lm_vm_stop(lm_mig *m, lm_error *err);
 int lm_vm_cont(lm_mig *m, lm_error *err);
+
+/* --------------------------------------------------------------- devices */
+
+/* Device handlers: everything of a host that is not RAM (vCPU state,
+ * device models, a VFIO-like device with its own memory).  The table
+ * mirrors QEMU's SaveVMHandlers (digest §4); docs/devices.md describes the
+ * semantics, docs/format.md the bytes.
+ *
+ * A device is *iterable* when it has save_iterate: its state is opened by
+ * save_setup, streamed by save_iterate while the guest runs, and closed by
+ * save_complete with the guest stopped.  Otherwise it is *non-iterable*
+ * and save_state sends its whole state once, at switchover.  A device may
+ * have both (iterable data plus a small final state).
+ *
+ * Data goes out through lm_device_put(); every put becomes one section
+ * record on the wire, and the destination's load_state is called once per
+ * put, in order, with exactly those bytes.  A device's data format is its
+ * own business; `version` lets a newer device read an older stream, and a
+ * destination whose device version is lower than the stream's refuses the
+ * migration naming the device.
+ *
+ * Threads: every source callback runs on the migration thread
+ * ("lm-migration"); every destination callback on the incoming thread
+ * ("lm-incoming").  pending_estimate is called on every loop iteration and
+ * must be cheap; the others may block on the device (not on the network:
+ * puts are buffered by the library).  save_complete and save_state run with
+ * the guest stopped (host stop() has returned); everything else while the
+ * guest may run, so a device tracks its own dirty state.  Callbacks must
+ * not call lm_mig_* functions that change the migration (start, cancel,
+ * free).  Every callback may be NULL unless said otherwise. */
+
+typedef struct lm_device_out lm_device_out;
+
+typedef struct lm_device_ops {
+    /* --- source --- */
+    /* Iterable devices: opens the device's stream and may put its first
+     * data.  Returns 0 or < 0 (fails the migration, source keeps running). */
+    int (*save_setup)(void *opaque, lm_device_out *out, lm_error *err);
+    /* Puts at most about `budget` bytes (UINT64_MAX: no limit; a device may
+     * always put one chunk of its own minimum size so it makes progress).
+     * Returns 1 when nothing is left to send now, 0 when more remains,
+     * < 0 on error. */
+    int (*save_iterate)(void *opaque, lm_device_out *out, uint64_t budget, lm_error *err);
+    /* Cheap estimate: ADDS to the accumulators the bytes still to send.
+     * must_precopy must move before the guest runs on the destination;
+     * can_postcopy could move after. */
+    void (*pending_estimate)(void *opaque, uint64_t *must_precopy, uint64_t *can_postcopy);
+    /* Exact: ADDS the bytes the switchover would have to send (the
+     * stop-copy size); may take longer.  Called only when the estimate of
+     * everything is under the switchover threshold.  Returns 0 or < 0.
+     * NULL: the estimate is used. */
+    int (*pending_exact)(void *opaque, uint64_t *must_precopy, uint64_t *can_postcopy,
+                         lm_error *err);
+    /* Guest stopped: puts everything that is left.  Returns 0 or < 0. */
+    int (*save_complete)(void *opaque, lm_device_out *out, lm_error *err);
+    /* Non-iterable state, guest stopped, after every save_complete.
+     * Returns 0 or < 0. */
+    int (*save_state)(void *opaque, lm_device_out *out, lm_error *err);
+    /* After every migration attempt (success, failure, cancel), even when
+     * save_setup was never called.  Frees what setup allocated. */
+    void (*save_cleanup)(void *opaque);
+    /* True when the device can still move data after a postcopy switch.
+     * Postcopy is not built yet: a device answering true is iterated like
+     * any other during precopy. */
+    bool (*has_postcopy)(void *opaque);
+
+    /* --- destination --- */
+    /* Before the first record of an incoming stream is read.  Returns 0 or
+     * < 0 (the incoming migration fails). */
+    int (*load_setup)(void *opaque, lm_error *err);
+    /* One put of the source device: `len` bytes at `data`, borrowed for the
+     * call only.  `version` is the stream's version (<= the registered
+     * one).  Returns 0, or LM_DEVICE_LOAD_READY once the device's initial
+     * data (the part worth loading before the switch) is all loaded —
+     * that is its switchover-ack approval, see switchover_ack_needed —, or
+     * < 0 on error: the migration fails with the message, prefixed with
+     * the device's name, and the source keeps running. */
+    int (*load_state)(void *opaque, uint32_t version, const uint8_t *data, size_t len,
+                      lm_error *err);
+    /* After every incoming migration, even when load_setup failed or was
+     * never called. */
+    void (*load_cleanup)(void *opaque);
+
+    /* --- both sides --- */
+    /* Switchover-ack (capability "switchover-ack"): true when this device
+     * takes part.  On the source, it means the device's data will tell its
+     * peer when the initial data is complete; on the destination, that the
+     * device approves the switch with LM_DEVICE_LOAD_READY.  A device takes
+     * part only when both sides say true (per-device handshake at setup):
+     * otherwise it falls back to an ordinary device, which the switch does
+     * not wait for.  NULL = false. */
+    bool (*switchover_ack_needed)(void *opaque);
+} lm_device_ops;
+
+/* load_state's "initial data loaded" answer. */
+#define LM_DEVICE_LOAD_READY 1
+
+#define LM_DEVICE_NAME_MAX 63
+#define LM_MAX_DEVICES 32
+
+/* Registers a device: name (1..63 printable ASCII bytes) and instance are
+ * its identity on the wire and must match the peer's; version (>= 1) is
+ * its state format's.  (name, instance) is unique.  ops and opaque are
+ * borrowed until lm_mig_free().  Only before the first migration of m
+ * starts (like lm_ram_add).  Thread: any.  Blocks: no. */
+int lm_device_register(lm_mig *m, const char *name, uint32_t instance, uint32_t version,
+                       const lm_device_ops *ops, void *opaque, lm_error *err);
+
+/* Puts one chunk of device data (1 section record): len <= LM_DEVICE_PUT_MAX.
+ * The bytes are copied (or written) before it returns.  Only from the
+ * save_setup / save_iterate / save_complete / save_state callback that got
+ * `out`, on the migration thread.  Blocks: may, on the network.  Returns 0
+ * or < 0 (the channel failed: return it from the callback). */
+#define LM_DEVICE_PUT_MAX (8u << 20)
+int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_error *err);
+
+/* Per-device view of the current or last migration (query-migrate's
+ * "x-devices").  Source: bytes sent and the last pending answer;
+ * destination: bytes received.  ack: see lm_device_ack_state. */
+typedef enum lm_device_ack_state {
+    LM_DEVICE_ACK_NONE,      /* not taking part (capability off, or not asked) */
+    LM_DEVICE_ACK_WAITING,   /* both sides take part; initial data not loaded yet */
+    LM_DEVICE_ACK_ACKED,     /* the destination loaded its initial data */
+    LM_DEVICE_ACK_FALLBACK,  /* only one side supports the ack: not waited for */
+} lm_device_ack_state;
+
+const char *lm_device_ack_state_name(lm_device_ack_state s); /* "none", ... */
+
+typedef struct lm_device_info {
+    char name[LM_DEVICE_NAME_MAX + 1];
+    uint32_t instance;
+    uint32_t version;
+    bool iterable;
+    uint64_t pending;        /* source: bytes still to send (last estimate/exact) */
+    uint64_t bytes;          /* source: sent; destination: received */
+    lm_device_ack_state ack;
+} lm_device_info;
+
+/* Copies at most max entries into out (registration order); returns the
+ * number of registered devices.  Thread: any.  Blocks: no. */
+unsigned lm_mig_query_devices(lm_mig *m, lm_device_info *out, unsigned max);
 
 /* ------------------------------------------------------------ QMP server */
 

@@ -32,6 +32,7 @@
  * workload thread, or the library's loader while the workload is stopped).
  */
 #include "cli.h"
+#include "guest_bulk.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -52,6 +53,8 @@
 #define HUGE_ALIGN (2u << 20)
 #define SAMPLES 5          /* 5 samples 250 ms apart: a 1 s window */
 #define SAMPLE_MS 250
+#define MAX_BULK 4
+#define CPU_MAGIC 0x30555043u /* "CPU0" */
 
 typedef enum workload { WL_IDLE, WL_RANDOM, WL_SEQUENTIAL, WL_HOT } workload;
 typedef enum fill { FILL_NONE, FILL_RANDOM, FILL_ZERO } fill;
@@ -73,6 +76,10 @@ typedef struct worker {
     pthread_t thread;
     /* Written by this worker only, read by stats: its own cache line. */
     uint64_t writes __attribute__((aligned(64)));
+    /* The worker's "registers", migrated by the cpu device: written by the
+     * worker while it runs, and by the loader only while it is parked. */
+    uint64_t rng;
+    uint64_t cursor;
 } worker;
 
 struct guest {
@@ -88,6 +95,15 @@ struct guest {
     bool prealloc;        /* --prealloc: populate all memory before serving */
     char qmp_uri[4200];
     const char *incoming;
+    bulk_cfg bulk_cfgs[MAX_BULK];
+    unsigned nbulk;
+    bulk *bulks[MAX_BULK];
+    /* cpu device: page writes not counted by the current workers' counters
+     * (the fill, and writes made elsewhere before a migration); written
+     * only with the workload stopped */
+    uint64_t base_writes;
+    bool cpu_loaded;      /* a cpu state was loaded (destination) */
+    bool cpu_adopted;     /* ... and the workers continue from it */
 
     /* memory */
     region ram[2];
@@ -367,6 +383,9 @@ static void host_stop(void *opaque)
     while (g->parked < g->alive)
         pthread_cond_wait(&g->park_cond, &g->lock);
     pthread_mutex_unlock(&g->lock);
+    for (unsigned i = 0; i < g->nbulk; i++)
+        if (g->bulks[i])
+            bulk_stop(g->bulks[i]);
 }
 
 /* lm_host_ops.start: releases the workers (they continue from the ledger,
@@ -374,6 +393,9 @@ static void host_stop(void *opaque)
 static void host_start(void *opaque)
 {
     guest *g = opaque;
+    for (unsigned i = 0; i < g->nbulk; i++)
+        if (g->bulks[i])
+            bulk_start(g->bulks[i]);
     pthread_mutex_lock(&g->lock);
     if (!g->quit) {
         __atomic_store_n(&g->stop_req, false, __ATOMIC_RELEASE);
@@ -404,6 +426,26 @@ static GUEST_MEMORY_WRITER void write_pair(guest *g, uint64_t idx)
     g->ledger[idx] = ver;
 }
 
+/* xorshift64 step of a random worker: one per write. */
+static inline uint64_t rng_next(uint64_t r)
+{
+    r ^= r >> 12;
+    r ^= r << 25;
+    r ^= r >> 27;
+    return r;
+}
+
+static uint64_t rng_first(uint64_t seed, unsigned id)
+{
+    return mix64(seed ^ ((uint64_t)(id + 1) * 0xD1B54A32D192ED03ull)) | 1;
+}
+
+static uint64_t worker_owned(guest *g, unsigned id)
+{
+    uint64_t limit = g->wl == WL_HOT ? g->hot_size / PAGE : g->npages;
+    return limit > id ? (limit - id + g->nthreads - 1) / g->nthreads : 0;
+}
+
 static void *worker_run(void *arg)
 {
     worker *w = arg;
@@ -415,8 +457,6 @@ static void *worker_run(void *arg)
     uint64_t limit = g->wl == WL_HOT ? g->hot_size / PAGE : g->npages;
     uint64_t step = g->nthreads;
     uint64_t owned = limit > w->id ? (limit - w->id + step - 1) / step : 0;
-    uint64_t rng = mix64(g->seed ^ ((uint64_t)(w->id + 1) * 0xD1B54A32D192ED03ull)) | 1;
-    uint64_t cursor = 0;
 
     /* Pacing (random): batches of ~1 ms worth of pages, then an absolute
      * sleep to the batch's deadline, so the rate holds without spinning. */
@@ -450,14 +490,12 @@ static void *worker_run(void *arg)
         }
         uint64_t k;
         if (g->wl == WL_RANDOM) {
-            rng ^= rng >> 12; /* xorshift64* */
-            rng ^= rng << 25;
-            rng ^= rng >> 27;
-            k = (rng * 0x2545F4914F6CDD1Dull) % owned;
+            w->rng = rng_next(w->rng);
+            k = (w->rng * 0x2545F4914F6CDD1Dull) % owned;
         } else {
-            k = cursor;
-            if (++cursor == owned)
-                cursor = 0;
+            k = w->cursor;
+            if (++w->cursor == owned)
+                w->cursor = 0;
         }
         write_pair(g, w->id + k * step);
         __atomic_store_n(&w->writes, w->writes + 1, __ATOMIC_RELAXED);
@@ -546,6 +584,151 @@ static void workload_quit(guest *g)
     g->stats_started = false;
 }
 
+/* ---------------------------------------------------------- cpu device */
+
+/* The workload's "vCPU state", a non-iterable device sent once at
+ * switchover: {u32 magic, u32 workload, u32 threads, u32 0, u64 seed,
+ * u64 base_writes} then per thread {u64 writes, u64 rng, u64 cursor}.
+ * x-guest-verify checks it against memory: the ledger's versions add up
+ * to base_writes + the writes counters, and each random worker's RNG is
+ * exactly `writes` steps from its seed, so a lost or stale cpu state is
+ * found.  Runs with the workload stopped (library contract). */
+#define CPU_HDR 32
+#define CPU_PER_THREAD 24
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8); /* little-endian hosts, like the rest of livemig */
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* The workers wrote their registers before parking under g->lock:
+ * taking it orders this thread after those writes. */
+static void sync_with_parked_workers(guest *g)
+{
+    pthread_mutex_lock(&g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static int cpu_save_state(void *opaque, lm_device_out *out, lm_error *err)
+{
+    guest *g = opaque;
+    sync_with_parked_workers(g);
+    uint8_t buf[CPU_HDR + MAX_THREADS * CPU_PER_THREAD];
+    uint32_t hdr[4] = {CPU_MAGIC, (uint32_t)g->wl, g->nthreads, 0};
+    memcpy(buf, hdr, sizeof hdr);
+    put64(buf + 16, g->seed);
+    put64(buf + 24, g->base_writes);
+    for (unsigned i = 0; i < g->nthreads; i++) {
+        uint8_t *p = buf + CPU_HDR + i * CPU_PER_THREAD;
+        worker *w = &g->workers[i];
+        bool started = i < g->nstarted;
+        put64(p, started ? __atomic_load_n(&w->writes, __ATOMIC_RELAXED) : 0);
+        put64(p + 8, w->rng);
+        put64(p + 16, w->cursor);
+    }
+    return lm_device_put(out, buf, CPU_HDR + g->nthreads * CPU_PER_THREAD, err);
+}
+
+static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size_t len,
+                          lm_error *err)
+{
+    guest *g = opaque;
+    (void)version;
+    uint32_t hdr[4];
+    if (len < CPU_HDR)
+        return lm_error_set(err, -EPROTO, "cpu: state of %zu bytes, header needs %d", len,
+                            CPU_HDR);
+    memcpy(hdr, d, sizeof hdr);
+    if (hdr[0] != CPU_MAGIC || hdr[3] != 0)
+        return lm_error_set(err, -EPROTO, "cpu: bad magic 0x%08x", hdr[0]);
+    if (hdr[1] > WL_HOT || hdr[2] < 1 || hdr[2] > MAX_THREADS)
+        return lm_error_set(err, -EPROTO, "cpu: workload %u / %u threads out of range",
+                            hdr[1], hdr[2]);
+    if (len != CPU_HDR + (size_t)hdr[2] * CPU_PER_THREAD)
+        return lm_error_set(err, -EPROTO, "cpu: %zu bytes for %u threads", len, hdr[2]);
+    uint64_t base = get64(d + 24), total = base;
+    for (unsigned i = 0; i < hdr[2]; i++)
+        total += get64(d + CPU_HDR + i * CPU_PER_THREAD);
+    /* Our workers continue the source's only when they are the same
+     * vCPUs (same workload and thread count); otherwise they keep their
+     * own registers and all the source's writes become base writes. */
+    bool same = hdr[1] == (uint32_t)g->wl && hdr[2] == g->nthreads &&
+                (g->wl == WL_IDLE || g->nstarted == g->nthreads);
+    sync_with_parked_workers(g);
+    if (same) {
+        g->seed = get64(d + 16);
+        g->base_writes = base;
+        for (unsigned i = 0; i < hdr[2]; i++) {
+            const uint8_t *p = d + CPU_HDR + i * CPU_PER_THREAD;
+            worker *w = &g->workers[i];
+            __atomic_store_n(&w->writes, get64(p), __ATOMIC_RELAXED);
+            w->rng = get64(p + 8);
+            w->cursor = get64(p + 16);
+            uint64_t owned = worker_owned(g, i);
+            if (g->wl != WL_RANDOM && g->wl != WL_IDLE && owned && w->cursor >= owned)
+                return lm_error_set(err, -EPROTO, "cpu: thread %u cursor %" PRIu64
+                                                  " beyond its %" PRIu64 " pages",
+                                    i, w->cursor, owned);
+        }
+    } else {
+        uint64_t ours = total_writes(g);
+        g->base_writes = total - ours;
+    }
+    g->cpu_loaded = true;
+    g->cpu_adopted = same;
+    return 0;
+}
+
+static const lm_device_ops cpu_ops = {
+    .save_state = cpu_save_state,
+    .load_state = cpu_load_state,
+};
+
+/* Checks the cpu state against memory (workload stopped); fills why. */
+static bool cpu_verify(guest *g, char *why, size_t n)
+{
+    sync_with_parked_workers(g);
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < g->npages; i++)
+        sum += g->ledger[i];
+    uint64_t writes = total_writes(g);
+    if (sum != g->base_writes + writes) {
+        snprintf(why, n, "ledger versions add up to %" PRIu64 ", cpu state says %" PRIu64
+                         " + %" PRIu64 " writes", sum, g->base_writes, writes);
+        return false;
+    }
+    for (unsigned i = 0; i < g->nstarted; i++) {
+        worker *w = &g->workers[i];
+        uint64_t wr = __atomic_load_n(&w->writes, __ATOMIC_RELAXED);
+        if (g->wl == WL_RANDOM) {
+            uint64_t r = rng_first(g->seed, i);
+            for (uint64_t k = 0; k < wr; k++)
+                r = rng_next(r);
+            if (r != w->rng) {
+                snprintf(why, n, "thread %u: RNG state is not %" PRIu64 " steps from its seed",
+                         i, wr);
+                return false;
+            }
+        } else if (g->wl != WL_IDLE) {
+            uint64_t owned = worker_owned(g, i);
+            if (owned && w->cursor != wr % owned) {
+                snprintf(why, n, "thread %u: cursor %" PRIu64 " after %" PRIu64 " writes",
+                         i, w->cursor, wr);
+                return false;
+            }
+        }
+    }
+    snprintf(why, n, "ok");
+    return true;
+}
+
 /* ---------------------------------------------------------- QMP commands */
 
 static int reply(json_t *obj, char **ret_json, lm_error *err)
@@ -587,10 +770,27 @@ static int qmp_verify(void *opaque, const char *args, char **ret_json, lm_error 
     sweep_all(g, SWEEP_VERIFY, "guest-verify", s);
     uint64_t bad = s[0].bad + s[1].bad;
     uint64_t first = s[0].bad ? s[0].first_bad : s[1].bad ? s[1].first_bad : UINT64_MAX;
-    return reply(json_pack("{s:b, s:I, s:I, s:I, s:I}", "ok", bad == 0, "pages",
-                           (json_int_t)g->npages, "bad-pages", (json_int_t)bad, "first-bad",
-                           (json_int_t)(bad ? (int64_t)first : -1), "written-pages",
-                           (json_int_t)(s[0].written + s[1].written)),
+    char why[256];
+    bool cpu_ok = cpu_verify(g, why, sizeof why);
+    bool all = bad == 0 && cpu_ok;
+    json_t *devs = json_array();
+    for (unsigned i = 0; devs && i < g->nbulk; i++) {
+        uint64_t bb;
+        int64_t fb;
+        bool ok = bulk_verify(g->bulks[i], &bb, &fb);
+        all = all && ok;
+        json_array_append_new(devs, json_pack("{s:s, s:i, s:b, s:I, s:I}", "name", "bulk",
+                                              "instance", (int)i, "ok", ok, "bad-chunks",
+                                              (json_int_t)bb, "first-bad", (json_int_t)fb));
+    }
+    if (!devs)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    return reply(json_pack("{s:b, s:I, s:I, s:I, s:I, s:{s:b, s:s, s:b}, s:o}", "ok", all,
+                           "pages", (json_int_t)g->npages, "bad-pages", (json_int_t)bad,
+                           "first-bad", (json_int_t)(bad ? (int64_t)first : -1),
+                           "written-pages", (json_int_t)(s[0].written + s[1].written), "cpu",
+                           "ok", cpu_ok, "detail", why, "loaded", g->cpu_loaded, "devices",
+                           devs),
                  ret_json, err);
 }
 
@@ -600,10 +800,24 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
     pthread_mutex_lock(&g->lock);
     bool running = !g->stop_req;
     pthread_mutex_unlock(&g->lock);
-    return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i}", "writes",
+    json_t *devs = json_array();
+    for (unsigned i = 0; devs && i < g->nbulk; i++) {
+        const bulk_cfg *c = bulk_config(g->bulks[i]);
+        json_array_append_new(devs, json_pack("{s:s, s:i, s:I, s:I, s:b, s:I, s:b}", "name",
+                                              "bulk", "instance", (int)i, "size",
+                                              (json_int_t)c->size, "initial",
+                                              (json_int_t)c->initial, "ack", c->ack, "writes",
+                                              (json_int_t)bulk_writes(g->bulks[i]),
+                                              "initial-loaded",
+                                              bulk_initial_loaded(g->bulks[i])));
+    }
+    if (!devs)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i, s:o}", "writes",
                            (json_int_t)total_writes(g), "rate", (json_int_t)recent_rate(g),
                            "running", running, "mem", (json_int_t)g->mem, "workload",
-                           workload_names[g->wl], "threads", (int)g->nthreads),
+                           workload_names[g->wl], "threads", (int)g->nthreads, "devices",
+                           devs),
                  ret_json, err);
 }
 
@@ -637,14 +851,21 @@ void usage_guest(FILE *f)
             "                         random (default) or text, which compresses ~4x\n"
             "  --prealloc             populate all guest memory before serving (QEMU's\n"
             "                         -mem-prealloc): a destination then loads at wire\n"
-            "                         speed instead of paying the kernel's page zeroing\n\n"
+            "                         speed instead of paying the kernel's page zeroing\n"
+            "  --device bulk,size=SIZE,initial=SIZE,dirty-rate=RATE[,ack=on|off][,version=N]\n"
+            "                         a VFIO-like device with its own memory, whose initial\n"
+            "                         data the destination loads before the switch when\n"
+            "                         switchover-ack is on (ack=off: an older device);\n"
+            "                         repeatable (instances 0..3)\n\n"
+            "Every guest also has a non-iterable \"cpu\" device (workload counters and\n"
+            "RNG state), checked by x-guest-verify like memory and bulk devices.\n"
             "QMP commands besides QEMU's: quit, x-guest-verify (guest stopped),\n"
             "x-guest-stats.  SIGINT/SIGTERM exit cleanly like quit.\n");
 }
 
 enum {
     O_MEM = 1, O_QMP, O_INCOMING, O_WORKLOAD, O_RATE, O_THREADS, O_SEED, O_FILL, O_HOT,
-    O_PREALLOC, O_PATTERN,
+    O_PREALLOC, O_PATTERN, O_DEVICE,
 };
 
 static const cli_opt guest_opts[] = {
@@ -653,7 +874,7 @@ static const cli_opt guest_opts[] = {
     {"dirty-rate", true, O_RATE},   {"threads", true, O_THREADS},
     {"seed", true, O_SEED},         {"fill", true, O_FILL},
     {"hot-size", true, O_HOT},      {"prealloc", false, O_PREALLOC},
-    {"pattern", true, O_PATTERN},
+    {"pattern", true, O_PATTERN},   {"device", true, O_DEVICE},
     {NULL, false, 0},
 };
 
@@ -763,6 +984,23 @@ static int parse_flags(guest *g, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             }
             break;
+        case O_DEVICE: {
+            lm_error e = {0};
+            if (strncmp(v, "bulk,", 5) && strcmp(v, "bulk")) {
+                cli_err("guest", "--device: unknown device '%s' (bulk,size=SIZE,...)", v);
+                return CLI_EXIT_USAGE;
+            }
+            if (g->nbulk >= MAX_BULK) {
+                cli_err("guest", "--device: at most %d bulk devices", MAX_BULK);
+                return CLI_EXIT_USAGE;
+            }
+            if (!bulk_parse(v[4] ? v + 5 : "", &g->bulk_cfgs[g->nbulk], &e)) {
+                cli_err("guest", "--device: %s", e.msg);
+                return CLI_EXIT_USAGE;
+            }
+            g->nbulk++;
+            break;
+        }
         }
     }
     if (!have_qmp) {
@@ -862,6 +1100,8 @@ int cmd_guest(int argc, char **argv)
         sweep s[2];
         sweep_all(g, g->fill == FILL_RANDOM ? SWEEP_FILL_RANDOM : SWEEP_FILL_ZERO,
                   "guest-fill", s);
+        if (g->fill == FILL_RANDOM)
+            g->base_writes = g->npages; /* version 1 of every page */
     } else if (g->prealloc && prealloc_memory(g) < 0) {
         /* Kernels before 5.14 lack MADV_POPULATE_WRITE: write the zeros. */
         sweep s[2];
@@ -873,9 +1113,17 @@ int cmd_guest(int argc, char **argv)
     if (lm_mig_new(&ops, g, incoming ? LM_RUN_INMIGRATE : LM_RUN_RUNNING, &g->m, &err) < 0 ||
         lm_ram_add(g->m, "ram0", g->ram[0].base, g->ram[0].len, PAGE, &err) < 0 ||
         lm_ram_add(g->m, "ram1", g->ram[1].base, g->ram[1].len, PAGE, &err) < 0 ||
-        lm_ram_add(g->m, "ledger", g->ledger_r.base, g->ledger_r.len, PAGE, &err) < 0) {
+        lm_ram_add(g->m, "ledger", g->ledger_r.base, g->ledger_r.len, PAGE, &err) < 0 ||
+        lm_device_register(g->m, "cpu", 0, 1, &cpu_ops, g, &err) < 0) {
         cli_err("guest", "%s", err.msg);
         goto out;
+    }
+    for (unsigned i = 0; i < g->nbulk; i++) {
+        if (bulk_new(&g->bulk_cfgs[i], i, incoming, g->seed, &g->bulks[i], &err) < 0 ||
+            bulk_register(g->bulks[i], g->m, &err) < 0) {
+            cli_err("guest", "--device bulk (instance %u): %s", i, err.msg);
+            goto out;
+        }
     }
 
     /* A destination's workers exist from the start but stay parked until
@@ -886,6 +1134,8 @@ int cmd_guest(int argc, char **argv)
             worker *w = &g->workers[i];
             w->g = g;
             w->id = i;
+            w->rng = rng_first(g->seed, i);
+            w->cursor = 0;
             pthread_mutex_lock(&g->lock);
             g->alive++;
             pthread_mutex_unlock(&g->lock);
@@ -938,7 +1188,9 @@ out:
     if (locks_ready)
         workload_quit(g);
     lm_qmp_server_stop(g->qmp);
-    lm_mig_free(g->m);
+    lm_mig_free(g->m); /* no device callback runs after this */
+    for (unsigned i = 0; i < g->nbulk; i++)
+        bulk_free(g->bulks[i]);
     region_unmap(&g->ram[0]);
     region_unmap(&g->ram[1]);
     region_unmap(&g->ledger_r);

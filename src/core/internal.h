@@ -126,13 +126,46 @@ typedef struct lm_handler_ops {
     bool (*has_postcopy)(void *opaque);
 } lm_handler_ops;
 
-typedef struct lm_handler {
-    const lm_handler_ops *ops;
+/* A registered device (lm_device_register).  Identity and ops are set
+ * before the first migration and never change; the per-migration fields
+ * are written by the migration or incoming thread (relaxed atomics where
+ * query reads them) and by the return-path thread for `ack`. */
+typedef struct lm_device {
+    char name[LM_DEVICE_NAME_MAX + 1];
+    uint32_t instance;
+    uint32_t version;
+    const lm_device_ops *ops;
     void *opaque;
+    /* read by lm_mig_query_devices: relaxed atomics */
+    uint64_t pending;  /* source: last pending answer */
+    uint64_t bytes;    /* source: device data sent; destination: received */
+    int ack;           /* lm_device_ack_state */
+    /* destination: incoming thread only */
+    bool in_bound;     /* a START or FULL bound in_section_id to this device */
+    uint32_t in_section_id;
+    uint32_t in_version;
+    bool in_started, in_ended;
+    bool in_ready;     /* load_state answered LM_DEVICE_LOAD_READY */
+    bool in_waited;    /* the switchover waits for this device's approval */
+} lm_device;
+
+/* The sink of lm_device_put: which device and which section type. */
+struct lm_device_out {
+    lm_out *o;
+    lm_device *dev;
+    uint32_t section_id;
+    uint8_t type;      /* LM_REC_SECTION_PART or LM_REC_SECTION_FULL */
+};
+
+typedef struct lm_handler {
+    const lm_handler_ops *ops; /* RAM; NULL for a device */
+    void *opaque;
+    lm_device *dev;            /* a device; NULL for RAM */
+    uint32_t section_id;
     uint64_t sent;   /* bytes this handler sent (fair-share accounting) */
 } lm_handler;
 
-#define LM_MAX_HANDLERS 16
+#define LM_MAX_HANDLERS (1 + LM_MAX_DEVICES)
 
 /* --------------------------------------------------------- the object */
 
@@ -221,8 +254,14 @@ struct lm_mig {
         bool prefault_stop;    /* atomic */
     } in;
     lm_dirty *dirty;          /* migration thread only */
-    lm_handler handlers[LM_MAX_HANDLERS];
+    lm_handler handlers[LM_MAX_HANDLERS]; /* migration thread only */
     unsigned nhandlers;
+    unsigned rotor;           /* iteration's starting handler: migration thread */
+    /* Registered devices: the array is filled before the first migration
+     * (under lock, refused once ram_frozen) and read-only afterwards, so
+     * the library's threads read identities and ops without the lock. */
+    lm_device devices[LM_MAX_DEVICES];
+    unsigned ndevices;
 };
 
 /* state.c: the one setter.  Compare-and-swap from `from` (or from any
@@ -309,5 +348,27 @@ void lm_savevm_pending(lm_mig *m, bool exact, lm_out *o, uint64_t *must, uint64_
 int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, lm_error *err);
 int lm_savevm_complete(lm_mig *m, lm_out *o, lm_error *err);
 void lm_savevm_cleanup(lm_mig *m);
+/* Source, switchover-ack: the section id of device i (its index). */
+lm_device *lm_savevm_device_by_section(lm_mig *m, uint32_t section_id);
+
+/* Destination side of devices (savevm.c, incoming thread). */
+typedef struct lm_loadvm {
+    bool ack_feature;     /* SWITCHOVER_ACK negotiated in HELLO */
+    bool ack_devices_seen;
+    unsigned ack_waiting; /* devices whose approval is still missing */
+    bool ack_sent;
+    uint8_t *buf;         /* section payload buffer, grown up to 16 MiB */
+    size_t cap;
+    bool cleaned;         /* load_cleanup already ran for this stream */
+} lm_loadvm;
+int lm_loadvm_setup(lm_mig *m, lm_loadvm *lv, lm_error *err);
+/* Loads one section record (header already read); may write RP records. */
+int lm_loadvm_section(lm_mig *m, lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_error *err);
+int lm_loadvm_ack_devices(lm_mig *m, lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h,
+                          lm_error *err);
+/* At EOS: every started device got its END. */
+int lm_loadvm_eos(lm_mig *m, lm_loadvm *lv, lm_error *err);
+/* Once per stream (later calls are no-ops). */
+void lm_loadvm_cleanup(lm_mig *m, lm_loadvm *lv);
 
 #endif /* LM_CORE_INTERNAL_H */

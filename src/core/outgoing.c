@@ -6,7 +6,8 @@
  *    the iteration loop of seed 000 (DESIGN §4), switchover and cleanup.
  *    It alone writes to the main channel and owns the RAM send state.
  *  - "lm-rp": reads the destination's return-path records (SHUT, PONG,
- *    ERROR) from the same socket and reports them under m->lock.
+ *    ERROR, SWITCHOVER_ACK, DEVICE_ACK) from the same socket and reports
+ *    them under m->lock (a device's ack state: relaxed atomics).
  *  - with multifd, "lm-mfd-send/N" per channel (multifd/send.c); the
  *    migration thread connects their channels, hands them over and, at the
  *    end, joins them.
@@ -66,6 +67,7 @@ typedef struct outgoing {
     uint64_t ping_sent_ns;
     uint32_t ping_seq;
     bool verdict;                /* SHUT/ERROR came from the destination (lock) */
+    bool ack_cap;                /* switchover-ack on for this migration (fixed at start) */
     bool was_running;            /* guest was running when we stopped it */
     bool stopped_vm;
 } outgoing;
@@ -108,6 +110,8 @@ static int hello(outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_
                   .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE,
                   .chan_index = (uint16_t)index, .chan_count = (uint16_t)g->nmfd,
                   .features = g->nmfd ? LM_FEAT_MULTIFD : 0};
+    if (g->ack_cap)
+        h.features |= LM_FEAT_SWITCHOVER_ACK;
     memcpy(h.session, g->session, sizeof h.session);
     lm_fmt_hello_encode(&h, buf, sizeof buf);
     if (lm_chan_put(c, buf, sizeof buf) < 0 || lm_chan_flush(c) < 0)
@@ -283,10 +287,36 @@ static void *rp_thread_fn(void *arg)
                 LM_ATOMIC_SET(&g->ping_sent_ns, 0);
             }
         } else if (h.type == LM_REC_RP_SWITCHOVER_ACK) {
+            if (!g->ack_cap) {
+                lm_error_set(&err, -EPROTO, "return path: RP_SWITCHOVER_ACK without the "
+                                            "switchover-ack capability");
+                break;
+            }
             pthread_mutex_lock(&m->lock);
+            bool first = !m->switchover_acked;
             m->switchover_acked = true;
             pthread_cond_broadcast(&m->cond);
             pthread_mutex_unlock(&m->lock);
+            if (first) {
+                lm_event ev = {.type = LM_EVENT_SWITCHOVER_ACK};
+                lm_emit(m, &ev);
+            }
+        } else if (h.type == LM_REC_RP_DEVICE_ACK) {
+            uint32_t id;
+            uint8_t st;
+            if (lm_fmt_device_ack_decode(payload, h.len, &id, &st, &err) <= 0) {
+                lm_error_prefix(&err, "return path");
+                break;
+            }
+            /* The device table is read-only while a migration runs. */
+            lm_device *d = g->ack_cap ? lm_savevm_device_by_section(m, id) : NULL;
+            if (!d || LM_ATOMIC_GET(&d->ack) != LM_DEVICE_ACK_WAITING) {
+                lm_error_set(&err, -EPROTO, "return path: RP_DEVICE_ACK for section %u, "
+                                            "which is not waiting for an ack", id);
+                break;
+            }
+            LM_ATOMIC_SET(&d->ack, st == LM_DEV_ACK_READY ? LM_DEVICE_ACK_ACKED
+                                                          : LM_DEVICE_ACK_FALLBACK);
         } else {
             lm_error_set(&err, -EPROTO, "return path: unexpected record %s",
                          lm_rec_type_name(h.type));
@@ -449,6 +479,17 @@ static void wait_until(lm_mig *m, uint64_t deadline_ns)
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Like wait_until, also woken by the switchover ack. */
+static void wait_ack(lm_mig *m, uint64_t deadline_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
+    pthread_mutex_lock(&m->lock);
+    if (!m->cancel_requested && !m->shut_received && !m->switchover_acked)
+        pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+    pthread_mutex_unlock(&m->lock);
+}
+
 /* ------------------------------------------------------------- completion */
 
 typedef enum { ITER_RESUME, ITER_SKIP, ITER_BREAK } iter_result;
@@ -510,9 +551,17 @@ static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
     lm_mig *m = g->m;
     uint64_t must = 0, can = 0;
     bool in_postcopy = cur_status(m) == LM_STATUS_POSTCOPY_ACTIVE;
-    /* Switchover-ack is not built yet: nothing holds the switch. */
+    /* Switchover-ack (digest §7): the destination's ack gates the switch,
+     * unless the guest is not running (waiting gains nothing then). */
     bool can_switchover = true;
-    bool complete_ready;
+    if (g->ack_cap) {
+        pthread_mutex_lock(&m->lock);
+        can_switchover = m->switchover_acked;
+        pthread_mutex_unlock(&m->lock);
+        if (!can_switchover && lm_vm_runstate(m) != LM_RUN_RUNNING)
+            can_switchover = true;
+    }
+    bool complete_ready, held_by_ack = false;
 
     /* Fast path: the cheap estimate. */
     lm_savevm_pending(m, false, &g->o, &must, &can, err);
@@ -539,6 +588,7 @@ static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
         }
         /* (Switch to postcopy here when asked: the postcopy issue.) */
         complete_ready = can_switchover && pending <= g->threshold;
+        held_by_ack = !can_switchover && pending <= g->threshold;
         if (complete_ready && another_round_pays(g, pending))
             complete_ready = false;
     }
@@ -553,6 +603,15 @@ static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
     if (r < 0) {
         *ret = r;
         return ITER_BREAK;
+    }
+    if (r == 1 && held_by_ack) {
+        /* Ready but for the ack, and nothing left to send right now: wait
+         * for the return path (or a window) instead of spinning on dirty
+         * syncs.  The flush makes sure the destination has what it needs
+         * to approve. */
+        if (lm_chan_flush(g->chan) < 0)
+            return ITER_RESUME; /* the sticky error is seen by the loop */
+        wait_ack(m, lm_now_ns() + LM_RATE_WINDOW_NS / 2);
     }
     return ITER_RESUME;
 }
@@ -829,6 +888,7 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     m->eos_sent = false;
     m->shut_received = false;
     m->switchover_acked = false;
+    g->ack_cap = m->caps & (1ull << LM_CAP_SWITCHOVER_ACK);
     memset(&m->shut, 0, sizeof m->shut);
     m->rp_thread = 0;
     lm_status prev = m->status;

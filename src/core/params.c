@@ -85,7 +85,7 @@ static const struct {
     [LM_CAP_BACKGROUND_SNAPSHOT] = {"background-snapshot", false},
     [LM_CAP_ZERO_COPY_SEND] = {"zero-copy-send", false},
     [LM_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", false},
-    [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", false},
+    [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
     [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", false},
     [LM_CAP_MAPPED_RAM] = {"mapped-ram", false},
 };

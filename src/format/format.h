@@ -82,6 +82,7 @@ typedef enum lm_rec_type {
     LM_REC_RAM_PASS = 0x13,
     LM_REC_PING = 0x20,
     LM_REC_SWITCHOVER_START = 0x21,
+    LM_REC_ACK_DEVICES = 0x28, /* switchover-ack: the source's participating devices */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
      * channels (which also end with EOS) */
@@ -95,6 +96,7 @@ typedef enum lm_rec_type {
     LM_REC_RP_PONG = 0x82,
     LM_REC_RP_REQ_PAGES = 0x83,
     LM_REC_RP_SWITCHOVER_ACK = 0x86,
+    LM_REC_RP_DEVICE_ACK = 0x8a, /* switchover-ack: one device's answer */
 } lm_rec_type;
 
 typedef struct lm_rec_hdr {
@@ -245,6 +247,29 @@ int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *
  * RAM_PAGES header. */
 #define lm_fmt_req_pages_encode lm_fmt_ram_pages_hdr_encode
 #define lm_fmt_req_pages_decode lm_fmt_ram_pages_hdr_decode
+
+/* ---------------------------------------------------------- switchover-ack */
+
+/* ACK_DEVICES payload: u32 count, then count u32 section ids in strictly
+ * increasing order (so no duplicates), count <= LM_ACK_DEVICES_MAX. */
+#define LM_ACK_DEVICES_MAX 256
+int lm_fmt_ack_devices_encode(const uint32_t *ids, uint32_t n, uint8_t *buf, size_t cap);
+/* Decodes into ids[0..max); *n gets the count.  Rejects a count above max
+ * or LM_ACK_DEVICES_MAX, a length other than 4 + 4 * count, and ids that
+ * are not strictly increasing. */
+int lm_fmt_ack_devices_decode(const uint8_t *payload, size_t len, uint32_t *ids, uint32_t max,
+                              uint32_t *n, lm_error *err);
+
+/* RP_DEVICE_ACK payload (8 bytes): u32 section_id, u8 state, 3 reserved
+ * zero bytes. */
+typedef enum lm_dev_ack {
+    LM_DEV_ACK_READY = 1,    /* the device's initial data is loaded */
+    LM_DEV_ACK_DECLINED = 2, /* the destination device does not take part */
+} lm_dev_ack;
+#define LM_DEVICE_ACK_SIZE 8
+int lm_fmt_device_ack_encode(uint32_t section_id, uint8_t state, uint8_t *buf, size_t cap);
+int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *section_id,
+                             uint8_t *state, lm_error *err);
 
 /* ----------------------------------------------------------- stream walker */
 

@@ -226,6 +226,10 @@ const char *lm_rec_type_name(uint8_t type)
         return "RP_REQ_PAGES";
     case LM_REC_RP_SWITCHOVER_ACK:
         return "RP_SWITCHOVER_ACK";
+    case LM_REC_ACK_DEVICES:
+        return "ACK_DEVICES";
+    case LM_REC_RP_DEVICE_ACK:
+        return "RP_DEVICE_ACK";
     }
     return "unknown";
 }
@@ -286,6 +290,13 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         return true;
     case LM_REC_RP_REQ_PAGES:
         *min = *max = LM_RAM_PAGES_HDR_SIZE;
+        return true;
+    case LM_REC_ACK_DEVICES:
+        *min = 4;
+        *max = 4 + 4 * LM_ACK_DEVICES_MAX;
+        return true;
+    case LM_REC_RP_DEVICE_ACK:
+        *min = *max = LM_DEVICE_ACK_SIZE;
         return true;
     }
     return false;
@@ -799,6 +810,81 @@ int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *
 
 /* ----------------------------------------------------------- stream walker */
 
+/* ---------------------------------------------------------- switchover-ack */
+
+int lm_fmt_ack_devices_encode(const uint32_t *ids, uint32_t n, uint8_t *buf, size_t cap)
+{
+    if (n > LM_ACK_DEVICES_MAX)
+        return -EINVAL;
+    for (uint32_t i = 1; i < n; i++)
+        if (ids[i] <= ids[i - 1])
+            return -EINVAL;
+    size_t need = 4 + 4 * (size_t)n;
+    if (cap < need)
+        return -ENOSPC;
+    put32(buf, n);
+    for (uint32_t i = 0; i < n; i++)
+        put32(buf + 4 + 4 * i, ids[i]);
+    return (int)need;
+}
+
+int lm_fmt_ack_devices_decode(const uint8_t *payload, size_t len, uint32_t *ids, uint32_t max,
+                              uint32_t *n, lm_error *err)
+{
+    if (len < 4)
+        return lm_error_set(err, -EPROTO, "ACK_DEVICES: payload of %zu bytes too short", len);
+    uint32_t count = get32(payload);
+    if (count > LM_ACK_DEVICES_MAX)
+        return lm_error_set(err, -EPROTO, "ACK_DEVICES: count %" PRIu32 " above maximum %d",
+                            count, LM_ACK_DEVICES_MAX);
+    /* count <= 256: no overflow. */
+    if (len != 4 + 4 * (size_t)count)
+        return lm_error_set(err, -EPROTO, "ACK_DEVICES: length %zu is not 4 + 4 x %" PRIu32,
+                            len, count);
+    if (count > max)
+        return lm_error_set(err, -ENOSPC, "ACK_DEVICES: %" PRIu32 " devices, room for %" PRIu32,
+                            count, max);
+    for (uint32_t i = 0; i < count; i++) {
+        ids[i] = get32(payload + 4 + 4 * i);
+        if (i && ids[i] <= ids[i - 1])
+            return lm_error_set(err, -EPROTO,
+                                "ACK_DEVICES: section id %" PRIu32 " at %" PRIu32
+                                " not above the previous %" PRIu32,
+                                ids[i], i, ids[i - 1]);
+    }
+    *n = count;
+    return (int)len;
+}
+
+int lm_fmt_device_ack_encode(uint32_t section_id, uint8_t state, uint8_t *buf, size_t cap)
+{
+    if (state != LM_DEV_ACK_READY && state != LM_DEV_ACK_DECLINED)
+        return -EINVAL;
+    if (cap < LM_DEVICE_ACK_SIZE)
+        return -ENOSPC;
+    put32(buf, section_id);
+    buf[4] = state;
+    buf[5] = buf[6] = buf[7] = 0;
+    return LM_DEVICE_ACK_SIZE;
+}
+
+int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *section_id,
+                             uint8_t *state, lm_error *err)
+{
+    if (len != LM_DEVICE_ACK_SIZE)
+        return lm_error_set(err, -EPROTO, "RP_DEVICE_ACK: length %zu, must be %d", len,
+                            LM_DEVICE_ACK_SIZE);
+    uint8_t st = payload[4];
+    if (st != LM_DEV_ACK_READY && st != LM_DEV_ACK_DECLINED)
+        return lm_error_set(err, -EPROTO, "RP_DEVICE_ACK: state %u unknown (1 ready, 2 declined)",
+                            st);
+    if (payload[5] || payload[6] || payload[7])
+        return lm_error_set(err, -EPROTO, "RP_DEVICE_ACK: reserved bytes must be 0");
+    *section_id = get32(payload);
+    *state = st;
+    return LM_DEVICE_ACK_SIZE;
+}
+
 /* Walk state: the block table of the most recent RAM_BLOCKS record, which
  * gives RAM_PAGES/RAM_ZERO runs their bounds and page size. */
 typedef struct walk_state {
@@ -910,6 +996,17 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
     case LM_REC_RP_REQ_PAGES: {
         lm_ram_run r;
         rc = run_hdr_decode("RP_REQ_PAGES", p, h->len, &r, err);
+        break;
+    }
+    case LM_REC_ACK_DEVICES: {
+        uint32_t ids[LM_ACK_DEVICES_MAX], n;
+        rc = lm_fmt_ack_devices_decode(p, h->len, ids, LM_ACK_DEVICES_MAX, &n, err);
+        break;
+    }
+    case LM_REC_RP_DEVICE_ACK: {
+        uint32_t id;
+        uint8_t st;
+        rc = lm_fmt_device_ack_decode(p, h->len, &id, &st, err);
         break;
     }
     default:

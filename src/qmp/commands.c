@@ -640,11 +640,40 @@ json_t *lm_qmp_info_json(const lm_info *in)
     return o;
 }
 
+/* Our extension: one entry per registered device (docs/devices.md). */
+static json_t *devices_json(lm_mig *m)
+{
+    lm_device_info d[LM_MAX_DEVICES];
+    unsigned n = lm_mig_query_devices(m, d, LM_MAX_DEVICES);
+    json_t *a = json_array();
+    if (!a)
+        return NULL;
+    for (unsigned i = 0; i < n && i < LM_MAX_DEVICES; i++) {
+        json_t *o = json_pack("{s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "name", d[i].name,
+                              "instance", (json_int_t)d[i].instance, "version",
+                              (json_int_t)d[i].version, "iterable", d[i].iterable, "pending",
+                              ju64(d[i].pending), "bytes", ju64(d[i].bytes), "ack",
+                              lm_device_ack_state_name(d[i].ack));
+        if (!o || json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
 static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
     lm_info info;
     lm_mig_query(m, &info);
     *ret = lm_qmp_info_json(&info);
+    if (*ret && info.status != LM_STATUS_NONE) {
+        json_t *d = devices_json(m);
+        if (!d || json_object_set_new(*ret, "x-devices", d) < 0) {
+            json_decref(*ret);
+            *ret = NULL;
+        }
+    }
     return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
 }
 
@@ -670,6 +699,10 @@ json_t *lm_qmp_event_json(const lm_event *ev)
         break;
     case LM_EVENT_RESUME:
         name = "RESUME";
+        break;
+    case LM_EVENT_SWITCHOVER_ACK:
+        /* Ours (QEMU has no such event): x- prefixed like our commands. */
+        name = "X_MIGRATION_SWITCHOVER_ACK";
         break;
     }
     if (!name)

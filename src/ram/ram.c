@@ -251,7 +251,7 @@ static int send_page_run(lm_mig *m, lm_out *o, uint32_t block, uint64_t first, u
  * either a never-populated stretch (one zero record) or up to RUN_PAGES
  * contiguous dirty pages split into zero / non-zero sub-runs.  Returns
  * the page after the run (> p), or < 0. */
-static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p)
+static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t max_pages)
 {
     lm_ram_block *b = &m->blocks[bi];
     int ret;
@@ -266,7 +266,7 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p)
         return ret < 0 ? ret : (int64_t)q;
     }
     uint64_t end = p;
-    while (end < b->npages && end - p < RUN_PAGES && lm_bit_test(b->dirty, end) &&
+    while (end < b->npages && end - p < max_pages && lm_bit_test(b->dirty, end) &&
            (!b->populated || lm_bit_test(b->populated, end)))
         end++;
     clear_range(b->dirty, p, end);
@@ -326,7 +326,20 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
                 break; /* counter and maps disagree: trust the maps */
             continue;
         }
-        int64_t next = send_run(m, o, bi, p);
+        /* A run never goes far past the share of the window it was given,
+         * so under a low max-bandwidth the other handlers' shares stay
+         * theirs (savevm.c: fair share); one page is always allowed. */
+        uint64_t max_pages = RUN_PAGES;
+        if (budget != UINT64_MAX) {
+            uint64_t used = lm_out_bytes(o) - start_bytes;
+            uint64_t left = used >= budget ? 0 : budget - used;
+            max_pages = left / b->page_size;
+            if (max_pages < 1)
+                max_pages = 1;
+            if (max_pages > RUN_PAGES)
+                max_pages = RUN_PAGES;
+        }
+        int64_t next = send_run(m, o, bi, p, max_pages);
         if (next < 0) {
             lm_chan_get_error(o->chan, err);
             return lm_error_set(err, (int)next, "sending RAM failed");

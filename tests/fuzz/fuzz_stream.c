@@ -173,6 +173,32 @@ static void fuzz_payloads(const uint8_t *p, size_t n)
         CHECK(memcmp(out, p, n) == 0);
     }
 
+    /* switchover-ack records */
+    static uint32_t ids[LM_ACK_DEVICES_MAX];
+    uint32_t nids = 0;
+    lm_error_clear(&err);
+    rc = lm_fmt_ack_devices_decode(p, n, ids, LM_ACK_DEVICES_MAX, &nids, &err);
+    check_err(rc, &err);
+    CHECK(rc != 0);
+    if (rc > 0) {
+        CHECK((size_t)rc == n && n == 4 + 4 * (size_t)nids);
+        for (uint32_t i = 1; i < nids; i++)
+            CHECK(ids[i] > ids[i - 1]);
+        CHECK(lm_fmt_ack_devices_encode(ids, nids, out, sizeof out) == rc);
+        CHECK(memcmp(out, p, n) == 0);
+    }
+    uint32_t sid;
+    uint8_t st;
+    lm_error_clear(&err);
+    rc = lm_fmt_device_ack_decode(p, n, &sid, &st, &err);
+    check_err(rc, &err);
+    CHECK(rc != 0);
+    if (rc > 0) {
+        CHECK(n == LM_DEVICE_ACK_SIZE && (st == LM_DEV_ACK_READY || st == LM_DEV_ACK_DECLINED));
+        CHECK(lm_fmt_device_ack_encode(sid, st, out, sizeof out) == rc);
+        CHECK(memcmp(out, p, n) == 0);
+    }
+
     /* run checks against a fixed table, with values from the input */
     if (n >= 20) {
         static const lm_fmt_block t[2] = {

@@ -290,6 +290,55 @@ static void gen_stream(void)
     status(&s, LM_REC_ERROR, -1, msg);
     stream_file("long-names", &s, false, s.len);
 
+    /* switchover-ack: a handshake on the main channel, and the return path */
+    {
+        s.len = 0;
+        lm_hello h = hello_of(LM_ROLE_MAIN, LM_HELLO_REQUEST);
+        h.features = LM_FEAT_SWITCHOVER_ACK;
+        hello(&s, &h);
+        blocks(&s, guest_blocks, 2);
+        section(&s, LM_REC_SECTION_START, 1, "bulk", "");
+        section(&s, LM_REC_SECTION_START, 2, "nic", "");
+        section(&s, LM_REC_SECTION_PART, 1, "", "config");
+        uint32_t ids[2] = {1, 2};
+        uint8_t p[12];
+        int n = lm_fmt_ack_devices_encode(ids, 2, p, sizeof p);
+        rec(&s, LM_REC_ACK_DEVICES, p, (uint32_t)n);
+        section(&s, LM_REC_SECTION_PART, 2, "", "initial-done");
+        rec(&s, LM_REC_SWITCHOVER_START, NULL, 0);
+        section(&s, LM_REC_SECTION_END, 1, "", "");
+        section(&s, LM_REC_SECTION_END, 2, "", "");
+        section(&s, LM_REC_SECTION_FULL, 3, "cpu", "regs");
+        rec(&s, LM_REC_EOS, NULL, 0);
+        stream_file("switchover-ack", &s, true, s.len);
+        size_t ack_at = LM_HELLO_SIZE;
+        while (s.b[ack_at] != LM_REC_ACK_DEVICES) { /* find the record */
+            uint32_t l = s.b[ack_at + 4] | s.b[ack_at + 5] << 8 | s.b[ack_at + 6] << 16;
+            ack_at += LM_REC_HDR_SIZE + l;
+        }
+        sbuf m = s;
+        put32(m.b + ack_at + LM_REC_HDR_SIZE + 8, 1); /* ids 1, 1: not increasing */
+        stream_file("ack-devices-dup", &m, true, m.len);
+        m = s;
+        put32(m.b + ack_at + LM_REC_HDR_SIZE, 3); /* count 3 in 12 bytes */
+        stream_file("ack-devices-count", &m, true, m.len);
+
+        s.len = 0;
+        uint8_t a[LM_DEVICE_ACK_SIZE];
+        lm_fmt_device_ack_encode(2, LM_DEV_ACK_DECLINED, a, sizeof a);
+        rec(&s, LM_REC_RP_DEVICE_ACK, a, sizeof a);
+        lm_fmt_device_ack_encode(1, LM_DEV_ACK_READY, a, sizeof a);
+        rec(&s, LM_REC_RP_DEVICE_ACK, a, sizeof a);
+        rec(&s, LM_REC_RP_SWITCHOVER_ACK, NULL, 0);
+        stream_file("device-acks", &s, false, s.len);
+        m = s;
+        m.b[LM_REC_HDR_SIZE + 4] = 3; /* unknown state */
+        stream_file("device-ack-state", &m, false, m.len);
+        m = s;
+        m.b[LM_REC_HDR_SIZE + 7] = 1; /* reserved */
+        stream_file("device-ack-reserved", &m, false, m.len);
+    }
+
     /* one record of each kind, alone */
     struct {
         const char *name;

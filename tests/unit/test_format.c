@@ -372,6 +372,8 @@ static const struct {
     {LM_REC_MULTIFD_FLUSH, "MULTIFD_FLUSH", 8, 8},
     {LM_REC_MULTIFD_PAGES, "MULTIFD_PAGES", 32, LM_REC_MAX_PAYLOAD},
     {LM_REC_MULTIFD_SYNC, "MULTIFD_SYNC", 8, 8},
+    {LM_REC_ACK_DEVICES, "ACK_DEVICES", 4, 4 + 4 * 256},
+    {LM_REC_RP_DEVICE_ACK, "RP_DEVICE_ACK", 8, 8},
 };
 #define N_REC_TYPES (sizeof rec_types / sizeof rec_types[0])
 
@@ -1155,6 +1157,99 @@ static void test_walk_other_errors(void **state)
     assert_int_equal(err.code, 0);
 }
 
+/* ---------------------------------------------------------- switchover-ack */
+
+static void test_ack_devices(void **state)
+{
+    uint32_t ids[3] = {0, 5, 0xffffffffu}, out[4], n = 99;
+    uint8_t b[64];
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_ack_devices_encode(ids, 3, b, sizeof b), 16);
+    /* layout: count then ids, little-endian */
+    static const uint8_t want[16] = {3, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+    assert_memory_equal(b, want, 16);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 16, out, 4, &n, &err), 16);
+    assert_int_equal(n, 3);
+    assert_memory_equal(out, ids, sizeof ids);
+    /* empty list: "no device takes part" */
+    assert_int_equal(lm_fmt_ack_devices_encode(NULL, 0, b, sizeof b), 4);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 4, out, 4, &n, &err), 4);
+    assert_int_equal(n, 0);
+    /* encoder refuses what the decoder would reject */
+    uint32_t dup[2] = {4, 4};
+    assert_int_equal(lm_fmt_ack_devices_encode(dup, 2, b, sizeof b), -EINVAL);
+    assert_int_equal(lm_fmt_ack_devices_encode(ids, 3, b, 15), -ENOSPC);
+    assert_int_equal(lm_fmt_ack_devices_encode(ids, 257, b, sizeof b), -EINVAL);
+
+    /* decoder errors */
+    lm_fmt_ack_devices_encode(ids, 3, b, sizeof b);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 12, out, 4, &n, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "ACK_DEVICES: length 12 is not 4 + 4 x 3");
+    lm_error_clear(&err);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 2, out, 4, &n, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "too short");
+    lm_error_clear(&err);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 16, out, 2, &n, &err), -ENOSPC);
+    lm_error_clear(&err);
+    put32(b + 8, 0); /* 0, 0: not increasing */
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 16, out, 4, &n, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "section id 0 at 1 not above the previous 0");
+    lm_error_clear(&err);
+    put32(b, 257);
+    assert_int_equal(lm_fmt_ack_devices_decode(b, 16, out, 4, &n, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "count 257 above maximum 256");
+}
+
+static void test_device_ack(void **state)
+{
+    uint8_t b[LM_DEVICE_ACK_SIZE];
+    uint32_t id;
+    uint8_t st;
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_device_ack_encode(7, LM_DEV_ACK_DECLINED, b, sizeof b), 8);
+    static const uint8_t want[8] = {7, 0, 0, 0, 2, 0, 0, 0};
+    assert_memory_equal(b, want, 8);
+    assert_int_equal(lm_fmt_device_ack_decode(b, 8, &id, &st, &err), 8);
+    assert_int_equal(id, 7);
+    assert_int_equal(st, LM_DEV_ACK_DECLINED);
+    assert_int_equal(lm_fmt_device_ack_encode(7, 0, b, sizeof b), -EINVAL);
+    assert_int_equal(lm_fmt_device_ack_encode(7, 1, b, 7), -ENOSPC);
+    b[4] = 3;
+    assert_int_equal(lm_fmt_device_ack_decode(b, 8, &id, &st, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "RP_DEVICE_ACK: state 3 unknown");
+    lm_error_clear(&err);
+    b[4] = 1;
+    b[6] = 1;
+    assert_int_equal(lm_fmt_device_ack_decode(b, 8, &id, &st, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "reserved");
+    lm_error_clear(&err);
+    assert_int_equal(lm_fmt_device_ack_decode(b, 9, &id, &st, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "length 9, must be 8");
+}
+
+static void test_walk_switchover_ack(void **state)
+{
+    static sbuf s;
+    s.len = 0;
+    uint32_t ids[2] = {1, 2};
+    uint8_t p[16];
+    int n = lm_fmt_ack_devices_encode(ids, 2, p, sizeof p);
+    sb_rec(&s, LM_REC_ACK_DEVICES, p, (uint32_t)n);
+    lm_fmt_device_ack_encode(2, LM_DEV_ACK_READY, p, sizeof p);
+    sb_rec(&s, LM_REC_RP_DEVICE_ACK, p, LM_DEVICE_ACK_SIZE);
+    walk_log l = {0};
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_walk(s.b, s.len, false, log_cb, &l, &err), (long)s.len);
+    assert_int_equal(l.count[LM_REC_ACK_DEVICES], 1);
+    assert_int_equal(l.count[LM_REC_RP_DEVICE_ACK], 1);
+    /* a bad payload is reported with its offset */
+    s.b[s.len - 4] = 9;
+    assert_int_equal(lm_fmt_walk(s.b, s.len, false, NULL, NULL, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "stream offset 20: RP_DEVICE_ACK: state 9 unknown");
+    assert_string_equal(lm_rec_type_name(LM_REC_ACK_DEVICES), "ACK_DEVICES");
+    assert_string_equal(lm_rec_type_name(LM_REC_RP_DEVICE_ACK), "RP_DEVICE_ACK");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1183,6 +1278,9 @@ int main(void)
         cmocka_unit_test(test_walk_return_path),
         cmocka_unit_test(test_walk_ram_errors),
         cmocka_unit_test(test_walk_other_errors),
+        cmocka_unit_test(test_ack_devices),
+        cmocka_unit_test(test_device_ack),
+        cmocka_unit_test(test_walk_switchover_ack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
