@@ -14,7 +14,12 @@ and the targets.
 (c) an all-zero (never touched) 2 GiB guest: total time;
 (d) downtime of an idle guest (the run of (b), default downtime-limit) and
     under a 100 MB/s random workload (1 GiB guest, --fill random), with
-    expected-downtime from the final query-migrate beside it.
+    expected-downtime from the final query-migrate beside it;
+(e) multifd: the guest of (b) over 2 channels against raw TCP over 2
+    connections; a 2 GiB guest whose every page was written with zeros;
+    and at max-bandwidth 125 MB/s (a 1 Gbit/s link) a guest of compressible
+    pages (--pattern text) with no compression, zlib, zstd and lz4, with the
+    source's CPU time per GB of guest RAM.
 
 Every process is bounded and stopped by its pid (the harness of
 tests/integration/lmtest.py).  Stdlib only.
@@ -46,6 +51,10 @@ T_IDLE_DOWNTIME_MS = 10        # idle downtime
 T_ZERO_TOTAL_S = 0.3           # all-zero 2 GiB total time
 T_EXPECTED_REL = 0.20          # downtime within 20 % ...
 T_EXPECTED_ABS_MS = 5          # ... or 5 ms of expected-downtime
+T_MFD_RATIO = 0.85             # 2 GiB random idle, 2 multifd channels: >= 85 % of 2-conn TCP
+T_MFD_ZERO_S = 0.25            # 2 GiB written with zeros, multifd
+T_COMP_SPEEDUP = 2.0           # zstd and lz4 at 125 MB/s: >= 2x faster than none
+LINK_1GBIT = 125 * 1000 * 1000
 
 
 def log(msg):
@@ -59,14 +68,16 @@ def build_netbw(tmp):
     src = os.path.join(HERE, "netbw.c")
     out = os.path.join(tmp, "netbw")
     cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-O2", "-Wall", "-o", out, src], check=True, timeout=120)
+    subprocess.run([cc, "-O2", "-Wall", "-o", out, src, "-lpthread"], check=True, timeout=120)
     return out
 
 
-def run_netbw(binary, mode, size_mib, reps, thp):
+def run_netbw(binary, mode, size_mib, reps, thp, conns=1):
     argv = [binary, mode, "--size", str(size_mib), "--reps", str(reps)]
     if thp:
         argv.append("--thp")
+    if conns > 1:
+        argv += ["--conns", str(conns)]
     p = subprocess.run(argv, capture_output=True, timeout=600, preexec_fn=lmtest._child_setup)
     if p.returncode != 0:
         raise RuntimeError("%s failed: %s" % (" ".join(argv), p.stderr.decode(errors="replace")))
@@ -76,19 +87,32 @@ def run_netbw(binary, mode, size_mib, reps, thp):
 # ---------------------------------------------------------------- migrations
 
 
-def migrate_once(tmp, tag, mem, src_kw, dst_kw, params, timeout):
+def cpu_seconds(pid):
+    """user + system CPU time of a process so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        st = f.read()
+    fields = st[st.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def migrate_once(tmp, tag, mem, src_kw, dst_kw, params, timeout, caps=None):
     """One precopy migration over tcp loopback between two fresh guests.
-    Returns the final query-migrate of both sides and a few extras."""
+    Returns the final query-migrate of both sides and a few extras (the
+    CPU time each side spent during the migration)."""
     src = dst = None
     try:
         src = Guest(tmp, "src-" + tag, mem=mem, **src_kw)
         dst = Guest(tmp, "dst-" + tag, mem=mem, incoming="tcp:127.0.0.1:0", **dst_kw)
+        if caps:
+            lmtest.set_caps(src, caps)
+            lmtest.set_caps(dst, caps)
         set_params(src, params)
         src_stats = src.stats()
         if src_kw.get("workload", "idle") != "idle":
             time.sleep(1.2)  # let the rate sample window fill
             src_stats = src.stats()
         uri = dest_uri(dst)
+        cpu0 = (cpu_seconds(src.pid), cpu_seconds(dst.pid))
         t0 = time.monotonic()
         src.qmp.execute("migrate", {"uri": uri})
         last_active = None
@@ -104,6 +128,7 @@ def migrate_once(tmp, tag, mem, src_kw, dst_kw, params, timeout):
                 raise TestFailure("%s: not completed within %d s (status %s)" % (tag, timeout, st))
             time.sleep(0.02)
         wall = time.monotonic() - t0
+        cpu = (cpu_seconds(src.pid) - cpu0[0], cpu_seconds(dst.pid) - cpu0[1])
         if info.get("status") != "completed":
             raise TestFailure("%s: migration %s: %s" % (tag, info.get("status"),
                                                       info.get("error-desc")))
@@ -111,7 +136,8 @@ def migrate_once(tmp, tag, mem, src_kw, dst_kw, params, timeout):
         # Honest numbers only: the destination must hold the right memory.
         v = lmtest.stop_and_verify(dst)
         return {"source": info, "destination": dinfo, "last-active": last_active,
-                "wall-s": wall, "verify": v, "src-stats": src_stats}
+                "wall-s": wall, "verify": v, "src-stats": src_stats,
+                "src-cpu-s": cpu[0], "dst-cpu-s": cpu[1]}
     finally:
         for g in (src, dst):
             if g is not None:
@@ -165,10 +191,10 @@ def main():
 
     if args.quick:
         lim_mib, lim_reps = 256, 3
-        big, dirty_mem = "256M", "256M"
+        big, dirty_mem, comp_mem = "256M", "256M", "128M"
     else:
         lim_mib, lim_reps = 1024, 5
-        big, dirty_mem = "2G", "1G"
+        big, dirty_mem, comp_mem = "2G", "1G", "512M"
     big_bytes = lmtest.parse_size(big)
 
     tmp = tempfile.mkdtemp(prefix="lmbench-", dir="/tmp")
@@ -231,6 +257,43 @@ def main():
                                        {"workload": "random", "dirty_rate": "100000000"},
                                        {"max-bandwidth": 0}, timeout=180))
         results["runs"]["random-100MBps"] = runs_d
+
+        # (e) multifd.
+        log("limits: raw loopback TCP over 2 connections, %d MiB x %d" % (lim_mib, lim_reps))
+        tcp2 = run_netbw(netbw, "tcp", lim_mib, lim_reps, thp=False, conns=2)
+        results["runs"]["netbw-tcp-2conns"] = tcp2
+        mfd = {"multifd": True}
+        runs_e = []
+        for i in range(reps):
+            log("(e) %s idle random guest, multifd 2 channels, run %d/%d" % (big, i + 1, reps))
+            runs_e.append(migrate_once(tmp, "e%d" % i, big,
+                                       {"workload": "idle", "fill": "random"},
+                                       {"workload": "idle", "extra": ("--prealloc",)},
+                                       {"max-bandwidth": 0, "multifd-channels": 2},
+                                       timeout=120, caps=mfd))
+        results["runs"]["multifd-random-idle"] = runs_e
+        runs_z = []
+        for i in range(reps):
+            log("(e) %s guest written with zeros, multifd 2 channels, run %d/%d" %
+                (big, i + 1, reps))
+            runs_z.append(migrate_once(tmp, "z%d" % i, big, {"workload": "idle", "fill": "zero"},
+                                       {"workload": "idle"},
+                                       {"max-bandwidth": 0, "multifd-channels": 2},
+                                       timeout=120, caps=mfd))
+        results["runs"]["multifd-zero-written"] = runs_z
+        runs_c2 = {}
+        for method in ("none", "zlib", "zstd", "lz4"):
+            runs_c2[method] = []
+            for i in range(reps):
+                log("(e) %s compressible guest at 125 MB/s, %s, run %d/%d" %
+                    (comp_mem, method, i + 1, reps))
+                runs_c2[method].append(migrate_once(
+                    tmp, "c%s%d" % (method, i), comp_mem,
+                    {"workload": "idle", "fill": "random", "extra": ("--pattern", "text")},
+                    {"workload": "idle", "extra": ("--pattern", "text", "--prealloc")},
+                    {"max-bandwidth": LINK_1GBIT, "multifd-channels": 2,
+                     "multifd-compression": method}, timeout=180, caps=mfd))
+        results["runs"]["multifd-compression"] = runs_c2
     finally:
         kill_all_children()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -286,6 +349,24 @@ def main():
     fig["dirty-total-ms"] = median_of(runs_d, lambda r: ms_of(src(r), "total-time"))
     fig["dirty-passes"] = median_of(runs_d, lambda r: src(r)["ram"].get("dirty-sync-count"))
     fig["downtime-limit-ms"] = 300
+    tcp2_bps = tcp2["median"] * 1e9
+    fig["tcp2-limit-Bps"] = tcp2_bps
+    fig["mfd-transferred-Bps"] = median_of(runs_e, tput)
+    fig["mfd-ratio"] = fig["mfd-transferred-Bps"] / tcp2_bps
+    fig["mfd-total-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "total-time"))
+    fig["mfd-downtime-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "downtime"))
+    fig["mfd-zero-total-s"] = median_of(runs_z, lambda r: ms_of(src(r), "total-time") / 1000.0)
+    fig["mfd-zero-duplicate"] = median_of(runs_z, lambda r: src(r)["ram"]["duplicate"])
+    comp_gb = lmtest.parse_size(comp_mem) / 1e9
+    for method, runs in runs_c2.items():
+        fig["comp-%s-total-s" % method] = median_of(
+            runs, lambda r: ms_of(src(r), "total-time") / 1000.0)
+        fig["comp-%s-wire-bytes" % method] = median_of(
+            runs, lambda r: src(r)["ram"]["transferred"])
+        fig["comp-%s-src-cpu-s-per-gb" % method] = median_of(
+            runs, lambda r: r["src-cpu-s"] / comp_gb)
+        fig["comp-%s-dst-cpu-s-per-gb" % method] = median_of(
+            runs, lambda r: r["dst-cpu-s"] / comp_gb)
     results["figures"] = fig
 
     zero_target = T_ZERO_TOTAL_S * big_bytes / (2 * GIB)
@@ -304,6 +385,12 @@ def main():
         fig["dirty-downtime-ms"] <= fig["downtime-limit-ms"] and
         close_to(fig["dirty-downtime-ms"], fig["dirty-expected-downtime-ms"]),
     }
+    none_s = fig["comp-none-total-s"]
+    verdicts["multifd-throughput"] = fig["mfd-ratio"] >= T_MFD_RATIO
+    verdicts["multifd-zero"] = fig["mfd-zero-total-s"] <= T_MFD_ZERO_S * big_bytes / (2 * GIB)
+    for method in ("zstd", "lz4"):
+        verdicts["compression-" + method] = (
+            fig["comp-%s-total-s" % method] * T_COMP_SPEEDUP <= none_s)
     results["verdicts"] = verdicts
 
     def v(name):
@@ -349,6 +436,29 @@ def main():
          "%s / %s / %s" % (fmt_rate(fig["dirty-rate-Bps"]), fmt_ms(fig["dirty-total-ms"]),
                            fig["dirty-passes"]), "", "", "", ""),
     ]
+    rows += [
+        ("raw loopback TCP, 2 connections", fmt_rate(tcp2_bps), "(limit)", "1.00", "", ""),
+        ("%s random idle, multifd 2 channels" % size, fmt_rate(fig["mfd-transferred-Bps"]),
+         fmt_rate(tcp2_bps), fmt_ratio(fig["mfd-ratio"]), ">= %.2f" % T_MFD_RATIO,
+         v("multifd-throughput")),
+        ("  total-time / downtime", "%s / %s" % (fmt_ms(fig["mfd-total-ms"]),
+                                               fmt_ms(fig["mfd-downtime-ms"])), "", "", "", ""),
+        ("%s written with zeros, multifd 2: total" % size, fmt_s(fig["mfd-zero-total-s"]),
+         "%s at zero-check speed" % fmt_s(fig["zero-ideal-s"]),
+         fmt_ratio(fig["zero-ideal-s"] / fig["mfd-zero-total-s"]
+                   if fig["mfd-zero-total-s"] else None),
+         "<= %.2f s" % (T_MFD_ZERO_S * big_bytes / (2 * GIB)), v("multifd-zero")),
+    ]
+    for method in ("none", "zlib", "zstd", "lz4"):
+        t_s = fig["comp-%s-total-s" % method]
+        rows.append((
+            "%s text pages @125 MB/s, %s" % (comp_mem.replace("M", " MiB"), method),
+            "%s, %.0f MB on the wire" % (fmt_s(t_s), fig["comp-%s-wire-bytes" % method] / 1e6),
+            "cpu s/GB src %.2f dst %.2f" % (fig["comp-%s-src-cpu-s-per-gb" % method],
+                                            fig["comp-%s-dst-cpu-s-per-gb" % method]),
+            fmt_ratio(none_s / t_s if t_s else None),
+            ">= %.1fx faster" % T_COMP_SPEEDUP if method in ("zstd", "lz4") else "",
+            v("compression-" + method) if method in ("zstd", "lz4") else ""))
     head = ("figure", "value", "limit", "ratio", "target", "verdict")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = "  ".join("%-*s" % (widths[i], head[i]) for i in range(len(head)))

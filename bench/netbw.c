@@ -2,12 +2,14 @@
  * netbw.c - the machine's own limits that livemig's benchmark compares
  * against (DESIGN §9: ratios measured in the same run):
  *
- *   netbw tcp [--size MIB] [--reps N] [--thp]
+ *   netbw tcp [--size MIB] [--reps N] [--thp] [--conns N]
  *       Raw loopback TCP throughput between two processes: the sender
  *       mmaps SIZE MiB filled with random data and write()s it in 1 MiB
  *       chunks; the receiver (a forked process) read()s it into its own
  *       pre-faulted SIZE MiB region.  One connection, like livemig's main
- *       channel.  Each repetition moves the whole region once.
+ *       channel, or with --conns N the region in N slices over N
+ *       connections by N threads each side (N multifd channels).  Each
+ *       repetition moves the whole region once.
  *   netbw zerocheck [--size MIB] [--reps N] [--thp]
  *       Zero-page check speed: an OR over every 8-byte word of each 4 KiB
  *       page of a populated, all-zero SIZE MiB region (what a sender does
@@ -26,6 +28,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,6 +63,7 @@ static double now_s(void)
 #define MADV_POPULATE_WRITE 23
 #endif
 
+#define MAX_CONNS 16
 static int use_thp; /* --thp: 2 MiB-aligned regions with MADV_HUGEPAGE */
 
 /* A populated region.  With --thp it is backed by huge pages where the
@@ -131,38 +135,97 @@ static int read_full(int fd, void *buf, size_t len)
 
 /* ------------------------------------------------------------------ tcp */
 
-/* Receiver (child): per repetition, sends a 'g' and times until the whole
- * region has arrived; then sends the times back (as doubles). */
+/* --conns N: the region is cut in N slices, each moved over its own
+ * connection by its own thread on both sides (what N multifd channels
+ * do).  One connection is the main channel's limit. */
+static int conns = 1;
+
+typedef struct slice {
+    int fd;
+    uint8_t *p;
+    size_t len;
+    int failed;
+} slice;
+
+static void *recv_slice(void *arg)
+{
+    slice *s = arg;
+    size_t off = 0;
+    while (off < s->len) {
+        size_t want = s->len - off < CHUNK ? s->len - off : CHUNK;
+        ssize_t n = read(s->fd, s->p + off, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            s->failed = 1;
+            break;
+        }
+        off += (size_t)n;
+    }
+    return NULL;
+}
+
+static void *send_slice(void *arg)
+{
+    slice *s = arg;
+    for (size_t off = 0; off < s->len; off += CHUNK) {
+        size_t n = s->len - off < CHUNK ? s->len - off : CHUNK;
+        if (write_full(s->fd, s->p + off, n) < 0) {
+            s->failed = 1;
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void cut(slice *sl, const int *fds, uint8_t *base, size_t size)
+{
+    size_t per = size / (size_t)conns / CHUNK * CHUNK;
+    for (int c = 0; c < conns; c++) {
+        sl[c].fd = fds[c];
+        sl[c].p = base + per * (size_t)c;
+        sl[c].len = c == conns - 1 ? size - per * (size_t)c : per;
+        sl[c].failed = 0;
+    }
+}
+
+/* Receiver (child): per repetition, sends a 'g' on connection 0 and times
+ * until every slice has arrived; then sends the times back (as doubles). */
 static void receiver(int port, size_t size, int reps)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     uint8_t *dst = region(size);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("receiver connect");
+    int fds[MAX_CONNS];
+    for (int c = 0; c < conns; c++) {
+        fds[c] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (fds[c] < 0 || connect(fds[c], (struct sockaddr *)&a, sizeof a) < 0)
+            die("receiver connect");
+    }
     double secs[MAX_REPS];
     for (int r = 0; r < reps; r++) {
+        slice sl[MAX_CONNS];
+        pthread_t th[MAX_CONNS];
+        cut(sl, fds, dst, size);
         char go = 'g';
         double t0 = now_s();
-        if (write_full(fd, &go, 1) < 0)
+        if (write_full(fds[0], &go, 1) < 0)
             die("receiver go");
-        size_t off = 0;
-        while (off < size) {
-            size_t want = size - off < CHUNK ? size - off : CHUNK;
-            ssize_t n = read(fd, dst + off, want);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
+        for (int c = 0; c < conns; c++)
+            if (pthread_create(&th[c], NULL, recv_slice, &sl[c]))
+                die("receiver thread");
+        for (int c = 0; c < conns; c++) {
+            pthread_join(th[c], NULL);
+            if (sl[c].failed)
                 die("receiver read");
-            off += (size_t)n;
         }
         secs[r] = now_s() - t0;
     }
-    if (write_full(fd, secs, sizeof(double) * (size_t)reps) < 0)
+    if (write_full(fds[0], secs, sizeof(double) * (size_t)reps) < 0)
         die("receiver report");
-    close(fd);
+    for (int c = 0; c < conns; c++)
+        close(fds[c]);
     _exit(0);
 }
 
@@ -171,7 +234,7 @@ static int run_tcp(size_t size, int reps)
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t alen = sizeof a;
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 1) < 0 ||
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, MAX_CONNS) < 0 ||
         getsockname(lfd, (struct sockaddr *)&a, &alen) < 0)
         die("listen");
     int port = ntohs(a.sin_port);
@@ -193,24 +256,35 @@ static int run_tcp(size_t size, int reps)
         x ^= x >> 27;
         ((uint64_t *)src)[i] = x * 0x2545F4914F6CDD1Dull;
     }
-    int fd = accept(lfd, NULL, NULL);
-    if (fd < 0)
-        die("accept");
+    /* The receiver connects in order, so accept order is connection order. */
+    int fds[MAX_CONNS];
+    for (int c = 0; c < conns; c++) {
+        fds[c] = accept(lfd, NULL, NULL);
+        if (fds[c] < 0)
+            die("accept");
+    }
     close(lfd);
     for (int r = 0; r < reps; r++) {
         char go;
-        if (read_full(fd, &go, 1) < 0)
+        if (read_full(fds[0], &go, 1) < 0)
             die("sender go");
-        for (size_t off = 0; off < size; off += CHUNK) {
-            size_t n = size - off < CHUNK ? size - off : CHUNK;
-            if (write_full(fd, src + off, n) < 0)
+        slice sl[MAX_CONNS];
+        pthread_t th[MAX_CONNS];
+        cut(sl, fds, src, size);
+        for (int c = 0; c < conns; c++)
+            if (pthread_create(&th[c], NULL, send_slice, &sl[c]))
+                die("sender thread");
+        for (int c = 0; c < conns; c++) {
+            pthread_join(th[c], NULL);
+            if (sl[c].failed)
                 die("sender write");
         }
     }
     double secs[MAX_REPS], gbps[MAX_REPS];
-    if (read_full(fd, secs, sizeof(double) * (size_t)reps) < 0)
+    if (read_full(fds[0], secs, sizeof(double) * (size_t)reps) < 0)
         die("sender results");
-    close(fd);
+    for (int c = 0; c < conns; c++)
+        close(fds[c]);
     int st;
     if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
         fprintf(stderr, "netbw: receiver ended badly (status %d)\n", st);
@@ -264,7 +338,7 @@ static int run_zerocheck(size_t size, int reps)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: netbw tcp|zerocheck [--size MIB] [--reps N] [--thp]\n");
+    fprintf(stderr, "usage: netbw tcp|zerocheck [--size MIB] [--reps N] [--thp] [--conns N]\n");
     exit(2);
 }
 
@@ -282,6 +356,11 @@ int main(int argc, char **argv)
                 usage();
         } else if (!strcmp(argv[i], "--thp")) {
             use_thp = 1;
+        } else if (!strcmp(argv[i], "--conns") && i + 1 < argc) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > MAX_CONNS)
+                usage();
+            conns = (int)v;
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
             reps = strtol(argv[++i], &end, 10);
             if (*end || reps < 1 || reps > MAX_REPS)

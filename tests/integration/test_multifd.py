@@ -148,7 +148,7 @@ def compression_case(t, method):
 
 
 for m in ("zlib", "zstd", "lz4"):
-    R.add("compression %s, sequential workload" % m, compression_case, m)
+    R.add("compression %s, compressible pages, random workload" % m, compression_case, m)
 
 
 def zpd_case(t, zpd):
