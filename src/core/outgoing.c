@@ -146,10 +146,10 @@ static int hello(outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_
     return 0;
 }
 
-/* Test knobs (never set in production): LIVEMIG_TEST_MULTIFD is a comma
- * list of "shuffle" (connect the main and multifd channels in a random
- * order) and "delay=CHAN:MS" (channel CHAN sleeps MS before each packet),
- * used by the tests of channel identification and of the round sync. */
+/* Test knob (never set in production): LIVEMIG_TEST_MULTIFD is a comma
+ * list; "shuffle" connects the main and multifd channels in a random
+ * order (the test of channel identification).  The destination reads
+ * "delay=C:MS" from the same variable (multifd/recv.c). */
 static void read_test_knobs(outgoing *g)
 {
     const char *e = getenv("LIVEMIG_TEST_MULTIFD");
@@ -158,15 +158,9 @@ static void read_test_knobs(outgoing *g)
     char buf[128];
     snprintf(buf, sizeof buf, "%s", e);
     char *save = NULL;
-    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        unsigned ch, ms;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
         if (!strcmp(t, "shuffle"))
             g->test_shuffle = true;
-        else if (sscanf(t, "delay=%u:%u", &ch, &ms) == 2) {
-            g->mfd_cfg.delay_chan = ch;
-            g->mfd_cfg.delay_ms = ms;
-        }
-    }
 }
 
 /* Connects and greets the main channel and, with multifd, every multifd

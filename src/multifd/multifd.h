@@ -56,8 +56,6 @@ typedef struct lm_mfd_send_cfg {
     lm_multifd_compression compression;
     int level;
     lm_zero_page_detection zpd;
-    unsigned delay_chan;      /* test knob: channel to slow down ... */
-    unsigned delay_ms;        /* ... by this much per packet (0 = none) */
 } lm_mfd_send_cfg;
 
 /* Starts a send thread per channel ("lm-mfd-send/N").  chans[0..n) are
@@ -92,7 +90,10 @@ uint64_t lm_mfd_send_bytes(const lm_mfd_send *s);
 typedef struct lm_mfd_recv lm_mfd_recv;
 
 /* Starts a receive thread per channel ("lm-mfd-recv/N"); ownership of
- * chans moves.  A channel's failure is set as main's error and shuts main
+ * chans moves.  Test knob (never set in production): the environment
+ * variable LIVEMIG_TEST_MULTIFD="delay=C:MS" makes channel C sleep MS
+ * before placing each packet, so its pages arrive after those the other
+ * channels carried later: the reordering the per-pass sync must absorb.  A channel's failure is set as main's error and shuts main
  * down, so the incoming thread stops with that reason. */
 int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mfd_recv **out,
                     lm_error *err);

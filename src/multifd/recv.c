@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct recv_chan {
     lm_mfd_recv *r;
@@ -51,6 +52,8 @@ struct lm_mfd_recv {
     /* --- lock --- */
     uint64_t released;
     bool blocks_ready;
+    /* test knob, fixed at start */
+    unsigned delay_chan, delay_ms;
     bool quit;
     lm_error error;
 };
@@ -108,6 +111,8 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
                             (unsigned long long)p.packet_num,
                             (unsigned long long)c->expect_packet);
     c->expect_packet++;
+    if (r->delay_ms && c->id == r->delay_chan)
+        usleep(r->delay_ms * 1000u); /* test knob: a late channel (multifd.h) */
     lm_ram_block *b = &m->blocks[m->in.map[p.block]];
     size_t ps = b->page_size;
     uint32_t n = (uint32_t)p.normal + p.zero;
@@ -261,6 +266,12 @@ int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mf
     r->ch = ch;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);
+    const char *knob = getenv("LIVEMIG_TEST_MULTIFD");
+    if (knob) {
+        const char *d = strstr(knob, "delay=");
+        if (!d || sscanf(d, "delay=%u:%u", &r->delay_chan, &r->delay_ms) != 2)
+            r->delay_ms = 0;
+    }
     size_t data = (size_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE;
     for (unsigned i = 0; i < n; i++) {
         recv_chan *c = &ch[i];

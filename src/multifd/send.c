@@ -157,9 +157,6 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
         return lm_error_set(err, -EINVAL, "cannot encode a packet of %u pages", nn + nz);
     size_t hlen = LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE + ilen;
 
-    if (s->cfg.delay_ms && c->id == s->cfg.delay_chan)
-        usleep(s->cfg.delay_ms * 1000u); /* test knob: a slow channel */
-
     uint64_t before = lm_chan_bytes_written(c->chan);
     int ret;
     if (clen >= 0) {
