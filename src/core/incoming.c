@@ -8,12 +8,22 @@
  * channel under m->lock, which makes the blocked accept/read return.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
+ *
+ * Postcopy (postcopy.c does the userfaultfd work): with postcopy-preempt
+ * the listener stays open after the main connection until the preempt
+ * channel has said HELLO.  POSTCOPY_DISCARD drops owed pages, POSTCOPY_RUN
+ * starts the fault thread and the guest; from then on pages are placed
+ * atomically and return-path writes go through lm_postcopy_rp_write (the
+ * fault thread writes requests on the same channel).  A failure after
+ * POSTCOPY_RUN pauses (postcopy-paused): the guest keeps running, the
+ * fault thread keeps its requests, nothing is lost silently.
  */
 #include "core/internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,6 +34,10 @@ typedef struct incoming {
     int lfd;
     lm_chan *chan;
     uint8_t session[LM_SESSION_ID_LEN];
+    uint64_t features;   /* ours, from the capabilities at accept time */
+    bool discarding;     /* a POSTCOPY_DISCARD came: only more, or RUN */
+    bool running;        /* POSTCOPY_RUN processed: postcopy placement */
+    uint8_t *tmp;        /* a run of pages before placement (postcopy) */
 } incoming;
 
 static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg)
@@ -40,17 +54,26 @@ static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg
     return lm_chan_flush(c);
 }
 
+/* send_status for the return path once the fault thread may write on it. */
+static int send_status_rp(lm_mig *m, lm_chan *c, uint8_t type, int32_t status, const char *msg)
+{
+    pthread_mutex_lock(&m->pc.rp_lock);
+    int ret = send_status(c, type, status, msg);
+    pthread_mutex_unlock(&m->pc.rp_lock);
+    return ret;
+}
+
 /* Reads and checks the source's HELLO; answers ACCEPT or REJECT+ERROR. */
-static int hello(incoming *in, lm_error *err)
+static int hello_on(incoming *in, lm_chan *chan, uint8_t role, lm_error *err)
 {
     uint8_t buf[LM_HELLO_SIZE];
     lm_hello h;
-    int fd = lm_chan_fd(in->chan);
+    int fd = lm_chan_fd(chan);
     struct timeval tv = {.tv_sec = HELLO_TIMEOUT_S};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (lm_chan_read_full(in->chan, buf, sizeof buf) < 0) {
+    if (lm_chan_read_full(chan, buf, sizeof buf) < 0) {
         lm_error tmp = {0};
-        lm_chan_get_error(in->chan, &tmp);
+        lm_chan_get_error(chan, &tmp);
         if (strstr(tmp.msg, "temporarily unavailable"))
             return lm_error_set(err, -ETIMEDOUT, "no HELLO from the source within %d s",
                                 HELLO_TIMEOUT_S);
@@ -59,39 +82,95 @@ static int hello(incoming *in, lm_error *err)
     tv.tv_sec = 0;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 
-    lm_hello reply = {.version = LM_FORMAT_VERSION, .role = LM_ROLE_MAIN,
-                      .kind = LM_HELLO_ACCEPT, .page_size = LM_PAGE_SIZE};
+    lm_hello reply = {.version = LM_FORMAT_VERSION, .role = role, .kind = LM_HELLO_ACCEPT,
+                      .page_size = LM_PAGE_SIZE, .features = in->features};
     int ret = lm_fmt_hello_decode(buf, sizeof buf, &h, err) > 0 ? 0 : -EPROTO;
     if (ret == 0 && h.kind != LM_HELLO_REQUEST)
         ret = lm_error_set(err, -EPROTO, "HELLO: expected a request, got kind %u", h.kind);
-    if (ret == 0 && h.role != LM_ROLE_MAIN)
+    if (ret == 0 && h.role != role && role == LM_ROLE_MAIN)
         ret = lm_error_set(err, -EPROTO, "HELLO: a %s channel arrived but no migration is "
                                          "running on this destination",
                            h.role == LM_ROLE_MULTIFD ? "multifd" : "preempt");
+    if (ret == 0 && h.role != role)
+        ret = lm_error_set(err, -EPROTO, "HELLO: expected the preempt channel, got role %u",
+                           h.role);
+    if (ret == 0 && role != LM_ROLE_MAIN && memcmp(h.session, in->session, sizeof h.session))
+        ret = lm_error_set(err, -EPROTO, "HELLO: the preempt channel belongs to another "
+                                         "migration (session id differs)");
     if (ret == 0 && h.page_size != LM_PAGE_SIZE)
         ret = lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
                            h.page_size, LM_PAGE_SIZE);
-    if (ret == 0 && h.features)
+    if (ret == 0 && (h.features & ~(LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT)))
         ret = lm_error_set(err, -ENOTSUP, "HELLO: the source asks for features 0x%llx that "
                                           "this destination does not support yet",
                            (unsigned long long)h.features);
+    if (ret == 0 && h.features != in->features)
+        ret = lm_error_set(err, -EPROTO, "HELLO: features differ: source 0x%llx (%s%s), "
+                                         "destination 0x%llx (%s%s): set the same "
+                                         "capabilities on both sides",
+                           (unsigned long long)h.features,
+                           h.features & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
+                           h.features & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "",
+                           (unsigned long long)in->features,
+                           in->features & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
+                           in->features & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "");
     if (ret < 0) {
         if (err && err->code && strstr(err->msg, "bad magic") == NULL) {
             /* A livemig peer: tell it why, so both sides name the reason. */
             reply.kind = LM_HELLO_REJECT;
             memcpy(reply.session, h.session, sizeof reply.session);
             lm_fmt_hello_encode(&reply, buf, sizeof buf);
-            if (lm_chan_put(in->chan, buf, sizeof buf) == 0)
-                send_status(in->chan, LM_REC_ERROR, err->code, err->msg);
+            if (lm_chan_put(chan, buf, sizeof buf) == 0)
+                send_status(chan, LM_REC_ERROR, err->code, err->msg);
         }
         return ret;
     }
-    memcpy(in->session, h.session, sizeof in->session);
+    if (role == LM_ROLE_MAIN)
+        memcpy(in->session, h.session, sizeof in->session);
     memcpy(reply.session, h.session, sizeof reply.session);
     lm_fmt_hello_encode(&reply, buf, sizeof buf);
-    if (lm_chan_put(in->chan, buf, sizeof buf) < 0 || lm_chan_flush(in->chan) < 0)
-        return lm_chan_get_error(in->chan, err);
+    if (lm_chan_put(chan, buf, sizeof buf) < 0 || lm_chan_flush(chan) < 0)
+        return lm_chan_get_error(chan, err);
     return 0;
+}
+
+static int hello(incoming *in, lm_error *err)
+{
+    return hello_on(in, in->chan, LM_ROLE_MAIN, err);
+}
+
+/* postcopy-preempt: the source connects its preempt channel right after
+ * the main channel's HELLO; accept it (bounded) and check that it belongs
+ * to this session.  Cancel shuts the listener down, which ends the wait. */
+static int accept_preempt(incoming *in, lm_error *err)
+{
+    int fd = -1;
+    if (in->lfd < 0)
+        return lm_error_set(err, -EINVAL, "postcopy-preempt needs a listening tcp: or unix: "
+                                          "URI (an fd: stream has no second connection)");
+    struct pollfd pfd = {.fd = in->lfd, .events = POLLIN};
+    int n;
+    do
+        n = poll(&pfd, 1, HELLO_TIMEOUT_S * 1000);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return lm_error_set(err, -ETIMEDOUT, "the source's preempt channel did not connect "
+                                             "within %d s", HELLO_TIMEOUT_S);
+    int ret = lm_sock_accept(in->lfd, &fd, err);
+    if (ret < 0)
+        return lm_error_prefix(err, "preempt channel");
+    lm_chan *c = NULL;
+    ret = lm_chan_new(fd, "preempt channel", &c, err);
+    if (ret < 0) {
+        close(fd);
+        return ret;
+    }
+    ret = hello_on(in, c, LM_ROLE_PREEMPT, err);
+    if (ret < 0) {
+        lm_chan_free(c);
+        return lm_error_prefix(err, "preempt channel");
+    }
+    return lm_postcopy_preempt_start(in->m, c, err);
 }
 
 /* After a verdict on failure: closing with unread stream data in the
@@ -130,6 +209,28 @@ static int skip_section(lm_chan *c, const lm_rec_hdr *h, lm_error *err)
     return lm_error_set(err, -ENOENT, "section id %u was never started", s.section_id);
 }
 
+/* POSTCOPY_RUN: register RAM with userfaultfd and start the fault thread
+ * (a failure here leaves the guest stopped: the source pauses, nothing
+ * runs twice), then postcopy-active and start the guest.  The PING that
+ * follows RUN is answered by the load loop once this returned. */
+static int postcopy_run(incoming *in, lm_error *err)
+{
+    lm_mig *m = in->m;
+    if (!in->tmp) {
+        in->tmp = malloc((size_t)LM_RAM_MAX_RUN * LM_PAGE_SIZE);
+        if (!in->tmp)
+            return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    int ret = lm_postcopy_listen(m, in->chan, err);
+    if (ret < 0)
+        return ret;
+    if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE))
+        return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+    in->running = true;
+    lm_vm_start_after_migration(m, LM_RUN_RUNNING);
+    return 0;
+}
+
 /* The load loop; returns 0 at end of stream. */
 static int load(incoming *in, lm_error *err)
 {
@@ -144,25 +245,62 @@ static int load(incoming *in, lm_error *err)
             return lm_chan_get_error(in->chan, err);
         if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, err) <= 0)
             return err && err->code ? err->code : -EPROTO;
+        /* Between the first DISCARD and RUN the owed pages are dropped:
+         * a page written now would be taken for a final one. */
+        if (in->discarding && !in->running && h.type != LM_REC_POSTCOPY_DISCARD &&
+            h.type != LM_REC_POSTCOPY_RUN && h.type != LM_REC_SECTION_FULL &&
+            h.type != LM_REC_SECTION_END && h.type != LM_REC_ERROR)
+            return lm_error_set(err, -EPROTO, "%s between POSTCOPY_DISCARD and POSTCOPY_RUN",
+                                lm_rec_type_name(h.type));
         switch (h.type) {
-        case LM_REC_RAM_BLOCKS:
         case LM_REC_RAM_PAGES:
         case LM_REC_RAM_ZERO:
+            if (in->running) {
+                ret = lm_ram_postcopy_load_record(m, in->chan, &h, in->tmp, err);
+                if (ret < 0)
+                    return ret;
+                break;
+            }
+            /* fall through */
+        case LM_REC_RAM_BLOCKS:
         case LM_REC_RAM_PASS:
+            if (in->running && h.type != LM_REC_RAM_PASS)
+                return lm_error_set(err, -EPROTO, "%s after POSTCOPY_RUN",
+                                    lm_rec_type_name(h.type));
             ret = lm_ram_load_record(m, in->chan, &h, err);
             if (ret < 0)
                 return ret;
             break;
+        case LM_REC_POSTCOPY_DISCARD:
+            if (!(in->features & LM_FEAT_POSTCOPY) || in->running)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD %s",
+                                    in->running ? "after POSTCOPY_RUN"
+                                                : "without the postcopy feature");
+            in->discarding = true;
+            ret = lm_ram_postcopy_load_discard(m, in->chan, &h, err);
+            if (ret < 0)
+                return ret;
+            break;
+        case LM_REC_POSTCOPY_RUN:
+            if (!(in->features & LM_FEAT_POSTCOPY) || in->running)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_RUN %s",
+                                    in->running ? "received twice"
+                                                : "without the postcopy feature");
+            if (!m->in.have_blocks && m->nblocks)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_RUN before the RAM block table");
+            ret = postcopy_run(in, err);
+            if (ret < 0)
+                return ret;
+            break;
         case LM_REC_PING: {
-            uint8_t p[4], r[LM_REC_HDR_SIZE + 4];
+            uint8_t p[4], r[4];
             uint32_t v;
             if (lm_chan_read_full(in->chan, p, sizeof p) < 0)
                 return lm_chan_get_error(in->chan, err);
             if (lm_fmt_u32_decode(p, sizeof p, &v, err) <= 0)
                 return -EPROTO;
-            lm_fmt_rec_hdr_encode(LM_REC_RP_PONG, 4, r, sizeof r);
-            lm_fmt_u32_encode(v, r + LM_REC_HDR_SIZE, 4);
-            if (lm_chan_put(in->chan, r, sizeof r) < 0 || lm_chan_flush(in->chan) < 0)
+            lm_fmt_u32_encode(v, r, 4);
+            if (lm_postcopy_rp_write(m, in->chan, LM_REC_RP_PONG, r, sizeof r) < 0)
                 return lm_chan_get_error(in->chan, err);
             break;
         }
@@ -176,6 +314,11 @@ static int load(incoming *in, lm_error *err)
         case LM_REC_EOS:
             if (!m->in.have_blocks && m->nblocks)
                 return lm_error_set(err, -EPROTO, "end of stream before the RAM block table");
+            if (in->discarding && !in->running)
+                return lm_error_set(err, -EPROTO, "end of stream between POSTCOPY_DISCARD and "
+                                                  "POSTCOPY_RUN");
+            if (in->running)
+                return lm_postcopy_wait_placed(m, err);
             return 0;
         case LM_REC_ERROR: {
             uint8_t p[6 + LM_ERROR_MSG_MAX];
@@ -213,11 +356,22 @@ static void *incoming_thread_fn(void *arg)
     } else {
         ret = lm_sock_accept(in->lfd, &fd, &err);
     }
+    /* The capabilities at this point are the ones of this migration (a
+     * waiting destination may change them until the source connects). */
     pthread_mutex_lock(&m->lock);
-    m->listen_fd = -1;
+    uint64_t caps = m->caps;
+    bool keep_listening = in->lfd >= 0 && (caps & (1ull << LM_CAP_POSTCOPY_PREEMPT));
+    if (!keep_listening)
+        m->listen_fd = -1;
     pthread_mutex_unlock(&m->lock);
-    if (in->lfd >= 0)
+    if (caps & (1ull << LM_CAP_POSTCOPY_RAM))
+        in->features |= LM_FEAT_POSTCOPY;
+    if (caps & (1ull << LM_CAP_POSTCOPY_PREEMPT))
+        in->features |= LM_FEAT_PREEMPT;
+    if (in->lfd >= 0 && !keep_listening) {
         close(in->lfd); /* one stream per migrate-incoming */
+        in->lfd = -1;
+    }
     if (ret < 0)
         goto out;
     ret = lm_chan_new(fd, "incoming channel", &in->chan, &err);
@@ -234,6 +388,15 @@ static void *incoming_thread_fn(void *arg)
         goto out;
     }
     ret = hello(in, &err);
+    if (ret == 0 && (in->features & LM_FEAT_PREEMPT))
+        ret = accept_preempt(in, &err);
+    if (in->lfd >= 0) {
+        pthread_mutex_lock(&m->lock);
+        m->listen_fd = -1;
+        pthread_mutex_unlock(&m->lock);
+        close(in->lfd);
+        in->lfd = -1;
+    }
     if (ret < 0)
         goto out;
     if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
@@ -243,6 +406,13 @@ static void *incoming_thread_fn(void *arg)
     ret = load(in, &err);
     if (ret < 0)
         goto out;
+    if (in->running) {
+        /* Postcopy: every owed page is placed; the guest runs already. */
+        lm_postcopy_preempt_stop(m);
+        lm_postcopy_end(m);
+        send_status_rp(m, in->chan, LM_REC_RP_SHUT, 0, "loaded");
+        goto out;
+    }
     /* Everything loaded: run the guest, then confirm.  The source counts
      * its downtime until this confirmation arrives. */
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
@@ -251,7 +421,24 @@ out:
     pthread_mutex_lock(&m->lock);
     bool cancelled = m->cancel_requested;
     pthread_mutex_unlock(&m->lock);
-    if (ret < 0) {
+    bool paused = ret < 0 && in->running;
+    if (paused) {
+        /* The guest runs here with pages still at the source: never fail.
+         * Requests stay marked (the fault thread keeps running), the
+         * workload waits on missing pages; the source hears why. */
+        if (!err.code)
+            lm_error_set(&err, ret, "incoming postcopy failed");
+        lm_error_prefix(&err, "postcopy paused (the guest keeps running; missing pages wait "
+                              "for recovery)");
+        lm_postcopy_detach_rp(m);
+        if (in->chan && !cancelled &&
+            send_status_rp(m, in->chan, LM_REC_RP_SHUT, err.code, err.msg) == 0)
+            linger_drain(in->chan);
+        lm_postcopy_preempt_stop(m);
+        lm_mig_set_error(m, &err);
+    } else if (ret < 0) {
+        lm_postcopy_preempt_stop(m);
+        lm_postcopy_end(m);
         if (!err.code)
             lm_error_set(&err, ret, "incoming migration failed");
         if (in->chan && !cancelled && send_status(in->chan, LM_REC_RP_SHUT, err.code,
@@ -264,7 +451,9 @@ out:
     pthread_mutex_lock(&m->lock);
     m->chan = NULL;
     lm_status cur = m->status, final;
-    if (ret == 0) {
+    if (paused) {
+        final = LM_STATUS_POSTCOPY_PAUSED;
+    } else if (ret == 0) {
         final = LM_STATUS_COMPLETED;
     } else if (cancelled) {
         final = LM_STATUS_CANCELLED;
@@ -279,6 +468,7 @@ out:
     if (changed)
         lm_emit_status(m, final);
     lm_chan_free(in->chan);
+    free(in->tmp);
     free(in);
     return NULL;
 }
@@ -325,6 +515,9 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     }
     in->m = m;
     in->lfd = lfd;
+    pthread_mutex_lock(&m->pc.lock);
+    m->pc.switched = false; /* query shows postcopy figures of this migration only */
+    pthread_mutex_unlock(&m->pc.lock);
     ret = lm_ram_incoming_prepare(m, err);
     if (ret < 0) {
         close(lfd);

@@ -96,8 +96,18 @@ int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, l
 
 int lm_savevm_complete(lm_mig *m, lm_out *o, lm_error *err)
 {
+    return lm_savevm_complete_some(m, o, 0, err);
+}
+
+/* Postcopy splits completion in two (digest §6.2 step 5, §3.10): handlers
+ * that cannot run in postcopy finish at the switch, the others at the end. */
+int lm_savevm_complete_some(lm_mig *m, lm_out *o, int which, lm_error *err)
+{
     for (unsigned i = 0; i < m->nhandlers; i++) {
         lm_handler *h = &m->handlers[i];
+        bool pc = h->ops->has_postcopy && h->ops->has_postcopy(h->opaque);
+        if ((which == 1 && pc) || (which == 2 && !pc))
+            continue;
         if (h->ops->save_complete && h->ops->save_complete(h->opaque, o, err) < 0)
             return lm_error_prefix(err, "%s complete", h->ops->name);
     }
