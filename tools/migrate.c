@@ -389,6 +389,7 @@ typedef struct pc_policy {
     bool asked;
     uint64_t best_remaining; /* lowest remaining seen (auto) */
     uint64_t best_ms;        /* when it was reached */
+    uint64_t pass;           /* dirty-sync-count of the last sample */
 } pc_policy;
 
 static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig *s,
@@ -412,10 +413,14 @@ static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig
         }
         return NULL;
     case MIG_PC_AUTO:
-        /* Beyond QEMU: precopy that stopped converging (remaining found no
-         * new low for a window) will not finish; postcopy will. */
-        if (!s->has_remaining || s->dirty_sync_count < 2)
+        /* Beyond QEMU: precopy that stopped converging will not finish;
+         * postcopy will.  What a pass must carry is the remaining seen
+         * first in that pass (closest to its dirty sync; later samples
+         * only show the pass being worked off).  No new low of that for
+         * a window: switch. */
+        if (!s->has_remaining || s->dirty_sync_count < 2 || s->dirty_sync_count == pp->pass)
             return NULL;
+        pp->pass = s->dirty_sync_count;
         if (!pp->best_ms || s->remaining < pp->best_remaining) {
             pp->best_remaining = s->remaining;
             pp->best_ms = now;
@@ -423,8 +428,8 @@ static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig
         }
         if (now - pp->best_ms >= o->postcopy_window_ms) {
             char b[32];
-            snprintf(buf, cap, "precopy stopped converging: remaining has not gone below %s "
-                               "for %" PRIu64 " s",
+            snprintf(buf, cap, "precopy stopped converging: no pass started below %s in "
+                               "%" PRIu64 " s",
                      cli_fmt_bytes(b, sizeof b, (double)pp->best_remaining),
                      o->postcopy_window_ms / 1000);
             return buf;
