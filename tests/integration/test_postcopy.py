@@ -69,7 +69,7 @@ def start_and_switch(src, dst):
     return w0
 
 
-@R.test("postcopy refuses without the capability, and cancel is refused after the switch")
+@R.test("migrate-start-postcopy refuses without the capability or a migration")
 def t_refusals(t):
     src = t.guest("src", mem="32M", workload="idle")
     e = src.qmp.expect_error("migrate-start-postcopy")
