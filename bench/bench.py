@@ -14,7 +14,14 @@ and the targets.
 (c) an all-zero (never touched) 2 GiB guest: total time;
 (d) downtime of an idle guest (the run of (b), default downtime-limit) and
     under a 100 MB/s random workload (1 GiB guest, --fill random), with
-    expected-downtime from the final query-migrate beside it.
+    expected-downtime from the final query-migrate beside it;
+(e) postcopy: a 1 GiB guest whose `hot` workload (64 MiB hot set, written
+    as fast as it can) precopy cannot finish, switched to postcopy at once,
+    with and without postcopy-preempt: the destination's remote-fault
+    latency (postcopy-blocktime: fault read to page placed, p50/p99/max)
+    beside the machine's floor measured in the same run (bench/faultlat.c:
+    a local userfaultfd round trip and a 16 B -> 4 KiB loopback TCP round
+    trip), and the switch's downtime.
 
 Every process is bounded and stopped by its pid (the harness of
 tests/integration/lmtest.py).  Stdlib only.
@@ -41,6 +48,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # Targets (docs/benchmarks.md).
+T_PC_P50_US = 100              # postcopy + preempt remote fault latency p50
+T_PC_P99_US = 1000             # ... p99
+T_PC_DOWNTIME_MS = 20          # postcopy switch downtime, hot workload
 T_THROUGHPUT_RATIO = 0.80      # 2 GiB random idle: >= 80 % of raw loopback TCP
 T_IDLE_DOWNTIME_MS = 10        # idle downtime
 T_ZERO_TOTAL_S = 0.3           # all-zero 2 GiB total time
@@ -73,7 +83,54 @@ def run_netbw(binary, mode, size_mib, reps, thp):
     return json.loads(p.stdout)
 
 
+def build_faultlat(tmp):
+    out = os.path.join(tmp, "faultlat")
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", out,
+                    os.path.join(HERE, "faultlat.c")], check=True, timeout=120)
+    return out
+
+
+def run_faultlat(binary, mode, n):
+    argv = [binary, mode, "--pages" if mode == "uffd" else "--n", str(n)]
+    p = subprocess.run(argv, capture_output=True, timeout=300, preexec_fn=lmtest._child_setup)
+    if p.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(argv), p.stderr.decode(errors="replace")))
+    return json.loads(p.stdout)
+
+
 # ---------------------------------------------------------------- migrations
+
+
+def postcopy_once(tmp, tag, mem, hot, preempt, timeout):
+    """A hot-workload guest migrated with postcopy switched on at once.
+    Returns both final query-migrates."""
+    src = dst = None
+    caps = {"events": True, "postcopy-ram": True, "postcopy-blocktime": True,
+            "postcopy-preempt": preempt}
+    wl = {"workload": "hot", "hot_size": hot}
+    try:
+        src = Guest(tmp, "src-" + tag, mem=mem, fill="random", **wl)
+        dst = Guest(tmp, "dst-" + tag, mem=mem, incoming="defer", **wl)
+        lmtest.set_caps(src, caps)
+        lmtest.set_caps(dst, caps)
+        dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        dst.incoming = "tcp:127.0.0.1:0"
+        set_params(src, {"max-bandwidth": 0})
+        time.sleep(1.2)  # the hot set is being written at full speed
+        src.qmp.execute("migrate", {"uri": dest_uri(dst)})
+        src.qmp.execute("migrate-start-postcopy")
+        info = lmtest.wait_status(src, "completed", timeout,
+                                  fail_on=("failed", "cancelled", "postcopy-paused"))
+        dinfo = lmtest.wait_status(dst, "completed", 30,
+                                   fail_on=("failed", "cancelled", "postcopy-paused"))
+        v = lmtest.stop_and_verify(dst)
+        return {"source": info, "destination": dinfo, "verify": v}
+    finally:
+        for g in (src, dst):
+            if g is not None:
+                g.stop()
+
 
 
 def migrate_once(tmp, tag, mem, src_kw, dst_kw, params, timeout):
@@ -165,10 +222,10 @@ def main():
 
     if args.quick:
         lim_mib, lim_reps = 256, 3
-        big, dirty_mem = "256M", "256M"
+        big, dirty_mem, pc_hot = "256M", "256M", "32M"
     else:
         lim_mib, lim_reps = 1024, 5
-        big, dirty_mem = "2G", "1G"
+        big, dirty_mem, pc_hot = "2G", "1G", "64M"
     big_bytes = lmtest.parse_size(big)
 
     tmp = tempfile.mkdtemp(prefix="lmbench-", dir="/tmp")
@@ -231,6 +288,20 @@ def main():
                                        {"workload": "random", "dirty_rate": "100000000"},
                                        {"max-bandwidth": 0}, timeout=180))
         results["runs"]["random-100MBps"] = runs_d
+
+        # (e) postcopy fault latency, with its floor measured now.
+        fl = build_faultlat(tmp)
+        log("limits: userfaultfd round trip and 16 B -> 4 KiB TCP round trip")
+        results["runs"]["faultlat-uffd"] = run_faultlat(fl, "uffd", 20000)
+        results["runs"]["faultlat-pingpong"] = run_faultlat(fl, "pingpong", 20000)
+        for preempt in (True, False):
+            name = "postcopy-preempt" if preempt else "postcopy"
+            runs_e = []
+            for i in range(reps):
+                log("(e) %s hot guest, %s, run %d/%d" % (dirty_mem, name, i + 1, reps))
+                runs_e.append(postcopy_once(tmp, "e%d%s" % (i, "p" if preempt else ""),
+                                            dirty_mem, pc_hot, preempt, timeout=120))
+            results["runs"][name] = runs_e
     finally:
         kill_all_children()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -286,6 +357,24 @@ def main():
     fig["dirty-total-ms"] = median_of(runs_d, lambda r: ms_of(src(r), "total-time"))
     fig["dirty-passes"] = median_of(runs_d, lambda r: src(r)["ram"].get("dirty-sync-count"))
     fig["downtime-limit-ms"] = 300
+    fu, fp = results["runs"]["faultlat-uffd"], results["runs"]["faultlat-pingpong"]
+    fig["floor-uffd-p50-us"], fig["floor-uffd-p99-us"] = fu["p50_us"], fu["p99_us"]
+    fig["floor-tcp-p50-us"], fig["floor-tcp-p99-us"] = fp["p50_us"], fp["p99_us"]
+    fig["floor-p50-us"] = fu["p50_us"] + fp["p50_us"]
+    fig["floor-p99-us"] = fu["p99_us"] + fp["p99_us"]
+    for name in ("postcopy-preempt", "postcopy"):
+        runs_e = results["runs"][name]
+
+        def pcs(r):
+            return r["destination"].get("x-postcopy", {})
+        fig[name + "-p50-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-p50-us"))
+        fig[name + "-p99-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-p99-us"))
+        fig[name + "-max-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-max-us"))
+        fig[name + "-faults"] = median_of(runs_e, lambda r: pcs(r).get("latency-count"))
+        fig[name + "-downtime-us"] = median_of(runs_e, lambda r: ms_of(src(r), "x-downtime-us"))
+        fig[name + "-total-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "total-time"))
+        fig[name + "-postcopy-bytes"] = median_of(
+            runs_e, lambda r: src(r)["ram"].get("postcopy-bytes"))
     results["figures"] = fig
 
     zero_target = T_ZERO_TOTAL_S * big_bytes / (2 * GIB)
@@ -303,6 +392,11 @@ def main():
         "dirty-downtime": fig["dirty-downtime-ms"] is not None and
         fig["dirty-downtime-ms"] <= fig["downtime-limit-ms"] and
         close_to(fig["dirty-downtime-ms"], fig["dirty-expected-downtime-ms"]),
+        "postcopy-latency": fig["postcopy-preempt-p50-us"] is not None and
+        fig["postcopy-preempt-p50-us"] <= T_PC_P50_US and
+        fig["postcopy-preempt-p99-us"] <= T_PC_P99_US,
+        "postcopy-downtime": fig["postcopy-preempt-downtime-us"] is not None and
+        fig["postcopy-preempt-downtime-us"] <= T_PC_DOWNTIME_MS * 1000,
     }
     results["verdicts"] = verdicts
 
@@ -310,6 +404,10 @@ def main():
         return "PASS" if verdicts[name] else "MISS"
 
     size = big.replace("G", " GiB").replace("M", " MiB")
+    pc_size = "%s (hot %s)" % (dirty_mem.replace("G", " GiB").replace("M", " MiB"), pc_hot)
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
     rows = [
         ("raw loopback TCP, %d MiB regions" % lim_mib, fmt_rate(tcp_bps), "(limit)", "1.00",
          "", ""),
@@ -348,6 +446,33 @@ def main():
         ("  workload rate / total-time / passes",
          "%s / %s / %s" % (fmt_rate(fig["dirty-rate-Bps"]), fmt_ms(fig["dirty-total-ms"]),
                            fig["dirty-passes"]), "", "", "", ""),
+        ("remote fault floor p50 (uffd + TCP 4K rtt)",
+         "%.0f us (%.0f + %.0f)" % (fig["floor-p50-us"], fig["floor-uffd-p50-us"],
+                                     fig["floor-tcp-p50-us"]), "(limit)", "1.00", "", ""),
+        ("remote fault floor p99 (uffd + TCP 4K rtt)",
+         "%.0f us (%.0f + %.0f)" % (fig["floor-p99-us"], fig["floor-uffd-p99-us"],
+                                     fig["floor-tcp-p99-us"]), "(limit)", "1.00", "", ""),
+        ("%s hot, postcopy+preempt: fault p50 / p99" % pc_size,
+         "%s / %s us" % (fig["postcopy-preempt-p50-us"], fig["postcopy-preempt-p99-us"]),
+         "%.0f / %.0f us" % (fig["floor-p50-us"], fig["floor-p99-us"]),
+         "%s / %s" % (fmt_ratio(ratio(fig["postcopy-preempt-p50-us"], fig["floor-p50-us"])),
+                      fmt_ratio(ratio(fig["postcopy-preempt-p99-us"], fig["floor-p99-us"]))),
+         "<= %d / %d us" % (T_PC_P50_US, T_PC_P99_US), v("postcopy-latency")),
+        ("  max / faults / switch downtime (x-downtime-us)",
+         "%s us / %s / %s us" % (fig["postcopy-preempt-max-us"], fig["postcopy-preempt-faults"],
+                                 fig["postcopy-preempt-downtime-us"]), "", "",
+         "<= %d ms" % T_PC_DOWNTIME_MS, v("postcopy-downtime")),
+        ("  total-time / postcopy-bytes",
+         "%s / %s" % (fmt_ms(fig["postcopy-preempt-total-ms"]),
+                      fig["postcopy-preempt-postcopy-bytes"]), "", "", "", ""),
+        ("%s hot, postcopy without preempt: p50 / p99" % pc_size,
+         "%s / %s us" % (fig["postcopy-p50-us"], fig["postcopy-p99-us"]),
+         "%.0f / %.0f us" % (fig["floor-p50-us"], fig["floor-p99-us"]),
+         "%s / %s" % (fmt_ratio(ratio(fig["postcopy-p50-us"], fig["floor-p50-us"])),
+                      fmt_ratio(ratio(fig["postcopy-p99-us"], fig["floor-p99-us"]))), "", ""),
+        ("  max / faults / switch downtime (x-downtime-us)",
+         "%s us / %s / %s us" % (fig["postcopy-max-us"], fig["postcopy-faults"],
+                                 fig["postcopy-downtime-us"]), "", "", "", ""),
     ]
     head = ("figure", "value", "limit", "ratio", "target", "verdict")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]

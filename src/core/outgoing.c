@@ -333,6 +333,13 @@ out:
 
 /* ------------------------------------------------------- counters, policy */
 
+/* "transferred" counts every channel; the preempt channel's bytes are
+ * requested pages (the rate window and the threshold use the main one). */
+static uint64_t preempt_bytes(const outgoing *g)
+{
+    return g->preempt ? lm_chan_bytes_written(g->preempt) : 0;
+}
+
 static void reload_params(outgoing *g)
 {
     lm_mig *m = g->m;
@@ -389,7 +396,7 @@ static void update_counters(outgoing *g, uint64_t now)
 {
     lm_mig *m = g->m;
     uint64_t bytes = lm_chan_bytes_written(g->chan);
-    LM_ATOMIC_SET(&m->stats.transferred, bytes);
+    LM_ATOMIC_SET(&m->stats.transferred, bytes + preempt_bytes(g));
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
         return;
@@ -626,7 +633,7 @@ static int completion_postcopy(outgoing *g, lm_error *err)
         pthread_cond_wait(&m->cond, &m->lock);
     lm_status_msg verdict = m->shut;
     pthread_mutex_unlock(&m->lock);
-    LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(g->chan));
+    LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(g->chan) + preempt_bytes(g));
     if (verdict.status != 0)
         return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
     return 0;
@@ -762,6 +769,7 @@ static void finish(outgoing *g, int ret, lm_error *err)
     m->pcs.preempt = NULL;
     m->pcs.serving = false;
     pthread_mutex_unlock(&m->ram_lock);
+    uint64_t pbytes = preempt_bytes(g);
     if (g->preempt) {
         lm_chan_shutdown(g->preempt, "migration ended");
         lm_chan_free(g->preempt);
@@ -779,7 +787,7 @@ static void finish(outgoing *g, int ret, lm_error *err)
 
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     if (chan)
-        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan));
+        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan) + pbytes);
     uint64_t total_ns = LM_ATOMIC_GET(&m->stats.end_ns) - LM_ATOMIC_GET(&m->stats.start_ns);
     if (final == LM_STATUS_COMPLETED && total_ns) {
         /* mbps at completion is the average over the whole migration. */
