@@ -108,7 +108,7 @@ def postcopy_once(tmp, tag, mem, hot, preempt, timeout):
     src = dst = None
     caps = {"events": True, "postcopy-ram": True, "postcopy-blocktime": True,
             "postcopy-preempt": preempt}
-    wl = {"workload": "hot", "hot_size": hot}
+    wl = {"workload": "hot", "hot_size": hot} if hot else {"workload": "random", "dirty_rate": "0"}
     try:
         src = Guest(tmp, "src-" + tag, mem=mem, fill="random", **wl)
         dst = Guest(tmp, "dst-" + tag, mem=mem, incoming="defer", **wl)

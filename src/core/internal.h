@@ -131,6 +131,10 @@ typedef struct lm_pc_req {
     uint64_t first_page;
 } lm_pc_req;
 #define LM_PC_REQ_QUEUE 1024
+#define LM_PC_RECENT 256
+/* Bytes of the main channel that may be in flight (socket buffers of both
+ * ends, 4 MiB each, plus runs being written and placed). */
+#define LM_PC_INFLIGHT (16ull << 20)
 
 /* --------------------------------------------------------- savevm handlers */
 
@@ -226,6 +230,16 @@ struct lm_mig {
         bool serving;             /* POSTCOPY_RUN may have gone out */
         lm_chan *preempt;         /* requested pages go here when set */
         bool preempt_done;        /* EOS sent on it: no more writes */
+        /* Background runs claimed lately, with the main channel's byte
+         * count when claimed: a requested page among them may still sit
+         * in socket buffers, and is sent again on the preempt channel. */
+        struct {
+            uint32_t block;
+            uint64_t first, count, off;
+        } recent[LM_PC_RECENT];
+        uint64_t nrecent;         /* runs recorded so far */
+        lm_chan *main;            /* the main channel (byte counts only) */
+        uint64_t resent;          /* pages sent again that way */
     } pcs;
     /* Destination postcopy, see postcopy.c. */
     struct lm_pc_dest {
@@ -393,6 +407,9 @@ void lm_postcopy_end(lm_mig *m);
 int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err);
 /* Shuts down and joins the preempt loader (returns its error). */
 void lm_postcopy_preempt_stop(lm_mig *m);
+/* Lowers the calling thread's CPU priority (nice 10) for the background
+ * push of postcopy, so that the threads on a fault's path win the CPU. */
+void lm_postcopy_background_thread(void);
 /* The main channel is going away: requests fail (and stay marked). */
 void lm_postcopy_detach_rp(lm_mig *m);
 void lm_postcopy_query(lm_mig *m, lm_info *out);

@@ -565,6 +565,7 @@ static int postcopy_start(outgoing *g, lm_error *err)
     pthread_mutex_lock(&m->ram_lock);
     m->pcs.serving = true;
     m->pcs.preempt = g->preempt;
+    m->pcs.main = g->chan;
     pthread_mutex_unlock(&m->ram_lock);
     uint8_t pb[4];
     uint32_t v = 0x80000000u | (LM_ATOMIC_GET(&g->ping_seq) + 1);
@@ -583,6 +584,7 @@ static int postcopy_start(outgoing *g, lm_error *err)
     LM_ATOMIC_SET(&m->stats.downtime_us, dt);
     g->o.last_stage = false;
     g->o.postcopy = true;
+    lm_postcopy_background_thread(); /* requested pages go first (lm-rp) */
     g->params_gen = 0; /* reload: the postcopy rate limit applies now */
     reload_params(g);
     return 0;
@@ -767,6 +769,7 @@ static void finish(outgoing *g, int ret, lm_error *err)
     }
     pthread_mutex_lock(&m->ram_lock);
     m->pcs.preempt = NULL;
+    m->pcs.main = NULL;
     m->pcs.serving = false;
     pthread_mutex_unlock(&m->ram_lock);
     uint64_t pbytes = preempt_bytes(g);
@@ -1006,6 +1009,9 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     m->pcs.serving = false;
     m->pcs.preempt = NULL;
     m->pcs.preempt_done = false;
+    m->pcs.nrecent = 0;
+    m->pcs.resent = 0;
+    m->pcs.main = NULL;
     pthread_mutex_unlock(&m->ram_lock);
     memset(&m->shut, 0, sizeof m->shut);
     m->rp_thread = 0;

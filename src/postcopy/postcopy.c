@@ -35,6 +35,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -580,6 +581,19 @@ int lm_postcopy_wait_placed(lm_mig *m, lm_error *err)
         return lm_error_set(err, -EPROTO, "end of stream with %llu pages still owed by the "
                                           "source", (unsigned long long)owed);
     return 0;
+}
+
+/* A faulting workload thread waits on four wake-ups (fault thread, the
+ * source's return path, the preempt loader, the placement) while the
+ * background push keeps a sender busy.  On a machine with few cores the
+ * bulk sender then delays the urgent threads by whole scheduler slices.
+ * Raising the bulk thread's nice value is always allowed, needs no
+ * privilege and only matters under contention; the thread ends with the
+ * migration, so it is never lowered again.  (Not used for the
+ * destination's loader: pages it has not placed yet are waited for too.) */
+void lm_postcopy_background_thread(void)
+{
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
 }
 
 /* --------------------------------------------------------------- stats */

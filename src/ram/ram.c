@@ -301,9 +301,32 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t from)
         end++;
     clear_range(b->dirty, p, end);
     m->ram.dirty_pages -= end - p;
+    if (o->postcopy && m->pcs.preempt) {
+        unsigned k = (unsigned)(m->pcs.nrecent++ % LM_PC_RECENT);
+        m->pcs.recent[k].block = bi;
+        m->pcs.recent[k].first = p;
+        m->pcs.recent[k].count = end - p;
+        m->pcs.recent[k].off = lm_chan_bytes_written(o->chan);
+    }
     pthread_mutex_unlock(&m->ram_lock);
     int ret = send_claimed(m, o, bi, p, end);
     return ret < 0 ? ret : (int64_t)end;
+}
+
+/* Preempt only, ram_lock held: was page p of block bi claimed by a
+ * background run that may not have reached the destination yet? */
+static bool maybe_in_flight(lm_mig *m, uint32_t bi, uint64_t p)
+{
+    if (!m->pcs.main)
+        return false;
+    uint64_t now = lm_chan_bytes_written(m->pcs.main);
+    uint64_t n = m->pcs.nrecent < LM_PC_RECENT ? m->pcs.nrecent : LM_PC_RECENT;
+    for (uint64_t i = 0; i < n; i++) {
+        const __typeof__(m->pcs.recent[0]) *r = &m->pcs.recent[i];
+        if (r->block == bi && p >= r->first && p < r->first + r->count)
+            return now - r->off < LM_PC_INFLIGHT;
+    }
+    return false;
 }
 
 static uint64_t dirty_left(lm_mig *m)
@@ -449,14 +472,30 @@ int lm_ram_postcopy_send_discard(lm_mig *m, lm_out *o, lm_error *err)
 }
 
 /* Sends the pages of a request that are still owed; a page whose bit is
- * clear was sent already (possibly still in flight on the main channel,
- * which delivers it in order), so it is not sent twice.  Caller holds
- * ram_lock: the claim and the send of a requested page are one step, so
- * the background scan can never claim half of it. */
+ * clear was sent already, so it is not sent twice (the destination asks
+ * for a page once) -- except on the preempt channel for a page of a
+ * background run that may still sit in the main channel's socket
+ * buffers: waiting for those to drain is what makes the tail of the
+ * fault latency (megabytes behind a busy loader: tens of ms here,
+ * measured), and the destination skips whichever copy comes second.
+ * Caller holds ram_lock: the claim and the send of a requested page are
+ * one step, so the background scan can never claim half of it. */
 int lm_ram_postcopy_send_requested(lm_mig *m, lm_out *o, const lm_pc_req *r, lm_error *err)
 {
     lm_ram_block *b = &m->blocks[r->block];
     uint64_t end = r->first_page + r->count;
+    if (o->chan == m->pcs.preempt) {
+        for (uint64_t p = r->first_page; p < end; p++) {
+            if (lm_bit_test(b->dirty, p) || !maybe_in_flight(m, r->block, p))
+                continue;
+            int ret = send_claimed(m, o, r->block, p, p + 1);
+            if (ret < 0) {
+                lm_chan_get_error(o->chan, err);
+                return lm_error_set(err, ret, "sending requested pages failed");
+            }
+            m->pcs.resent++;
+        }
+    }
     uint64_t p = lm_bitmap_next_set(b->dirty, end, r->first_page);
     while (p < end) {
         uint64_t q = lm_bitmap_next_clear(b->dirty, end, p);
