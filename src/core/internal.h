@@ -132,9 +132,10 @@ typedef struct lm_pc_req {
 } lm_pc_req;
 #define LM_PC_REQ_QUEUE 1024
 #define LM_PC_RECENT 256
-/* Bytes of the main channel that may be in flight (socket buffers of both
- * ends, 4 MiB each, plus runs being written and placed). */
-#define LM_PC_INFLIGHT (16ull << 20)
+/* Bytes of the main channel that may be in flight: the socket buffers of
+ * both ends (4 MiB asked, which Linux doubles: 16 MiB), runs being written
+ * and placed, and as much again for margin. */
+#define LM_PC_INFLIGHT (40ull << 20)
 
 /* --------------------------------------------------------- savevm handlers */
 
