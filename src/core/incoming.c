@@ -227,6 +227,13 @@ static int postcopy_run(incoming *in, lm_error *err)
     if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE))
         return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
     in->running = true;
+    /* With a preempt channel this thread only places the background
+     * push: the fault thread and the preempt loader go first (a requested
+     * page still in this thread's socket buffers is sent again on the
+     * preempt channel, so nothing urgent waits for it).  Without one,
+     * requested pages come this way and it keeps its priority. */
+    if (in->features & LM_FEAT_PREEMPT)
+        lm_postcopy_background_thread();
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
     return 0;
 }

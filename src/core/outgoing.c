@@ -584,7 +584,8 @@ static int postcopy_start(outgoing *g, lm_error *err)
     LM_ATOMIC_SET(&m->stats.downtime_us, dt);
     g->o.last_stage = false;
     g->o.postcopy = true;
-    lm_postcopy_background_thread(); /* requested pages go first (lm-rp) */
+    if (g->preempt)
+        lm_postcopy_background_thread(); /* requested pages go first (lm-rp) */
     g->params_gen = 0; /* reload: the postcopy rate limit applies now */
     reload_params(g);
     return 0;

@@ -585,12 +585,11 @@ int lm_postcopy_wait_placed(lm_mig *m, lm_error *err)
 
 /* A faulting workload thread waits on four wake-ups (fault thread, the
  * source's return path, the preempt loader, the placement) while the
- * background push keeps a sender busy.  On a machine with few cores the
- * bulk sender then delays the urgent threads by whole scheduler slices.
- * Raising the bulk thread's nice value is always allowed, needs no
- * privilege and only matters under contention; the thread ends with the
- * migration, so it is never lowered again.  (Not used for the
- * destination's loader: pages it has not placed yet are waited for too.) */
+ * background push keeps a sender and a loader busy.  On a machine with
+ * few cores the bulk threads then delay the urgent ones by whole
+ * scheduler slices.  Raising the bulk threads' nice value is always
+ * allowed, needs no privilege and only matters under contention; the
+ * thread ends with the migration, so it is never lowered again. */
 void lm_postcopy_background_thread(void)
 {
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
