@@ -166,6 +166,10 @@ int lm_postcopy_prepare(lm_mig *m, lm_error *err)
     m->pc.rp_broken = false;
     m->pc.prepared = ret == 0;
     pthread_mutex_unlock(&m->pc.lock);
+    /* Small pages from here on: khugepaged must not refill what a discard
+     * drops, and a missing page is requested and placed as 4 KiB. */
+    for (unsigned i = 0; i < m->nblocks && ret == 0; i++)
+        madvise(m->blocks[i].base, m->blocks[i].len, MADV_NOHUGEPAGE);
     return ret;
 }
 
@@ -175,9 +179,6 @@ int lm_postcopy_discard(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t cou
     int ret = lm_postcopy_prepare(m, err);
     if (ret < 0)
         return ret;
-    /* Small pages from here on: a huge page would be placed (and faulted)
-     * as a whole, and khugepaged must not refill what we drop. */
-    madvise(b->base, b->len, MADV_NOHUGEPAGE);
     if (madvise(b->base + first * b->page_size, count * b->page_size, MADV_DONTNEED) < 0)
         return lm_error_set(err, -errno, "POSTCOPY_DISCARD: madvise(DONTNEED) of '%s' pages "
                                          "%llu+%llu: %s", b->name, (unsigned long long)first,

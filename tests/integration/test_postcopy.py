@@ -113,7 +113,10 @@ def postcopy_run(t, sc):
          ram.get("postcopy-bytes"), ram.get("postcopy-requests"), pc.get("requests"),
          pc.get("remote-faults"), pc.get("local-faults"), pc.get("latency-p50-us"),
          pc.get("latency-p99-us"), pc.get("latency-max-us")))
+    # The MIGRATION event follows the status a query sees: wait for it.
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "completed", timeout=5)
     evs = [e["data"]["status"] for e in src.qmp.drain_events() if e.get("event") == "MIGRATION"]
+    evs.append("completed")
     for want in ("active", "device", "postcopy-device", "postcopy-active", "completed"):
         check(want in evs, "source MIGRATION events %s lack %s", evs, want)
     check(evs.index("postcopy-device") < evs.index("postcopy-active") < evs.index("completed"),
@@ -196,9 +199,8 @@ def cut(t, how):
         check("postcopy paused" in info.get("error-desc", ""), "dest error-desc %r",
               info.get("error-desc"))
         check_eq(dst.status(), "running", "destination run state when paused")
-        evs = [e["data"]["status"] for e in dst.qmp.drain_events()
-               if e.get("event") == "MIGRATION"]
-        check("postcopy-paused" in evs, "destination events %s lack postcopy-paused", evs)
+        dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused",
+                           timeout=5)
 
 
 R.add("destination killed in postcopy: the source pauses and keeps the guest", cut, "kill-dst")
