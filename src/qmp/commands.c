@@ -238,7 +238,8 @@ static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL, 0, false}};
  * client gets a clear refusal rather than CommandNotFound. */
 static int cmd_migrate_pause(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP, "migrate-pause: postcopy is not supported yet");
+    return lm_error_set(err, -ENOTSUP, "migrate-pause: postcopy recovery (pause, recover, "
+                                       "resume) is not supported yet");
 }
 
 static int cmd_migrate_recover(lm_mig *m, json_t *args, json_t **ret, lm_error *err)

@@ -11,6 +11,14 @@
  * (fast OR scan, early exit on the first non-zero cache line) and sent as
  * runs of up to 256 pages with one writev straight from guest memory.
  *
+ * Postcopy (source): after the switch the return-path thread "lm-rp" also
+ * claims pages (requested ones) from the same dirty maps, so every search
+ * and clear of a dirty bit, and ram.dirty_pages, are under m->ram_lock;
+ * sending a claimed run is not (the guest is stopped, its memory no longer
+ * changes).  lm-rp sends requested pages with ram_lock held, so a claim
+ * and its send are one step for it.  (Destination postcopy: placement is
+ * in postcopy.c; this file decodes the records for it.)
+ *
  * Destination (incoming thread, plus "lm-prefault"): RAM_PAGES runs are
  * read with recv() directly into guest memory after the 2 MiB chunks they
  * touch were populated in bulk (MADV_POPULATE_WRITE ~0.5 µs/page instead of
