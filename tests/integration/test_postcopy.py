@@ -97,6 +97,20 @@ def t_mismatch(t):
     check_eq(src.status(), "running", "source run state after the failed migration")
 
 
+@R.test("postcopy-ram on both sides but never switched: an ordinary precopy")
+def t_no_switch(t):
+    sc = {"name": "no-switch", "workload": "random", "dirty_rate": "16M", "fill": "random",
+          "caps": {}}
+    src, dst = guests(t, sc)
+    set_params(src, {"max-bandwidth": 0, "downtime-limit": 300})
+    migrate(src, dst)
+    info = wait_status(src, "completed", 60)
+    wait_status(dst, "completed", 30)
+    check_eq(info.get("ram", {}).get("postcopy-bytes"), 0, "postcopy-bytes without a switch")
+    check("x-postcopy" not in dst.query_migrate(), "destination reports a postcopy phase")
+    stop_and_verify(dst)
+
+
 def postcopy_run(t, sc):
     src, dst = guests(t, sc)
     start_and_switch(src, dst)
