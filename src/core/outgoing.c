@@ -711,6 +711,7 @@ static void finish(outgoing *g, int ret, lm_error *err)
     lm_mig *m = g->m;
     lm_status final = LM_STATUS_COMPLETED;
     bool restart = false;
+    bool dest_failed = false; /* the destination's own verdict: load failed */
 
     pthread_mutex_lock(&m->lock);
     bool cancelled = m->cancel_requested;
@@ -748,14 +749,20 @@ static void finish(outgoing *g, int ret, lm_error *err)
             }
             if (g->verdict && m->shut.status && !m->error.code)
                 lm_error_set(&m->error, m->shut.status, "destination: %s", m->shut.msg);
+            /* A destination that says its load failed never started the
+             * guest (it starts only after a load that succeeded), so even a
+             * committed switchover may resume here.  Small guests hit this:
+             * their whole stream fits in the socket buffers, and EOS is
+             * out before the destination has read the first record. */
+            dest_failed = g->verdict && m->shut.status;
             pthread_mutex_unlock(&m->lock);
-            if (committed)
+            if (committed && !dest_failed)
                 lm_error_prefix(err, "switchover was committed but not confirmed; the source "
                                      "stays paused to avoid running twice (use 'cont' if the "
                                      "destination is not running)");
         }
         lm_mig_set_error(m, err);
-        restart = g->stopped_vm && g->was_running && !committed;
+        restart = g->stopped_vm && g->was_running && (!committed || dest_failed);
     }
 
     /* Stop the return path and the channel. */
