@@ -19,7 +19,16 @@ and the targets.
     connections; a 2 GiB guest whose every page was written with zeros;
     and at max-bandwidth 125 MB/s (a 1 Gbit/s link) a guest of compressible
     pages (--pattern text) with no compression, zlib, zstd and lz4, with the
-    source's CPU time per GB of guest RAM.
+    source's CPU time per GB of guest RAM;
+(f) postcopy, switched on at once (so nearly every page is still at the
+    source): a 1 GiB guest whose workload writes random pages as fast as
+    it can, with and without postcopy-preempt: the destination's
+    remote-fault latency (postcopy-blocktime: fault read to page placed,
+    p50/p99/max) beside the machine's floor measured in the same run
+    (bench/faultlat.c: a local userfaultfd round trip plus a 16 B -> 4 KiB
+    loopback TCP round trip); and a `hot` workload (64 MiB hot set written
+    as fast as it can, which precopy does not finish) with preempt: the
+    downtime of the switch and the completion.
 
 Every process is bounded and stopped by its pid (the harness of
 tests/integration/lmtest.py).  Stdlib only.
@@ -46,6 +55,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # Targets (docs/benchmarks.md).
+T_PC_P50_US = 100              # postcopy + preempt remote fault latency p50
+T_PC_P99_US = 1000             # ... p99
+T_PC_DOWNTIME_MS = 20          # postcopy switch downtime, hot workload
 T_THROUGHPUT_RATIO = 0.80      # 2 GiB random idle: >= 80 % of raw loopback TCP
 T_IDLE_DOWNTIME_MS = 10        # idle downtime
 T_ZERO_TOTAL_S = 0.3           # all-zero 2 GiB total time
@@ -84,7 +96,55 @@ def run_netbw(binary, mode, size_mib, reps, thp, conns=1):
     return json.loads(p.stdout)
 
 
+def build_faultlat(tmp):
+    out = os.path.join(tmp, "faultlat")
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", out,
+                    os.path.join(HERE, "faultlat.c")], check=True, timeout=120)
+    return out
+
+
+def run_faultlat(binary, mode, n):
+    argv = [binary, mode, "--pages" if mode == "uffd" else "--n", str(n)]
+    p = subprocess.run(argv, capture_output=True, timeout=300, preexec_fn=lmtest._child_setup)
+    if p.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(argv), p.stderr.decode(errors="replace")))
+    return json.loads(p.stdout)
+
+
 # ---------------------------------------------------------------- migrations
+
+
+def postcopy_once(tmp, tag, mem, hot, preempt, timeout):
+    """A guest migrated with postcopy switched on at once: a `hot`
+    workload with a hot set of `hot` bytes, or (hot None) random pages
+    written as fast as one thread can.  Returns both final query-migrates."""
+    src = dst = None
+    caps = {"events": True, "postcopy-ram": True, "postcopy-blocktime": True,
+            "postcopy-preempt": preempt}
+    wl = {"workload": "hot", "hot_size": hot} if hot else {"workload": "random", "dirty_rate": "0"}
+    try:
+        src = Guest(tmp, "src-" + tag, mem=mem, fill="random", **wl)
+        dst = Guest(tmp, "dst-" + tag, mem=mem, incoming="defer", **wl)
+        lmtest.set_caps(src, caps)
+        lmtest.set_caps(dst, caps)
+        dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        dst.incoming = "tcp:127.0.0.1:0"
+        set_params(src, {"max-bandwidth": 0})
+        time.sleep(1.2)  # the hot set is being written at full speed
+        src.qmp.execute("migrate", {"uri": dest_uri(dst)})
+        src.qmp.execute("migrate-start-postcopy")
+        info = lmtest.wait_status(src, "completed", timeout,
+                                  fail_on=("failed", "cancelled", "postcopy-paused"))
+        dinfo = lmtest.wait_status(dst, "completed", 30,
+                                   fail_on=("failed", "cancelled", "postcopy-paused"))
+        v = lmtest.stop_and_verify(dst)
+        return {"source": info, "destination": dinfo, "verify": v}
+    finally:
+        for g in (src, dst):
+            if g is not None:
+                g.stop()
+
 
 
 def cpu_seconds(pid):
@@ -191,10 +251,10 @@ def main():
 
     if args.quick:
         lim_mib, lim_reps = 256, 3
-        big, dirty_mem, comp_mem = "256M", "256M", "128M"
+        big, dirty_mem, comp_mem, pc_hot = "256M", "256M", "128M", "32M"
     else:
         lim_mib, lim_reps = 1024, 5
-        big, dirty_mem, comp_mem = "2G", "1G", "512M"
+        big, dirty_mem, comp_mem, pc_hot = "2G", "1G", "512M", "64M"
     big_bytes = lmtest.parse_size(big)
 
     tmp = tempfile.mkdtemp(prefix="lmbench-", dir="/tmp")
@@ -263,15 +323,15 @@ def main():
         tcp2 = run_netbw(netbw, "tcp", lim_mib, lim_reps, thp=False, conns=2)
         results["runs"]["netbw-tcp-2conns"] = tcp2
         mfd = {"multifd": True}
-        runs_e = []
+        runs_mfd = []
         for i in range(reps):
             log("(e) %s idle random guest, multifd 2 channels, run %d/%d" % (big, i + 1, reps))
-            runs_e.append(migrate_once(tmp, "e%d" % i, big,
+            runs_mfd.append(migrate_once(tmp, "e%d" % i, big,
                                        {"workload": "idle", "fill": "random"},
                                        {"workload": "idle", "extra": ("--prealloc",)},
                                        {"max-bandwidth": 0, "multifd-channels": 2},
                                        timeout=120, caps=mfd))
-        results["runs"]["multifd-random-idle"] = runs_e
+        results["runs"]["multifd-random-idle"] = runs_mfd
         runs_z = []
         for i in range(reps):
             log("(e) %s guest written with zeros, multifd 2 channels, run %d/%d" %
@@ -294,6 +354,19 @@ def main():
                     {"max-bandwidth": LINK_1GBIT, "multifd-channels": 2,
                      "multifd-compression": method}, timeout=180, caps=mfd))
         results["runs"]["multifd-compression"] = runs_c2
+        # (f) postcopy fault latency, with its floor measured now.
+        fl = build_faultlat(tmp)
+        log("limits: userfaultfd round trip and 16 B -> 4 KiB TCP round trip")
+        results["runs"]["faultlat-uffd"] = run_faultlat(fl, "uffd", 20000)
+        results["runs"]["faultlat-pingpong"] = run_faultlat(fl, "pingpong", 20000)
+        for name, hot, preempt in (("postcopy-preempt", None, True), ("postcopy", None, False),
+                                   ("postcopy-hot", pc_hot, True)):
+            runs_e = []
+            for i in range(reps):
+                log("(f) %s guest, %s, run %d/%d" % (dirty_mem, name, i + 1, reps))
+                runs_e.append(postcopy_once(tmp, "%s%d" % (name, i), dirty_mem, hot, preempt,
+                                            timeout=120))
+            results["runs"][name] = runs_e
     finally:
         kill_all_children()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -351,10 +424,10 @@ def main():
     fig["downtime-limit-ms"] = 300
     tcp2_bps = tcp2["median"] * 1e9
     fig["tcp2-limit-Bps"] = tcp2_bps
-    fig["mfd-transferred-Bps"] = median_of(runs_e, tput)
+    fig["mfd-transferred-Bps"] = median_of(runs_mfd, tput)
     fig["mfd-ratio"] = fig["mfd-transferred-Bps"] / tcp2_bps
-    fig["mfd-total-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "total-time"))
-    fig["mfd-downtime-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "downtime"))
+    fig["mfd-total-ms"] = median_of(runs_mfd, lambda r: ms_of(src(r), "total-time"))
+    fig["mfd-downtime-ms"] = median_of(runs_mfd, lambda r: ms_of(src(r), "downtime"))
     fig["mfd-zero-total-s"] = median_of(runs_z, lambda r: ms_of(src(r), "total-time") / 1000.0)
     fig["mfd-zero-duplicate"] = median_of(runs_z, lambda r: src(r)["ram"]["duplicate"])
     comp_gb = lmtest.parse_size(comp_mem) / 1e9
@@ -367,6 +440,24 @@ def main():
             runs, lambda r: r["src-cpu-s"] / comp_gb)
         fig["comp-%s-dst-cpu-s-per-gb" % method] = median_of(
             runs, lambda r: r["dst-cpu-s"] / comp_gb)
+    fu, fp = results["runs"]["faultlat-uffd"], results["runs"]["faultlat-pingpong"]
+    fig["floor-uffd-p50-us"], fig["floor-uffd-p99-us"] = fu["p50_us"], fu["p99_us"]
+    fig["floor-tcp-p50-us"], fig["floor-tcp-p99-us"] = fp["p50_us"], fp["p99_us"]
+    fig["floor-p50-us"] = fu["p50_us"] + fp["p50_us"]
+    fig["floor-p99-us"] = fu["p99_us"] + fp["p99_us"]
+    for name in ("postcopy-preempt", "postcopy", "postcopy-hot"):
+        runs_e = results["runs"][name]
+
+        def pcs(r):
+            return r["destination"].get("x-postcopy", {})
+        fig[name + "-p50-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-p50-us"))
+        fig[name + "-p99-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-p99-us"))
+        fig[name + "-max-us"] = median_of(runs_e, lambda r: pcs(r).get("latency-max-us"))
+        fig[name + "-faults"] = median_of(runs_e, lambda r: pcs(r).get("latency-count"))
+        fig[name + "-downtime-us"] = median_of(runs_e, lambda r: ms_of(src(r), "x-downtime-us"))
+        fig[name + "-total-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "total-time"))
+        fig[name + "-postcopy-bytes"] = median_of(
+            runs_e, lambda r: src(r)["ram"].get("postcopy-bytes"))
     results["figures"] = fig
 
     zero_target = T_ZERO_TOTAL_S * big_bytes / (2 * GIB)
@@ -384,6 +475,11 @@ def main():
         "dirty-downtime": fig["dirty-downtime-ms"] is not None and
         fig["dirty-downtime-ms"] <= fig["downtime-limit-ms"] and
         close_to(fig["dirty-downtime-ms"], fig["dirty-expected-downtime-ms"]),
+        "postcopy-latency": fig["postcopy-preempt-p50-us"] is not None and
+        fig["postcopy-preempt-p50-us"] <= T_PC_P50_US and
+        fig["postcopy-preempt-p99-us"] <= T_PC_P99_US,
+        "postcopy-downtime": fig["postcopy-hot-downtime-us"] is not None and
+        fig["postcopy-hot-downtime-us"] <= T_PC_DOWNTIME_MS * 1000,
     }
     none_s = fig["comp-none-total-s"]
     verdicts["multifd-throughput"] = fig["mfd-ratio"] >= T_MFD_RATIO
@@ -397,6 +493,10 @@ def main():
         return "PASS" if verdicts[name] else "MISS"
 
     size = big.replace("G", " GiB").replace("M", " MiB")
+    pc_size = dirty_mem.replace("G", " GiB").replace("M", " MiB")
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
     rows = [
         ("raw loopback TCP, %d MiB regions" % lim_mib, fmt_rate(tcp_bps), "(limit)", "1.00",
          "", ""),
@@ -435,6 +535,36 @@ def main():
         ("  workload rate / total-time / passes",
          "%s / %s / %s" % (fmt_rate(fig["dirty-rate-Bps"]), fmt_ms(fig["dirty-total-ms"]),
                            fig["dirty-passes"]), "", "", "", ""),
+        ("remote fault floor p50 (uffd + TCP 4K rtt)",
+         "%.0f us (%.0f + %.0f)" % (fig["floor-p50-us"], fig["floor-uffd-p50-us"],
+                                     fig["floor-tcp-p50-us"]), "(limit)", "1.00", "", ""),
+        ("remote fault floor p99 (uffd + TCP 4K rtt)",
+         "%.0f us (%.0f + %.0f)" % (fig["floor-p99-us"], fig["floor-uffd-p99-us"],
+                                     fig["floor-tcp-p99-us"]), "(limit)", "1.00", "", ""),
+        ("%s random, postcopy+preempt: fault p50 / p99" % pc_size,
+         "%s / %s us" % (fig["postcopy-preempt-p50-us"], fig["postcopy-preempt-p99-us"]),
+         "%.0f / %.0f us" % (fig["floor-p50-us"], fig["floor-p99-us"]),
+         "%s / %s" % (fmt_ratio(ratio(fig["postcopy-preempt-p50-us"], fig["floor-p50-us"])),
+                      fmt_ratio(ratio(fig["postcopy-preempt-p99-us"], fig["floor-p99-us"]))),
+         "<= %d / %d us" % (T_PC_P50_US, T_PC_P99_US), v("postcopy-latency")),
+        ("  max / faults / switch downtime (x-downtime-us)",
+         "%s us / %s / %s us" % (fig["postcopy-preempt-max-us"], fig["postcopy-preempt-faults"],
+                                 fig["postcopy-preempt-downtime-us"]), "", "", "", ""),
+        ("%s random, postcopy without preempt: p50 / p99" % pc_size,
+         "%s / %s us" % (fig["postcopy-p50-us"], fig["postcopy-p99-us"]),
+         "%.0f / %.0f us" % (fig["floor-p50-us"], fig["floor-p99-us"]),
+         "%s / %s" % (fmt_ratio(ratio(fig["postcopy-p50-us"], fig["floor-p50-us"])),
+                      fmt_ratio(ratio(fig["postcopy-p99-us"], fig["floor-p99-us"]))), "", ""),
+        ("  max / faults / switch downtime (x-downtime-us)",
+         "%s us / %s / %s us" % (fig["postcopy-max-us"], fig["postcopy-faults"],
+                                 fig["postcopy-downtime-us"]), "", "", "", ""),
+        ("%s hot %s, postcopy+preempt: switch downtime" % (pc_size, pc_hot),
+         "%s us" % fig["postcopy-hot-downtime-us"], "", "",
+         "<= %d ms" % T_PC_DOWNTIME_MS, v("postcopy-downtime")),
+        ("  total-time / fault p50 / p99 / faults",
+         "%s / %s / %s us / %s" % (fmt_ms(fig["postcopy-hot-total-ms"]),
+                                   fig["postcopy-hot-p50-us"], fig["postcopy-hot-p99-us"],
+                                   fig["postcopy-hot-faults"]), "", "", "", ""),
     ]
     rows += [
         ("raw loopback TCP, 2 connections", fmt_rate(tcp2_bps), "(limit)", "1.00", "", ""),

@@ -229,6 +229,15 @@ typedef struct lm_info {
     uint64_t dirty_sync_missed_zero_copy;
     unsigned multifd_channels;     /* ours: channels of this migration (0: none) */
     lm_multifd_chan_stats multifd_chan[LM_MULTIFD_MAX_CHANNELS];
+    /* destination, postcopy (ours, "x-postcopy" in query-migrate) */
+    bool has_postcopy;             /* a switch to postcopy happened */
+    uint64_t pc_faults;            /* faults on pages the source still owed */
+    uint64_t pc_local_faults;      /* faults on zero pages served locally */
+    uint64_t pc_owed_pages;        /* pages not placed yet */
+    /* postcopy-blocktime: remote fault latency, fault read to placement */
+    bool has_blocktime;
+    uint64_t pc_lat_hist[24];      /* bucket i: [2^i, 2^(i+1)) µs; 0 also < 1 µs */
+    uint64_t pc_lat_count, pc_lat_p50_us, pc_lat_p99_us, pc_lat_max_us;
     char error_desc[LM_ERROR_MSG_MAX]; /* empty when none */
     char socket_address[128];      /* destination: actual listening address */
 } lm_info;
@@ -323,7 +332,10 @@ int lm_mig_cancel(lm_mig *m, lm_error *err);
 /* QMP `migrate-continue state=...`: releases a pause in `state`
  * (pre-switchover). */
 int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
-/* QMP `migrate-start-postcopy` (refused while postcopy is not built). */
+/* QMP `migrate-start-postcopy`: the source switches to postcopy as soon as
+ * seed 000 allows (must-precopy data under the threshold, switchover
+ * allowed).  Needs the postcopy-ram capability; accepted in setup and
+ * active (QEMU's rule), refused otherwise.  Thread: any.  Blocks: no. */
 int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */

@@ -38,6 +38,7 @@ typedef struct cli_opt {
     const char *name; /* without the leading "--" */
     bool has_arg;
     int id;           /* > 0 */
+    bool opt_arg;     /* with has_arg false: "--name=VALUE" is allowed too */
 } cli_opt;
 
 enum {
@@ -107,6 +108,7 @@ typedef struct qmpc_mig {
     bool has_ram;
     uint64_t transferred, remaining, total, mbps_x1000, dirty_pages_rate;
     uint64_t page_size, dirty_sync_count, duplicate, normal;
+    uint64_t postcopy_requests, postcopy_bytes;
     bool has_remaining, has_mbps, has_dirty_rate;
     int64_t total_time, setup_time, downtime, expected_downtime; /* -1 absent */
     char error_desc[LM_ERROR_MSG_MAX];
@@ -148,6 +150,8 @@ int cmd_guest(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
+int cmd_postcopy(int argc, char **argv);
+void usage_postcopy(FILE *f);
 int cmd_demo(int argc, char **argv);
 
 void usage_guest(FILE *f);
@@ -173,6 +177,11 @@ typedef struct mig_opts {
     bool json;
     int timeout_s;
     mig_progress progress;
+    /* Postcopy (the CLI turns postcopy-ram on both sides): switch after
+     * `postcopy_pass` passes, after `postcopy_after_ms`, or (auto) when
+     * remaining has not reached a new low for `postcopy_window_ms`. */
+    enum { MIG_PC_NONE, MIG_PC_AFTER_PASS, MIG_PC_AFTER_TIME, MIG_PC_AUTO } postcopy;
+    uint64_t postcopy_pass, postcopy_after_ms, postcopy_window_ms;
 } mig_opts;
 
 /* Adds "NAME=on|off" / "NAME=VALUE"; prints an error and returns false on

@@ -1185,6 +1185,24 @@ out:
     /* Teardown order: workload first (its start() hook becomes a no-op), then
      * the control server (no command runs any more), then the migration
      * object (cancels and joins the library's threads), then the memory. */
+    lm_qmp_server_stop(g->qmp);
+    g->qmp = NULL;
+    /* A destination in postcopy (paused, say) has workload threads blocked
+     * on pages that may never come: freeing the migration object first
+     * releases userfaultfd, which lets them run on (into zero pages: the
+     * guest is being torn down anyway) so that they can be stopped. */
+    if (g->m) {
+        lm_info info;
+        lm_mig_query(g->m, &info);
+        if (info.status == LM_STATUS_POSTCOPY_DEVICE ||
+            info.status == LM_STATUS_POSTCOPY_ACTIVE ||
+            info.status == LM_STATUS_POSTCOPY_PAUSED ||
+            info.status == LM_STATUS_POSTCOPY_RECOVER_SETUP ||
+            info.status == LM_STATUS_POSTCOPY_RECOVER) {
+            lm_mig_free(g->m);
+            g->m = NULL;
+        }
+    }
     if (locks_ready)
         workload_quit(g);
     lm_qmp_server_stop(g->qmp);

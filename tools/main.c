@@ -19,6 +19,7 @@ static const subcmd subcmds[] = {
     {"migrate", cmd_migrate, usage_migrate, "migrate between two hosts over QMP, live progress"},
     {"status", cmd_status, usage_status, "show a host's migration status"},
     {"cancel", cmd_cancel, usage_cancel, "cancel a host's outgoing migration"},
+    {"postcopy", cmd_postcopy, usage_postcopy, "switch a host's outgoing migration to postcopy"},
     {"demo", cmd_demo, usage_demo, "migrate a live 1 GiB guest on this machine and verify it"},
     {NULL, NULL, NULL, NULL},
 };

@@ -41,10 +41,19 @@ void usage_migrate(FILE *f)
             "                         --param multifd-channels=N (1..255)\n"
             "  --compress METHOD      multifd compression: none, zlib, zstd, lz4\n"
             "                         (implies multifd; --param multifd-compression)\n"
+            "  --postcopy[=after-pass:N|after:SECONDS]\n"
+            "                         turn postcopy-ram on (both sides) and switch to\n"
+            "                         postcopy once N passes are done (default 1) or\n"
+            "                         after SECONDS (migrate-start-postcopy)\n"
+            "  --auto-postcopy[=SECONDS]\n"
+            "                         switch to postcopy when precopy stops converging:\n"
+            "                         remaining has not reached a new low for SECONDS\n"
+            "                         (default 3)\n"
             "  --json                 print one JSON object at the end, no progress\n"
             "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
-            "Exit status: 0 completed, 1 failed/cancelled/timed out, 2 usage.\n"
-            "Ctrl-C cancels the migration on the source (the source keeps running).\n");
+            "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
+            "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
+            "running); after the switch to postcopy a migration cannot be cancelled.\n");
 }
 
 void usage_status(FILE *f)
@@ -54,6 +63,14 @@ void usage_status(FILE *f)
                "options:\n"
                "  --watch                refresh every second until a final status\n"
                "  --json                 print query-migrate as JSON (one line per refresh)\n");
+}
+
+void usage_postcopy(FILE *f)
+{
+    fprintf(f, "usage: livemig postcopy SOCK\n\n"
+               "Asks the host behind QMP socket SOCK to switch its outgoing migration to\n"
+               "postcopy (migrate-start-postcopy; needs the postcopy-ram capability on\n"
+               "both sides).  The switch happens as soon as the migration thread allows.\n");
 }
 
 void usage_cancel(FILE *f)
@@ -227,6 +244,11 @@ static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note
         fprintf(f, "  throughput    %s\n", cli_fmt_rate(tp, sizeof tp, throughput_of(s, true)));
         fprintf(f, "  passes        %" PRIu64 "\n", s->dirty_sync_count);
     }
+    if (s->postcopy_bytes || s->postcopy_requests) {
+        char pb[32];
+        fprintf(f, "  postcopy      %s, %" PRIu64 " page requests\n",
+                cli_fmt_bytes(pb, sizeof pb, (double)s->postcopy_bytes), s->postcopy_requests);
+    }
     if (s->setup_time >= 0)
         fprintf(f, "  setup time    %s\n", cli_fmt_ms(st, sizeof st, (double)s->setup_time));
     if (d && d->status[0])
@@ -270,12 +292,15 @@ static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw,
  * wake on MIGRATION instead of waiting for the next poll. */
 static int set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, lm_error *err)
 {
-    if (!events && !o->ncaps)
+    if (!events && !o->ncaps && o->postcopy == MIG_PC_NONE)
         return 0;
     json_t *list = json_array();
     if (events)
         json_array_append_new(list,
                               json_pack("{s:s, s:b}", "capability", "events", "state", 1));
+    if (o->postcopy != MIG_PC_NONE)
+        json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "postcopy-ram",
+                                              "state", 1));
     for (int i = 0; i < o->ncaps; i++)
         json_array_append_new(list, json_pack("{s:s, s:b}", "capability", o->cap_name[i],
                                               "state", o->cap_on[i]));
@@ -362,6 +387,63 @@ out:
     return rc;
 }
 
+/* The postcopy policy, evaluated at every poll while precopy runs.
+ * Returns a reason (for the log) when it is time to switch. */
+typedef struct pc_policy {
+    bool asked;
+    uint64_t best_remaining; /* lowest remaining seen (auto) */
+    uint64_t best_ms;        /* when it was reached */
+    uint64_t pass;           /* dirty-sync-count of the last sample */
+} pc_policy;
+
+static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig *s,
+                                uint64_t now, uint64_t start, char *buf, size_t cap)
+{
+    if (pp->asked || o->postcopy == MIG_PC_NONE || strcmp(s->status, "active"))
+        return NULL;
+    switch (o->postcopy) {
+    case MIG_PC_AFTER_PASS:
+        /* dirty-sync-count N+1 = the sync that ended pass N */
+        if (s->dirty_sync_count > o->postcopy_pass) {
+            snprintf(buf, cap, "%" PRIu64 " pass%s done", o->postcopy_pass,
+                     o->postcopy_pass == 1 ? "" : "es");
+            return buf;
+        }
+        return NULL;
+    case MIG_PC_AFTER_TIME:
+        if (now - start >= o->postcopy_after_ms) {
+            snprintf(buf, cap, "%" PRIu64 " s elapsed", o->postcopy_after_ms / 1000);
+            return buf;
+        }
+        return NULL;
+    case MIG_PC_AUTO:
+        /* Beyond QEMU: precopy that stopped converging will not finish;
+         * postcopy will.  What a pass must carry is the remaining seen
+         * first in that pass (closest to its dirty sync; later samples
+         * only show the pass being worked off).  No new low of that for
+         * a window: switch. */
+        if (!s->has_remaining || s->dirty_sync_count < 2 || s->dirty_sync_count == pp->pass)
+            return NULL;
+        pp->pass = s->dirty_sync_count;
+        if (!pp->best_ms || s->remaining < pp->best_remaining) {
+            pp->best_remaining = s->remaining;
+            pp->best_ms = now;
+            return NULL;
+        }
+        if (now - pp->best_ms >= o->postcopy_window_ms) {
+            char b[32];
+            snprintf(buf, cap, "precopy stopped converging: no pass started below %s in "
+                               "%" PRIu64 " s",
+                     cli_fmt_bytes(b, sizeof b, (double)pp->best_remaining),
+                     o->postcopy_window_ms / 1000);
+            return buf;
+        }
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
 int mig_run(const mig_opts *o)
 {
     qmpc *src = NULL, *dst = NULL;
@@ -397,6 +479,7 @@ int mig_run(const mig_opts *o)
     progress_init(&p, !o->json && o->progress != MIG_PROGRESS_NONE);
     if (p.enabled && !p.tty)
         printf("migrating %s -> %s via %s\n", o->src, o->dst, uri);
+    pc_policy pp = {0};
 
     for (;;) {
         uint64_t now = cli_now_ms();
@@ -430,10 +513,26 @@ int mig_run(const mig_opts *o)
             cli_err("migrate", "source: %s", err.msg);
             goto out;
         }
-        bool final = qmpc_status_final(s.status);
+        /* postcopy-paused waits for a recovery (not a final status for
+         * QMP, but nothing this command can move on). */
+        bool final = qmpc_status_final(s.status) || !strcmp(s.status, "postcopy-paused");
         progress_show(&p, &s, final);
         if (final)
             break;
+        char why[160];
+        const char *reason = postcopy_due(o, &pp, &s, now, start, why, sizeof why);
+        if (reason) {
+            pp.asked = true;
+            lm_error_clear(&err);
+            if (qmpc_call(src, "migrate-start-postcopy", NULL, NULL, &err) < 0) {
+                cli_err("migrate", "source: %s", err.msg);
+            } else if (!o->json) {
+                if (p.enabled && p.tty)
+                    p.lines = 0; /* keep the line above the redrawn block */
+                printf("switching to postcopy: %s\n", reason);
+                fflush(stdout);
+            }
+        }
 
         /* Sleep until the next poll, woken early by a MIGRATION event. */
         uint64_t tick = now + POLL_MS;
@@ -512,7 +611,30 @@ out:
 /* ---------------------------------------------------------- subcommands */
 
 enum { O_SRC = 1, O_DST, O_URI, O_CAP, O_PARAM, O_JSON, O_TIMEOUT, O_WATCH, O_MULTIFD,
-       O_COMPRESS };
+       O_COMPRESS, O_POSTCOPY, O_AUTO_POSTCOPY };
+
+/* --postcopy[=after-pass:N|after:SECONDS] */
+static bool parse_postcopy(mig_opts *o, const char *v)
+{
+    uint64_t n;
+    if (!v || !*v) {
+        o->postcopy = MIG_PC_AFTER_PASS;
+        o->postcopy_pass = 1;
+        return true;
+    }
+    if (!strncmp(v, "after-pass:", 11) && cli_parse_u64(v + 11, &n) && n >= 1 && n <= 1000000) {
+        o->postcopy = MIG_PC_AFTER_PASS;
+        o->postcopy_pass = n;
+        return true;
+    }
+    if (!strncmp(v, "after:", 6) && cli_parse_u64(v + 6, &n) && n <= 86400 * 7) {
+        o->postcopy = MIG_PC_AFTER_TIME;
+        o->postcopy_after_ms = n * 1000;
+        return true;
+    }
+    cli_err("migrate", "--postcopy: '%s' is not after-pass:N (N >= 1) or after:SECONDS", v);
+    return false;
+}
 
 static void mig_opts_free(mig_opts *o)
 {
@@ -528,7 +650,8 @@ int cmd_migrate(int argc, char **argv)
         {"src", true, O_SRC},     {"dst", true, O_DST},          {"uri", true, O_URI},
         {"cap", true, O_CAP},     {"param", true, O_PARAM},      {"json", false, O_JSON},
         {"timeout", true, O_TIMEOUT}, {"multifd", true, O_MULTIFD},
-        {"compress", true, O_COMPRESS}, {NULL, false, 0},
+        {"compress", true, O_COMPRESS}, {"postcopy", false, O_POSTCOPY, true},
+        {"auto-postcopy", false, O_AUTO_POSTCOPY, true}, {NULL, false, 0},
     };
     static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
     char mfd_spec[2][64];
@@ -596,6 +719,36 @@ int cmd_migrate(int argc, char **argv)
             }
             o.timeout_s = (int)n;
             break;
+        case O_POSTCOPY:
+            if (o.postcopy != MIG_PC_NONE) {
+                cli_err("migrate", "--postcopy given twice or with --auto-postcopy");
+                goto out;
+            }
+            if (!parse_postcopy(&o, v))
+                goto out;
+            break;
+        case O_AUTO_POSTCOPY:
+            if (o.postcopy != MIG_PC_NONE) {
+                cli_err("migrate", "--auto-postcopy given twice or with --postcopy");
+                goto out;
+            }
+            o.postcopy = MIG_PC_AUTO;
+            o.postcopy_window_ms = 3000;
+            if (v && *v) {
+                if (!cli_parse_u64(v, &n) || n < 1 || n > 3600) {
+                    cli_err("migrate", "--auto-postcopy: '%s' is not a number of seconds "
+                                       "in 1..3600", v);
+                    goto out;
+                }
+                o.postcopy_window_ms = n * 1000;
+            }
+            break;
+        }
+    }
+    for (int i = 0; i < o.ncaps && o.postcopy != MIG_PC_NONE; i++) {
+        if (!strcmp(o.cap_name[i], "postcopy-ram") && !o.cap_on[i]) {
+            cli_err("migrate", "--cap postcopy-ram=off contradicts --postcopy/--auto-postcopy");
+            goto out;
         }
     }
     if (mfd && !mig_opts_add_cap(&o, "migrate", "multifd=on"))
@@ -685,6 +838,47 @@ int cmd_status(int argc, char **argv)
         if (cli_interrupted)
             break;
     }
+    ret = CLI_EXIT_OK;
+out:
+    lm_qmp_client_close(c);
+    return ret;
+}
+
+int cmd_postcopy(int argc, char **argv)
+{
+    cli_args a;
+    cli_args_init(&a, "postcopy", argc, argv);
+    const char *v, *sock = NULL;
+    int id;
+    while ((id = cli_next(&a, NULL, &v)) != CLI_END) {
+        switch (id) {
+        case CLI_ERR:
+            return CLI_EXIT_USAGE;
+        case CLI_HELP:
+            usage_postcopy(stdout);
+            return CLI_EXIT_OK;
+        case CLI_POS:
+            if (sock) {
+                cli_err("postcopy", "unexpected argument '%s'", v);
+                return CLI_EXIT_USAGE;
+            }
+            sock = v;
+            break;
+        }
+    }
+    if (!sock) {
+        cli_err("postcopy", "missing SOCK (see 'livemig help postcopy')");
+        return CLI_EXIT_USAGE;
+    }
+    qmpc *c = NULL;
+    lm_error err = {0};
+    int ret = CLI_EXIT_FAIL;
+    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0 ||
+        qmpc_call(c, "migrate-start-postcopy", NULL, NULL, &err) < 0) {
+        cli_err("postcopy", "%s", err.msg);
+        goto out;
+    }
+    printf("switch to postcopy requested\n");
     ret = CLI_EXIT_OK;
 out:
     lm_qmp_client_close(c);

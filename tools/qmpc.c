@@ -114,6 +114,8 @@ void qmpc_mig_parse(json_t *ret, qmpc_mig *out)
     get_u64(ram, "duplicate", &out->duplicate);
     get_u64(ram, "normal", &out->normal);
     get_u64(ram, "dirty-sync-count", &out->dirty_sync_count);
+    get_u64(ram, "postcopy-requests", &out->postcopy_requests);
+    get_u64(ram, "postcopy-bytes", &out->postcopy_bytes);
     out->has_dirty_rate = get_u64(ram, "dirty-pages-rate", &out->dirty_pages_rate);
     uint64_t ps;
     if (get_u64(ram, "page-size", &ps) && ps)

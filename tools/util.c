@@ -66,6 +66,10 @@ int cli_next(cli_args *a, const cli_opt *opts, const char **val)
         if (strlen(o->name) != nlen || strncmp(o->name, name, nlen))
             continue;
         if (!o->has_arg) {
+            if (eq && o->opt_arg) {
+                *val = eq + 1;
+                return o->id;
+            }
             if (eq) {
                 cli_err(a->cmd, "option '--%s' takes no value", o->name);
                 return CLI_ERR;

@@ -6,7 +6,18 @@
  * loads; it alone uses the main channel, reading the stream and writing
  * the return path.  With multifd it accepts every channel of the session
  * first (in any order: HELLO names each), then "lm-mfd-recv/N" threads read
- * the multifd channels (multifd/recv.c).  Cancel (any thread) shuts down the listening socket or the
+ * the multifd channels (multifd/recv.c).
+ *
+ * Postcopy (postcopy.c does the userfaultfd work): with postcopy-preempt
+ * the preempt channel is one more connection of the session, accepted
+ * like the multifd ones.  POSTCOPY_DISCARD drops owed pages, POSTCOPY_RUN
+ * starts the fault thread and the guest; from then on pages are placed
+ * atomically and return-path writes go through lm_postcopy_rp_write (the
+ * fault thread writes requests on the same channel).  A failure after
+ * POSTCOPY_RUN pauses (postcopy-paused): the guest keeps running, the
+ * fault thread keeps its requests, nothing is lost silently.  Multifd
+ * channels carry precopy only: the source fences them (MULTIFD_FLUSH)
+ * before its first POSTCOPY_DISCARD.  Cancel (any thread) shuts down the listening socket or the
  * channel under m->lock, which makes the blocked accept/read return.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
@@ -37,7 +48,12 @@ typedef struct incoming {
     unsigned nmfd_have;
     lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS];
     lm_mfd_recv *mfd;
+    lm_chan *preempt;             /* postcopy-preempt channel until started */
+    bool have_preempt;
     lm_loadvm lv;            /* device sections and switchover-ack */
+    bool discarding;     /* a POSTCOPY_DISCARD came: only more, or RUN */
+    bool running;        /* POSTCOPY_RUN processed: postcopy placement */
+    uint8_t *tmp;        /* a run of pages before placement (postcopy) */
 } incoming;
 
 static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg)
@@ -52,6 +68,15 @@ static int send_status(lm_chan *c, uint8_t type, int32_t status, const char *msg
     if (lm_chan_put(c, h, sizeof h) < 0 || lm_chan_put(c, p, (size_t)n) < 0)
         return -EIO;
     return lm_chan_flush(c);
+}
+
+/* send_status for the return path once the fault thread may write on it. */
+static int send_status_rp(lm_mig *m, lm_chan *c, uint8_t type, int32_t status, const char *msg)
+{
+    pthread_mutex_lock(&m->pc.rp_lock);
+    int ret = send_status(c, type, status, msg);
+    pthread_mutex_unlock(&m->pc.rp_lock);
+    return ret;
 }
 
 /* After a verdict on failure: closing with unread stream data in the
@@ -85,7 +110,8 @@ static int hello_check(incoming *in, const lm_hello *h, lm_error *err)
     if (h->page_size != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
                             h->page_size, LM_PAGE_SIZE);
-    const uint64_t known = LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK;
+    const uint64_t known =
+        LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
     if (h->features & ~known)
         return lm_error_set(err, -ENOTSUP, "HELLO: the source asks for features 0x%llx that "
                                            "this destination does not support yet",
@@ -103,6 +129,22 @@ static int hello_check(incoming *in, const lm_hello *h, lm_error *err)
                                           "source but %s on the destination (set it on both "
                                           "sides)",
                             ack_there ? "on" : "off", ack_here ? "on" : "off");
+    pthread_mutex_lock(&in->m->lock);
+    uint64_t caps = in->m->caps;
+    pthread_mutex_unlock(&in->m->lock);
+    uint64_t pc_here = (caps & (1ull << LM_CAP_POSTCOPY_RAM) ? LM_FEAT_POSTCOPY : 0) |
+                       (caps & (1ull << LM_CAP_POSTCOPY_PREEMPT) ? LM_FEAT_PREEMPT : 0);
+    uint64_t pc_there = h->features & (LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT);
+    if (pc_here != pc_there)
+        return lm_error_set(err, -EPROTO, "HELLO: features differ: source 0x%llx (%s%s), "
+                                          "destination 0x%llx (%s%s): set the same "
+                                          "capabilities on both sides",
+                            (unsigned long long)pc_there,
+                            pc_there & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
+                            pc_there & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "",
+                            (unsigned long long)pc_here,
+                            pc_here & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
+                            pc_here & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "");
     bool src_mfd = h->features & LM_FEAT_MULTIFD;
     if (src_mfd && !multifd)
         return lm_error_set(err, -EPROTO, "the source migrates with multifd but the 'multifd' "
@@ -140,9 +182,16 @@ static int hello_check(incoming *in, const lm_hello *h, lm_error *err)
         if (in->mfd_chans[h->chan_index])
             return lm_error_set(err, -EPROTO, "multifd channel %u arrived twice", h->chan_index);
         return 0;
-    default:
-        return lm_error_set(err, -ENOTSUP, "a postcopy preempt channel arrived: postcopy is "
-                                           "not supported yet");
+    default: /* LM_ROLE_PREEMPT: the decoder knows no other role */
+        if (!(h->features & LM_FEAT_PREEMPT))
+            return lm_error_set(err, -EPROTO, "a preempt channel arrived but the session does "
+                                              "not use postcopy-preempt");
+        if (in->have_preempt)
+            return lm_error_set(err, -EPROTO, "a second preempt channel arrived");
+        if (h->chan_index != 0)
+            return lm_error_set(err, -EPROTO, "HELLO: preempt channel with index %u",
+                                h->chan_index);
+        return 0;
     }
 }
 
@@ -202,6 +251,9 @@ static int hello(incoming *in, lm_chan *c, lm_error *err)
         pthread_mutex_lock(&in->m->lock);
         in->m->chan = c;
         pthread_mutex_unlock(&in->m->lock);
+    } else if (h.role == LM_ROLE_PREEMPT) {
+        in->preempt = c;
+        in->have_preempt = true;
     } else {
         in->mfd_chans[h.chan_index] = c;
         in->nmfd_have++;
@@ -218,7 +270,8 @@ static int accept_channels(incoming *in, lm_error *err)
     lm_mig *m = in->m;
     uint64_t deadline = 0;
     for (;;) {
-        if (in->chan && in->nmfd_have == in->nmfd)
+        if (in->chan && in->nmfd_have == in->nmfd &&
+            (in->have_preempt || !(in->features & LM_FEAT_PREEMPT)))
             return 0;
         int fd = -1, ret;
         if (deadline) {
@@ -227,11 +280,15 @@ static int accept_channels(incoming *in, lm_error *err)
             int r = left > 0 ? poll(&p, 1, (int)left) : 0;
             if (r < 0 && errno == EINTR)
                 continue;
-            if (r == 0)
+            if (r == 0 && in->nmfd_have < in->nmfd)
                 return lm_error_set(err, -ETIMEDOUT,
                                     "only %s%u of %u multifd channels arrived within %d s",
                                     in->chan ? "the main channel and " : "", in->nmfd_have,
                                     in->nmfd, CHANNELS_TIMEOUT_MS / 1000);
+            if (r == 0)
+                return lm_error_set(err, -ETIMEDOUT, "the source's %s channel did not "
+                                                     "connect within %d s",
+                                    in->chan ? "preempt" : "main", CHANNELS_TIMEOUT_MS / 1000);
         }
         ret = lm_sock_accept(in->lfd, &fd, err);
         if (ret < 0)
@@ -251,7 +308,7 @@ static int accept_channels(incoming *in, lm_error *err)
         }
         ret = hello(in, c, err);
         if (ret < 0) {
-            if (c != in->chan) {
+            if (c != in->chan && c != in->preempt) {
                 bool placed = false;
                 for (unsigned i = 0; i < in->nmfd; i++)
                     placed |= in->mfd_chans[i] == c;
@@ -266,6 +323,35 @@ static int accept_channels(incoming *in, lm_error *err)
         if (!deadline)
             deadline = lm_now_ns() + CHANNELS_TIMEOUT_MS * 1000000ull;
     }
+}
+
+/* POSTCOPY_RUN: register RAM with userfaultfd and start the fault thread
+ * (a failure here leaves the guest stopped: the source pauses, nothing
+ * runs twice), then postcopy-active and start the guest.  The PING that
+ * follows RUN is answered by the load loop once this returned. */
+static int postcopy_run(incoming *in, lm_error *err)
+{
+    lm_mig *m = in->m;
+    if (!in->tmp) {
+        in->tmp = malloc((size_t)LM_RAM_MAX_RUN * LM_PAGE_SIZE);
+        if (!in->tmp)
+            return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    int ret = lm_postcopy_listen(m, in->chan, err);
+    if (ret < 0)
+        return ret;
+    if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE))
+        return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+    in->running = true;
+    /* With a preempt channel this thread only places the background
+     * push: the fault thread and the preempt loader go first (a requested
+     * page still in this thread's socket buffers is sent again on the
+     * preempt channel, so nothing urgent waits for it).  Without one,
+     * requested pages come this way and it keeps its priority. */
+    if (in->features & LM_FEAT_PREEMPT)
+        lm_postcopy_background_thread();
+    lm_vm_start_after_migration(m, LM_RUN_RUNNING);
+    return 0;
 }
 
 /* The load loop; returns 0 at end of stream. */
@@ -285,16 +371,56 @@ static int load(incoming *in, lm_error *err)
             return lm_chan_get_error(in->chan, err);
         if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, err) <= 0)
             return err && err->code ? err->code : -EPROTO;
+        /* Between the first DISCARD and RUN the owed pages are dropped:
+         * a page written now would be taken for a final one. */
+        if (in->discarding && !in->running && h.type != LM_REC_POSTCOPY_DISCARD &&
+            h.type != LM_REC_POSTCOPY_RUN && h.type != LM_REC_SECTION_FULL &&
+            h.type != LM_REC_SECTION_END && h.type != LM_REC_ERROR)
+            return lm_error_set(err, -EPROTO, "%s between POSTCOPY_DISCARD and POSTCOPY_RUN",
+                                lm_rec_type_name(h.type));
         switch (h.type) {
-        case LM_REC_RAM_BLOCKS:
         case LM_REC_RAM_PAGES:
         case LM_REC_RAM_ZERO:
+            if (in->running) {
+                ret = lm_ram_postcopy_load_record(m, in->chan, &h, in->tmp, err);
+                if (ret < 0)
+                    return ret;
+                break;
+            }
+            /* fall through */
+        case LM_REC_RAM_BLOCKS:
         case LM_REC_RAM_PASS:
+            if (in->running && h.type != LM_REC_RAM_PASS)
+                return lm_error_set(err, -EPROTO, "%s after POSTCOPY_RUN",
+                                    lm_rec_type_name(h.type));
             ret = lm_ram_load_record(m, in->chan, &h, err);
             if (ret < 0)
                 return ret;
             if (h.type == LM_REC_RAM_BLOCKS && in->mfd)
                 lm_mfd_recv_blocks_ready(in->mfd);
+            break;
+        case LM_REC_POSTCOPY_DISCARD:
+            if (!(in->features & LM_FEAT_POSTCOPY) || in->running)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD %s",
+                                    in->running ? "after POSTCOPY_RUN"
+                                                : "without the postcopy feature");
+            in->discarding = true;
+            ret = lm_ram_postcopy_load_discard(m, in->chan, &h, err);
+            if (ret < 0)
+                return ret;
+            break;
+        case LM_REC_POSTCOPY_RUN:
+            if (!(in->features & LM_FEAT_POSTCOPY) || in->running)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_RUN %s",
+                                    in->running ? "received twice"
+                                                : "without the postcopy feature");
+            if (!m->in.have_blocks && m->nblocks)
+                return lm_error_set(err, -EPROTO, "POSTCOPY_RUN before the RAM block table");
+            /* Device sections are complete: the guest runs from now on. */
+            lm_loadvm_cleanup(m, &in->lv);
+            ret = postcopy_run(in, err);
+            if (ret < 0)
+                return ret;
             break;
         case LM_REC_MULTIFD_FLUSH: {
             uint8_t p[8];
@@ -312,15 +438,14 @@ static int load(incoming *in, lm_error *err)
             break;
         }
         case LM_REC_PING: {
-            uint8_t p[4], r[LM_REC_HDR_SIZE + 4];
+            uint8_t p[4], r[4];
             uint32_t v;
             if (lm_chan_read_full(in->chan, p, sizeof p) < 0)
                 return lm_chan_get_error(in->chan, err);
             if (lm_fmt_u32_decode(p, sizeof p, &v, err) <= 0)
                 return -EPROTO;
-            lm_fmt_rec_hdr_encode(LM_REC_RP_PONG, 4, r, sizeof r);
-            lm_fmt_u32_encode(v, r + LM_REC_HDR_SIZE, 4);
-            if (lm_chan_put(in->chan, r, sizeof r) < 0 || lm_chan_flush(in->chan) < 0)
+            lm_fmt_u32_encode(v, r, 4);
+            if (lm_postcopy_rp_write(m, in->chan, LM_REC_RP_PONG, r, 4) < 0)
                 return lm_chan_get_error(in->chan, err);
             break;
         }
@@ -342,10 +467,16 @@ static int load(incoming *in, lm_error *err)
         case LM_REC_EOS:
             if (!m->in.have_blocks && m->nblocks)
                 return lm_error_set(err, -EPROTO, "end of stream before the RAM block table");
+            if (in->discarding && !in->running)
+                return lm_error_set(err, -EPROTO, "end of stream between POSTCOPY_DISCARD and "
+                                                  "POSTCOPY_RUN");
             /* Every multifd channel ends too (after its last sync), then
-             * the device sections are checked complete. */
+             * the device sections are checked complete (in postcopy they
+             * were at RUN) and every owed page is placed. */
             if (in->mfd && lm_mfd_recv_finish(in->mfd, err) < 0)
                 return err->code;
+            if (in->running)
+                return lm_postcopy_wait_placed(m, err);
             return lm_loadvm_eos(m, &in->lv, err);
         case LM_REC_ERROR: {
             uint8_t p[6 + LM_ERROR_MSG_MAX];
@@ -407,6 +538,13 @@ static void *incoming_thread_fn(void *arg)
         if (ret < 0)
             goto out;
     }
+    if (in->preempt) {
+        lm_chan *c = in->preempt;
+        in->preempt = NULL; /* owned by postcopy.c from here, even on failure */
+        ret = lm_postcopy_preempt_start(m, c, &err);
+        if (ret < 0)
+            goto out;
+    }
     if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
         ret = lm_error_set(&err, -ECANCELED, "incoming migration cancelled");
         goto out;
@@ -415,6 +553,13 @@ static void *incoming_thread_fn(void *arg)
     lm_loadvm_cleanup(m, &in->lv); /* before the guest runs, as QEMU does */
     if (ret < 0)
         goto out;
+    if (in->running) {
+        /* Postcopy: every owed page is placed; the guest runs already. */
+        lm_postcopy_preempt_stop(m);
+        lm_postcopy_end(m);
+        send_status_rp(m, in->chan, LM_REC_RP_SHUT, 0, "loaded");
+        goto out;
+    }
     /* Everything loaded: run the guest, then confirm.  The source counts
      * its downtime until this confirmation arrives. */
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
@@ -424,7 +569,24 @@ out:
     pthread_mutex_lock(&m->lock);
     bool cancelled = m->cancel_requested;
     pthread_mutex_unlock(&m->lock);
-    if (ret < 0) {
+    bool paused = ret < 0 && in->running;
+    if (paused) {
+        /* The guest runs here with pages still at the source: never fail.
+         * Requests stay marked (the fault thread keeps running), the
+         * workload waits on missing pages; the source hears why. */
+        if (!err.code)
+            lm_error_set(&err, ret, "incoming postcopy failed");
+        lm_error_prefix(&err, "postcopy paused (the guest keeps running; missing pages wait "
+                              "for recovery)");
+        lm_postcopy_detach_rp(m);
+        if (in->chan && !cancelled &&
+            send_status_rp(m, in->chan, LM_REC_RP_SHUT, err.code, err.msg) == 0)
+            linger_drain(in->chan);
+        lm_postcopy_preempt_stop(m);
+        lm_mig_set_error(m, &err);
+    } else if (ret < 0) {
+        lm_postcopy_preempt_stop(m);
+        lm_postcopy_end(m);
         if (!err.code)
             lm_error_set(&err, ret, "incoming migration failed");
         if (in->chan && !cancelled && send_status(in->chan, LM_REC_RP_SHUT, err.code,
@@ -440,12 +602,15 @@ out:
     lm_mig_aux_chans_clear(m);
     for (unsigned i = 0; i < LM_MULTIFD_MAX_CHANNELS; i++)
         lm_chan_free(in->mfd_chans[i]); /* accepted, never handed over */
+    lm_chan_free(in->preempt);
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     lm_ram_prefault_stop(m);
     pthread_mutex_lock(&m->lock);
     m->chan = NULL;
     lm_status cur = m->status, final;
-    if (ret == 0) {
+    if (paused) {
+        final = LM_STATUS_POSTCOPY_PAUSED;
+    } else if (ret == 0) {
         final = LM_STATUS_COMPLETED;
     } else if (cancelled) {
         final = LM_STATUS_CANCELLED;
@@ -460,6 +625,7 @@ out:
     if (changed)
         lm_emit_status(m, final);
     lm_chan_free(in->chan);
+    free(in->tmp);
     free(in);
     return NULL;
 }
@@ -506,6 +672,9 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     }
     in->m = m;
     in->lfd = lfd;
+    pthread_mutex_lock(&m->pc.lock);
+    m->pc.switched = false; /* query shows postcopy figures of this migration only */
+    pthread_mutex_unlock(&m->pc.lock);
     ret = lm_ram_incoming_prepare(m, err);
     if (ret < 0) {
         close(lfd);

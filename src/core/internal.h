@@ -8,11 +8,23 @@
  *    iteration loop of seed 000, completion, cleanup);
  *  - "lm-rp": the source's return-path reader (SHUT, PONG, ERROR);
  *  - "lm-incoming": the destination's accept + load thread.
+ *  - postcopy (src/postcopy/postcopy.c): the destination's "lm-pc-fault"
+ *    (userfaultfd reader) and "lm-pc-preempt" (preempt channel loader);
+ *    on the source, "lm-rp" serves page requests itself on the preempt
+ *    channel when there is one.
  *
  * Locks (order: lock, then run_lock is never taken while holding lock):
  *  - m->lock guards every field in the "guarded by lock" group below and
  *    is held only briefly (never across I/O or host hooks);
  *  - m->run_lock serialises the host's stop/start hooks and runstate.
+ *  - m->ram_lock (source): the dirty bitmaps and ram.dirty_pages once the
+ *    return path may serve page requests (postcopy), the request queue,
+ *    and writes to the preempt channel.  Held across a small write (one
+ *    requested run).  Order: m->lock, then ram_lock; never the reverse.
+ *  - m->pc.lock (destination): the postcopy owed/requested maps, counts
+ *    and fault-latency stats; m->pc.rp_lock serialises writers of the
+ *    return path (the incoming thread's PONG/SHUT, the fault thread's
+ *    requests).  Neither is held across a read of a channel.
  * Counters in lm_stats are written by the migration thread with relaxed
  * atomics and read by query without the lock.
  */
@@ -80,6 +92,10 @@ typedef struct lm_ram_block {
     /* destination, owned by the incoming thread */
     uint64_t *received;  /* pages written at least once by a stream */
     uint64_t *prefaulted;/* 2 MiB chunks already populated for writing */
+    /* destination, postcopy (m->pc.lock) */
+    uint64_t *owed;      /* discarded at the switch, not placed yet */
+    uint64_t *requested; /* asked for once on the return path */
+    uint64_t *fault_ns;  /* postcopy-blocktime: first fault time per page */
 } lm_ram_block;
 
 /* ------------------------------------------------------------ statistics */
@@ -105,6 +121,24 @@ typedef struct lm_stats {
     uint32_t mfd_channels;     /* multifd channels of this migration */
     lm_multifd_chan_stats mfd_chan[LM_MULTIFD_MAX_CHANNELS];
 } lm_stats;
+
+/* Destination fault latency (postcopy-blocktime): log2 µs buckets as
+ * QEMU's 24-bucket histogram; bucket i counts latencies in [2^i, 2^(i+1))
+ * µs (bucket 0 also takes < 1 µs). */
+#define LM_PC_HIST_BUCKETS 24
+
+/* Source: a page request waiting for the migration thread (no preempt). */
+typedef struct lm_pc_req {
+    uint32_t block;
+    uint32_t count;
+    uint64_t first_page;
+} lm_pc_req;
+#define LM_PC_REQ_QUEUE 1024
+#define LM_PC_RECENT 256
+/* Bytes of the main channel that may be in flight: the socket buffers of
+ * both ends (4 MiB asked, which Linux doubles: 16 MiB), runs being written
+ * and placed, and as much again for margin. */
+#define LM_PC_INFLIGHT (40ull << 20)
 
 /* --------------------------------------------------------- savevm handlers */
 
@@ -212,6 +246,8 @@ struct lm_mig {
     bool shut_received;
     lm_status_msg shut;       /* the destination's verdict */
     bool switchover_acked;
+    bool start_postcopy;      /* migrate-start-postcopy was called */
+    bool postcopy_run_acked;  /* source: RP_PONG for the PING after POSTCOPY_RUN */
     lm_ram_block blocks[LM_RAM_MAX_BLOCKS];
     unsigned nblocks;
     bool ram_frozen;          /* a migration started: no more lm_ram_add */
@@ -226,6 +262,57 @@ struct lm_mig {
 
     lm_stats stats;           /* relaxed atomics, see above */
 
+    pthread_mutex_t ram_lock; /* source postcopy, see the top of this file */
+    /* Source postcopy (ram_lock): requests for the migration thread when
+     * there is no preempt channel. */
+    struct {
+        lm_pc_req queue[LM_PC_REQ_QUEUE];
+        unsigned head, tail;      /* tail - head entries */
+        bool serving;             /* POSTCOPY_RUN may have gone out */
+        lm_chan *preempt;         /* requested pages go here when set */
+        bool preempt_done;        /* EOS sent on it: no more writes */
+        /* Background runs claimed lately, with the main channel's byte
+         * count when claimed: a requested page among them may still sit
+         * in socket buffers, and is sent again on the preempt channel. */
+        struct {
+            uint32_t block;
+            uint64_t first, count, off;
+        } recent[LM_PC_RECENT];
+        uint64_t nrecent;         /* runs recorded so far */
+        lm_chan *main;            /* the main channel (byte counts only) */
+        uint64_t resent;          /* pages sent again that way */
+    } pcs;
+    /* Destination postcopy, see postcopy.c. */
+    struct lm_pc_dest {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;      /* a placement, or the end */
+        pthread_mutex_t rp_lock;  /* writers of the return path */
+        int uffd;                 /* -1 when not registered */
+        int quit_efd;             /* wakes the fault thread */
+        bool switched;            /* lock: POSTCOPY_RUN processed in this migration */
+        bool prepared;            /* maps allocated, prefault stopped (incoming thread) */
+        bool listening;           /* uffd registered (atomic: preempt thread reads) */
+        pthread_t fault_thread;
+        bool fault_running;
+        lm_chan *rp;              /* main channel (return path), borrowed */
+        bool rp_broken;           /* a request could not be sent (lock) */
+        bool blocktime;           /* postcopy-blocktime on for this migration */
+        uint64_t owed_pages;      /* lock */
+        /* stats (lock) */
+        uint64_t requests, local_zero_faults, faults;
+        uint64_t hist[LM_PC_HIST_BUCKETS];
+        uint64_t lat_max_us, lat_count;
+        uint32_t *lat;            /* each remote fault's latency, µs, for p50/p99 */
+        uint32_t lat_n, lat_cap;
+        /* preempt channel loader */
+        lm_chan *preempt;
+        pthread_t preempt_thread;
+        bool preempt_running;
+        int preempt_ret;          /* the preempt thread's result */
+        lm_error preempt_err;
+        bool preempt_eos;         /* lock */
+    } pc;
+
     /* RAM sending state: migration thread only. */
     struct {
         uint64_t dirty_pages;     /* bits set in all blocks' dirty maps */
@@ -237,12 +324,15 @@ struct lm_mig {
         uint64_t last_sync_cost_ns;
         uint64_t dirty_after_sync; /* bytes remaining right after the last sync */
         bool tracking;            /* dirty tracker running */
+        bool postcopy_capable;    /* postcopy-ram was on at setup */
+        bool postcopy;            /* switched: RAM is sent postcopy */
     } ram;
     /* RAM loading state: incoming thread only. */
     struct {
         lm_fmt_block blocks[LM_RAM_MAX_BLOCKS]; /* the stream's table */
         uint32_t nblocks;
         uint8_t map[LM_RAM_MAX_BLOCKS];         /* stream index -> local block */
+        uint32_t rmap[LM_RAM_MAX_BLOCKS];       /* local block -> stream index */
         bool have_blocks;
         /* "lm-prefault": populates the destination's RAM in the background
          * from migrate-incoming on (like QEMU's -mem-prealloc), so page
@@ -316,6 +406,7 @@ struct lm_out {
     bool last_stage;       /* VM stopped (downtime bytes) */
     struct lm_mfd_send *mfd;   /* multifd channels, NULL without multifd */
     lm_zero_page_detection zpd;
+    bool postcopy;         /* after the switch (postcopy bytes) */
 };
 
 /* Bytes on the wire so far: the main channel plus every multifd channel
@@ -341,7 +432,59 @@ void lm_ram_mark_received(lm_ram_block *b, uint64_t page);
 bool lm_ram_test_received(const lm_ram_block *b, uint64_t page);
 void lm_ram_save_cleanup(lm_mig *m);
 
+/* ram.c, source postcopy */
+/* At the switch (guest stopped): the last sync, then one POSTCOPY_DISCARD
+ * per run of pages still owed.  Marks RAM as being in postcopy. */
+int lm_ram_postcopy_send_discard(lm_mig *m, lm_out *o, lm_error *err);
+/* Sends the still-owed pages of a requested range on o->chan (no flush),
+ * with m->ram_lock held by the caller.  The range must be checked. */
+int lm_ram_postcopy_send_requested(lm_mig *m, lm_out *o, const lm_pc_req *r, lm_error *err);
+/* Migration thread, no preempt: serves the queued requests on o->chan. */
+int lm_ram_postcopy_serve_queue(lm_mig *m, lm_out *o, lm_error *err);
+/* Destination: RAM_PAGES / RAM_ZERO once POSTCOPY_RUN was processed
+ * (placement through userfaultfd).  tmp holds LM_RAM_MAX_RUN pages. */
+int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint8_t *tmp,
+                                lm_error *err);
+int lm_ram_postcopy_load_discard(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err);
+
+/* postcopy.c (destination) */
+/* Probes userfaultfd missing mode on anonymous memory (set-capability). */
+int lm_postcopy_probe(lm_error *err);
+void lm_postcopy_init(lm_mig *m);    /* at lm_mig_new */
+void lm_postcopy_destroy(lm_mig *m); /* at lm_mig_free: unregisters, joins */
+/* Allocates the owed/requested maps (idempotent per migration). */
+int lm_postcopy_prepare(lm_mig *m, lm_error *err);
+/* Drops the local copy of owed pages [first, first+count) of block b. */
+int lm_postcopy_discard(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
+                        lm_error *err);
+/* POSTCOPY_RUN: registers RAM with userfaultfd, starts "lm-pc-fault". */
+int lm_postcopy_listen(lm_mig *m, lm_chan *rp, lm_error *err);
+/* Places [first, first+count) of block b: data (count pages) or zeros
+ * when data is NULL.  Pages placed already are skipped.  Any thread. */
+int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
+                      const uint8_t *data, lm_error *err);
+/* Waits until nothing is owed, the preempt loader failed, or the preempt
+ * channel ended (then it checks that nothing is owed). */
+int lm_postcopy_wait_placed(lm_mig *m, lm_error *err);
+/* Completion: stops the fault thread and unregisters (pages stay). */
+void lm_postcopy_end(lm_mig *m);
+/* Starts "lm-pc-preempt" on an accepted preempt channel (owned now). */
+int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err);
+/* Shuts down and joins the preempt loader (returns its error). */
+void lm_postcopy_preempt_stop(lm_mig *m);
+/* Lowers the calling thread's CPU priority (nice 10) for the background
+ * push of postcopy, so that the threads on a fault's path win the CPU. */
+void lm_postcopy_background_thread(void);
+/* The main channel is going away: requests fail (and stay marked). */
+void lm_postcopy_detach_rp(lm_mig *m);
+void lm_postcopy_query(lm_mig *m, lm_info *out);
+/* Writes one return-path record under pc.rp_lock and flushes. */
+int lm_postcopy_rp_write(lm_mig *m, lm_chan *c, uint8_t type, const void *p, uint32_t len);
+
 /* savevm.c */
+/* which: 0 all handlers, 1 those without postcopy support (at the switch),
+ * 2 those with it (at postcopy completion). */
+int lm_savevm_complete_some(lm_mig *m, lm_out *o, int which, lm_error *err);
 int lm_savevm_setup(lm_mig *m, lm_out *o, lm_error *err);
 void lm_savevm_pending(lm_mig *m, bool exact, lm_out *o, uint64_t *must, uint64_t *can,
                        lm_error *err);

@@ -92,6 +92,8 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&m->cond, &ca);
     pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&m->ram_lock, NULL);
+    lm_postcopy_init(m);
     *out = m;
     return 0;
 }
@@ -140,6 +142,7 @@ void lm_mig_free(lm_mig *m)
     if (!m)
         return;
     stop_threads(m);
+    lm_postcopy_destroy(m);
     lm_ram_prefault_stop(m);
     lm_ram_save_cleanup(m);
     for (unsigned i = 0; i < m->nblocks; i++) {
@@ -150,6 +153,7 @@ void lm_mig_free(lm_mig *m)
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->emit_lock);
     pthread_mutex_destroy(&m->run_lock);
+    pthread_mutex_destroy(&m->ram_lock);
     free(m);
 }
 
@@ -424,6 +428,15 @@ int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error 
     }
     uint64_t next = (m->caps & ~mask) | (values & mask);
     ret = lm_caps_check(next, err);
+    /* As QEMU (postcopy_ram_supported_by_host): turning postcopy-ram on
+     * probes userfaultfd, so a host without it is refused now, not at the
+     * switch when the guest is already stopped. */
+    if (ret == 0 && (next & (1ull << LM_CAP_POSTCOPY_RAM)) &&
+        !(m->caps & (1ull << LM_CAP_POSTCOPY_RAM))) {
+        ret = lm_postcopy_probe(err);
+        if (ret < 0)
+            lm_error_prefix(err, "capability 'postcopy-ram'");
+    }
     if (ret == 0)
         m->caps = next;
 out:
@@ -559,8 +572,20 @@ int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err)
 
 int lm_mig_start_postcopy(lm_mig *m, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP, "Enable postcopy with migrate_set_capability before the "
-                                       "start of migration (postcopy-ram is not supported yet)");
+    int ret = 0;
+    pthread_mutex_lock(&m->lock);
+    if (!(m->caps & (1ull << LM_CAP_POSTCOPY_RAM)))
+        ret = lm_error_set(err, -EINVAL, "Enable postcopy with migrate_set_capability before "
+                                         "the start of migration");
+    else if (m->role != LM_ROLE_SOURCE || (m->status != LM_STATUS_SETUP &&
+                                           m->status != LM_STATUS_ACTIVE))
+        ret = lm_error_set(err, -EINVAL, "Postcopy must be started after migration has been "
+                                         "started (status '%s')", lm_status_name(m->status));
+    else
+        m->start_postcopy = true;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 /* ------------------------------------------------------------- query */
@@ -588,6 +613,8 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->expected_downtime = -1;
     out->page_size = LM_PAGE_SIZE;
     out->total = total;
+    if (role == LM_ROLE_DEST)
+        lm_postcopy_query(m, out);
     if (role != LM_ROLE_SOURCE)
         return;
     out->has_ram = out->status != LM_STATUS_NONE;

@@ -6,8 +6,14 @@
  *    the iteration loop of seed 000 (DESIGN §4), switchover and cleanup.
  *    It alone writes to the main channel and owns the RAM send state.
  *  - "lm-rp": reads the destination's return-path records (SHUT, PONG,
- *    ERROR, SWITCHOVER_ACK, DEVICE_ACK) from the same socket and reports
- *    them under m->lock (a device's ack state: relaxed atomics).
+ *    ERROR, SWITCHOVER_ACK, DEVICE_ACK, REQ_PAGES) from the same socket
+ *    and reports them under m->lock (a device's ack state: relaxed
+ *    atomics).  In postcopy it serves page requests: itself, on the
+ *    preempt channel, under m->ram_lock (QEMU's ram_save_host_page_urgent),
+ *    or by queueing them for the migration thread when there is no
+ *    preempt channel.  After POSTCOPY_RUN may have gone out, a failure
+ *    pauses (postcopy-paused): the source keeps its memory and stays
+ *    stopped.
  *  - with multifd, "lm-mfd-send/N" per channel (multifd/send.c); the
  *    migration thread connects their channels, hands them over and, at the
  *    end, joins them.
@@ -68,6 +74,12 @@ typedef struct outgoing {
     uint32_t ping_seq;
     bool verdict;                /* SHUT/ERROR came from the destination (lock) */
     bool ack_cap;                /* switchover-ack on for this migration (fixed at start) */
+    uint64_t features;           /* LM_FEAT_* of this migration */
+    lm_chan *preempt;            /* postcopy-preempt channel, or NULL */
+    uint32_t run_ping;           /* value of the PING after POSTCOPY_RUN (atomic) */
+    bool run_sent;               /* POSTCOPY_RUN may be out: failures pause */
+    bool paused;                 /* finished in postcopy-paused */
+    uint64_t pc_t0;              /* guest stopped for the switch */
     bool was_running;            /* guest was running when we stopped it */
     bool stopped_vm;
 } outgoing;
@@ -109,9 +121,7 @@ static int hello(outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_
     lm_hello h = {.version = LM_FORMAT_VERSION, .role = (uint8_t)role,
                   .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE,
                   .chan_index = (uint16_t)index, .chan_count = (uint16_t)g->nmfd,
-                  .features = g->nmfd ? LM_FEAT_MULTIFD : 0};
-    if (g->ack_cap)
-        h.features |= LM_FEAT_SWITCHOVER_ACK;
+                  .features = g->features};
     memcpy(h.session, g->session, sizeof h.session);
     lm_fmt_hello_encode(&h, buf, sizeof buf);
     if (lm_chan_put(c, buf, sizeof buf) < 0 || lm_chan_flush(c) < 0)
@@ -220,7 +230,87 @@ static int connect_channels(outgoing *g, lm_error *err)
     return 0;
 }
 
+/* postcopy-preempt: the second connection, right after the main one said
+ * HELLO (so the destination meets them in that order, though it tells
+ * them apart by role).  Made at setup rather than at the switch, so that
+ * the switch itself (the guest is stopped) does not pay a connect. */
+static int connect_preempt(outgoing *g, lm_error *err)
+{
+    int fd = -1;
+    if (g->uri.kind == LM_URI_FD)
+        return lm_error_set(err, -EINVAL, "postcopy-preempt needs a second connection: use a "
+                                          "tcp: or unix: URI, not fd:");
+    int ret = lm_uri_connect(&g->uri, CONNECT_TIMEOUT_MS, &fd, err);
+    if (ret < 0)
+        return lm_error_prefix(err, "preempt channel");
+    ret = lm_chan_new(fd, "preempt channel", &g->preempt, err);
+    if (ret < 0) {
+        close(fd);
+        return ret;
+    }
+    ret = hello(g, g->preempt, LM_ROLE_PREEMPT, 0, err);
+    return ret < 0 ? lm_error_prefix(err, "preempt channel") : 0;
+}
+
 /* ------------------------------------------------------------ return path */
+
+/* RP_REQ_PAGES (digest §6.3): checked against our block table; counted;
+ * with a preempt channel the pages go out here and now, otherwise they
+ * are queued for the migration thread, which sends them before its next
+ * background run. */
+static int serve_request(outgoing *g, const uint8_t *payload, uint32_t len, lm_error *err)
+{
+    lm_mig *m = g->m;
+    lm_ram_run r;
+    if (lm_fmt_req_pages_decode(payload, len, &r, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    if (r.block >= m->nblocks)
+        return lm_error_set(err, -EPROTO, "RP_REQ_PAGES: block %u out of range (%u blocks)",
+                            r.block, m->nblocks);
+    lm_ram_block *b = &m->blocks[r.block];
+    if (r.first_page > b->npages || r.count > b->npages - r.first_page)
+        return lm_error_set(err, -EPROTO, "RP_REQ_PAGES: pages %llu+%u past the end of block "
+                                          "'%s' (%llu pages)", (unsigned long long)r.first_page,
+                            r.count, b->name, (unsigned long long)b->npages);
+    lm_pc_req q = {.block = r.block, .count = r.count, .first_page = r.first_page};
+    int ret = 0;
+    bool queued = false;
+    pthread_mutex_lock(&m->ram_lock);
+    if (!m->pcs.serving) {
+        ret = lm_error_set(err, -EPROTO, "RP_REQ_PAGES while not in postcopy");
+    } else if (m->pcs.preempt) {
+        if (!m->pcs.preempt_done) {
+            lm_out po = {.m = m, .chan = m->pcs.preempt, .postcopy = true};
+            ret = lm_ram_postcopy_send_requested(m, &po, &q, err);
+            if (ret == 0 && lm_chan_flush(po.chan) < 0)
+                ret = lm_chan_get_error(po.chan, err);
+        }
+    } else if (m->pcs.tail - m->pcs.head >= LM_PC_REQ_QUEUE) {
+        ret = lm_error_set(err, -EPROTO, "RP_REQ_PAGES: more than %d requests outstanding",
+                           LM_PC_REQ_QUEUE);
+    } else {
+        m->pcs.queue[m->pcs.tail++ % LM_PC_REQ_QUEUE] = q;
+        queued = true;
+    }
+    pthread_mutex_unlock(&m->ram_lock);
+    if (ret < 0)
+        return ret;
+    LM_ATOMIC_ADD(&m->stats.postcopy_requests, 1);
+    if (queued) {
+        pthread_mutex_lock(&m->lock);
+        pthread_cond_broadcast(&m->cond); /* the migration thread may wait for its window */
+        pthread_mutex_unlock(&m->lock);
+    }
+    return 0;
+}
+
+static bool queue_empty(lm_mig *m)
+{
+    pthread_mutex_lock(&m->ram_lock);
+    bool e = m->pcs.head == m->pcs.tail;
+    pthread_mutex_unlock(&m->ram_lock);
+    return e;
+}
 
 static void *rp_thread_fn(void *arg)
 {
@@ -269,10 +359,27 @@ static void *rp_thread_fn(void *arg)
                 m->shut.status = -EIO;
             pthread_mutex_unlock(&m->lock);
             goto out; /* the destination closes after its verdict */
+        } else if (h.type == LM_REC_RP_REQ_PAGES) {
+            if (serve_request(g, payload, h.len, &err) < 0) {
+                lm_error_prefix(&err, "return path");
+                break;
+            }
         } else if (h.type == LM_REC_RP_PONG) {
             uint32_t v;
             if (lm_fmt_u32_decode(payload, h.len, &v, &err) <= 0)
                 break;
+            uint32_t rp = LM_ATOMIC_GET(&g->run_ping);
+            if (rp && v == rp) {
+                /* The destination processed POSTCOPY_RUN: it runs. */
+                pthread_mutex_lock(&m->lock);
+                m->postcopy_run_acked = true;
+                bool changed = lm_state_set_locked(m, LM_STATUS_POSTCOPY_DEVICE,
+                                                   LM_STATUS_POSTCOPY_ACTIVE);
+                pthread_mutex_unlock(&m->lock);
+                if (changed)
+                    lm_emit_status(m, LM_STATUS_POSTCOPY_ACTIVE);
+                continue;
+            }
             uint64_t sent = LM_ATOMIC_GET(&g->ping_sent_ns);
             if (sent && v == LM_ATOMIC_GET(&g->ping_seq)) {
                 uint64_t rtt = lm_now_ns() - sent, best = LM_ATOMIC_GET(&g->rtt_ns);
@@ -338,6 +445,13 @@ out:
 
 /* ------------------------------------------------------- counters, policy */
 
+/* "transferred" counts every channel; the preempt channel's bytes are
+ * requested pages (the rate window and the threshold use the main one). */
+static uint64_t preempt_bytes(const outgoing *g)
+{
+    return g->preempt ? lm_chan_bytes_written(g->preempt) : 0;
+}
+
 static void reload_params(outgoing *g)
 {
     lm_mig *m = g->m;
@@ -346,7 +460,10 @@ static void reload_params(outgoing *g)
         g->params = m->params;
         g->params_gen = m->params_gen ? m->params_gen : 1;
         g->caps_pause = m->caps & (1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER);
-        lm_rl_set(&g->rl, g->params.max_bandwidth);
+        /* After the switch the background push obeys max-postcopy-bandwidth
+         * (0: unlimited); requested pages never wait for the window. */
+        lm_rl_set(&g->rl, g->o.postcopy ? g->params.max_postcopy_bandwidth
+                                         : g->params.max_bandwidth);
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -401,7 +518,7 @@ static void update_counters(outgoing *g, uint64_t now)
 {
     lm_mig *m = g->m;
     uint64_t bytes = lm_out_bytes(&g->o);
-    LM_ATOMIC_SET(&m->stats.transferred, bytes);
+    LM_ATOMIC_SET(&m->stats.transferred, bytes + preempt_bytes(g));
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
         return;
@@ -422,8 +539,10 @@ static void update_counters(outgoing *g, uint64_t now)
     uint64_t bw = switchover_bw(g);
     g->threshold = bw * g->params.downtime_limit / 1000;
     LM_ATOMIC_SET(&m->stats.bandwidth, bw);
-    if (bw) {
+    if (bw && !g->o.postcopy) {
+        pthread_mutex_lock(&m->ram_lock);
         uint64_t pending = m->ram.dirty_pages * LM_PAGE_SIZE;
+        pthread_mutex_unlock(&m->ram_lock);
         LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
                       (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
     }
@@ -468,7 +587,7 @@ static void wait_until(lm_mig *m, uint64_t deadline_ns)
     struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
                           .tv_nsec = (long)(deadline_ns % 1000000000ull)};
     pthread_mutex_lock(&m->lock);
-    if (!m->cancel_requested && !m->shut_received)
+    if (!m->cancel_requested && !m->shut_received && queue_empty(m))
         pthread_cond_timedwait(&m->cond, &m->lock, &ts);
     pthread_mutex_unlock(&m->lock);
 }
@@ -488,12 +607,12 @@ static void wait_ack(lm_mig *m, uint64_t deadline_ns)
 
 typedef enum { ITER_RESUME, ITER_SKIP, ITER_BREAK } iter_result;
 
-/* Precopy switchover (digest §3.9).  Returns 0 when the destination
- * confirmed, < 0 otherwise. */
-static int completion(outgoing *g, lm_error *err)
+/* The start of a switchover, shared by precopy completion and the switch
+ * to postcopy (QEMU's migration_switchover_start): stop the guest, the
+ * pre-switchover pause when asked, DEVICE, no rate limit, SWITCHOVER_START. */
+static int switchover_start(outgoing *g, lm_error *err)
 {
     lm_mig *m = g->m;
-    uint64_t t0 = lm_now_ns();
     g->was_running = lm_vm_stop_for_migration(m, LM_RUN_FINISH_MIGRATE);
     g->stopped_vm = true;
     if (g->caps_pause) {
@@ -512,7 +631,18 @@ static int completion(outgoing *g, lm_error *err)
     if (g->o.mfd)
         lm_mfd_send_last_stage(g->o.mfd);
     lm_rl_set(&g->rl, 0); /* no limit during the pause */
-    int ret = lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
+    return lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
+}
+
+/* Precopy switchover (digest §3.9).  Returns 0 when the destination
+ * confirmed, < 0 otherwise. */
+static int completion(outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    uint64_t t0 = lm_now_ns();
+    int ret = switchover_start(g, err);
+    if (ret == -ECANCELED)
+        return ret;
     if (ret == 0)
         ret = lm_savevm_complete(m, &g->o, err);
     if (ret == 0)
@@ -539,12 +669,126 @@ static int completion(outgoing *g, lm_error *err)
     return 0;
 }
 
+/* The switch to postcopy (digest §6.2 phase B).  The guest stops; what
+ * cannot be sent in postcopy (devices without postcopy support) and the
+ * list of owed pages go first; POSTCOPY_RUN lets the destination run, and
+ * the PING after it tells us when it does.  Downtime is counted as QEMU
+ * does: from the stop until RUN is flushed.  Until RUN may be out, a
+ * failure fails the migration and the source resumes; after, it pauses. */
+static int postcopy_start(outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    g->pc_t0 = lm_now_ns();
+    int ret = switchover_start(g, err);
+    if (ret == -ECANCELED)
+        return ret;
+    if (ret == 0)
+        ret = lm_savevm_complete_some(m, &g->o, 1, err);
+    if (ret == 0)
+        ret = lm_ram_postcopy_send_discard(m, &g->o, err);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_set(err, ret, "switching to postcopy failed");
+    }
+    /* From here the destination may run: cancel is refused (the state is
+     * a postcopy one) and every failure pauses. */
+    pthread_mutex_lock(&m->lock);
+    bool ok = lm_state_set_locked(m, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE);
+    pthread_mutex_unlock(&m->lock);
+    if (!ok)
+        return lm_error_set(err, -ECANCELED, "migration cancelled");
+    lm_emit_status(m, LM_STATUS_POSTCOPY_DEVICE);
+    g->run_sent = true;
+    pthread_mutex_lock(&m->ram_lock);
+    m->pcs.serving = true;
+    m->pcs.preempt = g->preempt;
+    m->pcs.main = g->chan;
+    pthread_mutex_unlock(&m->ram_lock);
+    uint8_t pb[4];
+    uint32_t v = 0x80000000u | (LM_ATOMIC_GET(&g->ping_seq) + 1);
+    LM_ATOMIC_SET(&g->run_ping, v);
+    lm_fmt_u32_encode(v, pb, sizeof pb);
+    ret = lm_out_record(&g->o, LM_REC_POSTCOPY_RUN, NULL, 0);
+    if (ret == 0)
+        ret = lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
+    if (ret == 0)
+        ret = lm_chan_flush(g->chan);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_set(err, ret, "sending POSTCOPY_RUN failed");
+    }
+    uint64_t dt = (lm_now_ns() - g->pc_t0) / 1000;
+    LM_ATOMIC_SET(&m->stats.downtime_us, dt);
+    g->o.last_stage = false;
+    g->o.postcopy = true;
+    if (g->preempt)
+        lm_postcopy_background_thread(); /* requested pages go first (lm-rp) */
+    g->params_gen = 0; /* reload: the postcopy rate limit applies now */
+    reload_params(g);
+    return 0;
+}
+
+/* Postcopy completion (seed 000, digest §3.10): nothing is owed any more;
+ * the complete step of postcopy-capable handlers pushes no RAM.  EOS goes
+ * on the preempt channel first (under ram_lock, so no requested page is
+ * being written), then on the main channel; the destination confirms
+ * once every owed page is placed. */
+static int completion_postcopy(outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    int ret = 0;
+    /* The destination must have confirmed that it runs (postcopy-active). */
+    pthread_mutex_lock(&m->lock);
+    while (!m->postcopy_run_acked && !m->shut_received && !m->cancel_requested)
+        pthread_cond_wait(&m->cond, &m->lock);
+    bool acked = m->postcopy_run_acked;
+    pthread_mutex_unlock(&m->lock);
+    if (!acked)
+        return lm_error_set(err, -EPIPE, "the destination did not confirm POSTCOPY_RUN");
+    ret = lm_savevm_complete_some(m, &g->o, 2, err);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&m->ram_lock);
+    if (m->pcs.preempt && !m->pcs.preempt_done) {
+        m->pcs.preempt_done = true;
+        lm_out po = {.m = m, .chan = m->pcs.preempt, .postcopy = true};
+        ret = lm_out_record(&po, LM_REC_EOS, NULL, 0);
+        if (ret == 0)
+            ret = lm_chan_flush(po.chan);
+        if (ret < 0)
+            lm_chan_get_error(po.chan, err);
+    }
+    pthread_mutex_unlock(&m->ram_lock);
+    if (ret == 0)
+        ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
+    if (ret == 0)
+        ret = lm_chan_flush(g->chan);
+    /* The multifd channels went quiet at the switch; they end now too. */
+    if (ret == 0 && g->o.mfd)
+        ret = lm_mfd_send_finish(g->o.mfd, err);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_set(err, ret, "sending the end of the postcopy stream failed");
+    }
+    pthread_mutex_lock(&m->lock);
+    m->eos_sent = true;
+    while (!m->shut_received)
+        pthread_cond_wait(&m->cond, &m->lock);
+    lm_status_msg verdict = m->shut;
+    pthread_mutex_unlock(&m->lock);
+    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o) + preempt_bytes(g));
+    if (verdict.status != 0)
+        return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
+    return 0;
+}
+
 /* One step of the loop, per seed 000 (digest §3.2). */
 static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
 {
     lm_mig *m = g->m;
     uint64_t must = 0, can = 0;
-    bool in_postcopy = cur_status(m) == LM_STATUS_POSTCOPY_ACTIVE;
+    lm_status st = cur_status(m);
+    bool in_postcopy = st == LM_STATUS_POSTCOPY_ACTIVE || st == LM_STATUS_POSTCOPY_DEVICE;
     /* Switchover-ack (digest §7): the destination's ack gates the switch,
      * unless the guest is not running (waiting gains nothing then). */
     bool can_switchover = true;
@@ -580,13 +824,25 @@ static iter_result iteration_run(outgoing *g, lm_error *err, int *ret)
             }
             pending = must + can;
         }
-        /* (Switch to postcopy here when asked: the postcopy issue.) */
+        /* Switch to postcopy when asked, once what must go in precopy
+         * fits the threshold and the switchover is allowed. */
+        pthread_mutex_lock(&m->lock);
+        bool start_postcopy = m->start_postcopy;
+        pthread_mutex_unlock(&m->lock);
+        if (must <= g->threshold && can_switchover && start_postcopy) {
+            *ret = postcopy_start(g, err);
+            return *ret < 0 ? ITER_BREAK : ITER_SKIP;
+        }
         complete_ready = can_switchover && pending <= g->threshold;
         held_by_ack = !can_switchover && pending <= g->threshold;
         if (complete_ready && another_round_pays(g, pending))
             complete_ready = false;
     }
     if (complete_ready) {
+        if (in_postcopy) {
+            *ret = completion_postcopy(g, err);
+            return ITER_BREAK;
+        }
         LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
                       (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
         *ret = completion(g, err);
@@ -617,13 +873,28 @@ static void finish(outgoing *g, int ret, lm_error *err)
     lm_mig *m = g->m;
     lm_status final = LM_STATUS_COMPLETED;
     bool restart = false;
+    bool dest_failed = false; /* the destination's own verdict: load failed */
 
     pthread_mutex_lock(&m->lock);
     bool cancelled = m->cancel_requested;
     bool committed = m->eos_sent;
     pthread_mutex_unlock(&m->lock);
 
-    if (ret < 0) {
+    if (ret < 0 && g->run_sent) {
+        /* POSTCOPY_RUN may have reached the destination, so it may run the
+         * guest with part of its memory: neither side may fail.  Pause,
+         * keep the guest stopped here and every page we still owe (the
+         * dirty maps stay for recovery), and say why. */
+        final = LM_STATUS_POSTCOPY_PAUSED;
+        g->paused = true;
+        pthread_mutex_lock(&m->lock);
+        if (g->verdict && m->shut.status)
+            lm_error_set(err, m->shut.status, "destination: %s", m->shut.msg);
+        pthread_mutex_unlock(&m->lock);
+        lm_error_prefix(err, "postcopy paused (the source keeps the guest's memory and stays "
+                             "stopped)");
+        lm_mig_set_error(m, err);
+    } else if (ret < 0) {
         if (cancelled && !committed) {
             final = LM_STATUS_CANCELLED;
         } else {
@@ -640,14 +911,20 @@ static void finish(outgoing *g, int ret, lm_error *err)
             }
             if (g->verdict && m->shut.status && !m->error.code)
                 lm_error_set(&m->error, m->shut.status, "destination: %s", m->shut.msg);
+            /* A destination that says its load failed never started the
+             * guest (it starts only after a load that succeeded), so even a
+             * committed switchover may resume here.  Small guests hit this:
+             * their whole stream fits in the socket buffers, and EOS is
+             * out before the destination has read the first record. */
+            dest_failed = g->verdict && m->shut.status;
             pthread_mutex_unlock(&m->lock);
-            if (committed)
+            if (committed && !dest_failed)
                 lm_error_prefix(err, "switchover was committed but not confirmed; the source "
                                      "stays paused to avoid running twice (use 'cont' if the "
                                      "destination is not running)");
         }
         lm_mig_set_error(m, err);
-        restart = g->stopped_vm && g->was_running && !committed;
+        restart = g->stopped_vm && g->was_running && (!committed || dest_failed);
     }
 
     /* Stop the return path and the channel. */
@@ -671,16 +948,30 @@ static void finish(outgoing *g, int ret, lm_error *err)
         pthread_join(m->rp_thread, NULL);
         m->rp_thread = 0;
     }
-    lm_savevm_cleanup(m);
+    pthread_mutex_lock(&m->ram_lock);
+    m->pcs.preempt = NULL;
+    m->pcs.main = NULL;
+    m->pcs.serving = false;
+    pthread_mutex_unlock(&m->ram_lock);
+    uint64_t pbytes = preempt_bytes(g);
+    if (g->preempt) {
+        lm_chan_shutdown(g->preempt, "migration ended");
+        lm_chan_free(g->preempt);
+        g->preempt = NULL;
+    }
+    if (!g->paused)
+        lm_savevm_cleanup(m);
 
     if (final == LM_STATUS_COMPLETED)
         lm_vm_start_after_migration(m, LM_RUN_POSTMIGRATE);
+    else if (g->paused)
+        ; /* stays stopped (finish-migrate): the destination may be running */
     else if (g->stopped_vm)
         lm_vm_start_after_migration(m, restart ? LM_RUN_RUNNING : LM_RUN_PAUSED);
 
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     if (chan)
-        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan) +
+        LM_ATOMIC_SET(&m->stats.transferred, lm_chan_bytes_written(chan) + pbytes +
                                                  LM_ATOMIC_GET(&m->stats.multifd_bytes));
     uint64_t total_ns = LM_ATOMIC_GET(&m->stats.end_ns) - LM_ATOMIC_GET(&m->stats.start_ns);
     if (final == LM_STATUS_COMPLETED && total_ns) {
@@ -703,8 +994,12 @@ static void finish(outgoing *g, int ret, lm_error *err)
         if (cur == LM_STATUS_CANCELLING) /* cancelling only leads to cancelled */
             final = LM_STATUS_CANCELLED;
         changed = lm_state_set_locked(m, cur, final);
+    } else if (final == LM_STATUS_POSTCOPY_PAUSED) {
+        changed = lm_state_set_locked(m, cur, final);
     } else {
-        changed = lm_state_set_locked(m, LM_STATUS_DEVICE, LM_STATUS_COMPLETED);
+        changed = lm_state_set_locked(m, g->run_sent ? LM_STATUS_POSTCOPY_ACTIVE
+                                                     : LM_STATUS_DEVICE,
+                                      LM_STATUS_COMPLETED);
     }
     pthread_mutex_unlock(&m->lock);
     if (changed)
@@ -723,9 +1018,17 @@ static void *migration_thread_fn(void *arg)
     g->o.m = m;
     reload_params(g);
     pthread_mutex_lock(&m->lock);
-    bool multifd = m->caps & (1ull << LM_CAP_MULTIFD);
+    uint64_t caps = m->caps;
     pthread_mutex_unlock(&m->lock);
-    if (multifd) {
+    /* Every feature both sides must agree on goes in each HELLO. */
+    if (caps & (1ull << LM_CAP_POSTCOPY_RAM))
+        g->features |= LM_FEAT_POSTCOPY;
+    if (caps & (1ull << LM_CAP_POSTCOPY_PREEMPT))
+        g->features |= LM_FEAT_PREEMPT;
+    if (g->ack_cap)
+        g->features |= LM_FEAT_SWITCHOVER_ACK;
+    if (caps & (1ull << LM_CAP_MULTIFD)) {
+        g->features |= LM_FEAT_MULTIFD;
         g->nmfd = g->params.multifd_channels;
         g->mfd_cfg.compression = g->params.multifd_compression;
         g->mfd_cfg.level = g->params.multifd_compression == LM_COMPRESS_ZLIB
@@ -743,6 +1046,11 @@ static void *migration_thread_fn(void *arg)
     if (ret < 0)
         goto out;
     g->o.chan = g->chan;
+    if (g->features & LM_FEAT_PREEMPT) {
+        ret = connect_preempt(g, &err);
+        if (ret < 0)
+            goto out;
+    }
     if (g->nmfd) {
         /* The channels now belong to the sender, even if it fails. */
         ret = lm_mfd_send_new(m, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg, &g->o.mfd, &err);
@@ -797,7 +1105,8 @@ static void *migration_thread_fn(void *arg)
 
     for (;;) {
         lm_status s = cur_status(m);
-        if (s != LM_STATUS_ACTIVE && s != LM_STATUS_POSTCOPY_ACTIVE) {
+        if (s != LM_STATUS_ACTIVE && s != LM_STATUS_POSTCOPY_ACTIVE &&
+            s != LM_STATUS_POSTCOPY_DEVICE) {
             ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
             break;
         }
@@ -816,6 +1125,11 @@ static void *migration_thread_fn(void *arg)
             break;
         }
         reload_params(g);
+        /* Requested pages first, whatever the rate window says. */
+        if (g->o.postcopy && lm_ram_postcopy_serve_queue(m, &g->o, &err) < 0) {
+            ret = err.code ? err.code : -EIO;
+            break;
+        }
         now = lm_now_ns();
         lm_rl_tick(&g->rl, now);
         account_rl(g);
@@ -883,6 +1197,17 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     m->shut_received = false;
     m->switchover_acked = false;
     g->ack_cap = m->caps & (1ull << LM_CAP_SWITCHOVER_ACK);
+    m->start_postcopy = false;
+    m->postcopy_run_acked = false;
+    pthread_mutex_lock(&m->ram_lock);
+    m->pcs.head = m->pcs.tail = 0;
+    m->pcs.serving = false;
+    m->pcs.preempt = NULL;
+    m->pcs.preempt_done = false;
+    m->pcs.nrecent = 0;
+    m->pcs.resent = 0;
+    m->pcs.main = NULL;
+    pthread_mutex_unlock(&m->ram_lock);
     memset(&m->shut, 0, sizeof m->shut);
     m->rp_thread = 0;
     lm_status prev = m->status;

@@ -8,8 +8,8 @@
  *   none/completed/failed/cancelled ──> setup ──> active ──> [pre-switchover] ──> device
  *                                         │         │               │              │
  *                                         │         │               │              ├──> completed
- *                                         │         └──> postcopy-device ─> postcopy-active ──> completed
- *                                         │                      (postcopy issue)   │  ▲
+ *                                         │         └─(device)─> postcopy-device ─> postcopy-active ──> completed
+ *                                         │           (POSTCOPY_RUN sent)  (RUN confirmed) │  ▲
  *                                         │                                         ▼  │
  *                                         │         postcopy-paused <──> postcopy-recover-setup
  *                                         │               ▲    └──> postcopy-recover ──┘
@@ -20,6 +20,8 @@
  *
  *   none/completed/failed/cancelled ──> setup (listening) ──> active (loading) ──> completed
  *                                         └──────────────┴──> failed | cancelling ──> cancelled
+ *   active ──(POSTCOPY_RUN)──> postcopy-active ──> completed
+ *                                    └──> postcopy-paused (any failure: the guest runs on)
  *
  * Cancelling only ever leads to cancelled (QEMU's rule); postcopy states
  * are never cancelled (they pause instead).

@@ -82,6 +82,8 @@ typedef enum lm_rec_type {
     LM_REC_RAM_PASS = 0x13,
     LM_REC_PING = 0x20,
     LM_REC_SWITCHOVER_START = 0x21,
+    LM_REC_POSTCOPY_DISCARD = 0x22, /* postcopy: pages the destination must drop */
+    LM_REC_POSTCOPY_RUN = 0x23,     /* postcopy: start the workload, serve faults */
     LM_REC_ACK_DEVICES = 0x28, /* switchover-ack: the source's participating devices */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
@@ -177,6 +179,12 @@ typedef struct lm_ram_zero {
 int lm_fmt_ram_zero_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap);
 int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err);
 
+/* POSTCOPY_DISCARD: a run of pages the source still owes at the switch to
+ * postcopy (never sent, or dirtied after they were sent); same 24-byte
+ * layout as RAM_ZERO (docs/format.md §4.11). */
+int lm_fmt_discard_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap);
+int lm_fmt_discard_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err);
+
 /* Validates a run against the block table: block index known, range inside
  * the block without overflow.  Pure; used by every loader.  The record
  * length (header + count * page_size) is the loader's to check. */
@@ -246,7 +254,8 @@ int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *
 /* RP_REQ_PAGES: {u32 block, u32 count, u64 first_page}, same layout as a
  * RAM_PAGES header. */
 #define lm_fmt_req_pages_encode lm_fmt_ram_pages_hdr_encode
-#define lm_fmt_req_pages_decode lm_fmt_ram_pages_hdr_decode
+/* Same checks as the RAM_PAGES header; messages name RP_REQ_PAGES. */
+int lm_fmt_req_pages_decode(const uint8_t *buf, size_t len, lm_ram_run *out, lm_error *err);
 
 /* ---------------------------------------------------------- switchover-ack */
 

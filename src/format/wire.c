@@ -208,6 +208,10 @@ const char *lm_rec_type_name(uint8_t type)
         return "PING";
     case LM_REC_SWITCHOVER_START:
         return "SWITCHOVER_START";
+    case LM_REC_POSTCOPY_DISCARD:
+        return "POSTCOPY_DISCARD";
+    case LM_REC_POSTCOPY_RUN:
+        return "POSTCOPY_RUN";
     case LM_REC_EOS:
         return "EOS";
     case LM_REC_MULTIFD_FLUSH:
@@ -264,6 +268,7 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         *min = LM_RAM_PAGES_HDR_SIZE;
         return true;
     case LM_REC_RAM_ZERO:
+    case LM_REC_POSTCOPY_DISCARD:
         *min = *max = LM_RAM_ZERO_SIZE;
         return true;
     case LM_REC_RAM_PASS:
@@ -279,6 +284,7 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         *min = *max = 4;
         return true;
     case LM_REC_SWITCHOVER_START:
+    case LM_REC_POSTCOPY_RUN:
     case LM_REC_EOS:
     case LM_REC_RP_SWITCHOVER_ACK:
         *min = *max = 0;
@@ -579,6 +585,11 @@ int lm_fmt_ram_pages_hdr_decode(const uint8_t *buf, size_t len, lm_ram_run *out,
     return run_hdr_decode("RAM_PAGES", buf, len, out, err);
 }
 
+int lm_fmt_req_pages_decode(const uint8_t *buf, size_t len, lm_ram_run *out, lm_error *err)
+{
+    return run_hdr_decode("RP_REQ_PAGES", buf, len, out, err);
+}
+
 int lm_fmt_ram_zero_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap)
 {
     if (z->count < 1)
@@ -592,21 +603,38 @@ int lm_fmt_ram_zero_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap)
     return LM_RAM_ZERO_SIZE;
 }
 
-int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err)
+/* RAM_ZERO and POSTCOPY_DISCARD share a layout; `what` names the record. */
+static int range_decode(const char *what, const uint8_t *payload, size_t len, lm_ram_zero *out,
+                        lm_error *err)
 {
     if (len != LM_RAM_ZERO_SIZE)
-        return lm_error_set(err, -EPROTO, "RAM_ZERO: payload of %zu bytes, must be %d", len,
+        return lm_error_set(err, -EPROTO, "%s: payload of %zu bytes, must be %d", what, len,
                             LM_RAM_ZERO_SIZE);
     if (get32(payload + 4))
-        return lm_error_set(err, -EPROTO, "RAM_ZERO: reserved 0x%08" PRIx32 " must be 0",
+        return lm_error_set(err, -EPROTO, "%s: reserved 0x%08" PRIx32 " must be 0", what,
                             get32(payload + 4));
     uint64_t count = get64(payload + 16);
     if (count < 1)
-        return lm_error_set(err, -EPROTO, "RAM_ZERO: count 0, must be at least 1");
+        return lm_error_set(err, -EPROTO, "%s: count 0, must be at least 1", what);
     out->block = get32(payload);
     out->first_page = get64(payload + 8);
     out->count = count;
     return LM_RAM_ZERO_SIZE;
+}
+
+int lm_fmt_ram_zero_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err)
+{
+    return range_decode("RAM_ZERO", payload, len, out, err);
+}
+
+int lm_fmt_discard_encode(const lm_ram_zero *z, uint8_t *buf, size_t cap)
+{
+    return lm_fmt_ram_zero_encode(z, buf, cap);
+}
+
+int lm_fmt_discard_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, lm_error *err)
+{
+    return range_decode("POSTCOPY_DISCARD", payload, len, out, err);
 }
 
 int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
@@ -945,6 +973,16 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         rc = lm_fmt_ram_run_check(z.block, z.first_page, z.count, w->blocks, w->nblocks, err);
         break;
     }
+    case LM_REC_POSTCOPY_DISCARD: {
+        lm_ram_zero z;
+        rc = lm_fmt_discard_decode(p, h->len, &z, err);
+        if (rc < 0)
+            break;
+        if (!w->have_blocks)
+            return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD before any RAM_BLOCKS");
+        rc = lm_fmt_ram_run_check(z.block, z.first_page, z.count, w->blocks, w->nblocks, err);
+        break;
+    }
     case LM_REC_RAM_PASS:
     case LM_REC_MULTIFD_FLUSH:
     case LM_REC_MULTIFD_SYNC: {
@@ -984,6 +1022,7 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         break;
     }
     case LM_REC_SWITCHOVER_START:
+    case LM_REC_POSTCOPY_RUN:
     case LM_REC_EOS:
     case LM_REC_RP_SWITCHOVER_ACK:
         break;
@@ -996,6 +1035,13 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
     case LM_REC_RP_REQ_PAGES: {
         lm_ram_run r;
         rc = run_hdr_decode("RP_REQ_PAGES", p, h->len, &r, err);
+        if (rc < 0)
+            break;
+        /* Bounds-checked against the table when one was seen (a capture
+         * of the return path alone has none). */
+        if (w->have_blocks)
+            rc = lm_fmt_ram_run_check(r.block, r.first_page, r.count, w->blocks, w->nblocks,
+                                      err);
         break;
     }
     case LM_REC_ACK_DEVICES: {

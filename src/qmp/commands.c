@@ -238,7 +238,8 @@ static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL, 0, false}};
  * client gets a clear refusal rather than CommandNotFound. */
 static int cmd_migrate_pause(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP, "migrate-pause: postcopy is not supported yet");
+    return lm_error_set(err, -ENOTSUP, "migrate-pause: postcopy recovery (pause, recover, "
+                                       "resume) is not supported yet");
 }
 
 static int cmd_migrate_recover(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
@@ -637,6 +638,29 @@ json_t *lm_qmp_info_json(const lm_info *in)
         put(o, "socket-address", socket_address_json(in->socket_address));
     if (in->has_ram && some)
         put(o, "x-bandwidth", ju64(in->bandwidth));
+    /* Destination, after a switch to postcopy: fault and request counts,
+     * and with postcopy-blocktime the remote fault latency (fault read to
+     * placement) as QEMU's log2 histogram plus percentiles. */
+    if (in->has_postcopy) {
+        json_t *pc = json_object();
+        if (pc) {
+            put(pc, "requests", ju64(in->postcopy_requests));
+            put(pc, "remote-faults", ju64(in->pc_faults));
+            put(pc, "local-faults", ju64(in->pc_local_faults));
+            put(pc, "owed-pages", ju64(in->pc_owed_pages));
+            if (in->has_blocktime) {
+                json_t *h = json_array();
+                for (unsigned i = 0; h && i < 24; i++)
+                    json_array_append_new(h, ju64(in->pc_lat_hist[i]));
+                put(pc, "latency-histogram-log2-us", h);
+                put(pc, "latency-count", ju64(in->pc_lat_count));
+                put(pc, "latency-p50-us", ju64(in->pc_lat_p50_us));
+                put(pc, "latency-p99-us", ju64(in->pc_lat_p99_us));
+                put(pc, "latency-max-us", ju64(in->pc_lat_max_us));
+            }
+            put(o, "x-postcopy", pc);
+        }
+    }
     return o;
 }
 

@@ -11,6 +11,14 @@
  * (fast OR scan, early exit on the first non-zero cache line) and sent as
  * runs of up to 256 pages with one writev straight from guest memory.
  *
+ * Postcopy (source): after the switch the return-path thread "lm-rp" also
+ * claims pages (requested ones) from the same dirty maps, so every search
+ * and clear of a dirty bit, and ram.dirty_pages, are under m->ram_lock;
+ * sending a claimed run is not (the guest is stopped, its memory no longer
+ * changes).  lm-rp sends requested pages with ram_lock held, so a claim
+ * and its send are one step for it.  (Destination postcopy: placement is
+ * in postcopy.c; this file decodes the records for it.)
+ *
  * Destination (incoming thread, plus "lm-prefault"): RAM_PAGES runs are
  * read with recv() directly into guest memory after the 2 MiB chunks they
  * touch were populated in bulk (MADV_POPULATE_WRITE ~0.5 µs/page instead of
@@ -74,7 +82,10 @@ static void ram_cleanup_cb(void *opaque)
 
 static void set_remaining(lm_mig *m)
 {
-    LM_ATOMIC_SET(&m->stats.remaining, m->ram.dirty_pages * LM_PAGE_SIZE);
+    pthread_mutex_lock(&m->ram_lock);
+    uint64_t n = m->ram.dirty_pages;
+    pthread_mutex_unlock(&m->ram_lock);
+    LM_ATOMIC_SET(&m->stats.remaining, n * LM_PAGE_SIZE);
 }
 
 static int ram_save_setup(void *opaque, lm_out *o, lm_error *err)
@@ -85,6 +96,9 @@ static int ram_save_setup(void *opaque, lm_out *o, lm_error *err)
     uint8_t *buf = NULL;
 
     memset(&m->ram, 0, sizeof m->ram);
+    pthread_mutex_lock(&m->lock);
+    m->ram.postcopy_capable = m->caps & (1ull << LM_CAP_POSTCOPY_RAM);
+    pthread_mutex_unlock(&m->lock);
     uint64_t *pops[LM_RAM_MAX_BLOCKS];
     for (unsigned i = 0; i < m->nblocks; i++) {
         lm_ram_block *b = &m->blocks[i];
@@ -195,7 +209,9 @@ static int ram_sync(lm_mig *m, lm_out *o, lm_error *err)
             return lm_error_prefix(err, "dirty sync");
     }
     uint64_t now = lm_now_ns();
+    pthread_mutex_lock(&m->ram_lock);
     m->ram.dirty_pages += newly;
+    pthread_mutex_unlock(&m->ram_lock);
     m->ram.period_dirty += newly;
     m->ram.last_sync_cost_ns = now - t0;
     m->ram.last_sync_ns = now;
@@ -215,7 +231,9 @@ static int ram_sync(lm_mig *m, lm_out *o, lm_error *err)
 
 static void account(lm_mig *m, lm_out *o, uint64_t bytes)
 {
-    if (o->last_stage)
+    if (o->postcopy)
+        LM_ATOMIC_ADD(&m->stats.postcopy_bytes, bytes);
+    else if (o->last_stage)
         LM_ATOMIC_ADD(&m->stats.downtime_bytes, bytes);
     else
         LM_ATOMIC_ADD(&m->stats.precopy_bytes, bytes);
@@ -247,14 +265,64 @@ static int send_page_run(lm_mig *m, lm_out *o, uint32_t block, uint64_t first, u
     return lm_chan_write_ref(o->chan, hdr, sizeof hdr, b->base + first * b->page_size, bytes);
 }
 
-/* Sends the dirty pages from [p, ...) of block bi that form one run:
- * either a never-populated stretch (one zero record) or up to RUN_PAGES
- * contiguous dirty pages split into zero / non-zero sub-runs.  Returns
- * the page after the run (> p), or < 0. */
-static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t max_pages)
+/* Sends pages [p, end) of block bi.  The pages were claimed (their dirty
+ * bits cleared) by the caller, so no other thread sends them; guest memory
+ * is stable or tracked.  With multifd (in precopy) the pages go to the
+ * channels, which detect zero pages in parallel when
+ * zero-page-detection=multifd (digest §8.3); otherwise this thread checks
+ * them here (legacy, or multifd without channels) or not at all (none).
+ * Postcopy sends on the main channel: its pages must be placed atomically,
+ * which the multifd receivers do not do. */
+static int send_claimed(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t end)
 {
     lm_ram_block *b = &m->blocks[bi];
-    int ret;
+    struct lm_mfd_send *mfd = o->postcopy ? NULL : o->mfd;
+    bool detect = o->zpd == LM_ZPD_LEGACY || (!mfd && o->zpd == LM_ZPD_MULTIFD);
+    int ret = 0;
+    if (!detect) {
+        if (!mfd)
+            return send_page_run(m, o, bi, p, end - p);
+        for (uint64_t i = p; i < end && ret >= 0; i++)
+            ret = lm_mfd_queue_page(mfd, bi, i, NULL);
+        return ret;
+    }
+    uint64_t i = p;
+    while (i < end) {
+        bool zero = lm_page_is_zero(b->base + i * b->page_size, b->page_size);
+        uint64_t j = i + 1;
+        while (j < end && j - i < RUN_PAGES &&
+               lm_page_is_zero(b->base + j * b->page_size, b->page_size) == zero)
+            j++;
+        if (zero) {
+            ret = send_zero_run(m, o, bi, i, j - i);
+        } else if (mfd) {
+            for (uint64_t k = i; k < j && ret >= 0; k++)
+                ret = lm_mfd_queue_page(mfd, bi, k, NULL);
+        } else {
+            ret = send_page_run(m, o, bi, i, j - i);
+        }
+        if (ret < 0)
+            return ret;
+        i = j;
+    }
+    return 0;
+}
+
+/* Claims and sends the next run of dirty pages of block bi at or after p:
+ * either a never-populated stretch (one zero record) or up to max_pages
+ * (<= RUN_PAGES) contiguous dirty pages.  The claim (search and clear) is
+ * made under ram_lock because in postcopy the return-path thread claims
+ * requested pages from the same maps; the send is not.  Returns the page
+ * after the run, or npages when no dirty page is left in the block, or < 0. */
+static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t from, uint64_t max_pages)
+{
+    lm_ram_block *b = &m->blocks[bi];
+    pthread_mutex_lock(&m->ram_lock);
+    uint64_t p = lm_bitmap_next_set(b->dirty, b->npages, from);
+    if (p >= b->npages) {
+        pthread_mutex_unlock(&m->ram_lock);
+        return (int64_t)b->npages;
+    }
     if (b->populated && !lm_bit_test(b->populated, p)) {
         uint64_t q = lm_bitmap_next_set(b->populated, b->npages, p);
         uint64_t d = lm_bitmap_next_clear(b->dirty, b->npages, p);
@@ -262,7 +330,8 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t 
             q = d;
         clear_range(b->dirty, p, q);
         m->ram.dirty_pages -= q - p;
-        ret = send_zero_run(m, o, bi, p, q - p);
+        pthread_mutex_unlock(&m->ram_lock);
+        int ret = send_zero_run(m, o, bi, p, q - p);
         return ret < 0 ? ret : (int64_t)q;
     }
     uint64_t end = p;
@@ -271,38 +340,40 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t 
         end++;
     clear_range(b->dirty, p, end);
     m->ram.dirty_pages -= end - p;
-    /* With multifd and zero-page-detection=multifd (or none) every page
-     * goes to the channels, which detect zero pages in parallel (digest
-     * §8.3); otherwise this thread checks them here. */
-    bool detect = o->zpd == LM_ZPD_LEGACY || (!o->mfd && o->zpd == LM_ZPD_MULTIFD);
-    if (!detect) {
-        ret = 0;
-        if (!o->mfd)
-            ret = send_page_run(m, o, bi, p, end - p);
-        for (uint64_t i = p; o->mfd && i < end && ret >= 0; i++)
-            ret = lm_mfd_queue_page(o->mfd, bi, i, NULL);
-        return ret < 0 ? ret : (int64_t)end;
+    if (o->postcopy && m->pcs.preempt) {
+        unsigned k = (unsigned)(m->pcs.nrecent++ % LM_PC_RECENT);
+        m->pcs.recent[k].block = bi;
+        m->pcs.recent[k].first = p;
+        m->pcs.recent[k].count = end - p;
+        m->pcs.recent[k].off = lm_chan_bytes_written(o->chan);
     }
-    /* Split into zero / non-zero sub-runs. */
-    uint64_t i = p;
-    while (i < end) {
-        bool zero = lm_page_is_zero(b->base + i * b->page_size, b->page_size);
-        uint64_t j = i + 1;
-        while (j < end && lm_page_is_zero(b->base + j * b->page_size, b->page_size) == zero)
-            j++;
-        if (zero) {
-            ret = send_zero_run(m, o, bi, i, j - i);
-        } else if (o->mfd) {
-            for (uint64_t k = i; k < j && ret >= 0; k++)
-                ret = lm_mfd_queue_page(o->mfd, bi, k, NULL);
-        } else {
-            ret = send_page_run(m, o, bi, i, j - i);
-        }
-        if (ret < 0)
-            return ret;
-        i = j;
+    pthread_mutex_unlock(&m->ram_lock);
+    int ret = send_claimed(m, o, bi, p, end);
+    return ret < 0 ? ret : (int64_t)end;
+}
+
+/* Preempt only, ram_lock held: was page p of block bi claimed by a
+ * background run that may not have reached the destination yet? */
+static bool maybe_in_flight(lm_mig *m, uint32_t bi, uint64_t p)
+{
+    if (!m->pcs.main)
+        return false;
+    uint64_t now = lm_chan_bytes_written(m->pcs.main);
+    uint64_t n = m->pcs.nrecent < LM_PC_RECENT ? m->pcs.nrecent : LM_PC_RECENT;
+    for (uint64_t i = 0; i < n; i++) {
+        const __typeof__(m->pcs.recent[0]) *r = &m->pcs.recent[i];
+        if (r->block == bi && p >= r->first && p < r->first + r->count)
+            return now - r->off < LM_PC_INFLIGHT;
     }
-    return (int64_t)end;
+    return false;
+}
+
+static uint64_t dirty_left(lm_mig *m)
+{
+    pthread_mutex_lock(&m->ram_lock);
+    uint64_t n = m->ram.dirty_pages;
+    pthread_mutex_unlock(&m->ram_lock);
+    return n;
 }
 
 /* Sends dirty pages until the budget is used, 50 ms passed, or nothing is
@@ -313,19 +384,13 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
     uint64_t t0 = lm_now_ns();
     unsigned runs = 0;
     unsigned scanned_blocks = 0;
-    while (m->ram.dirty_pages) {
+    while (dirty_left(m)) {
+        /* Postcopy without a preempt channel: requested pages go before
+         * the next background run (QEMU's get_queued_page). */
+        if (o->postcopy && lm_ram_postcopy_serve_queue(m, o, err) < 0)
+            return err ? err->code : -EIO;
         unsigned bi = m->ram.cur_block;
         lm_ram_block *b = &m->blocks[bi];
-        uint64_t p = lm_bitmap_next_set(b->dirty, b->npages, m->ram.cur_page);
-        if (p >= b->npages) {
-            /* End of block: wrap to the next one (a full round ends at the
-             * block we started from). */
-            m->ram.cur_block = (bi + 1) % m->nblocks;
-            m->ram.cur_page = 0;
-            if (++scanned_blocks > m->nblocks + 1)
-                break; /* counter and maps disagree: trust the maps */
-            continue;
-        }
         /* A run never goes far past the share of the window it was given,
          * so under a low max-bandwidth the other handlers' shares stay
          * theirs (savevm.c: fair share); one page is always allowed. */
@@ -339,10 +404,19 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
             if (max_pages > RUN_PAGES)
                 max_pages = RUN_PAGES;
         }
-        int64_t next = send_run(m, o, bi, p, max_pages);
+        int64_t next = send_run(m, o, bi, m->ram.cur_page, max_pages);
         if (next < 0) {
             lm_chan_get_error(o->chan, err);
             return lm_error_set(err, (int)next, "sending RAM failed");
+        }
+        if ((uint64_t)next >= b->npages) {
+            /* End of block: wrap to the next one (a full round ends at the
+             * block we started from). */
+            m->ram.cur_block = (bi + 1) % m->nblocks;
+            m->ram.cur_page = 0;
+            if (++scanned_blocks > m->nblocks + 1)
+                break; /* counter and maps disagree: trust the maps */
+            continue;
         }
         m->ram.cur_page = (uint64_t)next;
         if (budget != UINT64_MAX && lm_out_bytes(o) - start_bytes >= budget)
@@ -353,7 +427,7 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
     if (lm_chan_get_error(o->chan, err))
         return err ? err->code : -EIO;
     set_remaining(m);
-    return m->ram.dirty_pages == 0;
+    return dirty_left(m) == 0;
 }
 
 static int ram_save_iterate(void *opaque, lm_out *o, uint64_t budget, lm_error *err)
@@ -361,10 +435,16 @@ static int ram_save_iterate(void *opaque, lm_out *o, uint64_t budget, lm_error *
     return ram_send(opaque, o, budget, true, err);
 }
 
+/* With postcopy-ram, RAM is "can postcopy" (QEMU's ram_state_pending_*):
+ * it does not hold back a switch to postcopy. */
 static void ram_pending_estimate(void *opaque, uint64_t *must, uint64_t *can)
 {
     lm_mig *m = opaque;
-    *must += m->ram.dirty_pages * LM_PAGE_SIZE;
+    uint64_t bytes = dirty_left(m) * LM_PAGE_SIZE;
+    if (m->ram.postcopy_capable)
+        *can += bytes;
+    else
+        *must += bytes;
 }
 
 static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *can,
@@ -374,7 +454,7 @@ static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *
     int ret = ram_sync(m, o, err);
     if (ret < 0)
         return ret;
-    *must += m->ram.dirty_pages * LM_PAGE_SIZE;
+    ram_pending_estimate(m, must, can);
     return 0;
 }
 
@@ -382,6 +462,15 @@ static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *
 static int ram_save_complete(void *opaque, lm_out *o, lm_error *err)
 {
     lm_mig *m = opaque;
+    /* Postcopy completes only once nothing is owed, and its complete step
+     * pushes no RAM (seed 000): recovery stays possible to the end. */
+    if (m->ram.postcopy) {
+        uint64_t left = dirty_left(m);
+        if (left)
+            return lm_error_set(err, -EPROTO, "postcopy completion with %llu pages still owed",
+                                (unsigned long long)left);
+        return 0;
+    }
     int ret = ram_sync(m, o, err);
     if (ret < 0)
         return ret;
@@ -396,7 +485,107 @@ static int ram_save_complete(void *opaque, lm_out *o, lm_error *err)
 
 static bool ram_has_postcopy(void *opaque)
 {
-    return false; /* postcopy-ram is not built yet */
+    return true; /* RAM can always be sent after the switch */
+}
+
+/* ------------------------------------------------------ source postcopy */
+
+/* The switch (digest §6.2 step 6): the last sync, then every run of pages
+ * still owed becomes a POSTCOPY_DISCARD.  "Owed" is what the dirty maps
+ * say: never sent, or written after it was sent.  The destination drops
+ * those pages so that touching one faults, and keeps everything else. */
+int lm_ram_postcopy_send_discard(lm_mig *m, lm_out *o, lm_error *err)
+{
+    int ret = ram_sync(m, o, err);
+    if (ret < 0)
+        return ret;
+    for (unsigned bi = 0; bi < m->nblocks; bi++) {
+        lm_ram_block *b = &m->blocks[bi];
+        uint64_t p = lm_bitmap_next_set(b->dirty, b->npages, 0);
+        while (p < b->npages) {
+            uint64_t q = lm_bitmap_next_clear(b->dirty, b->npages, p);
+            uint8_t buf[LM_RAM_ZERO_SIZE];
+            lm_ram_zero z = {.block = bi, .first_page = p, .count = q - p};
+            int n = lm_fmt_discard_encode(&z, buf, sizeof buf);
+            if (n < 0)
+                return lm_error_set(err, n, "encoding POSTCOPY_DISCARD failed");
+            account(m, o, LM_REC_HDR_SIZE + (uint64_t)n);
+            ret = lm_out_record(o, LM_REC_POSTCOPY_DISCARD, buf, (uint32_t)n);
+            if (ret < 0) {
+                lm_chan_get_error(o->chan, err);
+                return lm_error_set(err, ret, "sending POSTCOPY_DISCARD failed");
+            }
+            p = lm_bitmap_next_set(b->dirty, b->npages, q);
+        }
+    }
+    pthread_mutex_lock(&m->ram_lock);
+    m->ram.postcopy = true;
+    pthread_mutex_unlock(&m->ram_lock);
+    set_remaining(m);
+    return 0;
+}
+
+/* Sends the pages of a request that are still owed; a page whose bit is
+ * clear was sent already, so it is not sent twice (the destination asks
+ * for a page once) -- except on the preempt channel for a page of a
+ * background run that may still sit in the main channel's socket
+ * buffers: waiting for those to drain is what makes the tail of the
+ * fault latency (megabytes behind a busy loader: tens of ms here,
+ * measured), and the destination skips whichever copy comes second.
+ * Caller holds ram_lock: the claim and the send of a requested page are
+ * one step, so the background scan can never claim half of it. */
+int lm_ram_postcopy_send_requested(lm_mig *m, lm_out *o, const lm_pc_req *r, lm_error *err)
+{
+    lm_ram_block *b = &m->blocks[r->block];
+    uint64_t end = r->first_page + r->count;
+    if (o->chan == m->pcs.preempt) {
+        for (uint64_t p = r->first_page; p < end; p++) {
+            if (lm_bit_test(b->dirty, p) || !maybe_in_flight(m, r->block, p))
+                continue;
+            int ret = send_claimed(m, o, r->block, p, p + 1);
+            if (ret < 0) {
+                lm_chan_get_error(o->chan, err);
+                return lm_error_set(err, ret, "sending requested pages failed");
+            }
+            m->pcs.resent++;
+        }
+    }
+    uint64_t p = lm_bitmap_next_set(b->dirty, end, r->first_page);
+    while (p < end) {
+        uint64_t q = lm_bitmap_next_clear(b->dirty, end, p);
+        clear_range(b->dirty, p, q);
+        m->ram.dirty_pages -= q - p;
+        int ret = send_claimed(m, o, r->block, p, q);
+        if (ret < 0) {
+            lm_chan_get_error(o->chan, err);
+            return lm_error_set(err, ret, "sending requested pages failed");
+        }
+        p = lm_bitmap_next_set(b->dirty, end, q);
+    }
+    return 0;
+}
+
+int lm_ram_postcopy_serve_queue(lm_mig *m, lm_out *o, lm_error *err)
+{
+    bool sent = false;
+    for (;;) {
+        pthread_mutex_lock(&m->ram_lock);
+        if (m->pcs.head == m->pcs.tail) {
+            pthread_mutex_unlock(&m->ram_lock);
+            break;
+        }
+        lm_pc_req r = m->pcs.queue[m->pcs.head++ % LM_PC_REQ_QUEUE];
+        int ret = lm_ram_postcopy_send_requested(m, o, &r, err);
+        pthread_mutex_unlock(&m->ram_lock);
+        if (ret < 0)
+            return ret;
+        sent = true;
+    }
+    /* Zero records are buffered: a waiting fault must not wait for the
+     * buffer to fill. */
+    if (sent && lm_chan_flush(o->chan) < 0)
+        return lm_chan_get_error(o->chan, err);
+    return 0;
 }
 
 const lm_handler_ops lm_ram_handler_ops = {
@@ -535,6 +724,7 @@ static int load_blocks(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err
             goto out;
         }
         m->in.map[i] = (uint8_t)j;
+        m->in.rmap[j] = i;
     }
     m->in.nblocks = n;
     m->in.have_blocks = true;
@@ -664,4 +854,80 @@ int lm_ram_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err
         return lm_error_set(err, -EPROTO, "unexpected record %s in RAM",
                             lm_rec_type_name(h->type));
     }
+}
+
+/* ------------------------------------------------- destination postcopy */
+
+/* POSTCOPY_DISCARD: drop the local copy of owed pages.  Only between the
+ * switch and POSTCOPY_RUN (incoming.c enforces the order). */
+int lm_ram_postcopy_load_discard(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+{
+    uint8_t p[LM_RAM_ZERO_SIZE];
+    lm_ram_zero z;
+    if (!m->in.have_blocks)
+        return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD before the RAM block table");
+    if (h->len != LM_RAM_ZERO_SIZE)
+        return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD: length %u, expected %d", h->len,
+                            LM_RAM_ZERO_SIZE);
+    if (lm_chan_read_full(c, p, sizeof p) < 0)
+        return lm_chan_get_error(c, err);
+    if (lm_fmt_discard_decode(p, sizeof p, &z, err) <= 0)
+        return err && err->code ? err->code : -EPROTO;
+    int ret = lm_fmt_ram_run_check(z.block, z.first_page, z.count, m->in.blocks, m->in.nblocks,
+                                   err);
+    if (ret < 0)
+        return lm_error_prefix(err, "POSTCOPY_DISCARD");
+    return lm_postcopy_discard(m, &m->blocks[m->in.map[z.block]], z.first_page, z.count, err);
+}
+
+/* RAM_PAGES / RAM_ZERO after POSTCOPY_RUN: the workload runs, so a page
+ * must appear whole or not at all.  Data goes to tmp first, then
+ * UFFDIO_COPY places it (and wakes whoever waits for it). */
+int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint8_t *tmp,
+                                lm_error *err)
+{
+    if (!m->in.have_blocks)
+        return lm_error_set(err, -EPROTO, "%s before the RAM block table",
+                            lm_rec_type_name(h->type));
+    if (h->type == LM_REC_RAM_ZERO) {
+        uint8_t p[LM_RAM_ZERO_SIZE];
+        lm_ram_zero z;
+        if (h->len != LM_RAM_ZERO_SIZE)
+            return lm_error_set(err, -EPROTO, "RAM_ZERO: length %u, expected %d", h->len,
+                                LM_RAM_ZERO_SIZE);
+        if (lm_chan_read_full(c, p, sizeof p) < 0)
+            return lm_chan_get_error(c, err);
+        if (lm_fmt_ram_zero_decode(p, sizeof p, &z, err) <= 0)
+            return err && err->code ? err->code : -EPROTO;
+        int ret = lm_fmt_ram_run_check(z.block, z.first_page, z.count, m->in.blocks,
+                                       m->in.nblocks, err);
+        if (ret < 0)
+            return lm_error_prefix(err, "postcopy RAM_ZERO");
+        return lm_postcopy_place(m, &m->blocks[m->in.map[z.block]], z.first_page, z.count,
+                                 NULL, err);
+    }
+    if (h->type != LM_REC_RAM_PAGES)
+        return lm_error_set(err, -EPROTO, "unexpected %s record in postcopy RAM",
+                            lm_rec_type_name(h->type));
+    uint8_t hb[LM_RAM_PAGES_HDR_SIZE];
+    lm_ram_run r;
+    if (h->len < LM_RAM_PAGES_HDR_SIZE)
+        return lm_error_set(err, -EPROTO, "RAM_PAGES: record of %u bytes too short", h->len);
+    if (lm_chan_read_full(c, hb, sizeof hb) < 0)
+        return lm_chan_get_error(c, err);
+    if (lm_fmt_ram_pages_hdr_decode(hb, sizeof hb, &r, err) <= 0)
+        return err && err->code ? err->code : -EPROTO;
+    int ret = lm_fmt_ram_run_check(r.block, r.first_page, r.count, m->in.blocks, m->in.nblocks,
+                                   err);
+    if (ret < 0)
+        return lm_error_prefix(err, "postcopy RAM_PAGES");
+    lm_ram_block *b = &m->blocks[m->in.map[r.block]];
+    uint64_t bytes = (uint64_t)r.count * b->page_size;
+    if ((uint64_t)h->len != LM_RAM_PAGES_HDR_SIZE + bytes || b->page_size != LM_PAGE_SIZE)
+        return lm_error_set(err, -EPROTO,
+                            "RAM_PAGES: record length %u does not match %u pages of %u bytes",
+                            h->len, r.count, b->page_size);
+    if (lm_chan_read_full(c, tmp, bytes) < 0)
+        return lm_chan_get_error(c, err);
+    return lm_postcopy_place(m, b, r.first_page, r.count, tmp, err);
 }

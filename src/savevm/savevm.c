@@ -364,8 +364,19 @@ int lm_savevm_iterate(lm_mig *m, lm_out *o, uint64_t budget, bool in_postcopy, l
 
 int lm_savevm_complete(lm_mig *m, lm_out *o, lm_error *err)
 {
+    return lm_savevm_complete_some(m, o, 0, err);
+}
+
+/* Postcopy splits completion in two (digest §6.2 step 5, §3.10): handlers
+ * that cannot run in postcopy finish at the switch, the others at the end. */
+int lm_savevm_complete_some(lm_mig *m, lm_out *o, int which, lm_error *err)
+{
     for (unsigned i = 0; i < m->nhandlers; i++) {
         lm_handler *h = &m->handlers[i];
+        bool pc = h->dev ? h->dev->ops->has_postcopy && h->dev->ops->has_postcopy(h->dev->opaque)
+                         : h->ops->has_postcopy && h->ops->has_postcopy(h->opaque);
+        if ((which == 1 && pc) || (which == 2 && !pc))
+            continue;
         int ret = 0;
         if (!h->dev) {
             if (h->ops->save_complete)
@@ -383,8 +394,9 @@ int lm_savevm_complete(lm_mig *m, lm_out *o, lm_error *err)
             return lm_error_prefix(err, "%s complete", hname(h));
     }
     /* Non-iterable state last, as QEMU does: it may depend on what the
-     * iterable devices' completion left behind. */
-    for (unsigned i = 0; i < m->ndevices; i++) {
+     * iterable devices' completion left behind.  In postcopy it moves at
+     * the switch: the destination cannot run without it. */
+    for (unsigned i = 0; which != 2 && i < m->ndevices; i++) {
         lm_device *d = &m->devices[i];
         if (!d->ops->save_state)
             continue;

@@ -181,6 +181,15 @@ static const lm_fmt_block guest_blocks[2] = {
     {.name = "ledger", .page_size = 4096, .length = 4 * 4096},
 };
 
+static void discard(sbuf *s, uint32_t block, uint64_t first, uint64_t count)
+{
+    lm_ram_zero z = {.block = block, .first_page = first, .count = count};
+    uint8_t p[LM_RAM_ZERO_SIZE];
+    if (lm_fmt_discard_encode(&z, p, sizeof p) != LM_RAM_ZERO_SIZE)
+        die("discard encode");
+    rec(s, LM_REC_POSTCOPY_DISCARD, p, sizeof p);
+}
+
 /* The main channel of a small precopy migration (docs/format.md, "shape
  * of a precopy stream"). */
 static void precopy(sbuf *s, bool with_hello)
@@ -363,6 +372,50 @@ static void gen_stream(void)
     s.len = 0;
     status(&s, LM_REC_ERROR, -ECANCELED, "migration cancelled by the source \xe2\x9c\x97");
     stream_file("one-error-utf8", &s, false, s.len);
+
+    /* postcopy (docs/format.md §5.1.1): the precopy stream without its
+     * EOS, the switch, requested and background pages, EOS */
+    precopy(&s, true);
+    s.len -= LM_REC_HDR_SIZE;
+    discard(&s, 0, 3, 5);
+    discard(&s, 1, 1, 3);
+    rec(&s, LM_REC_POSTCOPY_RUN, NULL, 0);
+    u32rec(&s, LM_REC_PING, 0x80000002u);
+    pages(&s, 0, 4, 1, 4096);
+    pages(&s, 0, 3, 1, 4096);
+    zero(&s, 0, 5, 3);
+    zero(&s, 1, 1, 3);
+    rec(&s, LM_REC_EOS, NULL, 0);
+    stream_file("postcopy-hello", &s, true, s.len);
+
+    s.len = 0;
+    rec(&s, LM_REC_POSTCOPY_RUN, NULL, 0);
+    stream_file("one-postcopy-run", &s, false, s.len);
+
+    s.len = 0;
+    discard(&s, 0, 0, 1);
+    stream_file("discard-before-blocks", &s, false, s.len);
+
+    s.len = 0;
+    blocks(&s, guest_blocks, 2);
+    discard(&s, 1, 2, 0xfffffffffffffff0ull);
+    stream_file("discard-overflow", &s, false, s.len);
+
+    s.len = 0;
+    blocks(&s, guest_blocks, 2);
+    uint8_t db[LM_RAM_ZERO_SIZE] = {0};
+    put32(db + 4, 2);
+    put64(db + 16, 1);
+    rec(&s, LM_REC_POSTCOPY_DISCARD, db, sizeof db);
+    stream_file("discard-reserved", &s, false, s.len);
+
+    s.len = 0;
+    blocks(&s, guest_blocks, 2);
+    lm_ram_run rq = {.block = 1, .count = 2, .first_page = 3};
+    uint8_t rqb[16];
+    lm_fmt_req_pages_encode(&rq, rqb, sizeof rqb);
+    rec(&s, LM_REC_RP_REQ_PAGES, rqb, 16);
+    stream_file("req-pages-past-end", &s, false, s.len);
 
     /* truncated: inside the HELLO, inside a header, inside a payload */
     precopy(&s, true);

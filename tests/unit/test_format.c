@@ -363,6 +363,8 @@ static const struct {
     {LM_REC_RAM_PASS, "RAM_PASS", 8, 8},
     {LM_REC_PING, "PING", 4, 4},
     {LM_REC_SWITCHOVER_START, "SWITCHOVER_START", 0, 0},
+    {LM_REC_POSTCOPY_DISCARD, "POSTCOPY_DISCARD", 24, 24},
+    {LM_REC_POSTCOPY_RUN, "POSTCOPY_RUN", 0, 0},
     {LM_REC_EOS, "EOS", 0, 0},
     {LM_REC_ERROR, "ERROR", 6, 6 + LM_ERROR_MSG_MAX - 1},
     {LM_REC_RP_SHUT, "RP_SHUT", 6, 6 + LM_ERROR_MSG_MAX - 1},
@@ -1033,6 +1035,97 @@ static void test_walk_return_path(void **state)
     assert_err(&err, -EPROTO, "stream offset 0: RP_REQ_PAGES: count 0 out of range 1..1024");
 }
 
+static uint32_t get32(const uint8_t *b)
+{
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *b)
+{
+    return get32(b) | (uint64_t)get32(b + 4) << 32;
+}
+
+static void sb_discard(sbuf *s, uint32_t block, uint64_t first, uint64_t count)
+{
+    lm_ram_zero z = {.block = block, .first_page = first, .count = count};
+    uint8_t p[LM_RAM_ZERO_SIZE];
+    assert_int_equal(lm_fmt_discard_encode(&z, p, sizeof p), LM_RAM_ZERO_SIZE);
+    sb_rec(s, LM_REC_POSTCOPY_DISCARD, p, sizeof p);
+}
+
+/* docs/format.md §4.11: same bytes as RAM_ZERO, errors name the record. */
+static void test_discard_codec(void **state)
+{
+    lm_ram_zero z = {.block = 2, .first_page = 7, .count = 3}, o;
+    uint8_t b[LM_RAM_ZERO_SIZE];
+    lm_error err = {0};
+    assert_int_equal(lm_fmt_discard_encode(&z, b, sizeof b), 24);
+    assert_int_equal(get32(b), 2);
+    assert_int_equal(get32(b + 4), 0);
+    assert_true(get64(b + 8) == 7 && get64(b + 16) == 3);
+    assert_int_equal(lm_fmt_discard_decode(b, sizeof b, &o, &err), 24);
+    assert_true(o.block == 2 && o.first_page == 7 && o.count == 3);
+    put64(b + 16, 0);
+    assert_int_equal(lm_fmt_discard_decode(b, sizeof b, &o, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "POSTCOPY_DISCARD: count 0");
+    lm_error_clear(&err);
+    put64(b + 16, 1);
+    b[5] = 1;
+    assert_int_equal(lm_fmt_discard_decode(b, sizeof b, &o, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "POSTCOPY_DISCARD: reserved");
+    lm_error_clear(&err);
+    assert_int_equal(lm_fmt_discard_decode(b, 25, &o, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "POSTCOPY_DISCARD: payload of 25 bytes");
+    z.count = 0;
+    assert_int_equal(lm_fmt_discard_encode(&z, b, sizeof b), -EINVAL);
+}
+
+/* The postcopy part of a stream (docs/format.md §5.1.1) walks; a discard
+ * past a block or before the table, and a request past a block, do not. */
+static void test_walk_postcopy(void **state)
+{
+    static sbuf s;
+    lm_error err = {0};
+    build_precopy(&s, true);
+    s.len -= LM_REC_HDR_SIZE; /* drop EOS */
+    sb_discard(&s, 0, 0, 3);
+    sb_discard(&s, 1, 1, 1);
+    sb_rec(&s, LM_REC_POSTCOPY_RUN, NULL, 0);
+    sb_u32(&s, LM_REC_PING, 0x80000001u);
+    sb_pages(&s, 0, 1, 1, 4096);
+    sb_zero(&s, 0, 0, 1);
+    lm_ram_run r = {.block = 1, .count = 1, .first_page = 1};
+    uint8_t p[16];
+    lm_fmt_req_pages_encode(&r, p, sizeof p);
+    sb_rec(&s, LM_REC_RP_REQ_PAGES, p, 16);
+    sb_rec(&s, LM_REC_EOS, NULL, 0);
+    walk_log l = {0};
+    assert_int_equal(lm_fmt_walk(s.b, s.len, true, log_cb, &l, &err), (long)s.len);
+    assert_int_equal(l.count[LM_REC_POSTCOPY_DISCARD], 2);
+    assert_int_equal(l.count[LM_REC_POSTCOPY_RUN], 1);
+
+    s.len = 0;
+    sb_discard(&s, 0, 0, 1);
+    assert_int_equal(lm_fmt_walk(s.b, s.len, false, NULL, NULL, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "POSTCOPY_DISCARD before any RAM_BLOCKS");
+
+    lm_error_clear(&err);
+    s.len = 0;
+    sb_blocks(&s, test_blocks, 2);
+    sb_discard(&s, 0, test_blocks[0].length / 4096, 1);
+    assert_int_equal(lm_fmt_walk(s.b, s.len, false, NULL, NULL, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "past the end of block");
+
+    lm_error_clear(&err);
+    s.len = 0;
+    sb_blocks(&s, test_blocks, 2);
+    r.block = 2;
+    lm_fmt_req_pages_encode(&r, p, sizeof p);
+    sb_rec(&s, LM_REC_RP_REQ_PAGES, p, 16);
+    assert_int_equal(lm_fmt_walk(s.b, s.len, false, NULL, NULL, &err), -EPROTO);
+    assert_err(&err, -EPROTO, "RAM run: block 2 out of range");
+}
+
 static void test_walk_ram_errors(void **state)
 {
     static sbuf s;
@@ -1277,6 +1370,8 @@ int main(void)
         cmocka_unit_test(test_walk_truncated),
         cmocka_unit_test(test_walk_return_path),
         cmocka_unit_test(test_walk_ram_errors),
+        cmocka_unit_test(test_discard_codec),
+        cmocka_unit_test(test_walk_postcopy),
         cmocka_unit_test(test_walk_other_errors),
         cmocka_unit_test(test_ack_devices),
         cmocka_unit_test(test_device_ack),

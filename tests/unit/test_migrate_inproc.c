@@ -3,10 +3,13 @@
  * source and a destination lm_mig over a real unix socket, a writer thread
  * dirtying source memory through real userfaultfd write-protect, and a
  * byte-for-byte comparison of both memories after the switchover.  Also
- * cancel, a destination with the wrong RAM layout, and a stopped source.
+ * cancel, a destination with the wrong RAM layout, a stopped source, and
+ * postcopy (with and without the preempt channel) with a destination
+ * "vCPU" that reads random pages while they are still at the source.
  *
- * Threads: the test thread, one writer ("vCPU") thread per source, and the
- * library's own threads.  The writer parks on `pause` under `mu`.
+ * Threads: the test thread, one writer ("vCPU") thread per source, one
+ * reader thread per postcopy destination, and the library's own threads.
+ * Writer and reader park on `pause` under `mu`.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +36,8 @@ typedef struct host {
     uint64_t len[2];
     uint64_t writes;
     uint64_t seed;
+    bool reader;      /* the "vCPU" only reads (a postcopy destination) */
+    uint64_t sum;     /* what the reader read, so the reads are not elided */
 } host;
 
 static void host_stop(void *o)
@@ -86,8 +91,13 @@ static void *writer_fn(void *arg)
             unsigned b = xs(&h->seed) % 2;
             uint64_t page = xs(&h->seed) % (h->len[b] / 4096);
             uint64_t *p = (uint64_t *)(h->mem[b] + page * 4096);
-            for (int k = 0; k < 512; k += 37)
-                p[k] = xs(&h->seed);
+            if (h->reader) {
+                /* A missing page blocks here until postcopy places it. */
+                h->sum += p[xs(&h->seed) % 512];
+            } else {
+                for (int k = 0; k < 512; k += 37)
+                    p[k] = xs(&h->seed);
+            }
             h->writes++;
         }
         usleep(200);
@@ -358,6 +368,71 @@ static void test_stopped_source(void **state)
     host_fini(&dst);
 }
 
+/* Postcopy: the source is switched at once, so most pages are owed; the
+ * destination's reader faults on them; both memories match at the end
+ * (the reader only reads, the source is frozen since the switch). */
+static void postcopy_run(bool preempt)
+{
+    host src, dst;
+    host_init(&src, true, 24 * MB, 8 * MB);
+    host_init(&dst, false, 24 * MB, 8 * MB);
+    src.run_writer = true;
+    pthread_create(&src.writer, NULL, writer_fn, &src);
+    dst.reader = true;
+    dst.pause = true; /* parked until the library starts the destination */
+    dst.run_writer = true;
+    dst.seed = 12345;
+    pthread_create(&dst.writer, NULL, writer_fn, &dst);
+    lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
+    lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
+    lm_error err = {0};
+    uint64_t c = (1ull << LM_CAP_POSTCOPY_RAM) | (1ull << LM_CAP_POSTCOPY_BLOCKTIME) |
+                 (preempt ? 1ull << LM_CAP_POSTCOPY_PREEMPT : 0);
+    assert_int_equal(lm_mig_set_capabilities(ms, c, c, &err), 0);
+    assert_int_equal(lm_mig_set_capabilities(md, c, c, &err), 0);
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 8 * MB;
+    p.max_postcopy_bandwidth = 16 * MB; /* postcopy lasts a while: faults happen */
+    assert_int_equal(lm_mig_set_params(ms, &p, (1ull << LM_PARAM_MAX_BANDWIDTH) |
+                                                   (1ull << LM_PARAM_MAX_POSTCOPY_BANDWIDTH),
+                                       &err),
+                     0);
+    assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
+    assert_int_equal(lm_mig_start_postcopy(ms, &err), 0);
+    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, 10000), LM_STATUS_COMPLETED);
+    assert_int_equal(lm_vm_runstate(ms), LM_RUN_POSTMIGRATE);
+    assert_int_equal(lm_vm_runstate(md), LM_RUN_RUNNING);
+    lm_info si, di;
+    lm_mig_query(ms, &si);
+    lm_mig_query(md, &di);
+    assert_true(di.has_postcopy && di.has_blocktime);
+    assert_int_equal(di.pc_owed_pages, 0);
+    assert_true(si.postcopy_bytes > 0);
+    assert_int_equal(si.postcopy_requests, di.postcopy_requests);
+    assert_true(di.pc_lat_count <= di.pc_faults);
+    host_stop(&dst);
+    assert_true(dst.writes > 0); /* the destination ran during postcopy */
+    assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
+    assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
+    lm_mig_free(ms);
+    lm_mig_free(md);
+    host_fini(&src);
+    host_fini(&dst);
+}
+
+static void test_postcopy(void **state)
+{
+    postcopy_run(false);
+}
+
+static void test_postcopy_preempt(void **state)
+{
+    postcopy_run(true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +441,8 @@ int main(void)
         cmocka_unit_test(test_layout_mismatch),
         cmocka_unit_test(test_pause_before_switchover),
         cmocka_unit_test(test_stopped_source),
+        cmocka_unit_test(test_postcopy),
+        cmocka_unit_test(test_postcopy_preempt),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
