@@ -36,6 +36,12 @@ SCENARIOS = [
      "caps": {"postcopy-preempt": True}},
     {"name": "hot+preempt+blocktime", "workload": "hot", "hot_size": "8M", "fill": "random",
      "caps": {"postcopy-preempt": True, "postcopy-blocktime": True}},
+    # multifd carries the precopy passes (2 channels, the default), then is
+    # fenced at the switch; postcopy goes on the main / preempt channels.
+    {"name": "random+multifd", "workload": "random", "dirty_rate": "64M", "fill": "random",
+     "caps": {"multifd": True}},
+    {"name": "hot+preempt+multifd", "workload": "hot", "hot_size": "8M", "fill": "random",
+     "caps": {"postcopy-preempt": True, "multifd": True}},
 ]
 
 
@@ -149,6 +155,10 @@ def postcopy_run(t, sc):
     if sc["workload"] != "idle":
         check(pc.get("remote-faults", 0) >= 1, "a %s workload never faulted: %r",
               sc["workload"], pc)
+    if sc["caps"].get("multifd"):
+        chans = ram.get("x-multifd-channels") or []
+        check(len(chans) == 2 and ram.get("multifd-bytes", 0) > 0,
+              "multifd carried nothing before the switch: %r", chans)
     check_eq(src.status(), "postmigrate", "source run state after completion")
     wait_runstate(dst, "running", 5)
     stop_and_verify(dst)
