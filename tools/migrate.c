@@ -844,10 +844,13 @@ out:
     return ret;
 }
 
-int cmd_postcopy(int argc, char **argv)
+/* `livemig postcopy SOCK` and `livemig cancel SOCK`: one QMP command on the
+ * host behind SOCK, then a line saying it was requested. */
+static int one_command(int argc, char **argv, const char *verb, void (*usage)(FILE *),
+                       const char *qmp_cmd, const char *done)
 {
     cli_args a;
-    cli_args_init(&a, "postcopy", argc, argv);
+    cli_args_init(&a, verb, argc, argv);
     const char *v, *sock = NULL;
     int id;
     while ((id = cli_next(&a, NULL, &v)) != CLI_END) {
@@ -855,11 +858,11 @@ int cmd_postcopy(int argc, char **argv)
         case CLI_ERR:
             return CLI_EXIT_USAGE;
         case CLI_HELP:
-            usage_postcopy(stdout);
+            usage(stdout);
             return CLI_EXIT_OK;
         case CLI_POS:
             if (sock) {
-                cli_err("postcopy", "unexpected argument '%s'", v);
+                cli_err(verb, "unexpected argument '%s'", v);
                 return CLI_EXIT_USAGE;
             }
             sock = v;
@@ -867,61 +870,32 @@ int cmd_postcopy(int argc, char **argv)
         }
     }
     if (!sock) {
-        cli_err("postcopy", "missing SOCK (see 'livemig help postcopy')");
+        cli_err(verb, "missing SOCK (see 'livemig help %s')", verb);
         return CLI_EXIT_USAGE;
     }
     qmpc *c = NULL;
     lm_error err = {0};
     int ret = CLI_EXIT_FAIL;
     if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0 ||
-        qmpc_call(c, "migrate-start-postcopy", NULL, NULL, &err) < 0) {
-        cli_err("postcopy", "%s", err.msg);
+        qmpc_call(c, qmp_cmd, NULL, NULL, &err) < 0) {
+        cli_err(verb, "%s", err.msg);
         goto out;
     }
-    printf("switch to postcopy requested\n");
+    printf("%s\n", done);
     ret = CLI_EXIT_OK;
 out:
     lm_qmp_client_close(c);
     return ret;
 }
 
+int cmd_postcopy(int argc, char **argv)
+{
+    return one_command(argc, argv, "postcopy", usage_postcopy, "migrate-start-postcopy",
+                       "switch to postcopy requested");
+}
+
 int cmd_cancel(int argc, char **argv)
 {
-    cli_args a;
-    cli_args_init(&a, "cancel", argc, argv);
-    const char *v, *sock = NULL;
-    int id;
-    while ((id = cli_next(&a, NULL, &v)) != CLI_END) {
-        switch (id) {
-        case CLI_ERR:
-            return CLI_EXIT_USAGE;
-        case CLI_HELP:
-            usage_cancel(stdout);
-            return CLI_EXIT_OK;
-        case CLI_POS:
-            if (sock) {
-                cli_err("cancel", "unexpected argument '%s'", v);
-                return CLI_EXIT_USAGE;
-            }
-            sock = v;
-            break;
-        }
-    }
-    if (!sock) {
-        cli_err("cancel", "missing SOCK (see 'livemig help cancel')");
-        return CLI_EXIT_USAGE;
-    }
-    qmpc *c = NULL;
-    lm_error err = {0};
-    int ret = CLI_EXIT_FAIL;
-    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0 ||
-        qmpc_call(c, "migrate_cancel", NULL, NULL, &err) < 0) {
-        cli_err("cancel", "%s", err.msg);
-        goto out;
-    }
-    printf("cancel requested\n");
-    ret = CLI_EXIT_OK;
-out:
-    lm_qmp_client_close(c);
-    return ret;
+    return one_command(argc, argv, "cancel", usage_cancel, "migrate_cancel",
+                       "cancel requested");
 }

@@ -634,6 +634,33 @@ static int switchover_start(outgoing *g, lm_error *err)
     return lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
 }
 
+/* The end of both completions: EOS on the main channel and on every
+ * multifd channel, then the destination's verdict (RP_SHUT), which alone
+ * makes the migration completed. */
+static int end_stream(outgoing *g, const char *what, lm_error *err)
+{
+    lm_mig *m = g->m;
+    int ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
+    if (ret == 0)
+        ret = lm_chan_flush(g->chan);
+    if (ret == 0 && g->o.mfd)
+        ret = lm_mfd_send_finish(g->o.mfd, err);
+    if (ret < 0) {
+        lm_chan_get_error(g->chan, err);
+        return lm_error_set(err, ret, "%s", what);
+    }
+    pthread_mutex_lock(&m->lock);
+    m->eos_sent = true;
+    while (!m->shut_received)
+        pthread_cond_wait(&m->cond, &m->lock);
+    lm_status_msg verdict = m->shut;
+    pthread_mutex_unlock(&m->lock);
+    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o) + preempt_bytes(g));
+    if (verdict.status != 0)
+        return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
+    return 0;
+}
+
 /* Precopy switchover (digest §3.9).  Returns 0 when the destination
  * confirmed, < 0 otherwise. */
 static int completion(outgoing *g, lm_error *err)
@@ -645,28 +672,14 @@ static int completion(outgoing *g, lm_error *err)
         return ret;
     if (ret == 0)
         ret = lm_savevm_complete(m, &g->o, err);
-    if (ret == 0)
-        ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
-    if (ret == 0)
-        ret = lm_chan_flush(g->chan);
-    if (ret == 0 && g->o.mfd)
-        ret = lm_mfd_send_finish(g->o.mfd, err);
     if (ret < 0) {
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending the final state failed");
     }
-    pthread_mutex_lock(&m->lock);
-    m->eos_sent = true;
-    while (!m->shut_received)
-        pthread_cond_wait(&m->cond, &m->lock);
-    lm_status_msg verdict = m->shut;
-    pthread_mutex_unlock(&m->lock);
-    uint64_t t1 = lm_now_ns();
-    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o));
-    if (verdict.status != 0)
-        return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
-    LM_ATOMIC_SET(&m->stats.downtime_us, (t1 - t0) / 1000);
-    return 0;
+    ret = end_stream(g, "sending the final state failed", err);
+    if (ret == 0)
+        LM_ATOMIC_SET(&m->stats.downtime_us, (lm_now_ns() - t0) / 1000);
+    return ret;
 }
 
 /* The switch to postcopy (digest §6.2 phase B).  The guest stops; what
@@ -759,27 +772,12 @@ static int completion_postcopy(outgoing *g, lm_error *err)
             lm_chan_get_error(po.chan, err);
     }
     pthread_mutex_unlock(&m->ram_lock);
-    if (ret == 0)
-        ret = lm_out_record(&g->o, LM_REC_EOS, NULL, 0);
-    if (ret == 0)
-        ret = lm_chan_flush(g->chan);
-    /* The multifd channels went quiet at the switch; they end now too. */
-    if (ret == 0 && g->o.mfd)
-        ret = lm_mfd_send_finish(g->o.mfd, err);
     if (ret < 0) {
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending the end of the postcopy stream failed");
     }
-    pthread_mutex_lock(&m->lock);
-    m->eos_sent = true;
-    while (!m->shut_received)
-        pthread_cond_wait(&m->cond, &m->lock);
-    lm_status_msg verdict = m->shut;
-    pthread_mutex_unlock(&m->lock);
-    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o) + preempt_bytes(g));
-    if (verdict.status != 0)
-        return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
-    return 0;
+    /* The multifd channels went quiet at the switch; they end now too. */
+    return end_stream(g, "sending the end of the postcopy stream failed", err);
 }
 
 /* One step of the loop, per seed 000 (digest §3.2). */

@@ -765,26 +765,39 @@ static void mark_received_run(lm_ram_block *b, uint64_t first, uint64_t count)
         lm_ram_mark_received(b, i);
 }
 
-static int load_pages(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+/* Reads and checks a RAM_PAGES header against the block table and the
+ * record length; the page data is left in the channel. */
+static int read_pages_hdr(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, const char *what,
+                          lm_ram_run *r, lm_ram_block **bp, lm_error *err)
 {
     uint8_t hb[LM_RAM_PAGES_HDR_SIZE];
-    lm_ram_run r;
     if (h->len < LM_RAM_PAGES_HDR_SIZE)
         return lm_error_set(err, -EPROTO, "RAM_PAGES: record of %u bytes too short", h->len);
     if (lm_chan_read_full(c, hb, sizeof hb) < 0)
         return lm_chan_get_error(c, err);
-    if (lm_fmt_ram_pages_hdr_decode(hb, sizeof hb, &r, err) <= 0)
+    if (lm_fmt_ram_pages_hdr_decode(hb, sizeof hb, r, err) <= 0)
         return err && err->code ? err->code : -EPROTO;
-    int ret = lm_fmt_ram_run_check(r.block, r.first_page, r.count, m->in.blocks, m->in.nblocks,
-                                   err);
+    int ret = lm_fmt_ram_run_check(r->block, r->first_page, r->count, m->in.blocks,
+                                   m->in.nblocks, err);
     if (ret < 0)
-        return lm_error_prefix(err, "RAM_PAGES");
-    lm_ram_block *b = &m->blocks[m->in.map[r.block]];
-    uint64_t bytes = (uint64_t)r.count * b->page_size;
-    if ((uint64_t)h->len != LM_RAM_PAGES_HDR_SIZE + bytes)
+        return lm_error_prefix(err, "%s", what);
+    lm_ram_block *b = &m->blocks[m->in.map[r->block]];
+    if ((uint64_t)h->len != LM_RAM_PAGES_HDR_SIZE + (uint64_t)r->count * b->page_size)
         return lm_error_set(err, -EPROTO,
                             "RAM_PAGES: record length %u does not match %u pages of %u bytes",
-                            h->len, r.count, b->page_size);
+                            h->len, r->count, b->page_size);
+    *bp = b;
+    return 0;
+}
+
+static int load_pages(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+{
+    lm_ram_run r;
+    lm_ram_block *b;
+    int ret = read_pages_hdr(m, c, h, "RAM_PAGES", &r, &b, err);
+    if (ret < 0)
+        return ret;
+    uint64_t bytes = (uint64_t)r.count * b->page_size;
     lm_ram_prefault_pages(b, r.first_page, r.count);
     if (lm_chan_read_full(c, b->base + r.first_page * b->page_size, bytes) < 0)
         return lm_chan_get_error(c, err);
@@ -909,24 +922,15 @@ int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint
     if (h->type != LM_REC_RAM_PAGES)
         return lm_error_set(err, -EPROTO, "unexpected %s record in postcopy RAM",
                             lm_rec_type_name(h->type));
-    uint8_t hb[LM_RAM_PAGES_HDR_SIZE];
     lm_ram_run r;
-    if (h->len < LM_RAM_PAGES_HDR_SIZE)
-        return lm_error_set(err, -EPROTO, "RAM_PAGES: record of %u bytes too short", h->len);
-    if (lm_chan_read_full(c, hb, sizeof hb) < 0)
-        return lm_chan_get_error(c, err);
-    if (lm_fmt_ram_pages_hdr_decode(hb, sizeof hb, &r, err) <= 0)
-        return err && err->code ? err->code : -EPROTO;
-    int ret = lm_fmt_ram_run_check(r.block, r.first_page, r.count, m->in.blocks, m->in.nblocks,
-                                   err);
+    lm_ram_block *b;
+    int ret = read_pages_hdr(m, c, h, "postcopy RAM_PAGES", &r, &b, err);
     if (ret < 0)
-        return lm_error_prefix(err, "postcopy RAM_PAGES");
-    lm_ram_block *b = &m->blocks[m->in.map[r.block]];
+        return ret;
+    if (b->page_size != LM_PAGE_SIZE)
+        return lm_error_set(err, -EPROTO, "postcopy RAM_PAGES: block page size %u, only %u "
+                                          "supported", b->page_size, LM_PAGE_SIZE);
     uint64_t bytes = (uint64_t)r.count * b->page_size;
-    if ((uint64_t)h->len != LM_RAM_PAGES_HDR_SIZE + bytes || b->page_size != LM_PAGE_SIZE)
-        return lm_error_set(err, -EPROTO,
-                            "RAM_PAGES: record length %u does not match %u pages of %u bytes",
-                            h->len, r.count, b->page_size);
     if (lm_chan_read_full(c, tmp, bytes) < 0)
         return lm_chan_get_error(c, err);
     return lm_postcopy_place(m, b, r.first_page, r.count, tmp, err);
