@@ -460,6 +460,29 @@ int lm_chan_read_full(lm_chan *c, void *p, size_t n)
     return 0;
 }
 
+int lm_chan_read_exact(lm_chan *c, void *p, size_t n)
+{
+    uint8_t *dst = p;
+    int r = sticky(c);
+    if (r)
+        return r;
+    size_t avail = c->rlen - c->rpos;
+    size_t take = avail < n ? avail : n;
+    if (take)
+        memcpy(dst, c->rbuf + c->rpos, take);
+    c->rpos += take;
+    dst += take;
+    n -= take;
+    while (n > 0) {
+        ssize_t got = read_some(c, dst, n, true);
+        if (got < 0)
+            return (int)got;
+        dst += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
 int lm_chan_skip(lm_chan *c, size_t n)
 {
     int r = sticky(c);

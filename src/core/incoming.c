@@ -367,7 +367,8 @@ static int load(incoming *in, lm_error *err)
     for (;;) {
         uint8_t hb[LM_REC_HDR_SIZE];
         lm_rec_hdr h;
-        if (lm_chan_read_full(in->chan, hb, sizeof hb) < 0)
+        /* No read-ahead: page data after a header lands in guest memory. */
+        if (lm_chan_read_exact(in->chan, hb, sizeof hb) < 0)
             return lm_chan_get_error(in->chan, err);
         if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, err) <= 0)
             return err && err->code ? err->code : -EPROTO;

@@ -96,7 +96,7 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     if (quit)
         return -ECANCELED;
 
-    if (lm_chan_read_full(c->chan, hb, sizeof hb) < 0)
+    if (lm_chan_read_exact(c->chan, hb, sizeof hb) < 0)
         return chan_err(c, err);
     if (lm_fmt_mfd_pages_hdr_decode(hb, sizeof hb, h->len, 0, &p, err) <= 0)
         return err->code ? err->code : -EPROTO;
@@ -120,7 +120,7 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     if (data > (uint64_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE || ps != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %u pages of %zu bytes are more than a "
                                           "packet may carry", p.normal, ps);
-    if (lm_chan_read_full(c->chan, c->ibuf, 8ull * n) < 0)
+    if (lm_chan_read_exact(c->chan, c->ibuf, 8ull * n) < 0)
         return chan_err(c, err);
     if (lm_fmt_mfd_index_decode(c->ibuf, 8ull * n, &p, b->npages, c->idx, err) < 0)
         return err->code;
@@ -207,7 +207,7 @@ static void *recv_thread(void *arg)
     for (;;) {
         uint8_t hb[LM_REC_HDR_SIZE];
         lm_rec_hdr h;
-        if (lm_chan_read_full(c->chan, hb, sizeof hb) < 0) {
+        if (lm_chan_read_exact(c->chan, hb, sizeof hb) < 0) {
             ret = chan_err(c, &err);
             break;
         }

@@ -773,7 +773,7 @@ static int read_pages_hdr(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, const char
     uint8_t hb[LM_RAM_PAGES_HDR_SIZE];
     if (h->len < LM_RAM_PAGES_HDR_SIZE)
         return lm_error_set(err, -EPROTO, "RAM_PAGES: record of %u bytes too short", h->len);
-    if (lm_chan_read_full(c, hb, sizeof hb) < 0)
+    if (lm_chan_read_exact(c, hb, sizeof hb) < 0)
         return lm_chan_get_error(c, err);
     if (lm_fmt_ram_pages_hdr_decode(hb, sizeof hb, r, err) <= 0)
         return err && err->code ? err->code : -EPROTO;
