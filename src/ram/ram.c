@@ -805,22 +805,37 @@ static int load_pages(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
     return 0;
 }
 
-static int load_zero(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+/* Reads a RAM_ZERO or POSTCOPY_DISCARD payload (the same 24-byte run) and
+ * checks the run against the block table. */
+static int read_zero_run(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_ram_zero *z,
+                         lm_ram_block **bp, lm_error *err)
 {
+    const char *what = lm_rec_type_name(h->type);
     uint8_t p[LM_RAM_ZERO_SIZE];
-    lm_ram_zero z;
     if (h->len != LM_RAM_ZERO_SIZE)
-        return lm_error_set(err, -EPROTO, "RAM_ZERO: length %u, expected %d", h->len,
+        return lm_error_set(err, -EPROTO, "%s: length %u, expected %d", what, h->len,
                             LM_RAM_ZERO_SIZE);
     if (lm_chan_read_full(c, p, sizeof p) < 0)
         return lm_chan_get_error(c, err);
-    if (lm_fmt_ram_zero_decode(p, sizeof p, &z, err) <= 0)
+    int rc = h->type == LM_REC_POSTCOPY_DISCARD ? lm_fmt_discard_decode(p, sizeof p, z, err)
+                                                : lm_fmt_ram_zero_decode(p, sizeof p, z, err);
+    if (rc <= 0)
         return err && err->code ? err->code : -EPROTO;
-    int ret = lm_fmt_ram_run_check(z.block, z.first_page, z.count, m->in.blocks, m->in.nblocks,
-                                   err);
+    rc = lm_fmt_ram_run_check(z->block, z->first_page, z->count, m->in.blocks, m->in.nblocks,
+                              err);
+    if (rc < 0)
+        return lm_error_prefix(err, "%s", what);
+    *bp = &m->blocks[m->in.map[z->block]];
+    return 0;
+}
+
+static int load_zero(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+{
+    lm_ram_zero z;
+    lm_ram_block *b;
+    int ret = read_zero_run(m, c, h, &z, &b, err);
     if (ret < 0)
-        return lm_error_prefix(err, "RAM_ZERO");
-    lm_ram_block *b = &m->blocks[m->in.map[z.block]];
+        return ret;
     /* Only pages an earlier round wrote need clearing; whole words of
      * never-received pages are skipped (a never-populated GiB is one
      * record). */
@@ -875,22 +890,14 @@ int lm_ram_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err
  * switch and POSTCOPY_RUN (incoming.c enforces the order). */
 int lm_ram_postcopy_load_discard(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
 {
-    uint8_t p[LM_RAM_ZERO_SIZE];
     lm_ram_zero z;
+    lm_ram_block *b;
     if (!m->in.have_blocks)
         return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD before the RAM block table");
-    if (h->len != LM_RAM_ZERO_SIZE)
-        return lm_error_set(err, -EPROTO, "POSTCOPY_DISCARD: length %u, expected %d", h->len,
-                            LM_RAM_ZERO_SIZE);
-    if (lm_chan_read_full(c, p, sizeof p) < 0)
-        return lm_chan_get_error(c, err);
-    if (lm_fmt_discard_decode(p, sizeof p, &z, err) <= 0)
-        return err && err->code ? err->code : -EPROTO;
-    int ret = lm_fmt_ram_run_check(z.block, z.first_page, z.count, m->in.blocks, m->in.nblocks,
-                                   err);
+    int ret = read_zero_run(m, c, h, &z, &b, err);
     if (ret < 0)
-        return lm_error_prefix(err, "POSTCOPY_DISCARD");
-    return lm_postcopy_discard(m, &m->blocks[m->in.map[z.block]], z.first_page, z.count, err);
+        return ret;
+    return lm_postcopy_discard(m, b, z.first_page, z.count, err);
 }
 
 /* RAM_PAGES / RAM_ZERO after POSTCOPY_RUN: the workload runs, so a page
@@ -903,21 +910,12 @@ int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint
         return lm_error_set(err, -EPROTO, "%s before the RAM block table",
                             lm_rec_type_name(h->type));
     if (h->type == LM_REC_RAM_ZERO) {
-        uint8_t p[LM_RAM_ZERO_SIZE];
         lm_ram_zero z;
-        if (h->len != LM_RAM_ZERO_SIZE)
-            return lm_error_set(err, -EPROTO, "RAM_ZERO: length %u, expected %d", h->len,
-                                LM_RAM_ZERO_SIZE);
-        if (lm_chan_read_full(c, p, sizeof p) < 0)
-            return lm_chan_get_error(c, err);
-        if (lm_fmt_ram_zero_decode(p, sizeof p, &z, err) <= 0)
-            return err && err->code ? err->code : -EPROTO;
-        int ret = lm_fmt_ram_run_check(z.block, z.first_page, z.count, m->in.blocks,
-                                       m->in.nblocks, err);
+        lm_ram_block *b;
+        int ret = read_zero_run(m, c, h, &z, &b, err);
         if (ret < 0)
-            return lm_error_prefix(err, "postcopy RAM_ZERO");
-        return lm_postcopy_place(m, &m->blocks[m->in.map[z.block]], z.first_page, z.count,
-                                 NULL, err);
+            return lm_error_prefix(err, "postcopy");
+        return lm_postcopy_place(m, b, z.first_page, z.count, NULL, err);
     }
     if (h->type != LM_REC_RAM_PAGES)
         return lm_error_set(err, -EPROTO, "unexpected %s record in postcopy RAM",

@@ -257,8 +257,7 @@ def cancel16(t):
                   caps={"multifd": True})
     set_params(src, CONVERGE)
     migrate(src, dst2)
-    info = wait_status(src, "completed", 60)
-    wait_status(dst2, "completed", 10)
+    info = wait_completed(src, dst2)
     check_channels(info, 16, all_busy=False)
     stop_and_verify(dst2)
 
