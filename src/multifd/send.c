@@ -386,7 +386,14 @@ static int hand_off(lm_mfd_send *s, lm_error *err)
 
 int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *err)
 {
-    if (s->cur->n && (s->cur->block != block || s->cur->n == LM_MFD_BATCH_PAGES)) {
+    /* A packet's pages are one block's, in ascending order (the format
+     * says so, and the receiver checks it).  The page scan can come back
+     * to the start of the same block with nothing queued from the others
+     * in between (their dirty pages were all never-populated zero runs),
+     * so a page at or below the last one starts a new batch too. */
+    batch *b = s->cur;
+    if (b->n && (b->block != block || b->n == LM_MFD_BATCH_PAGES ||
+                 page <= b->pages[b->n - 1])) {
         int ret = hand_off(s, err);
         if (ret < 0)
             return ret;
