@@ -424,6 +424,17 @@ static int refill(lm_chan *c)
     return 0;
 }
 
+/* Copies what the read buffer holds, up to n bytes; returns the count. */
+static size_t take_buffered(lm_chan *c, uint8_t *dst, size_t n)
+{
+    size_t avail = c->rlen - c->rpos;
+    size_t take = avail < n ? avail : n;
+    if (take)
+        memcpy(dst, c->rbuf + c->rpos, take);
+    c->rpos += take;
+    return take;
+}
+
 int lm_chan_read_full(lm_chan *c, void *p, size_t n)
 {
     uint8_t *dst = p;
@@ -431,11 +442,7 @@ int lm_chan_read_full(lm_chan *c, void *p, size_t n)
     if (r)
         return r;
 
-    size_t avail = c->rlen - c->rpos;
-    size_t take = avail < n ? avail : n;
-    if (take)
-        memcpy(dst, c->rbuf + c->rpos, take);
-    c->rpos += take;
+    size_t take = take_buffered(c, dst, n);
     dst += take;
     n -= take;
 
@@ -466,11 +473,7 @@ int lm_chan_read_exact(lm_chan *c, void *p, size_t n)
     int r = sticky(c);
     if (r)
         return r;
-    size_t avail = c->rlen - c->rpos;
-    size_t take = avail < n ? avail : n;
-    if (take)
-        memcpy(dst, c->rbuf + c->rpos, take);
-    c->rpos += take;
+    size_t take = take_buffered(c, dst, n);
     dst += take;
     n -= take;
     while (n > 0) {

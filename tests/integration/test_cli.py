@@ -63,6 +63,32 @@ def cli_migrate_json(t):
     stop_and_verify(dst)
 
 
+@R.test("migrate --multifd 3 --compress lz4: both sides get the settings, 3 channels carry")
+def cli_migrate_multifd(t):
+    src, dst = pair(t)
+    rc, out, err = run_cli(["migrate", "--src", "unix:" + src.sock, "--dst", dst.sock,
+                            "--uri", "tcp:127.0.0.1:0", "--multifd", "3", "--compress", "lz4",
+                            "--param", "max-bandwidth=0", "--json", "--timeout", "30"],
+                           timeout=40)
+    check_eq(rc, 0, "exit code (stderr %r)" % err[-500:])
+    j = json.loads(out)
+    chans = j.get("source", {}).get("ram", {}).get("x-multifd-channels")
+    check(isinstance(chans, list) and len(chans) == 3, "x-multifd-channels %r", chans)
+    for g in (src, dst):
+        caps = {c["capability"]: c["state"]
+                for c in g.qmp.execute("query-migrate-capabilities")}
+        check(caps.get("multifd") is True, "%s: multifd capability %r", g.name,
+              caps.get("multifd"))
+    p = src.qmp.execute("query-migrate-parameters")
+    check_eq(p.get("multifd-channels"), 3, "multifd-channels set by --multifd")
+    check_eq(p.get("multifd-compression"), "lz4", "multifd-compression set by --compress")
+    stop_and_verify(dst)
+    rc, out, err = run_cli(["migrate", "--src", "unix:" + src.sock, "--dst", dst.sock,
+                            "--uri", "tcp:127.0.0.1:0", "--compress", "snappy"], timeout=10)
+    check_eq(rc, 2, "exit code of --compress snappy")
+    check("--compress" in err and "snappy" in err, "error %r names the flag and value", err)
+
+
 @R.test("migrate to a destination started with --incoming tcp:127.0.0.1:0")
 def cli_migrate_listening_dst(t):
     # `livemig migrate --help`: "DST must be waiting for a migration

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -632,6 +633,33 @@ static void test_shutdown_unblocks_write(void **state)
 
 /* --------------------------------------------------------- errors */
 
+/* read_exact takes what the buffer holds, then reads exactly the rest, so
+ * after it the socket still holds what follows (no read-ahead). */
+static void test_read_exact(void **state)
+{
+    int sv[2];
+    lm_chan *c = NULL;
+    lm_error err = {0};
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(lm_chan_new(sv[0], "main channel", &c, &err), 0);
+    assert_int_equal(write(sv[1], "hdr1", 4), 4);
+    char buf[16];
+    /* buffered: read_full of 2 bytes reads ahead "hdr1" */
+    assert_int_equal(lm_chan_read_full(c, buf, 2), 0);
+    assert_int_equal(write(sv[1], "payload", 7), 7);
+    /* 2 bytes from the buffer, 3 from the socket, nothing more */
+    assert_int_equal(lm_chan_read_exact(c, buf, 5), 0);
+    assert_memory_equal(buf, "r1pay", 5);
+    int queued = 0;
+    assert_int_equal(ioctl(sv[0], FIONREAD, &queued), 0);
+    assert_int_equal(queued, 4); /* "load" still in the socket */
+    assert_int_equal(lm_chan_read_exact(c, buf, 4), 0);
+    assert_memory_equal(buf, "load", 4);
+    close(sv[1]);
+    assert_int_equal(lm_chan_read_exact(c, buf, 1), -EPIPE);
+    lm_chan_free(c);
+}
+
 static void test_eof_mid_read(void **state)
 {
     int sv[2];
@@ -1059,6 +1087,7 @@ static void test_ratelimit(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_read_exact),
         cmocka_unit_test(test_uri_parse_good),
         cmocka_unit_test(test_uri_parse_bad),
         cmocka_unit_test(test_tcp_listen_connect_accept),
