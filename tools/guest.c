@@ -132,6 +132,7 @@ struct guest {
     unsigned alive;       /* workers that have not exited */
     uint64_t samp_ms[SAMPLES], samp_w[SAMPLES];
     unsigned nsamp;       /* samples taken so far (ring index = nsamp % SAMPLES) */
+    uint64_t rate_base_writes; /* writes when the samples (re)started */
     /* --- end of lock group --- */
 };
 
@@ -555,7 +556,7 @@ static double recent_rate(guest *g)
     pthread_mutex_lock(&g->lock);
     if (g->nsamp == 0) {
         t0 = g->start_ms;
-        w0 = 0;
+        w0 = g->rate_base_writes;
     } else {
         unsigned oldest = g->nsamp < SAMPLES ? 0 : g->nsamp % SAMPLES;
         t0 = g->samp_ms[oldest];
@@ -683,6 +684,14 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     }
     g->cpu_loaded = true;
     g->cpu_adopted = same;
+    /* The counters jumped to the source's: the write rate starts anew
+     * from here, or it would count the source's writes as this second's. */
+    uint64_t now_writes = total_writes(g);
+    pthread_mutex_lock(&g->lock);
+    g->nsamp = 0;
+    g->start_ms = cli_now_ms();
+    g->rate_base_writes = now_writes;
+    pthread_mutex_unlock(&g->lock);
     return 0;
 }
 
