@@ -167,7 +167,7 @@ def dst_caps_while_listening(t):
     check(caps["events"], "events not on after set: %r", caps)
 
 
-@R.test("commands answer within 100 ms while the migration channel hangs")
+@R.test("commands answer at once (< 1 s) while the migration channel hangs")
 def responsive_while_hung(t):
     src = t.guest("src", mem="128M", workload="random", fill="random")
     silent = t.silent()
@@ -193,13 +193,15 @@ def responsive_while_hung(t):
             worst[name] = max(worst.get(name, 0), dt)
         time.sleep(0.02)
     log("worst latencies (ms): %s" % {k: round(v * 1000, 1) for k, v in worst.items()})
+    # A command stuck behind the hung channel would wait for it (forever,
+    # here); 1 s tells that apart from a busy CI machine's scheduling.
     for name, dt in worst.items():
-        check(dt < 0.1, "%s took %.1f ms while the channel hangs", name, dt * 1000)
+        check(dt < 1.0, "%s took %.1f ms while the channel hangs", name, dt * 1000)
     check_eq(src.qmp.execute("query-migrate-parameters").get("max-bandwidth"), 15 << 20,
              "max-bandwidth set while hung")
     t0 = time.monotonic()
     src.qmp.execute("migrate_cancel")
-    check(time.monotonic() - t0 < 0.1, "migrate_cancel took %.1f ms",
+    check(time.monotonic() - t0 < 1.0, "migrate_cancel took %.1f ms",
           (time.monotonic() - t0) * 1000)
     wait_status(src, "cancelled", 3, fail_on=("completed", "failed"))
 
