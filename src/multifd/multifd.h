@@ -81,9 +81,8 @@ void lm_mfd_send_last_stage(lm_mfd_send *s);
 void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why);
 /* Joins the threads (after shutdown or finish), closes the channels. */
 void lm_mfd_send_free(lm_mfd_send *s);
-/* Wire bytes written by all channels (relaxed).  Per-channel figures are
- * in m->stats.mfd_chan[], written by the channel threads. */
-uint64_t lm_mfd_send_bytes(const lm_mfd_send *s);
+/* Wire bytes: m->stats.multifd_bytes in all and m->stats.mfd_chan[] per
+ * channel, written by the channel threads (relaxed atomics). */
 
 /* ------------------------------------------------------------- destination */
 

@@ -505,8 +505,3 @@ void lm_mfd_send_free(lm_mfd_send *s)
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
-
-uint64_t lm_mfd_send_bytes(const lm_mfd_send *s)
-{
-    return LM_ATOMIC_GET(&s->m->stats.multifd_bytes);
-}
