@@ -93,6 +93,7 @@ struct guest {
     uint64_t hot_size;
     bool hot_size_set;
     bool prealloc;        /* --prealloc: populate all memory before serving */
+    bool memfd;           /* --mem-backend memfd: RAM is shared memory */
     char qmp_uri[4200];
     const char *incoming;
     bulk_cfg bulk_cfgs[MAX_BULK];
@@ -225,7 +226,8 @@ static inline uint8_t *page_ptr(guest *g, uint64_t idx)
 
 /* ------------------------------------------------------------- memory */
 
-static int region_map(region *r, uint64_t len, lm_error *err)
+/* name: the memfd's name with --mem-backend memfd (NULL: anonymous). */
+static int region_map(region *r, uint64_t len, const char *name, lm_error *err)
 {
     r->map_len = len + HUGE_ALIGN;
     r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
@@ -241,6 +243,22 @@ static int region_map(region *r, uint64_t len, lm_error *err)
     uintptr_t a = ((uintptr_t)r->map + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1);
     r->base = (uint8_t *)a;
     r->len = len;
+    if (name) {
+        /* QEMU's memory-backend-memfd: shared memory mapped over the
+         * aligned part of the reservation.  The mapping keeps the file
+         * alive, the descriptor is not needed afterwards. */
+        int fd = memfd_create(name, MFD_CLOEXEC);
+        if (fd < 0)
+            return lm_error_set(err, -errno, "memfd_create(%s): %s", name, strerror(errno));
+        void *p = MAP_FAILED;
+        if (ftruncate(fd, (off_t)len) == 0)
+            p = mmap(r->base, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        int e = errno;
+        close(fd);
+        if (p == MAP_FAILED)
+            return lm_error_set(err, -e, "cannot map a memfd of %" PRIu64 " bytes: %s", len,
+                                strerror(e));
+    }
     madvise(r->base, len, MADV_HUGEPAGE); /* a hint: failure is harmless */
     return 0;
 }
@@ -861,6 +879,9 @@ void usage_guest(FILE *f)
             "  --prealloc             populate all guest memory before serving (QEMU's\n"
             "                         -mem-prealloc): a destination then loads at wire\n"
             "                         speed instead of paying the kernel's page zeroing\n"
+            "  --mem-backend anon|memfd  guest RAM as private anonymous memory (default)\n"
+            "                         or shared memory (QEMU's memory-backend-memfd);\n"
+            "                         postcopy places memfd pages without a copy\n"
             "  --device bulk,size=SIZE,initial=SIZE,dirty-rate=RATE[,ack=on|off][,version=N]\n"
             "                         a VFIO-like device with its own memory, whose initial\n"
             "                         data the destination loads before the switch when\n"
@@ -874,7 +895,7 @@ void usage_guest(FILE *f)
 
 enum {
     O_MEM = 1, O_QMP, O_INCOMING, O_WORKLOAD, O_RATE, O_THREADS, O_SEED, O_FILL, O_HOT,
-    O_PREALLOC, O_PATTERN, O_DEVICE,
+    O_PREALLOC, O_PATTERN, O_DEVICE, O_BACKEND,
 };
 
 static const cli_opt guest_opts[] = {
@@ -884,6 +905,7 @@ static const cli_opt guest_opts[] = {
     {"seed", true, O_SEED},         {"fill", true, O_FILL},
     {"hot-size", true, O_HOT},      {"prealloc", false, O_PREALLOC},
     {"pattern", true, O_PATTERN},   {"device", true, O_DEVICE},
+    {"mem-backend", true, O_BACKEND},
     {NULL, false, 0},
 };
 
@@ -985,6 +1007,14 @@ static int parse_flags(guest *g, int argc, char **argv)
         case O_PREALLOC:
             g->prealloc = true;
             break;
+        case O_BACKEND:
+            if (!strcmp(v, "anon") || !strcmp(v, "memfd")) {
+                g->memfd = !strcmp(v, "memfd");
+            } else {
+                cli_err("guest", "--mem-backend: unknown backend '%s' (anon, memfd)", v);
+                return CLI_EXIT_USAGE;
+            }
+            break;
         case O_PATTERN:
             if (!strcmp(v, "text") || !strcmp(v, "random")) {
                 text_pattern = !strcmp(v, "text");
@@ -1041,9 +1071,10 @@ static int setup_memory(guest *g, lm_error *err)
     uint64_t ram1_pages = g->npages - g->ram0_pages;
     uint64_t ledger_len = (g->npages * 8 + PAGE - 1) / PAGE * PAGE;
     int rc;
-    if ((rc = region_map(&g->ram[0], g->ram0_pages * PAGE, err)) < 0 ||
-        (rc = region_map(&g->ram[1], ram1_pages * PAGE, err)) < 0 ||
-        (rc = region_map(&g->ledger_r, ledger_len, err)) < 0)
+    if ((rc = region_map(&g->ram[0], g->ram0_pages * PAGE, g->memfd ? "ram0" : NULL,
+                         err)) < 0 ||
+        (rc = region_map(&g->ram[1], ram1_pages * PAGE, g->memfd ? "ram1" : NULL, err)) < 0 ||
+        (rc = region_map(&g->ledger_r, ledger_len, g->memfd ? "ledger" : NULL, err)) < 0)
         return rc;
     g->ledger = (uint64_t *)g->ledger_r.base;
     return 0;
