@@ -234,6 +234,9 @@ typedef struct lm_info {
     uint64_t pc_faults;            /* faults on pages the source still owed */
     uint64_t pc_local_faults;      /* faults on zero pages served locally */
     uint64_t pc_owed_pages;        /* pages not placed yet */
+    /* RAM blocks whose pages are placed by UFFDIO_CONTINUE into shared
+     * memory (minor faults) / by UFFDIO_COPY (missing faults) */
+    uint32_t pc_minor_blocks, pc_copy_blocks;
     /* postcopy-blocktime: remote fault latency, fault read to placement */
     bool has_blocktime;
     uint64_t pc_lat_hist[24];      /* bucket i: [2^i, 2^(i+1)) µs; 0 also < 1 µs */

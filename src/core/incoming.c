@@ -559,6 +559,7 @@ static void *incoming_thread_fn(void *arg)
         lm_postcopy_preempt_stop(m);
         lm_postcopy_end(m);
         send_status_rp(m, in->chan, LM_REC_RP_SHUT, 0, "loaded");
+        lm_postcopy_release(m); /* after the source heard: unmapping takes time */
         goto out;
     }
     /* Everything loaded: run the guest, then confirm.  The source counts

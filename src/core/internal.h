@@ -80,6 +80,16 @@ uint64_t lm_bitmap_count(const uint64_t *b, uint64_t nbits);
 
 /* ------------------------------------------------------------ RAM blocks */
 
+/* Postcopy placement per RAM block (postcopy.c):
+ *  ANON:   private memory; missing faults, UFFDIO_COPY/ZEROPAGE, discard by
+ *          MADV_DONTNEED;
+ *  SHARED: shared memory without minor-fault support; missing faults,
+ *          UFFDIO_COPY/ZEROPAGE, discard by MADV_REMOVE (punches the file);
+ *  MINOR:  shared memory (shmem/memfd); discard unmaps only (MADV_DONTNEED
+ *          keeps the page cache), data is received straight into the page
+ *          cache through a second mapping and mapped with UFFDIO_CONTINUE. */
+enum { LM_PC_ANON, LM_PC_SHARED, LM_PC_MINOR };
+
 typedef struct lm_ram_block {
     char name[LM_RAM_NAME_MAX + 1];
     uint8_t *base;
@@ -92,7 +102,12 @@ typedef struct lm_ram_block {
     /* destination, owned by the incoming thread */
     uint64_t *received;  /* pages written at least once by a stream */
     uint64_t *prefaulted;/* 2 MiB chunks already populated for writing */
+    /* destination, postcopy: how owed pages are dropped and placed, decided
+     * at lm_postcopy_prepare() from the memory's kind (postcopy.c) */
+    uint8_t pc_kind;     /* LM_PC_ANON, LM_PC_SHARED or LM_PC_MINOR */
+    uint8_t *alias;      /* LM_PC_MINOR: second mapping of the same pages */
     /* destination, postcopy (m->pc.lock) */
+    uint64_t *claimed;   /* LM_PC_MINOR: owed pages being written via alias */
     uint64_t *owed;      /* discarded at the switch, not placed yet */
     uint64_t *requested; /* asked for once on the return path */
     uint64_t *fault_ns;  /* postcopy-blocktime: first fault time per page */
@@ -463,11 +478,18 @@ int lm_postcopy_listen(lm_mig *m, lm_chan *rp, lm_error *err);
  * when data is NULL.  Pages placed already are skipped.  Any thread. */
 int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
                       const uint8_t *data, lm_error *err);
+/* LM_PC_MINOR blocks: reads count pages of data from c straight into the
+ * page cache of the owed pages this thread claims (scratch, LM_RAM_MAX_RUN
+ * pages, takes the others) and maps them.  count <= LM_RAM_MAX_RUN. */
+int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t first,
+                           uint64_t count, uint8_t *scratch, lm_error *err);
 /* Waits until nothing is owed, the preempt loader failed, or the preempt
  * channel ended (then it checks that nothing is owed). */
 int lm_postcopy_wait_placed(lm_mig *m, lm_error *err);
 /* Completion: stops the fault thread and unregisters (pages stay). */
 void lm_postcopy_end(lm_mig *m);
+/* After lm_postcopy_end: unmaps the aliases of minor-fault blocks. */
+void lm_postcopy_release(lm_mig *m);
 /* Starts "lm-pc-preempt" on an accepted preempt channel (owned now). */
 int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err);
 /* Shuts down and joins the preempt loader (returns its error). */

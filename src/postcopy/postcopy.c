@@ -45,7 +45,7 @@
 
 /* ----------------------------------------------------------------- probe */
 
-static int uffd_open(lm_error *err)
+static int uffd_open(uint64_t features, lm_error *err)
 {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
@@ -53,7 +53,7 @@ static int uffd_open(lm_error *err)
                             errno == EPERM ? " (vm.unprivileged_userfaultfd=0 and no "
                                              "CAP_SYS_PTRACE)"
                                            : "");
-    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    struct uffdio_api api = {.api = UFFD_API, .features = features};
     if (ioctl(fd, UFFDIO_API, &api) < 0) {
         int e = errno;
         close(fd);
@@ -67,7 +67,7 @@ static int uffd_open(lm_error *err)
  * and WAKE available. */
 int lm_postcopy_probe(lm_error *err)
 {
-    int fd = uffd_open(err);
+    int fd = uffd_open(0, err);
     if (fd < 0)
         return fd;
     int ret = 0;
@@ -96,6 +96,88 @@ out:
     return ret;
 }
 
+/* The features this kernel's userfaultfd offers (0 when it has none):
+ * UFFDIO_API called with no feature reports them all. */
+static uint64_t uffd_features(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    uint64_t f = ioctl(fd, UFFDIO_API, &api) == 0 ? api.features : 0;
+    close(fd);
+    return f;
+}
+
+/* ------------------------------------------------------ memory kinds */
+
+/* How the mappings of [base, base+len) are shared, from /proc/self/maps:
+ * *shared and *private count the mappings of either kind over the range. */
+static int scan_mappings(const uint8_t *base, uint64_t len, unsigned *shared, unsigned *private,
+                         lm_error *err)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return lm_error_set(err, -errno, "postcopy: cannot read /proc/self/maps: %s",
+                            strerror(errno));
+    uintptr_t lo = (uintptr_t)base, hi = lo + len;
+    char line[512];
+    *shared = *private = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long s, e;
+        char perms[5];
+        if (sscanf(line, "%lx-%lx %4s", &s, &e, perms) != 3)
+            continue;
+        if (e <= lo || s >= hi)
+            continue;
+        if (perms[3] == 's')
+            (*shared)++;
+        else
+            (*private)++;
+    }
+    fclose(f);
+    return 0;
+}
+
+static bool test_no_minor(void)
+{
+    const char *t = getenv("LIVEMIG_TEST_POSTCOPY");
+    return t && strstr(t, "no-minor");
+}
+
+/* Decides b->pc_kind.  Shared memory (memfd, shmem) takes minor faults
+ * when the kernel has them: its page cache then stays allocated across the
+ * switch, data is received straight into it through a second mapping (the
+ * alias, made with mremap(old_size 0), which duplicates a shared mapping
+ * without needing its file) and UFFDIO_CONTINUE maps it.  That saves the
+ * copy and the page allocation of UFFDIO_COPY, which is half of a
+ * destination loader's time (perf, docs/benchmarks.md).  Dropping such a
+ * page with MADV_DONTNEED would only unmap it, so without minor faults
+ * shared memory is dropped with MADV_REMOVE and placed with UFFDIO_COPY. */
+static int classify_block(lm_ram_block *b, bool minor_ok, lm_error *err)
+{
+    unsigned shared, private;
+    b->pc_kind = LM_PC_ANON;
+    b->alias = NULL;
+    int ret = scan_mappings(b->base, b->len, &shared, &private, err);
+    if (ret < 0)
+        return ret;
+    if (shared && private)
+        return lm_error_set(err, -EINVAL, "postcopy: RAM block '%s' mixes private and shared "
+                                          "mappings", b->name);
+    if (!shared)
+        return 0;
+    b->pc_kind = LM_PC_SHARED;
+    if (!minor_ok || shared != 1)
+        return 0;
+    void *a = mremap(b->base, 0, b->len, MREMAP_MAYMOVE);
+    if (a == MAP_FAILED)
+        return 0; /* e.g. a mapping that cannot be duplicated: no alias */
+    b->alias = a;
+    b->pc_kind = LM_PC_MINOR;
+    return 0;
+}
+
 /* ---------------------------------------------------------- life cycle */
 
 void lm_postcopy_init(lm_mig *m)
@@ -118,7 +200,12 @@ static void free_maps(lm_mig *m)
         free(b->owed);
         free(b->requested);
         free(b->fault_ns);
-        b->owed = b->requested = b->fault_ns = NULL;
+        free(b->claimed);
+        b->owed = b->requested = b->fault_ns = b->claimed = NULL;
+        if (b->alias)
+            munmap(b->alias, b->len);
+        b->alias = NULL;
+        b->pc_kind = LM_PC_ANON;
     }
 }
 
@@ -145,15 +232,21 @@ int lm_postcopy_prepare(lm_mig *m, lm_error *err)
     pthread_mutex_lock(&m->lock);
     bool blocktime = m->caps & (1ull << LM_CAP_POSTCOPY_BLOCKTIME);
     pthread_mutex_unlock(&m->lock);
+    bool minor_ok = (uffd_features() & UFFD_FEATURE_MINOR_SHMEM) && !test_no_minor();
     pthread_mutex_lock(&m->pc.lock);
     free_maps(m);
     int ret = 0;
     for (unsigned i = 0; i < m->nblocks && ret == 0; i++) {
         lm_ram_block *b = &m->blocks[i];
+        ret = classify_block(b, minor_ok, err);
+        if (ret < 0)
+            break;
         b->owed = calloc(lm_bitmap_words(b->npages), 8);
         b->requested = calloc(lm_bitmap_words(b->npages), 8);
         b->fault_ns = blocktime ? calloc(b->npages, 8) : NULL;
-        if (!b->owed || !b->requested || (blocktime && !b->fault_ns))
+        b->claimed = b->pc_kind == LM_PC_MINOR ? calloc(lm_bitmap_words(b->npages), 8) : NULL;
+        if (!b->owed || !b->requested || (blocktime && !b->fault_ns) ||
+            (b->pc_kind == LM_PC_MINOR && !b->claimed))
             ret = lm_error_set(err, -ENOMEM, "out of memory for postcopy maps");
     }
     m->pc.owed_pages = 0;
@@ -179,10 +272,16 @@ int lm_postcopy_discard(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t cou
     int ret = lm_postcopy_prepare(m, err);
     if (ret < 0)
         return ret;
-    if (madvise(b->base + first * b->page_size, count * b->page_size, MADV_DONTNEED) < 0)
-        return lm_error_set(err, -errno, "POSTCOPY_DISCARD: madvise(DONTNEED) of '%s' pages "
-                                         "%llu+%llu: %s", b->name, (unsigned long long)first,
-                            (unsigned long long)count, strerror(errno));
+    /* Shared memory without minor faults: only a hole faults (MADV_REMOVE
+     * punches one); otherwise unmapping is enough (a minor fault comes
+     * from an unmapped page-cache page, a missing fault from a hole). */
+    int advice = b->pc_kind == LM_PC_SHARED ? MADV_REMOVE : MADV_DONTNEED;
+    if (madvise(b->base + first * b->page_size, count * b->page_size, advice) < 0)
+        return lm_error_set(err, -errno, "POSTCOPY_DISCARD: madvise(%s) of '%s' pages "
+                                         "%llu+%llu: %s",
+                            advice == MADV_REMOVE ? "REMOVE" : "DONTNEED", b->name,
+                            (unsigned long long)first, (unsigned long long)count,
+                            strerror(errno));
     pthread_mutex_lock(&m->pc.lock);
     for (uint64_t p = first; p < first + count; p++) {
         if (!lm_bit_test(b->owed, p)) {
@@ -252,9 +351,204 @@ static int64_t place_ioctl(lm_mig *m, lm_ram_block *b, uint64_t p, uint64_t q,
     }
 }
 
+/* ------------------------------------------------ placement, minor faults */
+
+/* Marks [p, q) placed: no longer owed nor claimed; wakes the waiters of
+ * lm_postcopy_wait_placed.  With pc.lock held. */
+static void placed_locked(lm_mig *m, lm_ram_block *b, uint64_t p, uint64_t q, uint64_t now)
+{
+    for (uint64_t i = p; i < q; i++) {
+        if (lm_bit_test(b->owed, i)) {
+            lm_bit_clear(b->owed, i);
+            m->pc.owed_pages--;
+        }
+        if (b->claimed)
+            lm_bit_clear(b->claimed, i);
+        record_latency(m, b, i, now);
+    }
+    pthread_cond_broadcast(&m->pc.cond);
+}
+
+/* Claims the owed, unclaimed pages of [first, first+n) (n <= LM_RAM_MAX_RUN)
+ * for the caller: bit i - first of mine.  Only a claimer writes a page
+ * through the alias, and only until it is mapped: a write after that would
+ * overwrite what the workload wrote since (UFFDIO_COPY has that check in
+ * the kernel; the alias does not). */
+static bool claim(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t n, uint64_t *mine)
+{
+    bool any = false;
+    memset(mine, 0, lm_bitmap_words(n) * 8);
+    pthread_mutex_lock(&m->pc.lock);
+    for (uint64_t i = first; i < first + n; i++) {
+        if (lm_bit_test(b->owed, i) && !lm_bit_test(b->claimed, i)) {
+            lm_bit_set(b->claimed, i);
+            lm_bit_set(mine, i - first);
+            any = true;
+        }
+    }
+    pthread_mutex_unlock(&m->pc.lock);
+    return any;
+}
+
+static void unclaim(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t n,
+                    const uint64_t *mine)
+{
+    pthread_mutex_lock(&m->pc.lock);
+    for (uint64_t i = 0; i < n; i++)
+        if (lm_bit_test(mine, i))
+            lm_bit_clear(b->claimed, first + i);
+    pthread_mutex_unlock(&m->pc.lock);
+}
+
+/* Maps [p, q) of the guest's mapping onto its page cache; waiters wake. */
+static int continue_range(lm_mig *m, lm_ram_block *b, uint64_t p, uint64_t q)
+{
+    while (p < q) {
+        struct uffdio_continue c = {
+            .range = {(uintptr_t)b->base + p * b->page_size, (q - p) * b->page_size}};
+        if (ioctl(m->pc.uffd, UFFDIO_CONTINUE, &c) == 0)
+            return 0;
+        int e = errno;
+        if (c.mapped > 0) {
+            p += (uint64_t)c.mapped / b->page_size;
+            continue;
+        }
+        if (e == EAGAIN || c.mapped == -EAGAIN)
+            continue;
+        if (e == EEXIST || c.mapped == -EEXIST) {
+            /* Mapped already: cannot happen for a claimed page, but it
+             * would be the outcome wanted; wake anyone and go on. */
+            struct uffdio_range r = {(uintptr_t)b->base + p * b->page_size, b->page_size};
+            ioctl(m->pc.uffd, UFFDIO_WAKE, &r);
+            p++;
+            continue;
+        }
+        return -(e ? e : EIO);
+    }
+    return 0;
+}
+
+/* Runs of the claimed (mine set) or unclaimed pages of [0, n) from i. */
+static uint64_t run_end(const uint64_t *mine, uint64_t n, uint64_t i, bool set)
+{
+    while (i < n && lm_bit_test(mine, i) == set)
+        i++;
+    return i;
+}
+
+/* Zero pages of a minor block: short runs are cleared through the alias and
+ * mapped (a requested zero page wakes its waiter at once); long ones are
+ * punched out of the page cache and the waiters woken: a hole that is
+ * touched later takes a missing fault, answered with a zero page locally
+ * (nothing is owed there any more). */
+#define ZERO_CLEAR_MAX 64
+
+static int place_zero_minor(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
+                            lm_error *err)
+{
+    uint64_t mine[LM_RAM_MAX_RUN / 64];
+    uint64_t ps = b->page_size;
+    for (uint64_t at = first; at < first + count;) {
+        uint64_t n = first + count - at < LM_RAM_MAX_RUN ? first + count - at : LM_RAM_MAX_RUN;
+        if (claim(m, b, at, n, mine)) {
+            for (uint64_t i = run_end(mine, n, 0, false); i < n;
+                 i = run_end(mine, n, run_end(mine, n, i, true), false)) {
+                uint64_t j = run_end(mine, n, i, true);
+                uint8_t *a = b->alias + (at + i) * ps;
+                int rc = 0;
+                if (j - i <= ZERO_CLEAR_MAX) {
+                    rc = lm_mem_populate(a, (j - i) * ps);
+                    if (rc == 0) {
+                        memset(a, 0, (j - i) * ps);
+                        rc = continue_range(m, b, at + i, at + j);
+                    }
+                } else if (madvise(a, (j - i) * ps, MADV_REMOVE) < 0) {
+                    rc = -errno;
+                }
+                if (rc < 0) {
+                    unclaim(m, b, at, n, mine);
+                    return lm_error_set(err, rc, "placing zero pages %llu+%llu of '%s': %s",
+                                        (unsigned long long)(at + i),
+                                        (unsigned long long)(j - i), b->name, strerror(-rc));
+                }
+                uint64_t now = lm_now_ns();
+                pthread_mutex_lock(&m->pc.lock);
+                placed_locked(m, b, at + i, at + j, now);
+                pthread_mutex_unlock(&m->pc.lock);
+                if (j - i > ZERO_CLEAR_MAX) {
+                    struct uffdio_range r = {(uintptr_t)b->base + (at + i) * ps, (j - i) * ps};
+                    ioctl(m->pc.uffd, UFFDIO_WAKE, &r);
+                }
+            }
+        }
+        at += n;
+    }
+    return 0;
+}
+
+int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t first,
+                           uint64_t count, uint8_t *scratch, lm_error *err)
+{
+    uint64_t mine[LM_RAM_MAX_RUN / 64];
+    uint64_t ps = b->page_size;
+    if (count > LM_RAM_MAX_RUN)
+        return lm_error_set(err, -EPROTO, "postcopy: run of %llu pages",
+                            (unsigned long long)count);
+    claim(m, b, first, count, mine);
+    /* The stream's order: claimed runs go to the page cache (populated in
+     * the alias first: a fault per 4 KiB page inside recv would cost more
+     * than the copy), the rest to scratch. */
+    int rc = 0;
+    for (uint64_t i = 0; i < count && rc == 0;) {
+        bool set = lm_bit_test(mine, i);
+        uint64_t j = run_end(mine, count, i, set);
+        uint8_t *dst = scratch;
+        if (set) {
+            dst = b->alias + (first + i) * ps;
+            rc = lm_mem_populate(dst, (j - i) * ps);
+            if (rc < 0) {
+                lm_error_set(err, rc, "postcopy: populating pages %llu+%llu of '%s': %s",
+                             (unsigned long long)(first + i), (unsigned long long)(j - i),
+                             b->name, strerror(-rc));
+                break;
+            }
+        }
+        if (lm_chan_read_full(c, dst, (j - i) * ps) < 0) {
+            rc = lm_chan_get_error(c, err);
+            break;
+        }
+        i = j;
+    }
+    for (uint64_t i = run_end(mine, count, 0, false); i < count && rc == 0;
+         i = run_end(mine, count, run_end(mine, count, i, true), false)) {
+        uint64_t j = run_end(mine, count, i, true);
+        rc = continue_range(m, b, first + i, first + j);
+        if (rc < 0) {
+            lm_error_set(err, rc, "placing page %llu of '%s' (userfaultfd continue): %s",
+                         (unsigned long long)(first + i), b->name, strerror(-rc));
+            break;
+        }
+        uint64_t now = lm_now_ns();
+        pthread_mutex_lock(&m->pc.lock);
+        placed_locked(m, b, first + i, first + j, now);
+        pthread_mutex_unlock(&m->pc.lock);
+    }
+    if (rc < 0)
+        unclaim(m, b, first, count, mine); /* placed pages are unclaimed already */
+    return rc;
+}
+
+/* ---------------------------------------------- placement, missing faults */
+
 int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
                       const uint8_t *data, lm_error *err)
 {
+    if (b->pc_kind == LM_PC_MINOR) {
+        if (!data)
+            return place_zero_minor(m, b, first, count, err);
+        return lm_error_set(err, -EINVAL, "postcopy: block '%s' takes data from its channel",
+                            b->name);
+    }
     uint64_t end = first + count;
     uint64_t p = first;
     while (p < end) {
@@ -326,7 +620,7 @@ static lm_ram_block *find_block(lm_mig *m, uint64_t addr, unsigned *idx)
     return NULL;
 }
 
-static void handle_fault(lm_mig *m, uint64_t addr)
+static void handle_fault(lm_mig *m, uint64_t addr, uint64_t flags)
 {
     unsigned bi;
     lm_ram_block *b = find_block(m, addr, &bi);
@@ -349,14 +643,21 @@ static void handle_fault(lm_mig *m, uint64_t addr)
     }
     pthread_mutex_unlock(&m->pc.lock);
     if (!owed) {
-        /* Not owed and not present: never written by anyone, so zero.
-         * EEXIST means it was placed meanwhile: the waker was the placer. */
-        struct uffdio_zeropage z = {.range = {(uintptr_t)b->base + p * b->page_size,
-                                              b->page_size}};
-        if (ioctl(m->pc.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno != EEXIST) {
-            struct uffdio_range r = z.range;
-            ioctl(m->pc.uffd, UFFDIO_WAKE, &r);
+        /* Not owed.  A minor fault: the page cache holds the page's final
+         * contents (kept at the switch, or placed meanwhile), map it.  A
+         * missing fault: never written by anyone, so zero.  EEXIST means
+         * it was mapped meanwhile: the waker was the placer. */
+        struct uffdio_range rg = {(uintptr_t)b->base + p * b->page_size, b->page_size};
+        int r;
+        if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+            struct uffdio_continue c = {.range = rg};
+            r = ioctl(m->pc.uffd, UFFDIO_CONTINUE, &c);
+        } else {
+            struct uffdio_zeropage z = {.range = rg};
+            r = ioctl(m->pc.uffd, UFFDIO_ZEROPAGE, &z);
         }
+        if (r < 0 && errno != EEXIST)
+            ioctl(m->pc.uffd, UFFDIO_WAKE, &rg);
         return;
     }
     if (!ask)
@@ -397,7 +698,7 @@ static void *fault_thread_fn(void *arg)
         }
         for (ssize_t i = 0; i < got / (ssize_t)sizeof msgs[0]; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-                handle_fault(m, msgs[i].arg.pagefault.address);
+                handle_fault(m, msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.flags);
     }
     return NULL;
 }
@@ -409,16 +710,25 @@ int lm_postcopy_listen(lm_mig *m, lm_chan *rp, lm_error *err)
         return ret;
     if (m->pc.listening)
         return lm_error_set(err, -EPROTO, "POSTCOPY_RUN received twice");
-    int fd = uffd_open(err);
+    bool minor = false;
+    for (unsigned i = 0; i < m->nblocks; i++)
+        minor |= m->blocks[i].pc_kind == LM_PC_MINOR;
+    int fd = uffd_open(minor ? UFFD_FEATURE_MINOR_SHMEM : 0, err);
     if (fd < 0)
         return lm_error_prefix(err, "postcopy");
     for (unsigned i = 0; i < m->nblocks; i++) {
         lm_ram_block *b = &m->blocks[i];
-        struct uffdio_register r = {.range = {(uintptr_t)b->base, b->len},
-                                    .mode = UFFDIO_REGISTER_MODE_MISSING};
+        /* Minor blocks take missing faults too: an owed page that was
+         * never in the page cache (a hole) faults that way. */
+        struct uffdio_register r = {
+            .range = {(uintptr_t)b->base, b->len},
+            .mode = UFFDIO_REGISTER_MODE_MISSING |
+                    (b->pc_kind == LM_PC_MINOR ? UFFDIO_REGISTER_MODE_MINOR : 0)};
         if (ioctl(fd, UFFDIO_REGISTER, &r) < 0) {
-            ret = lm_error_set(err, -errno, "postcopy: registering RAM block '%s' with "
-                                            "userfaultfd: %s", b->name, strerror(errno));
+            ret = lm_error_set(err, -errno, "postcopy: registering RAM block '%s' (%s memory) "
+                                            "with userfaultfd: %s", b->name,
+                               b->pc_kind == LM_PC_ANON ? "private" : "shared",
+                               strerror(errno));
             close(fd);
             return ret;
         }
@@ -481,12 +791,26 @@ void lm_postcopy_end(lm_mig *m)
         close(m->pc.uffd);
         m->pc.uffd = -1;
     }
+
     if (m->pc.quit_efd >= 0) {
         close(m->pc.quit_efd);
         m->pc.quit_efd = -1;
     }
     __atomic_store_n(&m->pc.listening, false, __ATOMIC_RELEASE);
     m->pc.prepared = false;
+}
+
+/* After lm_postcopy_end: nothing writes through the aliases any more.
+ * Unmapping one costs ~0.1 s per GiB of page tables, so the incoming
+ * thread calls this after telling the source it is done. */
+void lm_postcopy_release(lm_mig *m)
+{
+    for (unsigned i = 0; i < m->nblocks; i++) {
+        lm_ram_block *b = &m->blocks[i];
+        if (b->alias)
+            munmap(b->alias, b->len);
+        b->alias = NULL;
+    }
 }
 
 /* ------------------------------------------------------ preempt channel */
@@ -612,6 +936,12 @@ void lm_postcopy_query(lm_mig *m, lm_info *out)
     out->pc_faults = m->pc.faults;
     out->pc_local_faults = m->pc.local_zero_faults;
     out->pc_owed_pages = m->pc.owed_pages;
+    for (unsigned i = 0; m->pc.switched && i < m->nblocks; i++) {
+        if (m->blocks[i].pc_kind == LM_PC_MINOR)
+            out->pc_minor_blocks++;
+        else
+            out->pc_copy_blocks++;
+    }
     out->has_blocktime = m->pc.blocktime;
     memcpy(out->pc_lat_hist, m->pc.hist, sizeof out->pc_lat_hist);
     out->pc_lat_count = m->pc.lat_count;

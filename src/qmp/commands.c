@@ -648,6 +648,8 @@ json_t *lm_qmp_info_json(const lm_info *in)
             put(pc, "remote-faults", ju64(in->pc_faults));
             put(pc, "local-faults", ju64(in->pc_local_faults));
             put(pc, "owed-pages", ju64(in->pc_owed_pages));
+            put(pc, "x-blocks-minor", ju64(in->pc_minor_blocks));
+            put(pc, "x-blocks-copy", ju64(in->pc_copy_blocks));
             if (in->has_blocktime) {
                 json_t *h = json_array();
                 for (unsigned i = 0; h && i < 24; i++)

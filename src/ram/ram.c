@@ -901,8 +901,10 @@ int lm_ram_postcopy_load_discard(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, lm_
 }
 
 /* RAM_PAGES / RAM_ZERO after POSTCOPY_RUN: the workload runs, so a page
- * must appear whole or not at all.  Data goes to tmp first, then
- * UFFDIO_COPY places it (and wakes whoever waits for it). */
+ * must appear whole or not at all.  Private memory: data goes to tmp
+ * first, then UFFDIO_COPY places it (and wakes whoever waits for it).
+ * Shared memory with minor faults: data goes straight to the page cache,
+ * UFFDIO_CONTINUE maps it (postcopy.c). */
 int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint8_t *tmp,
                                 lm_error *err)
 {
@@ -928,6 +930,8 @@ int lm_ram_postcopy_load_record(lm_mig *m, lm_chan *c, const lm_rec_hdr *h, uint
     if (b->page_size != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "postcopy RAM_PAGES: block page size %u, only %u "
                                           "supported", b->page_size, LM_PAGE_SIZE);
+    if (b->pc_kind == LM_PC_MINOR)
+        return lm_postcopy_recv_place(m, c, b, r.first_page, r.count, tmp, err);
     uint64_t bytes = (uint64_t)r.count * b->page_size;
     if (lm_chan_read_full(c, tmp, bytes) < 0)
         return lm_chan_get_error(c, err);

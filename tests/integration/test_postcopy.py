@@ -42,6 +42,16 @@ SCENARIOS = [
      "caps": {"multifd": True}},
     {"name": "hot+preempt+multifd", "workload": "hot", "hot_size": "8M", "fill": "random",
      "caps": {"postcopy-preempt": True, "multifd": True}},
+    # Shared memory (memfd) on both sides: minor faults, data received into
+    # the page cache and mapped with UFFDIO_CONTINUE; then the same without
+    # minor faults on the destination (drop by MADV_REMOVE, UFFDIO_COPY).
+    {"name": "random+preempt memfd", "workload": "random", "dirty_rate": "64M",
+     "fill": "random", "caps": {"postcopy-preempt": True}, "backend": "memfd"},
+    {"name": "hot+blocktime memfd", "workload": "hot", "hot_size": "8M", "fill": "random",
+     "caps": {"postcopy-blocktime": True}, "backend": "memfd"},
+    {"name": "random+preempt memfd without minor faults", "workload": "random",
+     "dirty_rate": "64M", "fill": "random", "caps": {"postcopy-preempt": True},
+     "backend": "memfd", "dst_env": {"LIVEMIG_TEST_POSTCOPY": "no-minor"}},
 ]
 
 
@@ -52,8 +62,14 @@ def guests(t, sc, transport="tcp"):
             wl[k] = sc[k]
     caps = {"events": True, "postcopy-ram": True}
     caps.update(sc["caps"])
-    src = t.guest("src", mem=MEM, fill=sc["fill"], seed=1, **wl)
-    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=caps, **wl)
+    extra = ("--mem-backend", sc["backend"]) if sc.get("backend") else ()
+    src = t.guest("src", mem=MEM, fill=sc["fill"], seed=1, extra=extra, **wl)
+    env = None
+    if sc.get("dst_env"):
+        env = dict(os.environ)
+        env.update(sc["dst_env"])
+    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=caps,
+                 extra=extra, env=env, **wl)
     set_caps(src, caps)
     set_params(src, SLOW)
     return src, dst
@@ -145,6 +161,10 @@ def postcopy_run(t, sc):
     check_eq(ram.get("remaining"), 0, "remaining once completed")
     check(pc, "destination query-migrate lacks x-postcopy: %r", dinfo)
     check_eq(pc.get("owed-pages"), 0, "pages still owed on the destination")
+    # The guest's 3 blocks are placed the way its memory asks for.
+    minor = sc.get("backend") == "memfd" and not sc.get("dst_env")
+    check_eq((pc.get("x-blocks-minor"), pc.get("x-blocks-copy")), (3, 0) if minor else (0, 3),
+             "blocks placed by UFFDIO_CONTINUE / UFFDIO_COPY")
     # Every request the destination sent reached the source once.
     check_eq(ram.get("postcopy-requests"), pc.get("requests"), "requests sent vs received")
     if sc["caps"].get("postcopy-blocktime"):
