@@ -69,6 +69,9 @@ struct lm_chan {
     _Atomic uint64_t bytes_written;
     _Atomic uint64_t bytes_read;
     _Atomic uint64_t write_busy_ns;
+    /* bytes one read or write syscall may move (0: no limit); see
+     * lm_chan_set_io_slice */
+    _Atomic size_t io_slice;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -252,7 +255,24 @@ static int send_all(lm_chan *c, struct iovec *iov, int cnt)
     while (cnt > 0) {
         int e = 0;
         uint64_t t0 = mono_ns();
-        ssize_t n = write_once(c, iov, cnt > 1024 ? 1024 : cnt);
+        int k = cnt > 1024 ? 1024 : cnt;
+        size_t slice = atomic_load_explicit(&c->io_slice, memory_order_relaxed);
+        size_t cut = 0, sum = 0;
+        if (slice) {
+            /* The pieces that fit in the slice, the last one shortened. */
+            int i = 0;
+            while (i < k && sum + iov[i].iov_len <= slice)
+                sum += iov[i++].iov_len;
+            if (i < k && sum < slice) {
+                cut = iov[i].iov_len;
+                iov[i].iov_len = slice - sum;
+                i++;
+            }
+            k = i;
+        }
+        ssize_t n = write_once(c, iov, k);
+        if (cut)
+            iov[k - 1].iov_len = cut;
         if (n < 0)
             e = errno;
         busy += mono_ns() - t0;
@@ -296,6 +316,11 @@ static int send_all(lm_chan *c, struct iovec *iov, int cnt)
 out:
     atomic_fetch_add_explicit(&c->write_busy_ns, busy, memory_order_relaxed);
     return r;
+}
+
+void lm_chan_set_io_slice(lm_chan *c, size_t bytes)
+{
+    atomic_store_explicit(&c->io_slice, bytes, memory_order_relaxed);
 }
 
 int lm_chan_flush(lm_chan *c)
@@ -380,6 +405,9 @@ static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
 {
     for (;;) {
         ssize_t got;
+        size_t slice = atomic_load_explicit(&c->io_slice, memory_order_relaxed);
+    if (slice && n > slice)
+            n = slice;
         if (!c->no_recv) {
             got = recv(c->fd, p, n, waitall ? MSG_WAITALL : 0);
             if (got < 0 && errno == ENOTSOCK) {

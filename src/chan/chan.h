@@ -99,6 +99,12 @@ void lm_chan_set_error(lm_chan *c, int code, const char *msg);
 int lm_chan_get_error(lm_chan *c, lm_error *err);
 
 uint64_t lm_chan_bytes_written(const lm_chan *c); /* relaxed atomic reads */
+/* Caps the bytes one read or write syscall moves (0: no cap; any thread).
+ * This kernel kind runs without kernel preemption: a 1 MiB copy in one
+ * syscall keeps the CPU from a woken thread for its whole length, so
+ * postcopy's bulk channel moves at most 128 KiB per call while urgent
+ * threads share the CPUs. */
+void lm_chan_set_io_slice(lm_chan *c, size_t bytes);
 uint64_t lm_chan_bytes_read(const lm_chan *c);
 int lm_chan_fd(const lm_chan *c);
 /* Nanoseconds the writer spent inside write syscalls (for wire bandwidth). */

@@ -348,8 +348,10 @@ static int postcopy_run(incoming *in, lm_error *err)
      * page still in this thread's socket buffers is sent again on the
      * preempt channel, so nothing urgent waits for it).  Without one,
      * requested pages come this way and it keeps its priority. */
-    if (in->features & LM_FEAT_PREEMPT)
+    if (in->features & LM_FEAT_PREEMPT) {
         lm_postcopy_background_thread();
+        lm_chan_set_io_slice(in->chan, LM_PC_BULK_SLICE);
+    }
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
     return 0;
 }

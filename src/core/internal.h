@@ -310,6 +310,7 @@ struct lm_mig {
         pthread_t fault_thread;
         bool fault_running;
         lm_chan *rp;              /* main channel (return path), borrowed */
+        lm_chan *req;             /* page requests: the preempt channel, or NULL (rp_lock) */
         bool rp_broken;           /* a request could not be sent (lock) */
         bool blocktime;           /* postcopy-blocktime on for this migration */
         uint64_t owed_pages;      /* lock */
@@ -497,6 +498,8 @@ void lm_postcopy_preempt_stop(lm_mig *m);
 /* Lowers the calling thread's CPU priority (nice 10) for the background
  * push of postcopy, so that the threads on a fault's path win the CPU. */
 void lm_postcopy_background_thread(void);
+/* Bytes per syscall of postcopy's bulk channel with preempt (chan.h). */
+#define LM_PC_BULK_SLICE (128u << 10)
 /* The main channel is going away: requests fail (and stay marked). */
 void lm_postcopy_detach_rp(lm_mig *m);
 void lm_postcopy_query(lm_mig *m, lm_info *out);

@@ -76,6 +76,8 @@ typedef struct outgoing {
     bool ack_cap;                /* switchover-ack on for this migration (fixed at start) */
     uint64_t features;           /* LM_FEAT_* of this migration */
     lm_chan *preempt;            /* postcopy-preempt channel, or NULL */
+    pthread_t preq_thread;       /* "lm-rp-preempt": page requests on it */
+    bool preq_running;           /* that thread exists (migration thread) */
     uint32_t run_ping;           /* value of the PING after POSTCOPY_RUN (atomic) */
     bool run_sent;               /* POSTCOPY_RUN may be out: failures pause */
     bool paused;                 /* finished in postcopy-paused */
@@ -310,6 +312,42 @@ static bool queue_empty(lm_mig *m)
     bool e = m->pcs.head == m->pcs.tail;
     pthread_mutex_unlock(&m->ram_lock);
     return e;
+}
+
+/* "lm-rp-preempt": with postcopy-preempt the destination asks for pages
+ * on the preempt channel's other direction, where nothing else travels.
+ * On the main channel a request would wait for the socket, which the
+ * migration thread holds while it writes the background push (measured:
+ * p99 0.9 ms of a 1.3 ms remote fault there).  Only RP_REQ_PAGES comes
+ * this way; any other record is a protocol error that ends the migration
+ * (through the main channel, whose return path reports it).  A transport
+ * error ends only this thread: the main channel tells what happened. */
+static void *preq_thread_fn(void *arg)
+{
+    outgoing *g = arg;
+    lm_error err = {0};
+    uint8_t payload[LM_RAM_PAGES_HDR_SIZE];
+    pthread_setname_np(pthread_self(), "lm-rp-preempt");
+    for (;;) {
+        uint8_t hb[LM_REC_HDR_SIZE];
+        lm_rec_hdr h;
+        if (lm_chan_read_full(g->preempt, hb, sizeof hb) < 0)
+            return NULL;
+        if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, &err) <= 0)
+            break;
+        if (h.type != LM_REC_RP_REQ_PAGES || h.len != sizeof payload) {
+            lm_error_set(&err, -EPROTO, "%s record of %u bytes", lm_rec_type_name(h.type),
+                         h.len);
+            break;
+        }
+        if (lm_chan_read_full(g->preempt, payload, h.len) < 0)
+            return NULL;
+        if (serve_request(g, payload, h.len, &err) < 0)
+            break;
+    }
+    lm_error_prefix(&err, "preempt channel, from the destination");
+    lm_chan_shutdown(g->chan, err.msg);
+    return NULL;
 }
 
 static void *rp_thread_fn(void *arg)
@@ -734,8 +772,10 @@ static int postcopy_start(outgoing *g, lm_error *err)
     LM_ATOMIC_SET(&m->stats.downtime_us, dt);
     g->o.last_stage = false;
     g->o.postcopy = true;
-    if (g->preempt)
+    if (g->preempt) {
         lm_postcopy_background_thread(); /* requested pages go first (lm-rp) */
+        lm_chan_set_io_slice(g->chan, LM_PC_BULK_SLICE);
+    }
     g->params_gen = 0; /* reload: the postcopy rate limit applies now */
     reload_params(g);
     return 0;
@@ -954,6 +994,10 @@ static void finish(outgoing *g, int ret, lm_error *err)
     uint64_t pbytes = preempt_bytes(g);
     if (g->preempt) {
         lm_chan_shutdown(g->preempt, "migration ended");
+        if (g->preq_running) {
+            pthread_join(g->preq_thread, NULL);
+            g->preq_running = false;
+        }
         lm_chan_free(g->preempt);
         g->preempt = NULL;
     }
@@ -1069,6 +1113,14 @@ static void *migration_thread_fn(void *arg)
     if (ret < 0) {
         lm_error_set(&err, ret, "cannot start the return-path thread");
         goto out;
+    }
+    if (g->preempt) {
+        ret = -pthread_create(&g->preq_thread, NULL, preq_thread_fn, g);
+        if (ret < 0) {
+            lm_error_set(&err, ret, "cannot start the preempt channel's reader");
+            goto out;
+        }
+        g->preq_running = true;
     }
     /* A round trip measures the confirmation cost of the switchover; the
      * first one now, flushed at once (queued behind the setup it would

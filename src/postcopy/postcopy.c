@@ -665,12 +665,26 @@ static void handle_fault(lm_mig *m, uint64_t addr, uint64_t flags)
     uint8_t pl[LM_RAM_PAGES_HDR_SIZE];
     lm_ram_run r = {.block = m->in.rmap[bi], .count = 1, .first_page = p};
     lm_fmt_req_pages_encode(&r, pl, sizeof pl);
+    /* With postcopy-preempt the request goes on the preempt channel, where
+     * the source's reader waits for nothing else (on the main channel it
+     * would queue behind the loader's reads of the background push, and on
+     * the source behind the sender's writes: lock_sock on both ends).  With
+     * the return path gone (paused), the request stays marked and the
+     * faulting thread waits: recovery re-sends marked requests. */
+    uint8_t h[LM_REC_HDR_SIZE];
+    lm_fmt_rec_hdr_encode(LM_REC_RP_REQ_PAGES, sizeof pl, h, sizeof h);
     pthread_mutex_lock(&m->pc.rp_lock);
-    lm_chan *c = m->pc.rp;
+    lm_chan *c = m->pc.req ? m->pc.req : m->pc.rp;
+    int wr = -EPIPE;
+    if (c) {
+        wr = lm_chan_put(c, h, sizeof h);
+        if (wr == 0)
+            wr = lm_chan_put(c, pl, sizeof pl);
+        if (wr == 0)
+            wr = lm_chan_flush(c);
+    }
     pthread_mutex_unlock(&m->pc.rp_lock);
-    /* With the return path gone (paused), the request stays marked and
-     * the faulting thread waits: recovery re-sends marked requests. */
-    if (lm_postcopy_rp_write(m, c, LM_REC_RP_REQ_PAGES, pl, sizeof pl) < 0) {
+    if (wr < 0) {
         pthread_mutex_lock(&m->pc.lock);
         m->pc.rp_broken = true;
         pthread_mutex_unlock(&m->pc.lock);
@@ -865,11 +879,17 @@ static void *preempt_thread_fn(void *arg)
 
 int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err)
 {
+    pthread_mutex_lock(&m->pc.rp_lock);
+    m->pc.req = c;
+    pthread_mutex_unlock(&m->pc.rp_lock);
     m->pc.preempt = c;
     m->pc.preempt_eos = false;
     m->pc.preempt_ret = 0;
     int ret = -pthread_create(&m->pc.preempt_thread, NULL, preempt_thread_fn, m);
     if (ret < 0) {
+        pthread_mutex_lock(&m->pc.rp_lock);
+        m->pc.req = NULL;
+        pthread_mutex_unlock(&m->pc.rp_lock);
         m->pc.preempt = NULL;
         lm_chan_free(c);
         return lm_error_set(err, ret, "cannot start the preempt channel thread");
@@ -882,7 +902,11 @@ void lm_postcopy_preempt_stop(lm_mig *m)
 {
     if (!m->pc.preempt_running)
         return;
+    /* Shut down first: a request write blocked on it (rp_lock held) fails. */
     lm_chan_shutdown(m->pc.preempt, "preempt channel closed");
+    pthread_mutex_lock(&m->pc.rp_lock);
+    m->pc.req = NULL; /* no request writes from here on */
+    pthread_mutex_unlock(&m->pc.rp_lock);
     pthread_join(m->pc.preempt_thread, NULL);
     m->pc.preempt_running = false;
     lm_chan_free(m->pc.preempt);
