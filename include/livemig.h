@@ -297,7 +297,12 @@ void lm_mig_free(lm_mig *m);
  * len must be a multiple of page_size (4096 for now); names are unique,
  * 1..63 bytes.  Only while no migration has started.  The library may
  * madvise() the range (populate, hugepage hints) and write-protect it for
- * dirty tracking while a migration runs. */
+ * dirty tracking while a migration runs.  A postcopy destination registers
+ * it with userfaultfd; when it is one MAP_SHARED mapping of shared memory
+ * (memfd, shmem), it also maps a second view of the same pages (mremap with
+ * old_size 0) to fill them before mapping them with minor faults, and
+ * unmaps that view at the end.  Shared memory must not be mixed with
+ * private mappings within one block. */
 int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len,
                uint32_t page_size, lm_error *err);
 
