@@ -11,7 +11,6 @@ import signal
 import socket
 import struct
 import threading
-import time
 
 from lmtest import (Runner, TestFailure, check, check_eq, dest_uri, log, migrate, run_cli,
                     set_caps,
@@ -312,7 +311,8 @@ def t_cli_postcopy(t):
 
 HELLO = struct.Struct("<IHBBHHI16sQ8s")
 MAGIC = 0x47494d4c
-FEAT_POSTCOPY = 1 << 1
+FEAT_POSTCOPY, FEAT_PREEMPT = 1 << 1, 1 << 2
+ROLE_MAIN, ROLE_PREEMPT = 1, 3
 REC = struct.Struct("<BBHI")
 T_RAM_BLOCKS, T_RAM_PAGES, T_RAM_ZERO, T_RAM_PASS = 0x10, 0x11, 0x12, 0x13
 T_PING, T_SWITCHOVER_START, T_DISCARD, T_RUN, T_EOS = 0x20, 0x21, 0x22, 0x23, 0x30
@@ -338,50 +338,107 @@ def status_msg(status, msg):
     return struct.pack("<iH", status, len(m)) + m
 
 
-class FakeDest:
-    """Speaks the destination side of docs/format.md over one TCP
-    connection: ACCEPTs the HELLO (postcopy feature), records every RAM
-    record after POSTCOPY_RUN, answers PINGs, and lets the test send
-    return-path records.  Bounded: every socket operation times out."""
+def pages_of(runs, block=None):
+    """(block, page) of every page in runs of (type, block, first, count)."""
+    return [(b, p) for _, b, f, c in runs if block is None or b == block
+            for p in range(f, f + c)]
 
-    def __init__(self):
+
+class FakeDest:
+    """Speaks the destination side of docs/format.md: ACCEPTs the HELLO of
+    the main channel (postcopy feature) and, with preempt=True, of the
+    preempt channel (PREEMPT feature too); channels are told apart by
+    their HELLO role, whatever order they come in.  Records every RAM
+    record after POSTCOPY_RUN on the main channel (after_run) and every
+    RAM record on the preempt channel (pre_pages), answers PINGs, answers
+    RP_SHUT once the main channel's EOS (and the preempt channel's EOS)
+    came, and lets the test send return-path records on either channel.
+    Bounded: every socket operation times out; the first failure of any of
+    its threads is kept in error."""
+
+    def __init__(self, preempt=False):
+        self.features = FEAT_POSTCOPY | (FEAT_PREEMPT if preempt else 0)
+        self.want_roles = (ROLE_MAIN, ROLE_PREEMPT) if preempt else (ROLE_MAIN,)
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(2)
+        self.lsock.listen(4)
         self.lsock.settimeout(30)
         self.uri = "tcp:127.0.0.1:%d" % self.lsock.getsockname()[1]
         self.blocks = []          # (name, page_size, length)
         self.discard = []         # (block, first, count)
-        self.after_run = []       # (type, block, first, count)
+        self.after_run = []       # (type, block, first, count), main channel
+        self.pre_pages = []       # (type, block, first, count), preempt channel
+        self.hellos = {}          # role -> the source's HELLO (unpacked)
         self.run = threading.Event()
         self.eos = threading.Event()
+        self.pre_eos = threading.Event()
+        self.shut_sent = threading.Event()
         self.error = None
-        self.wlock = threading.Lock()
-        self.sock = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.socks = {}           # role -> socket
+        self.wlocks = {r: threading.Lock() for r in self.want_roles}
+        self.conns = []           # every accepted socket, for close()
+        self.thread = threading.Thread(target=self._accept_all, daemon=True)
         self.thread.start()
 
-    def send(self, data):
-        with self.wlock:
-            self.sock.sendall(data)
+    @property
+    def sock(self):
+        return self.socks.get(ROLE_MAIN)
 
-    def _run(self):
+    def send(self, data, role=ROLE_MAIN):
+        with self.wlocks[role]:
+            self.socks[role].sendall(data)
+
+    def _fail(self, e):
+        if self.error is None:
+            self.error = e
+        for ev in (self.run, self.eos, self.pre_eos):
+            ev.set()
+
+    def check_ok(self, what):
+        if self.error:
+            raise TestFailure("fake destination (%s): %s" % (what, self.error))
+
+    def _accept_all(self):
+        """Accepts connections until every expected role said HELLO; each
+        gets its reader thread as soon as it is ACCEPTed."""
         try:
-            self.sock, _ = self.lsock.accept()
-            self.sock.settimeout(60)
-            h = HELLO.unpack(recv_exact(self.sock, 48))
-            check_eq(h[0], MAGIC, "HELLO magic")
-            self.send(HELLO.pack(MAGIC, 1, 1, 1, 0, 0, 4096, h[7], FEAT_POSTCOPY, bytes(8)))
+            while len(self.socks) < len(self.want_roles):
+                s, _ = self.lsock.accept()
+                self.conns.append(s)
+                s.settimeout(60)
+                h = HELLO.unpack(recv_exact(s, 48))
+                magic, version, role, kind, index, count, ps, session, feats, resv = h
+                check_eq(magic, MAGIC, "HELLO magic")
+                check_eq((version, kind, ps, resv), (1, 0, 4096, bytes(8)),
+                         "HELLO version, kind (REQUEST), page size, reserved")
+                check(role in self.want_roles and role not in self.socks,
+                      "HELLO role %d (expected one of %s, have %s)", role, self.want_roles,
+                      sorted(self.socks))
+                check_eq((index, count), (0, 0), "role %d HELLO chan_index, chan_count" % role)
+                check_eq(feats, self.features, "role %d HELLO features" % role)
+                for other in self.hellos.values():
+                    check_eq(session, other[7], "role %d HELLO session" % role)
+                self.hellos[role] = h
+                s.sendall(HELLO.pack(MAGIC, 1, role, 1, index, count, 4096, session,
+                                     self.features, bytes(8)))
+                self.socks[role] = s
+                fn = self._read_main if role == ROLE_MAIN else self._read_preempt
+                threading.Thread(target=fn, args=(s,), daemon=True).start()
+        except BaseException as e:  # reported by the test
+            self._fail(e)
+
+    def _read_main(self, sock):
+        try:
             running = False
             while True:
-                typ, _, _, n = REC.unpack(recv_exact(self.sock, 8))
+                typ, _, _, n = REC.unpack(recv_exact(sock, 8))
                 if typ == T_RAM_PAGES:
-                    blk, cnt, first = struct.unpack("<IIQ", recv_exact(self.sock, 16))
-                    recv_exact(self.sock, n - 16)
+                    blk, cnt, first = struct.unpack("<IIQ", recv_exact(sock, 16))
+                    recv_exact(sock, n - 16)
                     if running:
                         self.after_run.append((typ, blk, first, cnt))
                     continue
-                p = recv_exact(self.sock, n)
+                p = recv_exact(sock, n)
                 if typ == T_RAM_BLOCKS:
                     cnt, off = struct.unpack_from("<I", p)[0], 4
                     for _ in range(cnt):
@@ -404,18 +461,49 @@ class FakeDest:
                         self.run.set()
                 elif typ == T_EOS:
                     self.eos.set()
+                    # RP_SHUT 0 once every owed page is in: with preempt,
+                    # that is after the preempt channel's EOS as well.
+                    if ROLE_PREEMPT in self.want_roles:
+                        check(self.pre_eos.wait(30), "main EOS, but no EOS on the preempt "
+                                                     "channel within 30 s")
+                        check(self.error is None, "preempt channel failed: %s", self.error)
                     self.send(rec(T_RP_SHUT, status_msg(0, "loaded")))
+                    self.shut_sent.set()
                     return
-        except BaseException as e:  # reported by the test
-            self.error = e
-            self.run.set()
-            self.eos.set()
+        except BaseException as e:
+            self._fail(e)
+
+    def _read_preempt(self, sock):
+        """The preempt channel carries only RAM_PAGES / RAM_ZERO of
+        requested pages, then EOS (format.md §5.1.1)."""
+        try:
+            while True:
+                typ, _, _, n = REC.unpack(recv_exact(sock, 8))
+                if typ == T_RAM_PAGES:
+                    blk, cnt, first = struct.unpack("<IIQ", recv_exact(sock, 16))
+                    recv_exact(sock, n - 16)
+                    self.pre_pages.append((typ, blk, first, cnt))
+                elif typ == T_RAM_ZERO:
+                    blk, _, first, cnt = struct.unpack("<IIQQ", recv_exact(sock, n))
+                    self.pre_pages.append((typ, blk, first, cnt))
+                elif typ == T_EOS:
+                    check_eq(n, 0, "preempt channel EOS length")
+                    self.pre_eos.set()
+                    return
+                else:
+                    raise TestFailure("preempt channel: unexpected record 0x%02x (%d bytes)" %
+                                      (typ, n))
+        except BaseException as e:
+            self._fail(e)
 
     def close(self):
-        for s in (self.sock, self.lsock):
+        for s in self.conns + [self.lsock]:
             try:
-                if s:
-                    s.close()
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
             except OSError:
                 pass
 
@@ -460,6 +548,94 @@ def t_dup_request(t):
     got = [(b, p) for _, b, f, c in fd.after_run for p in range(f, f + c)]
     check_eq(len(got), len(set(got)), "pages sent more than once after the switch")
     check_eq(set(got), owed, "pages sent after the switch vs owed pages")
+
+
+def preempt_fake_in_postcopy(t, seed):
+    """A source guest with postcopy-ram + postcopy-preempt migrating to a
+    FakeDest with the preempt channel, switched to postcopy with a slow
+    background push; returns (src, fd) once the source is postcopy-active
+    (the fake answered the PING after POSTCOPY_RUN)."""
+    src = t.guest("src", mem="32M", workload="idle", fill="random", seed=seed)
+    set_caps(src, {"events": True, "postcopy-ram": True, "postcopy-preempt": True})
+    set_params(src, {"max-bandwidth": 4 * 1000 * 1000, "downtime-limit": 1,
+                     "max-postcopy-bandwidth": 1000 * 1000})
+    fd = FakeDest(preempt=True)
+    t.closers.append(fd.close)
+    src.qmp.execute("migrate", {"uri": fd.uri})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 1 << 20,
+               30, "1 MB of precopy")
+    src.qmp.execute("migrate-start-postcopy")
+    check(fd.run.wait(30), "no POSTCOPY_RUN + PING")
+    fd.check_ok("until POSTCOPY_RUN")
+    check_eq(sorted(fd.hellos), [ROLE_MAIN, ROLE_PREEMPT], "channels opened (HELLO roles)")
+    check(fd.discard, "no POSTCOPY_DISCARD before RUN")
+    check_eq(fd.pre_pages, [], "pages on the preempt channel before any request")
+    wait_status(src, "postcopy-active", 10, fail_on=("failed", "cancelled", "completed",
+                                                    "postcopy-paused"))
+    return src, fd
+
+
+@R.test("with postcopy-preempt a request on the preempt channel is answered there, once")
+def t_preempt_request(t):
+    src, fd = preempt_fake_in_postcopy(t, seed=7)
+    # The last owed page of block 0: far ahead of the slow background push.
+    blk, first, cnt = max((d for d in fd.discard if d[0] == 0), key=lambda d: d[1] + d[2])
+    page = first + cnt - 1
+    req = rec(T_RP_REQ_PAGES, struct.pack("<IIQ", 0, 1, page))
+    fd.send(req, ROLE_PREEMPT)
+    fd.send(req, ROLE_PREEMPT)
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("postcopy-requests") == 2 or None,
+               20, "both requests counted")
+    # Answered while the background push is still held back.
+    wait_until(lambda: (0, page) in pages_of(fd.pre_pages) or None, 20,
+               "page %d on the preempt channel" % page)
+    fd.check_ok("after the requests")
+    set_params(src, {"max-postcopy-bandwidth": 0})
+    check(fd.eos.wait(60), "no EOS on the main channel")
+    check(fd.pre_eos.wait(10), "no EOS on the preempt channel")
+    check(fd.shut_sent.wait(10), "the fake did not answer RP_SHUT")
+    fd.check_ok("at the end")
+    info = wait_status(src, "completed", 20, fail_on=("failed", "postcopy-paused"))
+    check_eq(info.get("ram", {}).get("postcopy-requests"), 2, "postcopy-requests at the end")
+    check_eq(src.status(), "postmigrate", "source run state after completion")
+    on_pre = [r for r in fd.pre_pages if r[1] == 0 and r[2] <= page < r[2] + r[3]]
+    on_main = [r for r in fd.after_run if r[1] == 0 and r[2] <= page < r[2] + r[3]]
+    check_eq((len(on_pre), len(on_main)), (1, 0),
+             "times page %d came on the preempt / main channel (%r, %r)" % (page, on_pre,
+                                                                           on_main))
+    # Nothing but the requested page went on the preempt channel.
+    check_eq(pages_of(fd.pre_pages), [(0, page)], "pages on the preempt channel")
+    # Every owed page came exactly once after the switch, both channels together.
+    owed = set((b, p) for b, f, c in fd.discard for p in range(f, f + c))
+    got = pages_of(fd.after_run) + pages_of(fd.pre_pages)
+    check_eq(len(got), len(set(got)), "pages sent more than once after the switch")
+    check_eq(set(got), owed, "pages sent after the switch vs owed pages")
+
+
+@R.test("a record other than RP_REQ_PAGES on the preempt channel pauses the source with a "
+        "clear error")
+def t_preempt_bad_record(t):
+    src, fd = preempt_fake_in_postcopy(t, seed=8)
+    # Valid on the main return path, a protocol error on the preempt channel.
+    fd.send(rec(T_RP_PONG, struct.pack("<I", 1)), ROLE_PREEMPT)
+    info = wait_status(src, "postcopy-paused", 20, fail_on=("failed", "cancelled", "completed"))
+    desc = info.get("error-desc", "")
+    log("source error-desc: %s" % desc)
+    check("postcopy paused" in desc and "preempt channel" in desc and "RP_PONG" in desc,
+          "source error-desc %r", desc)
+    check_eq(info.get("ram", {}).get("postcopy-requests"), 0, "postcopy-requests")
+    # The source keeps the guest stopped (the destination may run it) and
+    # stays alive with its memory.
+    check(src.alive(), "the source process is gone")
+    check_eq(src.status(), "finish-migrate", "source run state when paused")
+    e = src.qmp.expect_error("cont")
+    check("migrated" in e.desc or "switchover" in e.desc, "cont error %s", e.desc)
+    check_eq(src.status(), "finish-migrate", "source run state after a refused cont")
+    check_eq(src.query_migrate().get("status"), "postcopy-paused", "source status")
+    # The source shut its main channel down under the fake.
+    wait_until(lambda: fd.error is not None or None, 10, "the source closing the main channel")
+    check(isinstance(fd.error, ConnectionError) or "peer closed" in str(fd.error),
+          "fake destination: %s", fd.error)
 
 
 def fake_source(uri, blocks, records):
