@@ -319,8 +319,9 @@ static bool queue_empty(lm_mig *m)
  * On the main channel a request would wait for the socket, which the
  * migration thread holds while it writes the background push (measured:
  * p99 0.9 ms of a 1.3 ms remote fault there).  Only RP_REQ_PAGES comes
- * this way; any other record is a protocol error that ends the migration
- * (through the main channel, whose return path reports it).  A transport
+ * this way; any other record is a protocol error that pauses the migration
+ * (it is in postcopy; the main channel is shut down with the reason, which
+ * its return-path reader reports).  A transport
  * error ends only this thread: the main channel tells what happened. */
 static void *preq_thread_fn(void *arg)
 {
