@@ -609,6 +609,8 @@ out:
     lm_chan_free(in->preempt);
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     lm_ram_prefault_stop(m);
+    if (!paused)
+        lm_postcopy_release(m); /* the aliases of a migration without a switch */
     pthread_mutex_lock(&m->lock);
     m->chan = NULL;
     lm_status cur = m->status, final;

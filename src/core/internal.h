@@ -106,6 +106,7 @@ typedef struct lm_ram_block {
      * at lm_postcopy_prepare() from the memory's kind (postcopy.c) */
     uint8_t pc_kind;     /* LM_PC_ANON, LM_PC_SHARED or LM_PC_MINOR */
     uint8_t *alias;      /* LM_PC_MINOR: second mapping of the same pages */
+    uint64_t *alias_ready; /* 2 MiB chunks of alias with page tables (atomic) */
     /* destination, postcopy (m->pc.lock) */
     uint64_t *claimed;   /* LM_PC_MINOR: owed pages being written via alias */
     uint64_t *owed;      /* discarded at the switch, not placed yet */
@@ -306,6 +307,7 @@ struct lm_mig {
         int quit_efd;             /* wakes the fault thread */
         bool switched;            /* lock: POSTCOPY_RUN processed in this migration */
         bool prepared;            /* maps allocated, prefault stopped (incoming thread) */
+        bool classified;          /* block kinds decided, aliases mapped (incoming thread) */
         bool listening;           /* uffd registered (atomic: preempt thread reads) */
         pthread_t fault_thread;
         bool fault_running;
@@ -489,8 +491,13 @@ int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t firs
 int lm_postcopy_wait_placed(lm_mig *m, lm_error *err);
 /* Completion: stops the fault thread and unregisters (pages stay). */
 void lm_postcopy_end(lm_mig *m);
-/* After lm_postcopy_end: unmaps the aliases of minor-fault blocks. */
+/* After lm_postcopy_end, or a migration that ended without a switch (not
+ * when paused): stops the prefault thread, unmaps the aliases. */
 void lm_postcopy_release(lm_mig *m);
+/* Decides each block's postcopy kind, maps aliases (idempotent). */
+int lm_postcopy_classify(lm_mig *m, lm_error *err);
+/* Prefault thread: fills the page tables of alias chunk c of block b. */
+void lm_postcopy_alias_prefault(lm_ram_block *b, uint64_t c);
 /* Starts "lm-pc-preempt" on an accepted preempt channel (owned now). */
 int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err);
 /* Shuts down and joins the preempt loader (returns its error). */

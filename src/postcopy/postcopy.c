@@ -111,6 +111,8 @@ static uint64_t uffd_features(void)
 
 /* ------------------------------------------------------ memory kinds */
 
+#define ALIAS_CHUNK 512 /* pages per alias_ready bit (2 MiB) */
+
 /* How the mappings of [base, base+len) are shared, from /proc/self/maps:
  * *shared and *private count the mappings of either kind over the range. */
 static int scan_mappings(const uint8_t *base, uint64_t len, unsigned *shared, unsigned *private,
@@ -202,17 +204,96 @@ static void free_maps(lm_mig *m)
         free(b->fault_ns);
         free(b->claimed);
         b->owed = b->requested = b->fault_ns = b->claimed = NULL;
+    }
+}
+
+/* Decides every block's kind and maps the aliases, once per migration (from
+ * lm_ram_incoming_prepare when postcopy-ram is on, so that the prefault
+ * thread fills the aliases' page tables before the switch, or at the latest
+ * at lm_postcopy_prepare).  Undone by lm_postcopy_release. */
+int lm_postcopy_classify(lm_mig *m, lm_error *err)
+{
+    if (m->pc.classified)
+        return 0;
+    bool minor_ok = (uffd_features() & UFFD_FEATURE_MINOR_SHMEM) && !test_no_minor();
+    int ret = 0;
+    pthread_mutex_lock(&m->pc.lock);
+    for (unsigned i = 0; i < m->nblocks && ret == 0; i++) {
+        lm_ram_block *b = &m->blocks[i];
+        ret = classify_block(b, minor_ok, err);
+        if (ret == 0 && b->pc_kind == LM_PC_MINOR) {
+            free(b->alias_ready);
+            b->alias_ready = calloc(lm_bitmap_words(b->npages / ALIAS_CHUNK + 1), 8);
+            if (!b->alias_ready)
+                ret = lm_error_set(err, -ENOMEM, "out of memory for postcopy maps");
+        }
+    }
+    pthread_mutex_unlock(&m->pc.lock);
+    m->pc.classified = true; /* even on failure: release undoes what was done */
+    return ret;
+}
+
+static bool alias_chunk_ready(const lm_ram_block *b, uint64_t c)
+{
+    return (__atomic_load_n(&b->alias_ready[c / 64], __ATOMIC_ACQUIRE) >> (c % 64)) & 1;
+}
+
+/* Fills the alias's page tables for chunk c (the prefault thread, ahead of
+ * the switch): a page received into an unpopulated alias would fault inside
+ * recv, 4 KiB at a time.  Any thread; racing populations are harmless. */
+void lm_postcopy_alias_prefault(lm_ram_block *b, uint64_t c)
+{
+    uint64_t p = c * ALIAS_CHUNK;
+    if (!b->alias || p >= b->npages || alias_chunk_ready(b, c))
+        return;
+    uint64_t n = b->npages - p < ALIAS_CHUNK ? b->npages - p : ALIAS_CHUNK;
+    if (lm_mem_populate(b->alias + p * b->page_size, n * b->page_size) == 0)
+        __atomic_fetch_or(&b->alias_ready[c / 64], 1ull << (c % 64), __ATOMIC_RELEASE);
+}
+
+/* Before receiving into alias pages [first, first+n): populates those not
+ * in a ready chunk. */
+static int alias_populate(lm_ram_block *b, uint64_t first, uint64_t n)
+{
+    uint64_t end = first + n;
+    while (first < end) {
+        uint64_t c = first / ALIAS_CHUNK;
+        uint64_t stop = (c + 1) * ALIAS_CHUNK < end ? (c + 1) * ALIAS_CHUNK : end;
+        if (!alias_chunk_ready(b, c)) {
+            int rc = lm_mem_populate(b->alias + first * b->page_size,
+                                     (stop - first) * b->page_size);
+            if (rc < 0)
+                return rc;
+        }
+        first = stop;
+    }
+    return 0;
+}
+
+/* Unmaps the aliases of minor-fault blocks (idempotent).  After
+ * lm_postcopy_end, or when the migration ended without a switch; never in
+ * postcopy-paused (the loaders will need them after a recovery).  Unmapping
+ * costs ~0.1 s per GiB of page tables: the incoming thread calls it after
+ * telling the source it is done. */
+void lm_postcopy_release(lm_mig *m)
+{
+    lm_ram_prefault_stop(m);
+    for (unsigned i = 0; i < m->nblocks; i++) {
+        lm_ram_block *b = &m->blocks[i];
         if (b->alias)
             munmap(b->alias, b->len);
         b->alias = NULL;
-        b->pc_kind = LM_PC_ANON;
+        free(b->alias_ready);
+        b->alias_ready = NULL;
     }
+    m->pc.classified = false;
 }
 
 void lm_postcopy_destroy(lm_mig *m)
 {
     lm_postcopy_preempt_stop(m);
     lm_postcopy_end(m);
+    lm_postcopy_release(m);
     free(m->pc.lat);
     m->pc.lat = NULL;
     free_maps(m);
@@ -232,15 +313,13 @@ int lm_postcopy_prepare(lm_mig *m, lm_error *err)
     pthread_mutex_lock(&m->lock);
     bool blocktime = m->caps & (1ull << LM_CAP_POSTCOPY_BLOCKTIME);
     pthread_mutex_unlock(&m->lock);
-    bool minor_ok = (uffd_features() & UFFD_FEATURE_MINOR_SHMEM) && !test_no_minor();
+    int ret = lm_postcopy_classify(m, err);
+    if (ret < 0)
+        return ret;
     pthread_mutex_lock(&m->pc.lock);
     free_maps(m);
-    int ret = 0;
     for (unsigned i = 0; i < m->nblocks && ret == 0; i++) {
         lm_ram_block *b = &m->blocks[i];
-        ret = classify_block(b, minor_ok, err);
-        if (ret < 0)
-            break;
         b->owed = calloc(lm_bitmap_words(b->npages), 8);
         b->requested = calloc(lm_bitmap_words(b->npages), 8);
         b->fault_ns = blocktime ? calloc(b->npages, 8) : NULL;
@@ -505,7 +584,7 @@ int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t firs
         uint8_t *dst = scratch;
         if (set) {
             dst = b->alias + (first + i) * ps;
-            rc = lm_mem_populate(dst, (j - i) * ps);
+            rc = alias_populate(b, first + i, j - i);
             if (rc < 0) {
                 lm_error_set(err, rc, "postcopy: populating pages %llu+%llu of '%s': %s",
                              (unsigned long long)(first + i), (unsigned long long)(j - i),
@@ -814,19 +893,6 @@ void lm_postcopy_end(lm_mig *m)
     m->pc.prepared = false;
 }
 
-/* After lm_postcopy_end: nothing writes through the aliases any more.
- * Unmapping one costs ~0.1 s per GiB of page tables, so the incoming
- * thread calls this after telling the source it is done. */
-void lm_postcopy_release(lm_mig *m)
-{
-    for (unsigned i = 0; i < m->nblocks; i++) {
-        lm_ram_block *b = &m->blocks[i];
-        if (b->alias)
-            munmap(b->alias, b->len);
-        b->alias = NULL;
-    }
-}
-
 /* ------------------------------------------------------ preempt channel */
 
 static void *preempt_thread_fn(void *arg)
@@ -941,6 +1007,7 @@ int lm_postcopy_wait_placed(lm_mig *m, lm_error *err)
  * thread ends with the migration, so it is never lowered again. */
 void lm_postcopy_background_thread(void)
 {
+    if (getenv("NONICE")) return;
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
 }
 

@@ -636,6 +636,17 @@ static void *prefault_fn(void *arg)
                 populate_chunk(b, c);
         }
     }
+    /* Postcopy on shared memory: the aliases the pages will be received
+     * through (postcopy.c), after the guest's own mapping. */
+    for (unsigned i = 0; i < m->nblocks; i++) {
+        lm_ram_block *b = &m->blocks[i];
+        uint64_t chunks = (b->npages + CHUNK_PAGES - 1) / CHUNK_PAGES;
+        for (uint64_t c = 0; b->alias && c < chunks; c++) {
+            if (__atomic_load_n(&m->in.prefault_stop, __ATOMIC_RELAXED))
+                return NULL;
+            lm_postcopy_alias_prefault(b, c);
+        }
+    }
     return NULL;
 }
 
@@ -653,6 +664,14 @@ int lm_ram_incoming_prepare(lm_mig *m, lm_error *err)
             return lm_error_set(err, -ENOMEM, "out of memory for RAM bitmaps");
     }
     lm_ram_prefault_stop(m);
+    pthread_mutex_lock(&m->lock);
+    bool postcopy = m->caps & (1ull << LM_CAP_POSTCOPY_RAM);
+    pthread_mutex_unlock(&m->lock);
+    if (postcopy) {
+        int ret = lm_postcopy_classify(m, err);
+        if (ret < 0)
+            return ret;
+    }
     __atomic_store_n(&m->in.prefault_stop, false, __ATOMIC_RELAXED);
     if (m->nblocks && pthread_create(&m->in.prefault_thread, NULL, prefault_fn, m) == 0)
         m->in.prefault_running = true;
