@@ -406,7 +406,7 @@ static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
     for (;;) {
         ssize_t got;
         size_t slice = atomic_load_explicit(&c->io_slice, memory_order_relaxed);
-    if (slice && n > slice)
+        if (slice && n > slice)
             n = slice;
         if (!c->no_recv) {
             got = recv(c->fd, p, n, waitall ? MSG_WAITALL : 0);

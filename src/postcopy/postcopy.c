@@ -1007,7 +1007,6 @@ int lm_postcopy_wait_placed(lm_mig *m, lm_error *err)
  * thread ends with the migration, so it is never lowered again. */
 void lm_postcopy_background_thread(void)
 {
-    if (getenv("NONICE")) return;
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
 }
 
