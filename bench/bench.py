@@ -639,6 +639,8 @@ def main():
             fig[name + "-faults"] = median_of(runs_e, lambda r: pcs(r).get("latency-count"))
             fig[name + "-downtime-us"] = median_of(runs_e,
                                                    lambda r: ms_of(src(r), "x-downtime-us"))
+            fig[name + "-pause-us"] = median_of(runs_e,
+                                                lambda r: ms_of(src(r), "x-postcopy-pause-us"))
             fig[name + "-total-ms"] = median_of(runs_e, lambda r: ms_of(src(r), "total-time"))
             fig[name + "-postcopy-bytes"] = median_of(
                 runs_e, lambda r: src(r)["ram"].get("postcopy-bytes"))
@@ -795,6 +797,8 @@ def main():
                          v("postcopy-downtime") if counted else ref("postcopy-downtime-" + b)))
             rows += failed_row(n)
             rows += [
+                ("  guest paused until the destination ran",
+                 "%s us (x-postcopy-pause-us)" % fmt_n(fig[n + "-pause-us"]), "", "", "", ""),
                 ("  total-time / fault p50 / p99 / faults",
                  "%s / %s / %s us / %s" % (fmt_ms(fig[n + "-total-ms"]), fmt_n(fig[n + "-p50-us"]),
                                            fmt_n(fig[n + "-p99-us"]), fmt_n(fig[n + "-faults"])),

@@ -225,6 +225,11 @@ typedef struct lm_info {
     int64_t expected_downtime;     /* ms, -1 when not meaningful */
     int64_t downtime;              /* ms, -1 until known */
     uint64_t downtime_us;          /* ours: downtime in microseconds */
+    /* ours, postcopy: from stopping the guest on the source until the
+     * answer to the PING after POSTCOPY_RUN arrived, i.e. until the
+     * destination ran (its discards and device loads included, which
+     * QEMU's downtime leaves out); 0 when unknown */
+    uint64_t switch_pause_us;
     uint64_t bandwidth;            /* ours: measured wire bandwidth, B/s */
     uint64_t dirty_sync_missed_zero_copy;
     unsigned multifd_channels;     /* ours: channels of this migration (0: none) */

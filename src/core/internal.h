@@ -129,6 +129,7 @@ typedef struct lm_stats {
     uint64_t bandwidth;        /* B/s, wire speed estimate */
     int64_t expected_downtime_ms;
     uint64_t downtime_us;
+    uint64_t switch_pause_us;   /* postcopy: guest stopped until the destination ran */
     uint64_t setup_time_ms;
     uint64_t total_time_ms;
     uint64_t start_ns, end_ns;

@@ -647,6 +647,7 @@ void lm_mig_query(lm_mig *m, lm_info *out)
         out->downtime = (int64_t)((dt + 500) / 1000);
         out->downtime_us = dt;
     }
+    out->switch_pause_us = LM_ATOMIC_GET(&st->switch_pause_us);
     if (out->status != LM_STATUS_SETUP)
         out->expected_downtime = LM_ATOMIC_GET(&st->expected_downtime_ms);
 }

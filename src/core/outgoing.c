@@ -410,6 +410,8 @@ static void *rp_thread_fn(void *arg)
             uint32_t rp = LM_ATOMIC_GET(&g->run_ping);
             if (rp && v == rp) {
                 /* The destination processed POSTCOPY_RUN: it runs. */
+                LM_ATOMIC_SET(&m->stats.switch_pause_us,
+                              (lm_now_ns() - LM_ATOMIC_GET(&g->pc_t0)) / 1000);
                 pthread_mutex_lock(&m->lock);
                 m->postcopy_run_acked = true;
                 bool changed = lm_state_set_locked(m, LM_STATUS_POSTCOPY_DEVICE,
@@ -730,7 +732,7 @@ static int completion(outgoing *g, lm_error *err)
 static int postcopy_start(outgoing *g, lm_error *err)
 {
     lm_mig *m = g->m;
-    g->pc_t0 = lm_now_ns();
+    LM_ATOMIC_SET(&g->pc_t0, lm_now_ns());
     int ret = switchover_start(g, err);
     if (ret == -ECANCELED)
         return ret;
@@ -769,7 +771,7 @@ static int postcopy_start(outgoing *g, lm_error *err)
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending POSTCOPY_RUN failed");
     }
-    uint64_t dt = (lm_now_ns() - g->pc_t0) / 1000;
+    uint64_t dt = (lm_now_ns() - LM_ATOMIC_GET(&g->pc_t0)) / 1000;
     LM_ATOMIC_SET(&m->stats.downtime_us, dt);
     g->o.last_stage = false;
     g->o.postcopy = true;

@@ -632,6 +632,8 @@ json_t *lm_qmp_info_json(const lm_info *in)
         put(o, "downtime", json_integer(in->downtime));
         put(o, "x-downtime-us", ju64(in->downtime_us));
     }
+    if (in->switch_pause_us)
+        put(o, "x-postcopy-pause-us", ju64(in->switch_pause_us));
     if (in->error_desc[0])
         put(o, "error-desc", json_string(in->error_desc));
     if (in->socket_address[0])

@@ -157,6 +157,9 @@ def postcopy_run(t, sc):
     check(evs.index("postcopy-device") < evs.index("postcopy-active") < evs.index("completed"),
           "source events out of order: %s", evs)
     check(ram.get("postcopy-bytes", 0) > 0, "no postcopy-bytes: %r", ram)
+    # The pause until the destination ran is measured too (QEMU's downtime
+    # stops when POSTCOPY_RUN is sent).
+    check(info.get("x-postcopy-pause-us", 0) > 0, "no x-postcopy-pause-us: %r", info)
     check_eq(ram.get("remaining"), 0, "remaining once completed")
     check(pc, "destination query-migrate lacks x-postcopy: %r", dinfo)
     check_eq(pc.get("owed-pages"), 0, "pages still owed on the destination")
