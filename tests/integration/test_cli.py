@@ -221,6 +221,7 @@ BAD_FLAGS = [
     (["guest", "--frobnicate", "--qmp", "unix:/tmp/x"], "--frobnicate"),
     (["guest", "--qmp", "unix:/tmp/x", "--workload", "busy"], "--workload"),
     (["guest", "--qmp", "unix:/tmp/x", "--threads", "0"], "--threads"),
+    (["guest", "--qmp", "unix:/tmp/x", "--mem-backend", "hugetlb"], "--mem-backend"),
     (["demo", "--mem", "lots"], "--mem"),
     (["no-such-subcommand"], "no-such-subcommand"),
 ]

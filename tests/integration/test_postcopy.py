@@ -216,9 +216,9 @@ def t_progress(t):
     stop_and_verify(dst)
 
 
-def cut(t, how):
+def cut(t, how, backend=None):
     sc = {"name": "cut", "workload": "random", "dirty_rate": "32M", "fill": "random",
-          "caps": {}}
+          "caps": {}, "backend": backend}
     src, dst = guests(t, sc)
     set_params(src, {"max-postcopy-bandwidth": 4 * 1000 * 1000})
     start_and_switch(src, dst)
@@ -247,10 +247,16 @@ def cut(t, how):
         check_eq(dst.status(), "running", "destination run state when paused")
         dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused",
                            timeout=5)
+        pc = info.get("x-postcopy", {})
+        check(pc.get("owed-pages", 0) > 0, "paused with nothing owed: %r", pc)
+        if backend == "memfd":
+            check_eq(pc.get("x-blocks-minor"), 3, "blocks placed with minor faults: %r" % pc)
 
 
 R.add("destination killed in postcopy: the source pauses and keeps the guest", cut, "kill-dst")
 R.add("source killed in postcopy: the destination pauses and keeps running", cut, "kill-src")
+R.add("source killed in postcopy, shared memory: the destination pauses and keeps running",
+      cut, "kill-src", "memfd")
 
 
 # ------------------------------------------------------------- CLI policies
