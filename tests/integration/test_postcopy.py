@@ -11,6 +11,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 
 from lmtest import (Runner, TestFailure, check, check_eq, dest_uri, log, migrate, run_cli,
                     set_caps,
@@ -54,7 +55,7 @@ SCENARIOS = [
 ]
 
 
-def guests(t, sc, transport="tcp"):
+def guests(t, sc, transport="tcp", mem=MEM):
     wl = {"workload": sc["workload"]}
     for k in ("dirty_rate", "hot_size"):
         if sc.get(k):
@@ -62,12 +63,14 @@ def guests(t, sc, transport="tcp"):
     caps = {"events": True, "postcopy-ram": True}
     caps.update(sc["caps"])
     extra = ("--mem-backend", sc["backend"]) if sc.get("backend") else ()
-    src = t.guest("src", mem=MEM, fill=sc["fill"], seed=1, extra=extra, **wl)
+    src = t.guest("src", mem=mem, fill=sc["fill"], seed=1, extra=extra, **wl)
     env = None
     if sc.get("dst_env"):
         env = dict(os.environ)
         env.update(sc["dst_env"])
-    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=caps,
+    if sc.get("dst_fill"):
+        wl["fill"] = sc["dst_fill"]
+    dst = t.dest("dst", transport=transport, mem=mem, seed=2, defer=True, caps=caps,
                  extra=extra, env=env, **wl)
     set_caps(src, caps)
     set_params(src, SLOW)
@@ -188,6 +191,40 @@ def postcopy_run(t, sc):
 
 for sc in SCENARIOS:
     R.add("postcopy %s completes and verifies" % sc["name"], postcopy_run, sc)
+
+
+@R.test("shared memory, switched at once: zero runs and data placed, holes filled locally")
+def t_memfd_zero_runs(t):
+    # Switched before the first pass: every page is owed, the never-written
+    # ones arrive as long zero runs (punched out of the page cache, then
+    # answered locally when touched) and short ones (cleared in place), the
+    # written ones as data.  The workload keeps writing random pages.
+    # The destination starts with pages of its own (its seed): a zero run
+    # that left them in the page cache would fail the verification.
+    sc = {"name": "memfd-at-once", "workload": "random", "dirty_rate": "8M", "fill": "none",
+          "caps": {"postcopy-preempt": True, "postcopy-blocktime": True}, "backend": "memfd",
+          "dst_fill": "random"}
+    src, dst = guests(t, sc, mem="512M")
+    # A slow background push: the workload touches pages after their zero
+    # run was punched (answered locally) as well as before (requested).
+    set_params(src, {"max-bandwidth": 0, "max-postcopy-bandwidth": 200 * 1000 * 1000})
+    time.sleep(0.3)  # a few hundred pages written before the migration starts
+    migrate(src, dst)
+    src.qmp.execute("migrate-start-postcopy")
+    info = wait_status(src, "completed", 60, fail_on=("failed", "cancelled", "postcopy-paused"))
+    dinfo = wait_status(dst, "completed", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
+    ram, pc = info.get("ram", {}), dinfo.get("x-postcopy", {})
+    log("memfd at once: precopy-bytes %s postcopy-bytes %s duplicate %s, remote faults %s, "
+        "local faults %s" % (ram.get("precopy-bytes"), ram.get("postcopy-bytes"),
+                             ram.get("duplicate"), pc.get("remote-faults"),
+                             pc.get("local-faults")))
+    check_eq(pc.get("x-blocks-minor"), 3, "blocks placed with minor faults: %r" % pc)
+    check_eq(pc.get("owed-pages"), 0, "pages still owed on the destination")
+    check(ram.get("duplicate", 0) > 1000, "few zero pages went: %r", ram)
+    check(pc.get("remote-faults", 0) >= 1, "the workload never faulted remotely: %r", pc)
+    check(pc.get("local-faults", 0) >= 1, "no fault on a punched zero page: %r", pc)
+    wait_runstate(dst, "running", 5)
+    stop_and_verify(dst)
 
 
 @R.test("the workload progresses on the destination during postcopy")
