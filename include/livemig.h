@@ -239,6 +239,7 @@ typedef struct lm_info {
     uint64_t pc_faults;            /* faults on pages the source still owed */
     uint64_t pc_local_faults;      /* faults on zero pages served locally */
     uint64_t pc_owed_pages;        /* pages not placed yet */
+    uint64_t pc_mfd_pages;         /* pages the multifd channels brought after the switch */
     /* RAM blocks whose pages are placed by UFFDIO_CONTINUE into shared
      * memory (minor faults) / by UFFDIO_COPY (missing faults) */
     uint32_t pc_minor_blocks, pc_copy_blocks;

@@ -288,12 +288,15 @@ struct lm_mig {
         bool serving;             /* POSTCOPY_RUN may have gone out */
         lm_chan *preempt;         /* requested pages go here when set */
         bool preempt_done;        /* EOS sent on it: no more writes */
-        /* Background runs claimed lately, with the main channel's byte
-         * count when claimed: a requested page among them may still sit
-         * in socket buffers, and is sent again on the preempt channel. */
+        /* Background runs claimed lately, with the main channel's (and
+         * the multifd channels') byte counts when claimed: a requested
+         * page among them may still sit in a queue or socket buffers, and
+         * is sent again on the preempt channel. */
         struct {
             uint32_t block;
+            bool mfd;             /* handed to the multifd channels */
             uint64_t first, count, off;
+            uint64_t mfd_off;     /* stats.multifd_bytes when claimed */
         } recent[LM_PC_RECENT];
         uint64_t nrecent;         /* runs recorded so far */
         lm_chan *main;            /* the main channel (byte counts only) */
@@ -319,6 +322,7 @@ struct lm_mig {
         uint64_t owed_pages;      /* lock */
         /* stats (lock) */
         uint64_t requests, local_zero_faults, faults;
+        uint64_t mfd_pages;       /* relaxed atomic: multifd packets' pages after RUN */
         uint64_t hist[LM_PC_HIST_BUCKETS];
         uint64_t lat_max_us, lat_count;
         uint32_t *lat;            /* each remote fault's latency, µs, for p50/p99 */
@@ -479,7 +483,9 @@ int lm_postcopy_discard(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t cou
 /* POSTCOPY_RUN: registers RAM with userfaultfd, starts "lm-pc-fault". */
 int lm_postcopy_listen(lm_mig *m, lm_chan *rp, lm_error *err);
 /* Places [first, first+count) of block b: data (count pages) or zeros
- * when data is NULL.  Pages placed already are skipped.  Any thread. */
+ * when data is NULL.  Pages placed already (no longer owed) are skipped;
+ * on LM_PC_MINOR blocks so are pages another thread claimed.  Any
+ * thread. */
 int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
                       const uint8_t *data, lm_error *err);
 /* LM_PC_MINOR blocks: reads count pages of data from c straight into the

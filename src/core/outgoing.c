@@ -670,7 +670,7 @@ static int switchover_start(outgoing *g, lm_error *err)
     }
     g->o.last_stage = true;
     if (g->o.mfd)
-        lm_mfd_send_last_stage(g->o.mfd);
+        lm_mfd_send_set_phase(g->o.mfd, LM_MFD_DOWNTIME);
     lm_rl_set(&g->rl, 0); /* no limit during the pause */
     return lm_out_record(&g->o, LM_REC_SWITCHOVER_START, NULL, 0);
 }
@@ -765,6 +765,14 @@ static int postcopy_start(outgoing *g, lm_error *err)
     ret = lm_out_record(&g->o, LM_REC_POSTCOPY_RUN, NULL, 0);
     if (ret == 0)
         ret = lm_out_record(&g->o, LM_REC_PING, pb, sizeof pb);
+    /* The multifd channels carry background pages from now on.  A fence
+     * after RUN: the destination's channels read no postcopy packet
+     * before its main thread processed RUN, so every such page is placed
+     * atomically, none is written into memory still being discarded. */
+    if (ret == 0 && g->o.mfd) {
+        ret = lm_mfd_send_fence(g->o.mfd, &g->o, err);
+        lm_mfd_send_set_phase(g->o.mfd, LM_MFD_POSTCOPY);
+    }
     if (ret == 0)
         ret = lm_chan_flush(g->chan);
     if (ret < 0) {
@@ -819,7 +827,9 @@ static int completion_postcopy(outgoing *g, lm_error *err)
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending the end of the postcopy stream failed");
     }
-    /* The multifd channels went quiet at the switch; they end now too. */
+    /* The multifd channels were fenced by RAM's complete step (every
+     * background page they carried is placed before the destination reads
+     * this EOS); they end now too. */
     return end_stream(g, "sending the end of the postcopy stream failed", err);
 }
 

@@ -72,11 +72,19 @@ int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *e
  * MULTIFD_FLUSH(seq) on the main channel.  Does nothing when no page was
  * queued since the previous sync. */
 int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err);
+/* Migration thread: like lm_mfd_send_sync, but the SYNC/FLUSH pair goes
+ * out even when no page was queued since the previous sync.  Postcopy
+ * uses it right after POSTCOPY_RUN: a channel's next packet is then read
+ * only once the destination's main thread has processed RUN (so it is
+ * placed atomically, never written into memory being discarded). */
+int lm_mfd_send_fence(lm_mfd_send *s, lm_out *o, lm_error *err);
 /* Migration thread, after the main channel's EOS: every channel writes EOS
  * and flushes; waits for them.  Returns the first channel error. */
 int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err);
-/* From then on, bytes are counted as downtime bytes. */
-void lm_mfd_send_last_stage(lm_mfd_send *s);
+/* Migration thread: the phase the batches handed off from now on belong
+ * to; their wire bytes count as precopy-, downtime- or postcopy-bytes. */
+typedef enum { LM_MFD_PRECOPY, LM_MFD_DOWNTIME, LM_MFD_POSTCOPY } lm_mfd_phase;
+void lm_mfd_send_set_phase(lm_mfd_send *s, lm_mfd_phase phase);
 /* Any thread: shuts every channel down (cancel, failure). */
 void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why);
 /* Joins the threads (after shutdown or finish), closes the channels. */

@@ -13,7 +13,11 @@
  * changes rare (one per packet round, not per page).
  * Guest memory: a page belongs to one channel within a round (the source
  * sends it at most once between syncs), so channels write disjoint pages;
- * the received bitmap is shared and set with atomic ORs.
+ * the received bitmap is shared and set with atomic ORs.  After
+ * POSTCOPY_RUN (m->pc.listening) nothing is written into guest memory
+ * directly: a packet's pages go through c->dbuf and are placed atomically
+ * by lm_postcopy_place (userfaultfd COPY/ZEROPAGE, or CONTINUE for shared
+ * memory), alongside the fault thread and the preempt loader.
  */
 #include "multifd/multifd.h"
 
@@ -39,6 +43,7 @@ typedef struct recv_chan {
     size_t ibuf_cap;
     uint8_t *dbuf;        /* decompressed pages */
     uint64_t expect_packet;
+    bool background;      /* niced for postcopy */
     uint64_t idx[LM_MFD_MAX_PAGES];
 } recv_chan;
 
@@ -79,6 +84,30 @@ static void fail(lm_mfd_recv *r, recv_chan *c, lm_error *e)
 static int chan_err(recv_chan *c, lm_error *err)
 {
     return lm_chan_get_error(c->chan, err);
+}
+
+/* Postcopy: the packet's normal pages are in c->dbuf (in index order);
+ * each ascending run of them, and of its zero pages, is placed atomically
+ * (lm_postcopy_place skips pages no longer owed: a requested page may have
+ * come on the preempt channel first). */
+static int place_postcopy(recv_chan *c, lm_ram_block *b, const lm_mfd_pages *p, lm_error *err)
+{
+    lm_mig *m = c->r->m;
+    uint32_t n = (uint32_t)p->normal + p->zero;
+    LM_ATOMIC_ADD(&m->pc.mfd_pages, n);
+    for (uint32_t i = 0; i < n;) {
+        bool zero = i >= p->normal;
+        uint32_t lim = zero ? n : p->normal;
+        uint32_t j = i + 1;
+        while (j < lim && c->idx[j] == c->idx[j - 1] + 1)
+            j++;
+        const uint8_t *src = zero ? NULL : c->dbuf + (size_t)i * b->page_size;
+        int ret = lm_postcopy_place(m, b, c->idx[i], j - i, src, err);
+        if (ret < 0)
+            return ret;
+        i = j;
+    }
+    return 0;
 }
 
 static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
@@ -125,7 +154,19 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     if (lm_fmt_mfd_index_decode(c->ibuf, 8ull * n, &p, b->npages, c->idx, err) < 0)
         return err->code;
 
-    if (p.compression == LM_MFD_COMP_NONE) {
+    /* After POSTCOPY_RUN the workload runs: pages are placed atomically,
+     * never written into guest memory (the source fences the channels
+     * after RUN, so a packet read now with listening clear is a precopy
+     * one, fenced before the discards). */
+    bool postcopy = __atomic_load_n(&m->pc.listening, __ATOMIC_ACQUIRE);
+    if (postcopy && !c->background) {
+        lm_postcopy_background_thread(); /* faults and the preempt loader first */
+        c->background = true;
+    }
+    if (p.compression == LM_MFD_COMP_NONE && postcopy) {
+        if (p.normal && lm_chan_read_full(c->chan, c->dbuf, data) < 0)
+            return chan_err(c, err);
+    } else if (p.compression == LM_MFD_COMP_NONE) {
         for (uint32_t i = 0; i < p.normal;) {
             uint32_t j = i + 1;
             while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
@@ -153,7 +194,7 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
         int ret = lm_mfd_decompress(c->codec, c->ibuf, p.data_len, c->dbuf, data, err);
         if (ret < 0)
             return lm_error_prefix(err, "MULTIFD_PAGES");
-        for (uint32_t i = 0; i < p.normal;) {
+        for (uint32_t i = 0; !postcopy && i < p.normal;) {
             uint32_t j = i + 1;
             while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
                 j++;
@@ -162,6 +203,8 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
             i = j;
         }
     }
+    if (postcopy)
+        return place_postcopy(c, b, &p, err);
     for (uint32_t i = 0; i < p.normal; i++)
         lm_ram_mark_received(b, c->idx[i]);
     /* A zero page only needs clearing when an earlier round wrote it: a

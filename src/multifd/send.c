@@ -3,7 +3,7 @@
  *
  * Threads:
  *  - the migration thread fills s->cur and hands it off (queue_page,
- *    send_sync, finish); it alone touches cur, dirty and seq;
+ *    send_sync, finish); it alone touches cur, dirty, seq and phase;
  *  - "lm-mfd-send/N", one per channel: takes its job, detects zero pages,
  *    compresses, writes; then its SYNC or EOS.  It alone writes its channel.
  * Lock: s->lock guards every field marked "lock" (the hand-off slots of
@@ -30,6 +30,7 @@
 typedef struct batch {
     uint32_t block;
     uint32_t n;
+    lm_mfd_phase phase;   /* when it was handed off: which bytes it counts as */
     uint64_t pages[LM_MFD_BATCH_PAGES];
 } batch;
 
@@ -51,6 +52,7 @@ typedef struct send_chan {
     uint8_t *cbuf;
     size_t cbuf_cap;
     uint64_t packet_num;
+    bool background;      /* niced for postcopy (lm_postcopy_background_thread) */
     lm_multifd_chan_stats *st; /* in m->stats: relaxed atomics */
 } send_chan;
 
@@ -72,8 +74,7 @@ struct lm_mfd_send {
     unsigned next;        /* round-robin start of the idle search */
     uint64_t seq;         /* last sync sequence */
     bool dirty;           /* pages handed off since the last sync */
-    /* --- relaxed atomic --- */
-    bool last_stage;
+    lm_mfd_phase phase;   /* stamped on each batch at hand-off */
 };
 
 static void fail(lm_mfd_send *s, send_chan *c, lm_error *e)
@@ -198,7 +199,9 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
     LM_ATOMIC_ADD(&st->normal, nn);
     LM_ATOMIC_ADD(&st->duplicate, nz);
     LM_ATOMIC_ADD(&st->multifd_bytes, wrote);
-    if (LM_ATOMIC_GET(&s->last_stage))
+    if (b->phase == LM_MFD_POSTCOPY)
+        LM_ATOMIC_ADD(&st->postcopy_bytes, wrote);
+    else if (b->phase == LM_MFD_DOWNTIME)
         LM_ATOMIC_ADD(&st->downtime_bytes, wrote);
     else
         LM_ATOMIC_ADD(&st->precopy_bytes, wrote);
@@ -241,6 +244,13 @@ static void *send_thread(void *arg)
         if (c->nq) {
             batch *b = c->q[0];
             pthread_mutex_unlock(&s->lock);
+            /* Postcopy's background push yields to the requested pages
+             * (the migration thread or lm-rp write them), as the main
+             * channel's writer does with a preempt channel. */
+            if (b->phase == LM_MFD_POSTCOPY && !c->background) {
+                lm_postcopy_background_thread();
+                c->background = true;
+            }
             ret = send_batch(c, b, &err);
             pthread_mutex_lock(&s->lock);
             for (unsigned i = 1; i < c->nq; i++)
@@ -374,6 +384,7 @@ static int hand_off(lm_mfd_send *s, lm_error *err)
         pthread_mutex_unlock(&s->lock);
         return code;
     }
+    s->cur->phase = s->phase;
     c->q[c->nq++] = s->cur;
     s->cur = s->pool[--s->npool];
     s->next = c->id + 1;
@@ -403,14 +414,14 @@ int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *e
     return 0;
 }
 
-int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err)
+static int send_sync(lm_mfd_send *s, lm_out *o, bool force, lm_error *err)
 {
     if (s->cur->n) {
         int ret = hand_off(s, err);
         if (ret < 0)
             return ret;
     }
-    if (!s->dirty)
+    if (!s->dirty && !force)
         return 0;
     s->dirty = false;
     uint64_t seq = ++s->seq;
@@ -433,6 +444,16 @@ int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err)
         return ret;
     }
     return 0;
+}
+
+int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err)
+{
+    return send_sync(s, o, false, err);
+}
+
+int lm_mfd_send_fence(lm_mfd_send *s, lm_out *o, lm_error *err)
+{
+    return send_sync(s, o, true, err);
 }
 
 int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
@@ -458,9 +479,9 @@ int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
     return ret;
 }
 
-void lm_mfd_send_last_stage(lm_mfd_send *s)
+void lm_mfd_send_set_phase(lm_mfd_send *s, lm_mfd_phase phase)
 {
-    LM_ATOMIC_SET(&s->last_stage, true);
+    s->phase = phase;
 }
 
 void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why)

@@ -11,7 +11,9 @@
  *    RP_REQ_PAGES (never twice for a page); a fault on a page that is not
  *    owed gets a zero page at once (such a page is zero: every page with
  *    data arrived during precopy and is present);
- *  - "lm-pc-preempt" loads the preempt channel (requested pages only).
+ *  - "lm-pc-preempt" loads the preempt channel (requested pages only);
+ *  - "lm-mfd-recv/N" (multifd/recv.c) place the background pages the
+ *    multifd channels carry after POSTCOPY_RUN (lm_postcopy_place).
  * Locks: m->pc.lock guards the owed/requested/fault_ns maps of every block,
  * owed_pages, the statistics and the preempt flags; it is never held
  * across an ioctl that waits or a channel read.  m->pc.rp_lock serialises
@@ -330,6 +332,7 @@ int lm_postcopy_prepare(lm_mig *m, lm_error *err)
     }
     m->pc.owed_pages = 0;
     m->pc.requests = m->pc.faults = m->pc.local_zero_faults = 0;
+    LM_ATOMIC_SET(&m->pc.mfd_pages, 0);
     memset(m->pc.hist, 0, sizeof m->pc.hist);
     m->pc.lat_max_us = m->pc.lat_count = 0;
     m->pc.lat_n = 0;
@@ -617,17 +620,59 @@ int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t firs
     return rc;
 }
 
+/* Data already in a buffer (a multifd packet, read or decompressed by its
+ * channel thread): the owed pages this thread claims are copied into the
+ * page cache through the alias and mapped; the others are left to whoever
+ * claimed them or were placed already.  The claim rule is the same as for
+ * lm_postcopy_recv_place: only a claimer writes through the alias, and
+ * only until the page is mapped. */
+static int place_data_minor(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
+                            const uint8_t *data, lm_error *err)
+{
+    uint64_t mine[LM_RAM_MAX_RUN / 64];
+    uint64_t ps = b->page_size;
+    for (uint64_t at = first; at < first + count;) {
+        uint64_t n = first + count - at < LM_RAM_MAX_RUN ? first + count - at : LM_RAM_MAX_RUN;
+        const uint8_t *src = data + (at - first) * ps;
+        if (claim(m, b, at, n, mine)) {
+            int rc = 0;
+            for (uint64_t i = run_end(mine, n, 0, false); i < n && rc == 0;
+                 i = run_end(mine, n, run_end(mine, n, i, true), false)) {
+                uint64_t j = run_end(mine, n, i, true);
+                rc = alias_populate(b, at + i, j - i);
+                if (rc == 0) {
+                    memcpy(b->alias + (at + i) * ps, src + i * ps, (j - i) * ps);
+                    rc = continue_range(m, b, at + i, at + j);
+                }
+                if (rc < 0) {
+                    lm_error_set(err, rc, "placing pages %llu+%llu of '%s': %s",
+                                 (unsigned long long)(at + i), (unsigned long long)(j - i),
+                                 b->name, strerror(-rc));
+                    break;
+                }
+                uint64_t now = lm_now_ns();
+                pthread_mutex_lock(&m->pc.lock);
+                placed_locked(m, b, at + i, at + j, now);
+                pthread_mutex_unlock(&m->pc.lock);
+            }
+            if (rc < 0) {
+                unclaim(m, b, at, n, mine); /* placed pages are unclaimed already */
+                return rc;
+            }
+        }
+        at += n;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------- placement, missing faults */
 
 int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
                       const uint8_t *data, lm_error *err)
 {
-    if (b->pc_kind == LM_PC_MINOR) {
-        if (!data)
-            return place_zero_minor(m, b, first, count, err);
-        return lm_error_set(err, -EINVAL, "postcopy: block '%s' takes data from its channel",
-                            b->name);
-    }
+    if (b->pc_kind == LM_PC_MINOR)
+        return data ? place_data_minor(m, b, first, count, data, err)
+                    : place_zero_minor(m, b, first, count, err);
     uint64_t end = first + count;
     uint64_t p = first;
     while (p < end) {
@@ -1026,6 +1071,7 @@ void lm_postcopy_query(lm_mig *m, lm_info *out)
     out->pc_faults = m->pc.faults;
     out->pc_local_faults = m->pc.local_zero_faults;
     out->pc_owed_pages = m->pc.owed_pages;
+    out->pc_mfd_pages = LM_ATOMIC_GET(&m->pc.mfd_pages);
     for (unsigned i = 0; m->pc.switched && i < m->nblocks; i++) {
         if (m->blocks[i].pc_kind == LM_PC_MINOR)
             out->pc_minor_blocks++;

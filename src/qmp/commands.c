@@ -650,6 +650,7 @@ json_t *lm_qmp_info_json(const lm_info *in)
             put(pc, "remote-faults", ju64(in->pc_faults));
             put(pc, "local-faults", ju64(in->pc_local_faults));
             put(pc, "owed-pages", ju64(in->pc_owed_pages));
+            put(pc, "x-multifd-pages", ju64(in->pc_mfd_pages));
             put(pc, "x-blocks-minor", ju64(in->pc_minor_blocks));
             put(pc, "x-blocks-copy", ju64(in->pc_copy_blocks));
             if (in->has_blocktime) {

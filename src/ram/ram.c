@@ -15,7 +15,8 @@
  * claims pages (requested ones) from the same dirty maps, so every search
  * and clear of a dirty bit, and ram.dirty_pages, are under m->ram_lock;
  * sending a claimed run is not (the guest is stopped, its memory no longer
- * changes).  lm-rp sends requested pages with ram_lock held, so a claim
+ * changes).  The background push keeps using the multifd channels when
+ * there are some; requested pages never do.  lm-rp sends requested pages with ram_lock held, so a claim
  * and its send are one step for it.  (Destination postcopy: placement is
  * in postcopy.c; this file decodes the records for it.)
  *
@@ -267,16 +268,18 @@ static int send_page_run(lm_mig *m, lm_out *o, uint32_t block, uint64_t first, u
 
 /* Sends pages [p, end) of block bi.  The pages were claimed (their dirty
  * bits cleared) by the caller, so no other thread sends them; guest memory
- * is stable or tracked.  With multifd (in precopy) the pages go to the
- * channels, which detect zero pages in parallel when
- * zero-page-detection=multifd (digest §8.3); otherwise this thread checks
- * them here (legacy, or multifd without channels) or not at all (none).
- * Postcopy sends on the main channel: its pages must be placed atomically,
- * which the multifd receivers do not do. */
-static int send_claimed(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t end)
+ * is stable or tracked.  A background run (bg) goes to the multifd
+ * channels when there are some, in precopy and in postcopy alike (the
+ * destination's channels place postcopy packets atomically, recv.c);
+ * requested pages (!bg) go on the caller's channel, the preempt or the
+ * main one, so that they never queue behind the background push.  The
+ * channels detect zero pages in parallel when zero-page-detection=multifd
+ * (digest §8.3); otherwise this thread checks them here (legacy, or
+ * multifd without channels) or not at all (none). */
+static int send_claimed(lm_mig *m, lm_out *o, unsigned bi, uint64_t p, uint64_t end, bool bg)
 {
     lm_ram_block *b = &m->blocks[bi];
-    struct lm_mfd_send *mfd = o->postcopy ? NULL : o->mfd;
+    struct lm_mfd_send *mfd = bg ? o->mfd : NULL;
     bool detect = o->zpd == LM_ZPD_LEGACY || (!mfd && o->zpd == LM_ZPD_MULTIFD);
     int ret = 0;
     if (!detect) {
@@ -346,24 +349,31 @@ static int64_t send_run(lm_mig *m, lm_out *o, unsigned bi, uint64_t from, uint64
         m->pcs.recent[k].first = p;
         m->pcs.recent[k].count = end - p;
         m->pcs.recent[k].off = lm_chan_bytes_written(o->chan);
+        m->pcs.recent[k].mfd = o->mfd != NULL;
+        m->pcs.recent[k].mfd_off = LM_ATOMIC_GET(&m->stats.multifd_bytes);
     }
     pthread_mutex_unlock(&m->ram_lock);
-    int ret = send_claimed(m, o, bi, p, end);
+    int ret = send_claimed(m, o, bi, p, end, true);
     return ret < 0 ? ret : (int64_t)end;
 }
 
 /* Preempt only, ram_lock held: was page p of block bi claimed by a
- * background run that may not have reached the destination yet? */
+ * background run that may not have reached the destination yet?  A run
+ * given to multifd may wait in a channel's queue or socket: its window is
+ * the multifd bytes written since the claim, LM_PC_INFLIGHT per channel
+ * (all channels' bytes add up, while the page waits behind one of them). */
 static bool maybe_in_flight(lm_mig *m, uint32_t bi, uint64_t p)
 {
     if (!m->pcs.main)
         return false;
     uint64_t now = lm_chan_bytes_written(m->pcs.main);
+    uint64_t mnow = LM_ATOMIC_GET(&m->stats.multifd_bytes);
+    uint64_t mwin = LM_PC_INFLIGHT * (LM_ATOMIC_GET(&m->stats.mfd_channels) + 1);
     uint64_t n = m->pcs.nrecent < LM_PC_RECENT ? m->pcs.nrecent : LM_PC_RECENT;
     for (uint64_t i = 0; i < n; i++) {
         const __typeof__(m->pcs.recent[0]) *r = &m->pcs.recent[i];
         if (r->block == bi && p >= r->first && p < r->first + r->count)
-            return now - r->off < LM_PC_INFLIGHT;
+            return now - r->off < LM_PC_INFLIGHT || (r->mfd && mnow - r->mfd_off < mwin);
     }
     return false;
 }
@@ -427,7 +437,17 @@ static int ram_send(lm_mig *m, lm_out *o, uint64_t budget, bool timed, lm_error 
     if (lm_chan_get_error(o->chan, err))
         return err ? err->code : -EIO;
     set_remaining(m);
-    return dirty_left(m) == 0;
+    bool done = dirty_left(m) == 0;
+    /* Postcopy: the last background pages leave the partial batch now,
+     * not at completion; the fence (a no-op when nothing was queued since
+     * the last) has them placed before the destination reads what follows
+     * on the main channel. */
+    if (done && o->postcopy && o->mfd) {
+        int ret = lm_mfd_send_sync(o->mfd, o, err);
+        if (ret < 0)
+            return ret;
+    }
+    return done;
 }
 
 static int ram_save_iterate(void *opaque, lm_out *o, uint64_t budget, lm_error *err)
@@ -469,7 +489,10 @@ static int ram_save_complete(void *opaque, lm_out *o, lm_error *err)
         if (left)
             return lm_error_set(err, -EPROTO, "postcopy completion with %llu pages still owed",
                                 (unsigned long long)left);
-        return 0;
+        /* Every page the multifd channels carried is handed over and
+         * fenced before EOS: the destination has placed them all when it
+         * reads EOS (usually done already by ram_send: then a no-op). */
+        return o->mfd ? lm_mfd_send_sync(o->mfd, o, err) : 0;
     }
     int ret = ram_sync(m, o, err);
     if (ret < 0)
@@ -542,7 +565,7 @@ int lm_ram_postcopy_send_requested(lm_mig *m, lm_out *o, const lm_pc_req *r, lm_
         for (uint64_t p = r->first_page; p < end; p++) {
             if (lm_bit_test(b->dirty, p) || !maybe_in_flight(m, r->block, p))
                 continue;
-            int ret = send_claimed(m, o, r->block, p, p + 1);
+            int ret = send_claimed(m, o, r->block, p, p + 1, false);
             if (ret < 0) {
                 lm_chan_get_error(o->chan, err);
                 return lm_error_set(err, ret, "sending requested pages failed");
@@ -555,7 +578,7 @@ int lm_ram_postcopy_send_requested(lm_mig *m, lm_out *o, const lm_pc_req *r, lm_
         uint64_t q = lm_bitmap_next_clear(b->dirty, end, p);
         clear_range(b->dirty, p, q);
         m->ram.dirty_pages -= q - p;
-        int ret = send_claimed(m, o, r->block, p, q);
+        int ret = send_claimed(m, o, r->block, p, q, false);
         if (ret < 0) {
             lm_chan_get_error(o->chan, err);
             return lm_error_set(err, ret, "sending requested pages failed");

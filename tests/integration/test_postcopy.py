@@ -17,7 +17,7 @@ from lmtest import (Runner, TestFailure, check, check_eq, dest_uri, log, migrate
                     set_caps,
                     set_params, stop_and_verify, wait_runstate, wait_status, wait_until)
 
-R = Runner("postcopy", per_test=60, budget=300)
+R = Runner("postcopy", per_test=60, budget=360)
 
 MEM = "128M"
 # Throttled so that precopy is still running (and owes most pages) when the
@@ -36,12 +36,29 @@ SCENARIOS = [
      "caps": {"postcopy-preempt": True}},
     {"name": "hot+preempt+blocktime", "workload": "hot", "hot_size": "8M", "fill": "random",
      "caps": {"postcopy-preempt": True, "postcopy-blocktime": True}},
-    # multifd carries the precopy passes (2 channels, the default), then is
-    # fenced at the switch; postcopy goes on the main / preempt channels.
+    # multifd carries the precopy passes (2 channels, the default), is
+    # fenced at the switch, then carries the background push of postcopy
+    # (placed atomically by the channel threads); requested pages go on the
+    # main / preempt channel.
     {"name": "random+multifd", "workload": "random", "dirty_rate": "64M", "fill": "random",
      "caps": {"multifd": True}},
     {"name": "hot+preempt+multifd", "workload": "hot", "hot_size": "8M", "fill": "random",
      "caps": {"postcopy-preempt": True, "multifd": True}},
+    # The same on shared memory: the channel threads place through the
+    # alias (claim, copy, UFFDIO_CONTINUE).
+    {"name": "random+multifd memfd", "workload": "random", "dirty_rate": "64M",
+     "fill": "random", "caps": {"multifd": True}, "backend": "memfd"},
+    {"name": "hot+preempt+multifd memfd", "workload": "hot", "hot_size": "8M",
+     "fill": "random", "caps": {"postcopy-preempt": True, "multifd": True},
+     "backend": "memfd"},
+    # Compressed packets: decompressed into the channel's buffer, then
+    # placed; legacy zero-page detection: zero runs on the main channel.
+    {"name": "random+multifd zstd", "workload": "random", "dirty_rate": "64M",
+     "fill": "random", "caps": {"multifd": True}, "params": {"multifd-compression": "zstd"}},
+    {"name": "hot+preempt+multifd zlib legacy-zero memfd", "workload": "hot",
+     "hot_size": "8M", "fill": "random", "caps": {"postcopy-preempt": True, "multifd": True},
+     "params": {"multifd-compression": "zlib", "zero-page-detection": "legacy"},
+     "backend": "memfd"},
     # Shared memory (memfd) on both sides: minor faults, data received into
     # the page cache and mapped with UFFDIO_CONTINUE; then the same without
     # minor faults on the destination (drop by MADV_REMOVE, UFFDIO_COPY).
@@ -73,7 +90,7 @@ def guests(t, sc, transport="tcp", mem=MEM):
     dst = t.dest("dst", transport=transport, mem=mem, seed=2, defer=True, caps=caps,
                  extra=extra, env=env, **wl)
     set_caps(src, caps)
-    set_params(src, SLOW)
+    set_params(src, dict(SLOW, **sc.get("params", {})))
     return src, dst
 
 
@@ -184,6 +201,12 @@ def postcopy_run(t, sc):
         chans = ram.get("x-multifd-channels") or []
         check(len(chans) == 2 and ram.get("multifd-bytes", 0) > 0,
               "multifd carried nothing before the switch: %r", chans)
+        # ... and background pages after it: the destination's channel
+        # threads placed them (they counted what came after POSTCOPY_RUN).
+        check(pc.get("x-multifd-pages", 0) > 0,
+              "multifd carried no page after the switch: %r", pc)
+    else:
+        check_eq(pc.get("x-multifd-pages"), 0, "multifd pages without multifd")
     check_eq(src.status(), "postmigrate", "source run state after completion")
     wait_runstate(dst, "running", 5)
     stop_and_verify(dst)
