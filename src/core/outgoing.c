@@ -16,7 +16,8 @@
  *    stopped.
  *  - with multifd, "lm-mfd-send/N" per channel (multifd/send.c); the
  *    migration thread connects their channels, hands them over and, at the
- *    end, joins them.
+ *    end, joins them.  They carry the precopy passes and, after
+ *    POSTCOPY_RUN, postcopy's background push (never requested pages).
  * Both wait on m->cond; cancel, parameter changes, migrate-continue and
  * return-path news broadcast it.  A failure or cancel before the end of
  * stream leaves the source running; after it, the destination's SHUT

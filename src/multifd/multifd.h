@@ -18,6 +18,12 @@
  * lm_mfd_recv_sync() may be called any number of times (a seq already
  * reached returns at once); it is the only sync primitive, for sockets and
  * (later) files alike.
+ *
+ * Postcopy: after POSTCOPY_RUN the channels carry the background push.
+ * The source fences them right after RUN (lm_mfd_send_fence), so a
+ * receive channel reads a postcopy packet only once the destination is
+ * listening; it then places the pages atomically (lm_postcopy_place)
+ * instead of writing guest memory.  A last sync precedes EOS.
  */
 #ifndef LM_MULTIFD_H
 #define LM_MULTIFD_H

@@ -16,9 +16,10 @@
  * and clear of a dirty bit, and ram.dirty_pages, are under m->ram_lock;
  * sending a claimed run is not (the guest is stopped, its memory no longer
  * changes).  The background push keeps using the multifd channels when
- * there are some; requested pages never do.  lm-rp sends requested pages with ram_lock held, so a claim
- * and its send are one step for it.  (Destination postcopy: placement is
- * in postcopy.c; this file decodes the records for it.)
+ * there are some; requested pages never do.  lm-rp sends requested pages
+ * with ram_lock held, so a claim and its send are one step for it.
+ * (Destination postcopy: placement is in postcopy.c; this file decodes
+ * the records for it.)
  *
  * Destination (incoming thread, plus "lm-prefault"): RAM_PAGES runs are
  * read with recv() directly into guest memory after the 2 MiB chunks they
