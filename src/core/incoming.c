@@ -18,8 +18,9 @@
  * fault thread keeps its requests, nothing is lost silently.  Multifd
  * channels are fenced (MULTIFD_FLUSH) before the first POSTCOPY_DISCARD
  * and again right after POSTCOPY_RUN; past that second fence they carry
- * the background push, placed atomically by their threads (recv.c).  Cancel (any thread) shuts down the listening socket or the
- * channel under m->lock, which makes the blocked accept/read return.
+ * the background push, placed atomically by their threads (recv.c).
+ * Cancel (any thread) shuts down the listening socket or the channel
+ * under m->lock, which makes the blocked accept/read return.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
  */
