@@ -276,9 +276,9 @@ def t_progress(t):
     stop_and_verify(dst)
 
 
-def cut(t, how, backend=None):
+def cut(t, how, backend=None, caps=None):
     sc = {"name": "cut", "workload": "random", "dirty_rate": "32M", "fill": "random",
-          "caps": {}, "backend": backend}
+          "caps": dict(caps or {}), "backend": backend}
     src, dst = guests(t, sc)
     set_params(src, {"max-postcopy-bandwidth": 4 * 1000 * 1000})
     start_and_switch(src, dst)
@@ -317,6 +317,11 @@ R.add("destination killed in postcopy: the source pauses and keeps the guest", c
 R.add("source killed in postcopy: the destination pauses and keeps running", cut, "kill-src")
 R.add("source killed in postcopy, shared memory: the destination pauses and keeps running",
       cut, "kill-src", "memfd")
+# With multifd the background push is on its channels when the cut comes.
+R.add("destination killed in postcopy with multifd: the source pauses", cut, "kill-dst", None,
+      {"multifd": True})
+R.add("source killed in postcopy with multifd, shared memory: the destination pauses", cut,
+      "kill-src", "memfd", {"multifd": True})
 
 
 # ------------------------------------------------------------- CLI policies
