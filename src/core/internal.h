@@ -114,6 +114,14 @@ typedef struct lm_ram_block {
     uint64_t *fault_ns;  /* postcopy-blocktime: first fault time per page */
 } lm_ram_block;
 
+/* Destination: pages per bit of the maps of populated 2 MiB chunks
+ * (prefaulted, alias_ready), and the words such a map of b takes. */
+#define LM_RAM_CHUNK_PAGES 512
+static inline uint64_t lm_ram_chunk_words(const lm_ram_block *b)
+{
+    return lm_bitmap_words(b->npages / LM_RAM_CHUNK_PAGES + 1);
+}
+
 /* ------------------------------------------------------------ statistics */
 
 typedef struct lm_stats {
@@ -451,6 +459,10 @@ void lm_ram_prefault_stop(lm_mig *m);
  * pages [first, first+count) not yet populated; marks / tests a page as
  * written by a stream (atomic). */
 void lm_ram_prefault_pages(lm_ram_block *b, uint64_t first, uint64_t count);
+/* The same for a view of b's pages (e.g. a postcopy alias) whose populated
+ * 2 MiB chunks are marked in ready (lm_ram_chunk_words(b) words). */
+void lm_ram_prefault_view(lm_ram_block *b, uint8_t *view, uint64_t *ready, uint64_t first,
+                          uint64_t count);
 void lm_ram_mark_received(lm_ram_block *b, uint64_t page);
 bool lm_ram_test_received(const lm_ram_block *b, uint64_t page);
 void lm_ram_save_cleanup(lm_mig *m);
@@ -503,8 +515,7 @@ void lm_postcopy_end(lm_mig *m);
 void lm_postcopy_release(lm_mig *m);
 /* Decides each block's postcopy kind, maps aliases (idempotent). */
 int lm_postcopy_classify(lm_mig *m, lm_error *err);
-/* Prefault thread: fills the page tables of alias chunk c of block b. */
-void lm_postcopy_alias_prefault(lm_ram_block *b, uint64_t c);
+
 /* Starts "lm-pc-preempt" on an accepted preempt channel (owned now). */
 int lm_postcopy_preempt_start(lm_mig *m, lm_chan *c, lm_error *err);
 /* Shuts down and joins the preempt loader (returns its error). */

@@ -113,8 +113,6 @@ static uint64_t uffd_features(void)
 
 /* ------------------------------------------------------ memory kinds */
 
-#define ALIAS_CHUNK 512 /* pages per alias_ready bit (2 MiB) */
-
 /* How the mappings of [base, base+len) are shared, from /proc/self/maps:
  * *shared and *private count the mappings of either kind over the range. */
 static int scan_mappings(const uint8_t *base, uint64_t len, unsigned *shared, unsigned *private,
@@ -225,7 +223,7 @@ int lm_postcopy_classify(lm_mig *m, lm_error *err)
         ret = classify_block(b, minor_ok, err);
         if (ret == 0 && b->pc_kind == LM_PC_MINOR) {
             free(b->alias_ready);
-            b->alias_ready = calloc(lm_bitmap_words(b->npages / ALIAS_CHUNK + 1), 8);
+            b->alias_ready = calloc(lm_ram_chunk_words(b), 8);
             if (!b->alias_ready)
                 ret = lm_error_set(err, -ENOMEM, "out of memory for postcopy maps");
         }
@@ -233,43 +231,6 @@ int lm_postcopy_classify(lm_mig *m, lm_error *err)
     pthread_mutex_unlock(&m->pc.lock);
     m->pc.classified = true; /* even on failure: release undoes what was done */
     return ret;
-}
-
-static bool alias_chunk_ready(const lm_ram_block *b, uint64_t c)
-{
-    return (__atomic_load_n(&b->alias_ready[c / 64], __ATOMIC_ACQUIRE) >> (c % 64)) & 1;
-}
-
-/* Fills the alias's page tables for chunk c (the prefault thread, ahead of
- * the switch): a page received into an unpopulated alias would fault inside
- * recv, 4 KiB at a time.  Any thread; racing populations are harmless. */
-void lm_postcopy_alias_prefault(lm_ram_block *b, uint64_t c)
-{
-    uint64_t p = c * ALIAS_CHUNK;
-    if (!b->alias || p >= b->npages || alias_chunk_ready(b, c))
-        return;
-    uint64_t n = b->npages - p < ALIAS_CHUNK ? b->npages - p : ALIAS_CHUNK;
-    if (lm_mem_populate(b->alias + p * b->page_size, n * b->page_size) == 0)
-        __atomic_fetch_or(&b->alias_ready[c / 64], 1ull << (c % 64), __ATOMIC_RELEASE);
-}
-
-/* Before receiving into alias pages [first, first+n): populates those not
- * in a ready chunk. */
-static int alias_populate(lm_ram_block *b, uint64_t first, uint64_t n)
-{
-    uint64_t end = first + n;
-    while (first < end) {
-        uint64_t c = first / ALIAS_CHUNK;
-        uint64_t stop = (c + 1) * ALIAS_CHUNK < end ? (c + 1) * ALIAS_CHUNK : end;
-        if (!alias_chunk_ready(b, c)) {
-            int rc = lm_mem_populate(b->alias + first * b->page_size,
-                                     (stop - first) * b->page_size);
-            if (rc < 0)
-                return rc;
-        }
-        first = stop;
-    }
-    return 0;
 }
 
 /* Unmaps the aliases of minor-fault blocks (idempotent).  After
@@ -456,20 +417,17 @@ static void placed_locked(lm_mig *m, lm_ram_block *b, uint64_t p, uint64_t q, ui
  * through the alias, and only until it is mapped: a write after that would
  * overwrite what the workload wrote since (UFFDIO_COPY has that check in
  * the kernel; the alias does not). */
-static bool claim(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t n, uint64_t *mine)
+static void claim(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t n, uint64_t *mine)
 {
-    bool any = false;
     memset(mine, 0, lm_bitmap_words(n) * 8);
     pthread_mutex_lock(&m->pc.lock);
     for (uint64_t i = first; i < first + n; i++) {
         if (lm_bit_test(b->owed, i) && !lm_bit_test(b->claimed, i)) {
             lm_bit_set(b->claimed, i);
             lm_bit_set(mine, i - first);
-            any = true;
         }
     }
     pthread_mutex_unlock(&m->pc.lock);
-    return any;
 }
 
 static void unclaim(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t n,
@@ -518,49 +476,67 @@ static uint64_t run_end(const uint64_t *mine, uint64_t n, uint64_t i, bool set)
     return i;
 }
 
-/* Zero pages of a minor block: short runs are cleared through the alias and
- * mapped (a requested zero page wakes its waiter at once); long ones are
- * punched out of the page cache and the waiters woken: a hole that is
- * touched later takes a missing fault, answered with a zero page locally
- * (nothing is owed there any more). */
+/* The next run [*i, *j) of claimed pages of [0, n) at or after *i; false
+ * when there is none.  for (i = 0; next_mine(mine, n, &i, &j); i = j). */
+static bool next_mine(const uint64_t *mine, uint64_t n, uint64_t *i, uint64_t *j)
+{
+    *i = run_end(mine, n, *i, false);
+    *j = run_end(mine, n, *i, true);
+    return *i < n;
+}
+
+/* Marks [p, q) placed (pc.lock taken here). */
+static void mark_placed(lm_mig *m, lm_ram_block *b, uint64_t p, uint64_t q)
+{
+    uint64_t now = lm_now_ns();
+    pthread_mutex_lock(&m->pc.lock);
+    placed_locked(m, b, p, q, now);
+    pthread_mutex_unlock(&m->pc.lock);
+}
+
+/* Pages of a minor block from a buffer (data: a multifd packet, read or
+ * decompressed by its channel thread) or zero pages (data NULL), at most
+ * LM_RAM_MAX_RUN at a time: the owed pages this thread claims are written
+ * into the page cache through the alias and mapped; the others are left to
+ * whoever claimed them, or were placed already.  Long zero runs are
+ * punched out of the page cache instead and their waiters woken: a hole
+ * that is touched later takes a missing fault, answered with a zero page
+ * locally (nothing is owed there any more); short ones are cleared in
+ * place, so that a requested zero page wakes its waiter at once. */
 #define ZERO_CLEAR_MAX 64
 
-static int place_zero_minor(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
-                            lm_error *err)
+static int place_minor(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
+                       const uint8_t *data, lm_error *err)
 {
     uint64_t mine[LM_RAM_MAX_RUN / 64];
     uint64_t ps = b->page_size;
     for (uint64_t at = first; at < first + count;) {
         uint64_t n = first + count - at < LM_RAM_MAX_RUN ? first + count - at : LM_RAM_MAX_RUN;
-        if (claim(m, b, at, n, mine)) {
-            for (uint64_t i = run_end(mine, n, 0, false); i < n;
-                 i = run_end(mine, n, run_end(mine, n, i, true), false)) {
-                uint64_t j = run_end(mine, n, i, true);
-                uint8_t *a = b->alias + (at + i) * ps;
-                int rc = 0;
-                if (j - i <= ZERO_CLEAR_MAX) {
-                    rc = lm_mem_populate(a, (j - i) * ps);
-                    if (rc == 0) {
-                        memset(a, 0, (j - i) * ps);
-                        rc = continue_range(m, b, at + i, at + j);
-                    }
-                } else if (madvise(a, (j - i) * ps, MADV_REMOVE) < 0) {
-                    rc = -errno;
-                }
-                if (rc < 0) {
-                    unclaim(m, b, at, n, mine);
-                    return lm_error_set(err, rc, "placing zero pages %llu+%llu of '%s': %s",
-                                        (unsigned long long)(at + i),
-                                        (unsigned long long)(j - i), b->name, strerror(-rc));
-                }
-                uint64_t now = lm_now_ns();
-                pthread_mutex_lock(&m->pc.lock);
-                placed_locked(m, b, at + i, at + j, now);
-                pthread_mutex_unlock(&m->pc.lock);
-                if (j - i > ZERO_CLEAR_MAX) {
-                    struct uffdio_range r = {(uintptr_t)b->base + (at + i) * ps, (j - i) * ps};
-                    ioctl(m->pc.uffd, UFFDIO_WAKE, &r);
-                }
+        claim(m, b, at, n, mine);
+        for (uint64_t i = 0, j; next_mine(mine, n, &i, &j); i = j) {
+            uint8_t *a = b->alias + (at + i) * ps;
+            bool punch = !data && j - i > ZERO_CLEAR_MAX;
+            int rc = 0;
+            if (punch) {
+                rc = madvise(a, (j - i) * ps, MADV_REMOVE) < 0 ? -errno : 0;
+            } else {
+                lm_ram_prefault_view(b, b->alias, b->alias_ready, at + i, j - i);
+                if (data)
+                    memcpy(a, data + (at - first + i) * ps, (j - i) * ps);
+                else
+                    memset(a, 0, (j - i) * ps);
+                rc = continue_range(m, b, at + i, at + j);
+            }
+            if (rc < 0) {
+                unclaim(m, b, at, n, mine); /* placed pages are unclaimed already */
+                return lm_error_set(err, rc, "placing %spages %llu+%llu of '%s': %s",
+                                    data ? "" : "zero ", (unsigned long long)(at + i),
+                                    (unsigned long long)(j - i), b->name, strerror(-rc));
+            }
+            mark_placed(m, b, at + i, at + j);
+            if (punch) {
+                struct uffdio_range r = {(uintptr_t)b->base + (at + i) * ps, (j - i) * ps};
+                ioctl(m->pc.uffd, UFFDIO_WAKE, &r);
             }
         }
         at += n;
@@ -587,82 +563,23 @@ int lm_postcopy_recv_place(lm_mig *m, lm_chan *c, lm_ram_block *b, uint64_t firs
         uint8_t *dst = scratch;
         if (set) {
             dst = b->alias + (first + i) * ps;
-            rc = alias_populate(b, first + i, j - i);
-            if (rc < 0) {
-                lm_error_set(err, rc, "postcopy: populating pages %llu+%llu of '%s': %s",
-                             (unsigned long long)(first + i), (unsigned long long)(j - i),
-                             b->name, strerror(-rc));
-                break;
-            }
+            lm_ram_prefault_view(b, b->alias, b->alias_ready, first + i, j - i);
         }
-        if (lm_chan_read_full(c, dst, (j - i) * ps) < 0) {
+        if (lm_chan_read_full(c, dst, (j - i) * ps) < 0)
             rc = lm_chan_get_error(c, err);
-            break;
-        }
         i = j;
     }
-    for (uint64_t i = run_end(mine, count, 0, false); i < count && rc == 0;
-         i = run_end(mine, count, run_end(mine, count, i, true), false)) {
-        uint64_t j = run_end(mine, count, i, true);
+    for (uint64_t i = 0, j; rc == 0 && next_mine(mine, count, &i, &j); i = j) {
         rc = continue_range(m, b, first + i, first + j);
-        if (rc < 0) {
+        if (rc < 0)
             lm_error_set(err, rc, "placing page %llu of '%s' (userfaultfd continue): %s",
                          (unsigned long long)(first + i), b->name, strerror(-rc));
-            break;
-        }
-        uint64_t now = lm_now_ns();
-        pthread_mutex_lock(&m->pc.lock);
-        placed_locked(m, b, first + i, first + j, now);
-        pthread_mutex_unlock(&m->pc.lock);
+        else
+            mark_placed(m, b, first + i, first + j);
     }
     if (rc < 0)
         unclaim(m, b, first, count, mine); /* placed pages are unclaimed already */
     return rc;
-}
-
-/* Data already in a buffer (a multifd packet, read or decompressed by its
- * channel thread): the owed pages this thread claims are copied into the
- * page cache through the alias and mapped; the others are left to whoever
- * claimed them or were placed already.  The claim rule is the same as for
- * lm_postcopy_recv_place: only a claimer writes through the alias, and
- * only until the page is mapped. */
-static int place_data_minor(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count,
-                            const uint8_t *data, lm_error *err)
-{
-    uint64_t mine[LM_RAM_MAX_RUN / 64];
-    uint64_t ps = b->page_size;
-    for (uint64_t at = first; at < first + count;) {
-        uint64_t n = first + count - at < LM_RAM_MAX_RUN ? first + count - at : LM_RAM_MAX_RUN;
-        const uint8_t *src = data + (at - first) * ps;
-        if (claim(m, b, at, n, mine)) {
-            int rc = 0;
-            for (uint64_t i = run_end(mine, n, 0, false); i < n && rc == 0;
-                 i = run_end(mine, n, run_end(mine, n, i, true), false)) {
-                uint64_t j = run_end(mine, n, i, true);
-                rc = alias_populate(b, at + i, j - i);
-                if (rc == 0) {
-                    memcpy(b->alias + (at + i) * ps, src + i * ps, (j - i) * ps);
-                    rc = continue_range(m, b, at + i, at + j);
-                }
-                if (rc < 0) {
-                    lm_error_set(err, rc, "placing pages %llu+%llu of '%s': %s",
-                                 (unsigned long long)(at + i), (unsigned long long)(j - i),
-                                 b->name, strerror(-rc));
-                    break;
-                }
-                uint64_t now = lm_now_ns();
-                pthread_mutex_lock(&m->pc.lock);
-                placed_locked(m, b, at + i, at + j, now);
-                pthread_mutex_unlock(&m->pc.lock);
-            }
-            if (rc < 0) {
-                unclaim(m, b, at, n, mine); /* placed pages are unclaimed already */
-                return rc;
-            }
-        }
-        at += n;
-    }
-    return 0;
 }
 
 /* ---------------------------------------------- placement, missing faults */
@@ -671,8 +588,7 @@ int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count
                       const uint8_t *data, lm_error *err)
 {
     if (b->pc_kind == LM_PC_MINOR)
-        return data ? place_data_minor(m, b, first, count, data, err)
-                    : place_zero_minor(m, b, first, count, err);
+        return place_minor(m, b, first, count, data, err);
     uint64_t end = first + count;
     uint64_t p = first;
     while (p < end) {
@@ -694,17 +610,7 @@ int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count
         if (n < 0)
             return lm_error_set(err, (int)n, "placing page %llu of '%s' (userfaultfd): %s",
                                 (unsigned long long)p, b->name, strerror((int)-n));
-        uint64_t now = lm_now_ns();
-        pthread_mutex_lock(&m->pc.lock);
-        for (uint64_t i = p; i < p + (uint64_t)n; i++) {
-            if (lm_bit_test(b->owed, i)) {
-                lm_bit_clear(b->owed, i);
-                m->pc.owed_pages--;
-            }
-            record_latency(m, b, i, now);
-        }
-        pthread_cond_broadcast(&m->pc.cond);
-        pthread_mutex_unlock(&m->pc.lock);
+        mark_placed(m, b, p, p + (uint64_t)n);
         /* Present already: placed by another channel at the same time. */
         p += (uint64_t)n + (exist ? 1 : 0);
     }
@@ -713,19 +619,23 @@ int lm_postcopy_place(lm_mig *m, lm_ram_block *b, uint64_t first, uint64_t count
 
 /* --------------------------------------------------------- return path */
 
-int lm_postcopy_rp_write(lm_mig *m, lm_chan *c, uint8_t type, const void *p, uint32_t len)
+/* One record to the source on c (NULL: gone, -EPIPE), with pc.rp_lock held. */
+static int rp_write_locked(lm_chan *c, uint8_t type, const void *p, uint32_t len)
 {
     uint8_t h[LM_REC_HDR_SIZE];
     lm_fmt_rec_hdr_encode(type, len, h, sizeof h);
+    if (!c)
+        return -EPIPE;
+    int ret = lm_chan_put(c, h, sizeof h);
+    if (ret == 0 && len)
+        ret = lm_chan_put(c, p, len);
+    return ret ? ret : lm_chan_flush(c);
+}
+
+int lm_postcopy_rp_write(lm_mig *m, lm_chan *c, uint8_t type, const void *p, uint32_t len)
+{
     pthread_mutex_lock(&m->pc.rp_lock);
-    int ret = -EPIPE;
-    if (c) {
-        ret = lm_chan_put(c, h, sizeof h);
-        if (ret == 0 && len)
-            ret = lm_chan_put(c, p, len);
-        if (ret == 0)
-            ret = lm_chan_flush(c);
-    }
+    int ret = rp_write_locked(c, type, p, len);
     pthread_mutex_unlock(&m->pc.rp_lock);
     return ret;
 }
@@ -795,18 +705,9 @@ static void handle_fault(lm_mig *m, uint64_t addr, uint64_t flags)
      * the source behind the sender's writes: lock_sock on both ends).  With
      * the return path gone (paused), the request stays marked and the
      * faulting thread waits: recovery re-sends marked requests. */
-    uint8_t h[LM_REC_HDR_SIZE];
-    lm_fmt_rec_hdr_encode(LM_REC_RP_REQ_PAGES, sizeof pl, h, sizeof h);
     pthread_mutex_lock(&m->pc.rp_lock);
-    lm_chan *c = m->pc.req ? m->pc.req : m->pc.rp;
-    int wr = -EPIPE;
-    if (c) {
-        wr = lm_chan_put(c, h, sizeof h);
-        if (wr == 0)
-            wr = lm_chan_put(c, pl, sizeof pl);
-        if (wr == 0)
-            wr = lm_chan_flush(c);
-    }
+    int wr = rp_write_locked(m->pc.req ? m->pc.req : m->pc.rp, LM_REC_RP_REQ_PAGES, pl,
+                             sizeof pl);
     pthread_mutex_unlock(&m->pc.rp_lock);
     if (wr < 0) {
         pthread_mutex_lock(&m->pc.lock);
@@ -929,7 +830,6 @@ void lm_postcopy_end(lm_mig *m)
         close(m->pc.uffd);
         m->pc.uffd = -1;
     }
-
     if (m->pc.quit_efd >= 0) {
         close(m->pc.quit_efd);
         m->pc.quit_efd = -1;

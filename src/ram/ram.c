@@ -41,7 +41,7 @@
 
 #define RUN_PAGES 256          /* pages per RAM_PAGES record (1 MiB) */
 #define SLICE_NS 50000000ull   /* QEMU's MAX_WAIT: re-check pending every 50 ms */
-#define CHUNK_PAGES 512        /* 2 MiB prefault chunks */
+#define CHUNK_PAGES LM_RAM_CHUNK_PAGES
 
 /* ================================================================ source */
 
@@ -635,42 +635,46 @@ static void chunk_set(uint64_t *b, uint64_t c)
     __atomic_fetch_or(&b[c / 64], 1ull << (c % 64), __ATOMIC_RELAXED);
 }
 
-/* Populates one 2 MiB chunk.  MADV_POPULATE_WRITE leaves present pages
- * alone, so racing the incoming thread (or a running guest) is harmless:
- * at worst a chunk is populated twice. */
-static void populate_chunk(lm_ram_block *b, uint64_t c)
+/* Populates one 2 MiB chunk of a view of block b (its own mapping, or the
+ * alias postcopy receives shared memory through) and marks it in ready.
+ * MADV_POPULATE_WRITE leaves present pages alone, so racing the incoming
+ * thread (or a running guest) is harmless: at worst a chunk is populated
+ * twice. */
+static void populate_chunk(lm_ram_block *b, uint8_t *view, uint64_t *ready, uint64_t c)
 {
     uint64_t p = c * CHUNK_PAGES;
     uint64_t n = b->npages - p < CHUNK_PAGES ? b->npages - p : CHUNK_PAGES;
-    lm_mem_populate(b->base + p * b->page_size, n * b->page_size);
-    chunk_set(b->prefaulted, c);
+    lm_mem_populate(view + p * b->page_size, n * b->page_size);
+    chunk_set(ready, c);
+}
+
+/* One pass of the prefault thread over every block's own mapping, or
+ * (aliases) over the postcopy aliases; false when told to stop. */
+static bool prefault_pass(lm_mig *m, bool aliases)
+{
+    for (unsigned i = 0; i < m->nblocks; i++) {
+        lm_ram_block *b = &m->blocks[i];
+        uint8_t *view = aliases ? b->alias : b->base;
+        uint64_t *ready = aliases ? b->alias_ready : b->prefaulted;
+        uint64_t chunks = (b->npages + CHUNK_PAGES - 1) / CHUNK_PAGES;
+        for (uint64_t c = 0; view && c < chunks; c++) {
+            if (__atomic_load_n(&m->in.prefault_stop, __ATOMIC_RELAXED))
+                return false;
+            if (!chunk_test(ready, c))
+                populate_chunk(b, view, ready, c);
+        }
+    }
+    return true;
 }
 
 static void *prefault_fn(void *arg)
 {
     lm_mig *m = arg;
     pthread_setname_np(pthread_self(), "lm-prefault");
-    for (unsigned i = 0; i < m->nblocks; i++) {
-        lm_ram_block *b = &m->blocks[i];
-        uint64_t chunks = (b->npages + CHUNK_PAGES - 1) / CHUNK_PAGES;
-        for (uint64_t c = 0; c < chunks; c++) {
-            if (__atomic_load_n(&m->in.prefault_stop, __ATOMIC_RELAXED))
-                return NULL;
-            if (!chunk_test(b->prefaulted, c))
-                populate_chunk(b, c);
-        }
-    }
-    /* Postcopy on shared memory: the aliases the pages will be received
-     * through (postcopy.c), after the guest's own mapping. */
-    for (unsigned i = 0; i < m->nblocks; i++) {
-        lm_ram_block *b = &m->blocks[i];
-        uint64_t chunks = (b->npages + CHUNK_PAGES - 1) / CHUNK_PAGES;
-        for (uint64_t c = 0; b->alias && c < chunks; c++) {
-            if (__atomic_load_n(&m->in.prefault_stop, __ATOMIC_RELAXED))
-                return NULL;
-            lm_postcopy_alias_prefault(b, c);
-        }
-    }
+    /* The guest's own mappings, then the aliases postcopy on shared memory
+     * will receive pages through (postcopy.c). */
+    if (prefault_pass(m, false))
+        prefault_pass(m, true);
     return NULL;
 }
 
@@ -683,7 +687,7 @@ int lm_ram_incoming_prepare(lm_mig *m, lm_error *err)
         if (!b->received)
             b->received = calloc(lm_bitmap_words(b->npages), 8);
         if (!b->prefaulted)
-            b->prefaulted = calloc(lm_bitmap_words(b->npages / CHUNK_PAGES + 1), 8);
+            b->prefaulted = calloc(lm_ram_chunk_words(b), 8);
         if (!b->received || !b->prefaulted)
             return lm_error_set(err, -ENOMEM, "out of memory for RAM bitmaps");
     }
@@ -776,12 +780,18 @@ out:
     return ret;
 }
 
-void lm_ram_prefault_pages(lm_ram_block *b, uint64_t first, uint64_t count)
+void lm_ram_prefault_view(lm_ram_block *b, uint8_t *view, uint64_t *ready, uint64_t first,
+                          uint64_t count)
 {
     uint64_t c0 = first / CHUNK_PAGES, c1 = (first + count - 1) / CHUNK_PAGES;
     for (uint64_t c = c0; c <= c1; c++)
-        if (!chunk_test(b->prefaulted, c))
-            populate_chunk(b, c);
+        if (!chunk_test(ready, c))
+            populate_chunk(b, view, ready, c);
+}
+
+void lm_ram_prefault_pages(lm_ram_block *b, uint64_t first, uint64_t count)
+{
+    lm_ram_prefault_view(b, b->base, b->prefaulted, first, count);
 }
 
 /* The received map is shared by the incoming thread and the multifd

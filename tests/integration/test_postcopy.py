@@ -582,22 +582,30 @@ class FakeDest:
                 pass
 
 
-@R.test("a page requested twice is sent once (fake destination)")
-def t_dup_request(t):
-    src = t.guest("src", mem="32M", workload="idle", fill="random", seed=6)
-    set_caps(src, {"events": True, "postcopy-ram": True})
+def fake_switched(t, seed, preempt):
+    """A source guest (postcopy-ram, with or without postcopy-preempt)
+    migrating to a FakeDest, switched to postcopy with a slow background
+    push; returns (src, fd) once the fake saw POSTCOPY_RUN and its PING
+    and checked that discards came before."""
+    src = t.guest("src", mem="32M", workload="idle", fill="random", seed=seed)
+    set_caps(src, {"events": True, "postcopy-ram": True, "postcopy-preempt": preempt})
     set_params(src, {"max-bandwidth": 4 * 1000 * 1000, "downtime-limit": 1,
                      "max-postcopy-bandwidth": 1000 * 1000})
-    fd = FakeDest()
+    fd = FakeDest(preempt=preempt)
     t.closers.append(fd.close)
     src.qmp.execute("migrate", {"uri": fd.uri})
     wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 1 << 20,
                30, "1 MB of precopy")
     src.qmp.execute("migrate-start-postcopy")
     check(fd.run.wait(30), "no POSTCOPY_RUN + PING")
-    if fd.error:
-        raise TestFailure("fake destination: %s" % fd.error)
+    fd.check_ok("until POSTCOPY_RUN")
     check(fd.discard, "no POSTCOPY_DISCARD before RUN")
+    return src, fd
+
+
+@R.test("a page requested twice is sent once (fake destination)")
+def t_dup_request(t):
+    src, fd = fake_switched(t, seed=6, preempt=False)
     # The last owed page of block 0: far ahead of the slow background push.
     blk, first, cnt = max((d for d in fd.discard if d[0] == 0), key=lambda d: d[1] + d[2])
     page = first + cnt - 1
@@ -629,20 +637,8 @@ def preempt_fake_in_postcopy(t, seed):
     FakeDest with the preempt channel, switched to postcopy with a slow
     background push; returns (src, fd) once the source is postcopy-active
     (the fake answered the PING after POSTCOPY_RUN)."""
-    src = t.guest("src", mem="32M", workload="idle", fill="random", seed=seed)
-    set_caps(src, {"events": True, "postcopy-ram": True, "postcopy-preempt": True})
-    set_params(src, {"max-bandwidth": 4 * 1000 * 1000, "downtime-limit": 1,
-                     "max-postcopy-bandwidth": 1000 * 1000})
-    fd = FakeDest(preempt=True)
-    t.closers.append(fd.close)
-    src.qmp.execute("migrate", {"uri": fd.uri})
-    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 1 << 20,
-               30, "1 MB of precopy")
-    src.qmp.execute("migrate-start-postcopy")
-    check(fd.run.wait(30), "no POSTCOPY_RUN + PING")
-    fd.check_ok("until POSTCOPY_RUN")
+    src, fd = fake_switched(t, seed, preempt=True)
     check_eq(sorted(fd.hellos), [ROLE_MAIN, ROLE_PREEMPT], "channels opened (HELLO roles)")
-    check(fd.discard, "no POSTCOPY_DISCARD before RUN")
     check_eq(fd.pre_pages, [], "pages on the preempt channel before any request")
     wait_status(src, "postcopy-active", 10, fail_on=("failed", "cancelled", "completed",
                                                     "postcopy-paused"))
