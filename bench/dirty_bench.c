@@ -1,6 +1,6 @@
 /*
  * dirty_bench.c - micro-benchmark of dirty tracking and the memory probes
- * (src/ram/dirty.h) on one range, 1 GiB by default: start (write-protect),
+ * (src/mem/dirty.h) on one range, 1 GiB by default: start (write-protect),
  * sync when clean and at 1 % / 10 % scattered dirty pages, populated scan,
  * zero check.  Prints a Markdown table for docs/benchmarks.md.
  *
@@ -12,7 +12,7 @@
  * Single-threaded; the "workload" writes happen in this thread between
  * syncs, so sync times contain no contention with a writer.
  */
-#include "ram/dirty.h"
+#include "mem/dirty.h"
 
 #include <errno.h>
 #include <stdio.h>

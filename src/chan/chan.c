@@ -23,6 +23,7 @@
 #include "chan/chan.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -428,6 +429,9 @@ static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
         int e = errno;
         if (e == EINTR)
             continue;
+        if ((e == EAGAIN || e == EWOULDBLOCK) && !(fcntl(c->fd, F_GETFL) & O_NONBLOCK))
+            /* A blocking socket says EAGAIN only when its SO_RCVTIMEO ran out. */
+            return set_error_fmt(c, -ETIMEDOUT, "%s: read timed out", c->name);
         if (e == EAGAIN || e == EWOULDBLOCK) {
             struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
             if (poll(&pfd, 1, -1) >= 0 || errno == EINTR) {

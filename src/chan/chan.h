@@ -43,6 +43,13 @@ const char *lm_uri_format(const lm_uri *u, char *out, size_t cap);
 /* Connects (blocking, bounded by timeout_ms) and tunes the socket (see
  * lm_sock_tune).  For fd: returns a dup of N.  *fd_out is owned by caller. */
 int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err);
+/* The same, and cancellable: when cancel_fd (an eventfd or pipe; -1 for
+ * none) becomes readable, the name lookup and the connect are abandoned at
+ * once with -ECANCELED.  The lookup runs on a detached helper thread
+ * ("lm-resolve"), which frees its own result when abandoned, because
+ * getaddrinfo(3) cannot be interrupted. */
+int lm_uri_connect_cancellable(const lm_uri *u, int timeout_ms, int cancel_fd, int *fd_out,
+                               lm_error *err);
 /* Listens (SO_REUSEADDR; unix: removes a stale socket file first).  actual
  * gets the bound address as a URI text, with the real port for port 0. */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err);

@@ -1,13 +1,20 @@
 /*
  * uri.c - migration URIs (tcp:, unix:, fd:) and the sockets behind them:
  * parse/format (pure, fuzzed by tests/fuzz/fuzz_uri.c), connect with a
- * bound on time, listen, accept that a shutdown(2) from another thread can
- * interrupt, and the socket options every migration connection gets.
+ * bound on time and a cancel descriptor, listen, accept that a shutdown(2)
+ * from another thread can interrupt, and the socket options every
+ * migration connection gets.
  *
- * No threads start here and no locks are taken.  lm_sock_accept() blocks the
- * calling thread; any other thread may interrupt it (see there).
+ * Threads: a cancellable connect resolves the name on a detached helper
+ * thread, "lm-resolve" (see resolve()); nothing else starts here and no
+ * locks are taken.  lm_sock_accept() blocks the calling thread; any other
+ * thread may interrupt it (see there).
  */
 #include "chan/chan.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -323,7 +330,8 @@ static int64_t now_ms(void)
 
 /* Non-blocking connect of fd to sa, waiting at most until deadline (ms on
  * CLOCK_MONOTONIC, < 0 = no limit).  Returns 0 or -errno (-ETIMEDOUT). */
-static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t salen, int64_t deadline)
+static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t salen, int64_t deadline,
+                           int cancel_fd)
 {
     if (connect(fd, sa, salen) == 0)
         return 0;
@@ -337,20 +345,130 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t salen, i
                 return -ETIMEDOUT;
             wait = left > INT_MAX ? INT_MAX : (int)left;
         }
-        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-        int n = poll(&pfd, 1, wait);
+        struct pollfd pfd[2] = {{.fd = fd, .events = POLLOUT},
+                                {.fd = cancel_fd, .events = POLLIN}};
+        int n = poll(pfd, cancel_fd >= 0 ? 2 : 1, wait);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             return -errno;
         if (n == 0)
             continue; /* the deadline check above decides */
+        if (cancel_fd >= 0 && pfd[1].revents)
+            return -ECANCELED;
         int soerr = 0;
         socklen_t len = sizeof soerr;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
             return -errno;
         return soerr ? -soerr : 0;
     }
+}
+
+/* Name lookup that the caller can abandon: getaddrinfo(3) runs on a
+ * detached thread; the caller waits for it, its deadline or cancel_fd.
+ * Whoever of the two finishes last frees the request. */
+typedef struct resolve_req {
+    atomic_int refs;
+    int done_efd;
+    char host[256], port[8];
+    struct addrinfo *res;
+    int gai, gai_errno;
+} resolve_req;
+
+static void resolve_put(resolve_req *q)
+{
+    if (atomic_fetch_sub(&q->refs, 1) != 1)
+        return;
+    if (q->res)
+        freeaddrinfo(q->res);
+    close(q->done_efd);
+    free(q);
+}
+
+static void *resolve_fn(void *arg)
+{
+    resolve_req *q = arg;
+    pthread_setname_np(pthread_self(), "lm-resolve");
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    q->gai = getaddrinfo(q->host, q->port, &hints, &q->res);
+    q->gai_errno = errno;
+    uint64_t one = 1;
+    if (write(q->done_efd, &one, sizeof one) != sizeof one) {
+        /* an eventfd write of 1 cannot fail */
+    }
+    resolve_put(q);
+    return NULL;
+}
+
+/* Returns 0 (*res is the caller's), a getaddrinfo error > 0 (*gai_errno
+ * set for EAI_SYSTEM), or -ECANCELED / -ETIMEDOUT / -errno. */
+static int resolve(const char *host, const char *port, int64_t deadline, int cancel_fd,
+                   struct addrinfo **res, int *gai_errno)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    *res = NULL;
+    if (cancel_fd < 0) {
+        int g = getaddrinfo(host, port, &hints, res);
+        *gai_errno = errno;
+        return g;
+    }
+    resolve_req *q = calloc(1, sizeof *q);
+    if (!q)
+        return -ENOMEM;
+    q->done_efd = eventfd(0, EFD_CLOEXEC);
+    if (q->done_efd < 0) {
+        int e = errno;
+        free(q);
+        return -e;
+    }
+    snprintf(q->host, sizeof q->host, "%s", host);
+    snprintf(q->port, sizeof q->port, "%s", port);
+    atomic_init(&q->refs, 2);
+    pthread_attr_t at;
+    pthread_t t;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&t, &at, resolve_fn, q);
+    pthread_attr_destroy(&at);
+    if (e) {
+        close(q->done_efd);
+        free(q);
+        return -e;
+    }
+    int ret;
+    for (;;) {
+        int wait = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ms();
+            if (left <= 0) {
+                ret = -ETIMEDOUT;
+                break;
+            }
+            wait = left > INT_MAX ? INT_MAX : (int)left;
+        }
+        struct pollfd pfd[2] = {{.fd = q->done_efd, .events = POLLIN},
+                                {.fd = cancel_fd, .events = POLLIN}};
+        int n = poll(pfd, 2, wait);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            ret = -errno;
+            break;
+        }
+        if (pfd[1].revents) {
+            ret = -ECANCELED;
+            break;
+        }
+        if (pfd[0].revents) {
+            ret = q->gai;
+            *gai_errno = q->gai_errno;
+            *res = q->res;
+            q->res = NULL; /* now the caller's */
+            break;
+        }
+    }
+    resolve_put(q);
+    return ret;
 }
 
 static int set_blocking(int fd)
@@ -378,6 +496,12 @@ static int fill_sun(const lm_uri *u, struct sockaddr_un *sun, socklen_t *len)
  * not covered by the bound; numeric hosts resolve at once.
  */
 int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err)
+{
+    return lm_uri_connect_cancellable(u, timeout_ms, -1, fd_out, err);
+}
+
+int lm_uri_connect_cancellable(const lm_uri *u, int timeout_ms, int cancel_fd, int *fd_out,
+                               lm_error *err)
 {
     char text[512];
     int fd = -1, r = 0;
@@ -420,7 +544,20 @@ int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err)
                                  .tv_usec = (timeout_ms % 1000) * 1000};
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         }
+        /* Cancellable: a non-blocking connect, retried while the backlog
+         * is full (the kernel offers no wake-up for room in a unix
+         * listener's backlog), watching cancel_fd between tries. */
+        if (cancel_fd >= 0)
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         while (connect(fd, (struct sockaddr *)&sun, slen) != 0) {
+            if (cancel_fd >= 0 && errno == EAGAIN && (deadline < 0 || now_ms() < deadline)) {
+                struct pollfd cp = {.fd = cancel_fd, .events = POLLIN};
+                if (poll(&cp, 1, 10) > 0) {
+                    r = lm_error_set(err, -ECANCELED, "connect to %s: cancelled", text);
+                    goto out;
+                }
+                continue;
+            }
             if (errno == EINTR && (deadline < 0 || now_ms() < deadline))
                 continue;
             r = errno == EAGAIN || errno == EINTR ? -ETIMEDOUT : -errno;
@@ -434,15 +571,24 @@ int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err)
             struct timeval zero = {0};
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof zero);
         }
+        if (cancel_fd >= 0 && (r = set_blocking(fd)) < 0) {
+            r = lm_error_set(err, r, "connect to %s: %s", text, strerror(-r));
+            goto out;
+        }
         break;
     }
 
     case LM_URI_TCP: {
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        int g = getaddrinfo(u->host, u->port, &hints, &res);
+        int gerr = 0;
+        int g = resolve(u->host, u->port, deadline, cancel_fd, &res, &gerr);
+        if (g < 0) {
+            r = lm_error_set(err, g, "connect to %s: resolving '%s': %s", text, u->host,
+                             g == -ECANCELED ? "cancelled" : strerror(-g));
+            goto out;
+        }
         if (g != 0) {
             r = lm_error_set(err, -EHOSTUNREACH, "connect to %s: cannot resolve '%s': %s", text,
-                             u->host, g == EAI_SYSTEM ? strerror(errno) : gai_strerror(g));
+                             u->host, g == EAI_SYSTEM ? strerror(gerr) : gai_strerror(g));
             goto out;
         }
         /* Try every address in turn (localhost is ::1 and 127.0.0.1); the
@@ -455,15 +601,19 @@ int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err)
                 r = -errno;
                 continue;
             }
-            r = connect_bounded(fd, ai->ai_addr, ai->ai_addrlen, deadline);
+            r = connect_bounded(fd, ai->ai_addr, ai->ai_addrlen, deadline, cancel_fd);
             if (r == 0)
                 r = set_blocking(fd);
             if (r == 0)
                 break;
             close(fd);
             fd = -1;
-            if (r == -ETIMEDOUT)
+            if (r == -ETIMEDOUT || r == -ECANCELED)
                 break;
+        }
+        if (r == -ECANCELED) {
+            r = lm_error_set(err, r, "connect to %s: cancelled", text);
+            goto out;
         }
         if (r == -ETIMEDOUT) {
             r = lm_error_set(err, r, "connect to %s: timed out after %d ms", text, timeout_ms);

@@ -90,8 +90,8 @@ bool lm_state_set_locked(lm_mig *m, lm_status from, lm_status to)
     pthread_cond_broadcast(&m->cond);
     /* Queue the event now, in the order of the changes; it is delivered
      * after the lock is dropped (lm_emit_status). */
-    if ((m->caps & (1ull << LM_CAP_EVENTS)) && m->ev_tail - m->ev_head < 32)
-        m->ev_ring[m->ev_tail++ % 32] = to;
+    if (m->caps & (1ull << LM_CAP_EVENTS))
+        lm_event_queue_status_locked(m, to);
     return true;
 }
 
@@ -101,6 +101,6 @@ bool lm_state_set(lm_mig *m, lm_status from, lm_status to)
     bool ok = lm_state_set_locked(m, from, to);
     pthread_mutex_unlock(&m->lock);
     if (ok)
-        lm_emit_status(m, to);
+        lm_emit_status(m);
     return ok;
 }

@@ -9,7 +9,9 @@
  * the buffer and the format's limits before it is used.
  *
  * Error codes returned by the decoders:
- *   -EPROTO           malformed input (bad magic, bad field, bad length...)
+ *   -EBADMSG          a HELLO whose magic is not ours: not a livemig peer at
+ *                     all (a loader answers a livemig peer, not a stranger)
+ *   -EPROTO           malformed input (bad field, bad length...)
  *   -EPROTONOSUPPORT  a HELLO of a format version we do not speak
  *   -EMSGSIZE         a record length above the format's maximum
  *   -ENOSPC           the caller's output array is too small (RAM_BLOCKS)
@@ -153,7 +155,7 @@ int lm_fmt_hello_decode(const uint8_t *buf, size_t len, lm_hello *out, lm_error 
      * then wait for us; failing on the magic stops that from hanging. */
     if (len >= 4 && get32(buf) != LM_HELLO_MAGIC) {
         uint32_t m = get32(buf);
-        return lm_error_set(err, -EPROTO, "HELLO: bad magic 0x%08" PRIx32 " (%s)", m,
+        return lm_error_set(err, -EBADMSG, "HELLO: bad magic 0x%08" PRIx32 " (%s)", m,
                             m == 0x4d564551u ? "a QEMU migration stream, not livemig"
                                              : "not a livemig stream");
     }

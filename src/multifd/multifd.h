@@ -22,13 +22,19 @@
  * Postcopy: after POSTCOPY_RUN the channels carry the background push.
  * The source fences them right after RUN (lm_mfd_send_fence), so a
  * receive channel reads a postcopy packet only once the destination is
- * listening; it then places the pages atomically (lm_postcopy_place)
- * instead of writing guest memory.  A last sync precedes EOS.
+ * listening; its pages then go through the same placement interface
+ * (mem.h), which places them atomically from then on.  A last sync
+ * precedes EOS.
+ *
+ * Layering: multifd moves pages between the memory layer (mem/) and
+ * channels; it knows nothing of the migration object, RAM's passes or
+ * postcopy.  Its counters live in the caller's lm_mfd_counters.
  */
 #ifndef LM_MULTIFD_H
 #define LM_MULTIFD_H
 
-#include "core/internal.h"
+#include "chan/record.h"
+#include "mem/mem.h"
 
 #include <sys/uio.h>
 
@@ -58,6 +64,18 @@ int lm_mfd_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, uint8_t
 
 typedef struct lm_mfd_send lm_mfd_send;
 
+/* What the channels did, for query-migrate: written by the channel
+ * threads with relaxed atomics, owned by the caller (it outlives the
+ * sender). */
+typedef struct lm_mfd_counters {
+    uint64_t bytes;            /* wire bytes of every channel */
+    uint64_t normal, zero;     /* pages sent as data / found zero */
+    uint64_t precopy_bytes, downtime_bytes, postcopy_bytes; /* bytes by phase */
+    uint32_t channels;
+    lm_multifd_chan_stats chan[LM_MULTIFD_MAX_CHANNELS];
+    uint64_t postcopy_pages;   /* destination: pages placed atomically */
+} lm_mfd_counters;
+
 typedef struct lm_mfd_send_cfg {
     lm_multifd_compression compression;
     int level;
@@ -65,11 +83,12 @@ typedef struct lm_mfd_send_cfg {
 } lm_mfd_send_cfg;
 
 /* Starts a send thread per channel ("lm-mfd-send/N").  chans[0..n) are
- * connected channels past their HELLO; ownership moves to the sender.
+ * connected channels past their HELLO; ownership moves to the sender when
+ * it returns 0 (on failure they stay the caller's).
  * main is the main channel: a channel's failure is set as its error and
  * shuts it down, so the migration thread sees it. */
-int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
-                    const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err);
+int lm_mfd_send_new(lm_mem *mem, lm_mfd_counters *ctr, lm_chan *main, lm_chan **chans,
+                    unsigned n, const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err);
 /* Migration thread: adds one page; hands the batch off when it is full or
  * the block changes (may block until a channel is idle). */
 int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *err);
@@ -77,13 +96,13 @@ int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *e
  * write MULTIFD_SYNC(seq) after its queued work, and writes
  * MULTIFD_FLUSH(seq) on the main channel.  Does nothing when no page was
  * queued since the previous sync. */
-int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err);
+int lm_mfd_send_sync(lm_mfd_send *s, lm_error *err);
 /* Migration thread: like lm_mfd_send_sync, but the SYNC/FLUSH pair goes
  * out even when no page was queued since the previous sync.  Postcopy
  * uses it right after POSTCOPY_RUN: a channel's next packet is then read
  * only once the destination's main thread has processed RUN (so it is
  * placed atomically, never written into memory being discarded). */
-int lm_mfd_send_fence(lm_mfd_send *s, lm_out *o, lm_error *err);
+int lm_mfd_send_fence(lm_mfd_send *s, lm_error *err);
 /* Migration thread, after the main channel's EOS: every channel writes EOS
  * and flushes; waits for them.  Returns the first channel error. */
 int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err);
@@ -95,21 +114,19 @@ void lm_mfd_send_set_phase(lm_mfd_send *s, lm_mfd_phase phase);
 void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why);
 /* Joins the threads (after shutdown or finish), closes the channels. */
 void lm_mfd_send_free(lm_mfd_send *s);
-/* Wire bytes: m->stats.multifd_bytes in all and m->stats.mfd_chan[] per
- * channel, written by the channel threads (relaxed atomics). */
 
 /* ------------------------------------------------------------- destination */
 
 typedef struct lm_mfd_recv lm_mfd_recv;
 
 /* Starts a receive thread per channel ("lm-mfd-recv/N"); ownership of
- * chans moves.  Test knob (never set in production): the environment
+ * chans moves when it returns 0 (on failure they stay the caller's).  Test knob (never set in production): the environment
  * variable LIVEMIG_TEST_MULTIFD="delay=C:MS" makes channel C sleep MS
  * before placing each packet, so its pages arrive after those the other
  * channels carried later: the reordering the per-pass sync must absorb.  A channel's failure is set as main's error and shuts main
  * down, so the incoming thread stops with that reason. */
-int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mfd_recv **out,
-                    lm_error *err);
+int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan *main,
+                    lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err);
 /* Incoming thread: the RAM block table is known (channels may place pages). */
 void lm_mfd_recv_blocks_ready(lm_mfd_recv *r);
 /* Incoming thread: waits until every channel reached MULTIFD_SYNC(seq),

@@ -13,13 +13,12 @@
  * changes rare (one per packet round, not per page).
  * Guest memory: a page belongs to one channel within a round (the source
  * sends it at most once between syncs), so channels write disjoint pages;
- * the received bitmap is shared and set with atomic ORs.  After
- * POSTCOPY_RUN (m->pc.listening) nothing is written into guest memory
- * directly: a packet's pages go through c->dbuf and are placed atomically
- * by lm_postcopy_place (userfaultfd COPY/ZEROPAGE, or CONTINUE for shared
- * memory), alongside the fault thread and the preempt loader.
+ * every page goes through the placement interface (mem.h), which writes in
+ * place before POSTCOPY_RUN and places atomically after it (alongside
+ * postcopy's fault thread and preempt loader).
  */
 #include "multifd/multifd.h"
+#include "util/thread.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -48,7 +47,9 @@ typedef struct recv_chan {
 } recv_chan;
 
 struct lm_mfd_recv {
-    lm_mig *m;
+    lm_mem *mem;          /* blocks and the stream's table (read-only here) */
+    lm_place *place;      /* where pages go: plain writes, or atomic after RUN */
+    lm_mfd_counters *ctr;
     lm_chan *main;
     unsigned n;
     recv_chan *ch;
@@ -86,23 +87,26 @@ static int chan_err(recv_chan *c, lm_error *err)
     return lm_chan_get_error(c->chan, err);
 }
 
-/* Postcopy: the packet's normal pages are in c->dbuf (in index order);
- * each ascending run of them, and of its zero pages, is placed atomically
- * (lm_postcopy_place skips pages no longer owed: a requested page may have
- * come on the preempt channel first). */
-static int place_postcopy(recv_chan *c, lm_ram_block *b, const lm_mfd_pages *p, lm_error *err)
+/* Places each ascending run of the packet's pages (idx[from..to)):
+ * normal pages from data (or read from the channel when data is NULL and
+ * the packet is uncompressed), zero pages with data NULL. */
+static int place_runs(recv_chan *c, lm_ram_block *b, uint32_t from, uint32_t to,
+                      const uint8_t *data, bool zero, lm_error *err)
 {
-    lm_mig *m = c->r->m;
-    uint32_t n = (uint32_t)p->normal + p->zero;
-    LM_ATOMIC_ADD(&m->pc.mfd_pages, n);
-    for (uint32_t i = 0; i < n;) {
-        bool zero = i >= p->normal;
-        uint32_t lim = zero ? n : p->normal;
+    lm_mfd_recv *r = c->r;
+    size_t ps = b->page_size;
+    for (uint32_t i = from; i < to;) {
         uint32_t j = i + 1;
-        while (j < lim && c->idx[j] == c->idx[j - 1] + 1)
+        while (j < to && c->idx[j] == c->idx[j - 1] + 1)
             j++;
-        const uint8_t *src = zero ? NULL : c->dbuf + (size_t)i * b->page_size;
-        int ret = lm_postcopy_place(m, b, c->idx[i], j - i, src, err);
+        int ret;
+        if (zero)
+            ret = lm_place_pages(r->place, b, c->idx[i], j - i, NULL, err);
+        else if (data)
+            ret = lm_place_pages(r->place, b, c->idx[i], j - i, data + (size_t)(i - from) * ps,
+                                 err);
+        else
+            ret = lm_place_recv(r->place, c->chan, b, c->idx[i], j - i, c->dbuf, err);
         if (ret < 0)
             return ret;
         i = j;
@@ -113,7 +117,7 @@ static int place_postcopy(recv_chan *c, lm_ram_block *b, const lm_mfd_pages *p, 
 static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
 {
     lm_mfd_recv *r = c->r;
-    lm_mig *m = r->m;
+    const lm_mem_stream_map *sm = &r->mem->smap;
     uint8_t hb[LM_MFD_HDR_SIZE];
     lm_mfd_pages p;
 
@@ -129,10 +133,10 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
         return chan_err(c, err);
     if (lm_fmt_mfd_pages_hdr_decode(hb, sizeof hb, h->len, 0, &p, err) <= 0)
         return err->code ? err->code : -EPROTO;
-    if (p.block >= m->in.nblocks)
+    if (p.block >= sm->nblocks)
         return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: block %u out of range (%u blocks)",
-                            p.block, m->in.nblocks);
-    const lm_fmt_block *fb = &m->in.blocks[p.block];
+                            p.block, sm->nblocks);
+    const lm_fmt_block *fb = &sm->blocks[p.block];
     if (lm_fmt_mfd_pages_hdr_decode(hb, sizeof hb, h->len, fb->page_size, &p, err) <= 0)
         return err->code ? err->code : -EPROTO;
     if (p.packet_num != c->expect_packet)
@@ -142,7 +146,7 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     c->expect_packet++;
     if (r->delay_ms && c->id == r->delay_chan)
         usleep(r->delay_ms * 1000u); /* test knob: a late channel (multifd.h) */
-    lm_ram_block *b = &m->blocks[m->in.map[p.block]];
+    lm_ram_block *b = &r->mem->blocks[sm->map[p.block]];
     size_t ps = b->page_size;
     uint32_t n = (uint32_t)p.normal + p.zero;
     uint64_t data = (uint64_t)p.normal * ps;
@@ -154,31 +158,20 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     if (lm_fmt_mfd_index_decode(c->ibuf, 8ull * n, &p, b->npages, c->idx, err) < 0)
         return err->code;
 
-    /* After POSTCOPY_RUN the workload runs: pages are placed atomically,
-     * never written into guest memory (the source fences the channels
-     * after RUN, so a packet read now with listening clear is a precopy
-     * one, fenced before the discards). */
-    bool postcopy = __atomic_load_n(&m->pc.listening, __ATOMIC_ACQUIRE);
+    /* After POSTCOPY_RUN the workload runs and placement is atomic (the
+     * source fences the channels after RUN, so a packet is wholly before
+     * or after the switch); the push yields to faults and requests. */
+    bool postcopy = lm_place_is_atomic(r->place);
     if (postcopy && !c->background) {
-        lm_postcopy_background_thread(); /* faults and the preempt loader first */
+        lm_thread_set_background();
         c->background = true;
     }
-    if (p.compression == LM_MFD_COMP_NONE && postcopy) {
-        if (p.normal && lm_chan_read_full(c->chan, c->dbuf, data) < 0)
-            return chan_err(c, err);
-    } else if (p.compression == LM_MFD_COMP_NONE) {
-        for (uint32_t i = 0; i < p.normal;) {
-            uint32_t j = i + 1;
-            while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
-                j++;
-            lm_ram_prefault_pages(b, c->idx[i], j - i);
-            if (lm_chan_read_full(c->chan, b->base + c->idx[i] * ps, (j - i) * ps) < 0)
-                return chan_err(c, err);
-            i = j;
-        }
+    int ret = 0;
+    if (p.compression == LM_MFD_COMP_NONE) {
+        ret = place_runs(c, b, 0, p.normal, NULL, false, err);
     } else if (p.normal) {
         if (!c->codec) {
-            int ret = lm_mfd_codec_new((lm_mfd_comp)p.compression, 0, false, &c->codec, err);
+            ret = lm_mfd_codec_new((lm_mfd_comp)p.compression, 0, false, &c->codec, err);
             if (ret < 0)
                 return ret;
             c->method = (lm_mfd_comp)p.compression;
@@ -191,32 +184,16 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
                                               "(at most %zu)", p.data_len, p.normal, c->ibuf_cap);
         if (lm_chan_read_full(c->chan, c->ibuf, p.data_len) < 0)
             return chan_err(c, err);
-        int ret = lm_mfd_decompress(c->codec, c->ibuf, p.data_len, c->dbuf, data, err);
+        ret = lm_mfd_decompress(c->codec, c->ibuf, p.data_len, c->dbuf, data, err);
         if (ret < 0)
             return lm_error_prefix(err, "MULTIFD_PAGES");
-        for (uint32_t i = 0; !postcopy && i < p.normal;) {
-            uint32_t j = i + 1;
-            while (j < p.normal && c->idx[j] == c->idx[j - 1] + 1)
-                j++;
-            lm_ram_prefault_pages(b, c->idx[i], j - i);
-            memcpy(b->base + c->idx[i] * ps, c->dbuf + (size_t)i * ps, (j - i) * ps);
-            i = j;
-        }
+        ret = place_runs(c, b, 0, p.normal, c->dbuf, false, err);
     }
-    if (postcopy)
-        return place_postcopy(c, b, &p, err);
-    for (uint32_t i = 0; i < p.normal; i++)
-        lm_ram_mark_received(b, c->idx[i]);
-    /* A zero page only needs clearing when an earlier round wrote it: a
-     * destination's memory starts zero (digest §8.3). */
-    for (uint32_t i = p.normal; i < n; i++) {
-        uint64_t pg = c->idx[i];
-        if (lm_ram_test_received(b, pg))
-            memset(b->base + pg * ps, 0, ps);
-        else
-            lm_ram_mark_received(b, pg);
-    }
-    return 0;
+    if (ret == 0)
+        ret = place_runs(c, b, p.normal, n, NULL, true, err);
+    if (ret == 0 && postcopy)
+        LM_ATOMIC_ADD(&r->ctr->postcopy_pages, n);
+    return ret;
 }
 
 static int wait_release(recv_chan *c, uint64_t seq, lm_error *err)
@@ -248,16 +225,10 @@ static void *recv_thread(void *arg)
     int ret = 0;
 
     for (;;) {
-        uint8_t hb[LM_REC_HDR_SIZE];
         lm_rec_hdr h;
-        if (lm_chan_read_exact(c->chan, hb, sizeof hb) < 0) {
-            ret = chan_err(c, &err);
+        ret = lm_rec_read_hdr(c->chan, true, &h, &err);
+        if (ret < 0)
             break;
-        }
-        if (lm_fmt_rec_hdr_decode(hb, sizeof hb, &h, &err) <= 0) {
-            ret = err.code ? err.code : -EPROTO;
-            break;
-        }
         if (h.type == LM_REC_MULTIFD_PAGES) {
             ret = load_packet(c, &h, &err);
         } else if (h.type == LM_REC_MULTIFD_SYNC) {
@@ -290,8 +261,8 @@ static void *recv_thread(void *arg)
     return NULL;
 }
 
-int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mfd_recv **out,
-                    lm_error *err)
+int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan *main,
+                    lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err)
 {
     int ret = 0;
     lm_mfd_recv *r = calloc(1, sizeof *r);
@@ -299,11 +270,11 @@ int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mf
     if (!r || !ch) {
         free(r);
         free(ch);
-        for (unsigned i = 0; i < n; i++)
-            lm_chan_free(chans[i]);
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
-    r->m = m;
+    r->mem = mem;
+    r->place = place;
+    r->ctr = ctr;
     r->main = main;
     r->n = n;
     r->ch = ch;
@@ -320,7 +291,7 @@ int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mf
         recv_chan *c = &ch[i];
         c->r = r;
         c->id = i;
-        c->chan = chans[i]; /* now owned by r */
+        c->chan = chans[i]; /* owned by r once this returns 0 */
         c->expect_packet = 1;
         /* Compressed data may exceed its input a little; the largest
          * bound of the methods covers them all. */
@@ -347,6 +318,11 @@ int lm_mfd_recv_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n, lm_mf
     }
     if (ret < 0) {
         lm_mfd_recv_shutdown(r, "multifd setup failed");
+        for (unsigned i = 0; i < n; i++)
+            if (ch[i].started)
+                pthread_join(ch[i].thread, NULL);
+        for (unsigned i = 0; i < n; i++)
+            ch[i].started = false, ch[i].chan = NULL; /* the caller's again */
         lm_mfd_recv_free(r);
         return ret;
     }

@@ -18,6 +18,8 @@
  * megabyte otherwise.
  */
 #include "multifd/multifd.h"
+#include "mem/dirty.h"
+#include "util/thread.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -52,12 +54,13 @@ typedef struct send_chan {
     uint8_t *cbuf;
     size_t cbuf_cap;
     uint64_t packet_num;
-    bool background;      /* niced for postcopy (lm_postcopy_background_thread) */
-    lm_multifd_chan_stats *st; /* in m->stats: relaxed atomics */
+    bool background;      /* niced for postcopy (lm_thread_set_background) */
+    lm_multifd_chan_stats *st; /* in s->ctr: relaxed atomics */
 } send_chan;
 
 struct lm_mfd_send {
-    lm_mig *m;
+    lm_mem *mem;           /* block table: read-only while a migration runs */
+    lm_mfd_counters *ctr;  /* the migration's counters (relaxed atomics) */
     lm_chan *main;
     lm_mfd_send_cfg cfg;
     unsigned n;
@@ -79,10 +82,11 @@ struct lm_mfd_send {
 
 static void fail(lm_mfd_send *s, send_chan *c, lm_error *e)
 {
+    /* The channel's own (sticky) error already starts with its name. */
+    bool named = e->code && lm_chan_get_error(c->chan, NULL) == e->code;
     pthread_mutex_lock(&s->lock);
     bool first = !s->quit;
-    /* Channel I/O errors already start with the channel's name. */
-    if (!s->error.code && !strncmp(e->msg, "multifd channel", 15))
+    if (!s->error.code && named)
         lm_error_set(&s->error, e->code ? e->code : -EIO, "%s", e->msg);
     else if (!s->error.code)
         lm_error_set(&s->error, e->code ? e->code : -EIO, "multifd channel %u: %s", c->id,
@@ -118,7 +122,7 @@ static bool chan_takes(const send_chan *c)
 static int send_batch(send_chan *c, batch *b, lm_error *err)
 {
     lm_mfd_send *s = c->s;
-    lm_ram_block *blk = &s->m->blocks[b->block];
+    lm_ram_block *blk = &s->mem->blocks[b->block];
     size_t ps = blk->page_size;
     uint64_t idx[LM_MFD_BATCH_PAGES];
     uint32_t nn = 0, nz = 0;
@@ -195,10 +199,10 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
     LM_ATOMIC_ADD(&c->st->bytes, wrote);
     LM_ATOMIC_ADD(&c->st->normal, nn);
     LM_ATOMIC_ADD(&c->st->zero, nz);
-    lm_stats *st = &s->m->stats;
+    lm_mfd_counters *st = s->ctr;
     LM_ATOMIC_ADD(&st->normal, nn);
-    LM_ATOMIC_ADD(&st->duplicate, nz);
-    LM_ATOMIC_ADD(&st->multifd_bytes, wrote);
+    LM_ATOMIC_ADD(&st->zero, nz);
+    LM_ATOMIC_ADD(&st->bytes, wrote);
     if (b->phase == LM_MFD_POSTCOPY)
         LM_ATOMIC_ADD(&st->postcopy_bytes, wrote);
     else if (b->phase == LM_MFD_DOWNTIME)
@@ -208,20 +212,16 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
     return 0;
 }
 
+/* A SYNC (with its sequence) or the EOS of one channel, flushed. */
 static int send_u64_record(send_chan *c, uint8_t type, uint64_t v, bool with_payload)
 {
-    uint8_t buf[LM_REC_HDR_SIZE + 8];
-    uint32_t len = with_payload ? 8 : 0;
-    lm_fmt_rec_hdr_encode(type, len, buf, LM_REC_HDR_SIZE);
-    if (with_payload)
-        lm_fmt_u64_encode(v, buf + LM_REC_HDR_SIZE, 8);
+    uint8_t p[8];
+    lm_fmt_u64_encode(v, p, sizeof p);
     uint64_t before = lm_chan_bytes_written(c->chan);
-    int ret = lm_chan_put(c->chan, buf, LM_REC_HDR_SIZE + len);
-    if (ret == 0)
-        ret = lm_chan_flush(c->chan);
+    int ret = lm_rec_send(c->chan, type, p, with_payload ? 8 : 0);
     uint64_t wrote = lm_chan_bytes_written(c->chan) - before;
     LM_ATOMIC_ADD(&c->st->bytes, wrote);
-    LM_ATOMIC_ADD(&c->s->m->stats.multifd_bytes, wrote);
+    LM_ATOMIC_ADD(&c->s->ctr->bytes, wrote);
     return ret;
 }
 
@@ -248,7 +248,7 @@ static void *send_thread(void *arg)
              * (the migration thread or lm-rp write them), as the main
              * channel's writer does with a preempt channel. */
             if (b->phase == LM_MFD_POSTCOPY && !c->background) {
-                lm_postcopy_background_thread();
+                lm_thread_set_background();
                 c->background = true;
             }
             ret = send_batch(c, b, &err);
@@ -285,21 +285,21 @@ static void *send_thread(void *arg)
     return NULL;
 }
 
-int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
+static void send_free(lm_mfd_send *s, bool free_chans);
+
+int lm_mfd_send_new(lm_mem *mem, lm_mfd_counters *ctr, lm_chan *main, lm_chan **chans, unsigned n,
                     const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err)
 {
     int ret = 0;
     lm_mfd_send *s = calloc(1, sizeof *s);
-    if (!s) {
-        for (unsigned i = 0; i < n; i++)
-            lm_chan_free(chans[i]);
+    if (!s)
         return lm_error_set(err, -ENOMEM, "out of memory");
-    }
-    s->m = m;
+    s->mem = mem;
+    s->ctr = ctr;
     s->main = main;
     s->cfg = *cfg;
     s->n = n;
-    LM_ATOMIC_SET(&m->stats.mfd_channels, n);
+    LM_ATOMIC_SET(&ctr->channels, n);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->ch = calloc(n, sizeof *s->ch);
@@ -309,9 +309,7 @@ int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
         free(s->ch);
         s->ch = NULL;
         s->n = 0;
-        for (unsigned i = 0; i < n; i++)
-            lm_chan_free(chans[i]);
-        lm_mfd_send_free(s);
+        send_free(s, false);
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
     lm_mfd_comp method = (lm_mfd_comp)cfg->compression; /* same numbering */
@@ -319,8 +317,8 @@ int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
         send_chan *c = &s->ch[i];
         c->s = s;
         c->id = i;
-        c->chan = chans[i]; /* now owned by s */
-        c->st = &m->stats.mfd_chan[i];
+        c->chan = chans[i]; /* owned by s once this returns 0 */
+        c->st = &ctr->chan[i];
         pthread_cond_init(&c->cond, NULL);
     }
     for (unsigned i = 0; i < n && ret == 0; i++) {
@@ -354,7 +352,7 @@ int lm_mfd_send_new(lm_mig *m, lm_chan *main, lm_chan **chans, unsigned n,
     }
     if (ret < 0) {
         lm_mfd_send_shutdown(s, "multifd setup failed");
-        lm_mfd_send_free(s);
+        send_free(s, false);
         return ret;
     }
     *out = s;
@@ -414,7 +412,7 @@ int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *e
     return 0;
 }
 
-static int send_sync(lm_mfd_send *s, lm_out *o, bool force, lm_error *err)
+static int send_sync(lm_mfd_send *s, bool force, lm_error *err)
 {
     if (s->cur->n) {
         int ret = hand_off(s, err);
@@ -436,24 +434,22 @@ static int send_sync(lm_mfd_send *s, lm_out *o, bool force, lm_error *err)
     /* Flushed now: the destination's channels park at their SYNC until
      * the main thread reads this record, and with every page on the
      * multifd channels nothing else may push it out of the buffer. */
-    int ret = lm_out_record(o, LM_REC_MULTIFD_FLUSH, p, sizeof p);
-    if (ret == 0)
-        ret = lm_chan_flush(o->chan);
+    int ret = lm_rec_send(s->main, LM_REC_MULTIFD_FLUSH, p, sizeof p);
     if (ret < 0) {
-        lm_chan_get_error(o->chan, err);
+        lm_chan_get_error(s->main, err);
         return ret;
     }
     return 0;
 }
 
-int lm_mfd_send_sync(lm_mfd_send *s, lm_out *o, lm_error *err)
+int lm_mfd_send_sync(lm_mfd_send *s, lm_error *err)
 {
-    return send_sync(s, o, false, err);
+    return send_sync(s, false, err);
 }
 
-int lm_mfd_send_fence(lm_mfd_send *s, lm_out *o, lm_error *err)
+int lm_mfd_send_fence(lm_mfd_send *s, lm_error *err)
 {
-    return send_sync(s, o, true, err);
+    return send_sync(s, true, err);
 }
 
 int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
@@ -497,7 +493,7 @@ void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why)
             lm_chan_shutdown(s->ch[i].chan, why);
 }
 
-void lm_mfd_send_free(lm_mfd_send *s)
+static void send_free(lm_mfd_send *s, bool free_chans)
 {
     if (!s)
         return;
@@ -511,7 +507,8 @@ void lm_mfd_send_free(lm_mfd_send *s)
         if (c->started)
             pthread_join(c->thread, NULL);
         pthread_cond_destroy(&c->cond);
-        lm_chan_free(c->chan);
+        if (free_chans)
+            lm_chan_free(c->chan);
         lm_mfd_codec_free(c->codec);
         free(c->cbuf);
         for (unsigned k = 0; k < c->nq; k++)
@@ -525,4 +522,9 @@ void lm_mfd_send_free(lm_mfd_send *s)
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+void lm_mfd_send_free(lm_mfd_send *s)
+{
+    send_free(s, true);
 }

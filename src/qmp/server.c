@@ -31,7 +31,8 @@
 #include "qmp/qmp_internal.h"
 
 #include "chan/chan.h"
-#include "core/internal.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <fcntl.h>

@@ -167,12 +167,12 @@ static void sink_open(sink *s, fake *f, unsigned n)
         assert_int_equal(lm_device_register(s->m, name, 0, 1, &iter_ops, &f[i], &err), 0);
     }
     for (unsigned i = 0; i < n; i++)
-        s->m->handlers[i] = (lm_handler){.dev = &s->m->devices[i], .section_id = i};
-    s->m->nhandlers = n;
+        s->m->sv.handlers[i] = (lm_handler){.dev = &s->m->sv.devices[i], .section_id = i};
+    s->m->sv.nhandlers = n;
     int fd = open("/dev/null", O_WRONLY);
     assert_true(fd >= 0);
     assert_int_equal(lm_chan_new(fd, "null", &s->chan, &err), 0);
-    s->o = (lm_out){.m = s->m, .chan = s->chan};
+    s->o = (lm_out){.chan = s->chan, .ctr = &s->m->stats.out};
 }
 
 static void sink_close(sink *s)
@@ -192,14 +192,14 @@ static void test_fair_share(void **state)
         /* Every handler is iterated in every call even though none ever
          * finishes (no "stop at the first unfinished one"). */
         unsigned before[3] = {f[0].calls, f[1].calls, f[2].calls};
-        assert_int_equal(lm_savevm_iterate(s.m, &s.o, budget, false, &err), 0);
+        assert_int_equal(lm_savevm_iterate(&s.m->sv, &s.o, budget, false, &err), 0);
         for (int i = 0; i < 3; i++)
             assert_int_equal(f[i].calls, before[i] + 1);
     }
     /* Each got a third of every window (a chunk of slack for rounding). */
     uint64_t third = 30 * budget / 3;
     for (int i = 0; i < 3; i++) {
-        uint64_t got = s.m->handlers[i].sent;
+        uint64_t got = s.m->sv.handlers[i].sent;
         if (got < third * 9 / 10 || got > third * 12 / 10)
             fail_msg("handler %d sent %llu bytes, fair share %llu", i,
                      (unsigned long long)got, (unsigned long long)third);
@@ -216,18 +216,18 @@ static void test_fair_share_unused_passes_on(void **state)
     lm_error err = {0};
     const uint64_t budget = 96 * 1024;
     for (int k = 0; k < 30; k++)
-        assert_int_equal(lm_savevm_iterate(s.m, &s.o, budget, false, &err), 0);
-    assert_int_equal(s.m->handlers[0].sent, 0);
+        assert_int_equal(lm_savevm_iterate(&s.m->sv, &s.o, budget, false, &err), 0);
+    assert_int_equal(s.m->sv.handlers[0].sent, 0);
     uint64_t half = 30 * budget / 2;
     for (int i = 1; i < 3; i++) {
-        uint64_t got = s.m->handlers[i].sent;
+        uint64_t got = s.m->sv.handlers[i].sent;
         if (got < half * 8 / 10 || got > half * 13 / 10)
             fail_msg("handler %d sent %llu bytes, want about %llu", i, (unsigned long long)got,
                      (unsigned long long)half);
     }
     /* All idle: "all finished" (1). */
     f[1].empty = f[2].empty = true;
-    assert_int_equal(lm_savevm_iterate(s.m, &s.o, budget, false, &err), 1);
+    assert_int_equal(lm_savevm_iterate(&s.m->sv, &s.o, budget, false, &err), 1);
     sink_close(&s);
 }
 
@@ -243,7 +243,7 @@ static void test_greedy_first_cannot_starve(void **state)
     lm_error err = {0};
     const uint64_t budget = 64 * 1024;
     for (int k = 0; k < 20; k++)
-        assert_int_equal(lm_savevm_iterate(s.m, &s.o, budget, false, &err), 0);
+        assert_int_equal(lm_savevm_iterate(&s.m->sv, &s.o, budget, false, &err), 0);
     if (f[1].put_bytes < 10 * budget / 2)
         fail_msg("the second handler got %llu bytes in 20 windows of %llu",
                  (unsigned long long)f[1].put_bytes, (unsigned long long)budget);
@@ -275,12 +275,13 @@ static void dst_open(dst *d, bool ack_feature)
     assert_int_equal(lm_chan_new(sv[0], "dst", &d->chan, &err), 0);
     d->peer = sv[1];
     d->lv.ack_feature = ack_feature;
-    assert_int_equal(lm_loadvm_setup(d->m, &d->lv, &err), 0);
+    d->lv.sv = &d->m->sv;
+    assert_int_equal(lm_loadvm_setup(&d->lv, &err), 0);
 }
 
 static void dst_close(dst *d)
 {
-    lm_loadvm_cleanup(d->m, &d->lv);
+    lm_loadvm_cleanup(&d->lv);
     lm_chan_free(d->chan);
     close(d->peer);
     lm_mig_free(d->m);
@@ -300,8 +301,8 @@ static int feed(dst *d, uint8_t type, const void *payload, uint32_t len, lm_erro
     assert_int_equal(lm_chan_read_full(d->chan, hb, sizeof hb), 0);
     assert_int_equal(lm_fmt_rec_hdr_decode(hb, sizeof hb, &rh, NULL), LM_REC_HDR_SIZE);
     if (type == LM_REC_ACK_DEVICES)
-        return lm_loadvm_ack_devices(d->m, &d->lv, d->chan, &rh, err);
-    return lm_loadvm_section(d->m, &d->lv, d->chan, &rh, err);
+        return lm_loadvm_ack_devices(&d->lv, d->chan, &rh, err);
+    return lm_loadvm_section(&d->lv, d->chan, &rh, err);
 }
 
 static int section(dst *d, uint8_t type, uint32_t id, const char *name, uint32_t version,
@@ -362,7 +363,7 @@ static void test_load_sections(void **state)
     assert_int_equal(section(&d, LM_REC_SECTION_END, 0, NULL, 0, NULL, &err), 0);
     assert_int_equal(section(&d, LM_REC_SECTION_FULL, 1, "regs", 1, "abcd", &err), 0);
     assert_int_equal(d.f[1].loads, 1);
-    assert_int_equal(lm_loadvm_eos(d.m, &d.lv, &err), 0);
+    assert_int_equal(lm_loadvm_eos(&d.lv, &err), 0);
     lm_device_info info[3];
     lm_mig_query_devices(d.m, info, 3);
     assert_true(info[0].bytes > 5);
@@ -412,7 +413,7 @@ static void test_load_errors(void **state)
             } else if (!strcmp(w, "id-clash")) {
                 ret = section(&d, LM_REC_SECTION_START, 0, "it2", 1, NULL, &err);
             } else if (!strcmp(w, "eos")) {
-                ret = lm_loadvm_eos(d.m, &d.lv, &err);
+                ret = lm_loadvm_eos(&d.lv, &err);
             } else if (!strcmp(w, "load-fails")) {
                 ret = section(&d, LM_REC_SECTION_PART, 0, NULL, 0, "FAIL", &err);
             } else if (!strcmp(w, "ack-no-feature")) {
@@ -501,7 +502,7 @@ static void test_ack_handshake(void **state)
     /* Feature on but no list before EOS. */
     lm_error_clear(&err);
     dst_open(&d, true);
-    assert_true(lm_loadvm_eos(d.m, &d.lv, &err) < 0);
+    assert_true(lm_loadvm_eos(&d.lv, &err) < 0);
     assert_err(&err, -EPROTO, "without ACK_DEVICES");
     dst_close(&d);
 }

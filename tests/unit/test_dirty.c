@@ -1,5 +1,5 @@
 /*
- * test_dirty.c - dirty tracking and memory probes (src/ram/dirty.h) on real
+ * test_dirty.c - dirty tracking and memory probes (src/mem/dirty.h) on real
  * memory with a real userfaultfd.  Where uffd-wp async + PAGEMAP_SCAN is not
  * available the uffd tests are skipped, loudly, with the probe's reason.
  *
@@ -16,8 +16,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "ram/dirty.h"
-#include "ram/pagemap.h"
+#include "mem/dirty.h"
+#include "mem/pagemap.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -248,12 +248,12 @@ static void test_hello_bad_magic(void **state)
     memcpy(b, "AAAA", 4);
     lm_hello o;
     lm_error err = {0};
-    assert_int_equal(lm_fmt_hello_decode(b, sizeof b, &o, &err), -EPROTO);
-    assert_err(&err, -EPROTO, "HELLO: bad magic 0x41414141 (not a livemig stream)");
+    assert_int_equal(lm_fmt_hello_decode(b, sizeof b, &o, &err), -EBADMSG);
+    assert_err(&err, -EBADMSG, "HELLO: bad magic 0x41414141 (not a livemig stream)");
 
     /* Detected from the first 4 bytes, without waiting for the rest. */
     lm_error_clear(&err);
-    assert_int_equal(lm_fmt_hello_decode(b, 4, &o, &err), -EPROTO);
+    assert_int_equal(lm_fmt_hello_decode(b, 4, &o, &err), -EBADMSG);
     /* Fewer than 4 bytes: cannot tell yet. */
     lm_error_clear(&err);
     assert_int_equal(lm_fmt_hello_decode(b, 3, &o, &err), 0);
@@ -262,8 +262,8 @@ static void test_hello_bad_magic(void **state)
     /* A QEMU stream is named as such. */
     memcpy(b, "QEVM", 4);
     lm_error_clear(&err);
-    assert_int_equal(lm_fmt_hello_decode(b, sizeof b, &o, &err), -EPROTO);
-    assert_err(&err, -EPROTO, "QEMU migration stream");
+    assert_int_equal(lm_fmt_hello_decode(b, sizeof b, &o, &err), -EBADMSG);
+    assert_err(&err, -EBADMSG, "QEMU migration stream");
 }
 
 static void test_hello_truncated(void **state)

@@ -243,14 +243,13 @@ static void test_sender_keeps_packets_ascending(void **state)
     assert_int_equal(lm_chan_new(ch_sv[0], "multifd channel 0", &ch, &err), 0);
     lm_mfd_send_cfg cfg = {.compression = LM_COMPRESS_NONE, .zpd = LM_ZPD_MULTIFD};
     lm_mfd_send *s = NULL;
-    assert_int_equal(lm_mfd_send_new(m, main_c, &ch, 1, &cfg, &s, &err), 0);
-    lm_out o = {.m = m, .chan = main_c, .mfd = s, .zpd = LM_ZPD_MULTIFD};
+    assert_int_equal(lm_mfd_send_new(&m->mem, &m->stats.mfd, main_c, &ch, 1, &cfg, &s, &err), 0);
 
     /* One sweep ends at pages 40, 41; the next starts again at 3, 4. */
     uint64_t order[] = {40, 41, 3, 4};
     for (size_t i = 0; i < 4; i++)
         assert_int_equal(lm_mfd_queue_page(s, 0, order[i], &err), 0);
-    assert_int_equal(lm_mfd_send_sync(s, &o, &err), 0);
+    assert_int_equal(lm_mfd_send_sync(s, &err), 0);
     assert_int_equal(lm_mfd_send_finish(s, &err), 0);
     lm_mfd_send_free(s);
 

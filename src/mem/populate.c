@@ -6,8 +6,8 @@
  * No threads, no locks, no global state: every function may be called from
  * any thread.
  */
-#include "ram/dirty.h"
-#include "ram/pagemap.h"
+#include "mem/dirty.h"
+#include "mem/pagemap.h"
 
 #include <errno.h>
 #include <fcntl.h>

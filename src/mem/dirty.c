@@ -12,8 +12,8 @@
  * its userfaultfd, its /proc/self/pagemap fd and region vector (uffd), and
  * its scratch bitmaps (host); lm_dirty_stop releases them.
  */
-#include "ram/dirty.h"
-#include "ram/pagemap.h"
+#include "mem/dirty.h"
+#include "mem/pagemap.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,0 +1,168 @@
+/*
+ * return_path.c - the source's return-path reader "lm-rp": the
+ * destination's records on the main channel (SHUT, ERROR, PONG,
+ * SWITCHOVER_ACK, DEVICE_ACK, and REQ_PAGES without a preempt channel),
+ * reported under m->lock (a device's ack state: relaxed atomics).  Page
+ * requests go to postcopy (postcopy/source.c), which serves them at once
+ * on the preempt channel or queues them for the migration thread.  The
+ * thread ends at the verdict, or when the channel fails; either way it
+ * records why in m->shut and wakes the migration thread.
+ */
+#include "core/outgoing.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+/* The largest record the destination may send here: a status message. */
+#define RP_MAX_PAYLOAD (LM_ERROR_MSG_MAX + 64)
+
+static int handle_pong(lm_outgoing *g, const uint8_t *payload, uint32_t len, lm_error *err)
+{
+    lm_mig *m = g->m;
+    uint32_t v;
+    if (lm_fmt_u32_decode(payload, len, &v, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    uint32_t rp = LM_ATOMIC_GET(&g->run_ping);
+    if (rp && v == rp) {
+        /* The destination processed POSTCOPY_RUN: it runs. */
+        LM_ATOMIC_SET(&m->stats.switch_pause_us, (lm_now_ns() - LM_ATOMIC_GET(&g->pc_t0)) / 1000);
+        pthread_mutex_lock(&m->lock);
+        m->postcopy_run_acked = true;
+        bool changed =
+            lm_state_set_locked(m, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
+        pthread_mutex_unlock(&m->lock);
+        if (changed)
+            lm_emit_status(m);
+        return 0;
+    }
+    uint64_t sent = LM_ATOMIC_GET(&g->ping_sent_ns);
+    if (sent && v == LM_ATOMIC_GET(&g->ping_seq)) {
+        uint64_t rtt = lm_now_ns() - sent, best = LM_ATOMIC_GET(&g->rtt_ns);
+        if (!best || rtt < best)
+            LM_ATOMIC_SET(&g->rtt_ns, rtt);
+        LM_ATOMIC_SET(&g->ping_sent_ns, 0);
+    }
+    return 0;
+}
+
+static int handle_device_ack(lm_outgoing *g, const uint8_t *payload, uint32_t len,
+                             lm_error *err)
+{
+    uint32_t id;
+    uint8_t st;
+    if (lm_fmt_device_ack_decode(payload, len, &id, &st, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    /* The device table is read-only while a migration runs. */
+    lm_device *d = g->ack_cap ? lm_savevm_device_by_section(&g->m->sv, id) : NULL;
+    if (!d || LM_ATOMIC_GET(&d->ack) != LM_DEVICE_ACK_WAITING)
+        return lm_error_set(err, -EPROTO, "RP_DEVICE_ACK for section %u, which is not waiting "
+                                          "for an ack", id);
+    LM_ATOMIC_SET(&d->ack, st == LM_DEV_ACK_READY ? LM_DEVICE_ACK_ACKED : LM_DEVICE_ACK_FALLBACK);
+    return 0;
+}
+
+static void *rp_thread_fn(void *arg)
+{
+    lm_outgoing *g = arg;
+    lm_mig *m = g->m;
+    lm_error err = {0};
+    uint8_t *payload = malloc(RP_MAX_PAYLOAD);
+    pthread_setname_np(pthread_self(), "lm-rp");
+    int ret = payload ? 0 : lm_error_set(&err, -ENOMEM, "out of memory");
+    while (ret == 0) {
+        lm_rec_hdr h;
+        ret = lm_rec_read_hdr(g->chan, false, &h, &err);
+        if (ret == 0)
+            ret = lm_rec_read_payload(g->chan, &h, payload, RP_MAX_PAYLOAD, NULL, &err);
+        if (ret < 0)
+            break;
+        switch (h.type) {
+        case LM_REC_RP_SHUT:
+        case LM_REC_ERROR: {
+            lm_status_msg sm;
+            if (lm_fmt_status_msg_decode(payload, h.len, &sm, &err) <= 0) {
+                ret = err.code ? err.code : -EPROTO;
+                break;
+            }
+            pthread_mutex_lock(&m->lock);
+            m->shut_received = true;
+            m->verdict = true;
+            m->shut = sm;
+            if (h.type == LM_REC_ERROR && !sm.status)
+                m->shut.status = -EIO;
+            m->rp_running = false;
+            pthread_cond_broadcast(&m->cond);
+            pthread_mutex_unlock(&m->lock);
+            free(payload);
+            return NULL; /* the destination closes after its verdict */
+        }
+        case LM_REC_RP_REQ_PAGES:
+            ret = lm_pc_src_request(&m->pcs, payload, h.len, &err);
+            break;
+        case LM_REC_RP_PONG:
+            ret = handle_pong(g, payload, h.len, &err);
+            break;
+        case LM_REC_RP_SWITCHOVER_ACK: {
+            if (!g->ack_cap) {
+                ret = lm_error_set(&err, -EPROTO, "RP_SWITCHOVER_ACK without the "
+                                                  "switchover-ack capability");
+                break;
+            }
+            pthread_mutex_lock(&m->lock);
+            bool first = !m->switchover_acked;
+            m->switchover_acked = true;
+            pthread_cond_broadcast(&m->cond);
+            pthread_mutex_unlock(&m->lock);
+            if (first) {
+                lm_event ev = {.type = LM_EVENT_SWITCHOVER_ACK};
+                lm_emit(m, &ev);
+            }
+            break;
+        }
+        case LM_REC_RP_DEVICE_ACK:
+            ret = handle_device_ack(g, payload, h.len, &err);
+            break;
+        default:
+            ret = lm_error_set(&err, -EPROTO, "unexpected record %s", lm_rec_type_name(h.type));
+        }
+    }
+    /* The return path is gone without a verdict: record why (a transport
+     * failure, not the destination's word) and wake the migration thread. */
+    lm_error_prefix(&err, "return path");
+    pthread_mutex_lock(&m->lock);
+    if (!m->shut_received) {
+        m->shut_received = true;
+        m->shut.status = err.code ? err.code : -EIO;
+        snprintf(m->shut.msg, sizeof m->shut.msg, "%s", err.code ? err.msg : "return path closed");
+    }
+    m->rp_running = false;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    free(payload);
+    return NULL;
+}
+
+int lm_rp_start(lm_outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    pthread_mutex_lock(&m->lock);
+    m->rp_running = true;
+    pthread_mutex_unlock(&m->lock);
+    int ret = -pthread_create(&g->rp_thread, NULL, rp_thread_fn, g);
+    if (ret < 0) {
+        pthread_mutex_lock(&m->lock);
+        m->rp_running = false;
+        pthread_mutex_unlock(&m->lock);
+        return lm_error_set(err, ret, "cannot start the return-path thread");
+    }
+    g->rp_started = true;
+    return 0;
+}
+
+void lm_rp_join(lm_outgoing *g)
+{
+    if (g->rp_started) {
+        pthread_join(g->rp_thread, NULL);
+        g->rp_started = false;
+    }
+}

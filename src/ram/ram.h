@@ -1,0 +1,106 @@
+/*
+ * ram.h - RAM as a state handler (one savevm handler among the devices):
+ * the source's dirty maps, page search and sending (save.c), the
+ * destination's loading of RAM records (load.c).  Memory itself, dirty
+ * tracking and placement are the memory layer's (mem/); multifd carries
+ * background pages when it is on.
+ *
+ * Source threads: the migration thread runs the handler.  After the switch
+ * to postcopy, postcopy's request servers (postcopy/source.c: "lm-rp" or
+ * "lm-rp-preempt") claim requested pages from the same dirty maps, so every
+ * search and clear of a dirty bit, and dirty_pages, are under r->lock; a
+ * claimed run is sent without it (the guest is stopped, its memory no
+ * longer changes), so the lock is never held across I/O.
+ */
+#ifndef LM_RAM_H
+#define LM_RAM_H
+
+#include "mem/dirty.h"
+#include "mem/mem.h"
+#include "multifd/multifd.h"
+#include "savevm/savevm.h"
+
+/* query-migrate's RAM figures (relaxed atomics). */
+typedef struct lm_ram_counters {
+    uint64_t remaining;        /* bytes still dirty */
+    uint64_t duplicate;        /* zero pages sent on the main / preempt channel */
+    uint64_t normal;           /* data pages sent on the main / preempt channel */
+    uint64_t dirty_pages_rate; /* pages/s over periods of >= 1 s */
+    uint64_t dirty_sync_count;
+} lm_ram_counters;
+
+/* What the sender tells or asks the rest of the engine (core sets these
+ * before setup; unset hooks are skipped). */
+typedef struct lm_ram_hooks {
+    /* A dirty sync started pass `pass` (MIGRATION_PASS). */
+    void (*pass)(void *opaque, uint64_t pass);
+    void *pass_opaque;
+    /* Postcopy without a preempt channel: serve the queued requests on o
+     * before the next background run (QEMU's get_queued_page). */
+    int (*urgent)(void *opaque, lm_out *o, lm_error *err);
+    /* Postcopy: a background run [first, first+count) of block bi was
+     * claimed (called with r->lock held). */
+    void (*claimed)(void *opaque, unsigned bi, uint64_t first, uint64_t count, const lm_out *o);
+    void *pc_opaque;           /* of urgent and claimed */
+} lm_ram_hooks;
+
+typedef struct lm_ram {
+    lm_mem *mem;
+    lm_ram_counters *ctr;
+    lm_ram_hooks hooks;
+    pthread_mutex_t lock;       /* see the top of this file */
+    /* --- lock (once a second thread may claim pages) --- */
+    uint64_t *dirty[LM_RAM_MAX_BLOCKS]; /* per block: pages still to send */
+    uint64_t dirty_pages;       /* bits set in all dirty maps */
+    bool postcopy;              /* switched: RAM is sent postcopy */
+    /* --- migration thread only --- */
+    uint64_t *populated[LM_RAM_MAX_BLOCKS]; /* pass 1 only: populated at setup */
+    lm_dirty *tracker;          /* write tracking while the guest runs */
+    bool tracking;
+    bool guest_running;         /* set before setup: tracking is needed */
+    bool postcopy_capable;      /* set before setup: RAM may go postcopy */
+    unsigned cur_block;         /* page-search cursor */
+    uint64_t cur_page;
+    uint64_t period_start_ns;   /* dirty-rate period (>= 1 s) */
+    uint64_t period_dirty;
+    uint64_t last_sync_ns;
+    uint64_t last_sync_cost_ns; /* what the final sync will cost (expected downtime) */
+} lm_ram;
+
+void lm_ram_init(lm_ram *r, lm_mem *mem, lm_ram_counters *ctr);
+void lm_ram_destroy(lm_ram *r);
+
+/* ------------------------------------------------------------ save.c */
+
+extern const lm_handler_ops lm_ram_handler_ops; /* opaque: lm_ram */
+void lm_ram_save_cleanup(lm_ram *r);
+/* A dirty sync: fences multifd, collects the pages written since the last
+ * one, starts a pass. */
+int lm_ram_sync(lm_ram *r, lm_out *o, lm_error *err);
+/* Pages still dirty (takes r->lock). */
+uint64_t lm_ram_dirty_left(lm_ram *r);
+/* Sends the claimed pages [first, end) of block bi on o: zero detection as
+ * o->zpd says; a background run goes to the multifd channels when there
+ * are some, requested pages (background false) never do. */
+int lm_ram_send_pages(lm_ram *r, lm_out *o, unsigned bi, uint64_t first, uint64_t end,
+                      bool background);
+/* With r->lock held: the next run [*p, *q) of dirty pages of block bi in
+ * [from, end); claim clears them (the caller sends them).  False when none. */
+bool lm_ram_dirty_run_locked(lm_ram *r, unsigned bi, uint64_t from, uint64_t end, bool claim,
+                             uint64_t *p, uint64_t *q);
+/* From now on RAM is sent postcopy (at the switch, guest stopped). */
+void lm_ram_set_postcopy(lm_ram *r);
+
+/* ------------------------------------------------------------ load.c */
+
+/* Destination: RAM_BLOCKS / RAM_PAGES / RAM_ZERO / RAM_PASS of a stream
+ * (main or preempt channel), pages through the placement interface;
+ * scratch holds LM_RAM_MAX_RUN pages (used once placement is atomic). */
+int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h,
+                       uint8_t *scratch, lm_error *err);
+/* Reads a RAM_ZERO or POSTCOPY_DISCARD payload (the same run) and checks
+ * it against the stream's table. */
+int lm_ram_read_zero_run(lm_mem *mem, lm_chan *c, const lm_rec_hdr *h, lm_ram_zero *z,
+                         lm_ram_block **bp, lm_error *err);
+
+#endif /* LM_RAM_H */
