@@ -50,6 +50,13 @@ int lm_uri_connect(const lm_uri *u, int timeout_ms, int *fd_out, lm_error *err);
  * getaddrinfo(3) cannot be interrupted. */
 int lm_uri_connect_cancellable(const lm_uri *u, int timeout_ms, int cancel_fd, int *fd_out,
                                lm_error *err);
+/* resolve.c: getaddrinfo(host, port) abandoned at deadline_ms (monotonic
+ * ms, -1 none) or when cancel_fd is readable.  Returns 0 (*res is the
+ * caller's, freeaddrinfo), a getaddrinfo error > 0 (*gai_errno for
+ * EAI_SYSTEM), or -ECANCELED / -ETIMEDOUT / -errno. */
+struct addrinfo;
+int lm_resolve(const char *host, const char *port, int64_t deadline_ms, int cancel_fd,
+               struct addrinfo **res, int *gai_errno);
 /* Listens (SO_REUSEADDR; unix: removes a stale socket file first).  actual
  * gets the bound address as a URI text, with the real port for port 0. */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err);

@@ -6,15 +6,11 @@
  * migration connection gets.
  *
  * Threads: a cancellable connect resolves the name on a detached helper
- * thread, "lm-resolve" (see resolve()); nothing else starts here and no
- * locks are taken.  lm_sock_accept() blocks the calling thread; any other
+ * thread (resolve.c); nothing else starts here and no locks are taken.  lm_sock_accept() blocks the calling thread; any other
  * thread may interrupt it (see there).
  */
 #include "chan/chan.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
-#include <sys/eventfd.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -364,113 +360,6 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t salen, i
     }
 }
 
-/* Name lookup that the caller can abandon: getaddrinfo(3) runs on a
- * detached thread; the caller waits for it, its deadline or cancel_fd.
- * Whoever of the two finishes last frees the request. */
-typedef struct resolve_req {
-    atomic_int refs;
-    int done_efd;
-    char host[256], port[8];
-    struct addrinfo *res;
-    int gai, gai_errno;
-} resolve_req;
-
-static void resolve_put(resolve_req *q)
-{
-    if (atomic_fetch_sub(&q->refs, 1) != 1)
-        return;
-    if (q->res)
-        freeaddrinfo(q->res);
-    close(q->done_efd);
-    free(q);
-}
-
-static void *resolve_fn(void *arg)
-{
-    resolve_req *q = arg;
-    pthread_setname_np(pthread_self(), "lm-resolve");
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    q->gai = getaddrinfo(q->host, q->port, &hints, &q->res);
-    q->gai_errno = errno;
-    uint64_t one = 1;
-    if (write(q->done_efd, &one, sizeof one) != sizeof one) {
-        /* an eventfd write of 1 cannot fail */
-    }
-    resolve_put(q);
-    return NULL;
-}
-
-/* Returns 0 (*res is the caller's), a getaddrinfo error > 0 (*gai_errno
- * set for EAI_SYSTEM), or -ECANCELED / -ETIMEDOUT / -errno. */
-static int resolve(const char *host, const char *port, int64_t deadline, int cancel_fd,
-                   struct addrinfo **res, int *gai_errno)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    *res = NULL;
-    if (cancel_fd < 0) {
-        int g = getaddrinfo(host, port, &hints, res);
-        *gai_errno = errno;
-        return g;
-    }
-    resolve_req *q = calloc(1, sizeof *q);
-    if (!q)
-        return -ENOMEM;
-    q->done_efd = eventfd(0, EFD_CLOEXEC);
-    if (q->done_efd < 0) {
-        int e = errno;
-        free(q);
-        return -e;
-    }
-    snprintf(q->host, sizeof q->host, "%s", host);
-    snprintf(q->port, sizeof q->port, "%s", port);
-    atomic_init(&q->refs, 2);
-    pthread_attr_t at;
-    pthread_t t;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    int e = pthread_create(&t, &at, resolve_fn, q);
-    pthread_attr_destroy(&at);
-    if (e) {
-        close(q->done_efd);
-        free(q);
-        return -e;
-    }
-    int ret;
-    for (;;) {
-        int wait = -1;
-        if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
-            if (left <= 0) {
-                ret = -ETIMEDOUT;
-                break;
-            }
-            wait = left > INT_MAX ? INT_MAX : (int)left;
-        }
-        struct pollfd pfd[2] = {{.fd = q->done_efd, .events = POLLIN},
-                                {.fd = cancel_fd, .events = POLLIN}};
-        int n = poll(pfd, 2, wait);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            ret = -errno;
-            break;
-        }
-        if (pfd[1].revents) {
-            ret = -ECANCELED;
-            break;
-        }
-        if (pfd[0].revents) {
-            ret = q->gai;
-            *gai_errno = q->gai_errno;
-            *res = q->res;
-            q->res = NULL; /* now the caller's */
-            break;
-        }
-    }
-    resolve_put(q);
-    return ret;
-}
-
 static int set_blocking(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
@@ -580,7 +469,7 @@ int lm_uri_connect_cancellable(const lm_uri *u, int timeout_ms, int cancel_fd, i
 
     case LM_URI_TCP: {
         int gerr = 0;
-        int g = resolve(u->host, u->port, deadline, cancel_fd, &res, &gerr);
+        int g = lm_resolve(u->host, u->port, deadline, cancel_fd, &res, &gerr);
         if (g < 0) {
             r = lm_error_set(err, g, "connect to %s: resolving '%s': %s", text, u->host,
                              g == -ECANCELED ? "cancelled" : strerror(-g));
