@@ -8,8 +8,9 @@
  * serves on a socket.  Names, states, capabilities and parameters are QEMU's.
  *
  * Conventions for every function below:
- *  - returns 0 on success or a negative errno-style code; on failure the human
- *    message is in the caller's lm_error (may be NULL), the first error wins;
+ *  - returns 0 on success or a negative errno-style code (see "errors"); on
+ *    failure the human message is in the caller's lm_error (may be NULL),
+ *    the first error wins;
  *  - the library never prints, never exits, never aborts on peer data;
  *  - unless a function says otherwise it may be called from any thread and
  *    does not block on migration I/O (it takes an internal mutex briefly).
@@ -48,14 +49,49 @@ typedef struct lm_error {
     char msg[LM_ERROR_MSG_MAX];  /* NUL-terminated human message */
 } lm_error;
 
-/* Sets err (if non-NULL and still empty) and returns code. */
+/* Codes are negative errno values.  The ones the library raises itself:
+ *   -EINVAL        a bad argument, parameter value or state for the call
+ *   -ENOTSUP       a capability, parameter value or feature this build
+ *                  does not implement
+ *   -EBUSY         refused while a migration runs (or the run state forbids it)
+ *   -EEXIST, -ENOENT, -ENOSPC, -ENAMETOOLONG, -ENOMEM
+ *                  registration: duplicate, not found, table full, name
+ *                  too long; out of memory
+ *   -EPROTO        the peer's stream breaks the wire format (docs/format.md)
+ *   -EPROTONOSUPPORT, -EMSGSIZE
+ *                  a format version we do not speak; a record above its
+ *                  maximum size
+ *   -EPIPE, -ECONNRESET, -ETIMEDOUT
+ *                  the peer closed the connection, reset it, did not answer
+ *   -ECANCELED     the migration was cancelled (or its channel shut down)
+ *   -EREMOTEIO     a QMP peer answered with an error (lm_qmp_client_call)
+ *   -EIO           an I/O failure, or a failure whose cause has no code
+ * and any -errno of a failed system call, passed up unchanged.
+ * lm_error_name() and lm_strerror() describe a code. */
+
+/* Sets err (if non-NULL and still empty) and returns code.  code must be
+ * < 0; a code >= 0 (a caller's bug: no error) is taken as -EIO. */
 LM_API int lm_error_set(lm_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Like lm_error_set, but prefixes "<context>: " to an error already set in
- * err, or sets it if empty.  For adding context while propagating up. */
+ * err, or sets it if empty.  For adding context while propagating up.
+ * Returns err's code; -EIO when err was empty (the failure being described
+ * left no code) or is NULL (the code is not known here: a caller that
+ * passes NULL down and needs the code keeps the callee's return value). */
 LM_API int lm_error_prefix(lm_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 LM_API void lm_error_clear(lm_error *err);
+
+/* The symbolic name of a code, without its sign: "EPROTO" for -EPROTO, "OK"
+ * for 0.  Every code the library raises itself has one, as do the errno
+ * values system calls commonly fail with; anything else (an unusual errno,
+ * a positive number) gives "UNKNOWN".  Never NULL; a static string. */
+LM_API const char *lm_error_name(int code);
+/* A short lower-case description of a code, like strerror(): "protocol
+ * error (the peer's stream breaks the format)" for -EPROTO, "success" for
+ * 0, "unknown error" when lm_error_name() says "UNKNOWN".  Never NULL; a
+ * static string; thread-safe.  lm_error.msg says what actually failed. */
+LM_API const char *lm_strerror(int code);
 
 /* --------------------------------------------------------------- statuses */
 
