@@ -138,7 +138,12 @@ LM_API const char *lm_runstate_name(lm_runstate r);
 
 /* QEMU's migration capabilities (all default off).  A capability that this
  * build does not implement yet is refused by lm_mig_set_capabilities() with
- * "not supported yet", never silently accepted. */
+ * "not supported yet", never silently accepted.  Two are accepted although
+ * they change nothing, because "on" describes what livemig always does:
+ * return-path (the source reports completed only after the destination
+ * confirmed; switchover-ack requires it, as in QEMU) and
+ * late-block-activate (no block devices to activate early; a no-op in QEMU
+ * too). */
 typedef enum lm_cap {
     LM_CAP_XBZRLE,
     LM_CAP_RDMA_PIN_ALL,
@@ -184,7 +189,10 @@ typedef enum lm_zero_page_detection {
 } lm_zero_page_detection;
 
 /* Migration parameters, QEMU's names (with '-' for '_') and defaults; see
- * lm_params_default().  Sizes are bytes, times milliseconds. */
+ * lm_params_default().  Sizes are bytes, times milliseconds.  The ones
+ * marked "default only" tune features this build does not have (xbzrle,
+ * auto-converge's CPU throttle, self-announce): lm_mig_set_params() refuses
+ * any other value with -ENOTSUP. */
 typedef struct lm_params {
     uint64_t max_bandwidth;               /* B/s, 0 = unlimited; default 128 MiB/s */
     uint64_t avail_switchover_bandwidth;  /* B/s, 0 = measure; default 0 */
@@ -195,12 +203,13 @@ typedef struct lm_params {
     uint8_t multifd_zlib_level;           /* 0..9, default 1 */
     uint8_t multifd_zstd_level;           /* 0..20, default 1 */
     lm_zero_page_detection zero_page_detection; /* default multifd */
-    uint64_t xbzrle_cache_size;           /* default 64 MiB */
-    uint8_t throttle_trigger_threshold;   /* 1..100, default 50 */
-    uint8_t cpu_throttle_initial;         /* 1..99, default 20 */
-    uint8_t cpu_throttle_increment;       /* 1..99, default 10 */
-    bool cpu_throttle_tailslow;
-    uint8_t max_cpu_throttle;             /* default 99 */
+    uint64_t xbzrle_cache_size;           /* default only: 64 MiB */
+    uint8_t throttle_trigger_threshold;   /* default only: 50 */
+    uint8_t cpu_throttle_initial;         /* default only: 20 */
+    uint8_t cpu_throttle_increment;       /* default only: 10 */
+    bool cpu_throttle_tailslow;           /* default only: false */
+    uint8_t max_cpu_throttle;             /* default only: 99 */
+    /* default only: 50, 550, 5, 100 */
     uint64_t announce_initial, announce_max, announce_rounds, announce_step;
 } lm_params;
 
@@ -371,8 +380,11 @@ LM_API int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm
 LM_API uint64_t lm_mig_get_capabilities(lm_mig *m);
 
 /* Parameters: sets the fields of `in` whose bit (1 << lm_param) is in
- * `which`, all or nothing, after range checks.  max-bandwidth and
- * downtime-limit take effect at once in a running migration. */
+ * `which`, all or nothing, after range checks (-EINVAL) and refusing a
+ * "default only" parameter that is not at its default (-ENOTSUP).
+ * max-bandwidth, max-postcopy-bandwidth, avail-switchover-bandwidth and
+ * downtime-limit take effect at once in a running migration; the multifd
+ * ones and zero-page-detection at the next start. */
 LM_API int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *err);
 LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
 
