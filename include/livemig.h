@@ -128,7 +128,10 @@ typedef enum lm_runstate {
     LM_RUN_INMIGRATE,       /* destination waiting for / loading a stream */
     LM_RUN_POSTMIGRATE,     /* source after a completed migration */
     LM_RUN_FINISH_MIGRATE,  /* source stopped for switchover */
-    LM_RUN_PRELAUNCH,       /* destination after a failed incoming migration */
+    /* Not entered by livemig (QEMU: before the guest first ran): a
+     * destination whose incoming migration failed stays inmigrate and may
+     * take another migrate-incoming. */
+    LM_RUN_PRELAUNCH,
     LM_RUN__MAX
 } lm_runstate;
 
@@ -255,7 +258,7 @@ typedef struct lm_multifd_chan_stats {
     uint64_t zero;    /* zero pages detected by this channel (no data) */
 } lm_multifd_chan_stats;
 
-/* query-migrate, QEMU's fields (digest §10) plus a few of ours. */
+/* query-migrate, QEMU's fields plus a few of ours. */
 typedef struct lm_info {
     lm_status status;
     bool has_ram;                  /* ram stats meaningful (source side) */
@@ -343,8 +346,9 @@ typedef struct lm_host_ops {
 typedef struct lm_mig lm_mig;
 
 /* Creates the migration object of a host.  initial: LM_RUN_RUNNING for a
- * host that starts running, LM_RUN_INMIGRATE for a destination.  ops and
- * opaque are borrowed for the object's life.  Blocks: no. */
+ * host that starts running, LM_RUN_PAUSED for one that starts stopped,
+ * LM_RUN_INMIGRATE for a destination.  ops and opaque are borrowed for the
+ * object's life.  Blocks: no. */
 LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial,
                       lm_mig **out, lm_error *err);
 /* Cancels any migration, joins the library's threads, frees.  Blocks until
@@ -397,15 +401,18 @@ LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
  * lm_info.socket_address). */
 LM_API int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err);
 /* QMP `migrate_cancel`: works in every precopy state; the source keeps (or
- * resumes) running.  A no-op when nothing runs. */
+ * resumes) running, unless the end of the stream already went out (then the
+ * migration fails and the source stays paused: the guest never runs twice).
+ * Refused with -EBUSY once postcopy started.  A no-op when nothing runs. */
 LM_API int lm_mig_cancel(lm_mig *m, lm_error *err);
 /* QMP `migrate-continue state=...`: releases a pause in `state`
  * (pre-switchover). */
 LM_API int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
 /* QMP `migrate-start-postcopy`: the source switches to postcopy as soon as
- * seed 000 allows (must-precopy data under the threshold, switchover
- * allowed).  Needs the postcopy-ram capability; accepted in setup and
- * active (QEMU's rule), refused otherwise.  Thread: any.  Blocks: no. */
+ * it could switch over (the must-precopy data is under the threshold and
+ * switchover is allowed).  Needs the postcopy-ram capability; accepted in
+ * setup and active (QEMU's rule), refused otherwise.  Thread: any.
+ * Blocks: no. */
 LM_API int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
@@ -422,8 +429,8 @@ LM_API int lm_vm_cont(lm_mig *m, lm_error *err);
 
 /* Device handlers: everything of a host that is not RAM (vCPU state,
  * device models, a VFIO-like device with its own memory).  The table
- * mirrors QEMU's SaveVMHandlers (digest §4); docs/devices.md describes the
- * semantics, docs/format.md the bytes.
+ * mirrors QEMU's SaveVMHandlers; docs/devices.md describes the semantics,
+ * docs/format.md the bytes.
  *
  * A device is *iterable* when it has save_iterate: its state is opened by
  * save_setup, streamed by save_iterate while the guest runs, and closed by
@@ -478,9 +485,11 @@ typedef struct lm_device_ops {
     /* After every migration attempt (success, failure, cancel), even when
      * save_setup was never called.  Frees what setup allocated. */
     void (*save_cleanup)(void *opaque);
-    /* True when the device can still move data after a postcopy switch.
-     * Postcopy is not built yet: a device answering true is iterated like
-     * any other during precopy. */
+    /* True when the device can still move data after a postcopy switch:
+     * it keeps being iterated after the switch and completes at the end.
+     * False (or NULL): it completes at the switch, with the guest stopped,
+     * before the destination runs.  Before the switch, and without
+     * postcopy, every device is iterated alike. */
     bool (*has_postcopy)(void *opaque);
 
     /* --- destination --- */
