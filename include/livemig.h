@@ -8,8 +8,9 @@
  * serves on a socket.  Names, states, capabilities and parameters are QEMU's.
  *
  * Conventions for every function below:
- *  - returns 0 on success or a negative errno-style code; on failure the human
- *    message is in the caller's lm_error (may be NULL), the first error wins;
+ *  - returns 0 on success or a negative errno-style code (see "errors"); on
+ *    failure the human message is in the caller's lm_error (may be NULL),
+ *    the first error wins;
  *  - the library never prints, never exits, never aborts on peer data;
  *  - unless a function says otherwise it may be called from any thread and
  *    does not block on migration I/O (it takes an internal mutex briefly).
@@ -23,6 +24,14 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* Marks the library's public functions.  liblivemig is compiled with
+ * -fvisibility=hidden: a shared build exports these and nothing else. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LM_API __attribute__((visibility("default")))
+#else
+#define LM_API
 #endif
 
 #define LM_VERSION_MAJOR 0
@@ -40,14 +49,49 @@ typedef struct lm_error {
     char msg[LM_ERROR_MSG_MAX];  /* NUL-terminated human message */
 } lm_error;
 
-/* Sets err (if non-NULL and still empty) and returns code. */
-int lm_error_set(lm_error *err, int code, const char *fmt, ...)
+/* Codes are negative errno values.  The ones the library raises itself:
+ *   -EINVAL        a bad argument, parameter value or state for the call
+ *   -ENOTSUP       a capability, parameter value or feature this build
+ *                  does not implement
+ *   -EBUSY         refused while a migration runs (or the run state forbids it)
+ *   -EEXIST, -ENOENT, -ENOSPC, -ENAMETOOLONG, -ENOMEM
+ *                  registration: duplicate, not found, table full, name
+ *                  too long; out of memory
+ *   -EPROTO        the peer's stream breaks the wire format (docs/format.md)
+ *   -EPROTONOSUPPORT, -EMSGSIZE
+ *                  a format version we do not speak; a record above its
+ *                  maximum size
+ *   -EPIPE, -ECONNRESET, -ETIMEDOUT
+ *                  the peer closed the connection, reset it, did not answer
+ *   -ECANCELED     the migration was cancelled (or its channel shut down)
+ *   -EREMOTEIO     a QMP peer answered with an error (lm_qmp_client_call)
+ *   -EIO           an I/O failure, or a failure whose cause has no code
+ * and any -errno of a failed system call, passed up unchanged.
+ * lm_error_name() and lm_strerror() describe a code. */
+
+/* Sets err (if non-NULL and still empty) and returns code.  code must be
+ * < 0; a code >= 0 (a caller's bug: no error) is taken as -EIO. */
+LM_API int lm_error_set(lm_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Like lm_error_set, but prefixes "<context>: " to an error already set in
- * err, or sets it if empty.  For adding context while propagating up. */
-int lm_error_prefix(lm_error *err, const char *fmt, ...)
+ * err, or sets it if empty.  For adding context while propagating up.
+ * Returns err's code; -EIO when err was empty (the failure being described
+ * left no code) or is NULL (the code is not known here: a caller that
+ * passes NULL down and needs the code keeps the callee's return value). */
+LM_API int lm_error_prefix(lm_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-void lm_error_clear(lm_error *err);
+LM_API void lm_error_clear(lm_error *err);
+
+/* The symbolic name of a code, without its sign: "EPROTO" for -EPROTO, "OK"
+ * for 0.  Every code the library raises itself has one, as do the errno
+ * values system calls commonly fail with; anything else (an unusual errno,
+ * a positive number) gives "UNKNOWN".  Never NULL; a static string. */
+LM_API const char *lm_error_name(int code);
+/* A short lower-case description of a code, like strerror(): "protocol
+ * error (the peer's stream breaks the format)" for -EPROTO, "success" for
+ * 0, "unknown error" when lm_error_name() says "UNKNOWN".  Never NULL; a
+ * static string; thread-safe.  lm_error.msg says what actually failed. */
+LM_API const char *lm_strerror(int code);
 
 /* --------------------------------------------------------------- statuses */
 
@@ -73,9 +117,9 @@ typedef enum lm_status {
 } lm_status;
 
 /* "none", "setup", ... "wait-unplug"; NULL for an out-of-range value. */
-const char *lm_status_name(lm_status s);
+LM_API const char *lm_status_name(lm_status s);
 /* Parses a QEMU status name; returns -EINVAL for an unknown one. */
-int lm_status_from_name(const char *name, lm_status *out);
+LM_API int lm_status_from_name(const char *name, lm_status *out);
 
 /* QEMU's RunState values that a livemig host goes through. */
 typedef enum lm_runstate {
@@ -84,17 +128,25 @@ typedef enum lm_runstate {
     LM_RUN_INMIGRATE,       /* destination waiting for / loading a stream */
     LM_RUN_POSTMIGRATE,     /* source after a completed migration */
     LM_RUN_FINISH_MIGRATE,  /* source stopped for switchover */
-    LM_RUN_PRELAUNCH,       /* destination after a failed incoming migration */
+    /* Not entered by livemig (QEMU: before the guest first ran): a
+     * destination whose incoming migration failed stays inmigrate and may
+     * take another migrate-incoming. */
+    LM_RUN_PRELAUNCH,
     LM_RUN__MAX
 } lm_runstate;
 
-const char *lm_runstate_name(lm_runstate r);
+LM_API const char *lm_runstate_name(lm_runstate r);
 
 /* ---------------------------------------------------- capabilities/params */
 
 /* QEMU's migration capabilities (all default off).  A capability that this
  * build does not implement yet is refused by lm_mig_set_capabilities() with
- * "not supported yet", never silently accepted. */
+ * "not supported yet", never silently accepted.  Two are accepted although
+ * they change nothing, because "on" describes what livemig always does:
+ * return-path (the source reports completed only after the destination
+ * confirmed; switchover-ack requires it, as in QEMU) and
+ * late-block-activate (no block devices to activate early; a no-op in QEMU
+ * too). */
 typedef enum lm_cap {
     LM_CAP_XBZRLE,
     LM_CAP_RDMA_PIN_ALL,
@@ -121,10 +173,10 @@ typedef enum lm_cap {
     LM_CAP__MAX
 } lm_cap;
 
-const char *lm_cap_name(lm_cap c);
-int lm_cap_from_name(const char *name, lm_cap *out);
+LM_API const char *lm_cap_name(lm_cap c);
+LM_API int lm_cap_from_name(const char *name, lm_cap *out);
 /* True when this build implements the capability. */
-bool lm_cap_supported(lm_cap c);
+LM_API bool lm_cap_supported(lm_cap c);
 
 typedef enum lm_multifd_compression {
     LM_COMPRESS_NONE,
@@ -140,7 +192,10 @@ typedef enum lm_zero_page_detection {
 } lm_zero_page_detection;
 
 /* Migration parameters, QEMU's names (with '-' for '_') and defaults; see
- * lm_params_default().  Sizes are bytes, times milliseconds. */
+ * lm_params_default().  Sizes are bytes, times milliseconds.  The ones
+ * marked "default only" tune features this build does not have (xbzrle,
+ * auto-converge's CPU throttle, self-announce): lm_mig_set_params() refuses
+ * any other value with -ENOTSUP. */
 typedef struct lm_params {
     uint64_t max_bandwidth;               /* B/s, 0 = unlimited; default 128 MiB/s */
     uint64_t avail_switchover_bandwidth;  /* B/s, 0 = measure; default 0 */
@@ -151,12 +206,13 @@ typedef struct lm_params {
     uint8_t multifd_zlib_level;           /* 0..9, default 1 */
     uint8_t multifd_zstd_level;           /* 0..20, default 1 */
     lm_zero_page_detection zero_page_detection; /* default multifd */
-    uint64_t xbzrle_cache_size;           /* default 64 MiB */
-    uint8_t throttle_trigger_threshold;   /* 1..100, default 50 */
-    uint8_t cpu_throttle_initial;         /* 1..99, default 20 */
-    uint8_t cpu_throttle_increment;       /* 1..99, default 10 */
-    bool cpu_throttle_tailslow;
-    uint8_t max_cpu_throttle;             /* default 99 */
+    uint64_t xbzrle_cache_size;           /* default only: 64 MiB */
+    uint8_t throttle_trigger_threshold;   /* default only: 50 */
+    uint8_t cpu_throttle_initial;         /* default only: 20 */
+    uint8_t cpu_throttle_increment;       /* default only: 10 */
+    bool cpu_throttle_tailslow;           /* default only: false */
+    uint8_t max_cpu_throttle;             /* default only: 99 */
+    /* default only: 50, 550, 5, 100 */
     uint64_t announce_initial, announce_max, announce_rounds, announce_step;
 } lm_params;
 
@@ -184,13 +240,13 @@ typedef enum lm_param {
     LM_PARAM__MAX
 } lm_param;
 
-const char *lm_param_name(lm_param p);
-int lm_param_from_name(const char *name, lm_param *out);
-void lm_params_default(lm_params *p);
-const char *lm_compression_name(lm_multifd_compression c);
-int lm_compression_from_name(const char *name, lm_multifd_compression *out);
-const char *lm_zpd_name(lm_zero_page_detection z);
-int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
+LM_API const char *lm_param_name(lm_param p);
+LM_API int lm_param_from_name(const char *name, lm_param *out);
+LM_API void lm_params_default(lm_params *p);
+LM_API const char *lm_compression_name(lm_multifd_compression c);
+LM_API int lm_compression_from_name(const char *name, lm_multifd_compression *out);
+LM_API const char *lm_zpd_name(lm_zero_page_detection z);
+LM_API int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 
 /* ------------------------------------------------------------ statistics */
 
@@ -202,7 +258,7 @@ typedef struct lm_multifd_chan_stats {
     uint64_t zero;    /* zero pages detected by this channel (no data) */
 } lm_multifd_chan_stats;
 
-/* query-migrate, QEMU's fields (digest §10) plus a few of ours. */
+/* query-migrate, QEMU's fields plus a few of ours. */
 typedef struct lm_info {
     lm_status status;
     bool has_ram;                  /* ram stats meaningful (source side) */
@@ -290,13 +346,14 @@ typedef struct lm_host_ops {
 typedef struct lm_mig lm_mig;
 
 /* Creates the migration object of a host.  initial: LM_RUN_RUNNING for a
- * host that starts running, LM_RUN_INMIGRATE for a destination.  ops and
- * opaque are borrowed for the object's life.  Blocks: no. */
-int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial,
-               lm_mig **out, lm_error *err);
+ * host that starts running, LM_RUN_PAUSED for one that starts stopped,
+ * LM_RUN_INMIGRATE for a destination.  ops and opaque are borrowed for the
+ * object's life.  Blocks: no. */
+LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial,
+                      lm_mig **out, lm_error *err);
 /* Cancels any migration, joins the library's threads, frees.  Blocks until
  * they have exited (bounded: all I/O is shut down first).  NULL is a no-op. */
-void lm_mig_free(lm_mig *m);
+LM_API void lm_mig_free(lm_mig *m);
 
 /* Registers a RAM block.  The memory [base, base+len) is borrowed: the host
  * keeps it mapped (anonymous private, memfd or shmem) until lm_mig_free().
@@ -309,65 +366,71 @@ void lm_mig_free(lm_mig *m);
  * old_size 0) to fill them before mapping them with minor faults, and
  * unmaps that view at the end.  Shared memory must not be mixed with
  * private mappings within one block. */
-int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len,
-               uint32_t page_size, lm_error *err);
+LM_API int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len,
+                      uint32_t page_size, lm_error *err);
 
 /* Adds an event listener (at most 8).  Thread: any.  Blocks: no. */
-int lm_mig_add_listener(lm_mig *m, lm_event_fn fn, void *opaque, lm_error *err);
+LM_API int lm_mig_add_listener(lm_mig *m, lm_event_fn fn, void *opaque, lm_error *err);
 
 /* Removes a listener added with the same fn and opaque; once it returns the
  * listener is not running and will not be called again.  Must not be called
  * from a listener.  Returns -ENOENT when not found. */
-int lm_mig_remove_listener(lm_mig *m, lm_event_fn fn, void *opaque);
+LM_API int lm_mig_remove_listener(lm_mig *m, lm_event_fn fn, void *opaque);
 
 /* Capabilities: sets the bits of `mask` to the matching bits of `values`
  * (bit i = lm_cap i), all or nothing, after checking support, dependencies
  * and that no migration is running. */
-int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error *err);
-uint64_t lm_mig_get_capabilities(lm_mig *m);
+LM_API int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error *err);
+LM_API uint64_t lm_mig_get_capabilities(lm_mig *m);
 
 /* Parameters: sets the fields of `in` whose bit (1 << lm_param) is in
- * `which`, all or nothing, after range checks.  max-bandwidth and
- * downtime-limit take effect at once in a running migration. */
-int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *err);
-void lm_mig_get_params(lm_mig *m, lm_params *out);
+ * `which`, all or nothing, after range checks (-EINVAL) and refusing a
+ * "default only" parameter that is not at its default (-ENOTSUP).
+ * max-bandwidth, max-postcopy-bandwidth, avail-switchover-bandwidth and
+ * downtime-limit take effect at once in a running migration; the multifd
+ * ones and zero-page-detection at the next start. */
+LM_API int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *err);
+LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
 
 /* QMP `migrate`: starts an outgoing migration to uri (tcp:HOST:PORT,
  * unix:PATH, fd:N).  Returns at once; connection and transfer run in the
  * migration thread.  resume=true is postcopy recovery (not supported yet). */
-int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
+LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
 /* QMP `migrate-incoming`: listens on uri and loads the first stream that
  * connects.  Returns once listening (a tcp port 0 is resolved; see
  * lm_info.socket_address). */
-int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err);
+LM_API int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err);
 /* QMP `migrate_cancel`: works in every precopy state; the source keeps (or
- * resumes) running.  A no-op when nothing runs. */
-int lm_mig_cancel(lm_mig *m, lm_error *err);
+ * resumes) running, unless the end of the stream already went out (then the
+ * migration fails and the source stays paused: the guest never runs twice).
+ * Refused with -EBUSY once postcopy started.  A no-op when nothing runs. */
+LM_API int lm_mig_cancel(lm_mig *m, lm_error *err);
 /* QMP `migrate-continue state=...`: releases a pause in `state`
  * (pre-switchover). */
-int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
+LM_API int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
 /* QMP `migrate-start-postcopy`: the source switches to postcopy as soon as
- * seed 000 allows (must-precopy data under the threshold, switchover
- * allowed).  Needs the postcopy-ram capability; accepted in setup and
- * active (QEMU's rule), refused otherwise.  Thread: any.  Blocks: no. */
-int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
+ * it could switch over (the must-precopy data is under the threshold and
+ * switchover is allowed).  Needs the postcopy-ram capability; accepted in
+ * setup and active (QEMU's rule), refused otherwise.  Thread: any.
+ * Blocks: no. */
+LM_API int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
-void lm_mig_query(lm_mig *m, lm_info *out);
+LM_API void lm_mig_query(lm_mig *m, lm_info *out);
 
 /* Run state (QMP query-status/stop/cont).  stop/cont call the host hooks
  * and emit STOP/RESUME.  cont is refused while migrating in (inmigrate) or
  * during switchover. */
-lm_runstate lm_vm_runstate(lm_mig *m);
-int lm_vm_stop(lm_mig *m, lm_error *err);
-int lm_vm_cont(lm_mig *m, lm_error *err);
+LM_API lm_runstate lm_vm_runstate(lm_mig *m);
+LM_API int lm_vm_stop(lm_mig *m, lm_error *err);
+LM_API int lm_vm_cont(lm_mig *m, lm_error *err);
 
 /* --------------------------------------------------------------- devices */
 
 /* Device handlers: everything of a host that is not RAM (vCPU state,
  * device models, a VFIO-like device with its own memory).  The table
- * mirrors QEMU's SaveVMHandlers (digest §4); docs/devices.md describes the
- * semantics, docs/format.md the bytes.
+ * mirrors QEMU's SaveVMHandlers; docs/devices.md describes the semantics,
+ * docs/format.md the bytes.
  *
  * A device is *iterable* when it has save_iterate: its state is opened by
  * save_setup, streamed by save_iterate while the guest runs, and closed by
@@ -422,9 +485,11 @@ typedef struct lm_device_ops {
     /* After every migration attempt (success, failure, cancel), even when
      * save_setup was never called.  Frees what setup allocated. */
     void (*save_cleanup)(void *opaque);
-    /* True when the device can still move data after a postcopy switch.
-     * Postcopy is not built yet: a device answering true is iterated like
-     * any other during precopy. */
+    /* True when the device can still move data after a postcopy switch:
+     * it keeps being iterated after the switch and completes at the end.
+     * False (or NULL): it completes at the switch, with the guest stopped,
+     * before the destination runs.  Before the switch, and without
+     * postcopy, every device is iterated alike. */
     bool (*has_postcopy)(void *opaque);
 
     /* --- destination --- */
@@ -466,8 +531,8 @@ typedef struct lm_device_ops {
  * its state format's.  (name, instance) is unique.  ops and opaque are
  * borrowed until lm_mig_free().  Only before the first migration of m
  * starts (like lm_ram_add).  Thread: any.  Blocks: no. */
-int lm_device_register(lm_mig *m, const char *name, uint32_t instance, uint32_t version,
-                       const lm_device_ops *ops, void *opaque, lm_error *err);
+LM_API int lm_device_register(lm_mig *m, const char *name, uint32_t instance, uint32_t version,
+                              const lm_device_ops *ops, void *opaque, lm_error *err);
 
 /* Puts one chunk of device data (1 section record): len <= LM_DEVICE_PUT_MAX.
  * The bytes are copied (or written) before it returns.  Only from the
@@ -475,7 +540,7 @@ int lm_device_register(lm_mig *m, const char *name, uint32_t instance, uint32_t 
  * `out`, on the migration thread.  Blocks: may, on the network.  Returns 0
  * or < 0 (the channel failed: return it from the callback). */
 #define LM_DEVICE_PUT_MAX (8u << 20)
-int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_error *err);
+LM_API int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_error *err);
 
 /* Per-device view of the current or last migration (query-migrate's
  * "x-devices").  Source: bytes sent and the last pending answer;
@@ -487,7 +552,7 @@ typedef enum lm_device_ack_state {
     LM_DEVICE_ACK_FALLBACK,  /* only one side supports the ack: not waited for */
 } lm_device_ack_state;
 
-const char *lm_device_ack_state_name(lm_device_ack_state s); /* "none", ... */
+LM_API const char *lm_device_ack_state_name(lm_device_ack_state s); /* "none", ... */
 
 typedef struct lm_device_info {
     char name[LM_DEVICE_NAME_MAX + 1];
@@ -501,7 +566,7 @@ typedef struct lm_device_info {
 
 /* Copies at most max entries into out (registration order); returns the
  * number of registered devices.  Thread: any.  Blocks: no. */
-unsigned lm_mig_query_devices(lm_mig *m, lm_device_info *out, unsigned max);
+LM_API unsigned lm_mig_query_devices(lm_mig *m, lm_device_info *out, unsigned max);
 
 /* ------------------------------------------------------------ QMP server */
 
@@ -518,13 +583,13 @@ typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json,
 /* Serves QMP for m on uri (unix:PATH; the socket file is created, and
  * removed again by stop).  Several clients at once; events go to all.
  * A thread named "lm-qmp" runs it. */
-int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err);
+LM_API int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err);
 /* Adds a command (before or after start).  name must not collide with a
  * built-in one. */
-int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn,
-                           void *opaque, lm_error *err);
+LM_API int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn,
+                                  void *opaque, lm_error *err);
 /* Stops the server thread, closes clients, removes the socket.  NULL ok. */
-void lm_qmp_server_stop(lm_qmp_server *s);
+LM_API void lm_qmp_server_stop(lm_qmp_server *s);
 
 /* ------------------------------------------------------------ QMP client */
 
@@ -533,19 +598,19 @@ typedef struct lm_qmp_client lm_qmp_client;
 /* Connects to a QMP socket (a path, or unix:PATH), reads the greeting and
  * negotiates qmp_capabilities.  Works with QEMU too.  timeout_ms bounds the
  * connect and greeting. */
-int lm_qmp_client_connect(const char *path, int timeout_ms, lm_qmp_client **out,
-                          lm_error *err);
+LM_API int lm_qmp_client_connect(const char *path, int timeout_ms, lm_qmp_client **out,
+                                 lm_error *err);
 /* Executes `cmd` with args_json (NULL for none) and waits at most
  * timeout_ms for the reply.  On "return", *ret_json (malloc'd) holds the
  * return value's JSON and 0 is returned.  On "error", returns -EREMOTEIO
  * with "<class>: <desc>" in err.  Events read meanwhile are queued. */
-int lm_qmp_client_call(lm_qmp_client *c, const char *cmd, const char *args_json,
-                       char **ret_json, int timeout_ms, lm_error *err);
+LM_API int lm_qmp_client_call(lm_qmp_client *c, const char *cmd, const char *args_json,
+                              char **ret_json, int timeout_ms, lm_error *err);
 /* Next event as malloc'd JSON text (the whole {"event",...} object) in
  * *event_json; waits at most timeout_ms; returns -ETIMEDOUT when none. */
-int lm_qmp_client_next_event(lm_qmp_client *c, int timeout_ms, char **event_json,
-                             lm_error *err);
-void lm_qmp_client_close(lm_qmp_client *c);
+LM_API int lm_qmp_client_next_event(lm_qmp_client *c, int timeout_ms, char **event_json,
+                                    lm_error *err);
+LM_API void lm_qmp_client_close(lm_qmp_client *c);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
 /*
- * main.c - `livemig`: git-style dispatch to the subcommands.  Each
- * subcommand lives in its own file and uses only include/livemig.h.
+ * main.c - `livemig`: git-style dispatch to the subcommands: guest.c (with
+ * its sample device in guest_bulk.c), demo.c, and migrate.c for the QMP
+ * drivers migrate, status, cancel and postcopy.  The tool uses only
+ * include/livemig.h.
  */
 #include "cli.h"
 

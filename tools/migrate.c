@@ -1,5 +1,5 @@
 /*
- * migrate.c - `livemig migrate`, `livemig status`, `livemig cancel`: drive
+ * migrate.c - `livemig migrate`, `status`, `cancel`, `postcopy`: drive
  * two hosts (ours or QEMU) over QMP with QEMU-standard commands only, show
  * live progress from query-migrate and print an honest final report.
  * mig_run() is also the engine of `livemig demo`.

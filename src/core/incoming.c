@@ -470,7 +470,8 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
         ret = lm_uri_listen(&u, &lfd, actual, sizeof actual, err);
         if (ret < 0) {
             free(in);
-            return lm_error_prefix(err, "migrate-incoming");
+            lm_error_prefix(err, "migrate-incoming");
+            return ret; /* not prefix's: err may be NULL */
         }
     }
     in->m = m;

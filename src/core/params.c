@@ -235,7 +235,43 @@ int lm_zpd_from_name(const char *name, lm_zero_page_detection *out)
 
 #define P(x) (1ull << (x))
 
-/* Range checks of migrate_params_check (digest §9.2). */
+/* Parameters the engine stores but does not act on: they tune xbzrle,
+ * auto-converge (the CPU throttle) and the destination's self-announce,
+ * none of which this build has.  Each is accepted with its default value
+ * only (management software sets them routinely, usually to the default),
+ * so a setting never silently does nothing. */
+static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
+{
+    lm_params d;
+    lm_params_default(&d);
+#define ONLY_DEFAULT(id, field)                                                                \
+    if ((which & P(id)) && p->field != d.field)                                                \
+        return lm_error_set(err, -ENOTSUP,                                                     \
+                            "Parameter '%s' is not supported (only its default, %llu, is "     \
+                            "accepted)",                                                       \
+                            param_names[id], (unsigned long long)d.field)
+    ONLY_DEFAULT(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size);
+    ONLY_DEFAULT(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, throttle_trigger_threshold);
+    ONLY_DEFAULT(LM_PARAM_CPU_THROTTLE_INITIAL, cpu_throttle_initial);
+    ONLY_DEFAULT(LM_PARAM_CPU_THROTTLE_INCREMENT, cpu_throttle_increment);
+    ONLY_DEFAULT(LM_PARAM_MAX_CPU_THROTTLE, max_cpu_throttle);
+    ONLY_DEFAULT(LM_PARAM_ANNOUNCE_INITIAL, announce_initial);
+    ONLY_DEFAULT(LM_PARAM_ANNOUNCE_MAX, announce_max);
+    ONLY_DEFAULT(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);
+    ONLY_DEFAULT(LM_PARAM_ANNOUNCE_STEP, announce_step);
+#undef ONLY_DEFAULT
+    if ((which & P(LM_PARAM_CPU_THROTTLE_TAILSLOW)) &&
+        p->cpu_throttle_tailslow != d.cpu_throttle_tailslow)
+        return lm_error_set(err, -ENOTSUP,
+                            "Parameter 'cpu-throttle-tailslow' is not supported (only its "
+                            "default, %s, is accepted)",
+                            d.cpu_throttle_tailslow ? "true" : "false");
+    return 0;
+}
+
+/* Range checks of migrate_params_check (digest §9.2), then only_defaults():
+ * a value out of range is told so, whether or not the parameter is
+ * implemented. */
 int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
 {
     if ((which & P(LM_PARAM_DOWNTIME_LIMIT)) && p->downtime_limit > 2000000)
@@ -289,5 +325,5 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
     if ((which & P(LM_PARAM_ANNOUNCE_STEP)) && (p->announce_step < 1 || p->announce_step > 10000))
         return lm_error_set(err, -EINVAL,
                             "Parameter 'announce-step' expects a value between 1 and 10000");
-    return 0;
+    return only_defaults(p, which, err);
 }

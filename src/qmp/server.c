@@ -755,7 +755,8 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
                                 uri);
         snprintf(u.path, sizeof u.path, "%s", uri);
     } else if ((rc = lm_uri_parse(uri, &u, err)) < 0) {
-        return lm_error_prefix(err, "QMP server");
+        lm_error_prefix(err, "QMP server");
+        return rc; /* not prefix's: err may be NULL */
     }
 
     s = calloc(1, sizeof *s);

@@ -129,7 +129,8 @@ int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_error *er
                   : lm_chan_put(out->o->chan, hdr, LM_REC_HDR_SIZE + (size_t)n);
     if (ret < 0) {
         lm_chan_get_error(out->o->chan, err);
-        return lm_error_prefix(err, "device '%s'", d->name);
+        lm_error_prefix(err, "device '%s'", d->name);
+        return ret; /* not prefix's: a device may pass err NULL */
     }
     uint64_t total = LM_REC_HDR_SIZE + (uint64_t)plen;
     LM_ATOMIC_ADD(&d->bytes, total);

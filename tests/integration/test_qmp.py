@@ -154,6 +154,41 @@ def caps_params(t):
     check_eq(p.get("downtime-limit"), 42, "downtime-limit after a refused set")
 
 
+# Parameters the engine stores but does not act on (xbzrle, auto-converge's
+# CPU throttle, self-announce): a value but the default is refused, naming
+# the parameter; the default itself is accepted, as management software
+# sets it routinely.  (name, non-default value, default)
+DEFAULT_ONLY = [
+    ("xbzrle-cache-size", 1 << 20, 64 << 20),
+    ("throttle-trigger-threshold", 60, 50),
+    ("cpu-throttle-initial", 30, 20),
+    ("cpu-throttle-increment", 20, 10),
+    ("cpu-throttle-tailslow", True, False),
+    ("max-cpu-throttle", 50, 99),
+    ("announce-initial", 60, 50),
+    ("announce-max", 600, 550),
+    ("announce-rounds", 7, 5),
+    ("announce-step", 200, 100),
+]
+
+
+@R.test("parameters the engine does not act on: refused unless at their default")
+def default_only_params(t):
+    g = t.guest("g", mem="64M")
+    before = g.qmp.execute("query-migrate-parameters")
+    for name, other, default in DEFAULT_ONLY:
+        check_eq(before.get(name), default, "default of %s" % name)
+        e = g.qmp.expect_error("migrate-set-parameters", {"max-bandwidth": 5, name: other})
+        check_eq(e.cls, "GenericError", "error class for %s" % name)
+        want = "Parameter '%s' is not supported (only its default, %s, is accepted)" % (
+            name, json.dumps(default))
+        check_eq(e.desc, want, "refusal of %s=%r" % (name, other))
+    check_eq(g.qmp.execute("query-migrate-parameters"), before,
+             "parameters after refused sets (all or nothing)")
+    set_params(g, dict((name, default) for name, _, default in DEFAULT_ONLY))
+    check_eq(g.qmp.execute("query-migrate-parameters"), before, "parameters after defaults")
+
+
 @R.test("a listening destination accepts migrate-set-capabilities (as QEMU does)")
 def dst_caps_while_listening(t):
     # QEMU refuses capability changes only while an *outgoing* migration

@@ -492,6 +492,15 @@ static void test_set_parameters_errors(void **state)
         {"{\"downtime-limit\": 3000000}", "Parameter 'downtime-limit' expects"},
         {"{\"max-bandwidth\": 5, \"cpu-throttle-initial\": 0}",
          "Parameter 'cpu-throttle-initial' expects"},
+        /* parameters the engine does not act on: only their default */
+        {"{\"max-bandwidth\": 5, \"cpu-throttle-tailslow\": true}",
+         "Parameter 'cpu-throttle-tailslow' is not supported (only its default, false, is "
+         "accepted)"},
+        {"{\"announce-rounds\": 7}",
+         "Parameter 'announce-rounds' is not supported (only its default, 5, is accepted)"},
+        {"{\"xbzrle-cache-size\": 1048576}",
+         "Parameter 'xbzrle-cache-size' is not supported (only its default, 67108864, is "
+         "accepted)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char req[512];
@@ -509,6 +518,11 @@ static void test_set_parameters_errors(void **state)
     /* Neutral values of parameters we do not implement are accepted. */
     r = raw_cmd(c, "{\"execute\": \"migrate-set-parameters\", \"arguments\": "
                    "{\"tls-creds\": \"\", \"tls-hostname\": \"\", \"mode\": \"normal\"}}");
+    expect_return(r);
+    json_decref(r);
+    r = raw_cmd(c, "{\"execute\": \"migrate-set-parameters\", \"arguments\": "
+                   "{\"cpu-throttle-tailslow\": false, \"cpu-throttle-initial\": 20, "
+                   "\"announce-rounds\": 5, \"xbzrle-cache-size\": 67108864}}");
     expect_return(r);
     json_decref(r);
     raw_close(c);
@@ -535,18 +549,18 @@ static void test_parameters_roundtrip(void **state)
 
     r = raw_cmd(c, "{\"execute\": \"migrate-set-parameters\", \"arguments\": {"
                    "\"max-bandwidth\": 1000000, \"downtime-limit\": 250, "
-                   "\"cpu-throttle-tailslow\": true, \"multifd-channels\": 4, "
-                   "\"zero-page-detection\": \"legacy\", \"announce-rounds\": 7}}");
+                   "\"multifd-channels\": 4, \"multifd-compression\": \"zstd\", "
+                   "\"zero-page-detection\": \"legacy\", \"max-postcopy-bandwidth\": 7}}");
     expect_return(r);
     json_decref(r);
     r = raw_cmd(c, "{\"execute\": \"query-migrate-parameters\"}");
     p = expect_return(r);
     assert_int_equal(json_integer_value(json_object_get(p, "max-bandwidth")), 1000000);
     assert_int_equal(json_integer_value(json_object_get(p, "downtime-limit")), 250);
-    assert_true(json_is_true(json_object_get(p, "cpu-throttle-tailslow")));
     assert_int_equal(json_integer_value(json_object_get(p, "multifd-channels")), 4);
+    assert_string_equal(json_string_value(json_object_get(p, "multifd-compression")), "zstd");
     assert_string_equal(json_string_value(json_object_get(p, "zero-page-detection")), "legacy");
-    assert_int_equal(json_integer_value(json_object_get(p, "announce-rounds")), 7);
+    assert_int_equal(json_integer_value(json_object_get(p, "max-postcopy-bandwidth")), 7);
     assert_int_equal(json_integer_value(json_object_get(p, "cpu-throttle-initial")), 20);
     json_decref(r);
     lm_params lp;

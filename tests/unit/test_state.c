@@ -6,8 +6,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
+
+#include <errno.h>
 
 #include "core/internal.h"
 
@@ -185,6 +188,84 @@ static void test_params(void **state)
     lm_mig_free(m);
 }
 
+/* Parameters the engine does not act on: any value but the default is
+ * refused with -ENOTSUP naming the parameter and its default, all or
+ * nothing; the default itself is accepted (management software sets it). */
+static void test_params_default_only(void **state)
+{
+#define F(id, field) id, offsetof(lm_params, field), sizeof(((lm_params *)0)->field)
+    static const struct {
+        lm_param id;
+        size_t off, size;
+        uint64_t other;      /* a non-default value, in range */
+        const char *refused; /* the default, as the message has it */
+    } only_default[] = {
+        {F(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size), 1u << 20, "67108864"},
+        {F(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, throttle_trigger_threshold), 60, "50"},
+        {F(LM_PARAM_CPU_THROTTLE_INITIAL, cpu_throttle_initial), 30, "20"},
+        {F(LM_PARAM_CPU_THROTTLE_INCREMENT, cpu_throttle_increment), 20, "10"},
+        {F(LM_PARAM_CPU_THROTTLE_TAILSLOW, cpu_throttle_tailslow), 1, "false"},
+        {F(LM_PARAM_MAX_CPU_THROTTLE, max_cpu_throttle), 50, "99"},
+        {F(LM_PARAM_ANNOUNCE_INITIAL, announce_initial), 60, "50"},
+        {F(LM_PARAM_ANNOUNCE_MAX, announce_max), 600, "550"},
+        {F(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds), 7, "5"},
+        {F(LM_PARAM_ANNOUNCE_STEP, announce_step), 200, "100"},
+    };
+#undef F
+    lm_mig *m = NULL;
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &m, NULL), 0);
+    lm_params def, p, got;
+    lm_params_default(&def);
+    /* Every parameter at its default, all at once: accepted. */
+    assert_int_equal(lm_mig_set_params(m, &def, (1ull << LM_PARAM__MAX) - 1, NULL), 0);
+    for (size_t i = 0; i < sizeof only_default / sizeof only_default[0]; i++) {
+        lm_param id = only_default[i].id;
+        p = def;
+        p.max_bandwidth = 5; /* a supported one in the same call */
+        char *field = (char *)&p + only_default[i].off;
+        uint64_t v = only_default[i].other;
+        if (only_default[i].size == 8)
+            memcpy(field, &v, 8);
+        else if (only_default[i].size == 1 && id == LM_PARAM_CPU_THROTTLE_TAILSLOW)
+            *(bool *)field = v != 0;
+        else if (only_default[i].size == 1)
+            *(uint8_t *)field = (uint8_t)v;
+        else
+            fail();
+        uint64_t which = (1ull << id) | (1ull << LM_PARAM_MAX_BANDWIDTH);
+        lm_error err = {0};
+        assert_int_equal(lm_mig_set_params(m, &p, which, &err), -ENOTSUP);
+        assert_int_equal(err.code, -ENOTSUP);
+        char want[200];
+        snprintf(want, sizeof want, "Parameter '%s' is not supported (only its default, %s,",
+                 lm_param_name(id), only_default[i].refused);
+        if (strncmp(err.msg, want, strlen(want)) != 0)
+            fail_msg("'%s' does not start with '%s'", err.msg, want);
+        lm_mig_get_params(m, &got); /* all or nothing */
+        assert_int_equal(got.max_bandwidth, def.max_bandwidth);
+        assert_memory_equal((char *)&got + only_default[i].off, (char *)&def + only_default[i].off,
+                            only_default[i].size);
+        /* A value out of range still gets the range message. */
+        if (id == LM_PARAM_CPU_THROTTLE_INITIAL) {
+            lm_error_clear(&err);
+            p.cpu_throttle_initial = 0;
+            assert_int_equal(lm_mig_set_params(m, &p, which, &err), -EINVAL);
+            assert_non_null(strstr(err.msg, "expects an integer in the range of 1 to 99"));
+        }
+        /* Not in `which`: the field is not looked at. */
+        assert_int_equal(lm_mig_set_params(m, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, NULL), 0);
+        lm_mig_get_params(m, &got);
+        assert_int_equal(got.max_bandwidth, 5);
+        assert_int_equal(lm_mig_set_params(m, &def, which, NULL), 0);
+    }
+    /* Capabilities whose "on" is what livemig always does are accepted;
+     * return-path is what switchover-ack requires, as in QEMU. */
+    uint64_t on = (1ull << LM_CAP_RETURN_PATH) | (1ull << LM_CAP_LATE_BLOCK_ACTIVATE) |
+                  (1ull << LM_CAP_SWITCHOVER_ACK);
+    assert_int_equal(lm_mig_set_capabilities(m, on, on, NULL), 0);
+    lm_mig_free(m);
+}
+
 static void test_bitmap(void **state)
 {
     uint64_t b[4] = {0};
@@ -206,7 +287,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table_matches), cmocka_unit_test(test_setter_walk),
         cmocka_unit_test(test_names),         cmocka_unit_test(test_params),
-        cmocka_unit_test(test_bitmap),
+        cmocka_unit_test(test_params_default_only), cmocka_unit_test(test_bitmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
