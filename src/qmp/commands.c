@@ -109,19 +109,6 @@ static bool get_bool(json_t *args, const char *name, bool dflt)
     return json_is_boolean(v) ? json_is_true(v) : dflt;
 }
 
-/* jansson integers are signed 64-bit; saturate instead of wrapping. */
-static json_t *ju64(uint64_t v)
-{
-    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
-
-/* json_object_set_new that tolerates a NULL value from a failed
- * allocation (the reply is then just smaller, never a crash). */
-static void put(json_t *o, const char *key, json_t *v)
-{
-    if (v)
-        json_object_set_new(o, key, v);
-}
 
 /* --------------------------------------------------------- run state */
 
@@ -485,7 +472,7 @@ static int cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err
         json_t *v = NULL;
         switch (ptab[i].type) {
         case P_U64:
-            v = ju64(*(const uint64_t *)field);
+            v = lm_qmp_ju64(*(const uint64_t *)field);
             break;
         case P_U8:
             v = json_integer(*(const uint8_t *)field);
@@ -504,7 +491,7 @@ static int cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err
             break;
         }
         }
-        put(o, lm_param_name((lm_param)i), v);
+        lm_qmp_put(o, lm_param_name((lm_param)i), v);
     }
     *ret = o;
     return 0;
@@ -540,135 +527,6 @@ static int cmd_set_downtime(lm_mig *m, json_t *args, json_t **ret, lm_error *err
 
 /* ---------------------------------------------------------- query-migrate */
 
-/* socket-address is a list of QEMU SocketAddress objects; the library
- * reports the listening address as URI text. */
-static json_t *socket_address_json(const char *text)
-{
-    lm_uri u;
-    lm_error e = {0};
-    if (lm_uri_parse(text, &u, &e) < 0)
-        return NULL;
-    json_t *a = NULL;
-    switch (u.kind) {
-    case LM_URI_TCP:
-        a = json_pack("{s:s, s:s, s:s}", "type", "inet", "host", u.host, "port", u.port);
-        break;
-    case LM_URI_UNIX:
-        a = json_pack("{s:s, s:s}", "type", "unix", "path", u.path);
-        break;
-    case LM_URI_FD: {
-        char n[16];
-        snprintf(n, sizeof n, "%d", u.fd);
-        a = json_pack("{s:s, s:s}", "type", "fd", "str", n);
-        break;
-    }
-    }
-    if (!a)
-        return NULL;
-    json_t *list = json_array();
-    if (!list || json_array_append_new(list, a) < 0) {
-        json_decref(list);
-        return NULL;
-    }
-    return list;
-}
-
-json_t *lm_qmp_info_json(const lm_info *in)
-{
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    const char *status = lm_status_name(in->status);
-    put(o, "status", json_string(status ? status : "none"));
-    bool some = in->status != LM_STATUS_NONE;
-    if (in->has_ram && some && in->status != LM_STATUS_SETUP) {
-        json_t *r = json_object();
-        if (r) {
-            put(r, "transferred", ju64(in->transferred));
-            put(r, "remaining", ju64(in->remaining));
-            put(r, "total", ju64(in->total));
-            put(r, "duplicate", ju64(in->duplicate));
-            put(r, "normal", ju64(in->normal));
-            put(r, "normal-bytes", ju64(in->normal_bytes));
-            put(r, "dirty-pages-rate", ju64(in->dirty_pages_rate));
-            put(r, "mbps", json_real(in->mbps));
-            put(r, "dirty-sync-count", ju64(in->dirty_sync_count));
-            put(r, "postcopy-requests", ju64(in->postcopy_requests));
-            put(r, "page-size", ju64(in->page_size));
-            put(r, "multifd-bytes", ju64(in->multifd_bytes));
-            put(r, "pages-per-second", ju64(in->pages_per_second));
-            put(r, "precopy-bytes", ju64(in->precopy_bytes));
-            put(r, "downtime-bytes", ju64(in->downtime_bytes));
-            put(r, "postcopy-bytes", ju64(in->postcopy_bytes));
-            put(r, "dirty-sync-missed-zero-copy", ju64(in->dirty_sync_missed_zero_copy));
-            if (in->multifd_channels) {
-                /* Ours: what each multifd channel carried. */
-                json_t *a = json_array();
-                for (unsigned i = 0; a && i < in->multifd_channels; i++) {
-                    json_t *c = json_object();
-                    if (!c)
-                        break;
-                    put(c, "id", json_integer(i));
-                    put(c, "bytes", ju64(in->multifd_chan[i].bytes));
-                    put(c, "normal", ju64(in->multifd_chan[i].normal));
-                    put(c, "zero", ju64(in->multifd_chan[i].zero));
-                    json_array_append_new(a, c);
-                }
-                put(r, "x-multifd-channels", a);
-            }
-            put(o, "ram", r);
-        }
-    }
-    if (some && in->total_time >= 0) {
-        put(o, "total-time", json_integer(in->total_time));
-        if (in->setup_time >= 0)
-            put(o, "setup-time", json_integer(in->setup_time));
-    }
-    /* Kept after completion (unlike QEMU): the prediction made at the
-     * switchover decision, to compare with "downtime". */
-    if (in->expected_downtime >= 0)
-        put(o, "expected-downtime", json_integer(in->expected_downtime));
-    if (in->downtime >= 0) {
-        put(o, "downtime", json_integer(in->downtime));
-        put(o, "x-downtime-us", ju64(in->downtime_us));
-    }
-    if (in->switch_pause_us)
-        put(o, "x-postcopy-pause-us", ju64(in->switch_pause_us));
-    if (in->error_desc[0])
-        put(o, "error-desc", json_string(in->error_desc));
-    if (in->socket_address[0])
-        put(o, "socket-address", socket_address_json(in->socket_address));
-    if (in->has_ram && some)
-        put(o, "x-bandwidth", ju64(in->bandwidth));
-    /* Destination, after a switch to postcopy: fault and request counts,
-     * and with postcopy-blocktime the remote fault latency (fault read to
-     * placement) as QEMU's log2 histogram plus percentiles. */
-    if (in->has_postcopy) {
-        json_t *pc = json_object();
-        if (pc) {
-            put(pc, "requests", ju64(in->postcopy_requests));
-            put(pc, "remote-faults", ju64(in->pc_faults));
-            put(pc, "local-faults", ju64(in->pc_local_faults));
-            put(pc, "owed-pages", ju64(in->pc_owed_pages));
-            put(pc, "x-multifd-pages", ju64(in->pc_mfd_pages));
-            put(pc, "x-blocks-minor", ju64(in->pc_minor_blocks));
-            put(pc, "x-blocks-copy", ju64(in->pc_copy_blocks));
-            if (in->has_blocktime) {
-                json_t *h = json_array();
-                for (unsigned i = 0; h && i < 24; i++)
-                    json_array_append_new(h, ju64(in->pc_lat_hist[i]));
-                put(pc, "latency-histogram-log2-us", h);
-                put(pc, "latency-count", ju64(in->pc_lat_count));
-                put(pc, "latency-p50-us", ju64(in->pc_lat_p50_us));
-                put(pc, "latency-p99-us", ju64(in->pc_lat_p99_us));
-                put(pc, "latency-max-us", ju64(in->pc_lat_max_us));
-            }
-            put(o, "x-postcopy", pc);
-        }
-    }
-    return o;
-}
-
 /* Our extension: one entry per registered device (docs/devices.md). */
 static json_t *devices_json(lm_mig *m)
 {
@@ -681,7 +539,7 @@ static json_t *devices_json(lm_mig *m)
         json_t *o = json_pack("{s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "name", d[i].name,
                               "instance", (json_int_t)d[i].instance, "version",
                               (json_int_t)d[i].version, "iterable", d[i].iterable, "pending",
-                              ju64(d[i].pending), "bytes", ju64(d[i].bytes), "ack",
+                              lm_qmp_ju64(d[i].pending), "bytes", lm_qmp_ju64(d[i].bytes), "ack",
                               lm_device_ack_state_name(d[i].ack));
         if (!o || json_array_append_new(a, o) < 0) {
             json_decref(a);
@@ -704,50 +562,6 @@ static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *er
         }
     }
     return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
-}
-
-/* ---------------------------------------------------------------- events */
-
-json_t *lm_qmp_event_json(const lm_event *ev)
-{
-    const char *name = NULL;
-    json_t *data = NULL;
-    switch (ev->type) {
-    case LM_EVENT_MIGRATION: {
-        const char *s = lm_status_name(ev->status);
-        name = "MIGRATION";
-        data = json_pack("{s:s}", "status", s ? s : "none");
-        break;
-    }
-    case LM_EVENT_MIGRATION_PASS:
-        name = "MIGRATION_PASS";
-        data = json_pack("{s:o}", "pass", ju64(ev->pass));
-        break;
-    case LM_EVENT_STOP:
-        name = "STOP";
-        break;
-    case LM_EVENT_RESUME:
-        name = "RESUME";
-        break;
-    case LM_EVENT_SWITCHOVER_ACK:
-        /* Ours (QEMU has no such event): x- prefixed like our commands. */
-        name = "X_MIGRATION_SWITCHOVER_ACK";
-        break;
-    }
-    if (!name)
-        return NULL;
-    json_t *o = json_object();
-    if (!o) {
-        json_decref(data);
-        return NULL;
-    }
-    put(o, "event", json_string(name));
-    if (data)
-        put(o, "data", data);
-    put(o, "timestamp",
-        json_pack("{s:I, s:I}", "seconds", (json_int_t)ev->ts_sec, "microseconds",
-                  (json_int_t)ev->ts_usec));
-    return o;
 }
 
 /* ----------------------------------------------------------------- table */

@@ -22,6 +22,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* jansson integers are signed 64-bit; saturate instead of wrapping. */
+static inline json_t *lm_qmp_ju64(uint64_t v)
+{
+    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+/* json_object_set_new that tolerates a NULL value from a failed
+ * allocation (the reply is then just smaller, never a crash). */
+static inline void lm_qmp_put(json_t *o, const char *key, json_t *v)
+{
+    if (v)
+        json_object_set_new(o, key, v);
+}
+
 /* QEMU's json-streamer limit on nesting. */
 #define LM_QMP_MAX_DEPTH 1024
 /* Largest request the server accepts (one JSON value). */
