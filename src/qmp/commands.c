@@ -12,7 +12,6 @@
  */
 #include "qmp/qmp_internal.h"
 
-#include "chan/chan.h"
 
 #include <errno.h>
 #include <stddef.h>
