@@ -411,6 +411,18 @@ static void *incoming_thread_fn(void *arg)
     }
     ret = lm_incoming_load(in, &err);
     lm_loadvm_cleanup(&in->lv); /* before the guest runs, as QEMU does */
+    if (ret == 0) {
+        /* Loaded: commit, unless a cancel came first.  From here cancel is
+         * a no-op (the guest is about to run here; the source waits for our
+         * word), so the states stay in the table: cancelling only ever
+         * leads to cancelled. */
+        pthread_mutex_lock(&m->lock);
+        if (m->cancel_requested)
+            ret = lm_error_set(&err, -ECANCELED, "incoming migration cancelled");
+        else
+            m->eos_sent = true;
+        pthread_mutex_unlock(&m->lock);
+    }
     if (ret < 0)
         goto out;
     if (in->running) {
@@ -511,6 +523,7 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     m->role = LM_ROLE_DEST;
     m->ram_frozen = true;
     m->cancel_requested = false;
+    m->eos_sent = false;
     m->listen_fd = lfd;
     snprintf(m->socket_address, sizeof m->socket_address, "%s", actual);
     ret = -pthread_create(&m->thread, NULL, incoming_thread_fn, in);

@@ -332,9 +332,12 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
         pthread_mutex_unlock(&m->lock);
         return ret;
     }
-    if (!lm_status_is_active(s) || s == LM_STATUS_CANCELLING) {
+    if (!lm_status_is_active(s) || s == LM_STATUS_CANCELLING ||
+        (m->role == LM_ROLE_DEST && m->eos_sent)) {
+        /* Nothing to cancel (a no-op, like QEMU), or a destination that
+         * loaded everything and commits (incoming.c). */
         pthread_mutex_unlock(&m->lock);
-        return 0; /* nothing to cancel: a no-op, like QEMU */
+        return 0;
     }
     /* Once the end of stream went out the destination may already run the
      * guest.  Cancelling then cannot safely resume the source: the channel

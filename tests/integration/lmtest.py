@@ -694,6 +694,20 @@ class SilentListener:
         self._t.join(2)
 
 
+def time_scale():
+    """Factor for the few latency bounds tests assert (e.g. "cancel answers
+    within 1 s"): LMTEST_TIME_SCALE when set, else 5 when LIVEMIG is a
+    sanitizer build (a path under build-asan/ or build-tsan/), else 1."""
+    env = os.environ.get("LMTEST_TIME_SCALE")
+    if env:
+        try:
+            return max(1.0, float(env))
+        except ValueError:
+            pass
+    parts = LIVEMIG.split(os.sep)
+    return 5.0 if any(p.startswith(("build-asan", "build-tsan")) for p in parts) else 1.0
+
+
 def refused_port():
     """A loopback port nobody listens on (bound, then closed)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -1,14 +1,19 @@
 """migrate_cancel in every state a test can reach (digest §11.2,
-/migration/cancel/src/after/<status>): setup, active, pre-switchover.
+/migration/cancel/src/after/<status>): setup (destination silent, or the
+connect itself hanging), active, pre-switchover.
 After each: the source is cancelled and keeps running, the MIGRATION events
 say cancelling then cancelled, and a new migration to a fresh destination
 completes with verified memory.  Also migrate-continue in pre-switchover."""
 
+import os
+import select
+import signal
+import socket
 import time
 
-from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate,
-                    set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
-                    wait_until)
+from lmtest import (Runner, TestFailure, check, check_eq, check_writes_increase, log, migrate,
+                    set_caps, set_params, stop_and_verify, time_scale, wait_runstate,
+                    wait_status, wait_until)
 
 R = Runner("cancel", per_test=45, budget=200)
 
@@ -69,6 +74,119 @@ def cancel_setup(t):
     cancel_and_check(src, "setup")
     silent.close()
     migrate_again(t, src)
+
+
+class FullListener:
+    """A listener on 127.0.0.1:<ephemeral> whose accept queue is full:
+    backlog 0, one connection queued and never accepted, one more left
+    hanging; the kernel drops every further SYN, so a connect() to it
+    neither completes nor fails (until the caller's own timeout).  The
+    constructor checks that this really happens on this kernel."""
+
+    def __init__(self):
+        self.socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socks.append(self.lsock)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(0)
+        self.port = self.lsock.getsockname()[1]
+        self.uri = "tcp:127.0.0.1:%d" % self.port
+        for _ in range(16):
+            c = self._connect()
+            if not self._connected(c, 0.3):
+                break
+        else:
+            raise TestFailure("port %d still accepts connections after 16" % self.port)
+        probe = self._connect()
+        hangs = not self._connected(probe, 1.0)
+        probe.close()
+        check(hangs, "a connect to the full listener completed: connect does not hang on this "
+              "kernel")
+
+    def _connect(self):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socks.append(c)
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", self.port))
+        return c
+
+    @staticmethod
+    def _connected(c, timeout):
+        _, w, _ = select.select([], [c], [], timeout)
+        return bool(w)
+
+    def close(self):
+        for c in self.socks:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def syn_sent(pid, port):
+    """True when process pid has a TCP socket still connecting (SYN_SENT) to
+    127.0.0.1:port."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    for table in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
+        try:
+            with open(table) as f:
+                rows = [ln.split() for ln in f.readlines()[1:]]
+        except OSError:
+            continue
+        for r in rows:
+            if (int(r[2].rsplit(":", 1)[1], 16) == port and r[3] == "02" and
+                    r[9] in inodes):
+                return True
+    return False
+
+
+@R.test("cancel in setup while connect() hangs (full accept queue) is done within 1 s")
+def cancel_connecting(t):
+    # The source's migration thread is in connect(): the destination's
+    # accept queue is full, its SYNs are dropped, and the connect would
+    # only end at the source's own connect timeout (10 s).  Cancel must
+    # interrupt it: QMP's migrate_cancel is the management layer's way out
+    # of a destination that does not answer.
+    bound = 1.0 * time_scale()
+    src = t.guest("src", **SRC)
+    set_caps(src, {"events": True})
+    full = FullListener()
+    t.closers.append(full.close)
+    migrate(src, None, full.uri)
+    # Barrier: the source's connect is in progress (a SYN_SENT socket of
+    # its own to that port), and the migration is in setup.
+    wait_until(lambda: syn_sent(src.pid, full.port), 10,
+               "the source connecting to port %d (SYN_SENT)" % full.port, poll=0.02)
+    check_eq(src.query_migrate().get("status"), "setup", "source status before cancel")
+    t0 = time.monotonic()
+    src.qmp.execute("migrate_cancel", timeout=bound)
+    st = None
+    while True:
+        st = src.query_migrate().get("status")
+        took = time.monotonic() - t0
+        if st == "cancelled" or took > bound:
+            break
+        check(st in ("setup", "cancelling"), "status %s after cancel", st)
+        time.sleep(0.01)
+    log("cancel while connecting: %s after %.3f s" % (st, took))
+    if st != "cancelled":
+        src.kill(signal.SIGKILL)  # its migration thread sits in connect() for seconds
+        raise TestFailure("source still '%s' %.2f s after migrate_cancel while connecting "
+                          "(want 'cancelled' within %.1f s)" % (st, took, bound))
+    check(not syn_sent(src.pid, full.port), "the source still connects after the cancel")
+    wait_runstate(src, "running", 5)
+    check_writes_increase(src)
+    sts = src.qmp.migration_statuses()
+    check(sts[-2:] == ["cancelling", "cancelled"], "MIGRATION events %s do not end in "
+          "cancelling, cancelled", sts)
+    stop_and_verify(src)
 
 
 @R.test("cancel in active (throttled)")

@@ -3,19 +3,24 @@
 path (with and without the preempt channel), atomic placement, completion
 only once nothing is owed, the guest verified on the destination, the
 workload progressing there during postcopy, and both sides pausing when the
-connection is cut.  Scenarios are data; nothing asserts on timing."""
+connection is cut.  Scenarios are data; nothing asserts on timing but the
+one bound of the control plane (query-migrate answers within 1 s while a
+channel is stalled), whose interleaving is forced with lmptrace."""
 
+import fcntl
 import os
 import re
 import signal
 import socket
 import struct
+import termios
 import threading
 import time
 
-from lmtest import (Runner, TestFailure, check, check_eq, dest_uri, log, migrate, run_cli,
-                    set_caps,
-                    set_params, stop_and_verify, wait_runstate, wait_status, wait_until)
+import lmptrace
+from lmtest import (QMPTimeout, Runner, TestFailure, check, check_eq, dest_uri, log, migrate,
+                    run_cli, set_caps, set_params, stop_and_verify, time_scale, wait_runstate,
+                    wait_status, wait_until)
 
 R = Runner("postcopy", per_test=60, budget=360)
 
@@ -427,10 +432,17 @@ class FakeDest:
     RAM record on the preempt channel (pre_pages), answers PINGs, answers
     RP_SHUT once the main channel's EOS (and the preempt channel's EOS)
     came, and lets the test send return-path records on either channel.
+    With read_preempt=False the preempt channel is not read until
+    resume_preempt() (a destination that stopped taking requested pages);
+    pause_preempt() stops reading it again at the next record boundary.
     Bounded: every socket operation times out; the first failure of any of
     its threads is kept in error."""
 
-    def __init__(self, preempt=False):
+    def __init__(self, preempt=False, read_preempt=True):
+        self.preempt_go = threading.Event()  # the preempt reader may read
+        if read_preempt:
+            self.preempt_go.set()
+        self.closed = False
         self.features = FEAT_POSTCOPY | (FEAT_PREEMPT if preempt else 0)
         self.want_roles = (ROLE_MAIN, ROLE_PREEMPT) if preempt else (ROLE_MAIN,)
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -552,6 +564,9 @@ class FakeDest:
         requested pages, then EOS (format.md §5.1.1)."""
         try:
             while True:
+                while not self.preempt_go.wait(0.2):
+                    if self.closed:
+                        return
                 typ, _, _, n = REC.unpack(recv_exact(sock, 8))
                 if typ == T_RAM_PAGES:
                     blk, cnt, first = struct.unpack("<IIQ", recv_exact(sock, 16))
@@ -570,7 +585,14 @@ class FakeDest:
         except BaseException as e:
             self._fail(e)
 
+    def pause_preempt(self):
+        self.preempt_go.clear()
+
+    def resume_preempt(self):
+        self.preempt_go.set()
+
     def close(self):
+        self.closed = True
         for s in self.conns + [self.lsock]:
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -582,16 +604,16 @@ class FakeDest:
                 pass
 
 
-def fake_switched(t, seed, preempt):
+def fake_switched(t, seed, preempt, mem="32M", read_preempt=True):
     """A source guest (postcopy-ram, with or without postcopy-preempt)
     migrating to a FakeDest, switched to postcopy with a slow background
     push; returns (src, fd) once the fake saw POSTCOPY_RUN and its PING
     and checked that discards came before."""
-    src = t.guest("src", mem="32M", workload="idle", fill="random", seed=seed)
+    src = t.guest("src", mem=mem, workload="idle", fill="random", seed=seed)
     set_caps(src, {"events": True, "postcopy-ram": True, "postcopy-preempt": preempt})
     set_params(src, {"max-bandwidth": 4 * 1000 * 1000, "downtime-limit": 1,
                      "max-postcopy-bandwidth": 1000 * 1000})
-    fd = FakeDest(preempt=preempt)
+    fd = FakeDest(preempt=preempt, read_preempt=read_preempt)
     t.closers.append(fd.close)
     src.qmp.execute("migrate", {"uri": fd.uri})
     wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 1 << 20,
@@ -632,12 +654,13 @@ def t_dup_request(t):
     check_eq(set(got), owed, "pages sent after the switch vs owed pages")
 
 
-def preempt_fake_in_postcopy(t, seed):
+def preempt_fake_in_postcopy(t, seed, **kw):
     """A source guest with postcopy-ram + postcopy-preempt migrating to a
     FakeDest with the preempt channel, switched to postcopy with a slow
     background push; returns (src, fd) once the source is postcopy-active
-    (the fake answered the PING after POSTCOPY_RUN)."""
-    src, fd = fake_switched(t, seed, preempt=True)
+    (the fake answered the PING after POSTCOPY_RUN).  kw: fake_switched's
+    mem and read_preempt."""
+    src, fd = fake_switched(t, seed, preempt=True, **kw)
     check_eq(sorted(fd.hellos), [ROLE_MAIN, ROLE_PREEMPT], "channels opened (HELLO roles)")
     check_eq(fd.pre_pages, [], "pages on the preempt channel before any request")
     wait_status(src, "postcopy-active", 10, fail_on=("failed", "cancelled", "completed",
@@ -706,6 +729,163 @@ def t_preempt_bad_record(t):
     wait_until(lambda: fd.error is not None or None, 10, "the source closing the main channel")
     check(isinstance(fd.error, ConnectionError) or "peer closed" in str(fd.error),
           "fake destination: %s", fd.error)
+
+
+def unread_bytes(sock):
+    """Bytes waiting in a socket's receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+WRITES = (lmptrace.SYS_SENDMSG, lmptrace.SYS_SENDTO, lmptrace.SYS_WRITE, lmptrace.SYS_WRITEV)
+
+
+def hold_before_rate_wait(tr, main_fd, timeout):
+    """Runs the source's migration thread (traced) to a PING flush on the
+    main channel after which it waits for its rate window, and leaves it
+    stopped there: past the request queue (its last ram_lock), before the
+    wait (m->lock), holding neither.  With a window budget smaller than a
+    page the windows alternate: one sends a background page after its PING,
+    the next only waits; so the PING after a window that sent a page is
+    the one (a wrong guess only makes that round prove less).  Without that
+    pattern it holds at the third PING; returns False (thread running) when
+    it saw no PING at all."""
+    deadline = time.monotonic() + timeout
+    page_since_ping, pings = False, 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            sc = tr.next_entry(left)
+        except TimeoutError:
+            return False
+        if sc.nr not in WRITES or sc.fd != main_fd or sc.length is None:
+            continue
+        if sc.length >= 4096:
+            page_since_ping = True
+            continue
+        pings += 1
+        if page_since_ping or pings >= 3:
+            return True
+        page_since_ping = False
+
+
+@R.test("a destination that stops reading the preempt channel does not block query-migrate "
+        "on the source", timeout=150)
+def t_preempt_stalled_query(t):
+    # The return path serves requests by writing pages on the preempt
+    # channel; a destination that asks for many pages and never reads them
+    # leaves that writer blocked in the socket.  The control plane must not
+    # wait for it (DESIGN §3: "every command answers at once, even while a
+    # channel hangs").  A max-postcopy-bandwidth below a page per window
+    # keeps the migration thread waiting for its window most of the time.
+    #
+    # The interleaving is forced, round after round: the migration thread
+    # is held (ptrace) right after it flushed a PING, between its request
+    # queue and its wait for the rate window; while it is held the fake
+    # asks for 16 MiB of pages on the preempt channel and reads none, until
+    # the return path is stuck writing them (holding whatever it holds);
+    # then the migration thread is let go and query-migrate must answer
+    # within the bound, every time.  Between rounds the fake reads the
+    # preempt channel again so that the source catches up.
+    bound = 1.0 * time_scale()
+    rounds = 6
+    batch = 4096  # pages per round: 16 MiB, more than both ends' buffers
+    src, fd = preempt_fake_in_postcopy(t, seed=9, mem="256M", read_preempt=False)
+    pre = fd.socks[ROLE_PREEMPT]
+    # A fixed receive buffer here (no autotuning): what fills the channel
+    # stays the same from round to round.
+    pre.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    set_params(src, {"max-postcopy-bandwidth": 10000})
+    q = src.client()
+    hung = []
+
+    def query(what):
+        t0 = time.monotonic()
+        try:
+            info = q.execute("query-migrate", timeout=bound)
+        except QMPTimeout:
+            hung.append(what)
+            raise TestFailure("query-migrate on the source did not answer within %.1f s (%s): "
+                              "the control plane waits for the stalled preempt channel" %
+                              (bound, what))
+        took = time.monotonic() - t0
+        check(took <= bound, "query-migrate took %.2f s (%s), want <= %.1f s", took, what,
+              bound)
+        check_eq(info.get("status"), "postcopy-active", "source status (%s)" % what)
+        return info
+
+    def served():
+        return query("counting requests").get("ram", {}).get("postcopy-requests", 0)
+
+    # Distinct owed pages, the far end of each block first (the slow
+    # background push starts at the front).
+    owed = sorted(((b, p) for b, f, c in fd.discard for p in range(f, f + c)),
+                  key=lambda bp: (-bp[1], bp[0]))
+    check(len(owed) >= rounds * batch, "only %d owed pages", len(owed))
+    main = fd.socks[ROLE_MAIN]
+    main_fd = lmptrace.socket_fd(src.pid, main.getpeername()[1], main.getsockname()[1])
+    migs = lmptrace.thread_ids(src.pid, "lm-migration")
+    preqs = lmptrace.thread_ids(src.pid, "lm-rp-preempt")
+    hold = lmptrace.supported()
+    if hold:
+        check(main_fd is not None and len(migs) == 1, "cannot find the source's main channel "
+              "(fd %r) or its one migration thread 'lm-migration' (%r)", main_fd, migs)
+    else:
+        log("ptrace holds need x86_64: the rounds are not forced here")
+    asked = served()
+    try:
+        for rnd in range(rounds):
+            pages = owed[rnd * batch:(rnd + 1) * batch]
+            reqs = b"".join(rec(T_RP_REQ_PAGES, struct.pack("<IIQ", b, 1, p))
+                            for b, p in pages)
+            tr = lmptrace.ThreadTracer(src.pid, migs[0]) if hold else None
+            try:
+                if tr and not hold_before_rate_wait(tr, main_fd, 10):
+                    log("round %d: no PING from the migration thread, not forced" % (rnd + 1))
+                    tr.close()
+                fd.send(reqs, ROLE_PREEMPT)
+                asked += len(pages)
+                # Barrier: the return path is stuck writing requested pages
+                # (what waits unread here and the requests served stay the
+                # same, fewer than asked, and it sits in a write).
+                last, still = None, 0
+                deadline = time.monotonic() + 30
+                while still < 4:
+                    check(time.monotonic() < deadline, "round %d: the preempt channel never "
+                          "filled up (%r)", rnd + 1, last)
+                    now = (unread_bytes(pre), served())
+                    writing = all(lmptrace.thread_syscall(src.pid, tid) in WRITES
+                                  for tid in preqs)
+                    still = still + 1 if now == last and now[1] < asked and writing else 0
+                    last = now
+                    time.sleep(0.1)
+                fd.check_ok("round %d, preempt channel full" % (rnd + 1))
+            finally:
+                if tr:
+                    tr.close()  # the migration thread goes on to its wait
+            for i in range(5):
+                query("round %d, preempt channel full, query %d" % (rnd + 1, i + 1))
+                time.sleep(0.2)
+            log("round %d: %d bytes unread here, %d of %d requests served; queries answered" %
+                (rnd + 1, last[0], last[1], asked))
+            # Let the source catch up before the next round.
+            fd.resume_preempt()
+            wait_until(lambda: served() == asked, 60, "round %d: every request served" %
+                       (rnd + 1), poll=0.1)
+            fd.pause_preempt()
+        # The control plane never waited: the migration completes too.
+        fd.resume_preempt()
+        set_params(src, {"max-postcopy-bandwidth": 0})
+        check(fd.eos.wait(60), "no EOS on the main channel")
+        check(fd.pre_eos.wait(10), "no EOS on the preempt channel")
+        fd.check_ok("at the end")
+        wait_status(src, "completed", 20, fail_on=("failed", "postcopy-paused"))
+        got = set(pages_of(fd.after_run) + pages_of(fd.pre_pages))
+        check_eq(got, set(owed), "pages sent after the switch vs owed pages")
+    finally:
+        if hung:
+            src.kill(signal.SIGKILL)  # its QMP is wedged: do not wait for quit
 
 
 def fake_source(uri, blocks, records):

@@ -3,12 +3,14 @@
  * source and a destination lm_mig over a real unix socket, a writer thread
  * dirtying source memory through real userfaultfd write-protect, and a
  * byte-for-byte comparison of both memories after the switchover.  Also
- * cancel, a destination with the wrong RAM layout, a stopped source, and
+ * cancel, a destination with the wrong RAM layout, a stopped source,
  * postcopy (with and without the preempt channel) with a destination
- * "vCPU" that reads random pages while they are still at the source.
+ * "vCPU" that reads random pages while they are still at the source, and
+ * cancel / lm_mig_free racing the completion of a multifd migration.
  *
  * Threads: the test thread, one writer ("vCPU") thread per source, one
- * reader thread per postcopy destination, and the library's own threads.
+ * reader thread per postcopy destination, the "actors" of the completion
+ * races, and the library's own threads.
  * Writer and reader park on `pause` under `mu`.
  */
 #include <setjmp.h>
@@ -19,6 +21,7 @@
 
 #include "core/internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -433,6 +436,283 @@ static void test_postcopy_preempt(void **state)
     postcopy_run(true);
 }
 
+/* ------------------------------------------- cancel / free racing completion
+ *
+ * finish() on either side frees the multifd channels before it removes
+ * them from m->aux_chans, while migrate_cancel and lm_mig_free shut down
+ * every channel of m->aux_chans under m->lock: one that runs between the
+ * two touches freed channels (ASan: heap-use-after-free in
+ * lm_chan_shutdown).  The moment is forced, not waited for:
+ *  - the destination's start hook (its load succeeded, its confirmation
+ *    RP_SHUT goes out when the hook returns) is the barrier: it holds the
+ *    destination until the actors are in place;
+ *  - the actors act as soon as the source reaches a point of its
+ *    completion (its end of stream is out, or the confirmation came), and the
+ *    source-side cancels are repeated back to back by two threads until
+ *    the source is final, so they cover all of its finish().  After the end
+ *    of stream a cancel changes no state (it only shuts the channels down),
+ *    so every one of them walks m->aux_chans.
+ * The window itself is microseconds wide, so the rounds repeat, each with
+ * a small guest.
+ */
+
+enum race_action {
+    RACE_CANCEL_SRC_AFTER_SHUT, /* cancels on the source once the confirmation came */
+    RACE_CANCEL_SRC_AFTER_EOS,  /* ... once its end of stream is out (a failed finish) */
+    RACE_FREE_SRC_AFTER_SHUT,   /* lm_mig_free(source) once the confirmation came */
+    RACE_CANCEL_DST_AT_START,   /* cancel on the destination after its load succeeded */
+    RACE_FREE_DST_AT_START,     /* lm_mig_free(destination) from then on */
+};
+
+#define RACE_ACTORS 2
+
+typedef struct race {
+    host src, dst;
+    lm_mig *ms, *md;
+    enum race_action action;
+    unsigned nactors;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool dst_started; /* the destination's start hook runs */
+    unsigned ready;   /* actors watching the source */
+    bool acted;       /* the first action returned */
+    pthread_t actor[RACE_ACTORS];
+} race;
+
+typedef struct actor_arg {
+    race *r;
+    unsigned idx;
+} actor_arg;
+
+static race *cur_race;
+
+static bool final_status(lm_status s)
+{
+    return s == LM_STATUS_COMPLETED || s == LM_STATUS_FAILED || s == LM_STATUS_CANCELLED;
+}
+
+static lm_status status_of(lm_mig *m)
+{
+    pthread_mutex_lock(&m->lock);
+    lm_status s = m->status;
+    pthread_mutex_unlock(&m->lock);
+    return s;
+}
+
+static struct timespec deadline_in(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
+/* Waits (bounded) on r->cv until *flag, or *count reaches want. */
+static void race_wait(race *r, const bool *flag, const unsigned *count, unsigned want)
+{
+    struct timespec ts = deadline_in(10000);
+    int rc = 0;
+    pthread_mutex_lock(&r->mu);
+    while (!(flag ? *flag : *count >= want) && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void race_set(race *r, bool *flag, unsigned *count)
+{
+    pthread_mutex_lock(&r->mu);
+    if (flag)
+        *flag = true;
+    else
+        (*count)++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits (bounded) until the source's end of stream is out (eos_sent) or
+ * the destination's verdict came (shut_received: its migration thread is
+ * about to run finish()).  Neither is signalled, so it looks every 20 µs;
+ * sleeping in between (rather than spinning) keeps the actor first in line
+ * for a CPU when the moment comes. */
+static bool wait_source(lm_mig *m, bool shut)
+{
+    uint64_t end = lm_now_ns() + 20000000000ull;
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        bool ok = shut ? m->shut_received : m->eos_sent;
+        bool over = final_status(m->status);
+        pthread_mutex_unlock(&m->lock);
+        if (ok || over || lm_now_ns() > end)
+            return ok;
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The destination's start hook: the barrier, see above. */
+static void race_dst_start(void *o)
+{
+    host_start(o);
+    race *r = cur_race;
+    race_set(r, &r->dst_started, NULL);
+    switch (r->action) {
+    case RACE_CANCEL_SRC_AFTER_SHUT:
+    case RACE_FREE_SRC_AFTER_SHUT:
+        race_wait(r, NULL, &r->ready, r->nactors); /* they watch for the confirmation */
+        break;
+    case RACE_CANCEL_SRC_AFTER_EOS:
+    case RACE_CANCEL_DST_AT_START:
+        race_wait(r, &r->acted, NULL, 0); /* the cancel came before the confirmation */
+        break;
+    case RACE_FREE_DST_AT_START:
+        break; /* lm_mig_free joins this thread: do not wait for it */
+    }
+}
+
+static const lm_host_ops race_dst_ops = {.stop = host_stop, .start = race_dst_start};
+
+static void *race_actor(void *arg)
+{
+    race *r = ((actor_arg *)arg)->r;
+    unsigned idx = ((actor_arg *)arg)->idx;
+    switch (r->action) {
+    case RACE_CANCEL_SRC_AFTER_SHUT:
+    case RACE_FREE_SRC_AFTER_SHUT:
+        race_wait(r, &r->dst_started, NULL, 0);
+        race_set(r, NULL, &r->ready);
+        wait_source(r->ms, true);
+        break;
+    case RACE_CANCEL_SRC_AFTER_EOS:
+        race_wait(r, &r->dst_started, NULL, 0);
+        wait_source(r->ms, false);
+        break;
+    case RACE_CANCEL_DST_AT_START:
+    case RACE_FREE_DST_AT_START:
+        race_wait(r, &r->dst_started, NULL, 0);
+        break;
+    }
+    bool spin = false;
+    switch (r->action) {
+    case RACE_CANCEL_SRC_AFTER_SHUT:
+    case RACE_CANCEL_SRC_AFTER_EOS:
+        lm_mig_cancel(r->ms, NULL);
+        spin = true;
+        break;
+    case RACE_FREE_SRC_AFTER_SHUT:
+        lm_mig_free(r->ms);
+        break;
+    case RACE_CANCEL_DST_AT_START:
+        lm_mig_cancel(r->md, NULL);
+        break;
+    case RACE_FREE_DST_AT_START:
+        lm_mig_free(r->md);
+        break;
+    }
+    if (idx == 0)
+        race_set(r, &r->acted, NULL);
+    /* Back to back until the source is final (bounded): each cancel walks
+     * m->aux_chans under m->lock. */
+    uint64_t end = lm_now_ns() + 10000000000ull;
+    while (spin && !final_status(status_of(r->ms)) && lm_now_ns() < end)
+        lm_mig_cancel(r->ms, NULL);
+    return NULL;
+}
+
+static void race_round(enum race_action action, int round)
+{
+    race *r = calloc(1, sizeof *r);
+    actor_arg args[RACE_ACTORS];
+    assert_non_null(r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    r->action = action;
+    r->nactors = action == RACE_CANCEL_SRC_AFTER_SHUT || action == RACE_CANCEL_SRC_AFTER_EOS
+                     ? RACE_ACTORS
+                     : 1;
+    cur_race = r;
+    host_init(&r->src, true, 2 * MB, 1 * MB);
+    host_init(&r->dst, false, 2 * MB, 1 * MB);
+    lm_error err = {0};
+    r->ms = mig_for(&r->src, LM_RUN_RUNNING);
+    assert_int_equal(lm_mig_new(&race_dst_ops, &r->dst, LM_RUN_INMIGRATE, &r->md, &err), 0);
+    assert_int_equal(lm_ram_add(r->md, "ram0", r->dst.mem[0], r->dst.len[0], 4096, &err), 0);
+    assert_int_equal(lm_ram_add(r->md, "ram1", r->dst.mem[1], r->dst.len[1], 4096, &err), 0);
+    uint64_t c = (1ull << LM_CAP_MULTIFD) | (1ull << LM_CAP_EVENTS);
+    assert_int_equal(lm_mig_set_capabilities(r->ms, c, c, &err), 0);
+    assert_int_equal(lm_mig_set_capabilities(r->md, c, c, &err), 0);
+    lm_params p;
+    lm_params_default(&p);
+    p.max_bandwidth = 0;
+    p.multifd_channels = 2;
+    uint64_t which = (1ull << LM_PARAM_MAX_BANDWIDTH) | (1ull << LM_PARAM_MULTIFD_CHANNELS);
+    assert_int_equal(lm_mig_set_params(r->ms, &p, which, &err), 0);
+    assert_int_equal(lm_mig_set_params(r->md, &p, 1ull << LM_PARAM_MULTIFD_CHANNELS, &err), 0);
+    for (unsigned i = 0; i < r->nactors; i++) {
+        args[i] = (actor_arg){.r = r, .idx = i};
+        assert_int_equal(pthread_create(&r->actor[i], NULL, race_actor, &args[i]), 0);
+    }
+    assert_int_equal(lm_mig_incoming(r->md, sock, &err), 0);
+    assert_int_equal(lm_mig_start(r->ms, sock, false, &err), 0);
+    for (unsigned i = 0; i < r->nactors; i++)
+        assert_int_equal(pthread_join(r->actor[i], NULL), 0);
+    bool freed_src = action == RACE_FREE_SRC_AFTER_SHUT;
+    bool freed_dst = action == RACE_FREE_DST_AT_START;
+    lm_status ss = freed_src ? LM_STATUS_COMPLETED : wait_final(r->ms, 20000);
+    lm_status ds = freed_dst ? LM_STATUS_COMPLETED : wait_final(r->md, 20000);
+    if (!final_status(ss) || !final_status(ds))
+        fail_msg("round %d, action %d: source '%s', destination '%s': not a final state", round,
+                 (int)action, lm_status_name(ss), lm_status_name(ds));
+    /* A destination that completed holds the source's memory (the source
+     * has no writer: it did not change since). */
+    if (!freed_dst && ds == LM_STATUS_COMPLETED) {
+        assert_memory_equal(r->src.mem[0], r->dst.mem[0], r->src.len[0]);
+        assert_memory_equal(r->src.mem[1], r->dst.mem[1], r->src.len[1]);
+    }
+    if (!freed_src)
+        lm_mig_free(r->ms);
+    if (!freed_dst)
+        lm_mig_free(r->md);
+    cur_race = NULL;
+    host_fini(&r->src);
+    host_fini(&r->dst);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+#define RACE_ROUNDS 40
+
+/* The source: cancels from the moment the destination confirmed (finish
+ * of a completed migration) or from its end of stream on (finish of a
+ * failed one), and lm_mig_free once confirmed, in turn. */
+static void test_cancel_races_completion_multifd(void **state)
+{
+    static const enum race_action actions[] = {RACE_CANCEL_SRC_AFTER_SHUT,
+                                               RACE_CANCEL_SRC_AFTER_EOS, RACE_FREE_SRC_AFTER_SHUT};
+    for (int i = 0; i < RACE_ROUNDS; i++)
+        race_round(actions[i % 3], i);
+}
+
+/* The destination: migrate_cancel, or lm_mig_free, once its load
+ * succeeded and before it is final (from its start hook on).  Both
+ * objects must still end in a final state.  (Only one cancel walks the
+ * destination's channels, the first one moves it to cancelling, so these
+ * rounds cannot cover its finish() the way the source's do.) */
+static void test_dst_cancel_races_completion_multifd(void **state)
+{
+    for (int i = 0; i < RACE_ROUNDS / 2; i++)
+        race_round(i % 2 ? RACE_FREE_DST_AT_START : RACE_CANCEL_DST_AT_START, i);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -443,6 +723,8 @@ int main(void)
         cmocka_unit_test(test_stopped_source),
         cmocka_unit_test(test_postcopy),
         cmocka_unit_test(test_postcopy_preempt),
+        cmocka_unit_test(test_cancel_races_completion_multifd),
+        cmocka_unit_test(test_dst_cancel_races_completion_multifd),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

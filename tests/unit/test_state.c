@@ -1,6 +1,7 @@
 /*
  * test_state.c - walks the migration state table, the single setter and
- * the capability/parameter tables (names, defaults, validation).
+ * the capability/parameter tables (names, defaults, validation), and checks
+ * that a slow listener still gets every MIGRATION event, in order.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,9 +11,12 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include <errno.h>
-
 #include "core/internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
 
 static void nop(void *o)
 {
@@ -118,6 +122,153 @@ static void test_setter_walk(void **state)
     assert_false(lm_state_set(m, LM_STATUS__MAX, LM_STATUS_COMPLETED));
     m->status = LM_STATUS_NONE;
     lm_mig_free(m);
+}
+
+/* MIGRATION events are queued under m->lock in the order of the changes
+ * and delivered one at a time by whoever emits next (mig.c).  A listener
+ * that is slow (here: blocked until released) must still get every
+ * change, in order, however many pile up meanwhile.  The pile-up is forced
+ * by states, not by timing: the listener blocks in its first event; then
+ * one thread per change makes its transition with the one setter (each is
+ * started once the previous change shows in m->status, and then waits in
+ * the delivery behind the listener), and the listener is released only
+ * once the last change is made. */
+
+#define PILEUP 40 /* changes queued behind the blocked listener */
+
+typedef struct pileup {
+    lm_mig *m;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool blocked; /* the listener is in its first event */
+    bool release;
+    lm_status got[PILEUP + 8];
+    int ngot;
+} pileup;
+
+static pileup pu;
+
+static void pileup_listener(void *o, const lm_event *ev)
+{
+    if (ev->type != LM_EVENT_MIGRATION)
+        return;
+    pthread_mutex_lock(&pu.mu);
+    if (pu.ngot < (int)(sizeof pu.got / sizeof pu.got[0]))
+        pu.got[pu.ngot] = ev->status;
+    pu.ngot++;
+    if (pu.ngot == 1) {
+        pu.blocked = true;
+        pthread_cond_broadcast(&pu.cv);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 20;
+        int rc = 0;
+        while (!pu.release && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&pu.cv, &pu.mu, &ts);
+    }
+    pthread_mutex_unlock(&pu.mu);
+}
+
+/* setup -> active -> device -> completed -> setup ... */
+static lm_status pileup_next(lm_status s)
+{
+    switch (s) {
+    case LM_STATUS_SETUP:
+        return LM_STATUS_ACTIVE;
+    case LM_STATUS_ACTIVE:
+        return LM_STATUS_DEVICE;
+    case LM_STATUS_DEVICE:
+        return LM_STATUS_COMPLETED;
+    default:
+        return LM_STATUS_SETUP;
+    }
+}
+
+static lm_status pileup_status(int k) /* status after change k (0: none -> setup) */
+{
+    lm_status s = LM_STATUS_SETUP;
+    for (int i = 0; i < k; i++)
+        s = pileup_next(s);
+    return s;
+}
+
+static bool wait_status_is(lm_mig *m, lm_status want, int ms)
+{
+    for (int i = 0; i < ms; i++) {
+        pthread_mutex_lock(&m->lock);
+        bool ok = m->status == want;
+        pthread_mutex_unlock(&m->lock);
+        if (ok)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+static void *pileup_first(void *arg)
+{
+    /* none -> setup: delivered at once, and the listener blocks in it. */
+    lm_state_set(pu.m, LM_STATUS_NONE, LM_STATUS_SETUP);
+    return NULL;
+}
+
+static void *pileup_setter(void *arg)
+{
+    int k = (int)(intptr_t)arg; /* change k: pileup_status(k-1) -> pileup_status(k) */
+    lm_state_set(pu.m, pileup_status(k - 1), pileup_status(k));
+    return NULL;
+}
+
+static void test_events_pileup_none_lost(void **state)
+{
+    memset(&pu, 0, sizeof pu);
+    pthread_mutex_init(&pu.mu, NULL);
+    pthread_cond_init(&pu.cv, NULL);
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &pu.m, NULL), 0);
+    assert_int_equal(lm_mig_add_listener(pu.m, pileup_listener, NULL, NULL), 0);
+    assert_int_equal(
+        lm_mig_set_capabilities(pu.m, 1ull << LM_CAP_EVENTS, 1ull << LM_CAP_EVENTS, NULL), 0);
+    pthread_t first, setters[PILEUP];
+    assert_int_equal(pthread_create(&first, NULL, pileup_first, NULL), 0);
+    pthread_mutex_lock(&pu.mu);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 20;
+    while (!pu.blocked && pthread_cond_timedwait(&pu.cv, &pu.mu, &ts) != ETIMEDOUT)
+        ;
+    bool blocked = pu.blocked;
+    pthread_mutex_unlock(&pu.mu);
+    assert_true(blocked);
+    /* Change k is made once change k-1 shows; each setter then waits
+     * behind the listener. */
+    bool all = true;
+    int started = 0;
+    for (int k = 1; k <= PILEUP && all; k++) {
+        assert_int_equal(pthread_create(&setters[k - 1], NULL, pileup_setter, (void *)(intptr_t)k),
+                         0);
+        started++;
+        all = wait_status_is(pu.m, pileup_status(k), 20000);
+    }
+    /* Every change is made: the listener may go on. */
+    pthread_mutex_lock(&pu.mu);
+    pu.release = true;
+    pthread_cond_broadcast(&pu.cv);
+    pthread_mutex_unlock(&pu.mu);
+    pthread_join(first, NULL);
+    for (int k = 0; k < started; k++)
+        pthread_join(setters[k], NULL);
+    assert_true(all);
+    /* One event per change, in the order of the changes. */
+    if (pu.ngot != PILEUP + 1)
+        fail_msg("%d MIGRATION events delivered for %d status changes (%d of them made "
+                 "while the listener was busy): events were dropped",
+                 pu.ngot, PILEUP + 1, PILEUP);
+    for (int k = 0; k <= PILEUP; k++)
+        assert_int_equal(pu.got[k], pileup_status(k));
+    pu.m->status = LM_STATUS_NONE;
+    lm_mig_free(pu.m);
+    pthread_cond_destroy(&pu.cv);
+    pthread_mutex_destroy(&pu.mu);
 }
 
 static void test_names(void **state)
@@ -288,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_table_matches), cmocka_unit_test(test_setter_walk),
         cmocka_unit_test(test_names),         cmocka_unit_test(test_params),
         cmocka_unit_test(test_params_default_only), cmocka_unit_test(test_bitmap),
+        cmocka_unit_test(test_events_pileup_none_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
