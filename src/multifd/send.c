@@ -506,7 +506,6 @@ static void send_free(lm_mfd_send *s, bool free_chans)
         send_chan *c = &s->ch[i];
         if (c->started)
             pthread_join(c->thread, NULL);
-        pthread_cond_destroy(&c->cond);
         if (free_chans)
             lm_chan_free(c->chan);
         lm_mfd_codec_free(c->codec);
@@ -514,6 +513,9 @@ static void send_free(lm_mfd_send *s, bool free_chans)
         for (unsigned k = 0; k < c->nq; k++)
             free(c->q[k]);
     }
+    /* After every join: a failing channel's fail() signals them all. */
+    for (unsigned i = 0; i < s->n; i++)
+        pthread_cond_destroy(&s->ch[i].cond);
     for (unsigned k = 0; s->pool && k < s->npool; k++)
         free(s->pool[k]);
     free(s->pool);
