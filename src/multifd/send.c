@@ -510,13 +510,14 @@ void lm_mfd_send_free(lm_mfd_send *s)
         send_chan *c = &s->ch[i];
         if (c->started)
             pthread_join(c->thread, NULL);
-        pthread_cond_destroy(&c->cond);
         lm_chan_free(c->chan);
         lm_mfd_codec_free(c->codec);
         free(c->cbuf);
         for (unsigned k = 0; k < c->nq; k++)
             free(c->q[k]);
     }
+    for (unsigned i = 0; i < s->n; i++) /* after every join: fail() signals them all */
+        pthread_cond_destroy(&s->ch[i].cond);
     for (unsigned k = 0; s->pool && k < s->npool; k++)
         free(s->pool[k]);
     free(s->pool);
