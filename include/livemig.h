@@ -45,8 +45,8 @@ extern "C" {
 /* Caller-owned error.  lm_error_set() keeps the first message: a root cause
  * is never overwritten by a later symptom.  Zero-initialise before use. */
 typedef struct lm_error {
-    int code;                    /* negative errno-style code, 0 = no error */
-    char msg[LM_ERROR_MSG_MAX];  /* NUL-terminated human message */
+    int code;                   /* negative errno-style code, 0 = no error */
+    char msg[LM_ERROR_MSG_MAX]; /* NUL-terminated human message */
 } lm_error;
 
 /* Codes are negative errno values.  The ones the library raises itself:
@@ -124,10 +124,10 @@ LM_API int lm_status_from_name(const char *name, lm_status *out);
 /* QEMU's RunState values that a livemig host goes through. */
 typedef enum lm_runstate {
     LM_RUN_RUNNING,
-    LM_RUN_PAUSED,          /* stopped by the user (QMP stop) */
-    LM_RUN_INMIGRATE,       /* destination waiting for / loading a stream */
-    LM_RUN_POSTMIGRATE,     /* source after a completed migration */
-    LM_RUN_FINISH_MIGRATE,  /* source stopped for switchover */
+    LM_RUN_PAUSED,         /* stopped by the user (QMP stop) */
+    LM_RUN_INMIGRATE,      /* destination waiting for / loading a stream */
+    LM_RUN_POSTMIGRATE,    /* source after a completed migration */
+    LM_RUN_FINISH_MIGRATE, /* source stopped for switchover */
     /* Not entered by livemig (QEMU: before the guest first ran): a
      * destination whose incoming migration failed stays inmigrate and may
      * take another migrate-incoming. */
@@ -197,21 +197,21 @@ typedef enum lm_zero_page_detection {
  * auto-converge's CPU throttle, self-announce): lm_mig_set_params() refuses
  * any other value with -ENOTSUP. */
 typedef struct lm_params {
-    uint64_t max_bandwidth;               /* B/s, 0 = unlimited; default 128 MiB/s */
-    uint64_t avail_switchover_bandwidth;  /* B/s, 0 = measure; default 0 */
-    uint64_t downtime_limit;              /* ms, <= 2000000; default 300 */
-    uint64_t max_postcopy_bandwidth;      /* B/s, 0 = unlimited */
-    uint8_t multifd_channels;             /* 1..255, default 2 */
+    uint64_t max_bandwidth;              /* B/s, 0 = unlimited; default 128 MiB/s */
+    uint64_t avail_switchover_bandwidth; /* B/s, 0 = measure; default 0 */
+    uint64_t downtime_limit;             /* ms, <= 2000000; default 300 */
+    uint64_t max_postcopy_bandwidth;     /* B/s, 0 = unlimited */
+    uint8_t multifd_channels;            /* 1..255, default 2 */
     lm_multifd_compression multifd_compression;
-    uint8_t multifd_zlib_level;           /* 0..9, default 1 */
-    uint8_t multifd_zstd_level;           /* 0..20, default 1 */
+    uint8_t multifd_zlib_level;                 /* 0..9, default 1 */
+    uint8_t multifd_zstd_level;                 /* 0..20, default 1 */
     lm_zero_page_detection zero_page_detection; /* default multifd */
-    uint64_t xbzrle_cache_size;           /* default only: 64 MiB */
-    uint8_t throttle_trigger_threshold;   /* default only: 50 */
-    uint8_t cpu_throttle_initial;         /* default only: 20 */
-    uint8_t cpu_throttle_increment;       /* default only: 10 */
-    bool cpu_throttle_tailslow;           /* default only: false */
-    uint8_t max_cpu_throttle;             /* default only: 99 */
+    uint64_t xbzrle_cache_size;                 /* default only: 64 MiB */
+    uint8_t throttle_trigger_threshold;         /* default only: 50 */
+    uint8_t cpu_throttle_initial;               /* default only: 20 */
+    uint8_t cpu_throttle_increment;             /* default only: 10 */
+    bool cpu_throttle_tailslow;                 /* default only: false */
+    uint8_t max_cpu_throttle;                   /* default only: 99 */
     /* default only: 50, 550, 5, 100 */
     uint64_t announce_initial, announce_max, announce_rounds, announce_step;
 } lm_params;
@@ -253,67 +253,67 @@ LM_API int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 /* One multifd channel's figures (source side). */
 #define LM_MULTIFD_MAX_CHANNELS 255
 typedef struct lm_multifd_chan_stats {
-    uint64_t bytes;   /* on the wire, headers included */
-    uint64_t normal;  /* pages sent with data */
-    uint64_t zero;    /* zero pages detected by this channel (no data) */
+    uint64_t bytes;  /* on the wire, headers included */
+    uint64_t normal; /* pages sent with data */
+    uint64_t zero;   /* zero pages detected by this channel (no data) */
 } lm_multifd_chan_stats;
 
 /* query-migrate, QEMU's fields plus a few of ours. */
 typedef struct lm_info {
     lm_status status;
-    bool has_ram;                  /* ram stats meaningful (source side) */
-    uint64_t transferred;          /* bytes on all channels, headers included */
-    uint64_t remaining;            /* dirty bytes still to send */
-    uint64_t total;                /* sum of RAM block lengths */
-    uint64_t duplicate;            /* zero pages detected */
-    uint64_t normal;               /* non-zero pages sent */
+    bool has_ram;         /* ram stats meaningful (source side) */
+    uint64_t transferred; /* bytes on all channels, headers included */
+    uint64_t remaining;   /* dirty bytes still to send */
+    uint64_t total;       /* sum of RAM block lengths */
+    uint64_t duplicate;   /* zero pages detected */
+    uint64_t normal;      /* non-zero pages sent */
     uint64_t normal_bytes;
-    uint64_t dirty_pages_rate;     /* pages/s over the last >=1 s period */
-    double mbps;                   /* last 100 ms window; average once completed */
-    uint64_t dirty_sync_count;     /* passes */
+    uint64_t dirty_pages_rate; /* pages/s over the last >=1 s period */
+    double mbps;               /* last 100 ms window; average once completed */
+    uint64_t dirty_sync_count; /* passes */
     uint64_t postcopy_requests;
     uint64_t page_size;
     uint64_t multifd_bytes;
     uint64_t pages_per_second;
     uint64_t precopy_bytes, downtime_bytes, postcopy_bytes;
-    int64_t total_time;            /* ms */
-    int64_t setup_time;            /* ms */
-    int64_t expected_downtime;     /* ms, -1 when not meaningful */
-    int64_t downtime;              /* ms, -1 until known */
-    uint64_t downtime_us;          /* ours: downtime in microseconds */
+    int64_t total_time;        /* ms */
+    int64_t setup_time;        /* ms */
+    int64_t expected_downtime; /* ms, -1 when not meaningful */
+    int64_t downtime;          /* ms, -1 until known */
+    uint64_t downtime_us;      /* ours: downtime in microseconds */
     /* ours, postcopy: from stopping the guest on the source until the
      * answer to the PING after POSTCOPY_RUN arrived, i.e. until the
      * destination ran (its discards and device loads included, which
      * QEMU's downtime leaves out); 0 when unknown */
     uint64_t switch_pause_us;
-    uint64_t bandwidth;            /* ours: measured wire bandwidth, B/s */
+    uint64_t bandwidth; /* ours: measured wire bandwidth, B/s */
     uint64_t dirty_sync_missed_zero_copy;
-    unsigned multifd_channels;     /* ours: channels of this migration (0: none) */
+    unsigned multifd_channels; /* ours: channels of this migration (0: none) */
     lm_multifd_chan_stats multifd_chan[LM_MULTIFD_MAX_CHANNELS];
     /* destination, postcopy (ours, "x-postcopy" in query-migrate) */
-    bool has_postcopy;             /* a switch to postcopy happened */
-    uint64_t pc_faults;            /* faults on pages the source still owed */
-    uint64_t pc_local_faults;      /* faults on zero pages served locally */
-    uint64_t pc_owed_pages;        /* pages not placed yet */
-    uint64_t pc_mfd_pages;         /* pages the multifd channels brought after the switch */
+    bool has_postcopy;        /* a switch to postcopy happened */
+    uint64_t pc_faults;       /* faults on pages the source still owed */
+    uint64_t pc_local_faults; /* faults on zero pages served locally */
+    uint64_t pc_owed_pages;   /* pages not placed yet */
+    uint64_t pc_mfd_pages;    /* pages the multifd channels brought after the switch */
     /* RAM blocks whose pages are placed by UFFDIO_CONTINUE into shared
      * memory (minor faults) / by UFFDIO_COPY (missing faults) */
     uint32_t pc_minor_blocks, pc_copy_blocks;
     /* postcopy-blocktime: remote fault latency, fault read to placement */
     bool has_blocktime;
-    uint64_t pc_lat_hist[24];      /* bucket i: [2^i, 2^(i+1)) µs; 0 also < 1 µs */
+    uint64_t pc_lat_hist[24]; /* bucket i: [2^i, 2^(i+1)) µs; 0 also < 1 µs */
     uint64_t pc_lat_count, pc_lat_p50_us, pc_lat_p99_us, pc_lat_max_us;
     char error_desc[LM_ERROR_MSG_MAX]; /* empty when none */
-    char socket_address[128];      /* destination: actual listening address */
+    char socket_address[128];          /* destination: actual listening address */
 } lm_info;
 
 /* ---------------------------------------------------------------- events */
 
 typedef enum lm_event_type {
-    LM_EVENT_MIGRATION,       /* status changed (needs the "events" cap) */
-    LM_EVENT_MIGRATION_PASS,  /* dirty sync number `pass` (needs "events") */
-    LM_EVENT_STOP,            /* run state: guest stopped */
-    LM_EVENT_RESUME,          /* run state: guest resumed */
+    LM_EVENT_MIGRATION,      /* status changed (needs the "events" cap) */
+    LM_EVENT_MIGRATION_PASS, /* dirty sync number `pass` (needs "events") */
+    LM_EVENT_STOP,           /* run state: guest stopped */
+    LM_EVENT_RESUME,         /* run state: guest resumed */
     /* Switchover-ack: on the source when the destination's ack arrived,
      * on the destination when it sent it (QMP X_MIGRATION_SWITCHOVER_ACK;
      * sent whatever the "events" capability says, like STOP/RESUME). */
@@ -322,9 +322,9 @@ typedef enum lm_event_type {
 
 typedef struct lm_event {
     lm_event_type type;
-    lm_status status;       /* MIGRATION */
-    uint64_t pass;          /* MIGRATION_PASS */
-    int64_t ts_sec, ts_usec;/* wall-clock timestamp, QMP style */
+    lm_status status;        /* MIGRATION */
+    uint64_t pass;           /* MIGRATION_PASS */
+    int64_t ts_sec, ts_usec; /* wall-clock timestamp, QMP style */
 } lm_event;
 
 /* Called from whichever library thread caused the event, one event at a
@@ -349,8 +349,8 @@ typedef struct lm_mig lm_mig;
  * host that starts running, LM_RUN_PAUSED for one that starts stopped,
  * LM_RUN_INMIGRATE for a destination.  ops and opaque are borrowed for the
  * object's life.  Blocks: no. */
-LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial,
-                      lm_mig **out, lm_error *err);
+LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig **out,
+                      lm_error *err);
 /* Cancels any migration, joins the library's threads, frees.  Blocks until
  * they have exited (bounded: all I/O is shut down first).  NULL is a no-op. */
 LM_API void lm_mig_free(lm_mig *m);
@@ -366,8 +366,8 @@ LM_API void lm_mig_free(lm_mig *m);
  * old_size 0) to fill them before mapping them with minor faults, and
  * unmaps that view at the end.  Shared memory must not be mixed with
  * private mappings within one block. */
-LM_API int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len,
-                      uint32_t page_size, lm_error *err);
+LM_API int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len, uint32_t page_size,
+                      lm_error *err);
 
 /* Adds an event listener (at most 8).  Thread: any.  Blocks: no. */
 LM_API int lm_mig_add_listener(lm_mig *m, lm_event_fn fn, void *opaque, lm_error *err);
@@ -546,10 +546,10 @@ LM_API int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_er
  * "x-devices").  Source: bytes sent and the last pending answer;
  * destination: bytes received.  ack: see lm_device_ack_state. */
 typedef enum lm_device_ack_state {
-    LM_DEVICE_ACK_NONE,      /* not taking part (capability off, or not asked) */
-    LM_DEVICE_ACK_WAITING,   /* both sides take part; initial data not loaded yet */
-    LM_DEVICE_ACK_ACKED,     /* the destination loaded its initial data */
-    LM_DEVICE_ACK_FALLBACK,  /* only one side supports the ack: not waited for */
+    LM_DEVICE_ACK_NONE,     /* not taking part (capability off, or not asked) */
+    LM_DEVICE_ACK_WAITING,  /* both sides take part; initial data not loaded yet */
+    LM_DEVICE_ACK_ACKED,    /* the destination loaded its initial data */
+    LM_DEVICE_ACK_FALLBACK, /* only one side supports the ack: not waited for */
 } lm_device_ack_state;
 
 LM_API const char *lm_device_ack_state_name(lm_device_ack_state s); /* "none", ... */
@@ -559,8 +559,8 @@ typedef struct lm_device_info {
     uint32_t instance;
     uint32_t version;
     bool iterable;
-    uint64_t pending;        /* source: bytes still to send (last estimate/exact) */
-    uint64_t bytes;          /* source: sent; destination: received */
+    uint64_t pending; /* source: bytes still to send (last estimate/exact) */
+    uint64_t bytes;   /* source: sent; destination: received */
     lm_device_ack_state ack;
 } lm_device_info;
 
@@ -577,8 +577,7 @@ typedef struct lm_qmp_server lm_qmp_server;
  * (the "return" value; NULL means {}) and return 0; on failure fill err and
  * return < 0 (reported as GenericError with err->msg).  Runs on the QMP
  * thread: must not block for long. */
-typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json,
-                             char **ret_json, lm_error *err);
+typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json, char **ret_json, lm_error *err);
 
 /* Serves QMP for m on uri (unix:PATH; the socket file is created, and
  * removed again by stop).  Several clients at once; events go to all.

@@ -37,23 +37,23 @@ void cli_err(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 typedef struct cli_opt {
     const char *name; /* without the leading "--" */
     bool has_arg;
-    int id;           /* > 0 */
-    bool opt_arg;     /* with has_arg false: "--name=VALUE" is allowed too */
+    int id;       /* > 0 */
+    bool opt_arg; /* with has_arg false: "--name=VALUE" is allowed too */
 } cli_opt;
 
 enum {
-    CLI_END = 0,      /* no more arguments */
-    CLI_POS = -1,     /* a positional argument, in *val */
-    CLI_HELP = -2,    /* -h / --help */
-    CLI_ERR = -3,     /* error already printed (unknown flag, missing value) */
+    CLI_END = 0,   /* no more arguments */
+    CLI_POS = -1,  /* a positional argument, in *val */
+    CLI_HELP = -2, /* -h / --help */
+    CLI_ERR = -3,  /* error already printed (unknown flag, missing value) */
 };
 
 typedef struct cli_args {
-    const char *cmd;  /* "guest", "migrate", ... for messages */
+    const char *cmd; /* "guest", "migrate", ... for messages */
     int argc;
     char **argv;
-    int i;            /* next argv index */
-    bool no_more_opts;/* after "--" */
+    int i;             /* next argv index */
+    bool no_more_opts; /* after "--" */
 } cli_args;
 
 void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv);
@@ -80,7 +80,7 @@ const char *cli_fmt_rate(char *buf, size_t cap, double bytes_per_s);
 /* "12 ms", "3.4 s", "2m05s". */
 const char *cli_fmt_ms(char *buf, size_t cap, double ms);
 
-uint64_t cli_now_ms(void);   /* CLOCK_MONOTONIC */
+uint64_t cli_now_ms(void); /* CLOCK_MONOTONIC */
 
 /* ------------------------------------------------------------- signals */
 
@@ -104,7 +104,7 @@ int qmpc_next_event(qmpc *c, int timeout_ms, json_t **ev, lm_error *err);
 /* QEMU's query-migrate, tolerant of missing fields (a QEMU, or our own
  * server, may omit any of them). */
 typedef struct qmpc_mig {
-    char status[40];            /* "none" when absent, as QEMU omits it then */
+    char status[40]; /* "none" when absent, as QEMU omits it then */
     bool has_ram;
     uint64_t transferred, remaining, total, mbps_x1000, dirty_pages_rate;
     uint64_t page_size, dirty_sync_count, duplicate, normal;

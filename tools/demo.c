@@ -23,22 +23,21 @@
 
 #define READY_TIMEOUT_MS 60000
 #define QUIT_WAIT_MS 5000
-#define RUN_AFTER_MS 1000     /* how long the destination runs before checking */
+#define RUN_AFTER_MS 1000 /* how long the destination runs before checking */
 
 void usage_demo(FILE *f)
 {
-    fprintf(f,
-            "usage: livemig demo [--mem SIZE] [--dirty-rate RATE] [--keep-going]\n\n"
-            "Starts a source guest (random workload, every page written once) and a\n"
-            "destination guest on this machine, live-migrates the source over\n"
-            "tcp:127.0.0.1 with live progress, lets the destination run, then stops it\n"
-            "and verifies every page.  Leaves no process, socket or file behind.\n\n"
-            "options:\n"
-            "  --mem SIZE             guest RAM of each guest (default 1G)\n"
-            "  --dirty-rate RATE      source workload dirty rate, bytes/s (default 100M)\n"
-            "  --keep-going           go on after a failed migration: verify the source\n"
-            "                         (which must have kept running) instead\n\n"
-            "Exit status: 0 when the migration completed and verification is ok.\n");
+    fprintf(f, "usage: livemig demo [--mem SIZE] [--dirty-rate RATE] [--keep-going]\n\n"
+               "Starts a source guest (random workload, every page written once) and a\n"
+               "destination guest on this machine, live-migrates the source over\n"
+               "tcp:127.0.0.1 with live progress, lets the destination run, then stops it\n"
+               "and verifies every page.  Leaves no process, socket or file behind.\n\n"
+               "options:\n"
+               "  --mem SIZE             guest RAM of each guest (default 1G)\n"
+               "  --dirty-rate RATE      source workload dirty rate, bytes/s (default 100M)\n"
+               "  --keep-going           go on after a failed migration: verify the source\n"
+               "                         (which must have kept running) instead\n\n"
+               "Exit status: 0 when the migration completed and verification is ok.\n");
 }
 
 typedef struct child {
@@ -73,8 +72,7 @@ static bool child_gone(child *c)
     return true;
 }
 
-static int start_child(demo *d, child *c, const char *role, char *const extra[],
-                       const char *mem)
+static int start_child(demo *d, child *c, const char *role, char *const extra[], const char *mem)
 {
     lm_error err = {0};
     c->role = role;
@@ -192,8 +190,8 @@ static int check_guest(child *c, bool expect_progress)
     json_int_t written = json_integer_value(json_object_get(v, "written-pages"));
     json_int_t first = json_integer_value(json_object_get(v, "first-bad"));
     if (ok)
-        printf("verify %s: ok, %lld pages checked (%lld written, the rest zero), 0 bad\n",
-               c->role, (long long)pages, (long long)written);
+        printf("verify %s: ok, %lld pages checked (%lld written, the rest zero), 0 bad\n", c->role,
+               (long long)pages, (long long)written);
     else
         printf("verify %s: FAILED, %lld of %lld pages bad, first bad page %lld\n", c->role,
                (long long)bad, (long long)pages, (long long)first);
@@ -224,14 +222,13 @@ static bool stop_child(child *c, bool polite)
             c->reaped = true;
             if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
                 return true;
-            cli_err("demo", "the %s guest (pid %d) did not exit cleanly on quit (%s %d)",
-                    c->role, (int)c->pid, WIFEXITED(st) ? "status" : "signal",
+            cli_err("demo", "the %s guest (pid %d) did not exit cleanly on quit (%s %d)", c->role,
+                    (int)c->pid, WIFEXITED(st) ? "status" : "signal",
                     WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
             cli_print_tail(c->log, 8);
             return false;
         }
-        cli_err("demo", "the %s guest (pid %d) did not quit, killing it", c->role,
-                (int)c->pid);
+        cli_err("demo", "the %s guest (pid %d) did not quit, killing it", c->role, (int)c->pid);
         cli_print_tail(c->log, 8);
         cli_kill_child(c->pid, 3000);
         c->reaped = true;
@@ -247,7 +244,9 @@ enum { O_MEM = 1, O_RATE, O_KEEP };
 int cmd_demo(int argc, char **argv)
 {
     static const cli_opt opts[] = {
-        {"mem", true, O_MEM}, {"dirty-rate", true, O_RATE}, {"keep-going", false, O_KEEP},
+        {"mem", true, O_MEM},
+        {"dirty-rate", true, O_RATE},
+        {"keep-going", false, O_KEEP},
         {NULL, false, 0},
     };
     cli_args a;
@@ -303,13 +302,13 @@ int cmd_demo(int argc, char **argv)
     }
 
     char *src_extra[] = {"--workload", "random", "--dirty-rate", (char *)rate, "--threads",
-                         "1", "--fill", "random", NULL};
+                         "1",          "--fill", "random",       NULL};
     /* The destination runs the same workload once it resumes, continuing
      * from the migrated ledger.  Its memory is preallocated while the
      * source fills its own (QEMU's -mem-prealloc): a cold destination is
      * paced by the kernel zeroing fresh pages (docs/benchmarks.md). */
-    char *dst_extra[] = {"--workload", "random", "--dirty-rate", (char *)rate, "--threads",
-                         "1", "--incoming", "defer", "--prealloc", NULL};
+    char *dst_extra[] = {"--workload", "random",     "--dirty-rate", (char *)rate, "--threads",
+                         "1",          "--incoming", "defer",        "--prealloc", NULL};
     if (start_child(&d, &d.src, "source", src_extra, mem) < 0 ||
         start_child(&d, &d.dst, "destination", dst_extra, mem) < 0)
         goto out;

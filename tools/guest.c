@@ -51,7 +51,7 @@
 #define WORDS (PAGE / 8)
 #define MAX_THREADS 64
 #define HUGE_ALIGN (2u << 20)
-#define SAMPLES 5          /* 5 samples 250 ms apart: a 1 s window */
+#define SAMPLES 5 /* 5 samples 250 ms apart: a 1 s window */
 #define SAMPLE_MS 250
 #define MAX_BULK 4
 #define CPU_MAGIC 0x30555043u /* "CPU0" */
@@ -62,9 +62,9 @@ typedef enum fill { FILL_NONE, FILL_RANDOM, FILL_ZERO } fill;
 static const char *const workload_names[] = {"idle", "random", "sequential", "hot"};
 
 typedef struct region {
-    void *map;            /* what mmap returned (for munmap) */
+    void *map; /* what mmap returned (for munmap) */
     size_t map_len;
-    uint8_t *base;        /* 2 MiB aligned start given to the library */
+    uint8_t *base; /* 2 MiB aligned start given to the library */
     uint64_t len;
 } region;
 
@@ -92,8 +92,8 @@ struct guest {
     fill fill;
     uint64_t hot_size;
     bool hot_size_set;
-    bool prealloc;        /* --prealloc: populate all memory before serving */
-    bool memfd;           /* --mem-backend memfd: RAM is shared memory */
+    bool prealloc; /* --prealloc: populate all memory before serving */
+    bool memfd;    /* --mem-backend memfd: RAM is shared memory */
     char qmp_uri[4200];
     const char *incoming;
     bulk_cfg bulk_cfgs[MAX_BULK];
@@ -103,19 +103,19 @@ struct guest {
      * (the fill, and writes made elsewhere before a migration); written
      * only with the workload stopped */
     uint64_t base_writes;
-    bool cpu_loaded;      /* a cpu state was loaded (destination) */
-    bool cpu_adopted;     /* ... and the workers continue from it */
+    bool cpu_loaded;  /* a cpu state was loaded (destination) */
+    bool cpu_adopted; /* ... and the workers continue from it */
 
     /* memory */
     region ram[2];
     region ledger_r;
-    uint64_t npages;      /* data pages */
+    uint64_t npages; /* data pages */
     uint64_t ram0_pages;
     uint64_t *ledger;
 
     lm_mig *m;
     lm_qmp_server *qmp;
-    int quit_fd;          /* eventfd: QMP quit -> main */
+    int quit_fd; /* eventfd: QMP quit -> main */
     uint64_t start_ms;
 
     worker workers[MAX_THREADS];
@@ -129,10 +129,10 @@ struct guest {
     /* --- run control, guarded by lock (stop_req also read atomically) --- */
     bool stop_req;
     bool quit;
-    unsigned parked;      /* workers parked or sleeping, i.e. not writing */
-    unsigned alive;       /* workers that have not exited */
+    unsigned parked; /* workers parked or sleeping, i.e. not writing */
+    unsigned alive;  /* workers that have not exited */
     uint64_t samp_ms[SAMPLES], samp_w[SAMPLES];
-    unsigned nsamp;       /* samples taken so far (ring index = nsamp % SAMPLES) */
+    unsigned nsamp;            /* samples taken so far (ring index = nsamp % SAMPLES) */
     uint64_t rate_base_writes; /* writes when the samples (re)started */
     /* --- end of lock group --- */
 };
@@ -230,12 +230,11 @@ static inline uint8_t *page_ptr(guest *g, uint64_t idx)
 static int region_map(region *r, uint64_t len, const char *name, lm_error *err)
 {
     r->map_len = len + HUGE_ALIGN;
-    r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-                  MAP_NORESERVE, -1, 0);
+    r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r->map == MAP_FAILED) {
         r->map = NULL;
-        return lm_error_set(err, -errno, "cannot map %" PRIu64 " bytes: %s", len,
-                            strerror(errno));
+        return lm_error_set(err, -errno, "cannot map %" PRIu64 " bytes: %s", len, strerror(errno));
     }
     /* Align to 2 MiB so the whole block can be backed by huge pages: a
      * first-touch 4 KiB fault costs 10-15 us here, THP makes filling and
@@ -662,14 +661,13 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     (void)version;
     uint32_t hdr[4];
     if (len < CPU_HDR)
-        return lm_error_set(err, -EPROTO, "cpu: state of %zu bytes, header needs %d", len,
-                            CPU_HDR);
+        return lm_error_set(err, -EPROTO, "cpu: state of %zu bytes, header needs %d", len, CPU_HDR);
     memcpy(hdr, d, sizeof hdr);
     if (hdr[0] != CPU_MAGIC || hdr[3] != 0)
         return lm_error_set(err, -EPROTO, "cpu: bad magic 0x%08x", hdr[0]);
     if (hdr[1] > WL_HOT || hdr[2] < 1 || hdr[2] > MAX_THREADS)
-        return lm_error_set(err, -EPROTO, "cpu: workload %u / %u threads out of range",
-                            hdr[1], hdr[2]);
+        return lm_error_set(err, -EPROTO, "cpu: workload %u / %u threads out of range", hdr[1],
+                            hdr[2]);
     if (len != CPU_HDR + (size_t)hdr[2] * CPU_PER_THREAD)
         return lm_error_set(err, -EPROTO, "cpu: %zu bytes for %u threads", len, hdr[2]);
     uint64_t base = get64(d + 24), total = base;
@@ -692,9 +690,9 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
             w->cursor = get64(p + 16);
             uint64_t owned = worker_owned(g, i);
             if (g->wl != WL_RANDOM && g->wl != WL_IDLE && owned && w->cursor >= owned)
-                return lm_error_set(err, -EPROTO, "cpu: thread %u cursor %" PRIu64
-                                                  " beyond its %" PRIu64 " pages",
-                                    i, w->cursor, owned);
+                return lm_error_set(
+                    err, -EPROTO, "cpu: thread %u cursor %" PRIu64 " beyond its %" PRIu64 " pages",
+                    i, w->cursor, owned);
         }
     } else {
         uint64_t ours = total_writes(g);
@@ -727,8 +725,10 @@ static bool cpu_verify(guest *g, char *why, size_t n)
         sum += g->ledger[i];
     uint64_t writes = total_writes(g);
     if (sum != g->base_writes + writes) {
-        snprintf(why, n, "ledger versions add up to %" PRIu64 ", cpu state says %" PRIu64
-                         " + %" PRIu64 " writes", sum, g->base_writes, writes);
+        snprintf(why, n,
+                 "ledger versions add up to %" PRIu64 ", cpu state says %" PRIu64 " + %" PRIu64
+                 " writes",
+                 sum, g->base_writes, writes);
         return false;
     }
     for (unsigned i = 0; i < g->nstarted; i++) {
@@ -739,15 +739,15 @@ static bool cpu_verify(guest *g, char *why, size_t n)
             for (uint64_t k = 0; k < wr; k++)
                 r = rng_next(r);
             if (r != w->rng) {
-                snprintf(why, n, "thread %u: RNG state is not %" PRIu64 " steps from its seed",
-                         i, wr);
+                snprintf(why, n, "thread %u: RNG state is not %" PRIu64 " steps from its seed", i,
+                         wr);
                 return false;
             }
         } else if (g->wl != WL_IDLE) {
             uint64_t owned = worker_owned(g, i);
             if (owned && w->cursor != wr % owned) {
-                snprintf(why, n, "thread %u: cursor %" PRIu64 " after %" PRIu64 " writes",
-                         i, w->cursor, wr);
+                snprintf(why, n, "thread %u: cursor %" PRIu64 " after %" PRIu64 " writes", i,
+                         w->cursor, wr);
                 return false;
             }
         }
@@ -786,13 +786,15 @@ static int qmp_verify(void *opaque, const char *args, char **ret_json, lm_error 
     guest *g = opaque;
     lm_runstate rs = lm_vm_runstate(g->m);
     if (rs == LM_RUN_RUNNING)
-        return lm_error_set(err, -EBUSY, "x-guest-verify: the guest is running; stop it "
-                                         "first (QMP 'stop')");
+        return lm_error_set(err, -EBUSY,
+                            "x-guest-verify: the guest is running; stop it "
+                            "first (QMP 'stop')");
     /* While a stream is loading, the loader writes guest memory: a check now
      * would race with it and report pages that are merely not there yet. */
     if (rs == LM_RUN_INMIGRATE)
-        return lm_error_set(err, -EBUSY, "x-guest-verify: an incoming migration is in "
-                                         "progress (run state inmigrate)");
+        return lm_error_set(err, -EBUSY,
+                            "x-guest-verify: an incoming migration is in "
+                            "progress (run state inmigrate)");
     sweep s[2];
     sweep_all(g, SWEEP_VERIFY, "guest-verify", s);
     uint64_t bad = s[0].bad + s[1].bad;
@@ -812,12 +814,11 @@ static int qmp_verify(void *opaque, const char *args, char **ret_json, lm_error 
     }
     if (!devs)
         return lm_error_set(err, -ENOMEM, "out of memory");
-    return reply(json_pack("{s:b, s:I, s:I, s:I, s:I, s:{s:b, s:s, s:b}, s:o}", "ok", all,
-                           "pages", (json_int_t)g->npages, "bad-pages", (json_int_t)bad,
-                           "first-bad", (json_int_t)(bad ? (int64_t)first : -1),
-                           "written-pages", (json_int_t)(s[0].written + s[1].written), "cpu",
-                           "ok", cpu_ok, "detail", why, "loaded", g->cpu_loaded, "devices",
-                           devs),
+    return reply(json_pack("{s:b, s:I, s:I, s:I, s:I, s:{s:b, s:s, s:b}, s:o}", "ok", all, "pages",
+                           (json_int_t)g->npages, "bad-pages", (json_int_t)bad, "first-bad",
+                           (json_int_t)(bad ? (int64_t)first : -1), "written-pages",
+                           (json_int_t)(s[0].written + s[1].written), "cpu", "ok", cpu_ok, "detail",
+                           why, "loaded", g->cpu_loaded, "devices", devs),
                  ret_json, err);
 }
 
@@ -830,21 +831,18 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
     json_t *devs = json_array();
     for (unsigned i = 0; devs && i < g->nbulk; i++) {
         const bulk_cfg *c = bulk_config(g->bulks[i]);
-        json_array_append_new(devs, json_pack("{s:s, s:i, s:I, s:I, s:b, s:I, s:b}", "name",
-                                              "bulk", "instance", (int)i, "size",
-                                              (json_int_t)c->size, "initial",
-                                              (json_int_t)c->initial, "ack", c->ack, "writes",
-                                              (json_int_t)bulk_writes(g->bulks[i]),
-                                              "initial-loaded",
-                                              bulk_initial_loaded(g->bulks[i])));
+        json_array_append_new(devs, json_pack("{s:s, s:i, s:I, s:I, s:b, s:I, s:b}", "name", "bulk",
+                                              "instance", (int)i, "size", (json_int_t)c->size,
+                                              "initial", (json_int_t)c->initial, "ack", c->ack,
+                                              "writes", (json_int_t)bulk_writes(g->bulks[i]),
+                                              "initial-loaded", bulk_initial_loaded(g->bulks[i])));
     }
     if (!devs)
         return lm_error_set(err, -ENOMEM, "out of memory");
     return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i, s:o}", "writes",
                            (json_int_t)total_writes(g), "rate", (json_int_t)recent_rate(g),
                            "running", running, "mem", (json_int_t)g->mem, "workload",
-                           workload_names[g->wl], "threads", (int)g->nthreads, "devices",
-                           devs),
+                           workload_names[g->wl], "threads", (int)g->nthreads, "devices", devs),
                  ret_json, err);
 }
 
@@ -852,59 +850,75 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
 
 void usage_guest(FILE *f)
 {
-    fprintf(f,
-            "usage: livemig guest --qmp unix:PATH [options]\n\n"
-            "Runs the built-in workload host: guest RAM (blocks ram0, ram1 and ledger)\n"
-            "written by workload threads, served over QMP.  Every page carries its index\n"
-            "and version, so x-guest-verify finds any lost, stale or torn page.\n\n"
-            "options:\n"
-            "  --qmp unix:PATH        QMP socket to serve (required)\n"
-            "  --mem SIZE             guest RAM, K/M/G suffixes, multiple of 4K, >= 1M\n"
-            "                         (default 256M)\n"
-            "  --incoming URI|defer   start as a migration destination: listen on URI\n"
-            "                         (tcp:HOST:PORT, unix:PATH), or wait for QMP\n"
-            "                         migrate-incoming with 'defer'\n"
-            "  --workload KIND        idle | random | sequential | hot (default idle)\n"
-            "  --dirty-rate RATE      random: bytes/s over all threads, K/M/G suffixes,\n"
-            "                         0 = as fast as possible (default 64M)\n"
-            "  --threads N            workload threads, 1..64 (default 1)\n"
-            "  --seed N               random workload seed (default: from the clock)\n"
-            "  --fill none|random|zero  pre-fill every page before serving: random =\n"
-            "                         written once (version 1), zero = populated zero\n"
-            "                         (default none)\n"
-            "  --hot-size SIZE        hot: bytes of the hot set at the start of RAM\n"
-            "                         (default 64M, at most --mem)\n"
-            "  --pattern random|text  what written pages hold besides their header:\n"
-            "                         random (default) or text, which compresses ~4x\n"
-            "  --prealloc             populate all guest memory before serving (QEMU's\n"
-            "                         -mem-prealloc): a destination then loads at wire\n"
-            "                         speed instead of paying the kernel's page zeroing\n"
-            "  --mem-backend anon|memfd  guest RAM as private anonymous memory (default)\n"
-            "                         or shared memory (QEMU's memory-backend-memfd);\n"
-            "                         postcopy places memfd pages without a copy\n"
-            "  --device bulk,size=SIZE,initial=SIZE,dirty-rate=RATE[,ack=on|off][,version=N]\n"
-            "                         a VFIO-like device with its own memory, whose initial\n"
-            "                         data the destination loads before the switch when\n"
-            "                         switchover-ack is on (ack=off: an older device);\n"
-            "                         repeatable (instances 0..3)\n\n"
-            "Every guest also has a non-iterable \"cpu\" device (workload counters and\n"
-            "RNG state), checked by x-guest-verify like memory and bulk devices.\n"
-            "QMP commands besides QEMU's: quit, x-guest-verify (guest stopped),\n"
-            "x-guest-stats.  SIGINT/SIGTERM exit cleanly like quit.\n");
+    fprintf(f, "usage: livemig guest --qmp unix:PATH [options]\n\n"
+               "Runs the built-in workload host: guest RAM (blocks ram0, ram1 and ledger)\n"
+               "written by workload threads, served over QMP.  Every page carries its index\n"
+               "and version, so x-guest-verify finds any lost, stale or torn page.\n\n"
+               "options:\n"
+               "  --qmp unix:PATH        QMP socket to serve (required)\n"
+               "  --mem SIZE             guest RAM, K/M/G suffixes, multiple of 4K, >= 1M\n"
+               "                         (default 256M)\n"
+               "  --incoming URI|defer   start as a migration destination: listen on URI\n"
+               "                         (tcp:HOST:PORT, unix:PATH), or wait for QMP\n"
+               "                         migrate-incoming with 'defer'\n"
+               "  --workload KIND        idle | random | sequential | hot (default idle)\n"
+               "  --dirty-rate RATE      random: bytes/s over all threads, K/M/G suffixes,\n"
+               "                         0 = as fast as possible (default 64M)\n"
+               "  --threads N            workload threads, 1..64 (default 1)\n"
+               "  --seed N               random workload seed (default: from the clock)\n"
+               "  --fill none|random|zero  pre-fill every page before serving: random =\n"
+               "                         written once (version 1), zero = populated zero\n"
+               "                         (default none)\n"
+               "  --hot-size SIZE        hot: bytes of the hot set at the start of RAM\n"
+               "                         (default 64M, at most --mem)\n"
+               "  --pattern random|text  what written pages hold besides their header:\n"
+               "                         random (default) or text, which compresses ~4x\n"
+               "  --prealloc             populate all guest memory before serving (QEMU's\n"
+               "                         -mem-prealloc): a destination then loads at wire\n"
+               "                         speed instead of paying the kernel's page zeroing\n"
+               "  --mem-backend anon|memfd  guest RAM as private anonymous memory (default)\n"
+               "                         or shared memory (QEMU's memory-backend-memfd);\n"
+               "                         postcopy places memfd pages without a copy\n"
+               "  --device bulk,size=SIZE,initial=SIZE,dirty-rate=RATE[,ack=on|off][,version=N]\n"
+               "                         a VFIO-like device with its own memory, whose initial\n"
+               "                         data the destination loads before the switch when\n"
+               "                         switchover-ack is on (ack=off: an older device);\n"
+               "                         repeatable (instances 0..3)\n\n"
+               "Every guest also has a non-iterable \"cpu\" device (workload counters and\n"
+               "RNG state), checked by x-guest-verify like memory and bulk devices.\n"
+               "QMP commands besides QEMU's: quit, x-guest-verify (guest stopped),\n"
+               "x-guest-stats.  SIGINT/SIGTERM exit cleanly like quit.\n");
 }
 
 enum {
-    O_MEM = 1, O_QMP, O_INCOMING, O_WORKLOAD, O_RATE, O_THREADS, O_SEED, O_FILL, O_HOT,
-    O_PREALLOC, O_PATTERN, O_DEVICE, O_BACKEND,
+    O_MEM = 1,
+    O_QMP,
+    O_INCOMING,
+    O_WORKLOAD,
+    O_RATE,
+    O_THREADS,
+    O_SEED,
+    O_FILL,
+    O_HOT,
+    O_PREALLOC,
+    O_PATTERN,
+    O_DEVICE,
+    O_BACKEND,
 };
 
 static const cli_opt guest_opts[] = {
-    {"mem", true, O_MEM},           {"qmp", true, O_QMP},
-    {"incoming", true, O_INCOMING}, {"workload", true, O_WORKLOAD},
-    {"dirty-rate", true, O_RATE},   {"threads", true, O_THREADS},
-    {"seed", true, O_SEED},         {"fill", true, O_FILL},
-    {"hot-size", true, O_HOT},      {"prealloc", false, O_PREALLOC},
-    {"pattern", true, O_PATTERN},   {"device", true, O_DEVICE},
+    {"mem", true, O_MEM},
+    {"qmp", true, O_QMP},
+    {"incoming", true, O_INCOMING},
+    {"workload", true, O_WORKLOAD},
+    {"dirty-rate", true, O_RATE},
+    {"threads", true, O_THREADS},
+    {"seed", true, O_SEED},
+    {"fill", true, O_FILL},
+    {"hot-size", true, O_HOT},
+    {"prealloc", false, O_PREALLOC},
+    {"pattern", true, O_PATTERN},
+    {"device", true, O_DEVICE},
     {"mem-backend", true, O_BACKEND},
     {NULL, false, 0},
 };
@@ -958,8 +972,10 @@ static int parse_flags(guest *g, int argc, char **argv)
                 if (!strcmp(v, workload_names[i]))
                     w = i;
             if (w < 0) {
-                cli_err("guest", "--workload: unknown workload '%s' (idle, random, "
-                                 "sequential, hot)", v);
+                cli_err("guest",
+                        "--workload: unknown workload '%s' (idle, random, "
+                        "sequential, hot)",
+                        v);
                 return CLI_EXIT_USAGE;
             }
             g->wl = (workload)w;
@@ -997,8 +1013,7 @@ static int parse_flags(guest *g, int argc, char **argv)
             }
             break;
         case O_HOT:
-            if (!cli_parse_size(v, &g->hot_size) || g->hot_size < PAGE ||
-                g->hot_size % PAGE) {
+            if (!cli_parse_size(v, &g->hot_size) || g->hot_size < PAGE || g->hot_size % PAGE) {
                 cli_err("guest", "--hot-size: bad size '%s' (a multiple of 4K, >= 4K)", v);
                 return CLI_EXIT_USAGE;
             }
@@ -1071,8 +1086,7 @@ static int setup_memory(guest *g, lm_error *err)
     uint64_t ram1_pages = g->npages - g->ram0_pages;
     uint64_t ledger_len = (g->npages * 8 + PAGE - 1) / PAGE * PAGE;
     int rc;
-    if ((rc = region_map(&g->ram[0], g->ram0_pages * PAGE, g->memfd ? "ram0" : NULL,
-                         err)) < 0 ||
+    if ((rc = region_map(&g->ram[0], g->ram0_pages * PAGE, g->memfd ? "ram0" : NULL, err)) < 0 ||
         (rc = region_map(&g->ram[1], ram1_pages * PAGE, g->memfd ? "ram1" : NULL, err)) < 0 ||
         (rc = region_map(&g->ledger_r, ledger_len, g->memfd ? "ledger" : NULL, err)) < 0)
         return rc;
@@ -1138,8 +1152,7 @@ int cmd_guest(int argc, char **argv)
     }
     if (g->fill != FILL_NONE) {
         sweep s[2];
-        sweep_all(g, g->fill == FILL_RANDOM ? SWEEP_FILL_RANDOM : SWEEP_FILL_ZERO,
-                  "guest-fill", s);
+        sweep_all(g, g->fill == FILL_RANDOM ? SWEEP_FILL_RANDOM : SWEEP_FILL_ZERO, "guest-fill", s);
         if (g->fill == FILL_RANDOM)
             g->base_writes = g->npages; /* version 1 of every page */
     } else if (g->prealloc && prealloc_memory(g) < 0) {
@@ -1200,8 +1213,7 @@ int cmd_guest(int argc, char **argv)
         cli_err("guest", "--qmp %s: %s", g->qmp_uri, err.msg);
         goto out;
     }
-    if (incoming && strcmp(g->incoming, "defer") &&
-        lm_mig_incoming(g->m, g->incoming, &err) < 0) {
+    if (incoming && strcmp(g->incoming, "defer") && lm_mig_incoming(g->m, g->incoming, &err) < 0) {
         cli_err("guest", "--incoming %s: %s", g->incoming, err.msg);
         goto out;
     }
@@ -1234,8 +1246,7 @@ out:
     if (g->m) {
         lm_info info;
         lm_mig_query(g->m, &info);
-        if (info.status == LM_STATUS_POSTCOPY_DEVICE ||
-            info.status == LM_STATUS_POSTCOPY_ACTIVE ||
+        if (info.status == LM_STATUS_POSTCOPY_DEVICE || info.status == LM_STATUS_POSTCOPY_ACTIVE ||
             info.status == LM_STATUS_POSTCOPY_PAUSED ||
             info.status == LM_STATUS_POSTCOPY_RECOVER_SETUP ||
             info.status == LM_STATUS_POSTCOPY_RECOVER) {

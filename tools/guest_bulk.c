@@ -62,12 +62,12 @@ struct bulk {
     uint32_t instance;
     uint64_t nchunks, init_chunks;
     uint8_t *mem;
-    uint64_t *vers;       /* the device's ledger */
-    uint64_t *dirty;      /* atomic bits: written since last sent */
+    uint64_t *vers;  /* the device's ledger */
+    uint64_t *dirty; /* atomic bits: written since last sent */
     uint64_t seed;
 
     /* source migration state (migration thread) */
-    uint64_t *init_todo;  /* initial chunks not sent yet in this migration */
+    uint64_t *init_todo; /* initial chunks not sent yet in this migration */
     uint64_t init_left;
     uint64_t cursor;      /* dirty-map scan position */
     uint64_t init_cursor; /* initial data goes in order */
@@ -79,9 +79,9 @@ struct bulk {
 
     pthread_t thread;
     bool thread_started;
-    uint64_t writes;      /* relaxed atomic */
+    uint64_t writes; /* relaxed atomic */
     pthread_mutex_t lock;
-    pthread_cond_t cond;  /* CLOCK_MONOTONIC */
+    pthread_cond_t cond; /* CLOCK_MONOTONIC */
     /* --- guarded by lock --- */
     bool stop_req, parked, quit;
 };
@@ -161,8 +161,8 @@ static uint64_t bits_count(const uint64_t *b, uint64_t n)
 
 bool bulk_parse(const char *spec, bulk_cfg *cfg, lm_error *err)
 {
-    *cfg = (bulk_cfg){.size = 64u << 20, .initial = 16u << 20, .dirty_rate = 1u << 20,
-                      .ack = true, .version = 1};
+    *cfg = (bulk_cfg){
+        .size = 64u << 20, .initial = 16u << 20, .dirty_rate = 1u << 20, .ack = true, .version = 1};
     char buf[512];
     if (strlen(spec) >= sizeof buf) {
         lm_error_set(err, -EINVAL, "bulk: option list too long");
@@ -170,8 +170,7 @@ bool bulk_parse(const char *spec, bulk_cfg *cfg, lm_error *err)
     }
     snprintf(buf, sizeof buf, "%s", spec);
     bool have_initial = false;
-    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv;
-         kv = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *v = strchr(kv, '=');
         if (!v) {
             lm_error_set(err, -EINVAL, "bulk: '%s' is not KEY=VALUE", kv);
@@ -188,25 +187,30 @@ bool bulk_parse(const char *spec, bulk_cfg *cfg, lm_error *err)
             cfg->dirty_rate = n;
         } else if (!strcmp(kv, "ack") && (!strcmp(v, "on") || !strcmp(v, "off"))) {
             cfg->ack = !strcmp(v, "on");
-        } else if (!strcmp(kv, "version") && cli_parse_u64(v, &n) && n >= 1 &&
-                   n <= UINT32_MAX) {
+        } else if (!strcmp(kv, "version") && cli_parse_u64(v, &n) && n >= 1 && n <= UINT32_MAX) {
             cfg->version = (uint32_t)n;
         } else {
-            lm_error_set(err, -EINVAL, "bulk: bad option '%s=%s' (size=SIZE, initial=SIZE, "
-                                       "dirty-rate=RATE, ack=on|off, version=N>=1)", kv, v);
+            lm_error_set(err, -EINVAL,
+                         "bulk: bad option '%s=%s' (size=SIZE, initial=SIZE, "
+                         "dirty-rate=RATE, ack=on|off, version=N>=1)",
+                         kv, v);
             return false;
         }
     }
     if (cfg->size < CHUNK || cfg->size > MAX_SIZE || cfg->size % CHUNK) {
-        lm_error_set(err, -EINVAL, "bulk: size %" PRIu64 " must be a multiple of 4K in "
-                                   "4K..1G", cfg->size);
+        lm_error_set(err, -EINVAL,
+                     "bulk: size %" PRIu64 " must be a multiple of 4K in "
+                     "4K..1G",
+                     cfg->size);
         return false;
     }
     if (!have_initial && cfg->initial > cfg->size)
         cfg->initial = cfg->size;
     if (cfg->initial > cfg->size || cfg->initial % CHUNK) {
-        lm_error_set(err, -EINVAL, "bulk: initial %" PRIu64 " must be a multiple of 4K and "
-                                   "at most size (%" PRIu64 ")", cfg->initial, cfg->size);
+        lm_error_set(err, -EINVAL,
+                     "bulk: initial %" PRIu64 " must be a multiple of 4K and "
+                     "at most size (%" PRIu64 ")",
+                     cfg->initial, cfg->size);
         return false;
     }
     return true;
@@ -477,15 +481,13 @@ static int load_setup(void *opaque, lm_error *err)
     return 0;
 }
 
-static int load_state(void *opaque, uint32_t version, const uint8_t *d, size_t len,
-                      lm_error *err)
+static int load_state(void *opaque, uint32_t version, const uint8_t *d, size_t len, lm_error *err)
 {
     bulk *b = opaque;
     (void)version; /* versions 1..N share this format */
     uint32_t h[5];
     if (len < HDR)
-        return lm_error_set(err, -EPROTO, "bulk: record of %zu bytes, header needs %d", len,
-                            HDR);
+        return lm_error_set(err, -EPROTO, "bulk: record of %zu bytes, header needs %d", len, HDR);
     memcpy(h, d, HDR);
     if (h[0] != BULK_MAGIC)
         return lm_error_set(err, -EPROTO, "bulk: bad magic 0x%08x", h[0]);
@@ -502,25 +504,27 @@ static int load_state(void *opaque, uint32_t version, const uint8_t *d, size_t l
         memcpy(&size, d, 8);
         memcpy(&initial, d + 8, 8);
         if (size != b->cfg.size)
-            return lm_error_set(err, -EINVAL, "the source device has %" PRIu64
-                                              " bytes of memory, this one %" PRIu64,
+            return lm_error_set(err, -EINVAL,
+                                "the source device has %" PRIu64
+                                " bytes of memory, this one %" PRIu64,
                                 size, b->cfg.size);
         break;
     }
     case K_CHUNKS:
         if (first > b->nchunks || count > b->nchunks - first)
-            return lm_error_set(err, -EPROTO, "bulk: chunks %" PRIu64 "+%" PRIu64
-                                              " past the end (%" PRIu64 " chunks)",
+            return lm_error_set(err, -EPROTO,
+                                "bulk: chunks %" PRIu64 "+%" PRIu64 " past the end (%" PRIu64
+                                " chunks)",
                                 first, count, b->nchunks);
         if (len != count * CHUNK)
-            return lm_error_set(err, -EPROTO, "bulk: %" PRIu64 " chunks in %zu bytes", count,
-                                len);
+            return lm_error_set(err, -EPROTO, "bulk: %" PRIu64 " chunks in %zu bytes", count, len);
         memcpy(b->mem + first * CHUNK, d, len);
         break;
     case K_VERSIONS:
         if (first != 0 || count != b->nchunks || len != count * 8)
-            return lm_error_set(err, -EPROTO, "bulk: version table %" PRIu64 "+%" PRIu64
-                                              " in %zu bytes, want %" PRIu64 " entries",
+            return lm_error_set(err, -EPROTO,
+                                "bulk: version table %" PRIu64 "+%" PRIu64
+                                " in %zu bytes, want %" PRIu64 " entries",
                                 first, count, len, b->nchunks);
         memcpy(b->vers, d, len);
         break;

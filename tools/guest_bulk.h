@@ -28,8 +28,8 @@ bool bulk_parse(const char *spec, bulk_cfg *cfg, lm_error *err);
 /* Maps the memory and writes the initial data (version 1) unless
  * `incoming` (a destination starts empty).  The writer thread starts
  * parked when `incoming`. */
-int bulk_new(const bulk_cfg *cfg, uint32_t instance, bool incoming, uint64_t seed,
-             bulk **out, lm_error *err);
+int bulk_new(const bulk_cfg *cfg, uint32_t instance, bool incoming, uint64_t seed, bulk **out,
+             lm_error *err);
 int bulk_register(bulk *b, lm_mig *m, lm_error *err);
 /* Host hooks: stop returns once the device's writer is parked. */
 void bulk_stop(bulk *b);

@@ -22,38 +22,37 @@
 
 void usage_migrate(FILE *f)
 {
-    fprintf(f,
-            "usage: livemig migrate --src unix:SRC --dst unix:DST --uri URI [options]\n\n"
-            "Migrates the host behind QMP socket SRC to the one behind DST (livemig\n"
-            "guests or QEMUs).  DST must be waiting for a migration (--incoming URI, or\n"
-            "--incoming defer: then migrate-incoming URI is issued on it).  With a tcp\n"
-            "port 0 the real port is read from the destination's socket-address.\n\n"
-            "options:\n"
-            "  --src SOCK             source QMP socket (unix:PATH or PATH)\n"
-            "  --dst SOCK             destination QMP socket\n"
-            "  --uri URI              migration URI: tcp:HOST:PORT, unix:PATH\n"
-            "  --cap NAME=on|off      set a capability on both sides (repeatable);\n"
-            "                         'events' is always turned on\n"
-            "  --param NAME=VALUE     set a parameter on both sides (repeatable); VALUE\n"
-            "                         is an integer (K/M/G allowed for *-bandwidth),\n"
-            "                         true/false, or a string\n"
-            "  --multifd N            N parallel channels: --cap multifd=on and\n"
-            "                         --param multifd-channels=N (1..255)\n"
-            "  --compress METHOD      multifd compression: none, zlib, zstd, lz4\n"
-            "                         (implies multifd; --param multifd-compression)\n"
-            "  --postcopy[=after-pass:N|after:SECONDS]\n"
-            "                         turn postcopy-ram on (both sides) and switch to\n"
-            "                         postcopy once N passes are done (default 1) or\n"
-            "                         after SECONDS (migrate-start-postcopy)\n"
-            "  --auto-postcopy[=SECONDS]\n"
-            "                         switch to postcopy when precopy stops converging:\n"
-            "                         remaining has not reached a new low for SECONDS\n"
-            "                         (default 3)\n"
-            "  --json                 print one JSON object at the end, no progress\n"
-            "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
-            "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
-            "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
-            "running); after the switch to postcopy a migration cannot be cancelled.\n");
+    fprintf(f, "usage: livemig migrate --src unix:SRC --dst unix:DST --uri URI [options]\n\n"
+               "Migrates the host behind QMP socket SRC to the one behind DST (livemig\n"
+               "guests or QEMUs).  DST must be waiting for a migration (--incoming URI, or\n"
+               "--incoming defer: then migrate-incoming URI is issued on it).  With a tcp\n"
+               "port 0 the real port is read from the destination's socket-address.\n\n"
+               "options:\n"
+               "  --src SOCK             source QMP socket (unix:PATH or PATH)\n"
+               "  --dst SOCK             destination QMP socket\n"
+               "  --uri URI              migration URI: tcp:HOST:PORT, unix:PATH\n"
+               "  --cap NAME=on|off      set a capability on both sides (repeatable);\n"
+               "                         'events' is always turned on\n"
+               "  --param NAME=VALUE     set a parameter on both sides (repeatable); VALUE\n"
+               "                         is an integer (K/M/G allowed for *-bandwidth),\n"
+               "                         true/false, or a string\n"
+               "  --multifd N            N parallel channels: --cap multifd=on and\n"
+               "                         --param multifd-channels=N (1..255)\n"
+               "  --compress METHOD      multifd compression: none, zlib, zstd, lz4\n"
+               "                         (implies multifd; --param multifd-compression)\n"
+               "  --postcopy[=after-pass:N|after:SECONDS]\n"
+               "                         turn postcopy-ram on (both sides) and switch to\n"
+               "                         postcopy once N passes are done (default 1) or\n"
+               "                         after SECONDS (migrate-start-postcopy)\n"
+               "  --auto-postcopy[=SECONDS]\n"
+               "                         switch to postcopy when precopy stops converging:\n"
+               "                         remaining has not reached a new low for SECONDS\n"
+               "                         (default 3)\n"
+               "  --json                 print one JSON object at the end, no progress\n"
+               "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
+               "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
+               "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
+               "running); after the switch to postcopy a migration cannot be cancelled.\n");
 }
 
 void usage_status(FILE *f)
@@ -130,8 +129,8 @@ static json_t *param_json(const char *name, const char *value)
     uint64_t u;
     if (cli_parse_i64(value, &i))
         return json_integer(i);
-    if ((ends_with(name, "bandwidth") || ends_with(name, "-size")) &&
-        cli_parse_size(value, &u) && u <= INT64_MAX)
+    if ((ends_with(name, "bandwidth") || ends_with(name, "-size")) && cli_parse_size(value, &u) &&
+        u <= INT64_MAX)
         return json_integer((json_int_t)u);
     if (!strcmp(value, "true"))
         return json_true();
@@ -145,7 +144,7 @@ static json_t *param_json(const char *name, const char *value)
 typedef struct progress {
     bool tty;
     bool enabled;
-    int lines;            /* lines of the block drawn last (tty) */
+    int lines; /* lines of the block drawn last (tty) */
     uint64_t start_ms;
     uint64_t last_plain_ms;
 } progress;
@@ -259,8 +258,8 @@ static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note
         fprintf(f, "  dest error    %s\n", d->error_desc);
 }
 
-static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw,
-                            const char *uri, uint64_t wall_ms, bool timed_out, bool interrupted)
+static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw, const char *uri,
+                            uint64_t wall_ms, bool timed_out, bool interrupted)
 {
     json_t *o = json_object();
     json_object_set_new(o, "status", json_string(s->status));
@@ -296,14 +295,13 @@ static int set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, l
         return 0;
     json_t *list = json_array();
     if (events)
-        json_array_append_new(list,
-                              json_pack("{s:s, s:b}", "capability", "events", "state", 1));
+        json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "events", "state", 1));
     if (o->postcopy != MIG_PC_NONE)
-        json_array_append_new(list, json_pack("{s:s, s:b}", "capability", "postcopy-ram",
-                                              "state", 1));
+        json_array_append_new(list,
+                              json_pack("{s:s, s:b}", "capability", "postcopy-ram", "state", 1));
     for (int i = 0; i < o->ncaps; i++)
-        json_array_append_new(list, json_pack("{s:s, s:b}", "capability", o->cap_name[i],
-                                              "state", o->cap_on[i]));
+        json_array_append_new(
+            list, json_pack("{s:s, s:b}", "capability", o->cap_name[i], "state", o->cap_on[i]));
     json_t *args = json_pack("{s:o}", "capabilities", list);
     int rc = qmpc_call(c, "migrate-set-capabilities", args, NULL, err);
     json_decref(args);
@@ -330,8 +328,7 @@ static int set_params(qmpc *c, const char *side, const mig_opts *o, lm_error *er
 /* Configures the destination and makes it listen if it was started with
  * --incoming defer; returns the URI the source must use (the real port for
  * a port 0). */
-static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t cap,
-                               lm_error *err)
+static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t cap, lm_error *err)
 {
     json_t *st = NULL, *qm = NULL;
     int rc = qmpc_call(dst, "query-status", NULL, &st, err);
@@ -339,8 +336,9 @@ static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t 
         goto out;
     const char *rs = json_string_value(json_object_get(st, "status"));
     if (!rs || strcmp(rs, "inmigrate")) {
-        rc = lm_error_set(err, -EINVAL, "destination is not waiting for a migration (run "
-                                        "state '%s'; start it with --incoming)",
+        rc = lm_error_set(err, -EINVAL,
+                          "destination is not waiting for a migration (run "
+                          "state '%s'; start it with --incoming)",
                           rs ? rs : "?");
         goto out;
     }
@@ -359,8 +357,10 @@ static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t 
             rc = err->code;
             goto out;
         }
-        fprintf(stderr, "livemig migrate: warning: %s (it is already listening; start it "
-                        "with --incoming defer to configure it first)\n", err->msg);
+        fprintf(stderr,
+                "livemig migrate: warning: %s (it is already listening; start it "
+                "with --incoming defer to configure it first)\n",
+                err->msg);
         lm_error_clear(err);
     }
     if ((rc = set_params(dst, "destination", o, err)) < 0)
@@ -379,8 +379,10 @@ static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t 
             goto out;
     }
     if (!qmpc_real_uri(qm, o->uri, real, cap))
-        rc = lm_error_set(err, -EPROTO, "destination's query-migrate has no socket-address "
-                                        "to resolve port 0 of '%s'", o->uri);
+        rc = lm_error_set(err, -EPROTO,
+                          "destination's query-migrate has no socket-address "
+                          "to resolve port 0 of '%s'",
+                          o->uri);
 out:
     json_decref(st);
     json_decref(qm);
@@ -396,8 +398,8 @@ typedef struct pc_policy {
     uint64_t pass;           /* dirty-sync-count of the last sample */
 } pc_policy;
 
-static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig *s,
-                                uint64_t now, uint64_t start, char *buf, size_t cap)
+static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig *s, uint64_t now,
+                                uint64_t start, char *buf, size_t cap)
 {
     if (pp->asked || o->postcopy == MIG_PC_NONE || strcmp(s->status, "active"))
         return NULL;
@@ -432,8 +434,9 @@ static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig
         }
         if (now - pp->best_ms >= o->postcopy_window_ms) {
             char b[32];
-            snprintf(buf, cap, "precopy stopped converging: no pass started below %s in "
-                               "%" PRIu64 " s",
+            snprintf(buf, cap,
+                     "precopy stopped converging: no pass started below %s in "
+                     "%" PRIu64 " s",
                      cli_fmt_bytes(b, sizeof b, (double)pp->best_remaining),
                      o->postcopy_window_ms / 1000);
             return buf;
@@ -551,8 +554,8 @@ int mig_run(const mig_opts *o)
                 break; /* the next query reports a dead connection */
             }
             const char *name = json_string_value(json_object_get(ev, "event"));
-            const char *st = json_string_value(
-                json_object_get(json_object_get(ev, "data"), "status"));
+            const char *st =
+                json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
             bool wake = name && !strcmp(name, "MIGRATION") && st && qmpc_status_final(st);
             json_decref(ev);
             if (wake)
@@ -581,8 +584,8 @@ int mig_run(const mig_opts *o)
 
     const char *note = timed_out ? "timed out" : interrupted ? "interrupted" : NULL;
     if (o->json) {
-        json_t *j = summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out,
-                                 interrupted);
+        json_t *j =
+            summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out, interrupted);
         char *txt = json_dumps(j, JSON_INDENT(2));
         if (txt)
             printf("%s\n", txt);
@@ -610,8 +613,20 @@ out:
 
 /* ---------------------------------------------------------- subcommands */
 
-enum { O_SRC = 1, O_DST, O_URI, O_CAP, O_PARAM, O_JSON, O_TIMEOUT, O_WATCH, O_MULTIFD,
-       O_COMPRESS, O_POSTCOPY, O_AUTO_POSTCOPY };
+enum {
+    O_SRC = 1,
+    O_DST,
+    O_URI,
+    O_CAP,
+    O_PARAM,
+    O_JSON,
+    O_TIMEOUT,
+    O_WATCH,
+    O_MULTIFD,
+    O_COMPRESS,
+    O_POSTCOPY,
+    O_AUTO_POSTCOPY
+};
 
 /* --postcopy[=after-pass:N|after:SECONDS] */
 static bool parse_postcopy(mig_opts *o, const char *v)
@@ -647,11 +662,18 @@ static void mig_opts_free(mig_opts *o)
 int cmd_migrate(int argc, char **argv)
 {
     static const cli_opt opts[] = {
-        {"src", true, O_SRC},     {"dst", true, O_DST},          {"uri", true, O_URI},
-        {"cap", true, O_CAP},     {"param", true, O_PARAM},      {"json", false, O_JSON},
-        {"timeout", true, O_TIMEOUT}, {"multifd", true, O_MULTIFD},
-        {"compress", true, O_COMPRESS}, {"postcopy", false, O_POSTCOPY, true},
-        {"auto-postcopy", false, O_AUTO_POSTCOPY, true}, {NULL, false, 0},
+        {"src", true, O_SRC},
+        {"dst", true, O_DST},
+        {"uri", true, O_URI},
+        {"cap", true, O_CAP},
+        {"param", true, O_PARAM},
+        {"json", false, O_JSON},
+        {"timeout", true, O_TIMEOUT},
+        {"multifd", true, O_MULTIFD},
+        {"compress", true, O_COMPRESS},
+        {"postcopy", false, O_POSTCOPY, true},
+        {"auto-postcopy", false, O_AUTO_POSTCOPY, true},
+        {NULL, false, 0},
     };
     static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
     char mfd_spec[2][64];
@@ -676,9 +698,15 @@ int cmd_migrate(int argc, char **argv)
         case CLI_POS:
             cli_err("migrate", "unexpected argument '%s'", v);
             goto out;
-        case O_SRC: o.src = v; break;
-        case O_DST: o.dst = v; break;
-        case O_URI: o.uri = v; break;
+        case O_SRC:
+            o.src = v;
+            break;
+        case O_DST:
+            o.dst = v;
+            break;
+        case O_URI:
+            o.uri = v;
+            break;
         case O_CAP:
             if (!mig_opts_add_cap(&o, "migrate", v))
                 goto out;
@@ -711,7 +739,9 @@ int cmd_migrate(int argc, char **argv)
             mfd = true;
             break;
         }
-        case O_JSON: o.json = true; break;
+        case O_JSON:
+            o.json = true;
+            break;
         case O_TIMEOUT:
             if (!cli_parse_u64(v, &n) || n < 1 || n > 86400 * 7) {
                 cli_err("migrate", "--timeout: '%s' is not a number of seconds >= 1", v);
@@ -736,8 +766,10 @@ int cmd_migrate(int argc, char **argv)
             o.postcopy_window_ms = 3000;
             if (v && *v) {
                 if (!cli_parse_u64(v, &n) || n < 1 || n > 3600) {
-                    cli_err("migrate", "--auto-postcopy: '%s' is not a number of seconds "
-                                       "in 1..3600", v);
+                    cli_err("migrate",
+                            "--auto-postcopy: '%s' is not a number of seconds "
+                            "in 1..3600",
+                            v);
                     goto out;
                 }
                 o.postcopy_window_ms = n * 1000;
@@ -755,7 +787,9 @@ int cmd_migrate(int argc, char **argv)
         goto out;
     if (!o.src || !o.dst || !o.uri) {
         cli_err("migrate", "missing %s (see 'livemig help migrate')",
-                !o.src ? "--src" : !o.dst ? "--dst" : "--uri");
+                !o.src   ? "--src"
+                : !o.dst ? "--dst"
+                         : "--uri");
         goto out;
     }
     cli_catch_signals();
@@ -768,7 +802,9 @@ out:
 int cmd_status(int argc, char **argv)
 {
     static const cli_opt opts[] = {
-        {"watch", false, O_WATCH}, {"json", false, O_JSON}, {NULL, false, 0},
+        {"watch", false, O_WATCH},
+        {"json", false, O_JSON},
+        {NULL, false, 0},
     };
     cli_args a;
     cli_args_init(&a, "status", argc, argv);
@@ -790,8 +826,12 @@ int cmd_status(int argc, char **argv)
             }
             sock = v;
             break;
-        case O_WATCH: watch = true; break;
-        case O_JSON: json = true; break;
+        case O_WATCH:
+            watch = true;
+            break;
+        case O_JSON:
+            json = true;
+            break;
         }
     }
     if (!sock) {
@@ -896,6 +936,5 @@ int cmd_postcopy(int argc, char **argv)
 
 int cmd_cancel(int argc, char **argv)
 {
-    return one_command(argc, argv, "cancel", usage_cancel, "migrate_cancel",
-                       "cancel requested");
+    return one_command(argc, argv, "cancel", usage_cancel, "migrate_cancel", "cancel requested");
 }

@@ -87,8 +87,7 @@ int cli_next(cli_args *a, const cli_opt *opts, const char **val)
         }
         return o->id;
     }
-    cli_err(a->cmd, "unknown option '--%.*s' (try 'livemig help %s')", (int)nlen, name,
-            a->cmd);
+    cli_err(a->cmd, "unknown option '--%.*s' (try 'livemig help %s')", (int)nlen, name, a->cmd);
     return CLI_ERR;
 }
 
@@ -133,11 +132,24 @@ bool cli_parse_size(const char *s, uint64_t *out)
     switch (toupper((unsigned char)*end)) {
     case '\0':
         break;
-    case 'K': shift = 10; end++; break;
-    case 'M': shift = 20; end++; break;
-    case 'G': shift = 30; end++; break;
-    case 'T': shift = 40; end++; break;
-    case 'B': break;
+    case 'K':
+        shift = 10;
+        end++;
+        break;
+    case 'M':
+        shift = 20;
+        end++;
+        break;
+    case 'G':
+        shift = 30;
+        end++;
+        break;
+    case 'T':
+        shift = 40;
+        end++;
+        break;
+    case 'B':
+        break;
     default:
         return false;
     }

@@ -15,6 +15,20 @@ QMP, the way a management layer would.  The harness gives:
   helpers  set_caps, set_params, wait_status, migrate, SilentListener (a
            destination that accepts a connection and never answers), ...
 
+Sanitizer builds.  The harness looks at $LIVEMIG itself: a ThreadSanitizer
+build runs ~2-10x slower, so every bound the harness applies (per-test
+watchdog, file budget, readiness, QMP replies, wait_* helpers, run_cli) is
+multiplied by SLOW (2 for TSan, LMTEST_SLOW=<factor> overrides; bounds
+written in the tests themselves, such as "cancel took < 2 s", stay as they
+are).  Every process started under TSan gets TSAN_OPTIONS with
+halt_on_error=1, the suppression file tests/tsan.supp and a log_path in a
+directory of this run, so a report from any process (guests, the CLI, the
+demo's own children) fails the test that was running, with the report in
+its output.  Options already in TSAN_OPTIONS win (halt_on_error=0 to see
+every report of a run).  Guest logs and CLI stderr are scanned for
+sanitizer reports too, for processes started with an environment of their
+own.
+
 Nothing here ever picks a free port up front: destinations listen on
 tcp:127.0.0.1:0 and the real port is read back from query-migrate's
 "socket-address", so tests cannot race each other for a port.
@@ -44,6 +58,112 @@ PR_SET_CHILD_SUBREAPER = 36
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 _libc = None
+
+# ------------------------------------------------------------- sanitizers
+
+# What a sanitizer prints when it finds something (TSan, ASan/LSan, UBSan).
+SANITIZER_MARKERS = (b"WARNING: ThreadSanitizer", b"ERROR: AddressSanitizer",
+                     b"ERROR: LeakSanitizer", b": runtime error: ")
+
+
+def _sanitizer_of(path):
+    """"thread", "address" or "": what $LIVEMIG was built with (the
+    runtime's init symbol is in every sanitized binary)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    if b"__tsan_init" in data:
+        return "thread"
+    if b"__asan_init" in data:
+        return "address"
+    return ""
+
+
+SANITIZER = _sanitizer_of(LIVEMIG)
+SLOW = float(os.environ.get("LMTEST_SLOW") or (2 if SANITIZER == "thread" else 1))
+TSAN_SUPP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "tsan.supp"))
+_report_dir = None  # log_path directory of the sanitizer runtime (TSan builds)
+
+
+def scaled(seconds):
+    """A time bound for this build: seconds * SLOW."""
+    return seconds * SLOW
+
+
+def _setup_sanitizer_env():
+    """Points every child's sanitizer runtime at a report directory of ours
+    (inherited through os.environ, also by the demo's guests)."""
+    global _report_dir
+    if SANITIZER != "thread":
+        return
+    _report_dir = tempfile.mkdtemp(prefix="lmt-tsan-", dir="/tmp")
+    atexit.register(shutil.rmtree, _report_dir, True)
+    opts = [o for o in os.environ.get("TSAN_OPTIONS", "").replace(" ", ":").split(":") if o]
+    have = {o.split("=", 1)[0] for o in opts}
+    for k, v in (("halt_on_error", "1"), ("second_deadlock_stack", "1"),
+                 ("suppressions", TSAN_SUPP)):
+        if k not in have:
+            opts.append("%s=%s" % (k, v))
+    # Ours always: the reports must land where take_sanitizer_reports looks.
+    opts = [o for o in opts if not o.startswith("log_path=")]
+    opts.append("log_path=" + os.path.join(_report_dir, "tsan"))
+    os.environ["TSAN_OPTIONS"] = ":".join(opts)
+
+
+def take_sanitizer_reports():
+    """Reports written since the last call (TSan's log_path files, one per
+    process), as text; the files are removed."""
+    if not _report_dir:
+        return ""
+    out = []
+    for name in sorted(os.listdir(_report_dir)):
+        path = os.path.join(_report_dir, name)
+        try:
+            with open(path, "rb") as f:
+                out.append(f.read().decode(errors="replace"))
+            os.unlink(path)
+        except OSError:
+            pass
+    return "".join(out)
+
+
+_FRAME = re.compile(r"^\s+#\d+ (\S+) (/\S+?):(\d+)")
+
+
+def sanitizer_summary(text):
+    """One line per report: its kind and, for each of its stacks, the first
+    frame in a source file (interceptors have none), e.g. "data race:
+    fail send.c:92 / lm_mfd_send_free send.c:513"."""
+    out = []
+    for rep in re.split(r"^=+$", text, flags=re.M):
+        m = re.search(r"(?:WARNING: ThreadSanitizer|ERROR: \w+Sanitizer): ([^(\n]+)", rep)
+        if not m:
+            continue
+        frames, want = [], False
+        for line in rep.splitlines():
+            if re.match(r"^\s+(Read|Write|Previous|Atomic|Mutex \S+ acquired|Cycle)", line):
+                want = True
+            f = _FRAME.match(line)
+            if want and f:
+                frames.append("%s %s:%s" % (f.group(1), os.path.basename(f.group(2)),
+                                            f.group(3)))
+                want = False
+        out.append("%s: %s" % (m.group(1).strip(), " / ".join(frames[:2]) or "?"))
+    if not out:
+        out = [l.strip() for l in text.splitlines()
+               if any(mk.decode() in l for mk in SANITIZER_MARKERS)]
+    return "; ".join(out[:3]) or text.strip()[:300]
+
+
+def has_sanitizer_report(data):
+    if isinstance(data, str):
+        data = data.encode(errors="replace")
+    return any(m in data for m in SANITIZER_MARKERS)
+
+
+_setup_sanitizer_env()
 
 
 def _prctl(option, arg):
@@ -180,8 +300,10 @@ def spawn(argv, logpath=None, **kw):
 
 
 def run_cli(args, timeout=60, env=None, input_bytes=None):
-    """Runs `$LIVEMIG args...` to completion (bounded).  Returns
-    (exit code, stdout text, stderr text)."""
+    """Runs `$LIVEMIG args...` to completion (bounded: timeout * SLOW).
+    Returns (exit code, stdout text, stderr text); a sanitizer report in
+    its stderr fails the test."""
+    timeout = scaled(timeout)
     p = subprocess.Popen([LIVEMIG] + list(args), stdin=subprocess.PIPE if input_bytes
                          else subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, preexec_fn=_child_setup, env=env)
@@ -195,6 +317,9 @@ def run_cli(args, timeout=60, env=None, input_bytes=None):
                           (" ".join(args), timeout, err.decode(errors="replace")[-2000:]))
     finally:
         _unregister(p)
+    if has_sanitizer_report(err):
+        raise TestFailure("`livemig %s`: sanitizer report: %s" %
+                          (" ".join(args), err.decode(errors="replace")[-4000:]))
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -218,6 +343,7 @@ class QMP:
     _next_id = 0
 
     def __init__(self, path, timeout=5.0):
+        timeout = scaled(timeout)
         self.path = path
         self.buf = b""
         self.events = deque()
@@ -229,7 +355,7 @@ class QMP:
             self.greeting = self._recv(deadline)
             if "QMP" not in self.greeting:
                 raise TestFailure("QMP %s: bad greeting %r" % (path, self.greeting))
-            self.execute("qmp_capabilities", timeout=timeout)
+            self.execute("qmp_capabilities", timeout=timeout / SLOW)
         except BaseException:
             self.sock.close()
             raise
@@ -303,8 +429,9 @@ class QMP:
 
     def recv_reply(self, timeout=10.0, want_id=None):
         """Next non-event message; events are queued meanwhile.  With
-        want_id, replies carrying another id are skipped."""
-        deadline = time.monotonic() + timeout
+        want_id, replies carrying another id are skipped.  Waits at most
+        timeout * SLOW."""
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             obj = self._recv(deadline)
             if "event" in obj:
@@ -322,7 +449,7 @@ class QMP:
         msg = {"execute": cmd, "id": cid}
         if args is not None:
             msg["arguments"] = args
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(scaled(timeout))
         self.send_raw(json.dumps(msg).encode() + b"\n")
         resp = self.recv_reply(timeout, want_id=cid)
         if resp.get("id") != cid:
@@ -353,7 +480,8 @@ class QMP:
 
     def wait_event(self, name, pred=None, timeout=10.0):
         """Waits for an event called name (and pred(data) true); events
-        before it stay queued."""
+        before it stay queued.  Waits at most timeout * SLOW."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             for i, ev in enumerate(self.events):
@@ -414,6 +542,7 @@ class Guest:
             # A random fill writes every page once (a few hundred MB/s in the
             # worst case: first-touch faults without huge pages).
             ready_timeout = 15 + parse_size(mem) / (100 << 20)
+        ready_timeout = scaled(ready_timeout)
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -477,7 +606,7 @@ class Guest:
             except (QMPError, QMPTimeout, OSError, ConnectionError, TestFailure):
                 pass
             try:
-                self.proc.wait(5)
+                self.proc.wait(scaled(5))
             except subprocess.TimeoutExpired:
                 pass
         stop_pid(self.proc, grace=5)
@@ -532,9 +661,11 @@ def set_params(g_or_q, params):
 
 
 def wait_status(g_or_q, statuses, timeout=30.0, poll=0.02, fail_on=FINAL_STATUSES):
-    """Polls query-migrate until its status is one of statuses.  A final
-    status that is not wanted fails at once (with its error-desc)."""
+    """Polls query-migrate until its status is one of statuses (at most
+    timeout * SLOW).  A final status that is not wanted fails at once (with
+    its error-desc)."""
     q = g_or_q.qmp if isinstance(g_or_q, Guest) else g_or_q
+    timeout = scaled(timeout)
     if isinstance(statuses, str):
         statuses = (statuses,)
     deadline = time.monotonic() + timeout
@@ -555,7 +686,9 @@ def wait_status(g_or_q, statuses, timeout=30.0, poll=0.02, fail_on=FINAL_STATUSE
 
 
 def wait_until(fn, timeout, what, poll=0.05):
-    """Waits until fn() returns a true value (returned)."""
+    """Waits until fn() returns a true value (returned), at most
+    timeout * SLOW."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         v = fn()
@@ -729,6 +862,7 @@ class Ctx:
         self.tmpdir = tempfile.mkdtemp(prefix="lmt-%s-" % safe, dir="/tmp")
         self.guests = []
         self.closers = []
+        self.sanitizer_reports = []  # (file name, text) found by cleanup
 
     def guest(self, name, **kw):
         g = Guest(self.tmpdir, name, **kw)
@@ -775,7 +909,23 @@ class Ctx:
                 c()
             except Exception as e:
                 log("cleanup: %s" % e)
+        self._scan_logs()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _scan_logs(self):
+        """Sanitizer reports in the logs of this test's processes (those
+        whose runtime did not write to our log_path)."""
+        for name in sorted(os.listdir(self.tmpdir)):
+            path = os.path.join(self.tmpdir, name)
+            if not os.path.isfile(path) or path.endswith((".qmp", ".mig")):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(64 << 20)
+            except OSError:
+                continue
+            if has_sanitizer_report(data):
+                self.sanitizer_reports.append((name, data.decode(errors="replace")))
 
 
 class Runner:
@@ -820,18 +970,21 @@ class Runner:
             print("not ok - setup: LIVEMIG=%s is not an executable (build it first)" % LIVEMIG)
             print("0 passed, 1 failed")
             sys.exit(1)
-        log("%s: %d tests, livemig %s" % (self.title, len(self.tests), LIVEMIG))
+        log("%s: %d tests, livemig %s%s" % (self.title, len(self.tests), LIVEMIG,
+                                           " (%s sanitizer, time bounds x%g)" %
+                                           (SANITIZER, SLOW) if SANITIZER else ""))
         start = time.monotonic()
+        take_sanitizer_reports()
         only = os.environ.get("LMTEST_ONLY")  # a substring: run just those tests
         for name, fn, args, timeout in self.tests:
             if only and only not in name:
                 continue
             self.current = name
-            if time.monotonic() - start > self.budget:
-                self._report(name, False, "not run: file budget of %d s used up" % self.budget,
-                             0)
+            if time.monotonic() - start > scaled(self.budget):
+                self._report(name, False, "not run: file budget of %d s used up" %
+                             scaled(self.budget), 0)
                 continue
-            limit = timeout or self.per_test
+            limit = scaled(timeout or self.per_test)
             ctx = Ctx(name)
             t0 = time.monotonic()
             ok, reason = True, ""
@@ -853,12 +1006,24 @@ class Runner:
                 # Cleanup is bounded by its own waits; the hard alarm is for
                 # a cleanup that hangs anyway.
                 signal.signal(signal.SIGALRM, self._hard_alarm)
-                signal.alarm(60)
+                signal.alarm(int(scaled(60)))
                 try:
                     ctx.cleanup()
                 except WatchdogTimeout:
                     pass
                 signal.alarm(0)
+            reports = [(n, txt) for n, txt in ctx.sanitizer_reports]
+            tsan = take_sanitizer_reports()
+            if tsan:
+                reports.append(("TSan log_path", tsan))
+            if reports:
+                # A report fails the test even when the scenario passed:
+                # the race happened during it, whichever process saw it.
+                summary = "; ".join("%s: %s" % (n, sanitizer_summary(txt)) for n, txt in reports)
+                reason = (reason + "; " if not ok else "") + "sanitizer report: " + summary
+                ok = False
+                for n, txt in reports:
+                    log("sanitizer report (%s):\n#   %s" % (n, txt.strip().replace("\n", "\n#   ")))
             if not ok:
                 for g in ctx.guests:
                     tail = g.log_tail(600)
@@ -866,6 +1031,12 @@ class Runner:
                         log("%s log: %s" % (g.name, tail.replace("\n", "\n#   ")))
             self._report(name, ok, reason, time.monotonic() - t0)
         kill_all_children()
+        late = take_sanitizer_reports()
+        if late:
+            log("sanitizer report after the last test:\n#   %s" %
+                late.strip().replace("\n", "\n#   "))
+            self._report("sanitizer reports after the last test", False,
+                         sanitizer_summary(late), 0)
         print("%d passed, %d failed" % (self.passed, self.failed), flush=True)
         sys.exit(1 if self.failed else 0)
 
