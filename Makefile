@@ -6,16 +6,6 @@ JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
             libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev
 
-# Sources `make format-check` does not check yet: they predate the check and
-# src/ is being restructured (files split and moved), so formatting them now
-# would only make that harder to merge.  Run `clang-format -i` on a file and
-# take it off this list; new files are checked from the start.
-FORMAT_PENDING := src/core/incoming.c src/core/internal.h src/core/mig.c src/core/outgoing.c \
-                  src/core/params.c src/core/state.c src/format/format.h src/format/wire.c \
-                  src/multifd/codec.c src/multifd/multifd.h src/multifd/recv.c \
-                  src/multifd/send.c src/postcopy/postcopy.c src/qmp/commands.c \
-                  src/ram/dirty.h src/ram/ram.c src/savevm/savevm.c
-
 .PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench clean
 
 all: build
@@ -63,18 +53,10 @@ check-tsan: deps
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
 	  ctest --output-on-failure -j 1 $(CTEST_ARGS)
 
-# The sources as .clang-format says (clang-format 14, Debian 12), except
-# FORMAT_PENDING; a pending file that is clean now, or gone, is only named.
+# The sources as .clang-format says (clang-format 14, Debian 12).
 format-check: deps
 	@files=$$(find src include tools -name '*.[ch]' | LC_ALL=C sort); \
-	for p in $(FORMAT_PENDING); do \
-	  if [ ! -f "$$p" ]; then echo "format-check: $$p (FORMAT_PENDING) no longer exists"; \
-	  elif clang-format --dry-run -Werror "$$p" 2>/dev/null; then \
-	    echo "format-check: $$p is formatted now: take it off FORMAT_PENDING"; fi; \
-	  files=$$(printf '%s\n' $$files | grep -vxF "$$p"); \
-	done; \
-	echo "clang-format --dry-run -Werror: $$(printf '%s\n' $$files | wc -l) files" \
-	  "($(words $(FORMAT_PENDING)) pending)"; \
+	echo "clang-format --dry-run -Werror: $$(printf '%s\n' $$files | wc -l) files"; \
 	clang-format --dry-run -Werror $$files
 
 # libFuzzer targets (clang).  Run one with e.g.

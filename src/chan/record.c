@@ -51,13 +51,12 @@ int lm_rec_read_hdr(lm_chan *c, bool exact, lm_rec_hdr *h, lm_error *err)
     return 0;
 }
 
-int lm_rec_read_payload(lm_chan *c, const lm_rec_hdr *h, void *buf, uint32_t cap,
-                        const char *what, lm_error *err)
+int lm_rec_read_payload(lm_chan *c, const lm_rec_hdr *h, void *buf, uint32_t cap, const char *what,
+                        lm_error *err)
 {
     if (h->len > cap)
-        return lm_error_set(err, -EPROTO, "%s%s%s record of %u bytes, at most %u",
-                            what ? what : "", what ? ": " : "", lm_rec_type_name(h->type), h->len,
-                            cap);
+        return lm_error_set(err, -EPROTO, "%s%s%s record of %u bytes, at most %u", what ? what : "",
+                            what ? ": " : "", lm_rec_type_name(h->type), h->len, cap);
     if (h->len && lm_chan_read_full(c, buf, h->len) < 0)
         return chan_error(c, err);
     return 0;

@@ -32,7 +32,7 @@ int lm_rec_read_hdr(lm_chan *c, bool exact, lm_rec_hdr *h, lm_error *err);
 /* Reads the payload of h into buf, refusing (-EPROTO, "<what>: <TYPE>
  * record of N bytes, at most CAP"; what may be NULL) a record longer than
  * cap: what a peer can make us read is bounded by the caller's buffer. */
-int lm_rec_read_payload(lm_chan *c, const lm_rec_hdr *h, void *buf, uint32_t cap,
-                        const char *what, lm_error *err);
+int lm_rec_read_payload(lm_chan *c, const lm_rec_hdr *h, void *buf, uint32_t cap, const char *what,
+                        lm_error *err);
 
 #endif /* LM_CHAN_RECORD_H */

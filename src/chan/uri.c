@@ -6,11 +6,10 @@
  * migration connection gets.
  *
  * Threads: a cancellable connect resolves the name on a detached helper
- * thread (resolve.c); nothing else starts here and no locks are taken.  lm_sock_accept() blocks the calling thread; any other
- * thread may interrupt it (see there).
+ * thread (resolve.c); nothing else starts here and no locks are taken.  lm_sock_accept() blocks the
+ * calling thread; any other thread may interrupt it (see there).
  */
 #include "chan/chan.h"
-
 
 #include <errno.h>
 #include <fcntl.h>
@@ -341,8 +340,7 @@ static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t salen, i
                 return -ETIMEDOUT;
             wait = left > INT_MAX ? INT_MAX : (int)left;
         }
-        struct pollfd pfd[2] = {{.fd = fd, .events = POLLOUT},
-                                {.fd = cancel_fd, .events = POLLIN}};
+        struct pollfd pfd[2] = {{.fd = fd, .events = POLLOUT}, {.fd = cancel_fd, .events = POLLIN}};
         int n = poll(pfd, cancel_fd >= 0 ? 2 : 1, wait);
         if (n < 0 && errno == EINTR)
             continue;

@@ -44,9 +44,12 @@ int lm_hello_request(lm_chan *c, const lm_hello *h, int timeout_ms, lm_error *er
 int lm_hello_answer(lm_chan *c, const lm_hello *req, const lm_error *why)
 {
     uint8_t buf[LM_HELLO_SIZE];
-    lm_hello reply = {.version = LM_FORMAT_VERSION, .role = req->role,
-                      .kind = LM_HELLO_ACCEPT, .page_size = LM_PAGE_SIZE,
-                      .chan_index = req->chan_index, .chan_count = req->chan_count,
+    lm_hello reply = {.version = LM_FORMAT_VERSION,
+                      .role = req->role,
+                      .kind = LM_HELLO_ACCEPT,
+                      .page_size = LM_PAGE_SIZE,
+                      .chan_index = req->chan_index,
+                      .chan_count = req->chan_count,
                       .features = req->features};
     memcpy(reply.session, req->session, sizeof reply.session);
     if (why) {

@@ -65,8 +65,9 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     const uint64_t known =
         LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
     if (h->features & ~known)
-        return lm_error_set(err, -ENOTSUP, "HELLO: the source asks for features 0x%llx that "
-                                           "this destination does not support yet",
+        return lm_error_set(err, -ENOTSUP,
+                            "HELLO: the source asks for features 0x%llx that "
+                            "this destination does not support yet",
                             (unsigned long long)(h->features & ~known));
     /* switchover-ack must be on at both ends: on the source only, it would
      * wait for an ack that never comes; on the destination only, it would
@@ -75,17 +76,19 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     bool ack_here = caps & (1ull << LM_CAP_SWITCHOVER_ACK);
     bool ack_there = h->features & LM_FEAT_SWITCHOVER_ACK;
     if (ack_here != ack_there)
-        return lm_error_set(err, -EPROTO, "HELLO: capability 'switchover-ack' is %s on the "
-                                          "source but %s on the destination (set it on both "
-                                          "sides)",
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: capability 'switchover-ack' is %s on the "
+                            "source but %s on the destination (set it on both "
+                            "sides)",
                             ack_there ? "on" : "off", ack_here ? "on" : "off");
     uint64_t pc_here = (caps & (1ull << LM_CAP_POSTCOPY_RAM) ? LM_FEAT_POSTCOPY : 0) |
                        (caps & (1ull << LM_CAP_POSTCOPY_PREEMPT) ? LM_FEAT_PREEMPT : 0);
     uint64_t pc_there = h->features & (LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT);
     if (pc_here != pc_there)
-        return lm_error_set(err, -EPROTO, "HELLO: features differ: source 0x%llx (%s%s), "
-                                          "destination 0x%llx (%s%s): set the same "
-                                          "capabilities on both sides",
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: features differ: source 0x%llx (%s%s), "
+                            "destination 0x%llx (%s%s): set the same "
+                            "capabilities on both sides",
                             (unsigned long long)pc_there,
                             pc_there & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
                             pc_there & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "",
@@ -94,35 +97,38 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
                             pc_here & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "");
     bool src_mfd = h->features & LM_FEAT_MULTIFD;
     if (src_mfd && !multifd)
-        return lm_error_set(err, -EPROTO, "the source migrates with multifd but the 'multifd' "
-                                          "capability is off on this destination");
+        return lm_error_set(err, -EPROTO,
+                            "the source migrates with multifd but the 'multifd' "
+                            "capability is off on this destination");
     if (!src_mfd && multifd)
-        return lm_error_set(err, -EPROTO, "the 'multifd' capability is on on this destination "
-                                          "but the source migrates without it");
-    if (src_mfd ? h->chan_count < 1 || h->chan_count > LM_MULTIFD_MAX_CHANNELS
-                : h->chan_count != 0)
+        return lm_error_set(err, -EPROTO,
+                            "the 'multifd' capability is on on this destination "
+                            "but the source migrates without it");
+    if (src_mfd ? h->chan_count < 1 || h->chan_count > LM_MULTIFD_MAX_CHANNELS : h->chan_count != 0)
         return lm_error_set(err, -EPROTO, "HELLO: %u multifd channels announced", h->chan_count);
     if (in->have_session) {
         if (memcmp(h->session, in->session, sizeof in->session) != 0)
-            return lm_error_set(err, -EPROTO, "a channel of another migration session arrived "
-                                              "(%s channel %u)",
+            return lm_error_set(err, -EPROTO,
+                                "a channel of another migration session arrived "
+                                "(%s channel %u)",
                                 h->role == LM_ROLE_MAIN ? "main" : "multifd", h->chan_index);
         if (h->features != in->features || h->chan_count != in->nmfd)
-            return lm_error_set(err, -EPROTO, "HELLO: channels of one session disagree on "
-                                              "features or channel count");
+            return lm_error_set(err, -EPROTO,
+                                "HELLO: channels of one session disagree on "
+                                "features or channel count");
     }
     switch (h->role) {
     case LM_ROLE_MAIN:
         if (in->chan)
             return lm_error_set(err, -EPROTO, "a second main channel arrived");
         if (h->chan_index != 0)
-            return lm_error_set(err, -EPROTO, "HELLO: main channel with index %u",
-                                h->chan_index);
+            return lm_error_set(err, -EPROTO, "HELLO: main channel with index %u", h->chan_index);
         return 0;
     case LM_ROLE_MULTIFD:
         if (!src_mfd)
-            return lm_error_set(err, -EPROTO, "a multifd channel arrived but the session does "
-                                              "not use multifd");
+            return lm_error_set(err, -EPROTO,
+                                "a multifd channel arrived but the session does "
+                                "not use multifd");
         if (h->chan_index >= h->chan_count)
             return lm_error_set(err, -EPROTO, "multifd channel %u of %u does not exist",
                                 h->chan_index, h->chan_count);
@@ -131,8 +137,9 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
         return 0;
     default: /* LM_ROLE_PREEMPT: the decoder knows no other role */
         if (!(h->features & LM_FEAT_PREEMPT))
-            return lm_error_set(err, -EPROTO, "a preempt channel arrived but the session does "
-                                              "not use postcopy-preempt");
+            return lm_error_set(err, -EPROTO,
+                                "a preempt channel arrived but the session does "
+                                "not use postcopy-preempt");
         if (in->have_preempt)
             return lm_error_set(err, -EPROTO, "a second preempt channel arrived");
         if (h->chan_index != 0)
@@ -237,8 +244,9 @@ static int accept_channels(lm_incoming *in, lm_error *err)
                                     in->chan ? "the main channel and " : "", in->nmfd_have,
                                     in->nmfd, CHANNELS_TIMEOUT_MS / 1000);
             if (r == 0)
-                return lm_error_set(err, -ETIMEDOUT, "the source's %s channel did not "
-                                                     "connect within %d s",
+                return lm_error_set(err, -ETIMEDOUT,
+                                    "the source's %s channel did not "
+                                    "connect within %d s",
                                     in->chan ? "preempt" : "main", CHANNELS_TIMEOUT_MS / 1000);
         }
         ret = lm_sock_accept(in->lfd, &fd, err);
@@ -292,8 +300,9 @@ static int connect_channels(lm_incoming *in, lm_error *err)
         return ret;
     }
     if (in->nmfd)
-        return lm_error_set(err, -EPROTO, "the source uses multifd, which needs a listening "
-                                          "socket, not the connected fd");
+        return lm_error_set(err, -EPROTO,
+                            "the source uses multifd, which needs a listening "
+                            "socket, not the connected fd");
     return 0;
 }
 
@@ -317,8 +326,7 @@ static void finish(lm_incoming *in, int ret, lm_error *err)
                              "for recovery)");
         lm_pc_dst_detach_rp(&m->pcd);
         if (in->chan && !cancelled &&
-            lm_pc_dst_rp_send_status(&m->pcd, in->chan, LM_REC_RP_SHUT, err->code, err->msg) ==
-                0)
+            lm_pc_dst_rp_send_status(&m->pcd, in->chan, LM_REC_RP_SHUT, err->code, err->msg) == 0)
             linger_drain(in->chan);
         lm_pc_dst_preempt_stop(&m->pcd);
         lm_mig_set_error(m, err);
@@ -392,8 +400,8 @@ static void *incoming_thread_fn(void *arg)
     if (ret < 0)
         goto out;
     if (in->nmfd) {
-        ret = lm_mfd_recv_new(&m->mem, &m->place, &m->stats.mfd, in->chan, in->mfd_chans,
-                              in->nmfd, &in->mfd, &err);
+        ret = lm_mfd_recv_new(&m->mem, &m->place, &m->stats.mfd, in->chan, in->mfd_chans, in->nmfd,
+                              &in->mfd, &err);
         if (ret < 0)
             goto out;
         memset(in->mfd_chans, 0, sizeof in->mfd_chans); /* the receiver's now */

@@ -12,22 +12,22 @@
 typedef struct lm_incoming {
     lm_mig *m;
     int lfd;
-    lm_chan *chan;                /* the main channel once known */
+    lm_chan *chan; /* the main channel once known */
     /* Channel identification. */
     bool have_session;
     uint8_t session[LM_SESSION_ID_LEN];
     uint64_t features;
-    unsigned nmfd;                /* multifd channels of the session */
+    unsigned nmfd; /* multifd channels of the session */
     unsigned nmfd_have;
     lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS];
     lm_mfd_recv *mfd;
-    lm_chan *preempt;             /* postcopy-preempt channel until started */
+    lm_chan *preempt; /* postcopy-preempt channel until started */
     bool have_preempt;
-    bool blocktime;               /* postcopy-blocktime (fixed at start) */
-    lm_loadvm lv;                 /* device sections and switchover-ack */
-    bool discarding;              /* a POSTCOPY_DISCARD came: only more, or RUN */
-    bool running;                 /* POSTCOPY_RUN processed: postcopy placement */
-    uint8_t *tmp;                 /* a run of pages before placement (postcopy) */
+    bool blocktime;  /* postcopy-blocktime (fixed at start) */
+    lm_loadvm lv;    /* device sections and switchover-ack */
+    bool discarding; /* a POSTCOPY_DISCARD came: only more, or RUN */
+    bool running;    /* POSTCOPY_RUN processed: postcopy placement */
+    uint8_t *tmp;    /* a run of pages before placement (postcopy) */
 } lm_incoming;
 
 /* loader.c: reads and loads the stream until EOS (0) or an error. */

@@ -56,12 +56,12 @@ typedef struct lm_stats {
     lm_out_counters out;
     lm_mfd_counters mfd;
     uint64_t transferred;
-    uint64_t mbps_x1000;       /* mbps * 1000 */
+    uint64_t mbps_x1000; /* mbps * 1000 */
     uint64_t pages_per_second;
-    uint64_t bandwidth;        /* B/s, wire speed estimate */
+    uint64_t bandwidth; /* B/s, wire speed estimate */
     int64_t expected_downtime_ms;
     uint64_t downtime_us;
-    uint64_t switch_pause_us;  /* postcopy: guest stopped until the destination ran */
+    uint64_t switch_pause_us; /* postcopy: guest stopped until the destination ran */
     uint64_t setup_time_ms;
     uint64_t start_ns, end_ns;
     uint64_t postcopy_requests;
@@ -84,39 +84,39 @@ struct lm_mig {
     pthread_mutex_t emit_lock;
 
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* signalled on every change below */
+    pthread_cond_t cond; /* signalled on every change below */
     /* --- guarded by lock --- */
     lm_status status;
     lm_role role;
     uint64_t caps;
     lm_params params;
-    uint64_t params_gen;      /* bumped by set_params: migration thread reloads */
-    lm_error error;           /* first error of the current/last migration */
-    bool thread_running;      /* migration or incoming thread exists */
+    uint64_t params_gen; /* bumped by set_params: migration thread reloads */
+    lm_error error;      /* first error of the current/last migration */
+    bool thread_running; /* migration or incoming thread exists */
     pthread_t thread;
-    bool rp_running;          /* the source's return-path thread runs */
-    lm_chan *chan;            /* main channel while one is up */
+    bool rp_running; /* the source's return-path thread runs */
+    lm_chan *chan;   /* main channel while one is up */
     /* Other channels cancel must shut down (multifd, preempt) while they
      * are up: entries are removed under lock before a channel is freed. */
     lm_chan *aux_chans[LM_MULTIFD_MAX_CHANNELS + 1];
     unsigned naux_chans;
-    int cancel_efd;           /* readable once cancel was requested: interrupts a
-                               * connect or a name lookup (eventfd, drained
-                               * when a migration starts) */
-    int listen_fd;            /* incoming listener, -1 */
+    int cancel_efd; /* readable once cancel was requested: interrupts a
+                     * connect or a name lookup (eventfd, drained
+                     * when a migration starts) */
+    int listen_fd;  /* incoming listener, -1 */
     char socket_address[128];
-    bool continue_requested;  /* migrate-continue for pre-switchover */
+    bool continue_requested; /* migrate-continue for pre-switchover */
     bool cancel_requested;
-    bool eos_sent;            /* switchover committed: the source's SHUT decides;
-                               * the destination loaded everything (cancel is
-                               * a no-op from then on) */
+    bool eos_sent; /* switchover committed: the source's SHUT decides;
+                    * the destination loaded everything (cancel is
+                    * a no-op from then on) */
     bool shut_received;
-    bool verdict;             /* shut came from the destination, not a broken link */
-    lm_status_msg shut;       /* the destination's verdict */
+    bool verdict;       /* shut came from the destination, not a broken link */
+    lm_status_msg shut; /* the destination's verdict */
     bool switchover_acked;
-    bool start_postcopy;      /* migrate-start-postcopy was called */
-    bool postcopy_run_acked;  /* source: RP_PONG for the PING after POSTCOPY_RUN */
-    bool ram_frozen;          /* a migration started: no more RAM or devices */
+    bool start_postcopy;     /* migrate-start-postcopy was called */
+    bool postcopy_run_acked; /* source: RP_PONG for the PING after POSTCOPY_RUN */
+    bool ram_frozen;         /* a migration started: no more RAM or devices */
     struct {
         lm_event_fn fn;
         void *opaque;
@@ -126,20 +126,20 @@ struct lm_mig {
      * as needed, never dropped while memory lasts. */
     lm_status *ev_q;
     unsigned ev_head, ev_n, ev_cap;
-    uint64_t ev_lost;         /* events lost to an allocation failure */
+    uint64_t ev_lost; /* events lost to an allocation failure */
     /* --- end of lock group --- */
 
-    lm_stats stats;           /* relaxed atomics, see above */
+    lm_stats stats; /* relaxed atomics, see above */
 
     /* The modules (docs/architecture.md).  mem's block table and savevm's
      * device table are written under lock before the first migration and
      * read-only after (ram_frozen). */
     lm_mem mem;
     lm_savevm sv;
-    lm_ram ram;               /* source: the RAM handler */
-    lm_pc_src pcs;            /* source: postcopy requests */
-    lm_place place;           /* destination: where pages go */
-    lm_pc_dst pcd;            /* destination: postcopy */
+    lm_ram ram;     /* source: the RAM handler */
+    lm_pc_src pcs;  /* source: postcopy requests */
+    lm_place place; /* destination: where pages go */
+    lm_pc_dst pcd;  /* destination: postcopy */
 };
 
 /* state.c: the one setter.  Compare-and-swap from `from` (or from any

@@ -21,11 +21,11 @@ typedef enum {
 
 /* What one step knows, snapshotted by the caller. */
 typedef struct lm_iter_state {
-    bool in_postcopy;     /* postcopy-device or postcopy-active */
-    bool can_switchover;  /* switchover-ack given, not needed, or the guest is stopped */
-    bool start_postcopy;  /* migrate-start-postcopy was called */
-    uint64_t threshold;   /* bytes: bandwidth x downtime-limit */
-    uint64_t budget;      /* bytes the rate limiter allows in this window */
+    bool in_postcopy;    /* postcopy-device or postcopy-active */
+    bool can_switchover; /* switchover-ack given, not needed, or the guest is stopped */
+    bool start_postcopy; /* migrate-start-postcopy was called */
+    uint64_t threshold;  /* bytes: bandwidth x downtime-limit */
+    uint64_t budget;     /* bytes the rate limiter allows in this window */
 } lm_iter_state;
 
 /* The actions a step may take.  opaque is the caller's. */

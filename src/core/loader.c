@@ -104,8 +104,9 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
         if ((ret = load_u64(c, h, &seq, err)) < 0)
             return ret;
         if (!in->mfd)
-            return lm_error_set(err, -EPROTO, "MULTIFD_FLUSH in a migration without multifd "
-                                              "channels");
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_FLUSH in a migration without multifd "
+                                "channels");
         return lm_mfd_recv_sync(in->mfd, seq, err);
     }
     case LM_REC_PING: {
@@ -133,8 +134,9 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
         if (!m->mem.smap.ready && m->mem.nblocks)
             return lm_error_set(err, -EPROTO, "end of stream before the RAM block table");
         if (in->discarding && !in->running)
-            return lm_error_set(err, -EPROTO, "end of stream between POSTCOPY_DISCARD and "
-                                              "POSTCOPY_RUN");
+            return lm_error_set(err, -EPROTO,
+                                "end of stream between POSTCOPY_DISCARD and "
+                                "POSTCOPY_RUN");
         /* Every multifd channel ends too (after its last sync), then the
          * device sections are checked complete (in postcopy they were at
          * RUN) and every owed page is placed. */

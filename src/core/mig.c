@@ -36,8 +36,9 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     if (!ops || !ops->stop || !ops->start)
         return lm_error_set(err, -EINVAL, "host ops need both stop and start hooks");
     if (initial != LM_RUN_RUNNING && initial != LM_RUN_INMIGRATE && initial != LM_RUN_PAUSED)
-        return lm_error_set(err, -EINVAL, "initial run state must be running, paused or "
-                                          "inmigrate");
+        return lm_error_set(err, -EINVAL,
+                            "initial run state must be running, paused or "
+                            "inmigrate");
     lm_mig *m = calloc(1, sizeof *m);
     if (!m)
         return lm_error_set(err, -ENOMEM, "out of memory");
@@ -151,8 +152,9 @@ int lm_ram_add(lm_mig *m, const char *name, void *base, uint64_t len, uint32_t p
     int ret;
     pthread_mutex_lock(&m->lock);
     if (m->ram_frozen || lm_status_is_active(m->status))
-        ret = lm_error_set(err, -EBUSY, "RAM block '%s': cannot add RAM once a migration "
-                                        "has started",
+        ret = lm_error_set(err, -EBUSY,
+                           "RAM block '%s': cannot add RAM once a migration "
+                           "has started",
                            name ? name : "");
     else
         ret = lm_mem_block_add(&m->mem, name, base, len, page_size, err);
@@ -166,8 +168,10 @@ int lm_device_register(lm_mig *m, const char *name, uint32_t instance, uint32_t 
     int ret;
     pthread_mutex_lock(&m->lock);
     if (m->ram_frozen)
-        ret = lm_error_set(err, -EBUSY, "device '%s': devices can only be registered before "
-                                        "the first migration", name ? name : "");
+        ret = lm_error_set(err, -EBUSY,
+                           "device '%s': devices can only be registered before "
+                           "the first migration",
+                           name ? name : "");
     else
         ret = lm_savevm_register(&m->sv, name, instance, version, ops, opaque, err);
     pthread_mutex_unlock(&m->lock);
@@ -264,8 +268,8 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
         return ret;
     pthread_mutex_lock(&m->lock);
     lm_params *p = &m->params;
-#define TAKE(bit, field)                                                                       \
-    if (which & (1ull << (bit)))                                                               \
+#define TAKE(bit, field)                                                                           \
+    if (which & (1ull << (bit)))                                                                   \
         p->field = in->field;
     TAKE(LM_PARAM_MAX_BANDWIDTH, max_bandwidth);
     TAKE(LM_PARAM_AVAIL_SWITCHOVER_BANDWIDTH, avail_switchover_bandwidth);
@@ -307,8 +311,9 @@ void lm_mig_get_params(lm_mig *m, lm_params *out)
 int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err)
 {
     if (resume)
-        return lm_error_set(err, -ENOTSUP, "migrate: 'resume' (postcopy recovery) is not "
-                                           "supported yet");
+        return lm_error_set(err, -ENOTSUP,
+                            "migrate: 'resume' (postcopy recovery) is not "
+                            "supported yet");
     if (!uri)
         return lm_error_set(err, -EINVAL, "migrate: missing 'uri'");
     return lm_outgoing_start(m, uri, err);
@@ -327,8 +332,9 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
     pthread_mutex_lock(&m->lock);
     lm_status s = m->status;
     if (lm_status_is_postcopy(s)) {
-        ret = lm_error_set(err, -EBUSY, "Postcopy is already started: cancel is refused "
-                                        "(use migrate-pause)");
+        ret = lm_error_set(err, -EBUSY,
+                           "Postcopy is already started: cancel is refused "
+                           "(use migrate-pause)");
         pthread_mutex_unlock(&m->lock);
         return ret;
     }
@@ -374,12 +380,15 @@ int lm_mig_start_postcopy(lm_mig *m, lm_error *err)
     int ret = 0;
     pthread_mutex_lock(&m->lock);
     if (!(m->caps & (1ull << LM_CAP_POSTCOPY_RAM)))
-        ret = lm_error_set(err, -EINVAL, "Enable postcopy with migrate_set_capability before "
-                                         "the start of migration");
-    else if (m->role != LM_ROLE_SOURCE || (m->status != LM_STATUS_SETUP &&
-                                           m->status != LM_STATUS_ACTIVE))
-        ret = lm_error_set(err, -EINVAL, "Postcopy must be started after migration has been "
-                                         "started (status '%s')", lm_status_name(m->status));
+        ret = lm_error_set(err, -EINVAL,
+                           "Enable postcopy with migrate_set_capability before "
+                           "the start of migration");
+    else if (m->role != LM_ROLE_SOURCE ||
+             (m->status != LM_STATUS_SETUP && m->status != LM_STATUS_ACTIVE))
+        ret = lm_error_set(err, -EINVAL,
+                           "Postcopy must be started after migration has been "
+                           "started (status '%s')",
+                           lm_status_name(m->status));
     else
         m->start_postcopy = true;
     pthread_cond_broadcast(&m->cond);

@@ -32,9 +32,12 @@
  * id ties the channels of this migration together (DESIGN §5). */
 static int hello(lm_outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_error *err)
 {
-    lm_hello h = {.version = LM_FORMAT_VERSION, .role = (uint8_t)role,
-                  .kind = LM_HELLO_REQUEST, .page_size = LM_PAGE_SIZE,
-                  .chan_index = (uint16_t)index, .chan_count = (uint16_t)g->nmfd,
+    lm_hello h = {.version = LM_FORMAT_VERSION,
+                  .role = (uint8_t)role,
+                  .kind = LM_HELLO_REQUEST,
+                  .page_size = LM_PAGE_SIZE,
+                  .chan_index = (uint16_t)index,
+                  .chan_count = (uint16_t)g->nmfd,
                   .features = g->features};
     memcpy(h.session, g->session, sizeof h.session);
     return lm_hello_request(c, &h, LM_HELLO_TIMEOUT_MS, err);
@@ -62,8 +65,8 @@ static void read_test_knobs(lm_outgoing *g)
 static int connect_one(lm_outgoing *g, const char *name, lm_chan **out, lm_error *err)
 {
     int fd = -1;
-    int ret = lm_uri_connect_cancellable(&g->uri, LM_CONNECT_TIMEOUT_MS, g->m->cancel_efd, &fd,
-                                         err);
+    int ret =
+        lm_uri_connect_cancellable(&g->uri, LM_CONNECT_TIMEOUT_MS, g->m->cancel_efd, &fd, err);
     if (ret == -ECANCELED) {
         lm_error_clear(err);
         return lm_error_set(err, -ECANCELED, "migration cancelled");
@@ -134,8 +137,9 @@ static int connect_channels(lm_outgoing *g, lm_error *err)
 static int connect_preempt(lm_outgoing *g, lm_error *err)
 {
     if (g->uri.kind == LM_URI_FD)
-        return lm_error_set(err, -EINVAL, "postcopy-preempt needs a second connection: use a "
-                                          "tcp: or unix: URI, not fd:");
+        return lm_error_set(err, -EINVAL,
+                            "postcopy-preempt needs a second connection: use a "
+                            "tcp: or unix: URI, not fd:");
     int ret = connect_one(g, "preempt channel", &g->preempt, err);
     if (ret < 0)
         return ret == -ECANCELED ? ret : lm_error_prefix(err, "preempt channel");
@@ -255,8 +259,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_stats *st = &m->stats;
     LM_ATOMIC_SET(&st->end_ns, lm_now_ns());
     if (g->chan)
-        LM_ATOMIC_SET(&st->transferred, lm_chan_bytes_written(g->chan) + pbytes +
-                                            LM_ATOMIC_GET(&st->mfd.bytes));
+        LM_ATOMIC_SET(&st->transferred,
+                      lm_chan_bytes_written(g->chan) + pbytes + LM_ATOMIC_GET(&st->mfd.bytes));
     uint64_t total_ns = LM_ATOMIC_GET(&st->end_ns) - LM_ATOMIC_GET(&st->start_ns);
     if (final == LM_STATUS_COMPLETED && total_ns) {
         /* mbps at completion is the average over the whole migration. */
@@ -280,8 +284,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     } else if (final == LM_STATUS_POSTCOPY_PAUSED) {
         changed = lm_state_set_locked(m, cur, final);
     } else {
-        changed = lm_state_set_locked(
-            m, g->run_sent ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_DEVICE, LM_STATUS_COMPLETED);
+        changed = lm_state_set_locked(m, g->run_sent ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_DEVICE,
+                                      LM_STATUS_COMPLETED);
     }
     pthread_mutex_unlock(&m->lock);
     if (changed)
@@ -326,8 +330,8 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
             return ret;
     }
     if (g->nmfd) {
-        ret = lm_mfd_send_new(&m->mem, &m->stats.mfd, g->chan, g->mfd_chans, g->nmfd,
-                              &g->mfd_cfg, &g->o.mfd, err);
+        ret = lm_mfd_send_new(&m->mem, &m->stats.mfd, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg,
+                              &g->o.mfd, err);
         if (ret < 0)
             return ret;
         memset(g->mfd_chans, 0, sizeof g->mfd_chans); /* the sender's now */

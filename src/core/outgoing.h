@@ -17,14 +17,14 @@
 typedef struct lm_outgoing {
     lm_mig *m;
     lm_uri uri;
-    lm_out o;                    /* what the handlers write into */
-    lm_chan *chan;               /* the main channel */
+    lm_out o;      /* what the handlers write into */
+    lm_chan *chan; /* the main channel */
     uint8_t session[LM_SESSION_ID_LEN];
-    unsigned nmfd;               /* multifd channels (0: off) */
+    unsigned nmfd;                               /* multifd channels (0: off) */
     lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS]; /* until handed to o.mfd */
     lm_mfd_send_cfg mfd_cfg;
-    bool test_shuffle;           /* test knob: connect channels in random order */
-    uint64_t rl_seen;            /* bytes already accounted to the rate limiter */
+    bool test_shuffle; /* test knob: connect channels in random order */
+    uint64_t rl_seen;  /* bytes already accounted to the rate limiter */
     lm_ratelimit rl;
     uint64_t params_gen;
     lm_params params;
@@ -35,8 +35,8 @@ typedef struct lm_outgoing {
     uint64_t win_start_pages;
     bool win_throttled;
     bool have_unthrottled_bw;
-    uint64_t bandwidth;          /* B/s used for threshold and expectation */
-    uint64_t threshold;          /* bytes */
+    uint64_t bandwidth; /* B/s used for threshold and expectation */
+    uint64_t threshold; /* bytes */
     unsigned extra_rounds;
     /* Round trip of a PING: the smallest seen, because one queued behind
      * page data (or answered by a destination busy populating memory)
@@ -46,16 +46,16 @@ typedef struct lm_outgoing {
     uint64_t rtt_ns;
     uint64_t ping_sent_ns;
     uint32_t ping_seq;
-    bool ack_cap;                /* switchover-ack on for this migration (fixed at start) */
-    uint64_t features;           /* LM_FEAT_* of this migration */
-    lm_chan *preempt;            /* postcopy-preempt channel, or NULL */
-    pthread_t rp_thread;         /* "lm-rp" */
+    bool ack_cap;        /* switchover-ack on for this migration (fixed at start) */
+    uint64_t features;   /* LM_FEAT_* of this migration */
+    lm_chan *preempt;    /* postcopy-preempt channel, or NULL */
+    pthread_t rp_thread; /* "lm-rp" */
     bool rp_started;
-    uint32_t run_ping;           /* value of the PING after POSTCOPY_RUN (atomic) */
-    uint64_t pc_t0;              /* guest stopped for the switch (atomic) */
-    bool run_sent;               /* POSTCOPY_RUN may be out: failures pause */
-    bool paused;                 /* finished in postcopy-paused */
-    bool was_running;            /* guest was running when we stopped it */
+    uint32_t run_ping; /* value of the PING after POSTCOPY_RUN (atomic) */
+    uint64_t pc_t0;    /* guest stopped for the switch (atomic) */
+    bool run_sent;     /* POSTCOPY_RUN may be out: failures pause */
+    bool paused;       /* finished in postcopy-paused */
+    bool was_running;  /* guest was running when we stopped it */
     bool stopped_vm;
 } lm_outgoing;
 

@@ -125,8 +125,9 @@ int lm_caps_check(uint64_t set, lm_error *err)
     if (set & ~(CAP(LM_CAP__MAX) - 1))
         return lm_error_set(err, -EINVAL, "unknown capability bit");
     if ((set & CAP(LM_CAP_SWITCHOVER_ACK)) && !(set & CAP(LM_CAP_RETURN_PATH)))
-        return lm_error_set(err, -EINVAL, "capability 'switchover-ack' requires capability "
-                                          "'return-path'");
+        return lm_error_set(err, -EINVAL,
+                            "capability 'switchover-ack' requires capability "
+                            "'return-path'");
     if ((set & CAP(LM_CAP_POSTCOPY_PREEMPT)) && !(set & CAP(LM_CAP_POSTCOPY_RAM)))
         return lm_error_set(err, -EINVAL, "postcopy preempt requires postcopy-ram");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
@@ -244,12 +245,12 @@ static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
 {
     lm_params d;
     lm_params_default(&d);
-#define ONLY_DEFAULT(id, field)                                                                \
-    if ((which & P(id)) && p->field != d.field)                                                \
-        return lm_error_set(err, -ENOTSUP,                                                     \
-                            "Parameter '%s' is not supported (only its default, %llu, is "     \
-                            "accepted)",                                                       \
-                            param_names[id], (unsigned long long)d.field)
+#define ONLY_DEFAULT(id, field)                                                                    \
+    if ((which & P(id)) && p->field != d.field)                                                    \
+    return lm_error_set(err, -ENOTSUP,                                                             \
+                        "Parameter '%s' is not supported (only its default, %llu, is "             \
+                        "accepted)",                                                               \
+                        param_names[id], (unsigned long long)d.field)
     ONLY_DEFAULT(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size);
     ONLY_DEFAULT(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, throttle_trigger_threshold);
     ONLY_DEFAULT(LM_PARAM_CPU_THROTTLE_INITIAL, cpu_throttle_initial);
@@ -275,8 +276,9 @@ static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
 int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
 {
     if ((which & P(LM_PARAM_DOWNTIME_LIMIT)) && p->downtime_limit > 2000000)
-        return lm_error_set(err, -EINVAL, "Parameter 'downtime-limit' expects an integer in "
-                                          "the range of 0 to 2000000 milliseconds");
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'downtime-limit' expects an integer in "
+                            "the range of 0 to 2000000 milliseconds");
     if ((which & P(LM_PARAM_MULTIFD_CHANNELS)) && p->multifd_channels < 1)
         return lm_error_set(err, -EINVAL,
                             "Parameter 'multifd-channels' expects a value between 1 and 255");
@@ -293,12 +295,14 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
     if ((which & P(LM_PARAM_XBZRLE_CACHE_SIZE)) &&
         (p->xbzrle_cache_size < LM_PAGE_SIZE ||
          (p->xbzrle_cache_size & (p->xbzrle_cache_size - 1))))
-        return lm_error_set(err, -EINVAL, "Parameter 'xbzrle-cache-size' expects a power of "
-                                          "two no less than the target page size");
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'xbzrle-cache-size' expects a power of "
+                            "two no less than the target page size");
     if ((which & P(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD)) &&
         (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100))
-        return lm_error_set(err, -EINVAL, "Parameter 'throttle-trigger-threshold' expects an "
-                                          "integer in the range of 1 to 100");
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'throttle-trigger-threshold' expects an "
+                            "integer in the range of 1 to 100");
     if ((which & P(LM_PARAM_CPU_THROTTLE_INITIAL)) &&
         (p->cpu_throttle_initial < 1 || p->cpu_throttle_initial > 99))
         return lm_error_set(err, -EINVAL,
@@ -311,8 +315,9 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
                             "of 1 to 99");
     if ((which & P(LM_PARAM_MAX_CPU_THROTTLE)) &&
         (p->max_cpu_throttle < 1 || p->max_cpu_throttle > 99))
-        return lm_error_set(err, -EINVAL, "Parameter 'max-cpu-throttle' expects an integer in "
-                                          "the range of 1 to 99");
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'max-cpu-throttle' expects an integer in "
+                            "the range of 1 to 99");
     if ((which & P(LM_PARAM_ANNOUNCE_INITIAL)) && p->announce_initial > 100000)
         return lm_error_set(err, -EINVAL,
                             "Parameter 'announce-initial' expects a value of at most 100000");

@@ -49,12 +49,12 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->dirty_sync_count = LM_ATOMIC_GET(&st->ram.dirty_sync_count);
     out->postcopy_requests = LM_ATOMIC_GET(&st->postcopy_requests);
     out->pages_per_second = LM_ATOMIC_GET(&st->pages_per_second);
-    out->precopy_bytes = LM_ATOMIC_GET(&st->out.precopy_bytes) +
-                         LM_ATOMIC_GET(&st->mfd.precopy_bytes);
-    out->downtime_bytes = LM_ATOMIC_GET(&st->out.downtime_bytes) +
-                          LM_ATOMIC_GET(&st->mfd.downtime_bytes);
-    out->postcopy_bytes = LM_ATOMIC_GET(&st->out.postcopy_bytes) +
-                          LM_ATOMIC_GET(&st->mfd.postcopy_bytes);
+    out->precopy_bytes =
+        LM_ATOMIC_GET(&st->out.precopy_bytes) + LM_ATOMIC_GET(&st->mfd.precopy_bytes);
+    out->downtime_bytes =
+        LM_ATOMIC_GET(&st->out.downtime_bytes) + LM_ATOMIC_GET(&st->mfd.downtime_bytes);
+    out->postcopy_bytes =
+        LM_ATOMIC_GET(&st->out.postcopy_bytes) + LM_ATOMIC_GET(&st->mfd.postcopy_bytes);
     out->bandwidth = LM_ATOMIC_GET(&st->bandwidth);
     out->multifd_bytes = LM_ATOMIC_GET(&st->mfd.bytes);
     out->multifd_channels = LM_ATOMIC_GET(&st->mfd.channels);

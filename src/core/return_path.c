@@ -28,8 +28,7 @@ static int handle_pong(lm_outgoing *g, const uint8_t *payload, uint32_t len, lm_
         LM_ATOMIC_SET(&m->stats.switch_pause_us, (lm_now_ns() - LM_ATOMIC_GET(&g->pc_t0)) / 1000);
         pthread_mutex_lock(&m->lock);
         m->postcopy_run_acked = true;
-        bool changed =
-            lm_state_set_locked(m, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
+        bool changed = lm_state_set_locked(m, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
         pthread_mutex_unlock(&m->lock);
         if (changed)
             lm_emit_status(m);
@@ -45,8 +44,7 @@ static int handle_pong(lm_outgoing *g, const uint8_t *payload, uint32_t len, lm_
     return 0;
 }
 
-static int handle_device_ack(lm_outgoing *g, const uint8_t *payload, uint32_t len,
-                             lm_error *err)
+static int handle_device_ack(lm_outgoing *g, const uint8_t *payload, uint32_t len, lm_error *err)
 {
     uint32_t id;
     uint8_t st;
@@ -55,8 +53,10 @@ static int handle_device_ack(lm_outgoing *g, const uint8_t *payload, uint32_t le
     /* The device table is read-only while a migration runs. */
     lm_device *d = g->ack_cap ? lm_savevm_device_by_section(&g->m->sv, id) : NULL;
     if (!d || LM_ATOMIC_GET(&d->ack) != LM_DEVICE_ACK_WAITING)
-        return lm_error_set(err, -EPROTO, "RP_DEVICE_ACK for section %u, which is not waiting "
-                                          "for an ack", id);
+        return lm_error_set(err, -EPROTO,
+                            "RP_DEVICE_ACK for section %u, which is not waiting "
+                            "for an ack",
+                            id);
     LM_ATOMIC_SET(&d->ack, st == LM_DEV_ACK_READY ? LM_DEVICE_ACK_ACKED : LM_DEVICE_ACK_FALLBACK);
     return 0;
 }
@@ -104,8 +104,9 @@ static void *rp_thread_fn(void *arg)
             break;
         case LM_REC_RP_SWITCHOVER_ACK: {
             if (!g->ack_cap) {
-                ret = lm_error_set(&err, -EPROTO, "RP_SWITCHOVER_ACK without the "
-                                                  "switchover-ack capability");
+                ret = lm_error_set(&err, -EPROTO,
+                                   "RP_SWITCHOVER_ACK without the "
+                                   "switchover-ack capability");
                 break;
             }
             pthread_mutex_lock(&m->lock);

@@ -8,13 +8,11 @@
  *   none/completed/failed/cancelled ──> setup ──> active ──> [pre-switchover] ──> device
  *                                         │         │               │              │
  *                                         │         │               │              ├──> completed
- *                                         │         └─(device)─> postcopy-device ─> postcopy-active ──> completed
- *                                         │           (POSTCOPY_RUN sent)  (RUN confirmed) │  ▲
- *                                         │                                         ▼  │
- *                                         │         postcopy-paused <──> postcopy-recover-setup
- *                                         │               ▲    └──> postcopy-recover ──┘
- *   any of setup/active/pre-switchover/device ──> cancelling ──> cancelled
- *   any of setup/active/pre-switchover/device ──> failed (source restarted)
+ *                                         │         └─(device)─> postcopy-device ─> postcopy-active
+ * ──> completed │           (POSTCOPY_RUN sent)  (RUN confirmed) │  ▲ │ ▼  │ │ postcopy-paused <──>
+ * postcopy-recover-setup │               ▲    └──> postcopy-recover ──┘ any of
+ * setup/active/pre-switchover/device ──> cancelling ──> cancelled any of
+ * setup/active/pre-switchover/device ──> failed (source restarted)
  *
  *  destination:
  *
@@ -35,8 +33,8 @@ static const uint32_t allowed[LM_STATUS__MAX] = {
     [LM_STATUS_NONE] = S(SETUP),
     [LM_STATUS_SETUP] = S(ACTIVE) | S(WAIT_UNPLUG) | S(FAILED) | S(CANCELLING),
     [LM_STATUS_WAIT_UNPLUG] = S(ACTIVE) | S(FAILED) | S(CANCELLING),
-    [LM_STATUS_ACTIVE] = S(PRE_SWITCHOVER) | S(DEVICE) | S(COMPLETED) | S(FAILED) |
-                         S(CANCELLING) | S(POSTCOPY_ACTIVE) | S(COLO),
+    [LM_STATUS_ACTIVE] = S(PRE_SWITCHOVER) | S(DEVICE) | S(COMPLETED) | S(FAILED) | S(CANCELLING) |
+                         S(POSTCOPY_ACTIVE) | S(COLO),
     [LM_STATUS_PRE_SWITCHOVER] = S(DEVICE) | S(FAILED) | S(CANCELLING),
     [LM_STATUS_DEVICE] = S(COMPLETED) | S(FAILED) | S(CANCELLING) | S(POSTCOPY_DEVICE) |
                          S(POSTCOPY_ACTIVE) | S(COLO),

@@ -33,8 +33,8 @@ void lm_sw_reload_params(lm_outgoing *g)
         g->caps_pause = m->caps & (1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER);
         /* After the switch the background push obeys max-postcopy-bandwidth
          * (0: unlimited); requested pages never wait for the window. */
-        lm_rl_set(&g->rl, g->o.postcopy ? g->params.max_postcopy_bandwidth
-                                         : g->params.max_bandwidth);
+        lm_rl_set(&g->rl,
+                  g->o.postcopy ? g->params.max_postcopy_bandwidth : g->params.max_bandwidth);
     }
     pthread_mutex_unlock(&m->lock);
 }

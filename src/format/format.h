@@ -47,14 +47,14 @@ typedef enum lm_hello_kind {
 #define LM_FEAT_KNOWN_MASK 0x1full
 
 typedef struct lm_hello {
-    uint16_t version;      /* LM_FORMAT_VERSION */
-    uint8_t role;          /* lm_chan_role */
-    uint8_t kind;          /* lm_hello_kind */
-    uint16_t chan_index;   /* 0 for main; 0..count-1 for multifd */
-    uint16_t chan_count;   /* number of multifd channels, 0 when off */
-    uint32_t page_size;    /* target page size, 4096 */
+    uint16_t version;    /* LM_FORMAT_VERSION */
+    uint8_t role;        /* lm_chan_role */
+    uint8_t kind;        /* lm_hello_kind */
+    uint16_t chan_index; /* 0 for main; 0..count-1 for multifd */
+    uint16_t chan_count; /* number of multifd channels, 0 when off */
+    uint32_t page_size;  /* target page size, 4096 */
     uint8_t session[LM_SESSION_ID_LEN];
-    uint64_t features;     /* LM_FEAT_* */
+    uint64_t features; /* LM_FEAT_* */
 } lm_hello;
 
 int lm_fmt_hello_encode(const lm_hello *h, uint8_t *buf, size_t cap);
@@ -84,7 +84,7 @@ typedef enum lm_rec_type {
     LM_REC_SWITCHOVER_START = 0x21,
     LM_REC_POSTCOPY_DISCARD = 0x22, /* postcopy: pages the destination must drop */
     LM_REC_POSTCOPY_RUN = 0x23,     /* postcopy: start the workload, serve faults */
-    LM_REC_ACK_DEVICES = 0x28, /* switchover-ack: the source's participating devices */
+    LM_REC_ACK_DEVICES = 0x28,      /* switchover-ack: the source's participating devices */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
      * channels (which also end with EOS) */
@@ -102,8 +102,8 @@ typedef enum lm_rec_type {
 } lm_rec_type;
 
 typedef struct lm_rec_hdr {
-    uint8_t type;   /* lm_rec_type */
-    uint32_t len;   /* payload bytes following the header */
+    uint8_t type; /* lm_rec_type */
+    uint32_t len; /* payload bytes following the header */
 } lm_rec_hdr;
 
 const char *lm_rec_type_name(uint8_t type); /* "RAM_PAGES", ...; "unknown" */
@@ -130,8 +130,8 @@ typedef struct lm_section_hdr {
 int lm_fmt_section_hdr_encode(uint8_t type, const lm_section_hdr *s, uint8_t *buf, size_t cap);
 /* payload/len is the whole record payload; returns the header size, so
  * device data is payload[ret .. len).  Names must be printable ASCII. */
-int lm_fmt_section_hdr_decode(uint8_t type, const uint8_t *payload, size_t len,
-                              lm_section_hdr *out, lm_error *err);
+int lm_fmt_section_hdr_decode(uint8_t type, const uint8_t *payload, size_t len, lm_section_hdr *out,
+                              lm_error *err);
 
 /* --------------------------------------------------------------------- RAM */
 
@@ -150,8 +150,8 @@ int lm_fmt_ram_blocks_encode(const lm_fmt_block *b, uint32_t n, uint8_t *buf, si
 /* Decodes at most max entries into out; *n gets the count.  Rejects a count
  * above max or LM_RAM_MAX_BLOCKS, bad names, duplicates, bad sizes, and
  * trailing bytes.  Consumes the whole payload. */
-int lm_fmt_ram_blocks_decode(const uint8_t *payload, size_t len, lm_fmt_block *out,
-                             uint32_t max, uint32_t *n, lm_error *err);
+int lm_fmt_ram_blocks_decode(const uint8_t *payload, size_t len, lm_fmt_block *out, uint32_t max,
+                             uint32_t *n, lm_error *err);
 
 #define LM_RAM_PAGES_HDR_SIZE 16
 #define LM_RAM_MAX_RUN 1024 /* pages per RAM_PAGES record */
@@ -248,8 +248,7 @@ typedef struct lm_status_msg {
     char msg[LM_ERROR_MSG_MAX]; /* NUL-terminated */
 } lm_status_msg;
 int lm_fmt_status_msg_encode(const lm_status_msg *s, uint8_t *buf, size_t cap);
-int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *out,
-                             lm_error *err);
+int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *out, lm_error *err);
 
 /* RP_REQ_PAGES: {u32 block, u32 count, u64 first_page}, same layout as a
  * RAM_PAGES header. */
@@ -288,7 +287,7 @@ int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *secti
  * for each record with its decoded header and payload; returns the bytes
  * consumed up to the last complete record, or < 0 on malformed input. */
 typedef int (*lm_fmt_walk_fn)(void *opaque, const lm_rec_hdr *h, const uint8_t *payload);
-long lm_fmt_walk(const uint8_t *buf, size_t len, bool expect_hello, lm_fmt_walk_fn cb,
-                 void *opaque, lm_error *err);
+long lm_fmt_walk(const uint8_t *buf, size_t len, bool expect_hello, lm_fmt_walk_fn cb, void *opaque,
+                 lm_error *err);
 
 #endif /* LM_FORMAT_H */

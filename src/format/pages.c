@@ -254,8 +254,11 @@ int lm_fmt_mfd_pages_hdr_decode(const uint8_t *buf, size_t len, uint32_t rec_len
 {
     if (len < LM_MFD_HDR_SIZE)
         return 0;
-    lm_mfd_pages p = {.block = get32(buf), .normal = get16(buf + 4), .zero = get16(buf + 6),
-                      .compression = buf[8], .data_len = get32(buf + 12),
+    lm_mfd_pages p = {.block = get32(buf),
+                      .normal = get16(buf + 4),
+                      .zero = get16(buf + 6),
+                      .compression = buf[8],
+                      .data_len = get32(buf + 12),
                       .packet_num = get64(buf + 16)};
     uint32_t n = (uint32_t)p.normal + p.zero;
     if (n < 1 || n > LM_MFD_MAX_PAGES)
@@ -265,8 +268,10 @@ int lm_fmt_mfd_pages_hdr_decode(const uint8_t *buf, size_t len, uint32_t rec_len
         return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: unknown compression %u", p.compression);
     for (int i = 9; i < 12; i++)
         if (buf[i])
-            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: reserved byte %d is 0x%02x, must "
-                                              "be 0", i, buf[i]);
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: reserved byte %d is 0x%02x, must "
+                                "be 0",
+                                i, buf[i]);
     uint64_t want = LM_MFD_HDR_SIZE + 8ull * n + p.data_len;
     if (want != rec_len)
         return lm_error_set(err, -EPROTO,

@@ -98,8 +98,9 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
             break;
         if (w->have_blocks) {
             if (mp.block >= w->nblocks)
-                return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: block %" PRIu32
-                                                  " out of range (%" PRIu32 " blocks)",
+                return lm_error_set(err, -EPROTO,
+                                    "MULTIFD_PAGES: block %" PRIu32 " out of range (%" PRIu32
+                                    " blocks)",
                                     mp.block, w->nblocks);
             ps = w->blocks[mp.block].page_size;
             pages = w->blocks[mp.block].length / ps;
@@ -108,8 +109,8 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
                 break;
         }
         uint64_t idx[LM_MFD_MAX_PAGES];
-        rc = lm_fmt_mfd_index_decode(p + LM_MFD_HDR_SIZE, h->len - LM_MFD_HDR_SIZE, &mp, pages,
-                                     idx, err);
+        rc = lm_fmt_mfd_index_decode(p + LM_MFD_HDR_SIZE, h->len - LM_MFD_HDR_SIZE, &mp, pages, idx,
+                                     err);
         break;
     }
     case LM_REC_PING:
@@ -137,8 +138,7 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         /* Bounds-checked against the table when one was seen (a capture
          * of the return path alone has none). */
         if (w->have_blocks)
-            rc = lm_fmt_ram_run_check(r.block, r.first_page, r.count, w->blocks, w->nblocks,
-                                      err);
+            rc = lm_fmt_ram_run_check(r.block, r.first_page, r.count, w->blocks, w->nblocks, err);
         break;
     }
     case LM_REC_ACK_DEVICES: {

@@ -487,12 +487,12 @@ int lm_fmt_ack_devices_decode(const uint8_t *payload, size_t len, uint32_t *ids,
         return lm_error_set(err, -EPROTO, "ACK_DEVICES: payload of %zu bytes too short", len);
     uint32_t count = get32(payload);
     if (count > LM_ACK_DEVICES_MAX)
-        return lm_error_set(err, -EPROTO, "ACK_DEVICES: count %" PRIu32 " above maximum %d",
-                            count, LM_ACK_DEVICES_MAX);
+        return lm_error_set(err, -EPROTO, "ACK_DEVICES: count %" PRIu32 " above maximum %d", count,
+                            LM_ACK_DEVICES_MAX);
     /* count <= 256: no overflow. */
     if (len != 4 + 4 * (size_t)count)
-        return lm_error_set(err, -EPROTO, "ACK_DEVICES: length %zu is not 4 + 4 x %" PRIu32,
-                            len, count);
+        return lm_error_set(err, -EPROTO, "ACK_DEVICES: length %zu is not 4 + 4 x %" PRIu32, len,
+                            count);
     if (count > max)
         return lm_error_set(err, -ENOSPC, "ACK_DEVICES: %" PRIu32 " devices, room for %" PRIu32,
                             count, max);

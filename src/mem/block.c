@@ -20,18 +20,19 @@ static bool name_ok(const char *name)
     return true;
 }
 
-int lm_mem_block_add(lm_mem *mem, const char *name, void *base, uint64_t len,
-                     uint32_t page_size, lm_error *err)
+int lm_mem_block_add(lm_mem *mem, const char *name, void *base, uint64_t len, uint32_t page_size,
+                     lm_error *err)
 {
     if (!name_ok(name))
         return lm_error_set(err, -EINVAL, "RAM block name must be 1..%d printable characters",
                             LM_RAM_NAME_MAX);
     if (page_size != LM_PAGE_SIZE)
-        return lm_error_set(err, -EINVAL, "RAM block '%s': page size %u not supported (4096)",
-                            name, page_size);
+        return lm_error_set(err, -EINVAL, "RAM block '%s': page size %u not supported (4096)", name,
+                            page_size);
     if (!base || ((uintptr_t)base % page_size) || !len || (len % page_size))
-        return lm_error_set(err, -EINVAL, "RAM block '%s': base and length must be non-zero "
-                                          "multiples of the page size",
+        return lm_error_set(err, -EINVAL,
+                            "RAM block '%s': base and length must be non-zero "
+                            "multiples of the page size",
                             name);
     if (mem->nblocks >= LM_RAM_MAX_BLOCKS)
         return lm_error_set(err, -ENOSPC, "too many RAM blocks (max %d)", LM_RAM_MAX_BLOCKS);
@@ -41,8 +42,7 @@ int lm_mem_block_add(lm_mem *mem, const char *name, void *base, uint64_t len,
             return lm_error_set(err, -EEXIST, "RAM block '%s' already registered", name);
         uint8_t *p = base;
         if (p < b->base + b->len && b->base < p + len)
-            return lm_error_set(err, -EINVAL, "RAM block '%s' overlaps block '%s'", name,
-                                b->name);
+            return lm_error_set(err, -EINVAL, "RAM block '%s' overlaps block '%s'", name, b->name);
     }
     lm_ram_block *b = &mem->blocks[mem->nblocks];
     memset(b, 0, sizeof *b);
@@ -83,8 +83,8 @@ int lm_mem_stream_map_set(lm_mem *mem, const lm_fmt_block *blocks, uint32_t n, l
     if (s->ready)
         return lm_error_set(err, -EPROTO, "RAM_BLOCKS received twice");
     if (n != mem->nblocks)
-        return lm_error_set(err, -EPROTO, "the source has %u RAM blocks, this destination %u",
-                            n, mem->nblocks);
+        return lm_error_set(err, -EPROTO, "the source has %u RAM blocks, this destination %u", n,
+                            mem->nblocks);
     for (uint32_t i = 0; i < n; i++) {
         const lm_fmt_block *sb = &blocks[i];
         unsigned j;
@@ -110,8 +110,8 @@ int lm_mem_stream_map_set(lm_mem *mem, const lm_fmt_block *blocks, uint32_t n, l
     return 0;
 }
 
-int lm_mem_stream_run(lm_mem *mem, uint32_t block, uint64_t first, uint64_t count,
-                      const char *what, lm_ram_block **out, lm_error *err)
+int lm_mem_stream_run(lm_mem *mem, uint32_t block, uint64_t first, uint64_t count, const char *what,
+                      lm_ram_block **out, lm_error *err)
 {
     const lm_mem_stream_map *s = &mem->smap;
     if (!s->ready)

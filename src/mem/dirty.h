@@ -36,8 +36,8 @@ typedef struct lm_dirty lm_dirty;
 
 /* Host backend: OR the pages written since the previous call into bitmap
  * (npages bits) of range `index`; return 0 or < 0 with err set. */
-typedef int (*lm_dirty_host_fn)(void *opaque, unsigned index, uint64_t *bitmap,
-                                uint64_t npages, lm_error *err);
+typedef int (*lm_dirty_host_fn)(void *opaque, unsigned index, uint64_t *bitmap, uint64_t npages,
+                                lm_error *err);
 
 /* Returns 0 when uffd-wp async + PAGEMAP_SCAN work here, else < 0 with a
  * message saying which piece is missing. */
@@ -47,8 +47,7 @@ int lm_dirty_new(lm_dirty_kind kind, lm_dirty **out, lm_error *err);
 int lm_dirty_new_host(lm_dirty_host_fn fn, void *opaque, lm_dirty **out, lm_error *err);
 /* Adds a range (page-aligned base and len); ranges are numbered in the order
  * added.  Only before lm_dirty_start(). */
-int lm_dirty_add_range(lm_dirty *d, void *base, uint64_t len, uint32_t page_size,
-                       lm_error *err);
+int lm_dirty_add_range(lm_dirty *d, void *base, uint64_t len, uint32_t page_size, lm_error *err);
 /* Starts tracking: from its return on, every write to a range is recorded.
  * uffd: registers WP and write-protects everything (~12 ms/GiB here). */
 int lm_dirty_start(lm_dirty *d, lm_error *err);

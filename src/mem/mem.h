@@ -43,8 +43,8 @@ typedef struct lm_ram_block {
     uint32_t page_size;
     uint64_t npages;
     /* destination (atomic bits) */
-    uint64_t *received;    /* pages a stream wrote: they may hold data */
-    uint64_t *prefaulted;  /* 2 MiB chunks of base populated for writing */
+    uint64_t *received;   /* pages a stream wrote: they may hold data */
+    uint64_t *prefaulted; /* 2 MiB chunks of base populated for writing */
     /* A second mapping of the same pages when one exists (postcopy maps it
      * for shared memory, postcopy/uffd.c), and its populated chunks. */
     uint8_t *alias;
@@ -59,27 +59,27 @@ static inline uint64_t lm_mem_chunk_words(const lm_ram_block *b)
 /* The source's block table as the destination received it (RAM_BLOCKS),
  * and the mapping of its indexes onto local blocks. */
 typedef struct lm_mem_stream_map {
-    bool ready;                              /* RAM_BLOCKS processed */
+    bool ready; /* RAM_BLOCKS processed */
     lm_fmt_block blocks[LM_RAM_MAX_BLOCKS];
     uint32_t nblocks;
-    uint8_t map[LM_RAM_MAX_BLOCKS];          /* stream index -> local block */
-    uint32_t rmap[LM_RAM_MAX_BLOCKS];        /* local block -> stream index */
+    uint8_t map[LM_RAM_MAX_BLOCKS];   /* stream index -> local block */
+    uint32_t rmap[LM_RAM_MAX_BLOCKS]; /* local block -> stream index */
 } lm_mem_stream_map;
 
 typedef struct lm_mem {
     lm_ram_block blocks[LM_RAM_MAX_BLOCKS];
     unsigned nblocks;
-    lm_mem_stream_map smap;  /* destination */
+    lm_mem_stream_map smap; /* destination */
     /* "lm-prefault" (destination): thread control */
     pthread_t prefault_thread;
-    bool prefault_running;   /* the thread exists (incoming/API threads) */
-    bool prefault_stop;      /* atomic */
+    bool prefault_running; /* the thread exists (incoming/API threads) */
+    bool prefault_stop;    /* atomic */
 } lm_mem;
 
 /* Registers a block (validated: name, page size, alignment, overlaps,
  * count).  The caller serialises registration with migrations. */
-int lm_mem_block_add(lm_mem *mem, const char *name, void *base, uint64_t len,
-                     uint32_t page_size, lm_error *err);
+int lm_mem_block_add(lm_mem *mem, const char *name, void *base, uint64_t len, uint32_t page_size,
+                     lm_error *err);
 /* Frees the destination maps of every block. */
 void lm_mem_fini(lm_mem *mem);
 /* The block whose pages hold addr, or NULL; *idx gets its index. */
@@ -90,8 +90,8 @@ lm_ram_block *lm_mem_find(lm_mem *mem, uint64_t addr, unsigned *idx);
 int lm_mem_stream_map_set(lm_mem *mem, const lm_fmt_block *blocks, uint32_t n, lm_error *err);
 /* The local block for a stream run, after checking the run against the
  * stream's table (lm_fmt_ram_run_check); what names the record. */
-int lm_mem_stream_run(lm_mem *mem, uint32_t block, uint64_t first, uint64_t count,
-                      const char *what, lm_ram_block **out, lm_error *err);
+int lm_mem_stream_run(lm_mem *mem, uint32_t block, uint64_t first, uint64_t count, const char *what,
+                      lm_ram_block **out, lm_error *err);
 
 /* ------------------------------------------------ population (prefault.c) */
 
@@ -114,8 +114,8 @@ void lm_mem_prefault_view(lm_ram_block *b, uint8_t *view, uint64_t *ready, uint6
  * or not at all.  Installed by postcopy at POSTCOPY_RUN. */
 typedef struct lm_place_ops {
     /* count pages of data, or zero pages when data is NULL */
-    int (*pages)(void *opaque, lm_ram_block *b, uint64_t first, uint64_t count,
-                 const uint8_t *data, lm_error *err);
+    int (*pages)(void *opaque, lm_ram_block *b, uint64_t first, uint64_t count, const uint8_t *data,
+                 lm_error *err);
     /* count (<= LM_RAM_MAX_RUN) pages read from c; scratch holds as many */
     int (*recv)(void *opaque, lm_chan *c, lm_ram_block *b, uint64_t first, uint64_t count,
                 uint8_t *scratch, lm_error *err);

@@ -26,8 +26,8 @@ struct lm_mfd_codec {
     bool z_ready;
     ZSTD_CCtx *zc;
     ZSTD_DCtx *zd;
-    void *lz_state;   /* LZ4_stream_t for compression */
-    uint8_t *gather;  /* lz4: the packet's pages, contiguous */
+    void *lz_state;  /* LZ4_stream_t for compression */
+    uint8_t *gather; /* lz4: the packet's pages, contiguous */
     size_t gather_cap;
 };
 
@@ -52,8 +52,8 @@ int lm_mfd_codec_new(lm_mfd_comp method, int level, bool compress, lm_mfd_codec 
     case LM_MFD_COMP_ZSTD:
         if (compress) {
             c->zc = ZSTD_createCCtx();
-            if (!c->zc || ZSTD_isError(ZSTD_CCtx_setParameter(c->zc, ZSTD_c_compressionLevel,
-                                                              level)))
+            if (!c->zc ||
+                ZSTD_isError(ZSTD_CCtx_setParameter(c->zc, ZSTD_c_compressionLevel, level)))
                 ret = lm_error_set(err, -ENOMEM, "zstd: cannot create a compression context");
         } else {
             c->zd = ZSTD_createDCtx();
@@ -142,8 +142,7 @@ static long zstd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, u
             if (ZSTD_isError(r))
                 return lm_error_set(err, -EIO, "zstd: %s", ZSTD_getErrorName(r));
             if (ob.pos == ob.size)
-                return lm_error_set(err, -ENOSPC, "zstd: compressed packet exceeds %zu bytes",
-                                    cap);
+                return lm_error_set(err, -ENOSPC, "zstd: compressed packet exceeds %zu bytes", cap);
         }
     }
     ZSTD_inBuffer empty = {NULL, 0, 0};
@@ -169,15 +168,15 @@ static long lz4_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, ui
         memcpy(c->gather + len, in[i].iov_base, in[i].iov_len);
         len += in[i].iov_len;
     }
-    int r = LZ4_compress_fast_extState(c->lz_state, (const char *)c->gather, (char *)out,
-                                       (int)len, (int)(cap > INT32_MAX ? INT32_MAX : cap), 1);
+    int r = LZ4_compress_fast_extState(c->lz_state, (const char *)c->gather, (char *)out, (int)len,
+                                       (int)(cap > INT32_MAX ? INT32_MAX : cap), 1);
     if (r <= 0)
         return lm_error_set(err, -ENOSPC, "lz4: compressed packet exceeds %zu bytes", cap);
     return r;
 }
 
-long lm_mfd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, uint8_t *out,
-                     size_t cap, lm_error *err)
+long lm_mfd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, uint8_t *out, size_t cap,
+                     lm_error *err)
 {
     switch (c->method) {
     case LM_MFD_COMP_ZLIB:
@@ -213,8 +212,10 @@ static int zlib_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, ui
         z->avail_out = 1;
         r = inflate(z, Z_SYNC_FLUSH);
         if (z->avail_out == 0 || z->avail_in)
-            return lm_error_set(err, -EPROTO, "zlib: packet holds more than the %zu bytes its "
-                                              "header says", out_len);
+            return lm_error_set(err, -EPROTO,
+                                "zlib: packet holds more than the %zu bytes its "
+                                "header says",
+                                out_len);
     }
     return 0;
 }
@@ -235,8 +236,10 @@ static int zstd_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, ui
             ZSTD_outBuffer sb = {&spare, 1, 0};
             r = ZSTD_decompressStream(c->zd, &sb, &ib);
             if (ZSTD_isError(r) || sb.pos)
-                return lm_error_set(err, -EPROTO, "zstd: packet holds more than the %zu bytes "
-                                                  "its header says", out_len);
+                return lm_error_set(err, -EPROTO,
+                                    "zstd: packet holds more than the %zu bytes "
+                                    "its header says",
+                                    out_len);
             continue;
         }
         if (ib.pos == before_in && ob.pos == before_out)
@@ -263,8 +266,8 @@ int lm_mfd_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, uint8_t
         if (r < 0)
             return lm_error_set(err, -EPROTO, "lz4: corrupt packet");
         if ((size_t)r != out_len)
-            return lm_error_set(err, -EPROTO, "lz4: packet decodes to %d bytes, header says %zu",
-                                r, out_len);
+            return lm_error_set(err, -EPROTO, "lz4: packet decodes to %d bytes, header says %zu", r,
+                                out_len);
         return 0;
     }
     default:

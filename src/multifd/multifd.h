@@ -53,8 +53,8 @@ void lm_mfd_codec_free(lm_mfd_codec *c);
 size_t lm_mfd_compress_bound(lm_mfd_comp method, size_t in_len);
 /* Compresses the n pieces as one packet (flushed, so the peer can decode
  * it now); returns the compressed size or < 0. */
-long lm_mfd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, uint8_t *out,
-                     size_t cap, lm_error *err);
+long lm_mfd_compress(lm_mfd_codec *c, const struct iovec *in, unsigned n, uint8_t *out, size_t cap,
+                     lm_error *err);
 /* Decompresses one packet: must yield exactly out_len bytes and use all of
  * in; anything else is an error naming what was wrong. */
 int lm_mfd_decompress(lm_mfd_codec *c, const uint8_t *in, size_t in_len, uint8_t *out,
@@ -68,12 +68,12 @@ typedef struct lm_mfd_send lm_mfd_send;
  * threads with relaxed atomics, owned by the caller (it outlives the
  * sender). */
 typedef struct lm_mfd_counters {
-    uint64_t bytes;            /* wire bytes of every channel */
-    uint64_t normal, zero;     /* pages sent as data / found zero */
+    uint64_t bytes;                                         /* wire bytes of every channel */
+    uint64_t normal, zero;                                  /* pages sent as data / found zero */
     uint64_t precopy_bytes, downtime_bytes, postcopy_bytes; /* bytes by phase */
     uint32_t channels;
     lm_multifd_chan_stats chan[LM_MULTIFD_MAX_CHANNELS];
-    uint64_t postcopy_pages;   /* destination: pages placed atomically */
+    uint64_t postcopy_pages; /* destination: pages placed atomically */
 } lm_mfd_counters;
 
 typedef struct lm_mfd_send_cfg {
@@ -87,8 +87,8 @@ typedef struct lm_mfd_send_cfg {
  * it returns 0 (on failure they stay the caller's).
  * main is the main channel: a channel's failure is set as its error and
  * shuts it down, so the migration thread sees it. */
-int lm_mfd_send_new(lm_mem *mem, lm_mfd_counters *ctr, lm_chan *main, lm_chan **chans,
-                    unsigned n, const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err);
+int lm_mfd_send_new(lm_mem *mem, lm_mfd_counters *ctr, lm_chan *main, lm_chan **chans, unsigned n,
+                    const lm_mfd_send_cfg *cfg, lm_mfd_send **out, lm_error *err);
 /* Migration thread: adds one page; hands the batch off when it is full or
  * the block changes (may block until a channel is idle). */
 int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *err);
@@ -120,11 +120,11 @@ void lm_mfd_send_free(lm_mfd_send *s);
 typedef struct lm_mfd_recv lm_mfd_recv;
 
 /* Starts a receive thread per channel ("lm-mfd-recv/N"); ownership of
- * chans moves when it returns 0 (on failure they stay the caller's).  Test knob (never set in production): the environment
- * variable LIVEMIG_TEST_MULTIFD="delay=C:MS" makes channel C sleep MS
+ * chans moves when it returns 0 (on failure they stay the caller's).  Test knob (never set in
+ * production): the environment variable LIVEMIG_TEST_MULTIFD="delay=C:MS" makes channel C sleep MS
  * before placing each packet, so its pages arrive after those the other
- * channels carried later: the reordering the per-pass sync must absorb.  A channel's failure is set as main's error and shuts main
- * down, so the incoming thread stops with that reason. */
+ * channels carried later: the reordering the per-pass sync must absorb.  A channel's failure is set
+ * as main's error and shuts main down, so the incoming thread stops with that reason. */
 int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan *main,
                     lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err);
 /* Incoming thread: the RAM block table is known (channels may place pages). */

@@ -33,22 +33,22 @@ typedef struct recv_chan {
     bool started;
     lm_chan *chan;
     /* --- lock --- */
-    uint64_t synced;      /* last MULTIFD_SYNC seen */
+    uint64_t synced; /* last MULTIFD_SYNC seen */
     bool eos;
     /* --- channel thread only --- */
     lm_mfd_codec *codec;
     lm_mfd_comp method;
-    uint8_t *ibuf;        /* index list, then compressed data */
+    uint8_t *ibuf; /* index list, then compressed data */
     size_t ibuf_cap;
-    uint8_t *dbuf;        /* decompressed pages */
+    uint8_t *dbuf; /* decompressed pages */
     uint64_t expect_packet;
-    bool background;      /* niced for postcopy */
+    bool background; /* niced for postcopy */
     uint64_t idx[LM_MFD_MAX_PAGES];
 } recv_chan;
 
 struct lm_mfd_recv {
-    lm_mem *mem;          /* blocks and the stream's table (read-only here) */
-    lm_place *place;      /* where pages go: plain writes, or atomic after RUN */
+    lm_mem *mem;     /* blocks and the stream's table (read-only here) */
+    lm_place *place; /* where pages go: plain writes, or atomic after RUN */
     lm_mfd_counters *ctr;
     lm_chan *main;
     unsigned n;
@@ -103,8 +103,8 @@ static int place_runs(recv_chan *c, lm_ram_block *b, uint32_t from, uint32_t to,
         if (zero)
             ret = lm_place_pages(r->place, b, c->idx[i], j - i, NULL, err);
         else if (data)
-            ret = lm_place_pages(r->place, b, c->idx[i], j - i, data + (size_t)(i - from) * ps,
-                                 err);
+            ret =
+                lm_place_pages(r->place, b, c->idx[i], j - i, data + (size_t)(i - from) * ps, err);
         else
             ret = lm_place_recv(r->place, c->chan, b, c->idx[i], j - i, c->dbuf, err);
         if (ret < 0)
@@ -141,8 +141,7 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
         return err->code ? err->code : -EPROTO;
     if (p.packet_num != c->expect_packet)
         return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: packet %llu, expected %llu",
-                            (unsigned long long)p.packet_num,
-                            (unsigned long long)c->expect_packet);
+                            (unsigned long long)p.packet_num, (unsigned long long)c->expect_packet);
     c->expect_packet++;
     if (r->delay_ms && c->id == r->delay_chan)
         usleep(r->delay_ms * 1000u); /* test knob: a late channel (multifd.h) */
@@ -151,8 +150,10 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
     uint32_t n = (uint32_t)p.normal + p.zero;
     uint64_t data = (uint64_t)p.normal * ps;
     if (data > (uint64_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE || ps != LM_PAGE_SIZE)
-        return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %u pages of %zu bytes are more than a "
-                                          "packet may carry", p.normal, ps);
+        return lm_error_set(err, -EPROTO,
+                            "MULTIFD_PAGES: %u pages of %zu bytes are more than a "
+                            "packet may carry",
+                            p.normal, ps);
     if (lm_chan_read_exact(c->chan, c->ibuf, 8ull * n) < 0)
         return chan_err(c, err);
     if (lm_fmt_mfd_index_decode(c->ibuf, 8ull * n, &p, b->npages, c->idx, err) < 0)
@@ -176,12 +177,16 @@ static int load_packet(recv_chan *c, const lm_rec_hdr *h, lm_error *err)
                 return ret;
             c->method = (lm_mfd_comp)p.compression;
         } else if (c->method != p.compression) {
-            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: compression changed from %u to %u "
-                                              "within the channel", c->method, p.compression);
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: compression changed from %u to %u "
+                                "within the channel",
+                                c->method, p.compression);
         }
         if (p.data_len > c->ibuf_cap)
-            return lm_error_set(err, -EPROTO, "MULTIFD_PAGES: %u compressed bytes for %u pages "
-                                              "(at most %zu)", p.data_len, p.normal, c->ibuf_cap);
+            return lm_error_set(err, -EPROTO,
+                                "MULTIFD_PAGES: %u compressed bytes for %u pages "
+                                "(at most %zu)",
+                                p.data_len, p.normal, c->ibuf_cap);
         if (lm_chan_read_full(c->chan, c->ibuf, p.data_len) < 0)
             return chan_err(c, err);
         ret = lm_mfd_decompress(c->codec, c->ibuf, p.data_len, c->dbuf, data, err);

@@ -32,7 +32,7 @@
 typedef struct batch {
     uint32_t block;
     uint32_t n;
-    lm_mfd_phase phase;   /* when it was handed off: which bytes it counts as */
+    lm_mfd_phase phase; /* when it was handed off: which bytes it counts as */
     uint64_t pages[LM_MFD_BATCH_PAGES];
 } batch;
 
@@ -44,9 +44,9 @@ typedef struct send_chan {
     lm_chan *chan;
     pthread_cond_t cond;
     /* --- lock --- */
-    batch *q[QDEPTH];     /* to send, q[0] first */
+    batch *q[QDEPTH]; /* to send, q[0] first */
     unsigned nq;
-    uint64_t sync_seq;    /* > done_seq: a SYNC to write */
+    uint64_t sync_seq; /* > done_seq: a SYNC to write */
     uint64_t done_seq;
     bool eos, eos_done;
     /* --- channel thread only --- */
@@ -54,13 +54,13 @@ typedef struct send_chan {
     uint8_t *cbuf;
     size_t cbuf_cap;
     uint64_t packet_num;
-    bool background;      /* niced for postcopy (lm_thread_set_background) */
+    bool background;           /* niced for postcopy (lm_thread_set_background) */
     lm_multifd_chan_stats *st; /* in s->ctr: relaxed atomics */
 } send_chan;
 
 struct lm_mfd_send {
-    lm_mem *mem;           /* block table: read-only while a migration runs */
-    lm_mfd_counters *ctr;  /* the migration's counters (relaxed atomics) */
+    lm_mem *mem;          /* block table: read-only while a migration runs */
+    lm_mfd_counters *ctr; /* the migration's counters (relaxed atomics) */
     lm_chan *main;
     lm_mfd_send_cfg cfg;
     unsigned n;
@@ -70,14 +70,14 @@ struct lm_mfd_send {
     /* --- lock --- */
     bool quit;
     lm_error error;
-    batch **pool;         /* free batches */
+    batch **pool; /* free batches */
     unsigned npool;
     /* --- migration thread only --- */
     batch *cur;
-    unsigned next;        /* round-robin start of the idle search */
-    uint64_t seq;         /* last sync sequence */
-    bool dirty;           /* pages handed off since the last sync */
-    lm_mfd_phase phase;   /* stamped on each batch at hand-off */
+    unsigned next;      /* round-robin start of the idle search */
+    uint64_t seq;       /* last sync sequence */
+    bool dirty;         /* pages handed off since the last sync */
+    lm_mfd_phase phase; /* stamped on each batch at hand-off */
 };
 
 static void fail(lm_mfd_send *s, send_chan *c, lm_error *e)
@@ -154,8 +154,11 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
             iov[niov++] = (struct iovec){p, ps};
     }
 
-    lm_mfd_pages h = {.block = b->block, .normal = (uint16_t)nn, .zero = (uint16_t)nz,
-                      .compression = LM_MFD_COMP_NONE, .packet_num = ++c->packet_num};
+    lm_mfd_pages h = {.block = b->block,
+                      .normal = (uint16_t)nn,
+                      .zero = (uint16_t)nz,
+                      .compression = LM_MFD_COMP_NONE,
+                      .packet_num = ++c->packet_num};
     long clen = -1;
     if (c->codec && nn) {
         clen = lm_mfd_compress(c->codec, iov, niov, c->cbuf, c->cbuf_cap, err);
@@ -172,8 +175,7 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
     uint32_t plen = LM_MFD_HDR_SIZE + ilen + h.data_len;
     if (lm_fmt_rec_hdr_encode(LM_REC_MULTIFD_PAGES, plen, hdr, LM_REC_HDR_SIZE) < 0 ||
         lm_fmt_mfd_pages_hdr_encode(&h, hdr + LM_REC_HDR_SIZE, LM_MFD_HDR_SIZE) < 0 ||
-        lm_fmt_mfd_index_encode(idx, nn + nz, hdr + LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE,
-                                ilen) < 0)
+        lm_fmt_mfd_index_encode(idx, nn + nz, hdr + LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE, ilen) < 0)
         return lm_error_set(err, -EINVAL, "cannot encode a packet of %u pages", nn + nz);
     size_t hlen = LM_REC_HDR_SIZE + LM_MFD_HDR_SIZE + ilen;
 
@@ -188,8 +190,8 @@ static int send_batch(send_chan *c, batch *b, lm_error *err)
         unsigned done = 0;
         do {
             unsigned k = niov - done > 64 ? 64 : niov - done;
-            ret = lm_chan_writev_ref(c->chan, done ? NULL : hdr, done ? 0 : hlen, iov + done,
-                                     (int)k);
+            ret =
+                lm_chan_writev_ref(c->chan, done ? NULL : hdr, done ? 0 : hlen, iov + done, (int)k);
             done += k;
         } while (ret == 0 && done < niov);
     }
@@ -401,8 +403,7 @@ int lm_mfd_queue_page(lm_mfd_send *s, uint32_t block, uint64_t page, lm_error *e
      * in between (their dirty pages were all never-populated zero runs),
      * so a page at or below the last one starts a new batch too. */
     batch *b = s->cur;
-    if (b->n && (b->block != block || b->n == LM_MFD_BATCH_PAGES ||
-                 page <= b->pages[b->n - 1])) {
+    if (b->n && (b->block != block || b->n == LM_MFD_BATCH_PAGES || page <= b->pages[b->n - 1])) {
         int ret = hand_off(s, err);
         if (ret < 0)
             return ret;

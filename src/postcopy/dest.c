@@ -125,11 +125,11 @@ int lm_pc_dst_load_discard(lm_pc_dst *d, lm_chan *c, const lm_rec_hdr *h, bool b
      * from an unmapped page-cache page, a missing fault from a hole). */
     int advice = pb->kind == LM_PC_SHARED ? MADV_REMOVE : MADV_DONTNEED;
     if (madvise(b->base + first * b->page_size, count * b->page_size, advice) < 0)
-        return lm_error_set(err, -errno, "POSTCOPY_DISCARD: madvise(%s) of '%s' pages "
-                                         "%llu+%llu: %s",
+        return lm_error_set(err, -errno,
+                            "POSTCOPY_DISCARD: madvise(%s) of '%s' pages "
+                            "%llu+%llu: %s",
                             advice == MADV_REMOVE ? "REMOVE" : "DONTNEED", b->name,
-                            (unsigned long long)first, (unsigned long long)count,
-                            strerror(errno));
+                            (unsigned long long)first, (unsigned long long)count, strerror(errno));
     pthread_mutex_lock(&d->lock);
     for (uint64_t p = first; p < first + count; p++) {
         if (!lm_bit_test(pb->owed, p)) {
@@ -278,11 +278,10 @@ static void *preempt_thread_fn(void *arg)
          * runs: the main channel's loader has the block table by then. */
         if ((h.type != LM_REC_RAM_PAGES && h.type != LM_REC_RAM_ZERO) ||
             !__atomic_load_n(&d->listening, __ATOMIC_ACQUIRE)) {
-            ret = lm_error_set(&err, -EPROTO, "preempt channel: unexpected %s record%s",
-                               lm_rec_type_name(h.type),
-                               h.type == LM_REC_RAM_PAGES || h.type == LM_REC_RAM_ZERO
-                                   ? " before POSTCOPY_RUN"
-                                   : "");
+            ret = lm_error_set(
+                &err, -EPROTO, "preempt channel: unexpected %s record%s", lm_rec_type_name(h.type),
+                h.type == LM_REC_RAM_PAGES || h.type == LM_REC_RAM_ZERO ? " before POSTCOPY_RUN"
+                                                                        : "");
             break;
         }
         ret = lm_ram_load_record(d->mem, d->place, c, &h, tmp, &err);
@@ -355,7 +354,9 @@ int lm_pc_dst_wait_placed(lm_pc_dst *d, lm_error *err)
     if (pret < 0)
         return lm_error_set(err, pret, "%s", perr.msg);
     if (owed)
-        return lm_error_set(err, -EPROTO, "end of stream with %llu pages still owed by the "
-                                          "source", (unsigned long long)owed);
+        return lm_error_set(err, -EPROTO,
+                            "end of stream with %llu pages still owed by the "
+                            "source",
+                            (unsigned long long)owed);
     return 0;
 }

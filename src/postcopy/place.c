@@ -86,8 +86,7 @@ static void claim(lm_pc_dst *d, lm_pc_block *pb, uint64_t first, uint64_t n, uin
     pthread_mutex_unlock(&d->lock);
 }
 
-static void unclaim(lm_pc_dst *d, lm_pc_block *pb, uint64_t first, uint64_t n,
-                    const uint64_t *mine)
+static void unclaim(lm_pc_dst *d, lm_pc_block *pb, uint64_t first, uint64_t n, const uint64_t *mine)
 {
     pthread_mutex_lock(&d->lock);
     for (uint64_t i = 0; i < n; i++)
@@ -196,8 +195,8 @@ static int place_minor(lm_pc_dst *d, lm_ram_block *b, uint64_t first, uint64_t c
 /* LM_PC_MINOR blocks: reads count pages from c straight into the page
  * cache of the owed pages this thread claims (the others into scratch) and
  * maps them. */
-static int recv_minor(lm_pc_dst *d, lm_chan *c, lm_ram_block *b, uint64_t first,
-                      uint64_t count, uint8_t *scratch, lm_error *err)
+static int recv_minor(lm_pc_dst *d, lm_chan *c, lm_ram_block *b, uint64_t first, uint64_t count,
+                      uint8_t *scratch, lm_error *err)
 {
     unsigned bi = block_index(d, b);
     lm_pc_block *pb = &d->blk[bi];
@@ -238,11 +237,12 @@ static int recv_minor(lm_pc_dst *d, lm_chan *c, lm_ram_block *b, uint64_t first,
 static int check_block(const lm_ram_block *b, uint64_t count, lm_error *err)
 {
     if (b->page_size != LM_PAGE_SIZE)
-        return lm_error_set(err, -EPROTO, "postcopy: block '%s' has %u-byte pages, only %u "
-                                          "supported", b->name, b->page_size, LM_PAGE_SIZE);
+        return lm_error_set(err, -EPROTO,
+                            "postcopy: block '%s' has %u-byte pages, only %u "
+                            "supported",
+                            b->name, b->page_size, LM_PAGE_SIZE);
     if (count > LM_MFD_MAX_PAGES)
-        return lm_error_set(err, -EPROTO, "postcopy: run of %llu pages",
-                            (unsigned long long)count);
+        return lm_error_set(err, -EPROTO, "postcopy: run of %llu pages", (unsigned long long)count);
     return 0;
 }
 
@@ -272,8 +272,8 @@ static int pc_pages(void *opaque, lm_ram_block *b, uint64_t first, uint64_t coun
         if (!data && q - p > 512)
             q = p + 512;
         bool exist;
-        int64_t n = place_ioctl(d, b, p, q, data ? data + (p - first) * b->page_size : NULL,
-                                &exist);
+        int64_t n =
+            place_ioctl(d, b, p, q, data ? data + (p - first) * b->page_size : NULL, &exist);
         if (n < 0)
             return lm_error_set(err, (int)n, "placing page %llu of '%s' (userfaultfd): %s",
                                 (unsigned long long)p, b->name, strerror((int)-n));

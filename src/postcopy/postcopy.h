@@ -54,12 +54,12 @@ typedef struct lm_pc_req {
  */
 typedef struct lm_pc_src {
     lm_ram *ram;
-    uint64_t *requests;          /* query's postcopy-requests (relaxed atomic) */
-    const uint64_t *mfd_bytes;   /* multifd wire bytes (relaxed atomic) */
-    const uint32_t *mfd_chans;   /* multifd channel count (relaxed atomic) */
-    void (*wake)(void *opaque);  /* a request was queued: wake the migration thread */
+    uint64_t *requests;         /* query's postcopy-requests (relaxed atomic) */
+    const uint64_t *mfd_bytes;  /* multifd wire bytes (relaxed atomic) */
+    const uint32_t *mfd_chans;  /* multifd channel count (relaxed atomic) */
+    void (*wake)(void *opaque); /* a request was queued: wake the migration thread */
     void *wake_opaque;
-    lm_out_counters *ctr;        /* phase bytes (requested pages are postcopy bytes) */
+    lm_out_counters *ctr; /* phase bytes (requested pages are postcopy bytes) */
     /* Set by the migration thread before the readers start, fixed until
      * they are joined: the preempt channel, or NULL. */
     lm_chan *pre;
@@ -67,16 +67,16 @@ typedef struct lm_pc_src {
     pthread_mutex_t qlock;
     /* --- qlock --- */
     lm_pc_req queue[LM_PC_REQ_QUEUE];
-    unsigned head, tail;         /* tail - head entries */
-    bool serving;                /* POSTCOPY_RUN may have gone out */
-    lm_chan *preempt;            /* requested pages go here when set */
-    lm_chan *main;               /* the main channel (byte counts only) */
-    uint32_t queued;             /* tail - head, also readable without qlock (atomic) */
+    unsigned head, tail; /* tail - head entries */
+    bool serving;        /* POSTCOPY_RUN may have gone out */
+    lm_chan *preempt;    /* requested pages go here when set */
+    lm_chan *main;       /* the main channel (byte counts only) */
+    uint32_t queued;     /* tail - head, also readable without qlock (atomic) */
 
     pthread_mutex_t wlock;
     /* --- wlock --- */
-    bool preempt_done;           /* EOS sent on it: no more writes */
-    uint64_t resent;             /* pages sent again on the preempt channel */
+    bool preempt_done; /* EOS sent on it: no more writes */
+    uint64_t resent;   /* pages sent again on the preempt channel */
 
     /* --- ram->lock: background runs claimed lately, with the channels'
      * byte counts when claimed: a requested page among them may still sit
@@ -84,16 +84,16 @@ typedef struct lm_pc_src {
      * channel. */
     struct {
         uint32_t block;
-        bool mfd;                /* handed to the multifd channels */
+        bool mfd; /* handed to the multifd channels */
         uint64_t first, count, off;
-        uint64_t mfd_off;        /* multifd bytes when claimed */
+        uint64_t mfd_off; /* multifd bytes when claimed */
     } recent[LM_PC_RECENT];
     uint64_t nrecent;
 
     /* "lm-rp-preempt" (migration thread starts and joins it) */
     pthread_t preq_thread;
     bool preq_running;
-    lm_chan *preq_shutdown;      /* shut down with the reason when a record is bad */
+    lm_chan *preq_shutdown; /* shut down with the reason when a record is bad */
 } lm_pc_src;
 
 void lm_pc_src_init(lm_pc_src *s, lm_ram *ram);
@@ -151,7 +151,7 @@ enum { LM_PC_ANON, LM_PC_SHARED, LM_PC_MINOR };
 #define LM_PC_LAT_FINE (LM_PC_LAT_LINEAR + (32 - 6) * LM_PC_LAT_SUB)
 
 typedef struct lm_pc_block {
-    uint8_t kind;        /* LM_PC_ANON, LM_PC_SHARED or LM_PC_MINOR (incoming thread) */
+    uint8_t kind; /* LM_PC_ANON, LM_PC_SHARED or LM_PC_MINOR (incoming thread) */
     /* --- lock --- */
     uint64_t *claimed;   /* MINOR: owed pages being written via the alias */
     uint64_t *owed;      /* discarded at the switch, not placed yet */
@@ -176,25 +176,25 @@ typedef struct lm_pc_block {
  */
 typedef struct lm_pc_dst {
     lm_mem *mem;
-    lm_place *place;          /* switched to atomic placement at listen */
+    lm_place *place; /* switched to atomic placement at listen */
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* a placement, or the end */
-    pthread_mutex_t rp_lock;  /* writers of the return path */
-    int uffd;                 /* -1 when not registered */
-    int quit_efd;             /* wakes the fault thread */
-    bool prepared;            /* maps allocated, prefault stopped (incoming thread) */
-    bool classified;          /* block kinds decided, aliases mapped (incoming thread) */
-    bool listening;           /* uffd registered (atomic) */
+    pthread_cond_t cond;     /* a placement, or the end */
+    pthread_mutex_t rp_lock; /* writers of the return path */
+    int uffd;                /* -1 when not registered */
+    int quit_efd;            /* wakes the fault thread */
+    bool prepared;           /* maps allocated, prefault stopped (incoming thread) */
+    bool classified;         /* block kinds decided, aliases mapped (incoming thread) */
+    bool listening;          /* uffd registered (atomic) */
     pthread_t fault_thread;
     bool fault_running;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */
-    lm_chan *rp;              /* main channel (return path), borrowed */
-    lm_chan *req;             /* page requests: the preempt channel, or NULL */
+    lm_chan *rp;  /* main channel (return path), borrowed */
+    lm_chan *req; /* page requests: the preempt channel, or NULL */
     /* --- lock --- */
-    bool switched;            /* POSTCOPY_RUN processed in this migration */
-    bool rp_broken;           /* a request could not be sent */
-    bool blocktime;           /* postcopy-blocktime on for this migration */
+    bool switched;  /* POSTCOPY_RUN processed in this migration */
+    bool rp_broken; /* a request could not be sent */
+    bool blocktime; /* postcopy-blocktime on for this migration */
     uint64_t owed_pages;
     uint64_t requests, local_zero_faults, faults;
     uint64_t hist[LM_PC_HIST_BUCKETS];
@@ -204,9 +204,9 @@ typedef struct lm_pc_dst {
     lm_chan *preempt;
     pthread_t preempt_thread;
     bool preempt_running;
-    int preempt_ret;          /* lock: the preempt thread's result */
-    lm_error preempt_err;     /* lock */
-    bool preempt_eos;         /* lock */
+    int preempt_ret;      /* lock: the preempt thread's result */
+    lm_error preempt_err; /* lock */
+    bool preempt_eos;     /* lock */
 } lm_pc_dst;
 
 /* Probes userfaultfd missing mode on anonymous memory (set-capability). */

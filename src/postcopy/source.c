@@ -133,8 +133,7 @@ static bool maybe_in_flight(lm_pc_src *s, lm_chan *main, uint32_t bi, uint64_t p
  * the tail of the fault latency (megabytes behind a busy loader: tens of
  * ms here, measured), and the destination skips whichever copy comes
  * second.  Returns how many pages were sent again. */
-static uint64_t claim_request(lm_pc_src *s, const lm_pc_req *q, lm_chan *resend_main,
-                              uint64_t *map)
+static uint64_t claim_request(lm_pc_src *s, const lm_pc_req *q, lm_chan *resend_main, uint64_t *map)
 {
     lm_ram *r = s->ram;
     uint64_t end = q->first_page + q->count, resent = 0, p, e;
@@ -156,8 +155,7 @@ static uint64_t claim_request(lm_pc_src *s, const lm_pc_req *q, lm_chan *resend_
 }
 
 /* Sends the runs of map (pages of q) on o; no lock held. */
-static int send_map(lm_pc_src *s, lm_out *o, const lm_pc_req *q, const uint64_t *map,
-                    lm_error *err)
+static int send_map(lm_pc_src *s, lm_out *o, const lm_pc_req *q, const uint64_t *map, lm_error *err)
 {
     for (uint64_t i = 0; i < q->count;) {
         if (!lm_bit_test(map, i)) {
@@ -167,8 +165,8 @@ static int send_map(lm_pc_src *s, lm_out *o, const lm_pc_req *q, const uint64_t 
         uint64_t j = i + 1;
         while (j < q->count && lm_bit_test(map, j))
             j++;
-        int ret = lm_ram_send_pages(s->ram, o, q->block, q->first_page + i, q->first_page + j,
-                                    false);
+        int ret =
+            lm_ram_send_pages(s->ram, o, q->block, q->first_page + i, q->first_page + j, false);
         if (ret < 0) {
             lm_chan_get_error(o->chan, err);
             return lm_error_set(err, ret, "sending requested pages failed");
@@ -211,9 +209,11 @@ int lm_pc_src_request(lm_pc_src *s, const uint8_t *payload, uint32_t len, lm_err
                             r.block, mem->nblocks);
     lm_ram_block *b = &mem->blocks[r.block];
     if (r.first_page > b->npages || r.count > b->npages - r.first_page)
-        return lm_error_set(err, -EPROTO, "RP_REQ_PAGES: pages %llu+%u past the end of block "
-                                          "'%s' (%llu pages)", (unsigned long long)r.first_page,
-                            r.count, b->name, (unsigned long long)b->npages);
+        return lm_error_set(err, -EPROTO,
+                            "RP_REQ_PAGES: pages %llu+%u past the end of block "
+                            "'%s' (%llu pages)",
+                            (unsigned long long)r.first_page, r.count, b->name,
+                            (unsigned long long)b->npages);
     if (r.count > LM_RAM_MAX_RUN)
         return lm_error_set(err, -EPROTO, "RP_REQ_PAGES: %u pages, at most %d", r.count,
                             LM_RAM_MAX_RUN);
@@ -343,8 +343,7 @@ static void *preq_thread_fn(void *arg)
             break;
         }
         if (h.type != LM_REC_RP_REQ_PAGES || h.len != sizeof payload) {
-            lm_error_set(&err, -EPROTO, "%s record of %u bytes", lm_rec_type_name(h.type),
-                         h.len);
+            lm_error_set(&err, -EPROTO, "%s record of %u bytes", lm_rec_type_name(h.type), h.len);
             break;
         }
         if (lm_rec_read_payload(c, &h, payload, sizeof payload, "preempt channel", &rerr) < 0)

@@ -52,8 +52,7 @@ int lm_postcopy_probe(lm_error *err)
     if (fd < 0)
         return fd;
     int ret = 0;
-    void *p = mmap(NULL, LM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    void *p = mmap(NULL, LM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         ret = lm_error_set(err, -errno, "userfaultfd probe: mmap: %s", strerror(errno));
         goto out;
@@ -61,14 +60,17 @@ int lm_postcopy_probe(lm_error *err)
     struct uffdio_register r = {.range = {(uintptr_t)p, LM_PAGE_SIZE},
                                 .mode = UFFDIO_REGISTER_MODE_MISSING};
     if (ioctl(fd, UFFDIO_REGISTER, &r) < 0) {
-        ret = lm_error_set(err, -errno, "userfaultfd cannot register anonymous memory in "
-                                        "missing mode: %s", strerror(errno));
+        ret = lm_error_set(err, -errno,
+                           "userfaultfd cannot register anonymous memory in "
+                           "missing mode: %s",
+                           strerror(errno));
     } else {
-        uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
-                        (1ull << _UFFDIO_WAKE);
+        uint64_t need =
+            (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) | (1ull << _UFFDIO_WAKE);
         if ((r.ioctls & need) != need)
-            ret = lm_error_set(err, -ENOTSUP, "userfaultfd lacks COPY/ZEROPAGE/WAKE on "
-                                              "anonymous memory");
+            ret = lm_error_set(err, -ENOTSUP,
+                               "userfaultfd lacks COPY/ZEROPAGE/WAKE on "
+                               "anonymous memory");
         ioctl(fd, UFFDIO_UNREGISTER, &r.range);
     }
     munmap(p, LM_PAGE_SIZE);
@@ -144,8 +146,10 @@ static int classify_block(lm_ram_block *b, lm_pc_block *pb, bool minor_ok, lm_er
     if (ret < 0)
         return ret;
     if (shared && private)
-        return lm_error_set(err, -EINVAL, "postcopy: RAM block '%s' mixes private and shared "
-                                          "mappings", b->name);
+        return lm_error_set(err, -EINVAL,
+                            "postcopy: RAM block '%s' mixes private and shared "
+                            "mappings",
+                            b->name);
     if (!shared)
         return 0;
     pb->kind = LM_PC_SHARED;
@@ -315,9 +319,10 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_chan *rp, bool blocktime, lm_error *err)
             .mode = UFFDIO_REGISTER_MODE_MISSING |
                     (d->blk[i].kind == LM_PC_MINOR ? UFFDIO_REGISTER_MODE_MINOR : 0)};
         if (ioctl(fd, UFFDIO_REGISTER, &r) < 0) {
-            ret = lm_error_set(err, -errno, "postcopy: registering RAM block '%s' (%s memory) "
-                                            "with userfaultfd: %s", b->name,
-                               d->blk[i].kind == LM_PC_ANON ? "private" : "shared",
+            ret = lm_error_set(err, -errno,
+                               "postcopy: registering RAM block '%s' (%s memory) "
+                               "with userfaultfd: %s",
+                               b->name, d->blk[i].kind == LM_PC_ANON ? "private" : "shared",
                                strerror(errno));
             close(fd);
             return ret;

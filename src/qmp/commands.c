@@ -12,7 +12,6 @@
  */
 #include "qmp/qmp_internal.h"
 
-
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -107,7 +106,6 @@ static bool get_bool(json_t *args, const char *name, bool dflt)
     json_t *v = json_object_get(args, name);
     return json_is_boolean(v) ? json_is_true(v) : dflt;
 }
-
 
 /* --------------------------------------------------------- run state */
 
@@ -224,8 +222,9 @@ static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL, 0, false}};
  * client gets a clear refusal rather than CommandNotFound. */
 static int cmd_migrate_pause(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP, "migrate-pause: postcopy recovery (pause, recover, "
-                                       "resume) is not supported yet");
+    return lm_error_set(err, -ENOTSUP,
+                        "migrate-pause: postcopy recovery (pause, recover, "
+                        "resume) is not supported yet");
 }
 
 static int cmd_migrate_recover(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
@@ -535,11 +534,11 @@ static json_t *devices_json(lm_mig *m)
     if (!a)
         return NULL;
     for (unsigned i = 0; i < n && i < LM_MAX_DEVICES; i++) {
-        json_t *o = json_pack("{s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "name", d[i].name,
-                              "instance", (json_int_t)d[i].instance, "version",
-                              (json_int_t)d[i].version, "iterable", d[i].iterable, "pending",
-                              lm_qmp_ju64(d[i].pending), "bytes", lm_qmp_ju64(d[i].bytes), "ack",
-                              lm_device_ack_state_name(d[i].ack));
+        json_t *o =
+            json_pack("{s:s, s:I, s:I, s:b, s:o, s:o, s:s}", "name", d[i].name, "instance",
+                      (json_int_t)d[i].instance, "version", (json_int_t)d[i].version, "iterable",
+                      d[i].iterable, "pending", lm_qmp_ju64(d[i].pending), "bytes",
+                      lm_qmp_ju64(d[i].bytes), "ack", lm_device_ack_state_name(d[i].ack));
         if (!o || json_array_append_new(a, o) < 0) {
             json_decref(a);
             return NULL;

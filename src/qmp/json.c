@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-
 /* socket-address is a list of QEMU SocketAddress objects; the library
  * reports the listening address as URI text. */
 static json_t *socket_address_json(const char *text)
@@ -71,7 +70,8 @@ json_t *lm_qmp_info_json(const lm_info *in)
             lm_qmp_put(r, "precopy-bytes", lm_qmp_ju64(in->precopy_bytes));
             lm_qmp_put(r, "downtime-bytes", lm_qmp_ju64(in->downtime_bytes));
             lm_qmp_put(r, "postcopy-bytes", lm_qmp_ju64(in->postcopy_bytes));
-            lm_qmp_put(r, "dirty-sync-missed-zero-copy", lm_qmp_ju64(in->dirty_sync_missed_zero_copy));
+            lm_qmp_put(r, "dirty-sync-missed-zero-copy",
+                       lm_qmp_ju64(in->dirty_sync_missed_zero_copy));
             if (in->multifd_channels) {
                 /* Ours: what each multifd channel carried. */
                 json_t *a = json_array();
@@ -179,8 +179,7 @@ json_t *lm_qmp_event_json(const lm_event *ev)
     if (data)
         lm_qmp_put(o, "data", data);
     lm_qmp_put(o, "timestamp",
-        json_pack("{s:I, s:I}", "seconds", (json_int_t)ev->ts_sec, "microseconds",
-                  (json_int_t)ev->ts_usec));
+               json_pack("{s:I, s:I}", "seconds", (json_int_t)ev->ts_sec, "microseconds",
+                         (json_int_t)ev->ts_usec));
     return o;
 }
-

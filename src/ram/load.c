@@ -71,8 +71,8 @@ int lm_ram_read_zero_run(lm_mem *mem, lm_chan *c, const lm_rec_hdr *h, lm_ram_ze
     return lm_mem_stream_run(mem, z->block, z->first_page, z->count, what, bp, err);
 }
 
-int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h,
-                       uint8_t *scratch, lm_error *err)
+int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h, uint8_t *scratch,
+                       lm_error *err)
 {
     switch (h->type) {
     case LM_REC_RAM_BLOCKS:
@@ -103,7 +103,6 @@ int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *
         return lm_fmt_u64_decode(p, sizeof p, &pass, err) > 0 ? 0 : -EPROTO;
     }
     default:
-        return lm_error_set(err, -EPROTO, "unexpected record %s in RAM",
-                            lm_rec_type_name(h->type));
+        return lm_error_set(err, -EPROTO, "unexpected record %s in RAM", lm_rec_type_name(h->type));
     }
 }

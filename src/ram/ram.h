@@ -41,27 +41,27 @@ typedef struct lm_ram_hooks {
     /* Postcopy: a background run [first, first+count) of block bi was
      * claimed (called with r->lock held). */
     void (*claimed)(void *opaque, unsigned bi, uint64_t first, uint64_t count, const lm_out *o);
-    void *pc_opaque;           /* of urgent and claimed */
+    void *pc_opaque; /* of urgent and claimed */
 } lm_ram_hooks;
 
 typedef struct lm_ram {
     lm_mem *mem;
     lm_ram_counters *ctr;
     lm_ram_hooks hooks;
-    pthread_mutex_t lock;       /* see the top of this file */
+    pthread_mutex_t lock; /* see the top of this file */
     /* --- lock (once a second thread may claim pages) --- */
     uint64_t *dirty[LM_RAM_MAX_BLOCKS]; /* per block: pages still to send */
-    uint64_t dirty_pages;       /* bits set in all dirty maps */
-    bool postcopy;              /* switched: RAM is sent postcopy */
+    uint64_t dirty_pages;               /* bits set in all dirty maps */
+    bool postcopy;                      /* switched: RAM is sent postcopy */
     /* --- migration thread only --- */
     uint64_t *populated[LM_RAM_MAX_BLOCKS]; /* pass 1 only: populated at setup */
-    lm_dirty *tracker;          /* write tracking while the guest runs */
+    lm_dirty *tracker;                      /* write tracking while the guest runs */
     bool tracking;
-    bool guest_running;         /* set before setup: tracking is needed */
-    bool postcopy_capable;      /* set before setup: RAM may go postcopy */
-    unsigned cur_block;         /* page-search cursor */
+    bool guest_running;    /* set before setup: tracking is needed */
+    bool postcopy_capable; /* set before setup: RAM may go postcopy */
+    unsigned cur_block;    /* page-search cursor */
     uint64_t cur_page;
-    uint64_t period_start_ns;   /* dirty-rate period (>= 1 s) */
+    uint64_t period_start_ns; /* dirty-rate period (>= 1 s) */
     uint64_t period_dirty;
     uint64_t last_sync_ns;
     uint64_t last_sync_cost_ns; /* what the final sync will cost (expected downtime) */
@@ -96,8 +96,8 @@ void lm_ram_set_postcopy(lm_ram *r);
 /* Destination: RAM_BLOCKS / RAM_PAGES / RAM_ZERO / RAM_PASS of a stream
  * (main or preempt channel), pages through the placement interface;
  * scratch holds LM_RAM_MAX_RUN pages (used once placement is atomic). */
-int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h,
-                       uint8_t *scratch, lm_error *err);
+int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h, uint8_t *scratch,
+                       lm_error *err);
 /* Reads a RAM_ZERO or POSTCOPY_DISCARD payload (the same run) and checks
  * it against the stream's table. */
 int lm_ram_read_zero_run(lm_mem *mem, lm_chan *c, const lm_rec_hdr *h, lm_ram_zero *z,

@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RUN_PAGES 256          /* pages per RAM_PAGES record (1 MiB) */
-#define SLICE_NS 50000000ull   /* QEMU's MAX_WAIT: re-check pending every 50 ms */
+#define RUN_PAGES 256        /* pages per RAM_PAGES record (1 MiB) */
+#define SLICE_NS 50000000ull /* QEMU's MAX_WAIT: re-check pending every 50 ms */
 
 void lm_ram_init(lm_ram *r, lm_mem *mem, lm_ram_counters *ctr)
 {
@@ -441,8 +441,7 @@ static void ram_pending_estimate(void *opaque, uint64_t *must, uint64_t *can)
         *must += bytes;
 }
 
-static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *can,
-                             lm_error *err)
+static int ram_pending_exact(void *opaque, lm_out *o, uint64_t *must, uint64_t *can, lm_error *err)
 {
     lm_ram *r = opaque;
     int ret = lm_ram_sync(r, o, err);

@@ -84,8 +84,7 @@ static lm_device *find_bound(lm_savevm *m, uint32_t section_id)
 
 /* START/FULL: finds the local device by (name, instance), checks the
  * version and binds the section id. */
-static int bind(lm_savevm *m, uint8_t type, const lm_section_hdr *s, lm_device **out,
-                lm_error *err)
+static int bind(lm_savevm *m, uint8_t type, const lm_section_hdr *s, lm_device **out, lm_error *err)
 {
     const char *what = lm_rec_type_name(type);
     lm_device *d = NULL;
@@ -93,8 +92,9 @@ static int bind(lm_savevm *m, uint8_t type, const lm_section_hdr *s, lm_device *
         if (!strcmp(m->devices[i].name, s->name) && m->devices[i].instance == s->instance)
             d = &m->devices[i];
     if (!d)
-        return lm_error_set(err, -ENOENT, "%s: unknown device '%s' instance %" PRIu32
-                                          " (not registered on this destination)",
+        return lm_error_set(err, -ENOENT,
+                            "%s: unknown device '%s' instance %" PRIu32
+                            " (not registered on this destination)",
                             what, s->name, s->instance);
     if (s->version > d->version)
         return lm_error_set(err, -ENOTSUP,
@@ -106,16 +106,18 @@ static int bind(lm_savevm *m, uint8_t type, const lm_section_hdr *s, lm_device *
         return lm_error_set(err, -EPROTO, "device '%s': %s with version 0", d->name, what);
     lm_device *other = find_bound(m, s->section_id);
     if (other && other != d)
-        return lm_error_set(err, -EPROTO, "%s: section id %" PRIu32 " of device '%s' is "
-                                          "already bound to device '%s'",
+        return lm_error_set(err, -EPROTO,
+                            "%s: section id %" PRIu32 " of device '%s' is "
+                            "already bound to device '%s'",
                             what, s->section_id, d->name, other->name);
     if (d->in_bound && d->in_section_id != s->section_id)
-        return lm_error_set(err, -EPROTO, "%s: device '%s' arrives with section id %" PRIu32
-                                          ", it had %" PRIu32,
+        return lm_error_set(err, -EPROTO,
+                            "%s: device '%s' arrives with section id %" PRIu32 ", it had %" PRIu32,
                             what, d->name, s->section_id, d->in_section_id);
     if (d->in_bound && d->in_version != s->version)
-        return lm_error_set(err, -EPROTO, "%s: device '%s' changes version %" PRIu32
-                                          " -> %" PRIu32 " within one stream",
+        return lm_error_set(err, -EPROTO,
+                            "%s: device '%s' changes version %" PRIu32 " -> %" PRIu32
+                            " within one stream",
                             what, d->name, d->in_version, s->version);
     d->in_bound = true;
     d->in_section_id = s->section_id;
@@ -153,8 +155,10 @@ int lm_loadvm_section(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_error *
         if ((ret = bind(m, h->type, &s, &d, err)) < 0)
             return ret;
         if (!d->ops->save_iterate)
-            return lm_error_set(err, -EPROTO, "SECTION_START for device '%s', which is not "
-                                              "iterable here", d->name);
+            return lm_error_set(err, -EPROTO,
+                                "SECTION_START for device '%s', which is not "
+                                "iterable here",
+                                d->name);
         if (d->in_started)
             return lm_error_set(err, -EPROTO, "second SECTION_START for device '%s'", d->name);
         d->in_started = true;
@@ -218,8 +222,8 @@ int lm_loadvm_ack_devices(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_err
     for (uint32_t i = 0; i < n; i++) {
         lm_device *d = find_bound(m, ids[i]);
         if (!d || !d->in_started)
-            return lm_error_set(err, -EPROTO, "ACK_DEVICES: section id %" PRIu32
-                                              " was never started", ids[i]);
+            return lm_error_set(err, -EPROTO,
+                                "ACK_DEVICES: section id %" PRIu32 " was never started", ids[i]);
         bool here = d->ops->switchover_ack_needed && d->ops->switchover_ack_needed(d->opaque);
         if (!here) {
             /* An older destination device: it cannot approve, so the
@@ -255,11 +259,14 @@ int lm_loadvm_eos(lm_loadvm *lv, lm_error *err)
     for (unsigned i = 0; i < m->ndevices; i++) {
         lm_device *d = &m->devices[i];
         if (d->in_started && !d->in_ended)
-            return lm_error_set(err, -EPROTO, "device '%s': end of stream before its "
-                                              "SECTION_END", d->name);
+            return lm_error_set(err, -EPROTO,
+                                "device '%s': end of stream before its "
+                                "SECTION_END",
+                                d->name);
     }
     if (lv->ack_feature && !lv->ack_devices_seen)
-        return lm_error_set(err, -EPROTO, "end of stream without ACK_DEVICES although "
-                                          "switchover-ack was negotiated");
+        return lm_error_set(err, -EPROTO,
+                            "end of stream without ACK_DEVICES although "
+                            "switchover-ack was negotiated");
     return 0;
 }

@@ -51,15 +51,14 @@ int lm_savevm_register(lm_savevm *sv, const char *name, uint32_t instance, uint3
     if (!ops->load_state)
         return lm_error_set(err, -EINVAL, "device '%s': load_state is required", name);
     if (!ops->save_iterate && !ops->save_state)
-        return lm_error_set(err, -EINVAL, "device '%s': needs save_iterate or save_state",
-                            name);
+        return lm_error_set(err, -EINVAL, "device '%s': needs save_iterate or save_state", name);
     if (sv->ndevices >= LM_MAX_DEVICES)
-        return lm_error_set(err, -ENOSPC, "device '%s': at most %d devices", name,
-                            LM_MAX_DEVICES);
+        return lm_error_set(err, -ENOSPC, "device '%s': at most %d devices", name, LM_MAX_DEVICES);
     for (unsigned i = 0; i < sv->ndevices; i++)
         if (!strcmp(sv->devices[i].name, name) && sv->devices[i].instance == instance)
-            return lm_error_set(err, -EEXIST, "device '%s' instance %" PRIu32
-                                              " is already registered", name, instance);
+            return lm_error_set(err, -EEXIST,
+                                "device '%s' instance %" PRIu32 " is already registered", name,
+                                instance);
     lm_device *d = &sv->devices[sv->ndevices];
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
@@ -115,8 +114,10 @@ int lm_device_put(lm_device_out *out, const void *data, size_t len, lm_error *er
         return lm_error_set(err, -EMSGSIZE, "device '%s': put of %zu bytes above %u",
                             out->dev->name, len, LM_DEVICE_PUT_MAX);
     lm_device *d = out->dev;
-    lm_section_hdr s = {.section_id = out->section_id, .instance = d->instance,
-                        .version = d->version, .name_len = (uint8_t)strlen(d->name)};
+    lm_section_hdr s = {.section_id = out->section_id,
+                        .instance = d->instance,
+                        .version = d->version,
+                        .name_len = (uint8_t)strlen(d->name)};
     memcpy(s.name, d->name, s.name_len + 1);
     uint8_t hdr[LM_REC_HDR_SIZE + 13 + LM_SECTION_NAME_MAX];
     int n = lm_fmt_section_hdr_encode(out->type, &s, hdr + LM_REC_HDR_SIZE,
@@ -174,8 +175,8 @@ static const char *hname(const lm_handler *h)
     return h->dev ? h->dev->name : h->ops->name;
 }
 
-int lm_savevm_setup(lm_savevm *m, const lm_handler_ops *ram, void *ram_opaque, bool ack,
-                    lm_out *o, lm_error *err)
+int lm_savevm_setup(lm_savevm *m, const lm_handler_ops *ram, void *ram_opaque, bool ack, lm_out *o,
+                    lm_error *err)
 {
     build_handlers(m, ram, ram_opaque);
     uint32_t ack_ids[LM_MAX_DEVICES];
@@ -192,8 +193,8 @@ int lm_savevm_setup(lm_savevm *m, const lm_handler_ops *ram, void *ram_opaque, b
              * on the destination; the device's own setup data follows as
              * PART records, so load_state sees exactly the device's puts. */
             ret = put_marker(o, h, LM_REC_SECTION_START, err);
-            lm_device_out out = {.o = o, .dev = h->dev, .section_id = h->section_id,
-                                 .type = LM_REC_SECTION_PART};
+            lm_device_out out = {
+                .o = o, .dev = h->dev, .section_id = h->section_id, .type = LM_REC_SECTION_PART};
             if (ret == 0 && h->dev->ops->save_setup)
                 ret = h->dev->ops->save_setup(h->dev->opaque, &out, err);
             if (h->dev->ops->switchover_ack_needed &&
@@ -268,8 +269,8 @@ static int run_one(lm_handler *h, lm_out *o, uint64_t share, uint64_t *used, lm_
     uint64_t before = lm_out_bytes(o);
     int ret;
     if (h->dev) {
-        lm_device_out out = {.o = o, .dev = h->dev, .section_id = h->section_id,
-                             .type = LM_REC_SECTION_PART};
+        lm_device_out out = {
+            .o = o, .dev = h->dev, .section_id = h->section_id, .type = LM_REC_SECTION_PART};
         ret = h->dev->ops->save_iterate(h->dev->opaque, &out, share, err);
     } else {
         ret = h->ops->save_iterate(h->opaque, o, share, err);
@@ -351,8 +352,8 @@ int lm_savevm_complete(lm_savevm *m, lm_out *o, lm_complete_which which, lm_erro
             if (h->ops->save_complete)
                 ret = h->ops->save_complete(h->opaque, o, err);
         } else {
-            lm_device_out out = {.o = o, .dev = h->dev, .section_id = h->section_id,
-                                 .type = LM_REC_SECTION_PART};
+            lm_device_out out = {
+                .o = o, .dev = h->dev, .section_id = h->section_id, .type = LM_REC_SECTION_PART};
             if (h->dev->ops->save_complete)
                 ret = h->dev->ops->save_complete(h->dev->opaque, &out, err);
             if (ret == 0)
@@ -388,4 +389,3 @@ void lm_savevm_cleanup(lm_savevm *m)
         if (m->devices[i].ops->save_cleanup)
             m->devices[i].ops->save_cleanup(m->devices[i].opaque);
 }
-

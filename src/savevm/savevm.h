@@ -34,13 +34,13 @@ struct lm_mfd_send;
 
 /* What handlers write into. */
 typedef struct lm_out {
-    lm_chan *chan;               /* the main channel (the preempt one for requested pages) */
-    struct lm_mfd_send *mfd;     /* multifd channels, NULL without multifd */
+    lm_chan *chan;           /* the main channel (the preempt one for requested pages) */
+    struct lm_mfd_send *mfd; /* multifd channels, NULL without multifd */
     lm_zero_page_detection zpd;
-    bool last_stage;             /* the guest is stopped: downtime bytes */
-    bool postcopy;               /* after the switch: postcopy bytes */
+    bool last_stage; /* the guest is stopped: downtime bytes */
+    bool postcopy;   /* after the switch: postcopy bytes */
     lm_out_counters *ctr;
-    const uint64_t *mfd_bytes;   /* multifd wire bytes (relaxed atomic) or NULL */
+    const uint64_t *mfd_bytes; /* multifd wire bytes (relaxed atomic) or NULL */
 } lm_out;
 
 /* Bytes on the wire so far: the channel plus every multifd channel (rate
@@ -70,8 +70,8 @@ typedef struct lm_handler_ops {
      * when more remains, < 0 on error. */
     int (*save_iterate)(void *opaque, lm_out *o, uint64_t budget, lm_error *err);
     void (*pending_estimate)(void *opaque, uint64_t *must_precopy, uint64_t *can_postcopy);
-    int (*pending_exact)(void *opaque, lm_out *o, uint64_t *must_precopy,
-                         uint64_t *can_postcopy, lm_error *err);
+    int (*pending_exact)(void *opaque, lm_out *o, uint64_t *must_precopy, uint64_t *can_postcopy,
+                         lm_error *err);
     int (*save_complete)(void *opaque, lm_out *o, lm_error *err);
     void (*save_cleanup)(void *opaque);
     bool (*has_postcopy)(void *opaque);
@@ -86,16 +86,16 @@ typedef struct lm_device {
     const lm_device_ops *ops;
     void *opaque;
     /* read by queries: relaxed atomics */
-    uint64_t pending;  /* source: last pending answer */
-    uint64_t bytes;    /* source: device data sent; destination: received */
-    int ack;           /* lm_device_ack_state */
+    uint64_t pending; /* source: last pending answer */
+    uint64_t bytes;   /* source: device data sent; destination: received */
+    int ack;          /* lm_device_ack_state */
     /* destination: incoming thread only */
-    bool in_bound;     /* a START or FULL bound in_section_id to this device */
+    bool in_bound; /* a START or FULL bound in_section_id to this device */
     uint32_t in_section_id;
     uint32_t in_version;
     bool in_started, in_ended;
-    bool in_ready;     /* load_state answered LM_DEVICE_LOAD_READY */
-    bool in_waited;    /* the switchover waits for this device's approval */
+    bool in_ready;  /* load_state answered LM_DEVICE_LOAD_READY */
+    bool in_waited; /* the switchover waits for this device's approval */
 } lm_device;
 
 /* The sink of lm_device_put: which device and which section type. */
@@ -103,15 +103,15 @@ struct lm_device_out {
     lm_out *o;
     lm_device *dev;
     uint32_t section_id;
-    uint8_t type;      /* LM_REC_SECTION_PART or LM_REC_SECTION_FULL */
+    uint8_t type; /* LM_REC_SECTION_PART or LM_REC_SECTION_FULL */
 };
 
 typedef struct lm_handler {
     const lm_handler_ops *ops; /* a built-in handler; NULL for a device */
     void *opaque;
-    lm_device *dev;            /* a device; NULL for a built-in handler */
+    lm_device *dev; /* a device; NULL for a built-in handler */
     uint32_t section_id;
-    uint64_t sent;   /* bytes this handler sent (fair-share accounting) */
+    uint64_t sent; /* bytes this handler sent (fair-share accounting) */
 } lm_handler;
 
 #define LM_MAX_HANDLERS (1 + LM_MAX_DEVICES)
@@ -122,7 +122,7 @@ typedef struct lm_savevm {
     /* migration thread only */
     lm_handler handlers[LM_MAX_HANDLERS];
     unsigned nhandlers;
-    unsigned rotor;    /* iteration's starting handler */
+    unsigned rotor; /* iteration's starting handler */
 } lm_savevm;
 
 /* Registry (savevm.c).  The caller holds whatever serialises it with
@@ -134,14 +134,13 @@ unsigned lm_savevm_query(lm_savevm *sv, unsigned n, lm_device_info *out, unsigne
 /* Source drivers (savevm.c, migration thread).  The built-in handler
  * (RAM) comes first, then every iterable device.  ack: switchover-ack is on
  * (ACK_DEVICES goes out at setup). */
-int lm_savevm_setup(lm_savevm *sv, const lm_handler_ops *ram, void *ram_opaque, bool ack,
-                    lm_out *o, lm_error *err);
+int lm_savevm_setup(lm_savevm *sv, const lm_handler_ops *ram, void *ram_opaque, bool ack, lm_out *o,
+                    lm_error *err);
 void lm_savevm_pending(lm_savevm *sv, bool exact, lm_out *o, uint64_t *must, uint64_t *can,
                        lm_error *err);
 /* Round-robin over the active handlers with fair shares of budget (seed
  * 001); 1 when none has data left now. */
-int lm_savevm_iterate(lm_savevm *sv, lm_out *o, uint64_t budget, bool in_postcopy,
-                      lm_error *err);
+int lm_savevm_iterate(lm_savevm *sv, lm_out *o, uint64_t budget, bool in_postcopy, lm_error *err);
 /* Postcopy splits completion in two (digest §6.2 step 5, §3.10). */
 typedef enum {
     LM_COMPLETE_ALL,         /* precopy switchover */
@@ -156,13 +155,13 @@ lm_device *lm_savevm_device_by_section(lm_savevm *sv, uint32_t section_id);
 /* Destination (loadvm.c, incoming thread). */
 typedef struct lm_loadvm {
     lm_savevm *sv;
-    bool ack_feature;     /* SWITCHOVER_ACK negotiated in HELLO */
+    bool ack_feature; /* SWITCHOVER_ACK negotiated in HELLO */
     bool ack_devices_seen;
     unsigned ack_waiting; /* devices whose approval is still missing */
     bool ack_sent;
-    uint8_t *buf;         /* section payload buffer, grown up to 16 MiB */
+    uint8_t *buf; /* section payload buffer, grown up to 16 MiB */
     size_t cap;
-    bool cleaned;         /* load_cleanup already ran for this stream */
+    bool cleaned; /* load_cleanup already ran for this stream */
     /* called once RP_SWITCHOVER_ACK went out (the host's event) */
     void (*on_ack)(void *opaque);
     void *opaque;
