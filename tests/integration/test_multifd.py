@@ -355,13 +355,13 @@ def record(rtype, payload):
 def connect(uri):
     m = re.match(r"tcp:([\d.]+):(\d+)$", uri)
     check(m, "socket-address %r", uri)
-    s = socket.create_connection((m.group(1), int(m.group(2))), timeout=5)
+    s = socket.create_connection((m.group(1), int(m.group(2))), timeout=20)
     return s
 
 
 def read_hello(s):
     buf = b""
-    s.settimeout(5)
+    s.settimeout(20)
     while len(buf) < 48:
         b = s.recv(48 - len(buf))
         if not b:

@@ -5,7 +5,10 @@ only once nothing is owed, the guest verified on the destination, the
 workload progressing there during postcopy, and both sides pausing when the
 connection is cut.  Scenarios are data; nothing asserts on timing but the
 one bound of the control plane (query-migrate answers within 1 s while a
-channel is stalled), whose interleaving is forced with lmptrace."""
+channel is stalled), whose interleaving is forced with lmptrace; what must
+happen during postcopy (a fault, workload progress, a cut while pages are
+owed) is not left to the scheduler: the background push is held to a
+trickle (HOLD) until it has happened, then released."""
 
 import fcntl
 import os
@@ -15,7 +18,6 @@ import socket
 import struct
 import termios
 import threading
-import time
 
 import lmptrace
 from lmtest import (QMPTimeout, Runner, TestFailure, check, check_eq, dest_uri, log, migrate,
@@ -28,6 +30,16 @@ MEM = "128M"
 # Throttled so that precopy is still running (and owes most pages) when the
 # switch happens; postcopy itself is unlimited (max-postcopy-bandwidth 0).
 SLOW = {"max-bandwidth": 20 * 1000 * 1000, "downtime-limit": 1}
+# max-postcopy-bandwidth that holds postcopy open: a few pages of data a
+# second, so a guest's filled RAM takes minutes to push (requested pages
+# never wait for the rate window).
+HOLD = 256 * 1000
+
+
+def dst_faults(dst):
+    """The destination's (remote, local) fault counts so far."""
+    pc = dst.query_migrate().get("x-postcopy", {})
+    return pc.get("remote-faults", 0), pc.get("local-faults", 0)
 
 # name, workload, extra guest args, caps beyond postcopy-ram, src_fill
 SCENARIOS = [
@@ -159,10 +171,18 @@ def t_no_switch(t):
 
 def postcopy_run(t, sc):
     src, dst = guests(t, sc)
+    busy = sc["workload"] != "idle"
+    if busy:
+        # Held until the destination's workload faulted on an owed page.
+        set_params(src, {"max-postcopy-bandwidth": HOLD})
     start_and_switch(src, dst)
     # The destination runs as soon as it processed POSTCOPY_RUN.
     wait_status(dst, ("postcopy-active", "completed"), 30)
     wait_runstate(dst, "running", 10)
+    if busy:
+        wait_until(lambda: dst_faults(dst)[0] >= 1, 30,
+                   "a remote fault of the destination's workload")
+        set_params(src, {"max-postcopy-bandwidth": 0})  # SLOW: postcopy unlimited
     info = wait_status(src, "completed", 60, fail_on=("failed", "cancelled", "postcopy-paused"))
     dinfo = wait_status(dst, "completed", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
     ram = info.get("ram", {})
@@ -233,12 +253,27 @@ def t_memfd_zero_runs(t):
           "caps": {"postcopy-preempt": True, "postcopy-blocktime": True}, "backend": "memfd",
           "dst_fill": "random"}
     src, dst = guests(t, sc, mem="512M")
-    # A slow background push: the workload touches pages after their zero
-    # run was punched (answered locally) as well as before (requested).
-    set_params(src, {"max-bandwidth": 0, "max-postcopy-bandwidth": 200 * 1000 * 1000})
-    time.sleep(0.3)  # a few hundred pages written before the migration starts
+    # The workload must touch pages before their zero run came (requested)
+    # and after it was punched (answered locally).  The background push is
+    # held back while each is awaited, then goes on at a slow 200 MB/s:
+    # - at HOLD a zero run is a page or two (cleared in place, not punched)
+    #   and the data pages take minutes: only requests, so a remote fault
+    #   is certain;
+    # - runs of more than 64 pages are punched, which needs some 300 KB of
+    #   budget per 100 ms window; at 10 MB/s they are, and postcopy stays
+    #   open for seconds (measured: the first local fault after 0.2-0.4 s,
+    #   completion 4-5 s later).  This stage is a wide margin, not a
+    #   barrier: nothing but the rate holds the push there (at 3 MB/s runs
+    #   were rarely long enough to be punched at all).
+    set_params(src, {"max-bandwidth": 0, "max-postcopy-bandwidth": HOLD})
+    # pages written before the migration starts
+    wait_until(lambda: src.stats()["writes"] >= 2000, 20, "source workload writing")
     migrate(src, dst)
     src.qmp.execute("migrate-start-postcopy")
+    wait_until(lambda: dst_faults(dst)[0] >= 1, 30, "a remote fault of the destination")
+    set_params(src, {"max-postcopy-bandwidth": 10 * 1000 * 1000})
+    wait_until(lambda: dst_faults(dst)[1] >= 1, 30, "a local fault of the destination")
+    set_params(src, {"max-postcopy-bandwidth": 200 * 1000 * 1000})
     info = wait_status(src, "completed", 60, fail_on=("failed", "cancelled", "postcopy-paused"))
     dinfo = wait_status(dst, "completed", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
     ram, pc = info.get("ram", {}), dinfo.get("x-postcopy", {})
@@ -262,7 +297,7 @@ def t_progress(t):
     sc = {"name": "progress", "workload": "random", "dirty_rate": "32M", "fill": "random",
           "caps": {"postcopy-preempt": True}}
     src, dst = guests(t, sc)
-    set_params(src, {"max-postcopy-bandwidth": 8 * 1000 * 1000})
+    set_params(src, {"max-postcopy-bandwidth": HOLD})
     start_and_switch(src, dst)
     wait_status(dst, "postcopy-active", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
     wait_runstate(dst, "running", 10)
@@ -285,7 +320,7 @@ def cut(t, how, backend=None, caps=None):
     sc = {"name": "cut", "workload": "random", "dirty_rate": "32M", "fill": "random",
           "caps": dict(caps or {}), "backend": backend}
     src, dst = guests(t, sc)
-    set_params(src, {"max-postcopy-bandwidth": 4 * 1000 * 1000})
+    set_params(src, {"max-postcopy-bandwidth": HOLD})  # pages are still owed at the cut
     start_and_switch(src, dst)
     wait_status(src, "postcopy-active", 30, fail_on=("failed", "cancelled", "completed"))
     # A peer killed mid-postcopy: the connection breaks under the other side
@@ -685,8 +720,8 @@ def t_preempt_request(t):
     fd.check_ok("after the requests")
     set_params(src, {"max-postcopy-bandwidth": 0})
     check(fd.eos.wait(60), "no EOS on the main channel")
-    check(fd.pre_eos.wait(10), "no EOS on the preempt channel")
-    check(fd.shut_sent.wait(10), "the fake did not answer RP_SHUT")
+    check(fd.pre_eos.wait(30), "no EOS on the preempt channel")
+    check(fd.shut_sent.wait(30), "the fake did not answer RP_SHUT")
     fd.check_ok("at the end")
     info = wait_status(src, "completed", 20, fail_on=("failed", "postcopy-paused"))
     check_eq(info.get("ram", {}).get("postcopy-requests"), 2, "postcopy-requests at the end")

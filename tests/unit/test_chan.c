@@ -8,6 +8,12 @@
  * Threads: each test that needs a second party starts one helper thread
  * ("chan-test-*"), joins it with a deadline (pthread_timedjoin_np) and
  * fails instead of hanging.  No locks shared with the library.
+ *
+ * Timing: a test that needs a helper blocked in a call waits until the
+ * kernel says it sleeps there (wait_blocked), never for a fixed time.  A
+ * timeout under test is checked from below (it did not give up early) and
+ * against LATE_MS, a bound no scheduling delay reaches and far below the
+ * bugs it catches (a timeout taken as seconds, or ignored).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,6 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Bound for "returned in time" and "a blocked helper wakes up": 20 s. */
+#define LATE_MS 20000
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -46,6 +55,39 @@ static void sleep_ms(int ms)
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+/* Scheduler state of thread tid of this process ('R', 'S', ...), from
+ * /proc/self/task/<tid>/stat; 0 if unreadable. */
+static char task_state(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')'); /* the name may hold spaces and ')' */
+    return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
+/* Waits until the helper whose tid is published in *tid (set just before
+ * its blocking call) sleeps in the kernel: it is then inside that call,
+ * since it makes no other sleeping call after publishing.  Polls, bounded
+ * by LATE_MS; fails the test if it never blocks. */
+static void wait_blocked(_Atomic pid_t *tid)
+{
+    for (int i = 0; i < LATE_MS; i++) {
+        pid_t t = *tid;
+        if (t > 0 && task_state(t) == 'S')
+            return;
+        sleep_ms(1);
+    }
+    fail_msg("helper thread never blocked (tid %d)", (int)*tid);
 }
 
 /* Joins t within ms milliseconds; fails the test if it does not end. */
@@ -470,9 +512,9 @@ static void connect_times_out(int lfd, const char *text)
         assert_int_equal(fd, -1);
         assert_contains(err.msg, "timed out after 300 ms");
         assert_contains(err.msg, text);
-        if (ms < 250 || ms > 1500)
-            fail_msg("%s: connect timed out after %llu ms, expected ~300", text,
-                     (unsigned long long)ms);
+        if (ms < 250 || ms > LATE_MS)
+            fail_msg("%s: connect timed out after %llu ms, expected 300 (at most %d)", text,
+                     (unsigned long long)ms, LATE_MS);
         break;
     }
     while (nfds)
@@ -508,6 +550,7 @@ struct accept_arg {
     int lfd;
     int r;
     lm_error err;
+    _Atomic pid_t tid;
     _Atomic uint64_t returned_ns;
 };
 
@@ -516,6 +559,7 @@ static void *accept_thread(void *p)
     struct accept_arg *a = p;
     pthread_setname_np(pthread_self(), "chan-test-acc");
     int fd = -1;
+    a->tid = gettid();
     a->r = lm_sock_accept(a->lfd, &fd, &a->err);
     a->returned_ns = now_ns();
     if (fd >= 0)
@@ -532,14 +576,14 @@ static void accept_is_cancelled(const char *uri_text)
     assert_int_equal(lm_uri_parse(uri_text, &u, &err), 0);
     assert_int_equal(lm_uri_listen(&u, &a.lfd, NULL, 0, &err), 0);
     assert_int_equal(pthread_create(&t, NULL, accept_thread, &a), 0);
-    sleep_ms(200); /* let it block in accept */
+    wait_blocked(&a.tid); /* blocked in accept, not about to call it */
     assert_int_equal(a.returned_ns, 0);
     uint64_t t0 = now_ns();
     assert_int_equal(shutdown(a.lfd, SHUT_RDWR), 0);
-    join_within(t, 1000, NULL);
+    join_within(t, LATE_MS, NULL);
     assert_int_equal(a.r, -ECANCELED);
     assert_contains(a.err.msg, "shut down");
-    assert_true(a.returned_ns - t0 < 1000000000ull);
+    assert_true(a.returned_ns >= t0); /* woken by the shutdown */
     close(a.lfd);
 }
 
@@ -558,6 +602,7 @@ static void test_accept_shutdown_unix(void **state)
 struct io_arg {
     lm_chan *c;
     int r;
+    _Atomic pid_t tid;
     _Atomic uint64_t returned_ns;
     size_t n;
     char *buf;
@@ -567,6 +612,7 @@ static void *blocked_reader(void *p)
 {
     struct io_arg *a = p;
     pthread_setname_np(pthread_self(), "chan-test-rd");
+    a->tid = gettid();
     a->r = lm_chan_read_full(a->c, a->buf, a->n);
     a->returned_ns = now_ns();
     return NULL;
@@ -577,6 +623,7 @@ static void *blocked_writer(void *p)
     struct io_arg *a = p;
     pthread_setname_np(pthread_self(), "chan-test-wr");
     /* The peer never reads: this fills both socket buffers and blocks. */
+    a->tid = gettid();
     for (int i = 0; i < 1024; i++) {
         a->r = lm_chan_write_ref(a->c, "h", 1, a->buf, a->n);
         if (a->r < 0)
@@ -600,12 +647,12 @@ static void shutdown_unblocks(void *(*fn)(void *), size_t n)
     /* a little data first, so a reader is blocked mid-read, not at start */
     assert_int_equal(write(sv[1], "abc", 3), 3);
     assert_int_equal(pthread_create(&t, NULL, fn, &a), 0);
-    sleep_ms(200);
+    wait_blocked(&a.tid);
     assert_int_equal(a.returned_ns, 0); /* still blocked */
     uint64_t t0 = now_ns();
     lm_chan_shutdown(c, "migration cancelled");
-    join_within(t, 1000, NULL);
-    assert_true(a.returned_ns - t0 < 1000000000ull);
+    join_within(t, LATE_MS, NULL);
+    assert_true(a.returned_ns >= t0); /* woken by the shutdown */
     assert_int_equal(a.r, -ECANCELED);
     lm_error_clear(&err);
     assert_int_equal(lm_chan_get_error(c, &err), -ECANCELED);
@@ -777,7 +824,7 @@ static void test_wait_readable(void **state)
     uint64_t t0 = now_ns();
     assert_int_equal(lm_chan_wait_readable(c, 100), 0);
     uint64_t ms = (now_ns() - t0) / 1000000;
-    assert_true(ms >= 90 && ms < 1000);
+    assert_true(ms >= 90 && ms < LATE_MS); /* waited its 100 ms, and no more than "in time" */
     assert_int_equal(lm_chan_wait_readable(c, 0), 0);
     assert_int_equal(write(sv[1], "ab", 2), 2);
     assert_int_equal(lm_chan_wait_readable(c, 1000), 1);

@@ -5,11 +5,14 @@
  *
  * Threads: the race tests start one writer thread ("dirty-writer") that
  * writes the tracked memory while the test thread syncs.  They share a
- * struct race: `completed` and `stop` are atomics, page contents are written
- * and copied with relaxed atomics, the writer's log is read only after
- * pthread_join.  The writer stops at `stop`, at a full log, or at its own
- * deadline, so no test can hang on it.  Probe tests fork children that are
- * killed after a deadline.
+ * struct race: `completed`, `in_sync`, `hold` and `stop` are atomics, page
+ * contents are written and copied with relaxed atomics, the writer's log and
+ * counters are read only after pthread_join.  The writer also serves the
+ * userfaultfd of the trap page that holds a sync (see "race"), and closes it
+ * when it returns, which releases a sync parked there.  The writer stops at
+ * `stop`, which the test thread always reaches (no assertion between the
+ * writer's start and its join), or at a full log, so no test can hang on it.
+ * Probe tests fork children that are killed after a deadline.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,12 +28,14 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -764,6 +769,21 @@ static void test_uffd_stop(void **state)
  * logged write is reported by some sync in its window.  Independently the
  * test thread keeps a shadow copy, refreshed from each sync's pages after
  * the sync (what a migration does), which must equal the memory at the end.
+ *
+ * Writes that land inside a sync are what the test is about, so they are not
+ * left to the scheduler (on a loaded 2-CPU machine the two threads can take
+ * turns on one CPU for thousands of syncs, and a thread inside the scan
+ * ioctl is not preempted).  Every RACE_HOLD_EVERY-th sync is *held*: its
+ * report bitmap is a trap page, registered with a userfaultfd in missing
+ * mode, so the sync parks on its first report (after its PAGEMAP_SCAN read
+ * and re-armed the range, before it returns).  The writer reads that fault,
+ * makes RACE_HOLD_WRITES writes while the sync is parked, and only then
+ * resolves it.  A sync that read the written state and re-protected in two
+ * steps would lose those writes every time.  So that a held sync always has
+ * something to report, the test thread first writes a *seed* page, one of
+ * RACE_SEEDS pages the writer never touches; a seed is reported by its held
+ * sync and by no other one, which also gives the checker a write it must
+ * find lost when that sync's report is dropped.
  */
 #define RACE_NP 2048
 #define RACE_MAX_SYNCS 5000
@@ -772,6 +792,11 @@ static void test_uffd_stop(void **state)
 /* The writer writes only the first RACE_WORDS words of a page, so a sync's
  * copy stays cheap enough for TSan on a busy 2-CPU machine. */
 #define RACE_WORDS 8
+#define RACE_HOLD_EVERY 4
+#define RACE_HOLD_WRITES 64
+#define RACE_SEEDS 16
+#define RACE_WRITER_NP (RACE_NP - RACE_SEEDS) /* the seeds are the last pages */
+#define RACE_MAX_HOLDS (RACE_MAX_SYNCS / RACE_HOLD_EVERY + 1)
 
 struct wlog {
     uint32_t page, a, b;
@@ -781,12 +806,15 @@ struct race {
     char *mem;
     uint64_t completed; /* atomic */
     int in_sync;        /* atomic: lm_dirty_sync is running */
+    int hold;           /* atomic: a held sync is running, parked or about to */
     int stop;           /* atomic */
+    int trap_uffd;      /* the writer's from its start: it closes it when it returns */
     struct wlog *log;
     size_t nlog;
     uint32_t last_a[RACE_NP], last_b[RACE_NP];
     uint64_t writes, racing, during;
-    double deadline;
+    uint64_t holds_served, held_writes; /* the writer's; read after pthread_join */
+    int trap_errno;                     /* the writer's: a trap ioctl that failed */
 };
 
 static double now_s(void)
@@ -796,37 +824,96 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* One step of the writer: a random page, sometimes a short run of pages
+ * (multi-page regions), each write logged with its window. */
+static void race_write(struct race *r, uint64_t *x, uint64_t *value)
+{
+    *x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+    uint32_t first = (uint32_t)(*x % RACE_WRITER_NP);
+    uint32_t run = (*x >> 40) % 8 == 0 ? 1 + (*x >> 50) % 16 : 1;
+    for (uint32_t k = 0; k < run && first + k < RACE_WRITER_NP && r->nlog < RACE_LOG_CAP; k++) {
+        uint32_t page = first + k, word = (uint32_t)(*x >> 20) % RACE_WORDS;
+        uint32_t a = (uint32_t)__atomic_load_n(&r->completed, __ATOMIC_ACQUIRE);
+        __atomic_store_n((uint64_t *)(r->mem + (size_t)page * PS) + word, ++*value,
+                         __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint32_t b = (uint32_t)__atomic_load_n(&r->completed, __ATOMIC_ACQUIRE);
+        __atomic_fetch_add(&r->writes, 1, __ATOMIC_RELAXED);
+        r->racing += a != b;
+        r->during += __atomic_load_n(&r->in_sync, __ATOMIC_RELAXED);
+        if (r->last_a[page] != a || r->last_b[page] != b) {
+            r->log[r->nlog++] = (struct wlog){page, a, b};
+            r->last_a[page] = a;
+            r->last_b[page] = b;
+        }
+    }
+}
+
+/* If a held sync is parked on the trap page: writes while it is parked,
+ * then lets it go on.  Returns false when there is no fault to serve. */
+static bool race_serve_hold(struct race *r, uint64_t *x, uint64_t *value)
+{
+    struct uffd_msg msg;
+    if (r->trap_uffd < 0 || read(r->trap_uffd, &msg, sizeof msg) != (ssize_t)sizeof msg)
+        return false; /* EAGAIN: the sync has not reached its first report yet */
+    if (msg.event != UFFD_EVENT_PAGEFAULT)
+        return true;
+    for (int i = 0; i < RACE_HOLD_WRITES; i++)
+        race_write(r, x, value);
+    r->held_writes += RACE_HOLD_WRITES;
+    struct uffdio_zeropage zp = {
+        .range = {.start = msg.arg.pagefault.address & ~(uint64_t)(PS - 1), .len = PS},
+    };
+    if (ioctl(r->trap_uffd, UFFDIO_ZEROPAGE, &zp)) {
+        r->trap_errno = errno;
+        close(r->trap_uffd); /* releases the parked sync: it faults in a plain page */
+        r->trap_uffd = -1;
+        return true;
+    }
+    r->holds_served++;
+    return true;
+}
+
 static void *race_writer(void *arg)
 {
     struct race *r = arg;
     pthread_setname_np(pthread_self(), "dirty-writer");
-    uint64_t x = 0x9e3779b97f4a7c15ull, value = 0, iter = 0;
+    uint64_t x = 0x9e3779b97f4a7c15ull, value = 0;
     for (uint32_t i = 0; i < RACE_NP; i++)
         r->last_a[i] = r->last_b[i] = UINT32_MAX;
     while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && r->nlog < RACE_LOG_CAP) {
-        if ((++iter & 1023) == 0 && now_s() > r->deadline)
-            break;
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        /* mostly random pages, sometimes short runs (multi-page regions) */
-        uint32_t first = (uint32_t)(x % RACE_NP), run = (x >> 40) % 8 == 0 ? 1 + (x >> 50) % 16 : 1;
-        for (uint32_t k = 0; k < run && first + k < RACE_NP && r->nlog < RACE_LOG_CAP; k++) {
-            uint32_t page = first + k, word = (uint32_t)(x >> 20) % RACE_WORDS;
-            uint32_t a = (uint32_t)__atomic_load_n(&r->completed, __ATOMIC_ACQUIRE);
-            __atomic_store_n((uint64_t *)(r->mem + (size_t)page * PS) + word, ++value,
-                             __ATOMIC_RELAXED);
-            __atomic_thread_fence(__ATOMIC_SEQ_CST);
-            uint32_t b = (uint32_t)__atomic_load_n(&r->completed, __ATOMIC_ACQUIRE);
-            __atomic_fetch_add(&r->writes, 1, __ATOMIC_RELAXED);
-            r->racing += a != b;
-            r->during += __atomic_load_n(&r->in_sync, __ATOMIC_RELAXED);
-            if (r->last_a[page] != a || r->last_b[page] != b) {
-                r->log[r->nlog++] = (struct wlog){page, a, b};
-                r->last_a[page] = a;
-                r->last_b[page] = b;
-            }
-        }
+        if (__atomic_load_n(&r->hold, __ATOMIC_ACQUIRE) && race_serve_hold(r, &x, &value))
+            continue;
+        race_write(r, &x, &value);
     }
+    /* A full log ends us early: without the userfaultfd the test thread's
+     * held syncs fault in plain pages instead of waiting for us. */
+    if (r->trap_uffd >= 0)
+        close(r->trap_uffd);
+    r->trap_uffd = -1;
     return NULL;
+}
+
+/* The trap page: one page of anonymous memory registered in missing mode
+ * with its own userfaultfd (user-mode faults only: the sync touches it from
+ * user space).  Returns the fd. */
+static int trap_new(void *page)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0)
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        print_message("trap userfaultfd: %s\n", strerror(errno));
+    assert_true(fd >= 0);
+    struct uffdio_api api = {.api = UFFD_API};
+    assert_int_equal(ioctl(fd, UFFDIO_API, &api), 0);
+    struct uffdio_register reg = {
+        .range = {.start = (uintptr_t)page, .len = PS},
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+    assert_int_equal(ioctl(fd, UFFDIO_REGISTER, &reg), 0);
+    assert_true(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE));
+    return fd;
 }
 
 /* Counts logged writes that no sync in their window reported. */
@@ -866,39 +953,60 @@ static void race_run(bool thp)
     struct race *r = calloc(1, sizeof *r);
     assert_non_null(r);
     r->mem = m.p;
-    r->log = malloc(RACE_LOG_CAP * sizeof *r->log);
+    /* the writer's entries, then the seeds' */
+    r->log = malloc((RACE_LOG_CAP + RACE_MAX_HOLDS) * sizeof *r->log);
     assert_non_null(r->log);
+    struct wlog seeds[RACE_MAX_HOLDS];
+    uint32_t seeded[RACE_MAX_HOLDS], nseeds = 0; /* seeded[i]: the held sync of seeds[i] */
     uint64_t **reports = calloc(RACE_MAX_SYNCS + 3, sizeof *reports);
     assert_non_null(reports);
     for (int k = 0; k < RACE_MAX_SYNCS + 3; k++)
         reports[k] = bm_new(RACE_NP);
     char *shadow = malloc(RACE_NP * PS);
     assert_non_null(shadow);
+    uint64_t *trap = mmap(NULL, PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(trap != MAP_FAILED);
+    r->trap_uffd = trap_new(trap);
 
     lm_dirty *d = uffd_tracker(m.p, RACE_NP * PS);
     lm_error err = {0};
     assert_int_equal(lm_dirty_start(d, &err), 0);
     memcpy(shadow, m.p, RACE_NP * PS); /* the "first pass" */
 
-    double t0 = now_s();
-    r->deadline = t0 + 30.0; /* writer's own bound, if we never get to stop it */
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, race_writer, r), 0);
-    /* On a busy machine the writer may not run before a few thousand
-     * cheap syncs are over: wait (bounded) until it has started. */
-    for (int i = 0; i < 10000 && __atomic_load_n(&r->writes, __ATOMIC_RELAXED) == 0; i++)
-        usleep(1000);
-    t0 = now_s();
+    /* No assertion from here to pthread_join: a failing one would leave the
+     * writer running.  The first held sync waits for the writer to run. */
+    double t0 = now_s();
     uint32_t k = 0;
-    /* about a second, at least RACE_MIN_SYNCS syncs, at most 10 s (TSan) */
-    for (double t = 0; k < RACE_MAX_SYNCS && t < 10.0 && (t < 1.0 || k < RACE_MIN_SYNCS);
-         t = now_s() - t0) {
+    int trap_rearm_errno = 0;
+    /* at least RACE_MIN_SYNCS syncs, more for about a second where syncs are
+     * cheap; the time only adds rounds, it never decides the verdict */
+    while (k < RACE_MAX_SYNCS && (k < RACE_MIN_SYNCS || now_s() - t0 < 1.0)) {
         k++;
+        bool hold = k % RACE_HOLD_EVERY == 1;
+        uint64_t *const bms[1] = {hold ? trap : reports[k]};
+        if (hold) {
+            uint32_t page = RACE_WRITER_NP + nseeds % RACE_SEEDS;
+            __atomic_store_n((uint64_t *)(m.p + (size_t)page * PS), (1ull << 63) | k,
+                             __ATOMIC_RELAXED);
+            seeds[nseeds] = (struct wlog){page, k - 1, k - 1};
+            seeded[nseeds++] = k;
+            __atomic_store_n(&r->hold, 1, __ATOMIC_RELEASE);
+        }
         uint64_t newly = 0;
-        uint64_t *const bms[1] = {reports[k]};
         __atomic_store_n(&r->in_sync, 1, __ATOMIC_RELAXED);
         int rc = lm_dirty_sync(d, bms, &newly, &err);
         __atomic_store_n(&r->in_sync, 0, __ATOMIC_RELAXED);
+        if (hold) {
+            __atomic_store_n(&r->hold, 0, __ATOMIC_RELAXED);
+            /* newly > 0: the sync set bits in the (zero) trap page, so it is
+             * mapped and reading it cannot fault; then unmap it to re-arm */
+            if (newly)
+                memcpy(reports[k], trap, RACE_NP / 8);
+            if (madvise(trap, PS, MADV_DONTNEED) && !trap_rearm_errno)
+                trap_rearm_errno = errno;
+        }
         if (rc)
             break;
         for (uint64_t p = 0; p < RACE_NP; p++)
@@ -911,6 +1019,7 @@ static void race_run(bool thp)
     if (err.code)
         print_message("sync %u: %s\n", k, err.msg);
     assert_int_equal(err.code, 0);
+    assert_int_equal(trap_rearm_errno, 0);
     /* final sync with the writer stopped: the downtime pass */
     k++;
     uint64_t *const fin[1] = {reports[k]};
@@ -923,22 +1032,27 @@ static void race_run(bool thp)
     assert_int_equal(lm_dirty_sync(d, after, &newly, &err), 0);
     assert_int_equal(newly, 0); /* nobody writes any more */
 
+    size_t nwriter = r->nlog;
+    memcpy(r->log + r->nlog, seeds, nseeds * sizeof *seeds);
+    r->nlog += nseeds;
     uint64_t reported = 0;
-    uint32_t busiest = 1;
-    for (uint32_t i = 1; i <= k; i++) {
-        uint64_t c = bm_count(reports[i], RACE_NP);
-        reported += c;
-        if (c > bm_count(reports[busiest], RACE_NP))
-            busiest = i;
-    }
-    print_message("  %u syncs, %llu writes (%llu during a sync, %llu across a sync's end), %zu "
-                  "logged, %llu pages reported\n",
-                  k, (unsigned long long)r->writes, (unsigned long long)r->during,
-                  (unsigned long long)r->racing, r->nlog, (unsigned long long)reported);
-    /* the test did real work */
+    for (uint32_t i = 1; i <= k; i++)
+        reported += bm_count(reports[i], RACE_NP);
+    print_message("  %u syncs (%u held), %llu writes (%llu during a sync, %llu of them while one "
+                  "was held; %llu across a sync's end), %zu logged, %llu pages reported\n",
+                  k, nseeds, (unsigned long long)r->writes, (unsigned long long)r->during,
+                  (unsigned long long)r->held_writes, (unsigned long long)r->racing, nwriter,
+                  (unsigned long long)reported);
+    /* the test did real work, and writes landed inside syncs */
+    if (r->trap_errno)
+        print_message("trap: UFFDIO_ZEROPAGE: %s\n", strerror(r->trap_errno));
+    assert_int_equal(r->trap_errno, 0);
     assert_true(k >= RACE_MIN_SYNCS);
-    assert_true(r->writes >= 1000);
-    assert_true(r->during > 0);
+    assert_true(r->holds_served > 0);
+    /* every held sync was served by the writer, unless its log filled up */
+    assert_true(r->holds_served == nseeds || nwriter >= RACE_LOG_CAP);
+    assert_int_equal(r->held_writes, r->holds_served * RACE_HOLD_WRITES);
+    assert_true(r->writes >= r->held_writes);
 
     assert_int_equal(race_violations(r, reports, k, true), 0);
     size_t diff = 0;
@@ -948,8 +1062,13 @@ static void race_run(bool thp)
         print_message("shadow copy differs from memory in %zu pages\n", diff);
     assert_int_equal(diff, 0);
 
-    /* The checker can fail: drop the busiest sync's report and it must
-     * find writes that nothing else reported. */
+    /* The checker can fail: drop the report of the busiest held sync and it
+     * must find writes that nothing else reported, at least that sync's
+     * seed. */
+    uint32_t busiest = seeded[0];
+    for (uint32_t i = 1; i < nseeds; i++)
+        if (bm_count(reports[seeded[i]], RACE_NP) > bm_count(reports[busiest], RACE_NP))
+            busiest = seeded[i];
     memset(reports[busiest], 0, RACE_NP / 8);
     size_t lost = race_violations(r, reports, k, false);
     print_message("  checker sensitivity: dropping sync %u's report loses %zu writes\n", busiest,
@@ -963,6 +1082,7 @@ static void race_run(bool thp)
     free(shadow);
     free(r->log);
     free(r);
+    munmap(trap, PS);
     map_free(&m);
 }
 

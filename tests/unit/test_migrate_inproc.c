@@ -11,7 +11,16 @@
  * Threads: the test thread, one writer ("vCPU") thread per source, one
  * reader thread per postcopy destination, the "actors" of the completion
  * races, and the library's own threads.
- * Writer and reader park on `pause` under `mu`.
+ * Writer and reader park on `pause` under `mu`, and count their accesses
+ * in `writes` under `mu` (signalling `cv`), so the test thread can wait for
+ * them to have run.
+ *
+ * No test leaves to the scheduler what it needs to have happened: where the
+ * workload must run during a migration, the migration is held by a trickle
+ * of bandwidth (it cannot converge, or finish its postcopy push, for
+ * minutes) until the test thread has seen the workload's accesses, then
+ * released.  Every wait is for a condition, bounded by WAIT_MS, a bound that
+ * is only reached when the condition never comes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,9 +35,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MB (1ull << 20)
+#define WAIT_MS 30000
+/* Bytes/s that hold a migration: a 100 ms window carries a few pages, so
+ * no bandwidth is measured (threshold 0: precopy cannot converge while the
+ * workload dirties memory) and 12 MB of page data take minutes. */
+#define TRICKLE (256 * 1024)
+/* Batches of accesses (64 pages each) a held migration waits for. */
+#define BATCHES 4
 
 typedef struct host {
     pthread_mutex_t mu;
@@ -37,7 +54,7 @@ typedef struct host {
     pthread_t writer;
     uint8_t *mem[2];
     uint64_t len[2];
-    uint64_t writes;
+    uint64_t writes;  /* under mu: accesses of batches done */
     uint64_t seed;
     bool reader;      /* the "vCPU" only reads (a postcopy destination) */
     uint64_t sum;     /* what the reader read, so the reads are not elided */
@@ -78,8 +95,12 @@ static uint64_t xs(uint64_t *s)
 static void *writer_fn(void *arg)
 {
     host *h = arg;
+    uint64_t done = 0;
     for (;;) {
         pthread_mutex_lock(&h->mu);
+        h->writes += done; /* the last batch, for wait_writes() */
+        done = 0;
+        pthread_cond_broadcast(&h->cv);
         while (h->pause && !h->quit) {
             h->parked = true;
             pthread_cond_broadcast(&h->cv);
@@ -101,9 +122,9 @@ static void *writer_fn(void *arg)
                 for (int k = 0; k < 512; k += 37)
                     p[k] = xs(&h->seed);
             }
-            h->writes++;
+            done++;
         }
-        usleep(200);
+        usleep(200); /* pacing, not synchronisation */
     }
     return NULL;
 }
@@ -119,7 +140,11 @@ static void host_init(host *h, bool fill, uint64_t l0, uint64_t l1)
 {
     memset(h, 0, sizeof *h);
     pthread_mutex_init(&h->mu, NULL);
-    pthread_cond_init(&h->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cv, &ca);
+    pthread_condattr_destroy(&ca);
     h->len[0] = l0;
     h->len[1] = l1;
     h->mem[0] = map(l0);
@@ -189,6 +214,43 @@ static lm_status wait_for(lm_mig *m, lm_status want, int timeout_ms)
     return info.status;
 }
 
+static uint64_t writes_now(host *h)
+{
+    pthread_mutex_lock(&h->mu);
+    uint64_t w = h->writes;
+    pthread_mutex_unlock(&h->mu);
+    return w;
+}
+
+/* Waits until h's workload has done n accesses more than `since` (it counts
+ * whole batches), at most WAIT_MS; returns whether it did. */
+static bool wait_writes(host *h, uint64_t since, uint64_t n)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += WAIT_MS / 1000;
+    int rc = 0;
+    pthread_mutex_lock(&h->mu);
+    while (h->writes < since + n && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&h->cv, &h->mu, &dl);
+    bool ok = h->writes >= since + n;
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+/* Sets max-bandwidth (or max-postcopy-bandwidth) of a migration. */
+static void set_bandwidth(lm_mig *m, lm_param which, uint64_t bps)
+{
+    lm_error err = {0};
+    lm_params p;
+    lm_mig_get_params(m, &p);
+    if (which == LM_PARAM_MAX_POSTCOPY_BANDWIDTH)
+        p.max_postcopy_bandwidth = bps;
+    else
+        p.max_bandwidth = bps;
+    assert_int_equal(lm_mig_set_params(m, &p, 1ull << which, &err), 0);
+}
+
 static char sock[128];
 
 static int setup(void **state)
@@ -213,24 +275,24 @@ static void test_live(void **state)
     lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
     lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
     lm_error err = {0};
-    lm_params p;
-    lm_params_default(&p);
-    p.max_bandwidth = 40 * MB; /* a few passes while the writer runs */
-    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    /* held in precopy until the writer has dirtied tracked memory */
+    set_bandwidth(ms, LM_PARAM_MAX_BANDWIDTH, TRICKLE);
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    usleep(300000);
-    p.max_bandwidth = 0;
-    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
-    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
-    assert_int_equal(wait_final(md, 5000), LM_STATUS_COMPLETED);
+    /* tracking starts in setup, so every write from here on is tracked */
+    assert_int_equal(wait_for(ms, LM_STATUS_ACTIVE, WAIT_MS), LM_STATUS_ACTIVE);
+    uint64_t w0 = writes_now(&src);
+    assert_true(wait_writes(&src, w0, BATCHES * 64));
+    set_bandwidth(ms, LM_PARAM_MAX_BANDWIDTH, 0); /* converge */
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, WAIT_MS), LM_STATUS_COMPLETED);
     assert_int_equal(lm_vm_runstate(ms), LM_RUN_POSTMIGRATE);
     assert_int_equal(lm_vm_runstate(md), LM_RUN_RUNNING);
     lm_info info;
     lm_mig_query(ms, &info);
     assert_true(info.dirty_sync_count >= 2);
     assert_true(info.downtime >= 0);
-    assert_true(src.writes > 0);
+    assert_true(src.writes >= w0 + BATCHES * 64);
     /* The source writer is parked (postmigrate); compare. */
     assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
     assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
@@ -253,30 +315,25 @@ static void test_cancel_then_retry(void **state)
     lm_mig *ms = mig_for(&src, LM_RUN_RUNNING);
     lm_mig *md = mig_for(&dst, LM_RUN_INMIGRATE);
     lm_error err = {0};
-    lm_params p;
-    lm_params_default(&p);
-    p.max_bandwidth = 4 * MB;
-    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    set_bandwidth(ms, LM_PARAM_MAX_BANDWIDTH, TRICKLE); /* held active until cancelled */
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    assert_int_equal(wait_for(ms, LM_STATUS_ACTIVE, 5000), LM_STATUS_ACTIVE);
+    assert_int_equal(wait_for(ms, LM_STATUS_ACTIVE, WAIT_MS), LM_STATUS_ACTIVE);
     assert_int_equal(lm_mig_cancel(ms, &err), 0);
-    assert_int_equal(wait_final(ms, 5000), LM_STATUS_CANCELLED);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_CANCELLED);
     assert_int_equal(lm_vm_runstate(ms), LM_RUN_RUNNING);
     /* the destination learns it failed; it stays up */
-    lm_status ds = wait_final(md, 5000);
+    lm_status ds = wait_final(md, WAIT_MS);
     assert_true(ds == LM_STATUS_FAILED || ds == LM_STATUS_CANCELLED);
-    uint64_t w = src.writes;
-    usleep(50000);
-    assert_true(src.writes > w); /* still running */
+    /* still running: the writer does another batch (a parked one never would) */
+    assert_true(wait_writes(&src, writes_now(&src), 64));
 
     lm_mig *md2 = mig_for(&dst2, LM_RUN_INMIGRATE);
-    p.max_bandwidth = 0;
-    assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
+    set_bandwidth(ms, LM_PARAM_MAX_BANDWIDTH, 0);
     assert_int_equal(lm_mig_incoming(md2, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
-    assert_int_equal(wait_final(md2, 5000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md2, WAIT_MS), LM_STATUS_COMPLETED);
     assert_memory_equal(src.mem[0], dst2.mem[0], src.len[0]);
     assert_memory_equal(src.mem[1], dst2.mem[1], src.len[1]);
     lm_mig_free(ms);
@@ -299,8 +356,8 @@ static void test_layout_mismatch(void **state)
     lm_error err = {0};
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    assert_int_equal(wait_final(ms, 10000), LM_STATUS_FAILED);
-    assert_int_equal(wait_final(md, 10000), LM_STATUS_FAILED);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_FAILED);
+    assert_int_equal(wait_final(md, WAIT_MS), LM_STATUS_FAILED);
     lm_info info;
     lm_mig_query(md, &info);
     assert_non_null(strstr(info.error_desc, "ram1"));
@@ -330,11 +387,11 @@ static void test_pause_before_switchover(void **state)
     assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    assert_int_equal(wait_for(ms, LM_STATUS_PRE_SWITCHOVER, 10000), LM_STATUS_PRE_SWITCHOVER);
+    assert_int_equal(wait_for(ms, LM_STATUS_PRE_SWITCHOVER, WAIT_MS), LM_STATUS_PRE_SWITCHOVER);
     assert_int_equal(lm_vm_runstate(ms), LM_RUN_FINISH_MIGRATE);
     assert_true(lm_mig_continue(ms, LM_STATUS_ACTIVE, &err) < 0);
     assert_int_equal(lm_mig_continue(ms, LM_STATUS_PRE_SWITCHOVER, NULL), 0);
-    assert_int_equal(wait_final(ms, 10000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_COMPLETED);
     assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
     lm_mig_free(ms);
     lm_mig_free(md);
@@ -357,8 +414,8 @@ static void test_stopped_source(void **state)
     assert_int_equal(lm_mig_set_params(ms, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, &err), 0);
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
-    assert_int_equal(wait_final(ms, 10000), LM_STATUS_COMPLETED);
-    assert_int_equal(wait_final(md, 10000), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, WAIT_MS), LM_STATUS_COMPLETED);
     assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
     assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
     lm_info info;
@@ -373,7 +430,9 @@ static void test_stopped_source(void **state)
 
 /* Postcopy: the source is switched at once, so most pages are owed; the
  * destination's reader faults on them; both memories match at the end
- * (the reader only reads, the source is frozen since the switch). */
+ * (the reader only reads, the source is frozen since the switch).  The
+ * background push is held to a trickle until the reader has read, so the
+ * reads happen while pages are still owed. */
 static void postcopy_run(bool preempt)
 {
     host src, dst;
@@ -393,19 +452,17 @@ static void postcopy_run(bool preempt)
                  (preempt ? 1ull << LM_CAP_POSTCOPY_PREEMPT : 0);
     assert_int_equal(lm_mig_set_capabilities(ms, c, c, &err), 0);
     assert_int_equal(lm_mig_set_capabilities(md, c, c, &err), 0);
-    lm_params p;
-    lm_params_default(&p);
-    p.max_bandwidth = 8 * MB;
-    p.max_postcopy_bandwidth = 16 * MB; /* postcopy lasts a while: faults happen */
-    assert_int_equal(lm_mig_set_params(ms, &p, (1ull << LM_PARAM_MAX_BANDWIDTH) |
-                                                   (1ull << LM_PARAM_MAX_POSTCOPY_BANDWIDTH),
-                                       &err),
-                     0);
+    set_bandwidth(ms, LM_PARAM_MAX_BANDWIDTH, 8 * MB);
+    set_bandwidth(ms, LM_PARAM_MAX_POSTCOPY_BANDWIDTH, TRICKLE);
     assert_int_equal(lm_mig_incoming(md, sock, &err), 0);
     assert_int_equal(lm_mig_start(ms, sock, false, &err), 0);
     assert_int_equal(lm_mig_start_postcopy(ms, &err), 0);
-    assert_int_equal(wait_final(ms, 30000), LM_STATUS_COMPLETED);
-    assert_int_equal(wait_final(md, 10000), LM_STATUS_COMPLETED);
+    /* the reader starts when the destination runs, i.e. in postcopy */
+    assert_true(wait_writes(&dst, 0, BATCHES * 64));
+    /* postcopy lasts a while: faults go on happening */
+    set_bandwidth(ms, LM_PARAM_MAX_POSTCOPY_BANDWIDTH, 16 * MB);
+    assert_int_equal(wait_final(ms, WAIT_MS), LM_STATUS_COMPLETED);
+    assert_int_equal(wait_final(md, WAIT_MS), LM_STATUS_COMPLETED);
     assert_int_equal(lm_vm_runstate(ms), LM_RUN_POSTMIGRATE);
     assert_int_equal(lm_vm_runstate(md), LM_RUN_RUNNING);
     lm_info si, di;
@@ -417,7 +474,7 @@ static void postcopy_run(bool preempt)
     assert_int_equal(si.postcopy_requests, di.postcopy_requests);
     assert_true(di.pc_lat_count <= di.pc_faults);
     host_stop(&dst);
-    assert_true(dst.writes > 0); /* the destination ran during postcopy */
+    assert_true(dst.writes >= BATCHES * 64); /* the destination ran during postcopy */
     assert_memory_equal(src.mem[0], dst.mem[0], src.len[0]);
     assert_memory_equal(src.mem[1], dst.mem[1], src.len[1]);
     lm_mig_free(ms);
