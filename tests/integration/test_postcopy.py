@@ -18,6 +18,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 
 import lmptrace
 from lmtest import (QMPTimeout, Runner, TestFailure, check, check_eq, dest_uri, log, migrate,
