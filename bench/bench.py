@@ -9,7 +9,8 @@ and the targets.
 (a) limits: raw loopback TCP throughput between two processes moving a
     1 GiB region (THP on both sides, like the guests' RAM; the best of a
     few send/receive patterns, one of them the engine's own, so that the
-    engine cannot beat its limit), and the zero-page check speed
+    engine cannot beat its limit; with the precopy group measured again
+    after its runs, the higher counts), and the zero-page check speed
     (bench/netbw.c, compiled here with cc -O2, median of several
     repetitions); and raw loopback TCP again while a `hot` guest (the
     workload of the hot postcopy figure) writes its hot set at full speed
@@ -464,6 +465,14 @@ def main():
                                            {"workload": "random", "dirty_rate": "100000000"},
                                            {"max-bandwidth": 0}, timeout=180))
             runs["random-100MBps"] = runs_d
+            if "limits" in want:
+                # The limit again: other work on these two cores comes and
+                # goes within a run, and a limit measured while it ran is
+                # not one for migrations that ran without it.  The higher
+                # of the two is the limit (tcp_limit).
+                log("limits: raw loopback TCP again, after the precopy runs, %d MiB x %d" %
+                    (lim_mib, lim_reps))
+                runs["netbw-tcp-after"] = run_netbw(netbw, "tcp", lim_mib, lim_reps, thp=True)
 
         mfd = {"multifd": True}
         if "multifd" in want:
@@ -556,8 +565,11 @@ def main():
 
     fig = {}
     tcp_bps = zero_bps = hot_tcp_bps = None
+    tcp_res = None
     if "limits" in want:
-        tcp_bps = runs["netbw-tcp"]["median"] * 1e9
+        tcp_res = max((r for r in (runs["netbw-tcp"], runs.get("netbw-tcp-after")) if r),
+                      key=lambda r: r["median"])
+        tcp_bps = tcp_res["median"] * 1e9
         zero_bps = runs["netbw-zerocheck"]["median"] * 1e9
         hot_tcp_bps = runs["netbw-tcp-beside-hot"]["median"] * 1e9
         fig["tcp-limit-Bps"] = tcp_bps
@@ -734,8 +746,15 @@ def main():
     rows = []
     if "limits" in want:
         rows += [
-            ("raw loopback TCP, %d MiB regions" % lim_mib, fmt_tcp(runs["netbw-tcp"]), "(limit)",
+            ("raw loopback TCP, %d MiB regions" % lim_mib, fmt_tcp(tcp_res), "(limit)",
              "1.00", "", ""),
+        ]
+        if "netbw-tcp-after" in runs:
+            rows.append(("  before / after the precopy runs (the higher counts)",
+                         "%s / %s" % (fmt_rate(runs["netbw-tcp"]["median"] * 1e9),
+                                      fmt_rate(runs["netbw-tcp-after"]["median"] * 1e9)),
+                         "", "", "", ""))
+        rows += [
             ("zero-page check", fmt_rate(zero_bps), "(limit)", "1.00", "", ""),
             ("raw loopback TCP beside a hot %s workload, %d MiB" % (pc_hot, pc_mib),
              "%s (guest writes %s)" % (fmt_rate(hot_tcp_bps),
