@@ -1,6 +1,7 @@
 /*
  * server.c - the QMP control server: QEMU's QMP protocol on a socket, for
  * several clients at once, with migration events pushed to all of them.
+ * The state is in server.h; requests are dispatched in dispatch.c.
  *
  * Threads:
  *  - "lm-qmp", one per server: a poll() loop over the listening socket, an
@@ -46,85 +47,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CLIENTS 32
-#define MAX_HOST_CMDS 128
-#define CMD_NAME_MAX 63
-#define READ_CHUNK 65536
-/* A client whose queued output passes OUT_HIGH is not read from until it
- * catches up (back-pressure for pipelined commands); one whose queue passes
- * OUT_MAX (it does not read its events) is dropped. */
-#define OUT_HIGH (1u << 20)
-#define OUT_MAX (4u << 20)
-/* Events waiting for the server thread; the oldest go first past this. */
-#define EVQ_MAX 4096
-/* How long stop() keeps flushing replies already queued (e.g. to "quit"). */
-#define FINAL_FLUSH_MS 200
-/* Requests run per client per loop turn, so one client pipelining many
- * commands cannot delay the others' replies for long. */
-#define TURN_REQUESTS 64
-/* After accept() fails for lack of descriptors or memory, the pending
- * connection keeps the listener readable: look again only after this. */
-#define ACCEPT_BACKOFF_MS 100
-
-typedef struct client {
-    int fd;
-    bool negotiated;
-    bool eof; /* peer closed its write side: answer what is queued, then close */
-    bool dead;
-    bool more; /* complete requests may be buffered: run them next turn */
-    lm_qmp_reader rd;
-    char *out;
-    size_t out_head, out_len, out_cap;
-} client;
-
-typedef struct evnode {
-    struct evnode *next;
-    size_t len;
-    char text[]; /* JSON + "\r\n" */
-} evnode;
-
-typedef struct relay {
-    pthread_mutex_t lock;
-    lm_qmp_server *s; /* guarded by lock; NULL once stopped */
-    struct relay *retired_next;
-} relay;
-
-typedef struct hostcmd {
-    char name[CMD_NAME_MAX + 1];
-    lm_qmp_cmd_fn fn;
-    void *opaque;
-} hostcmd;
-
-struct lm_qmp_server {
-    lm_mig *m;
-    int lfd;
-    int efd;
-    char unix_path[108]; /* socket file to remove at stop, or "" */
-    dev_t sock_dev;      /* ... if it is still the one we created */
-    ino_t sock_ino;
-    pthread_t thread;
-    relay *relay;
-
-    pthread_mutex_t lock;
-    /* --- shared, guarded by lock --- */
-    bool stop;
-    bool self_free; /* stop() was called by a command on our thread */
-    hostcmd cmds[MAX_HOST_CMDS];
-    unsigned ncmds;
-    evnode *ev_head, *ev_tail;
-    unsigned nev;
-    /* --- end of shared --- */
-
-    /* server thread only */
-    client clients[MAX_CLIENTS];
-    unsigned nclients;
-    uint64_t accept_after_ms; /* accept() back-off, see ACCEPT_BACKOFF_MS */
-};
+#include "qmp/server.h"
 
 static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
 static relay *retired; /* guarded by retired_lock */
 
-static const char greeting[] =
+const char lm_qmp_greeting[] =
     "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 1, \"major\": 0}, "
     "\"package\": \"livemig\"}, \"capabilities\": []}}\r\n";
 
@@ -189,16 +117,17 @@ static void out_json(client *c, json_t *v)
     free(t);
 }
 
-static size_t out_queued(const client *c)
+size_t lm_qmp_srv_out_queued(const client *c)
 {
     return c->out_len - c->out_head;
 }
 
 /* Writes what the socket takes now. */
-static void out_flush(client *c)
+void lm_qmp_srv_out_flush(client *c)
 {
-    while (!c->dead && out_queued(c)) {
-        ssize_t n = send(c->fd, c->out + c->out_head, out_queued(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (!c->dead && lm_qmp_srv_out_queued(c)) {
+        ssize_t n = send(c->fd, c->out + c->out_head, lm_qmp_srv_out_queued(c),
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -212,7 +141,7 @@ static void out_flush(client *c)
         c->out_head = c->out_len = 0;
 }
 
-static void reply_error(client *c, json_t *id, const char *cls, const char *desc)
+void lm_qmp_srv_reply_error(client *c, json_t *id, const char *cls, const char *desc)
 {
     json_t *r = json_pack("{s:{s:s, s:s}}", "error", "class", cls, "desc", desc);
     if (!r) {
@@ -225,7 +154,7 @@ static void reply_error(client *c, json_t *id, const char *cls, const char *desc
     json_decref(r);
 }
 
-static void reply_return(client *c, json_t *id, json_t *ret)
+void lm_qmp_srv_reply_return(client *c, json_t *id, json_t *ret)
 {
     json_t *r = json_object();
     if (!r || json_object_set_new(r, "return", ret ? ret : json_object()) < 0) {
@@ -288,7 +217,7 @@ static void relay_event(void *opaque, const lm_event *ev)
 }
 
 /* Server thread: hands queued events to every negotiated client. */
-static void drain_events(lm_qmp_server *s)
+void lm_qmp_srv_drain_events(lm_qmp_server *s)
 {
     pthread_mutex_lock(&s->lock);
     evnode *n = s->ev_head;
@@ -321,212 +250,6 @@ static void detach_listener(lm_qmp_server *s)
     retired = r;
     pthread_mutex_unlock(&retired_lock);
     s->relay = NULL;
-}
-
-/* ------------------------------------------------------------ commands */
-
-static int find_host_cmd(lm_qmp_server *s, const char *name)
-{
-    for (unsigned i = 0; i < s->ncmds; i++)
-        if (strcmp(s->cmds[i].name, name) == 0)
-            return (int)i;
-    return -1;
-}
-
-static json_t *query_commands(lm_qmp_server *s)
-{
-    json_t *list = json_array();
-    if (!list)
-        return NULL;
-    lm_qmp_builtin_list(list);
-    pthread_mutex_lock(&s->lock);
-    for (unsigned i = 0; i < s->ncmds; i++)
-        json_array_append_new(list, json_pack("{s:s}", "name", s->cmds[i].name));
-    pthread_mutex_unlock(&s->lock);
-    return list;
-}
-
-static void negotiate(client *c, lm_qmp_request *req)
-{
-    if (c->negotiated) {
-        reply_error(c, req->id, "CommandNotFound",
-                    "Capabilities negotiation is already complete, command ignored");
-        return;
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(req->args, key, v) {
-        char desc[LM_ERROR_MSG_MAX];
-        if (strcmp(key, "enable") != 0) {
-            snprintf(desc, sizeof desc, "Parameter '%s' is unexpected", key);
-            reply_error(c, req->id, "GenericError", desc);
-            return;
-        }
-        if (!json_is_array(v)) {
-            reply_error(c, req->id, "GenericError",
-                        "Invalid parameter type for 'enable', expected: array");
-            return;
-        }
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) {
-            /* The greeting offers no capability (no "oob"). */
-            if (json_is_string(e) && strcmp(json_string_value(e), "oob") == 0)
-                snprintf(desc, sizeof desc, "Capability 'oob' not available");
-            else if (json_is_string(e))
-                snprintf(desc, sizeof desc, "Parameter 'enable[%zu]' does not accept value '%s'", i,
-                         json_string_value(e));
-            else
-                snprintf(desc, sizeof desc,
-                         "Invalid parameter type for 'enable[%zu]', expected: string", i);
-            reply_error(c, req->id, "GenericError", desc);
-            return;
-        }
-    }
-    c->negotiated = true;
-    reply_return(c, req->id, NULL);
-}
-
-static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const hostcmd *hc)
-{
-    lm_error err = {0};
-    char *ret_txt = NULL;
-    char *args_txt = req->args ? json_dumps(req->args, JSON_COMPACT) : strdup("{}");
-    if (!args_txt) {
-        reply_error(c, req->id, "GenericError", "out of memory");
-        return;
-    }
-    int rc = hc->fn(hc->opaque, args_txt, &ret_txt, &err);
-    free(args_txt);
-    drain_events(s);
-    if (rc < 0) {
-        free(ret_txt);
-        reply_error(c, req->id, "GenericError",
-                    err.msg[0] ? err.msg : "command failed without a message");
-        return;
-    }
-    json_t *ret = NULL;
-    if (ret_txt) {
-        json_error_t je;
-        ret = json_loads(ret_txt, JSON_DECODE_ANY, &je);
-        free(ret_txt);
-        if (!ret) {
-            char desc[LM_ERROR_MSG_MAX];
-            snprintf(desc, sizeof desc, "command '%s' returned invalid JSON: %s", hc->name,
-                     je.text);
-            reply_error(c, req->id, "GenericError", desc);
-            return;
-        }
-    }
-    reply_return(c, req->id, ret);
-}
-
-static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
-{
-    const char *name = req->execute;
-
-    if (!c->negotiated && strcmp(name, "qmp_capabilities") != 0) {
-        reply_error(c, req->id, "CommandNotFound",
-                    "Expecting capabilities negotiation with 'qmp_capabilities'");
-        return;
-    }
-    if (strcmp(name, "qmp_capabilities") == 0) {
-        negotiate(c, req);
-        return;
-    }
-    if (strcmp(name, "query-commands") == 0) {
-        if (json_object_size(req->args) > 0) {
-            char desc[LM_ERROR_MSG_MAX];
-            snprintf(desc, sizeof desc, "Parameter '%s' is unexpected",
-                     json_object_iter_key(json_object_iter(req->args)));
-            reply_error(c, req->id, "GenericError", desc);
-            return;
-        }
-        json_t *list = query_commands(s);
-        if (list)
-            reply_return(c, req->id, list);
-        else
-            reply_error(c, req->id, "GenericError", "out of memory");
-        return;
-    }
-
-    json_t *ret = NULL;
-    const char *cls = "GenericError";
-    lm_error err = {0};
-    int rc = lm_qmp_builtin_run(s->m, name, req->args, &ret, &cls, &err);
-    if (rc == 0) {
-        /* Events the command caused (STOP, MIGRATION setup) go out before
-         * its reply, as QEMU orders them. */
-        drain_events(s);
-        reply_return(c, req->id, ret);
-        return;
-    }
-    if (rc < 0) {
-        drain_events(s);
-        reply_error(c, req->id, cls, err.msg[0] ? err.msg : "command failed");
-        return;
-    }
-
-    pthread_mutex_lock(&s->lock);
-    int i = find_host_cmd(s, name);
-    hostcmd hc = {{0}};
-    if (i >= 0)
-        hc = s->cmds[i];
-    pthread_mutex_unlock(&s->lock);
-    if (i >= 0) {
-        run_host_cmd(s, c, req, &hc);
-        return;
-    }
-    char desc[LM_ERROR_MSG_MAX];
-    snprintf(desc, sizeof desc, "The command %s has not been found", name);
-    reply_error(c, req->id, "CommandNotFound", desc);
-}
-
-/* Runs complete requests buffered for c, while its output has room and
- * its turn lasts. */
-static bool stopping(lm_qmp_server *s)
-{
-    pthread_mutex_lock(&s->lock);
-    bool stop = s->stop;
-    pthread_mutex_unlock(&s->lock);
-    return stop;
-}
-
-static void process_input(lm_qmp_server *s, client *c)
-{
-    c->more = false;
-    for (unsigned n = 0;; n++) {
-        /* Nothing runs after a command (a host's "quit") stopped us. */
-        if (c->dead || stopping(s))
-            return;
-        if (n == TURN_REQUESTS || out_queued(c) >= OUT_HIGH) {
-            /* Input stays buffered, and no more is read, until its
-             * requests have run. */
-            c->more = true;
-            return;
-        }
-        json_t *v = NULL;
-        lm_error err = {0};
-        int rc = lm_qmp_reader_next(&c->rd, &v, &err);
-        if (rc == LM_QMP_READ_MORE)
-            return;
-        if (rc == LM_QMP_READ_OVERFLOW) {
-            reply_error(c, NULL, "GenericError", err.msg);
-            out_flush(c);
-            c->dead = true;
-            return;
-        }
-        if (rc == LM_QMP_READ_BAD) {
-            reply_error(c, NULL, "GenericError", err.msg);
-            continue;
-        }
-        lm_qmp_request req;
-        if (lm_qmp_request_check(v, &req) < 0)
-            reply_error(c, req.id, req.err_class, req.err_desc);
-        else
-            dispatch(s, c, &req);
-        lm_qmp_request_fini(&req);
-    }
 }
 
 /* --------------------------------------------------------------- clients */
@@ -566,8 +289,8 @@ static void accept_clients(lm_qmp_server *s)
         memset(c, 0, sizeof *c);
         c->fd = fd;
         lm_qmp_reader_init(&c->rd, LM_QMP_MAX_REQUEST);
-        out_append(c, greeting, sizeof greeting - 1);
-        out_flush(c);
+        out_append(c, lm_qmp_greeting, sizeof lm_qmp_greeting - 1);
+        lm_qmp_srv_out_flush(c);
     }
 }
 
@@ -586,8 +309,8 @@ static void read_client(lm_qmp_server *s, client *c)
     }
     lm_error err = {0};
     if (lm_qmp_reader_feed(&c->rd, buf, (size_t)n, &err) < 0) {
-        reply_error(c, NULL, "GenericError", err.msg);
-        out_flush(c);
+        lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
+        lm_qmp_srv_out_flush(c);
         c->dead = true;
     }
 }
@@ -597,7 +320,7 @@ static void reap_clients(lm_qmp_server *s)
     unsigned j = 0;
     for (unsigned i = 0; i < s->nclients; i++) {
         client *c = &s->clients[i];
-        bool done = c->eof && !c->more && !out_queued(c);
+        bool done = c->eof && !c->more && !lm_qmp_srv_out_queued(c);
         if (c->dead || done) {
             client_close(c);
             continue;
@@ -623,8 +346,8 @@ static void final_flush(lm_qmp_server *s)
         unsigned n = 0;
         for (unsigned i = 0; i < s->nclients; i++) {
             client *c = &s->clients[i];
-            out_flush(c);
-            if (!c->dead && out_queued(c))
+            lm_qmp_srv_out_flush(c);
+            if (!c->dead && lm_qmp_srv_out_queued(c))
                 pfd[n++] = (struct pollfd){.fd = c->fd, .events = POLLOUT};
         }
         uint64_t now = now_ms();
@@ -641,7 +364,7 @@ static void *server_main(void *arg)
     struct pollfd pfd[2 + MAX_CLIENTS];
 
     pthread_setname_np(pthread_self(), "lm-qmp");
-    while (!stopping(s)) {
+    while (!lm_qmp_srv_stopping(s)) {
 
         int timeout = -1;
         uint64_t now = now_ms();
@@ -653,11 +376,11 @@ static void *server_main(void *arg)
         for (unsigned i = 0; i < s->nclients; i++) {
             client *c = &s->clients[i];
             short ev = 0;
-            if (c->more && out_queued(c) < OUT_HIGH)
+            if (c->more && lm_qmp_srv_out_queued(c) < OUT_HIGH)
                 timeout = 0;
-            if (!c->eof && !c->more && out_queued(c) < OUT_HIGH)
+            if (!c->eof && !c->more && lm_qmp_srv_out_queued(c) < OUT_HIGH)
                 ev |= POLLIN;
-            if (out_queued(c))
+            if (lm_qmp_srv_out_queued(c))
                 ev |= POLLOUT;
             pfd[2 + i] = (struct pollfd){.fd = c->fd, .events = ev};
         }
@@ -679,24 +402,24 @@ static void *server_main(void *arg)
             client *c = &s->clients[i];
             short re = pfd[2 + i].revents;
             if (re & POLLOUT)
-                out_flush(c);
+                lm_qmp_srv_out_flush(c);
             if (re & POLLIN)
                 read_client(s, c);
             else if (re & (POLLERR | POLLHUP | POLLNVAL))
                 c->dead = true;
             /* Also after POLLOUT alone: input held back by a full output
              * queue may run now. */
-            process_input(s, c);
+            lm_qmp_srv_process_input(s, c);
         }
-        drain_events(s);
+        lm_qmp_srv_drain_events(s);
         if (pfd[1].revents & POLLIN)
             accept_clients(s);
         for (unsigned i = 0; i < s->nclients; i++)
-            out_flush(&s->clients[i]);
+            lm_qmp_srv_out_flush(&s->clients[i]);
         reap_clients(s);
     }
 
-    drain_events(s);
+    lm_qmp_srv_drain_events(s);
     final_flush(s);
     for (unsigned i = 0; i < s->nclients; i++)
         client_close(&s->clients[i]);
@@ -840,7 +563,7 @@ int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn,
         return lm_error_set(err, -EEXIST, "QMP register: '%s' is a built-in command", name);
     int rc = 0;
     pthread_mutex_lock(&s->lock);
-    if (find_host_cmd(s, name) >= 0) {
+    if (lm_qmp_srv_find_host_cmd(s, name) >= 0) {
         rc = lm_error_set(err, -EEXIST, "QMP register: '%s' is already registered", name);
     } else if (s->ncmds >= MAX_HOST_CMDS) {
         rc = lm_error_set(err, -ENOSPC, "QMP register: too many commands (max %d)", MAX_HOST_CMDS);
