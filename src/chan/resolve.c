@@ -31,6 +31,7 @@ static int64_t now_ms(void)
  * Whoever of the two finishes last frees the request. */
 typedef struct resolve_req {
     atomic_int refs;
+    atomic_int done; /* the lookup finished: gai, res are set */
     int done_efd;
     char host[256], port[8];
     struct addrinfo *res;
@@ -54,6 +55,9 @@ static void *resolve_fn(void *arg)
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     q->gai = getaddrinfo(q->host, q->port, &hints, &q->res);
     q->gai_errno = errno;
+    /* The results are published by this release store (the eventfd only
+     * wakes the caller, who reads them after an acquire load of done). */
+    atomic_store_explicit(&q->done, 1, memory_order_release);
     uint64_t one = 1;
     if (write(q->done_efd, &one, sizeof one) != sizeof one) {
         /* an eventfd write of 1 cannot fail */
@@ -86,6 +90,7 @@ int lm_resolve(const char *host, const char *port, int64_t deadline, int cancel_
     snprintf(q->host, sizeof q->host, "%s", host);
     snprintf(q->port, sizeof q->port, "%s", port);
     atomic_init(&q->refs, 2);
+    atomic_init(&q->done, 0);
     pthread_attr_t at;
     pthread_t t;
     pthread_attr_init(&at);
@@ -121,7 +126,7 @@ int lm_resolve(const char *host, const char *port, int64_t deadline, int cancel_
             ret = -ECANCELED;
             break;
         }
-        if (pfd[0].revents) {
+        if (pfd[0].revents && atomic_load_explicit(&q->done, memory_order_acquire)) {
             ret = q->gai;
             *gai_errno = q->gai_errno;
             *res = q->res;
