@@ -302,8 +302,9 @@ typedef struct lm_info {
     /* postcopy-blocktime: remote fault latency, fault read to placement */
     bool has_blocktime;
     uint64_t pc_lat_hist[24]; /* bucket i: [2^i, 2^(i+1)) µs; 0 also < 1 µs */
-    /* p50/p99: exact below 64 µs, above it the lower bound of a bucket
-     * 1/16 of a power of two wide (within 6.25 %); max is exact. */
+    /* p50/p99: exact below 64 µs, above it the upper end of a bucket 1/16
+     * of a power of two wide (at most 6.25 % high, never low); max is
+     * exact. */
     uint64_t pc_lat_count, pc_lat_p50_us, pc_lat_p99_us, pc_lat_max_us;
     char error_desc[LM_ERROR_MSG_MAX]; /* empty when none */
     char socket_address[128];          /* destination: actual listening address */

@@ -199,6 +199,16 @@ void lm_pc_dst_placed_locked(lm_pc_dst *d, unsigned bi, uint64_t p, uint64_t q, 
     pthread_cond_broadcast(&d->cond);
 }
 
+/* The upper end of bucket i: a percentile is reported as "at most", so
+ * the quantisation never flatters it. */
+static uint64_t fine_upper(unsigned i)
+{
+    if (i < LM_PC_LAT_LINEAR)
+        return i;
+    unsigned octave = (i - LM_PC_LAT_LINEAR) / LM_PC_LAT_SUB + 6;
+    return fine_lower(i) + (1ull << (octave - 4)) - 1;
+}
+
 /* The latency at or below which a fraction num/den of the samples lie. */
 static uint64_t percentile(const uint64_t *fine, uint64_t count, uint64_t num, uint64_t den)
 {
@@ -206,9 +216,9 @@ static uint64_t percentile(const uint64_t *fine, uint64_t count, uint64_t num, u
     for (unsigned i = 0; i < LM_PC_LAT_FINE; i++) {
         seen += fine[i];
         if (seen > rank)
-            return fine_lower(i);
+            return fine_upper(i);
     }
-    return fine_lower(LM_PC_LAT_FINE - 1);
+    return fine_upper(LM_PC_LAT_FINE - 1);
 }
 
 /* Bounded work under the lock, no allocation: query-migrate may call it

@@ -144,8 +144,8 @@ enum { LM_PC_ANON, LM_PC_SHARED, LM_PC_MINOR };
 #define LM_PC_HIST_BUCKETS 24
 /* p50/p99 come from a finer log-linear histogram, so that a query does
  * bounded work with no allocation: exact below 64 µs, then 16 buckets per
- * power of two (a bucket's lower bound is within 6.25 % of any latency in
- * it), up to 2^32 µs. */
+ * power of two, reported as the bucket's upper end (at most 6.25 % above
+ * the true value, never below it), up to 2^32 µs. */
 #define LM_PC_LAT_LINEAR 64
 #define LM_PC_LAT_SUB 16
 #define LM_PC_LAT_FINE (LM_PC_LAT_LINEAR + (32 - 6) * LM_PC_LAT_SUB)
