@@ -5,6 +5,7 @@
  * descriptor.  Whoever of the two finishes last frees the request.
  */
 #include "chan/chan.h"
+#include "util/clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -16,15 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Name lookup that the caller can abandon: getaddrinfo(3) runs on a
  * detached thread; the caller waits for it, its deadline or cancel_fd.
@@ -106,7 +99,7 @@ int lm_resolve(const char *host, const char *port, int64_t deadline, int cancel_
     for (;;) {
         int wait = -1;
         if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
+            int64_t left = deadline - (int64_t)(lm_now_ns() / 1000000);
             if (left <= 0) {
                 ret = -ETIMEDOUT;
                 break;

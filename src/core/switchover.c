@@ -291,7 +291,7 @@ static int op_start_postcopy(void *opaque, lm_error *err)
     if (!lm_state_set(m, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE))
         return lm_error_set(err, -ECANCELED, "migration cancelled");
     g->run_sent = true;
-    lm_pc_src_serve(&m->pcs, g->chan, g->preempt);
+    lm_pc_src_serve(&m->pcs, g->chan);
     uint8_t pb[4];
     uint32_t v = 0x80000000u | (LM_ATOMIC_GET(&g->ping_seq) + 1);
     LM_ATOMIC_SET(&g->run_ping, v);

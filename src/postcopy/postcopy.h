@@ -69,7 +69,6 @@ typedef struct lm_pc_src {
     lm_pc_req queue[LM_PC_REQ_QUEUE];
     unsigned head, tail; /* tail - head entries */
     bool serving;        /* POSTCOPY_RUN may have gone out */
-    lm_chan *preempt;    /* requested pages go here when set */
     lm_chan *main;       /* the main channel (byte counts only) */
     uint32_t queued;     /* tail - head, also readable without qlock (atomic) */
 
@@ -103,8 +102,9 @@ void lm_pc_src_reset(lm_pc_src *s);
 /* At the switch (guest stopped): the last sync, then one POSTCOPY_DISCARD
  * per run of pages still owed; RAM is in postcopy from now on. */
 int lm_pc_src_send_discard(lm_pc_src *s, lm_out *o, lm_error *err);
-/* Requests are served from now on: on preempt when not NULL. */
-void lm_pc_src_serve(lm_pc_src *s, lm_chan *main, lm_chan *preempt);
+/* Requests are served from now on: on the preempt channel when there is
+ * one (s->pre), otherwise queued for the migration thread. */
+void lm_pc_src_serve(lm_pc_src *s, lm_chan *main);
 /* No more requests (the migration ended); the channels may go. */
 void lm_pc_src_stop_serving(lm_pc_src *s);
 /* One RP_REQ_PAGES payload from the destination (any thread). */

@@ -36,7 +36,6 @@ void lm_pc_src_reset(lm_pc_src *s)
     s->head = s->tail = 0;
     LM_ATOMIC_SET(&s->queued, 0);
     s->serving = false;
-    s->preempt = NULL;
     s->main = NULL;
     pthread_mutex_unlock(&s->qlock);
     s->pre = NULL;
@@ -84,11 +83,10 @@ int lm_pc_src_send_discard(lm_pc_src *s, lm_out *o, lm_error *err)
     return 0;
 }
 
-void lm_pc_src_serve(lm_pc_src *s, lm_chan *main, lm_chan *preempt)
+void lm_pc_src_serve(lm_pc_src *s, lm_chan *main)
 {
     pthread_mutex_lock(&s->qlock);
     s->serving = true;
-    s->preempt = preempt;
     s->main = main;
     pthread_mutex_unlock(&s->qlock);
 }
@@ -97,7 +95,6 @@ void lm_pc_src_stop_serving(lm_pc_src *s)
 {
     pthread_mutex_lock(&s->qlock);
     s->serving = false;
-    s->preempt = NULL;
     s->main = NULL;
     pthread_mutex_unlock(&s->qlock);
 }
@@ -222,7 +219,7 @@ int lm_pc_src_request(lm_pc_src *s, const uint8_t *payload, uint32_t len, lm_err
     bool queued = false;
     pthread_mutex_lock(&s->qlock);
     bool serving = s->serving;
-    lm_chan *pre = s->preempt, *main = s->main;
+    lm_chan *pre = s->pre, *main = s->main;
     if (!serving) {
         ret = lm_error_set(err, -EPROTO, "RP_REQ_PAGES while not in postcopy");
     } else if (!pre) {
