@@ -12,8 +12,8 @@ import socket
 import time
 
 from lmtest import (Runner, TestFailure, check, check_eq, check_writes_increase, log, migrate,
-                    set_caps, set_params, stop_and_verify, time_scale, wait_runstate,
-                    wait_status, wait_until)
+                    set_caps, set_params, stop_and_verify, time_scale, wait_converged,
+                    wait_runstate, wait_status, wait_until)
 
 R = Runner("cancel", per_test=45, budget=200)
 
@@ -52,7 +52,7 @@ def migrate_again(t, src, name="dst2"):
     dst = t.dest(name, transport="tcp", **DST)
     set_params(src, {"max-bandwidth": 0, "downtime-limit": 300})
     migrate(src, dst)
-    info = wait_status(src, "completed", 30)
+    info, _ = wait_converged(src, "second migration")
     wait_status(dst, "completed", 10)
     check_eq(src.status(), "postmigrate", "source run state after the second migration")
     wait_runstate(dst, "running", 5)

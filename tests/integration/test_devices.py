@@ -16,8 +16,8 @@ the VFIO-like "bulk" device:
 Every completed migration is verified on the destination: RAM, cpu state
 and bulk device memory."""
 
-from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate,
-                    set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
+from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, set_caps,
+                    set_params, stop_and_verify, wait_converged, wait_runstate, wait_status,
                     wait_until)
 
 R = Runner("devices", per_test=45, budget=240)
@@ -214,7 +214,7 @@ def no_starvation(t):
     log("at the ack: RAM sent %d, bulk sent %d" % (info["ram"]["transferred"],
                                                    sd["bulk"]["bytes"]))
     set_params(src, {"max-bandwidth": 0})
-    wait_status(src, "completed", 30)
+    wait_converged(src, "no-starvation")
     wait_status(dst, "completed", 10)
     verify_dest(src, dst)
 

@@ -22,8 +22,8 @@ import time
 
 import lmptrace
 from lmtest import (QMPTimeout, Runner, TestFailure, check, check_eq, dest_uri, log, migrate,
-                    run_cli, set_caps, set_params, stop_and_verify, time_scale, wait_runstate,
-                    wait_status, wait_until)
+                    run_cli, set_caps, set_params, stop_and_verify, time_scale, wait_converged,
+                    wait_runstate, wait_status, wait_until)
 
 R = Runner("postcopy", per_test=60, budget=360)
 
@@ -167,7 +167,7 @@ def t_no_switch(t):
     src, dst = guests(t, sc)
     set_params(src, {"max-bandwidth": 0, "downtime-limit": 300})
     migrate(src, dst)
-    info = wait_status(src, "completed", 60)
+    info, _ = wait_converged(src, "no-switch", timeout=60)
     wait_status(dst, "completed", 30)
     check_eq(info.get("ram", {}).get("postcopy-bytes"), 0, "postcopy-bytes without a switch")
     check("x-postcopy" not in dst.query_migrate(), "destination reports a postcopy phase")
