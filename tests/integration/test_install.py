@@ -63,8 +63,8 @@ def run(argv, what, env=None, cwd=None):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            timeout=scaled(BUILD_S))
     except subprocess.TimeoutExpired as e:
-        raise TestFailure("%s: not done within %d s: %s" %
-                          (what, scaled(BUILD_S), (e.output or b"")[-1500:].decode(errors="replace")))
+        out = (e.output or b"")[-1500:].decode(errors="replace")
+        raise TestFailure("%s: not done within %d s: %s" % (what, scaled(BUILD_S), out))
     out = p.stdout.decode(errors="replace")
     if p.returncode != 0:
         raise TestFailure("%s failed (exit %d): %s" % (what, p.returncode, out[-2500:]))
@@ -100,9 +100,12 @@ def files_under(root):
 
 
 def api_functions(header):
-    """Names of the functions a header marks LM_API."""
+    """Names of the functions a header marks LM_API; fails on a function
+    declared at the start of a line without it."""
     with open(header) as f:
         text = f.read()
+    bare = re.findall(r"^(?!LM_API\b|typedef\b|#|\s|/\*|\*)[^;(]*\b(lm_\w+)\s*\(", text, re.M)
+    check(not bare, "%s declares functions without LM_API: %s", header, bare)
     return sorted(set(re.findall(r"^LM_API\b[^;(]*?\b(lm_\w+)\s*\(", text, re.M)))
 
 
