@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
             libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev
 
-.PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench clean
+.PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench install clean
 
 all: build
 
@@ -35,6 +35,14 @@ demo: build
 check: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
 
+# Installs the CLI, include/livemig.h, liblivemig.a, liblivemig.so (with its
+# soname links) and livemig.pc under $(DESTDIR)$(PREFIX) (cmake/install.cmake).
+# PREFIX is what livemig.pc names; DESTDIR only stages (packaging), e.g.
+#   make install PREFIX=/usr DESTDIR=/tmp/stage
+PREFIX ?= /usr/local
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
 # Sanitizer builds of the unit, fuzz-replay and integration tests.  The
 # integration tests (tests/integration/lmtest.py) see the TSan build, scale
 # their time bounds and pass TSAN_OPTIONS on to every process they start,
@@ -55,7 +63,7 @@ check-tsan: deps
 
 # The sources as .clang-format says (clang-format 14, Debian 12).
 format-check: deps
-	@files=$$(find src include tools -name '*.[ch]' | LC_ALL=C sort); \
+	@files=$$(find src include tools examples -name '*.[ch]' | LC_ALL=C sort); \
 	echo "clang-format --dry-run -Werror: $$(printf '%s\n' $$files | wc -l) files"; \
 	clang-format --dry-run -Werror $$files
 

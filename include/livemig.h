@@ -14,6 +14,24 @@
  *  - the library never prints, never exits, never aborts on peer data;
  *  - unless a function says otherwise it may be called from any thread and
  *    does not block on migration I/O (it takes an internal mutex briefly).
+ *
+ * ABI (docs/api.md has the whole stance).  liblivemig.so.LM_VERSION_MAJOR
+ * exports exactly the LM_API functions (symbol version LIVEMIG_0.1); any
+ * incompatible change bumps the major version, also before 1.0.
+ *  - Opaque handles (lm_mig, lm_qmp_server, lm_qmp_client, lm_device_out)
+ *    may change freely.
+ *  - The structs a caller allocates or the library fills (lm_error,
+ *    lm_params, lm_info, lm_device_info, lm_host_ops, lm_device_ops) keep
+ *    their layout: a field is only added at the end, with zero meaning "as
+ *    before", under a new symbol version of the functions that take the
+ *    struct (or a new soname).  So: zero-initialise what you pass in
+ *    ({0}, designated initialisers) and start parameters from
+ *    lm_params_default().  lm_event (library-owned) may grow at the end.
+ *  - Enumerators keep their values; new ones come at the end (the __MAX
+ *    sentinels are not ABI): accept values you do not know.
+ *  - QMP names starting with "x-" (and the lm_info fields marked "ours")
+ *    are livemig's own extensions: the fields stay, their QMP names and
+ *    exact meaning may change in any release.
  */
 #ifndef LIVEMIG_H
 #define LIVEMIG_H
@@ -34,6 +52,9 @@ extern "C" {
 #define LM_API
 #endif
 
+/* The version of this header and of the library built with it (CMake reads
+ * it from here).  MAJOR is the shared library's soname number; MINOR grows
+ * with compatible additions, MICRO with fixes. */
 #define LM_VERSION_MAJOR 0
 #define LM_VERSION_MINOR 1
 #define LM_VERSION_MICRO 0
