@@ -258,9 +258,17 @@ const char *mig_pc_outcome(const mig_pc *pc, const qmpc_mig *s);
  * query-migrate (both read 0 until then).  Polls the source, bounded,
  * until both are non-zero; s and *raw are replaced by the last reply. */
 void mig_wait_figures(qmpc *src, qmpc_mig *s, json_t **raw);
+/* The live throughput samples of precopy (QEMU's mbps is the last 100 ms
+ * window there): how many, and how many sat at QEMU's default limit. */
+typedef struct mig_bw {
+    unsigned samples, at_default;
+} mig_bw;
+void mig_bw_sample(mig_bw *bw, const qmpc_mig *s);
 /* Prints a hint on stderr when the source's max-bandwidth is QEMU's
- * default (128 MiB/s) and the throughput sat near it. */
-void mig_bandwidth_hint(qmpc *src, const qmpc_mig *s);
+ * default (128 MiB/s) and precopy ran at it (most live samples within a
+ * few percent of it; QEMU's final average is no guide: it lifts the limit
+ * for the pause and counts from the end of setup). */
+void mig_bandwidth_hint(qmpc *src, const mig_bw *bw);
 /* Live: QEMU's mbps is the last 100 ms window.  Final: the average. */
 double mig_throughput(const qmpc_mig *q, bool final);
 /* The final report: text, or the --json object. */

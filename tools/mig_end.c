@@ -315,31 +315,35 @@ double mig_throughput(const qmpc_mig *q, bool final)
     return 0;
 }
 
-void mig_bandwidth_hint(qmpc *src, const qmpc_mig *s)
+void mig_bw_sample(mig_bw *bw, const qmpc_mig *s)
 {
-    if (!s->has_ram || final_total(s) <= 0)
+    if (strcmp(s->status, "active") || !s->has_mbps || !s->mbps_x1000)
+        return;
+    double r = mig_throughput(s, false);
+    bw->samples++;
+    if (r >= 0.8 * (double)QEMU_DEFAULT_BANDWIDTH && r <= 1.1 * (double)QEMU_DEFAULT_BANDWIDTH)
+        bw->at_default++;
+}
+
+void mig_bandwidth_hint(qmpc *src, const mig_bw *bw)
+{
+    if (!bw->at_default || bw->at_default * 2 < bw->samples)
         return;
     json_t *p = NULL;
     lm_error err = {0};
     if (qmpc_call(src, "query-migrate-parameters", NULL, &p, &err) < 0)
         return;
-    json_t *bw = json_object_get(p, "max-bandwidth");
+    json_t *limit = json_object_get(p, "max-bandwidth");
     bool at_default =
-        json_is_integer(bw) && (uint64_t)json_integer_value(bw) == QEMU_DEFAULT_BANDWIDTH;
+        json_is_integer(limit) && (uint64_t)json_integer_value(limit) == QEMU_DEFAULT_BANDWIDTH;
     json_decref(p);
-    double tput = mig_throughput(s, true);
-    /* The average includes setup and the pause (QEMU lifts the limit for
-     * the pause, and postcopy has its own): a run that sat on the limit
-     * averages within a few percent of it. */
-    if (!at_default || tput < 0.8 * (double)QEMU_DEFAULT_BANDWIDTH ||
-        tput > 1.15 * (double)QEMU_DEFAULT_BANDWIDTH)
+    if (!at_default)
         return;
-    char b[32];
     fprintf(stderr,
-            "livemig migrate: hint: the throughput (%s) sat at the source's max-bandwidth, "
-            "QEMU's default of 128 MiB/s; --param max-bandwidth=0 lifts the limit, "
-            "--param max-bandwidth=RATE sets another\n",
-            cli_fmt_rate(b, sizeof b, tput));
+            "livemig migrate: hint: precopy ran at the source's max-bandwidth, QEMU's "
+            "default of 128 MiB/s (%u of %u samples); --param max-bandwidth=0 lifts "
+            "the limit, --param max-bandwidth=RATE sets another\n",
+            bw->at_default, bw->samples);
 }
 
 /* ------------------------------------------------------------ summary */

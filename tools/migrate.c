@@ -348,6 +348,7 @@ int mig_run(const mig_opts *o)
         cli_err("migrate", "%s", err.msg);
         goto out;
     }
+    mig_bw bw = {0};
     mig_pc pc;
     mig_pc_init(&pc, o, o->postcopy == MIG_PC_DEFAULT && mig_is_livemig(src));
     json_t *args = json_pack("{s:s}", "uri", uri);
@@ -401,6 +402,7 @@ int mig_run(const mig_opts *o)
         progress_show(&p, &s, final);
         if (final)
             break;
+        mig_bw_sample(&bw, &s);
         const char *line = mig_pc_poll(&pc, o, src, &s, now, start);
         if (line && !o->json) {
             if (p.enabled && p.tty)
@@ -467,7 +469,7 @@ int mig_run(const mig_opts *o)
         mig_print_summary(&s, &d, note, &pc, stdout);
     }
     fflush(stdout);
-    mig_bandwidth_hint(src, &s);
+    mig_bandwidth_hint(src, &bw);
     if (!strcmp(s.status, "completed") && !timed_out && !interrupted) {
         if (!strcmp(d.status, "failed"))
             cli_err("migrate", "the source completed but the destination failed%s%s",
