@@ -255,8 +255,10 @@ const char *mig_pc_poll(mig_pc *pc, const mig_opts *o, qmpc *src, const qmpc_mig
 const char *mig_pc_outcome(const mig_pc *pc, const qmpc_mig *s);
 
 /* QEMU emits `completed` before it fills total-time and downtime in
- * query-migrate (both read 0 until then).  Polls the source, bounded,
- * until both are non-zero; s and *raw are replaced by the last reply. */
+ * query-migrate (both read 0 until then).  Polls the source, bounded
+ * (3 s), until both are non-zero, or the total-time is and the downtime
+ * stayed 0 for 5 more polls (a real sub-ms pause); s and *raw are
+ * replaced by the last reply. */
 void mig_wait_figures(qmpc *src, qmpc_mig *s, json_t **raw);
 /* The live throughput samples of precopy (QEMU's mbps is the last 100 ms
  * window there): how many, and how many sat at QEMU's default limit. */

@@ -271,7 +271,10 @@ void mig_wait_figures(qmpc *src, qmpc_mig *s, json_t **raw)
     if (strcmp(s->status, "completed") || figures_filled(s, *raw))
         return;
     uint64_t deadline = cli_now_ms() + FIGURES_WAIT_MS;
-    while (cli_now_ms() < deadline && !cli_interrupted) {
+    /* QEMU fills both at once: a downtime still 0 a few polls after the
+     * total-time came is a real one, under a millisecond (-machine none). */
+    int zero_downtime_polls = 0;
+    while (cli_now_ms() < deadline && !cli_interrupted && zero_downtime_polls < 5) {
         usleep(FIGURES_POLL_MS * 1000);
         qmpc_mig q;
         json_t *r = NULL;
@@ -283,6 +286,8 @@ void mig_wait_figures(qmpc *src, qmpc_mig *s, json_t **raw)
         *raw = r;
         if (figures_filled(s, r))
             return;
+        if (s->total_time > 0)
+            zero_downtime_polls++;
     }
 }
 
