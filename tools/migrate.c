@@ -1,7 +1,8 @@
 /*
  * migrate.c - `livemig migrate`, `status`, `cancel`, `postcopy`: drive
  * two hosts (ours or QEMU) over QMP with QEMU-standard commands only, show
- * live progress from query-migrate and print an honest final report.
+ * live progress from query-migrate and print an honest final report
+ * (mig_end.c: the postcopy switch, the completion figures, the summary).
  * mig_run() is also the engine of `livemig demo`.
  */
 #include "cli.h"
