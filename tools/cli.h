@@ -178,9 +178,20 @@ typedef struct mig_opts {
     int timeout_s;
     mig_progress progress;
     /* Postcopy (the CLI turns postcopy-ram on both sides): switch after
-     * `postcopy_pass` passes, after `postcopy_after_ms`, or (auto) when
-     * remaining has not reached a new low for `postcopy_window_ms`. */
-    enum { MIG_PC_NONE, MIG_PC_AFTER_PASS, MIG_PC_AFTER_TIME, MIG_PC_AUTO } postcopy;
+     * `postcopy_pass` passes, after `postcopy_after_ms`, as soon as the
+     * migration has started (asap), or (auto) when remaining has not
+     * reached a new low for `postcopy_window_ms`.  DEFAULT (a bare
+     * --postcopy) is after-pass:1 on a livemig source, asap on others
+     * (QEMU: its first pass is the whole RAM, and an idle guest completes
+     * right after it, before a request could take effect). */
+    enum {
+        MIG_PC_NONE,
+        MIG_PC_DEFAULT,
+        MIG_PC_AFTER_PASS,
+        MIG_PC_AFTER_TIME,
+        MIG_PC_ASAP,
+        MIG_PC_AUTO
+    } postcopy;
     uint64_t postcopy_pass, postcopy_after_ms, postcopy_window_ms;
 } mig_opts;
 
@@ -192,5 +203,80 @@ bool mig_opts_add_param(mig_opts *o, const char *cmd, const char *spec);
  * Returns the exit code (0 only when completed).  Honours cli_interrupted:
  * cancels the migration on the source and waits (bounded) for the end. */
 int mig_run(const mig_opts *o);
+
+/* ---------------------------------------- end of a migration (mig_end.c) */
+
+/* The postcopy switch: when to ask for it, whether it was asked, and what
+ * the source did with the request.  QEMU's migrate-start-postcopy only sets
+ * a flag that the migration thread reads at its next iteration; a
+ * migration that completes first stays precopy and the command still
+ * succeeds.  So the truth comes from the statuses the source went through
+ * (MIGRATION events and polls), never from the request. */
+typedef struct mig_pc {
+    int mode;                /* mig_opts.postcopy, DEFAULT resolved */
+    uint64_t pass;           /* after-pass: N */
+    bool asked;              /* migrate-start-postcopy was accepted */
+    char reason[160];        /* why it was asked */
+    bool switched;           /* postcopy-* status seen, or postcopy bytes */
+    bool announced;          /* "switched to postcopy" printed live */
+    uint64_t best_remaining; /* auto: lowest remaining seen ... */
+    uint64_t best_ms;        /* ... and when */
+    uint64_t last_pass;      /* auto: dirty-sync-count of the last sample */
+    char history[256];       /* statuses of the MIGRATION events, in order */
+    char line[200];          /* mig_pc_poll's log line */
+} mig_pc;
+
+/* --postcopy's value (NULL or "" when bare) into o; prints the error. */
+bool mig_parse_postcopy(mig_opts *o, const char *v);
+/* Resolves the policy; `livemig_src`: the source's query-version says
+ * package "livemig". */
+void mig_pc_init(mig_pc *pc, const mig_opts *o, bool livemig_src);
+/* With a postcopy option: postcopy-ram must be on on both sides, or the
+ * switch can never happen.  0 or an error naming the side. */
+int mig_pc_check_caps(qmpc *src, qmpc *dst, lm_error *err);
+/* Records a status seen by a poll. */
+void mig_pc_note_status(mig_pc *pc, const char *status);
+/* The peer's query-version says package "livemig". */
+bool mig_is_livemig(qmpc *c);
+/* Records a MIGRATION event's status; true when ev is a MIGRATION event
+ * (the caller polls at once: the status changed). */
+bool mig_pc_note_event(mig_pc *pc, json_t *ev);
+/* Drains the events queued on the source (the history of a migration
+ * that ended between two polls), without waiting. */
+void mig_pc_drain(mig_pc *pc, qmpc *src);
+/* At every poll while the migration runs (s: its query-migrate; start:
+ * when `migrate` was issued): records the status, asks the source for the
+ * switch when the policy says so.  Returns a line for the log ("postcopy
+ * requested: ...", "switched to postcopy") or NULL; a refused request is
+ * reported on stderr and not retried. */
+const char *mig_pc_poll(mig_pc *pc, const mig_opts *o, qmpc *src, const qmpc_mig *s, uint64_t now,
+                        uint64_t start);
+/* What became of the request, for the summary; NULL when none was made. */
+const char *mig_pc_outcome(const mig_pc *pc, const qmpc_mig *s);
+
+/* QEMU emits `completed` before it fills total-time and downtime in
+ * query-migrate (both read 0 until then).  Polls the source, bounded
+ * (3 s), until both are non-zero, or the total-time is and the downtime
+ * stayed 0 for 5 more polls (a real sub-ms pause); s and *raw are
+ * replaced by the last reply. */
+void mig_wait_figures(qmpc *src, qmpc_mig *s, json_t **raw);
+/* The live throughput samples of precopy (QEMU's mbps is the last 100 ms
+ * window there): how many, and how many sat at QEMU's default limit. */
+typedef struct mig_bw {
+    unsigned samples, at_default;
+} mig_bw;
+void mig_bw_sample(mig_bw *bw, const qmpc_mig *s);
+/* Prints a hint on stderr when the source's max-bandwidth is QEMU's
+ * default (128 MiB/s) and precopy ran at it (most live samples within a
+ * few percent of it; QEMU's final average is no guide: it lifts the limit
+ * for the pause and counts from the end of setup). */
+void mig_bandwidth_hint(qmpc *src, const mig_bw *bw);
+/* Live: QEMU's mbps is the last 100 ms window.  Final: the average. */
+double mig_throughput(const qmpc_mig *q, bool final);
+/* The final report: text, or the --json object. */
+void mig_print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, const mig_pc *pc,
+                       FILE *f);
+json_t *mig_summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw, const char *uri,
+                         uint64_t wall_ms, bool timed_out, bool interrupted, const mig_pc *pc);
 
 #endif /* LM_TOOLS_CLI_H */

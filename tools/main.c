@@ -1,8 +1,8 @@
 /*
  * main.c - `livemig`: git-style dispatch to the subcommands: guest.c (with
  * its sample device in guest_bulk.c), demo.c, and migrate.c for the QMP
- * drivers migrate, status, cancel and postcopy.  The tool uses only
- * include/livemig.h.
+ * drivers migrate, status, cancel and postcopy (mig_end.c: how a migration
+ * ends and the summary).  The tool uses only include/livemig.h.
  */
 #include "cli.h"
 

@@ -1,7 +1,8 @@
 /*
  * migrate.c - `livemig migrate`, `status`, `cancel`, `postcopy`: drive
  * two hosts (ours or QEMU) over QMP with QEMU-standard commands only, show
- * live progress from query-migrate and print an honest final report.
+ * live progress from query-migrate and print an honest final report
+ * (mig_end.c: the postcopy switch, the completion figures, the summary).
  * mig_run() is also the engine of `livemig demo`.
  */
 #include "cli.h"
@@ -40,10 +41,16 @@ void usage_migrate(FILE *f)
                "                         --param multifd-channels=N (1..255)\n"
                "  --compress METHOD      multifd compression: none, zlib, zstd, lz4\n"
                "                         (implies multifd; --param multifd-compression)\n"
-               "  --postcopy[=after-pass:N|after:SECONDS]\n"
-               "                         turn postcopy-ram on (both sides) and switch to\n"
-               "                         postcopy once N passes are done (default 1) or\n"
-               "                         after SECONDS (migrate-start-postcopy)\n"
+               "  --postcopy[=asap|after-pass:N|after:SECONDS]\n"
+               "                         turn postcopy-ram on (both sides) and ask for the\n"
+               "                         switch (migrate-start-postcopy) as soon as the\n"
+               "                         migration starts, once N passes are done, or\n"
+               "                         after SECONDS.  Default: after-pass:1 on a livemig\n"
+               "                         source, asap on QEMU (whose first pass is the\n"
+               "                         whole RAM: an idle guest completes right after\n"
+               "                         it).  A migration that completes before the\n"
+               "                         request takes effect stays precopy; the summary\n"
+               "                         says which happened\n"
                "  --auto-postcopy[=SECONDS]\n"
                "                         switch to postcopy when precopy stops converging:\n"
                "                         remaining has not reached a new low for SECONDS\n"
@@ -149,19 +156,6 @@ typedef struct progress {
     uint64_t last_plain_ms;
 } progress;
 
-/* Live: QEMU's mbps is the last 100 ms window.  Final: it is the average
- * once completed; for a failed or cancelled run use the average too. */
-static double throughput_of(const qmpc_mig *q, bool final)
-{
-    if (final && strcmp(q->status, "completed") && q->total_time > 0)
-        return (double)q->transferred * 1000.0 / (double)q->total_time;
-    if (q->has_mbps)
-        return (double)q->mbps_x1000 / 1000.0 * 1e6 / 8;
-    if (q->total_time > 0)
-        return (double)q->transferred * 1000.0 / (double)q->total_time;
-    return 0;
-}
-
 static void progress_init(progress *p, bool enabled)
 {
     memset(p, 0, sizeof *p);
@@ -176,7 +170,7 @@ static void progress_show(progress *p, const qmpc_mig *q, bool force)
         return;
     uint64_t now = cli_now_ms();
     double elapsed = q->total_time >= 0 ? (double)q->total_time : (double)(now - p->start_ms);
-    double tput = throughput_of(q, false);
+    double tput = mig_throughput(q, false);
     double dirty = (double)q->dirty_pages_rate * (double)q->page_size;
     double eta = q->has_remaining && tput > 0 ? (double)q->remaining / tput * 1000 : -1;
     char el[32], tr[32], rem[32], tot[32], tp[32], dr[32], ed[32], et[32];
@@ -223,66 +217,6 @@ static void progress_show(progress *p, const qmpc_mig *q, bool force)
     else
         printf("[%8s] %s\n", el, st);
     fflush(stdout);
-}
-
-/* ------------------------------------------------------------- summary */
-
-static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, FILE *f)
-{
-    char tt[32], dt[32], tr[32], tp[32], st[32];
-    fprintf(f, "migration %s", s->status[0] ? s->status : "?");
-    if (note)
-        fprintf(f, " (%s)", note);
-    fprintf(f, "\n");
-    if (s->total_time >= 0)
-        fprintf(f, "  total time    %s\n", cli_fmt_ms(tt, sizeof tt, (double)s->total_time));
-    if (s->downtime >= 0)
-        fprintf(f, "  downtime      %s\n", cli_fmt_ms(dt, sizeof dt, (double)s->downtime));
-    if (s->has_ram) {
-        fprintf(f, "  transferred   %s\n", cli_fmt_bytes(tr, sizeof tr, (double)s->transferred));
-        fprintf(f, "  throughput    %s\n", cli_fmt_rate(tp, sizeof tp, throughput_of(s, true)));
-        fprintf(f, "  passes        %" PRIu64 "\n", s->dirty_sync_count);
-    }
-    if (s->postcopy_bytes || s->postcopy_requests) {
-        char pb[32];
-        fprintf(f, "  postcopy      %s, %" PRIu64 " page requests\n",
-                cli_fmt_bytes(pb, sizeof pb, (double)s->postcopy_bytes), s->postcopy_requests);
-    }
-    if (s->setup_time >= 0)
-        fprintf(f, "  setup time    %s\n", cli_fmt_ms(st, sizeof st, (double)s->setup_time));
-    if (d && d->status[0])
-        fprintf(f, "  destination   %s\n", d->status);
-    if (s->error_desc[0])
-        fprintf(f, "  error         %s\n", s->error_desc);
-    if (d && d->error_desc[0])
-        fprintf(f, "  dest error    %s\n", d->error_desc);
-}
-
-static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw, const char *uri,
-                            uint64_t wall_ms, bool timed_out, bool interrupted)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "status", json_string(s->status));
-    json_object_set_new(o, "uri", json_string(uri ? uri : ""));
-    json_object_set_new(o, "wall-time", json_integer((json_int_t)wall_ms));
-    if (s->total_time >= 0)
-        json_object_set_new(o, "total-time", json_integer(s->total_time));
-    if (s->downtime >= 0)
-        json_object_set_new(o, "downtime", json_integer(s->downtime));
-    if (s->setup_time >= 0)
-        json_object_set_new(o, "setup-time", json_integer(s->setup_time));
-    if (s->has_ram) {
-        json_object_set_new(o, "transferred", json_integer((json_int_t)s->transferred));
-        json_object_set_new(o, "throughput", json_integer((json_int_t)throughput_of(s, true)));
-        json_object_set_new(o, "passes", json_integer((json_int_t)s->dirty_sync_count));
-    }
-    if (s->error_desc[0])
-        json_object_set_new(o, "error-desc", json_string(s->error_desc));
-    json_object_set_new(o, "timed-out", json_boolean(timed_out));
-    json_object_set_new(o, "interrupted", json_boolean(interrupted));
-    json_object_set(o, "source", src_raw ? src_raw : json_null());
-    json_object_set(o, "destination", dst_raw ? dst_raw : json_null());
-    return o;
 }
 
 /* -------------------------------------------------------------- engine */
@@ -389,64 +323,6 @@ out:
     return rc;
 }
 
-/* The postcopy policy, evaluated at every poll while precopy runs.
- * Returns a reason (for the log) when it is time to switch. */
-typedef struct pc_policy {
-    bool asked;
-    uint64_t best_remaining; /* lowest remaining seen (auto) */
-    uint64_t best_ms;        /* when it was reached */
-    uint64_t pass;           /* dirty-sync-count of the last sample */
-} pc_policy;
-
-static const char *postcopy_due(const mig_opts *o, pc_policy *pp, const qmpc_mig *s, uint64_t now,
-                                uint64_t start, char *buf, size_t cap)
-{
-    if (pp->asked || o->postcopy == MIG_PC_NONE || strcmp(s->status, "active"))
-        return NULL;
-    switch (o->postcopy) {
-    case MIG_PC_AFTER_PASS:
-        /* dirty-sync-count N+1 = the sync that ended pass N */
-        if (s->dirty_sync_count > o->postcopy_pass) {
-            snprintf(buf, cap, "%" PRIu64 " pass%s done", o->postcopy_pass,
-                     o->postcopy_pass == 1 ? "" : "es");
-            return buf;
-        }
-        return NULL;
-    case MIG_PC_AFTER_TIME:
-        if (now - start >= o->postcopy_after_ms) {
-            snprintf(buf, cap, "%" PRIu64 " s elapsed", o->postcopy_after_ms / 1000);
-            return buf;
-        }
-        return NULL;
-    case MIG_PC_AUTO:
-        /* Beyond QEMU: precopy that stopped converging will not finish;
-         * postcopy will.  What a pass must carry is the remaining seen
-         * first in that pass (closest to its dirty sync; later samples
-         * only show the pass being worked off).  No new low of that for
-         * a window: switch. */
-        if (!s->has_remaining || s->dirty_sync_count < 2 || s->dirty_sync_count == pp->pass)
-            return NULL;
-        pp->pass = s->dirty_sync_count;
-        if (!pp->best_ms || s->remaining < pp->best_remaining) {
-            pp->best_remaining = s->remaining;
-            pp->best_ms = now;
-            return NULL;
-        }
-        if (now - pp->best_ms >= o->postcopy_window_ms) {
-            char b[32];
-            snprintf(buf, cap,
-                     "precopy stopped converging: no pass started below %s in "
-                     "%" PRIu64 " s",
-                     cli_fmt_bytes(b, sizeof b, (double)pp->best_remaining),
-                     o->postcopy_window_ms / 1000);
-            return buf;
-        }
-        return NULL;
-    default:
-        return NULL;
-    }
-}
-
 int mig_run(const mig_opts *o)
 {
     qmpc *src = NULL, *dst = NULL;
@@ -468,10 +344,14 @@ int mig_run(const mig_opts *o)
     if (qmpc_connect(o->src, CONNECT_TIMEOUT_MS, &src, &err) < 0 ||
         qmpc_connect(o->dst, CONNECT_TIMEOUT_MS, &dst, &err) < 0 ||
         set_caps(src, "source", o, true, &err) < 0 || set_params(src, "source", o, &err) < 0 ||
-        prepare_destination(dst, o, uri, sizeof uri, &err) < 0) {
+        prepare_destination(dst, o, uri, sizeof uri, &err) < 0 ||
+        (o->postcopy != MIG_PC_NONE && mig_pc_check_caps(src, dst, &err) < 0)) {
         cli_err("migrate", "%s", err.msg);
         goto out;
     }
+    mig_bw bw = {0};
+    mig_pc pc;
+    mig_pc_init(&pc, o, o->postcopy == MIG_PC_DEFAULT && mig_is_livemig(src));
     json_t *args = json_pack("{s:s}", "uri", uri);
     int rc = qmpc_call(src, "migrate", args, NULL, &err);
     json_decref(args);
@@ -482,7 +362,6 @@ int mig_run(const mig_opts *o)
     progress_init(&p, !o->json && o->progress != MIG_PROGRESS_NONE);
     if (p.enabled && !p.tty)
         printf("migrating %s -> %s via %s\n", o->src, o->dst, uri);
-    pc_policy pp = {0};
 
     for (;;) {
         uint64_t now = cli_now_ms();
@@ -519,22 +398,18 @@ int mig_run(const mig_opts *o)
         /* postcopy-paused waits for a recovery (not a final status for
          * QMP, but nothing this command can move on). */
         bool final = qmpc_status_final(s.status) || !strcmp(s.status, "postcopy-paused");
+        if (final) /* QEMU's completion figures come after its event */
+            mig_wait_figures(src, &s, &src_raw);
         progress_show(&p, &s, final);
         if (final)
             break;
-        char why[160];
-        const char *reason = postcopy_due(o, &pp, &s, now, start, why, sizeof why);
-        if (reason) {
-            pp.asked = true;
-            lm_error_clear(&err);
-            if (qmpc_call(src, "migrate-start-postcopy", NULL, NULL, &err) < 0) {
-                cli_err("migrate", "source: %s", err.msg);
-            } else if (!o->json) {
-                if (p.enabled && p.tty)
-                    p.lines = 0; /* keep the line above the redrawn block */
-                printf("switching to postcopy: %s\n", reason);
-                fflush(stdout);
-            }
+        mig_bw_sample(&bw, &s);
+        const char *line = mig_pc_poll(&pc, o, src, &s, now, start);
+        if (line && !o->json) {
+            if (p.enabled && p.tty)
+                p.lines = 0; /* keep the line above the redrawn block */
+            printf("%s\n", line);
+            fflush(stdout);
         }
 
         /* Sleep until the next poll, woken early by a MIGRATION event. */
@@ -553,15 +428,15 @@ int mig_run(const mig_opts *o)
                     continue;
                 break; /* the next query reports a dead connection */
             }
-            const char *name = json_string_value(json_object_get(ev, "event"));
-            const char *st =
-                json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
-            bool wake = name && !strcmp(name, "MIGRATION") && st && qmpc_status_final(st);
+            /* Any status change: the postcopy request may be due. */
+            bool wake = mig_pc_note_event(&pc, ev);
             json_decref(ev);
             if (wake)
                 break;
         }
     }
+
+    mig_pc_drain(&pc, src); /* the rest of the status history */
 
     /* The destination decides last (it may still be loading the end of the
      * stream): wait, bounded, for its own final status. */
@@ -584,17 +459,18 @@ int mig_run(const mig_opts *o)
 
     const char *note = timed_out ? "timed out" : interrupted ? "interrupted" : NULL;
     if (o->json) {
-        json_t *j =
-            summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out, interrupted);
+        json_t *j = mig_summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out,
+                                     interrupted, &pc);
         char *txt = json_dumps(j, JSON_INDENT(2));
         if (txt)
             printf("%s\n", txt);
         free(txt);
         json_decref(j);
     } else {
-        print_summary(&s, &d, note, stdout);
+        mig_print_summary(&s, &d, note, &pc, stdout);
     }
     fflush(stdout);
+    mig_bandwidth_hint(src, &bw);
     if (!strcmp(s.status, "completed") && !timed_out && !interrupted) {
         if (!strcmp(d.status, "failed"))
             cli_err("migrate", "the source completed but the destination failed%s%s",
@@ -627,29 +503,6 @@ enum {
     O_POSTCOPY,
     O_AUTO_POSTCOPY
 };
-
-/* --postcopy[=after-pass:N|after:SECONDS] */
-static bool parse_postcopy(mig_opts *o, const char *v)
-{
-    uint64_t n;
-    if (!v || !*v) {
-        o->postcopy = MIG_PC_AFTER_PASS;
-        o->postcopy_pass = 1;
-        return true;
-    }
-    if (!strncmp(v, "after-pass:", 11) && cli_parse_u64(v + 11, &n) && n >= 1 && n <= 1000000) {
-        o->postcopy = MIG_PC_AFTER_PASS;
-        o->postcopy_pass = n;
-        return true;
-    }
-    if (!strncmp(v, "after:", 6) && cli_parse_u64(v + 6, &n) && n <= 86400 * 7) {
-        o->postcopy = MIG_PC_AFTER_TIME;
-        o->postcopy_after_ms = n * 1000;
-        return true;
-    }
-    cli_err("migrate", "--postcopy: '%s' is not after-pass:N (N >= 1) or after:SECONDS", v);
-    return false;
-}
 
 static void mig_opts_free(mig_opts *o)
 {
@@ -754,7 +607,7 @@ int cmd_migrate(int argc, char **argv)
                 cli_err("migrate", "--postcopy given twice or with --auto-postcopy");
                 goto out;
             }
-            if (!parse_postcopy(&o, v))
+            if (!mig_parse_postcopy(&o, v))
                 goto out;
             break;
         case O_AUTO_POSTCOPY:
@@ -867,7 +720,7 @@ int cmd_status(int argc, char **argv)
                 p.tty = false; /* one shot: one plain line, no redraw codes */
             progress_show(&p, &q, true);
         } else {
-            print_summary(&q, NULL, NULL, stdout);
+            mig_print_summary(&q, NULL, NULL, NULL, stdout);
         }
         json_decref(raw);
         if (!watch || final)

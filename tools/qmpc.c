@@ -13,7 +13,17 @@
 int qmpc_connect(const char *sock, int timeout_ms, qmpc **out, lm_error *err)
 {
     /* The library's message already names the socket. */
-    return lm_qmp_client_connect(sock, timeout_ms, out, err);
+    int rc = lm_qmp_client_connect(sock, timeout_ms, out, err);
+    if (rc == -ETIMEDOUT && err) {
+        /* QEMU's monitor serves one client at a time: a second one is
+         * accepted by the kernel and then gets nothing, not even the
+         * greeting, until the first disconnects. */
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n,
+                 " (a QEMU monitor serves one client at a time: is another client, "
+                 "such as a running 'livemig migrate', connected to it?)");
+    }
+    return rc;
 }
 
 int qmpc_call(qmpc *c, const char *cmd, json_t *args, json_t **ret, lm_error *err)

@@ -12,6 +12,7 @@ QMP, the way a management layer would.  The harness gives:
   Runner   "ok - name" / "not ok - name: reason" lines, a closing
            "N passed, N failed" line, exit status 1 when anything failed,
            a per-test watchdog (SIGALRM) and a hard one for the whole file;
+           skip_all(reason) exits 77, which ctest shows as skipped;
   helpers  set_caps, set_params, wait_status, migrate, SilentListener (a
            destination that accepts a connection and never answers), ...
 
@@ -64,6 +65,9 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+# Exit status of a file that skipped itself (ctest: SKIP_RETURN_CODE).
+SKIP_EXIT = 77
 
 # The least time any wait for a condition gives it (see the docstring).
 WAIT_MIN = 20.0
@@ -1093,6 +1097,14 @@ class Runner:
                          sanitizer_summary(late), 0)
         print("%d passed, %d failed" % (self.passed, self.failed), flush=True)
         sys.exit(1 if self.failed else 0)
+
+    def skip_all(self, reason):
+        """Skips the whole file (nothing it needs is here, e.g. QEMU): exit
+        status 77, which ctest reports as skipped (SKIP_RETURN_CODE), never
+        as passed."""
+        print("# SKIP %s: %s" % (self.title, reason), flush=True)
+        print("0 passed, 0 failed, %d skipped" % len(self.tests), flush=True)
+        sys.exit(SKIP_EXIT)
 
     def _report(self, name, ok, reason, secs):
         if ok:
