@@ -107,9 +107,12 @@ struct lm_mig {
     char socket_address[128];
     bool continue_requested; /* migrate-continue for pre-switchover */
     bool cancel_requested;
-    bool eos_sent; /* switchover committed: the source's SHUT decides;
-                    * the destination loaded everything (cancel is
-                    * a no-op from then on) */
+    bool eos_sent;   /* switchover committed: the source's SHUT decides;
+                      * the destination loaded everything (cancel is
+                      * a no-op from then on) */
+    bool committing; /* source: the end of stream is being sent (its commit
+                      * point passed with no cancel): a cancel no longer
+                      * changes the state, it only interrupts the channels */
     bool shut_received;
     bool verdict;       /* shut came from the destination, not a broken link */
     lm_status_msg shut; /* the destination's verdict */

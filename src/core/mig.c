@@ -349,7 +349,11 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
      * guest.  Cancelling then cannot safely resume the source: the channel
      * is shut down, the migration fails and the source stays paused
      * (outgoing.c), so the guest never runs twice. */
-    bool changed = !m->eos_sent && lm_state_set_locked(m, s, LM_STATUS_CANCELLING);
+    /* From the source's commit point on (switchover.c end_stream) the
+     * stream may complete whatever we do: cancelling there would leave a
+     * state that only leads to 'cancelled' while the destination runs. */
+    bool changed =
+        !m->eos_sent && !m->committing && lm_state_set_locked(m, s, LM_STATUS_CANCELLING);
     interrupt_locked(m, "migration cancelled");
     pthread_mutex_unlock(&m->lock);
     if (changed)

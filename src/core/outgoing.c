@@ -490,6 +490,7 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     }
     m->continue_requested = false;
     m->eos_sent = false;
+    m->committing = false;
     m->shut_received = false;
     m->verdict = false;
     m->switchover_acked = false;

@@ -221,6 +221,17 @@ static int switchover_start(lm_outgoing *g, lm_error *err)
 static int end_stream(lm_outgoing *g, const char *what, lm_error *err)
 {
     lm_mig *m = g->m;
+    /* The commit point, atomic with lm_mig_cancel's check: a cancel before
+     * it wins (no EOS is sent, the source resumes); one after it leaves the
+     * state alone and only interrupts the channels, so the migration ends
+     * completed (the destination confirmed) or failed with the source
+     * stopped, never stuck in 'cancelling' beside a running destination. */
+    pthread_mutex_lock(&m->lock);
+    bool cancelled = m->cancel_requested;
+    m->committing = !cancelled;
+    pthread_mutex_unlock(&m->lock);
+    if (cancelled)
+        return lm_error_set(err, -ECANCELED, "migration cancelled");
     int ret = lm_rec_send(g->chan, LM_REC_EOS, NULL, 0);
     if (ret == 0 && g->o.mfd)
         ret = lm_mfd_send_finish(g->o.mfd, err);
