@@ -169,7 +169,7 @@ static const char *zpd_value(unsigned i)
 }
 static const char *ack_value(unsigned i)
 {
-    return i <= LM_DEVICE_ACK_FALLBACK ? lm_device_ack_state_name((lm_device_ack_state)i) : NULL;
+    return lm_device_ack_state_name((lm_device_ack_state)i);
 }
 
 enum kind { K_OBJECT, K_ALTERNATE, K_ENUM, K_PARAMS };
