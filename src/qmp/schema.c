@@ -121,8 +121,7 @@ static const variant schema_info_v[] = {
     {"event", "SchemaInfoEvent"},         END,
 };
 static const member si_builtin[] = {{"json-type", "JSONType"}, END};
-static const member si_enum[] = {
-    {"members", "[SchemaInfoEnumMember]"}, {"values", "[str]", OPT}, END};
+static const member si_enum[] = {{"members", "[SchemaInfoEnumMember]"}, {"values", "[str]"}, END};
 static const member si_enum_member[] = {{"name", "str"}, {"features", "[str]", OPT}, END};
 static const member si_array[] = {{"element-type", "str"}, END};
 static const member si_object[] = {{"members", "[SchemaInfoObjectMember]"},

@@ -15,9 +15,12 @@ enum value.  These tests hold every part of it to what the server does:
 - every event the engine emits (a migration with events, return-path and
   switchover-ack on, stop and cont) is in it and its data fits;
 - every capability of the enum is in query-migrate-capabilities, every
-  parameter migrate-set-parameters takes is in query-migrate-parameters."""
+  parameter migrate-set-parameters takes is in query-migrate-parameters;
+- the format is QEMU's: our entries fit QEMU's own description of
+  SchemaInfo, and our description of it is QEMU's."""
 
 import json
+import os
 
 from lmtest import (Runner, TestFailure, check, check_eq, log, migrate, set_caps,
                     stop_and_verify, wait_status)
@@ -285,6 +288,57 @@ def replies_and_events(t):
             seen.add(name)
     described = {n for n, e in idx.items() if e["meta-type"] == "event"}
     check_eq(sorted(seen), sorted(described), "events seen vs events in the schema")
+
+
+# The part of QEMU 7.2's query-qmp-schema that describes SchemaInfo itself
+# (the types reachable from query-qmp-schema's ret-type, names masked as
+# QEMU sends them), taken from `qemu-system-x86_64 -machine none` of Debian
+# 12 (1:7.2+dfsg-7+deb12u18).
+QEMU_SCHEMAINFO = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "qemu-7.2-schemainfo.json")
+
+
+def same_type(a, at, b, bt, path, done):
+    """Type at of schema a and type bt of schema b have the same structure."""
+    if (at, bt) in done:
+        return
+    done.add((at, bt))
+    ea, eb = a[at], b[bt]
+    check_eq(ea["meta-type"], eb["meta-type"], "%s: meta-type" % path)
+    mt = ea["meta-type"]
+    if mt == "builtin":
+        check_eq(ea["json-type"], eb["json-type"], "%s: json-type" % path)
+    elif mt == "enum":
+        check_eq(ea["values"], eb["values"], "%s: enum values" % path)
+    elif mt == "array":
+        same_type(a, ea["element-type"], b, eb["element-type"], path + "[]", done)
+    elif mt == "object":
+        ma = {m["name"]: m for m in ea["members"]}
+        mb = {m["name"]: m for m in eb["members"]}
+        check_eq(sorted(ma), sorted(mb), "%s: members" % path)
+        for n in ma:
+            check_eq("default" in ma[n], "default" in mb[n], "%s.%s: optional" % (path, n))
+            same_type(a, ma[n]["type"], b, mb[n]["type"], "%s.%s" % (path, n), done)
+        check_eq(ea.get("tag"), eb.get("tag"), "%s: tag" % path)
+        va = {v["case"]: v["type"] for v in ea.get("variants", [])}
+        vb = {v["case"]: v["type"] for v in eb.get("variants", [])}
+        check_eq(sorted(va), sorted(vb), "%s: variants" % path)
+        for c in va:
+            same_type(a, va[c], b, vb[c], "%s<%s>" % (path, c), done)
+
+
+@R.test("the format is QEMU's: QEMU 7.2's SchemaInfo takes our entries, ours is QEMU's")
+def qemu_format(t):
+    g = t.guest("g", mem=MEM)
+    ours = load(g.qmp)
+    with open(QEMU_SCHEMAINFO) as f:
+        qemu_list = json.load(f)
+    qemu = {e["name"]: e for e in qemu_list}
+    qroot = qemu["query-qmp-schema"]["ret-type"]
+    validate(qemu, qroot, list(ours.values()), "our schema, as QEMU 7.2 describes SchemaInfo")
+    validate(ours, ours["query-qmp-schema"]["ret-type"], qemu_list,
+             "QEMU 7.2's entries, as we describe SchemaInfo")
+    same_type(ours, ours["query-qmp-schema"]["ret-type"], qemu, qroot, "SchemaInfo", set())
 
 
 R.main()
