@@ -359,7 +359,8 @@ typedef struct lm_mig lm_mig;
 
 /* Creates the migration object of a host.  initial: LM_RUN_RUNNING for a
  * host that starts running, LM_RUN_PAUSED for one that starts stopped,
- * LM_RUN_INMIGRATE for a destination.  ops and opaque are borrowed for the
+ * LM_RUN_INMIGRATE for a destination (QEMU's -incoming: the only kind
+ * lm_mig_incoming() accepts).  ops and opaque are borrowed for the
  * object's life.  Blocks: no. */
 LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig **out,
                       lm_error *err);
