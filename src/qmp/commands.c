@@ -9,6 +9,9 @@
  * server.  Argument errors use QEMU's wording ("Parameter 'x' is missing",
  * "Parameter 'x' is unexpected", "Invalid parameter type for 'x', expected:
  * boolean") so that management software that matches them keeps working.
+ * The table at the end is the one list of built-in commands: dispatch,
+ * query-commands and query-qmp-schema (schema.c) all read it; the
+ * parameters' table is in params.c.
  */
 #include "qmp/qmp_internal.h"
 
