@@ -52,12 +52,19 @@ extern "C" {
 #define LM_API
 #endif
 
-/* The version of this header and of the library built with it (CMake reads
- * it from here).  MAJOR is the shared library's soname number; MINOR grows
+/* The one place the version is written: CMake reads it from here for the
+ * shared library, `livemig --version`, the QMP greeting and query-version
+ * report it.  MAJOR is the shared library's soname number; MINOR grows
  * with compatible additions, MICRO with fixes. */
 #define LM_VERSION_MAJOR 0
 #define LM_VERSION_MINOR 1
 #define LM_VERSION_MICRO 0
+#define LM_VERSION_STR_(x) #x
+#define LM_VERSION_XSTR_(x) LM_VERSION_STR_(x)
+/* "0.1.0" */
+#define LM_VERSION_STRING                                                                          \
+    LM_VERSION_XSTR_(LM_VERSION_MAJOR)                                                             \
+    "." LM_VERSION_XSTR_(LM_VERSION_MINOR) "." LM_VERSION_XSTR_(LM_VERSION_MICRO)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -342,6 +349,7 @@ typedef enum lm_event_type {
      * on the destination when it sent it (QMP X_MIGRATION_SWITCHOVER_ACK;
      * sent whatever the "events" capability says, like STOP/RESUME). */
     LM_EVENT_SWITCHOVER_ACK,
+    LM_EVENT__MAX
 } lm_event_type;
 
 typedef struct lm_event {
@@ -371,7 +379,8 @@ typedef struct lm_mig lm_mig;
 
 /* Creates the migration object of a host.  initial: LM_RUN_RUNNING for a
  * host that starts running, LM_RUN_PAUSED for one that starts stopped,
- * LM_RUN_INMIGRATE for a destination.  ops and opaque are borrowed for the
+ * LM_RUN_INMIGRATE for a destination (QEMU's -incoming: the only kind
+ * lm_mig_incoming() accepts).  ops and opaque are borrowed for the
  * object's life.  Blocks: no. */
 LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig **out,
                       lm_error *err);
@@ -422,7 +431,13 @@ LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
 LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
 /* QMP `migrate-incoming`: listens on uri and loads the first stream that
  * connects.  Returns once listening (a tcp port 0 is resolved; see
- * lm_info.socket_address). */
+ * lm_info.socket_address).  Only a destination takes it, i.e. an object
+ * created with LM_RUN_INMIGRATE that has not run yet (QEMU's -incoming):
+ * otherwise -EINVAL, "'-incoming' was not specified on the command line".
+ * While an incoming migration is set up, runs or has completed: -EBUSY,
+ * "The incoming migration has already been started".  After one failed or
+ * was cancelled the destination is still inmigrate and may take another
+ * (QEMU would have exited). */
 LM_API int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err);
 /* QMP `migrate_cancel`: works in every precopy state; the source keeps (or
  * resumes) running, unless the end of the stream already went out (then the
@@ -441,6 +456,18 @@ LM_API int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
 LM_API void lm_mig_query(lm_mig *m, lm_info *out);
+
+/* The guest's name and UUID, QEMU's -name and -uuid (QMP query-name,
+ * query-uuid).  name: 1..LM_NAME_MAX printable ASCII bytes, or NULL for
+ * none; uuid: "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (hex digits, either
+ * case), or NULL for QEMU's default, all zeros.  -EINVAL naming what is
+ * wrong.  Thread: any.  Blocks: no. */
+#define LM_NAME_MAX 255
+#define LM_UUID_STR_LEN 36
+LM_API int lm_mig_set_identity(lm_mig *m, const char *name, const char *uuid, lm_error *err);
+/* Copies the name ("" when none) and the UUID (lower case). */
+LM_API void lm_mig_get_identity(lm_mig *m, char name[LM_NAME_MAX + 1],
+                                char uuid[LM_UUID_STR_LEN + 1]);
 
 /* Run state (QMP query-status/stop/cont).  stop/cont call the host hooks
  * and emit STOP/RESUME.  cont is refused while migrating in (inmigrate) or

@@ -96,6 +96,7 @@ struct guest {
     bool memfd;    /* --mem-backend memfd: RAM is shared memory */
     char qmp_uri[4200];
     const char *incoming;
+    const char *name, *uuid; /* --name, --uuid (QEMU's -name, -uuid) */
     bulk_cfg bulk_cfgs[MAX_BULK];
     unsigned nbulk;
     bulk *bulks[MAX_BULK];
@@ -861,6 +862,8 @@ void usage_guest(FILE *f)
                "  --incoming URI|defer   start as a migration destination: listen on URI\n"
                "                         (tcp:HOST:PORT, unix:PATH), or wait for QMP\n"
                "                         migrate-incoming with 'defer'\n"
+               "  --name NAME            the guest's name (QMP query-name; QEMU's -name)\n"
+               "  --uuid UUID            its UUID (QMP query-uuid; default all zeros)\n"
                "  --workload KIND        idle | random | sequential | hot (default idle)\n"
                "  --dirty-rate RATE      random: bytes/s over all threads, K/M/G suffixes,\n"
                "                         0 = as fast as possible (default 64M)\n"
@@ -904,6 +907,8 @@ enum {
     O_PATTERN,
     O_DEVICE,
     O_BACKEND,
+    O_NAME,
+    O_UUID,
 };
 
 static const cli_opt guest_opts[] = {
@@ -920,6 +925,8 @@ static const cli_opt guest_opts[] = {
     {"pattern", true, O_PATTERN},
     {"device", true, O_DEVICE},
     {"mem-backend", true, O_BACKEND},
+    {"name", true, O_NAME},
+    {"uuid", true, O_UUID},
     {NULL, false, 0},
 };
 
@@ -965,6 +972,12 @@ static int parse_flags(guest *g, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             }
             g->incoming = v;
+            break;
+        case O_NAME:
+            g->name = v;
+            break;
+        case O_UUID:
+            g->uuid = v;
             break;
         case O_WORKLOAD: {
             int w = -1;
@@ -1169,6 +1182,10 @@ int cmd_guest(int argc, char **argv)
         lm_ram_add(g->m, "ledger", g->ledger_r.base, g->ledger_r.len, PAGE, &err) < 0 ||
         lm_device_register(g->m, "cpu", 0, 1, &cpu_ops, g, &err) < 0) {
         cli_err("guest", "%s", err.msg);
+        goto out;
+    }
+    if (lm_mig_set_identity(g->m, g->name, g->uuid, &err) < 0) {
+        cli_err("guest", "--name/--uuid: %s", err.msg);
         goto out;
     }
     for (unsigned i = 0; i < g->nbulk; i++) {

@@ -455,17 +455,35 @@ out:
 int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
 {
     lm_uri u;
-    int ret = lm_uri_parse(uri, &u, err);
-    if (ret < 0)
-        return ret;
-    if (lm_vm_runstate(m) == LM_RUN_RUNNING)
-        return lm_error_set(err, -EBUSY, "cannot migrate into a running guest; stop it first");
-
+    int ret;
+    /* QEMU's two checks, in its order and words (qmp_migrate_incoming):
+     * one incoming migration per destination, and only a process started
+     * as one (-incoming; here: created LM_RUN_INMIGRATE) takes it.
+     * Without the second, a paused source would turn into a destination.
+     * Unlike QEMU, which exits when it fails, a destination whose incoming
+     * migration failed or was cancelled is still inmigrate and may take
+     * another. */
     pthread_mutex_lock(&m->lock);
+    bool retry = m->role == LM_ROLE_DEST &&
+                 (m->status == LM_STATUS_FAILED || m->status == LM_STATUS_CANCELLED);
+    if (m->incoming_started && !retry) {
+        pthread_mutex_unlock(&m->lock);
+        return lm_error_set(err, -EBUSY, "The incoming migration has already been started");
+    }
+    if (lm_vm_runstate(m) != LM_RUN_INMIGRATE) {
+        pthread_mutex_unlock(&m->lock);
+        return lm_error_set(err, -EINVAL, "'-incoming' was not specified on the command line");
+    }
     if (lm_status_is_active(m->status)) {
         pthread_mutex_unlock(&m->lock);
         return lm_error_set(err, -EBUSY, "There's a migration process in progress");
     }
+    pthread_mutex_unlock(&m->lock);
+    ret = lm_uri_parse(uri, &u, err);
+    if (ret < 0)
+        return ret;
+
+    pthread_mutex_lock(&m->lock);
     bool joinable = m->thread_running;
     pthread_t old = m->thread;
     m->thread_running = false;
@@ -529,6 +547,7 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     m->stats.start_ns = lm_now_ns();
     lm_error_clear(&m->error);
     m->role = LM_ROLE_DEST;
+    m->incoming_started = true;
     m->ram_frozen = true;
     m->cancel_requested = false;
     m->eos_sent = false;

@@ -130,6 +130,11 @@ struct lm_mig {
     lm_status *ev_q;
     unsigned ev_head, ev_n, ev_cap;
     uint64_t ev_lost; /* events lost to an allocation failure */
+    /* An incoming migration was accepted (QEMU's "once" in
+     * qmp_migrate_incoming); a failed or cancelled one lets another in. */
+    bool incoming_started;
+    char name[LM_NAME_MAX + 1]; /* QEMU's -name, "" when none */
+    uint8_t uuid[16];           /* QEMU's -uuid, zeros by default */
     /* --- end of lock group --- */
 
     lm_stats stats; /* relaxed atomics, see above */

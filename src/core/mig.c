@@ -11,6 +11,7 @@
 #include "core/internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -398,4 +399,75 @@ int lm_mig_start_postcopy(lm_mig *m, lm_error *err)
     pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
     return ret;
+}
+
+/* ------------------------------------------------------------ identity */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", QEMU's qemu_uuid_parse(). */
+static int uuid_parse(const char *s, uint8_t out[16])
+{
+    if (strlen(s) != LM_UUID_STR_LEN)
+        return -EINVAL;
+    unsigned n = 0;
+    for (unsigned i = 0; i < LM_UUID_STR_LEN; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return -EINVAL;
+            continue;
+        }
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+        if (hi < 0 || lo < 0)
+            return -EINVAL;
+        out[n++] = (uint8_t)(hi << 4 | lo);
+        i++;
+    }
+    return 0;
+}
+
+int lm_mig_set_identity(lm_mig *m, const char *name, const char *uuid, lm_error *err)
+{
+    uint8_t u[16] = {0};
+    if (name) {
+        size_t len = strlen(name);
+        if (len < 1 || len > LM_NAME_MAX)
+            return lm_error_set(err, -EINVAL, "name: must be 1..%d bytes", LM_NAME_MAX);
+        for (size_t i = 0; i < len; i++)
+            if (name[i] < 0x20 || name[i] > 0x7e)
+                return lm_error_set(err, -EINVAL,
+                                    "name: '%s' has a byte that is not printable ASCII", name);
+    }
+    if (uuid && uuid_parse(uuid, u) < 0)
+        return lm_error_set(err, -EINVAL,
+                            "UUID '%s': expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx "
+                            "(hexadecimal digits)",
+                            uuid);
+    pthread_mutex_lock(&m->lock);
+    snprintf(m->name, sizeof m->name, "%s", name ? name : "");
+    memcpy(m->uuid, u, sizeof u);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+void lm_mig_get_identity(lm_mig *m, char name[LM_NAME_MAX + 1], char uuid[LM_UUID_STR_LEN + 1])
+{
+    uint8_t u[16];
+    pthread_mutex_lock(&m->lock);
+    memcpy(name, m->name, LM_NAME_MAX + 1);
+    memcpy(u, m->uuid, sizeof u);
+    pthread_mutex_unlock(&m->lock);
+    snprintf(uuid, LM_UUID_STR_LEN + 1,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+             u[15]);
 }

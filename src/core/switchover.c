@@ -190,7 +190,13 @@ static void op_wait_ack(void *opaque)
 
 /* The start of a switchover, shared by precopy completion and the switch
  * to postcopy (QEMU's migration_switchover_start): stop the guest, the
- * pre-switchover pause when asked, DEVICE, no rate limit, SWITCHOVER_START. */
+ * pre-switchover pause when asked, DEVICE, no rate limit, SWITCHOVER_START.
+ * Every switchover passes through `device`, with or without
+ * pause-before-switchover, as in QEMU since 10.0 (Peter Xu's rework,
+ * digest §2.1; postcopy-device, which follows it, is 10.2's).  QEMU up to
+ * 9.2 entered `device` only after a pre-switchover pause (active ->
+ * completed, active -> postcopy-active otherwise); clients that wait for
+ * `completed` or `postcopy-active` see no difference. */
 static int switchover_start(lm_outgoing *g, lm_error *err)
 {
     lm_mig *m = g->m;

@@ -9,6 +9,9 @@
  * server.  Argument errors use QEMU's wording ("Parameter 'x' is missing",
  * "Parameter 'x' is unexpected", "Invalid parameter type for 'x', expected:
  * boolean") so that management software that matches them keeps working.
+ * The table at the end is the one list of built-in commands: dispatch,
+ * query-commands and query-qmp-schema (schema.c) all read it; the
+ * parameters' table is in params.c.
  */
 #include "qmp/qmp_internal.h"
 
@@ -19,15 +22,16 @@
 
 /* ------------------------------------------------------------ arguments */
 
-enum atype { T_STR, T_BOOL, T_INT, T_NUM, T_ARRAY, T_OBJ, T_ANY };
+typedef lm_qmp_arg argspec;
+#define T_STR LM_QMP_T_STR
+#define T_BOOL LM_QMP_T_BOOL
+#define T_INT LM_QMP_T_INT
+#define T_NUM LM_QMP_T_NUM
+#define T_ARRAY LM_QMP_T_ARRAY
+#define T_OBJ LM_QMP_T_OBJ
+#define T_ANY LM_QMP_T_ANY
 
-typedef struct argspec {
-    const char *name;
-    enum atype type;
-    bool required;
-} argspec;
-
-static const char *type_name(enum atype t)
+static const char *type_name(enum lm_qmp_atype t)
 {
     switch (t) {
     case T_STR:
@@ -47,7 +51,7 @@ static const char *type_name(enum atype t)
     }
 }
 
-static bool type_ok(json_t *v, enum atype t)
+static bool type_ok(json_t *v, enum lm_qmp_atype t)
 {
     switch (t) {
     case T_STR:
@@ -109,10 +113,30 @@ static bool get_bool(json_t *args, const char *name, bool dflt)
 
 /* --------------------------------------------------------- run state */
 
+/* Our own version, in QEMU's VersionInfo shape (a client that needs
+ * QEMU's features asks query-qmp-schema, not the number). */
 static int cmd_query_version(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
     *ret = json_pack("{s:{s:i, s:i, s:i}, s:s}", "qemu", "micro", LM_VERSION_MICRO, "minor",
-                     LM_VERSION_MINOR, "major", LM_VERSION_MAJOR, "package", "livemig");
+                     LM_VERSION_MINOR, "major", LM_VERSION_MAJOR, "package",
+                     "livemig " LM_VERSION_STRING);
+    return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
+}
+
+static int cmd_query_name(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
+{
+    char name[LM_NAME_MAX + 1], uuid[LM_UUID_STR_LEN + 1];
+    lm_mig_get_identity(m, name, uuid);
+    /* QEMU: {} when the guest has no name. */
+    *ret = name[0] ? json_pack("{s:s}", "name", name) : json_object();
+    return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
+}
+
+static int cmd_query_uuid(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
+{
+    char name[LM_NAME_MAX + 1], uuid[LM_UUID_STR_LEN + 1];
+    lm_mig_get_identity(m, name, uuid);
+    *ret = json_pack("{s:s}", "UUID", uuid);
     return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
 }
 
@@ -157,9 +181,13 @@ static int pick_uri(json_t *args, const char *cmd, const char **uri, lm_error *e
 }
 
 static const argspec migrate_args[] = {
-    {"uri", T_STR, false},     {"channels", T_ARRAY, false}, {"detach", T_BOOL, false},
-    {"resume", T_BOOL, false}, {"blk", T_BOOL, false},       {"inc", T_BOOL, false},
-    {NULL, 0, false},
+    {"uri", T_STR, false},
+    {"channels", T_ARRAY, false},
+    {"detach", T_BOOL, false},
+    {"resume", T_BOOL, false},
+    {"blk", T_BOOL, false},
+    {"inc", T_BOOL, false},
+    {NULL},
 };
 
 static int cmd_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
@@ -183,7 +211,7 @@ static const argspec incoming_args[] = {
     /* QEMU exits on a failed incoming migration unless this is false; a
      * library never exits, so both values mean "stay up and report". */
     {"exit-on-error", T_BOOL, false},
-    {NULL, 0, false},
+    {NULL},
 };
 
 static int cmd_migrate_incoming(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
@@ -200,7 +228,7 @@ static int cmd_migrate_cancel(lm_mig *m, json_t *args, json_t **ret, lm_error *e
     return lm_mig_cancel(m, err);
 }
 
-static const argspec continue_args[] = {{"state", T_STR, true}, {NULL, 0, false}};
+static const argspec continue_args[] = {{"state", T_STR, true, "MigrationStatus"}, {NULL}};
 
 static int cmd_migrate_continue(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
@@ -216,7 +244,7 @@ static int cmd_migrate_start_postcopy(lm_mig *m, json_t *args, json_t **ret, lm_
     return lm_mig_start_postcopy(m, err);
 }
 
-static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL, 0, false}};
+static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL}};
 
 /* Postcopy recovery's two commands exist with QEMU's arguments so that a
  * client gets a clear refusal rather than CommandNotFound. */
@@ -290,7 +318,10 @@ int lm_qmp_decode_caps(json_t *args, uint64_t *mask, uint64_t *values, lm_error 
     return 0;
 }
 
-static const argspec caps_args[] = {{"capabilities", T_ARRAY, true}, {NULL, 0, false}};
+static const argspec caps_args[] = {
+    {"capabilities", T_ARRAY, true, "[MigrationCapabilityStatus]"},
+    {NULL},
+};
 
 static int cmd_set_caps(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
@@ -321,183 +352,9 @@ static int cmd_query_caps(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 
 /* ------------------------------------------------------------ parameters */
 
-enum ptype { P_U64, P_U8, P_BOOL, P_COMPRESS, P_ZPD };
-
-static const struct {
-    enum ptype type;
-    size_t off;
-} ptab[LM_PARAM__MAX] = {
-#define F(id, t, field) [id] = {t, offsetof(lm_params, field)}
-    F(LM_PARAM_MAX_BANDWIDTH, P_U64, max_bandwidth),
-    F(LM_PARAM_AVAIL_SWITCHOVER_BANDWIDTH, P_U64, avail_switchover_bandwidth),
-    F(LM_PARAM_DOWNTIME_LIMIT, P_U64, downtime_limit),
-    F(LM_PARAM_MAX_POSTCOPY_BANDWIDTH, P_U64, max_postcopy_bandwidth),
-    F(LM_PARAM_MULTIFD_CHANNELS, P_U8, multifd_channels),
-    F(LM_PARAM_MULTIFD_COMPRESSION, P_COMPRESS, multifd_compression),
-    F(LM_PARAM_MULTIFD_ZLIB_LEVEL, P_U8, multifd_zlib_level),
-    F(LM_PARAM_MULTIFD_ZSTD_LEVEL, P_U8, multifd_zstd_level),
-    F(LM_PARAM_ZERO_PAGE_DETECTION, P_ZPD, zero_page_detection),
-    F(LM_PARAM_XBZRLE_CACHE_SIZE, P_U64, xbzrle_cache_size),
-    F(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, P_U8, throttle_trigger_threshold),
-    F(LM_PARAM_CPU_THROTTLE_INITIAL, P_U8, cpu_throttle_initial),
-    F(LM_PARAM_CPU_THROTTLE_INCREMENT, P_U8, cpu_throttle_increment),
-    F(LM_PARAM_CPU_THROTTLE_TAILSLOW, P_BOOL, cpu_throttle_tailslow),
-    F(LM_PARAM_MAX_CPU_THROTTLE, P_U8, max_cpu_throttle),
-    F(LM_PARAM_ANNOUNCE_INITIAL, P_U64, announce_initial),
-    F(LM_PARAM_ANNOUNCE_MAX, P_U64, announce_max),
-    F(LM_PARAM_ANNOUNCE_ROUNDS, P_U64, announce_rounds),
-    F(LM_PARAM_ANNOUNCE_STEP, P_U64, announce_step),
-#undef F
-};
-
-/* QEMU parameters this build does not implement, accepted only with the
- * value that means "off": libvirt and others reset them routinely (e.g.
- * tls-creds "" before every migration).  Returns 1 when key is one of them
- * and acceptable, 0 when key is not one of them, < 0 when refused. */
-static int compat_param(const char *key, json_t *v, lm_error *err)
-{
-    if (!strcmp(key, "tls-creds") || !strcmp(key, "tls-hostname") || !strcmp(key, "tls-authz")) {
-        if (json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0))
-            return 1;
-        if (!json_is_string(v))
-            return lm_error_set(err, -EINVAL, "Invalid parameter type for '%s', expected: string",
-                                key);
-        return lm_error_set(err, -ENOTSUP, "Parameter '%s': TLS is not supported yet", key);
-    }
-    if (!strcmp(key, "mode")) {
-        if (!json_is_string(v))
-            return lm_error_set(err, -EINVAL,
-                                "Invalid parameter type for 'mode', expected: string");
-        if (!strcmp(json_string_value(v), "normal"))
-            return 1;
-        return lm_error_set(err, -ENOTSUP, "Parameter 'mode': '%s' is not supported yet",
-                            json_string_value(v));
-    }
-    if (!strcmp(key, "direct-io") || !strcmp(key, "block-incremental")) {
-        if (!json_is_boolean(v))
-            return lm_error_set(err, -EINVAL, "Invalid parameter type for '%s', expected: boolean",
-                                key);
-        if (json_is_false(v))
-            return 1;
-        return lm_error_set(err, -ENOTSUP, "Parameter '%s' is not supported yet", key);
-    }
-    return 0;
-}
-
-int lm_qmp_decode_params(json_t *args, lm_params *out, uint64_t *which, lm_error *err)
-{
-    const char *key;
-    json_t *v;
-
-    *which = 0;
-    if (!json_is_object(args))
-        return 0;
-    json_object_foreach(args, key, v) {
-        lm_param p;
-        if (lm_param_from_name(key, &p) < 0) {
-            int rc = compat_param(key, v, err);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                return lm_error_set(err, -EINVAL, "Parameter '%s' is unexpected", key);
-            continue;
-        }
-        char *field = (char *)out + ptab[p].off;
-        switch (ptab[p].type) {
-        case P_U64:
-            /* QEMU takes a negative number as a huge one for backward
-             * compatibility; a negative bandwidth is a client bug, so it
-             * is refused here. */
-            if (!json_is_integer(v) || json_integer_value(v) < 0)
-                return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint64", key);
-            *(uint64_t *)field = (uint64_t)json_integer_value(v);
-            break;
-        case P_U8:
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255)
-                return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint8_t", key);
-            *(uint8_t *)field = (uint8_t)json_integer_value(v);
-            break;
-        case P_BOOL:
-            if (!json_is_boolean(v))
-                return lm_error_set(err, -EINVAL,
-                                    "Invalid parameter type for '%s', expected: "
-                                    "boolean",
-                                    key);
-            *(bool *)field = json_is_true(v);
-            break;
-        case P_COMPRESS:
-        case P_ZPD: {
-            if (!json_is_string(v))
-                return lm_error_set(err, -EINVAL,
-                                    "Invalid parameter type for '%s', expected: "
-                                    "string",
-                                    key);
-            const char *s = json_string_value(v);
-            int rc = ptab[p].type == P_COMPRESS
-                         ? lm_compression_from_name(s, (lm_multifd_compression *)field)
-                         : lm_zpd_from_name(s, (lm_zero_page_detection *)field);
-            if (rc < 0)
-                return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept value '%s'", key,
-                                    s);
-            break;
-        }
-        }
-        *which |= 1ull << p;
-    }
-    return 0;
-}
-
-static int cmd_set_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
-{
-    lm_params p;
-    uint64_t which;
-    lm_mig_get_params(m, &p);
-    int rc = lm_qmp_decode_params(args, &p, &which, err);
-    if (rc || !which)
-        return rc;
-    return lm_mig_set_params(m, &p, which, err);
-}
-
-static int cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
-{
-    lm_params p;
-    lm_mig_get_params(m, &p);
-    json_t *o = json_object();
-    if (!o)
-        return lm_error_set(err, -ENOMEM, "out of memory");
-    for (unsigned i = 0; i < LM_PARAM__MAX; i++) {
-        const char *field = (const char *)&p + ptab[i].off;
-        json_t *v = NULL;
-        switch (ptab[i].type) {
-        case P_U64:
-            v = lm_qmp_ju64(*(const uint64_t *)field);
-            break;
-        case P_U8:
-            v = json_integer(*(const uint8_t *)field);
-            break;
-        case P_BOOL:
-            v = json_boolean(*(const bool *)field);
-            break;
-        case P_COMPRESS: {
-            const char *s = lm_compression_name(*(const lm_multifd_compression *)field);
-            v = json_string(s ? s : "none");
-            break;
-        }
-        case P_ZPD: {
-            const char *s = lm_zpd_name(*(const lm_zero_page_detection *)field);
-            v = json_string(s ? s : "none");
-            break;
-        }
-        }
-        lm_qmp_put(o, lm_param_name((lm_param)i), v);
-    }
-    *ret = o;
-    return 0;
-}
-
 /* Deprecated QEMU spellings, still sent by old management software. */
-static const argspec value_int_args[] = {{"value", T_INT, true}, {NULL, 0, false}};
-static const argspec value_num_args[] = {{"value", T_NUM, true}, {NULL, 0, false}};
+static const argspec value_int_args[] = {{"value", T_INT, true}, {NULL}};
+static const argspec value_num_args[] = {{"value", T_NUM, true}, {NULL}};
 
 static int cmd_set_speed(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
@@ -564,20 +421,27 @@ static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *er
 
 /* ----------------------------------------------------------------- table */
 
-typedef int (*cmd_fn)(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+/* A command that decodes its own arguments (its row names their type). */
+const lm_qmp_arg lm_qmp_args_decoded[] = {{NULL}};
 
-/* Commands whose arguments are decoded by the command itself. */
-static const argspec any_args[] = {{NULL, 0, false}};
+static const argspec capabilities_args[] = {
+    {"enable", T_ARRAY, false, "[QMPCapability]"}, /* checked by the server */
+    {NULL},
+};
 
-static const struct builtin {
-    const char *name;
-    cmd_fn fn;           /* NULL: answered by the server */
-    const argspec *args; /* NULL: no arguments; any_args: checked by fn */
-} builtins[] = {
-    {"qmp_capabilities", NULL, NULL},
-    {"query-commands", NULL, NULL},
-    {"query-version", cmd_query_version, NULL},
-    {"query-status", cmd_query_status, NULL},
+/* Every built-in command, once: dispatch, query-commands and
+ * query-qmp-schema read this table.  A new command is one row: name,
+ * handler, arguments (NULL: none), return type as the schema names it
+ * (NULL: {}); a type not described yet gets an entry in schema.c's type
+ * table (the unit test test_schema fails until it has one). */
+static const lm_qmp_builtin builtins[] = {
+    {"qmp_capabilities", NULL, capabilities_args},
+    {"query-commands", NULL, NULL, "[CommandInfo]"},
+    {"query-qmp-schema", NULL, NULL, "[SchemaInfo]"},
+    {"query-version", cmd_query_version, NULL, "VersionInfo"},
+    {"query-name", cmd_query_name, NULL, "NameInfo"},
+    {"query-uuid", cmd_query_uuid, NULL, "UuidInfo"},
+    {"query-status", cmd_query_status, NULL, "StatusInfo"},
     {"stop", cmd_stop, NULL},
     {"cont", cmd_cont, NULL},
     {"migrate", cmd_migrate, migrate_args},
@@ -588,17 +452,24 @@ static const struct builtin {
     {"migrate-pause", cmd_migrate_pause, NULL},
     {"migrate-recover", cmd_migrate_recover, recover_args},
     {"migrate-set-capabilities", cmd_set_caps, caps_args},
-    {"query-migrate-capabilities", cmd_query_caps, NULL},
-    {"migrate-set-parameters", cmd_set_params, any_args},
-    {"query-migrate-parameters", cmd_query_params, NULL},
+    {"query-migrate-capabilities", cmd_query_caps, NULL, "[MigrationCapabilityStatus]"},
+    {"migrate-set-parameters", lm_qmp_cmd_set_params, lm_qmp_args_decoded, NULL,
+     "MigrateSetParameters"},
+    {"query-migrate-parameters", lm_qmp_cmd_query_params, NULL, "MigrationParameters"},
     {"migrate_set_speed", cmd_set_speed, value_int_args},
     {"migrate_set_downtime", cmd_set_downtime, value_num_args},
-    {"query-migrate", cmd_query_migrate, NULL},
+    {"query-migrate", cmd_query_migrate, NULL, "MigrationInfo"},
 };
 
 #define NBUILTINS (sizeof builtins / sizeof builtins[0])
 
-static const struct builtin *find(const char *name)
+const lm_qmp_builtin *lm_qmp_builtins(size_t *n)
+{
+    *n = NBUILTINS;
+    return builtins;
+}
+
+const lm_qmp_builtin *lm_qmp_builtin_find(const char *name)
 {
     for (size_t i = 0; i < NBUILTINS; i++)
         if (strcmp(builtins[i].name, name) == 0)
@@ -608,7 +479,7 @@ static const struct builtin *find(const char *name)
 
 bool lm_qmp_builtin_exists(const char *name)
 {
-    return find(name) != NULL;
+    return lm_qmp_builtin_find(name) != NULL;
 }
 
 void lm_qmp_builtin_list(json_t *list)
@@ -617,20 +488,25 @@ void lm_qmp_builtin_list(json_t *list)
         json_array_append_new(list, json_pack("{s:s}", "name", builtins[i].name));
 }
 
+int lm_qmp_builtin_check(const lm_qmp_builtin *b, json_t *args, lm_error *err)
+{
+    if (b->args == lm_qmp_args_decoded)
+        return 0;
+    return check_args(args, b->args, err);
+}
+
 int lm_qmp_builtin_run(lm_mig *m, const char *name, json_t *args, json_t **ret,
                        const char **err_class, lm_error *err)
 {
-    const struct builtin *b = find(name);
+    const lm_qmp_builtin *b = lm_qmp_builtin_find(name);
     *ret = NULL;
     *err_class = "GenericError";
     if (!b || !b->fn)
         return 1;
-    if (b->args != any_args) {
-        int rc = check_args(args, b->args, err);
-        if (rc)
-            return rc;
-    }
-    int rc = b->fn(m, args, ret, err);
+    int rc = lm_qmp_builtin_check(b, args, err);
+    if (rc)
+        return rc;
+    rc = b->fn(m, args, ret, err);
     if (rc < 0) {
         json_decref(*ret);
         *ret = NULL;

@@ -106,6 +106,43 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
     lm_qmp_srv_reply_return(c, req->id, ret);
 }
 
+/* query-qmp-schema: the built-in table plus the host's commands. */
+static json_t *query_schema(lm_qmp_server *s, lm_error *err)
+{
+    const char *names[MAX_HOST_CMDS];
+    char copy[MAX_HOST_CMDS][CMD_NAME_MAX + 1];
+    pthread_mutex_lock(&s->lock);
+    unsigned n = s->ncmds;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(copy[i], s->cmds[i].name, sizeof copy[i]);
+        names[i] = copy[i];
+    }
+    pthread_mutex_unlock(&s->lock);
+    return lm_qmp_schema_json(names, n, err);
+}
+
+/* The commands the server answers itself (they need its state). */
+static void run_server_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req,
+                           const lm_qmp_builtin *b)
+{
+    lm_error err = {0};
+    /* Arguments first, as QEMU's marshallers do, then the command. */
+    if (lm_qmp_builtin_check(b, req->args, &err) < 0) {
+        lm_qmp_srv_reply_error(c, req->id, "GenericError", err.msg);
+        return;
+    }
+    if (strcmp(b->name, "qmp_capabilities") == 0) {
+        negotiate(c, req);
+        return;
+    }
+    json_t *ret =
+        strcmp(b->name, "query-commands") == 0 ? query_commands(s) : query_schema(s, &err);
+    if (ret)
+        lm_qmp_srv_reply_return(c, req->id, ret);
+    else
+        lm_qmp_srv_reply_error(c, req->id, "GenericError", err.msg[0] ? err.msg : "out of memory");
+}
+
 static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
 {
     const char *name = req->execute;
@@ -115,23 +152,9 @@ static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
                                "Expecting capabilities negotiation with 'qmp_capabilities'");
         return;
     }
-    if (strcmp(name, "qmp_capabilities") == 0) {
-        negotiate(c, req);
-        return;
-    }
-    if (strcmp(name, "query-commands") == 0) {
-        if (json_object_size(req->args) > 0) {
-            char desc[LM_ERROR_MSG_MAX];
-            snprintf(desc, sizeof desc, "Parameter '%s' is unexpected",
-                     json_object_iter_key(json_object_iter(req->args)));
-            lm_qmp_srv_reply_error(c, req->id, "GenericError", desc);
-            return;
-        }
-        json_t *list = query_commands(s);
-        if (list)
-            lm_qmp_srv_reply_return(c, req->id, list);
-        else
-            lm_qmp_srv_reply_error(c, req->id, "GenericError", "out of memory");
+    const lm_qmp_builtin *b = lm_qmp_builtin_find(name);
+    if (b && !b->fn) {
+        run_server_cmd(s, c, req, b);
         return;
     }
 

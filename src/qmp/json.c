@@ -142,30 +142,43 @@ json_t *lm_qmp_info_json(const lm_info *in)
 
 /* ---------------------------------------------------------------- events */
 
+/* Each event's QMP name and the schema type of its "data" (schema.c
+ * describes the types); query-qmp-schema lists exactly these. */
+static const struct {
+    const char *name;
+    const char *arg_type;
+} events[LM_EVENT__MAX] = {
+    [LM_EVENT_MIGRATION] = {"MIGRATION", "q_obj_MIGRATION-arg"},
+    [LM_EVENT_MIGRATION_PASS] = {"MIGRATION_PASS", "q_obj_MIGRATION_PASS-arg"},
+    [LM_EVENT_STOP] = {"STOP", "q_empty"},
+    [LM_EVENT_RESUME] = {"RESUME", "q_empty"},
+    /* Ours (QEMU has no such event): x- prefixed like our commands. */
+    [LM_EVENT_SWITCHOVER_ACK] = {"X_MIGRATION_SWITCHOVER_ACK", "q_empty"},
+};
+
+const char *lm_qmp_event_name(lm_event_type t, const char **arg_type)
+{
+    if ((unsigned)t >= LM_EVENT__MAX || !events[t].name)
+        return NULL;
+    if (arg_type)
+        *arg_type = events[t].arg_type;
+    return events[t].name;
+}
+
 json_t *lm_qmp_event_json(const lm_event *ev)
 {
-    const char *name = NULL;
+    const char *name = lm_qmp_event_name(ev->type, NULL);
     json_t *data = NULL;
     switch (ev->type) {
     case LM_EVENT_MIGRATION: {
         const char *s = lm_status_name(ev->status);
-        name = "MIGRATION";
         data = json_pack("{s:s}", "status", s ? s : "none");
         break;
     }
     case LM_EVENT_MIGRATION_PASS:
-        name = "MIGRATION_PASS";
         data = json_pack("{s:o}", "pass", lm_qmp_ju64(ev->pass));
         break;
-    case LM_EVENT_STOP:
-        name = "STOP";
-        break;
-    case LM_EVENT_RESUME:
-        name = "RESUME";
-        break;
-    case LM_EVENT_SWITCHOVER_ACK:
-        /* Ours (QEMU has no such event): x- prefixed like our commands. */
-        name = "X_MIGRATION_SWITCHOVER_ACK";
+    default: /* no data */
         break;
     }
     if (!name)

@@ -131,17 +131,87 @@ int lm_qmp_parse_request(const char *buf, size_t len, size_t *consumed, lm_qmp_r
 
 /* --------------------------------------------------------- the commands */
 
+/* How an argument's JSON type is checked before a command runs. */
+enum lm_qmp_atype {
+    LM_QMP_T_STR,
+    LM_QMP_T_BOOL,
+    LM_QMP_T_INT,
+    LM_QMP_T_NUM,
+    LM_QMP_T_ARRAY,
+    LM_QMP_T_OBJ,
+    LM_QMP_T_ANY
+};
+
+/* One argument of a command.  schema: its type in query-qmp-schema
+ * ("MigrationStatus", "[MigrationCapabilityStatus]"...), NULL for the
+ * plain type that matches `type` ("str", "bool", "int", "number",
+ * "[any]", "any"). */
+typedef struct lm_qmp_arg {
+    const char *name;
+    enum lm_qmp_atype type;
+    bool required;
+    const char *schema;
+} lm_qmp_arg;
+
+/* A built-in command's row (commands.c), the one table that both the
+ * dispatch and query-qmp-schema (schema.c) read, so they cannot drift:
+ * name, handler, argument list (terminated by a {NULL} entry), and the
+ * schema name of its return type. */
+typedef int (*lm_qmp_cmd)(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+typedef struct lm_qmp_builtin {
+    const char *name;
+    lm_qmp_cmd fn; /* NULL: answered by the server (needs its state) */
+    /* NULL: no arguments.  lm_qmp_args_decoded: the handler decodes its
+     * own (migrate-set-parameters); the schema then takes the type named
+     * by arg_type. */
+    const lm_qmp_arg *args;
+    const char *ret;      /* NULL: returns {} ("q_empty") */
+    const char *arg_type; /* only with lm_qmp_args_decoded */
+} lm_qmp_builtin;
+
+extern const lm_qmp_arg lm_qmp_args_decoded[];
+
+/* The table: *n rows. */
+const lm_qmp_builtin *lm_qmp_builtins(size_t *n);
+const lm_qmp_builtin *lm_qmp_builtin_find(const char *name);
+
+/* Checks args against a built-in command's argument list with QEMU's
+ * wording and order (declared members: missing, wrong type; then any
+ * other key: "Parameter 'x' is unexpected").  0 when they fit or when the
+ * command decodes its own arguments. */
+int lm_qmp_builtin_check(const lm_qmp_builtin *b, json_t *args, lm_error *err);
+
 /* Runs a built-in command (commands.c).  Returns 1 when name is not a
  * built-in command run here, 0 on success (*ret set, a new reference), < 0
- * on failure (*err_class and err set).  qmp_capabilities and query-commands
- * are built in but answered by the server (they need its state).  Runs on
- * the QMP thread; never blocks on migration I/O. */
+ * on failure (*err_class and err set).  qmp_capabilities, query-commands
+ * and query-qmp-schema are built in but answered by the server (they need
+ * its state).  Runs on the QMP thread; never blocks on migration I/O. */
 int lm_qmp_builtin_run(lm_mig *m, const char *name, json_t *args, json_t **ret,
                        const char **err_class, lm_error *err);
 /* Whether name is a built-in command (including the server's own). */
 bool lm_qmp_builtin_exists(const char *name);
 /* Appends {"name": ...} of every built-in command to list. */
 void lm_qmp_builtin_list(json_t *list);
+
+/* migrate-set-parameters' arguments and query-migrate-parameters' members
+ * (params.c's table): the i-th name and its schema type in the one (set)
+ * or the other, for i < lm_qmp_param_count(); NULL past the end. */
+size_t lm_qmp_param_count(void);
+const char *lm_qmp_param_schema(size_t i, bool set, const char **type);
+/* The two commands (params.c). */
+int lm_qmp_cmd_set_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+int lm_qmp_cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+
+/* The events the library emits (json.c): the QMP name of each
+ * lm_event_type and the schema type of its "data" ("q_empty": none). */
+const char *lm_qmp_event_name(lm_event_type t, const char **arg_type);
+
+/* query-qmp-schema (schema.c): every built-in command, the host's
+ * commands (host_cmds[0..nhost), arguments and return "any"), every event
+ * and every type they name, in QEMU's SchemaInfo format with readable
+ * (unmasked) type names.  NULL with err set if the tables name a type
+ * that is not described (a bug the unit test catches). */
+json_t *lm_qmp_schema_json(const char *const *host_cmds, size_t nhost, lm_error *err);
 
 /* Pure decoders behind the commands, fuzzed directly. */
 /* migrate-set-parameters: fills the fields of *out named in args and sets

@@ -52,9 +52,15 @@
 static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
 static relay *retired; /* guarded by retired_lock */
 
+/* The same version as query-version (livemig.h). */
+#define V_(x) LM_VERSION_XSTR_(x)
+/* clang-format off */
 const char lm_qmp_greeting[] =
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 1, \"major\": 0}, "
-    "\"package\": \"livemig\"}, \"capabilities\": []}}\r\n";
+    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": " V_(LM_VERSION_MICRO)
+    ", \"minor\": " V_(LM_VERSION_MINOR) ", \"major\": " V_(LM_VERSION_MAJOR) "}, "
+    "\"package\": \"livemig " LM_VERSION_STRING "\"}, \"capabilities\": []}}\r\n";
+/* clang-format on */
+#undef V_
 
 static uint64_t now_ms(void)
 {

@@ -1,8 +1,8 @@
 /*
  * fuzz_qmp.c - libFuzzer target for QMP input decoding: the JSON framer
- * and its resynchronisation, the request shape check, and the argument
- * decoders of migrate-set-parameters / migrate-set-capabilities.  No
- * socket, no thread.
+ * and its resynchronisation, the request shape check, the argument
+ * decoders of migrate-set-parameters / migrate-set-capabilities, and the
+ * argument check of every built-in command.  No socket, no thread.
  *
  * Besides "no crash, no leak", it checks properties (abort() on failure):
  *  - progress: every step of lm_qmp_parse_request consumes bytes or asks
@@ -49,6 +49,14 @@ static void decode_args(json_t *v)
         if (lm_qmp_decode_caps(req.args, &mask, &values, &err) == 0 &&
             ((mask >> LM_CAP__MAX) || (values & ~mask)))
             abort();
+        /* Every command's argument check: an error always says why. */
+        size_t n;
+        const lm_qmp_builtin *b = lm_qmp_builtins(&n);
+        for (size_t i = 0; i < n; i++) {
+            lm_error_clear(&err);
+            if (lm_qmp_builtin_check(&b[i], req.args, &err) < 0 && !err.msg[0])
+                abort();
+        }
     } else if (!req.err_class && !req.execute) {
         abort(); /* invalid without saying why */
     }

@@ -9,7 +9,7 @@ import socket
 import termios
 import time
 
-from lmtest import (QMP, Runner, check, check_eq, log, migrate, set_caps, set_params,
+from lmtest import (QMP, Runner, check, check_eq, log, migrate, run_cli, set_caps, set_params,
                     stop_and_verify, wait_status, wait_until)
 
 R = Runner("qmp", per_test=40, budget=200)
@@ -256,6 +256,95 @@ def responsive_while_hung(t):
     src.qmp.execute("migrate_cancel", timeout=answer_s)
     log("migrate_cancel answered after %.1f ms" % ((time.monotonic() - t0) * 1000))
     wait_status(src, "cancelled", 20, fail_on=("completed", "failed"))
+
+
+# ------------------------------------------------- migrate-incoming, identity
+
+NOT_INCOMING = "'-incoming' was not specified on the command line"
+ALREADY = "The incoming migration has already been started"
+
+
+@R.test("migrate-incoming on a guest not started as a destination is refused")
+def incoming_needs_incoming(t):
+    # A paused source used to turn into a destination here.
+    g = t.guest("g", mem="64M", workload="random")
+    e = g.qmp.expect_error("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    check_eq((e.cls, e.desc), ("GenericError", NOT_INCOMING), "running guest")
+    g.qmp.execute("stop")
+    for uri in ("tcp:127.0.0.1:0", "unix:" + g.sock + ".mig", "bogus:1"):
+        e = g.qmp.expect_error("migrate-incoming", {"uri": uri})
+        check_eq((e.cls, e.desc), ("GenericError", NOT_INCOMING), "paused guest, %s" % uri)
+    check_eq(g.query_migrate(), {"status": "none"}, "query-migrate after the refusals")
+    check_eq(g.status(), "paused", "run state after the refusals")
+    g.qmp.execute("cont")
+    check_eq(g.status(), "running", "run state after cont")
+
+
+@R.test("a second migrate-incoming: already started; after a failure: accepted")
+def incoming_once(t):
+    dst = t.guest("dst", mem="64M", incoming="defer")
+    # A bad URI starts nothing: the next one is still the first.
+    dst.qmp.expect_error("migrate-incoming", {"uri": "tcp:127.0.0.1"})
+    dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    uri = dst.listen_uri()
+    for again in ("tcp:127.0.0.1:0", uri):
+        e = dst.qmp.expect_error("migrate-incoming", {"uri": again})
+        check_eq((e.cls, e.desc), ("GenericError", ALREADY), "second migrate-incoming")
+    check_eq(dst.listen_uri(), uri, "the first listener still listens")
+    # A source whose stream is refused fails the destination, which may
+    # then take another (QEMU would have exited).
+    src = t.guest("src", mem="32M", workload="random")
+    migrate(src, dst)
+    wait_status(dst, "failed", 20, fail_on=("completed",))
+    wait_status(src, "failed", 20, fail_on=("completed",))
+    dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(dst.query_migrate().get("status"), "setup", "destination after a retry")
+    # A destination started with --incoming URI has started it already.
+    d2 = t.dest("d2", transport="tcp", mem="64M")
+    e = d2.qmp.expect_error("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(e.desc, ALREADY, "migrate-incoming after --incoming URI")
+
+
+@R.test("after a completed incoming migration: already started")
+def incoming_after_completed(t):
+    src = t.guest("src", mem="64M", workload="random", fill="random")
+    dst = t.dest("dst", transport="tcp", defer=True, mem="64M", workload="random")
+    set_params(src, {"max-bandwidth": 0})
+    migrate(src, dst)
+    wait_status(src, "completed", 30)
+    wait_status(dst, "completed", 10)
+    e = dst.qmp.expect_error("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(e.desc, ALREADY, "destination after completion")
+    # The source is postmigrate, never a destination.
+    e = src.qmp.expect_error("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(e.desc, NOT_INCOMING, "source after completion")
+    stop_and_verify(dst)
+
+
+@R.test("query-name, query-uuid, query-version")
+def identity(t):
+    g = t.guest("g", mem="64M")
+    check_eq(g.qmp.execute("query-name"), {}, "query-name without --name (QEMU: {})")
+    check_eq(g.qmp.execute("query-uuid"), {"UUID": "00000000-0000-0000-0000-000000000000"},
+             "query-uuid without --uuid (QEMU's default)")
+    v = g.qmp.execute("query-version")
+    rc, out, _ = run_cli(["--version"])
+    check_eq(rc, 0, "livemig --version exit code")
+    want = out.split()[-1]  # "livemig 0.1.0"
+    major, minor, micro = (int(x) for x in want.split("."))
+    check_eq(v, {"qemu": {"major": major, "minor": minor, "micro": micro},
+                 "package": "livemig " + want}, "query-version")
+    check_eq(g.qmp.greeting["QMP"]["version"], v, "greeting version vs query-version")
+    n = t.guest("n", mem="64M", extra=("--name", "web-1", "--uuid",
+                                        "5D4E1A7C-0F3B-4C2D-9E8F-1A2B3C4D5E6F"))
+    check_eq(n.qmp.execute("query-name"), {"name": "web-1"}, "query-name")
+    check_eq(n.qmp.execute("query-uuid"), {"UUID": "5d4e1a7c-0f3b-4c2d-9e8f-1a2b3c4d5e6f"},
+             "query-uuid")
+    for bad in ("5d4e1a7c-0f3b-4c2d-9e8f", "5d4e1a7c-0f3b-4c2d-9e8f-1a2b3c4d5e6g",
+                "5d4e1a7c00f3b-4c2d-9e8f-1a2b3c4d5e6f"):
+        rc, _, err = run_cli(["guest", "--mem", "4M", "--qmp",
+                              "unix:" + n.sock + ".bad", "--uuid", bad], timeout=20)
+        check(rc != 0 and bad in err, "--uuid %s: exit %d, stderr %r", bad, rc, err)
 
 
 if __name__ == "__main__":
