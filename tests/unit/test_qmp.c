@@ -321,6 +321,29 @@ static void test_malformed(void **state)
     json_decref(r);
     still_works(c, 2);
 
+    /* A malformed value gets exactly one error, whatever follows it: the
+     * next reply (to a request without id) is that request's. */
+    static const char *const one_error[] = {
+        "{\"execute\" 1}\n",
+        "{\"execute\": query-status}\n",
+        "{\"execute\": \"query-status\", \"arguments\": {\"a\": [1 2], \"b\": \"}]\"}}\n",
+        "{\"execute\": tru}",
+        "[1, 2 3]",
+        "{\"execute\":\n \"query-status\"\n \"id\": 1\n}\n", /* over several lines */
+    };
+    for (size_t k = 0; k < sizeof one_error / sizeof one_error[0]; k++) {
+        raw_send(c, one_error[k]);
+        raw_send(c, "{\"execute\": \"query-status\"}\n");
+        r = raw_reply(c);
+        expect_error(r, "GenericError", "JSON parse error");
+        json_decref(r);
+        r = raw_reply(c);
+        if (!json_object_get(r, "return"))
+            fail_msg("after %s: a second reply %s instead of query-status's", one_error[k],
+                     json_dumps(r, 0));
+        json_decref(r);
+    }
+
     /* Garbage bytes, including 0xff (QEMU's explicit resync byte). */
     raw_send(c, "@#!garbage \xff\x01 nonsense\n");
     r = raw_reply(c);
