@@ -562,6 +562,14 @@ static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *er
     return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
 }
 
+/* Descriptor passing (qapi/misc.json); run by the server (fds.c), which
+ * knows which client sent them. */
+static const argspec fdname_args[] = {{"fdname", T_STR, true}, {NULL, 0, false}};
+static const argspec add_fd_args[] = {
+    {"fdset-id", T_INT, false}, {"opaque", T_STR, false}, {NULL, 0, false}};
+static const argspec remove_fd_args[] = {
+    {"fdset-id", T_INT, true}, {"fd", T_INT, false}, {NULL, 0, false}};
+
 /* ----------------------------------------------------------------- table */
 
 typedef int (*cmd_fn)(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
@@ -594,6 +602,11 @@ static const struct builtin {
     {"migrate_set_speed", cmd_set_speed, value_int_args},
     {"migrate_set_downtime", cmd_set_downtime, value_num_args},
     {"query-migrate", cmd_query_migrate, NULL},
+    {"getfd", NULL, fdname_args},
+    {"closefd", NULL, fdname_args},
+    {"add-fd", NULL, add_fd_args},
+    {"remove-fd", NULL, remove_fd_args},
+    {"query-fdsets", NULL, NULL},
 };
 
 #define NBUILTINS (sizeof builtins / sizeof builtins[0])
@@ -615,6 +628,14 @@ void lm_qmp_builtin_list(json_t *list)
 {
     for (size_t i = 0; i < NBUILTINS; i++)
         json_array_append_new(list, json_pack("{s:s}", "name", builtins[i].name));
+}
+
+int lm_qmp_builtin_check(const char *name, json_t *args, lm_error *err)
+{
+    const struct builtin *b = find(name);
+    if (!b || b->args == any_args)
+        return 0;
+    return check_args(args, b->args, err);
 }
 
 int lm_qmp_builtin_run(lm_mig *m, const char *name, json_t *args, json_t **ret,

@@ -135,6 +135,9 @@ static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
         return;
     }
 
+    if (lm_qmp_fds_dispatch(s, c, req))
+        return; /* descriptor passing, fds.c */
+
     json_t *ret = NULL;
     const char *cls = "GenericError";
     lm_error err = {0};
@@ -193,8 +196,10 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         json_t *v = NULL;
         lm_error err = {0};
         int rc = lm_qmp_reader_next(&c->rd, &v, &err);
-        if (rc == LM_QMP_READ_MORE)
+        if (rc == LM_QMP_READ_MORE) {
+            lm_qmp_fds_settle(c); /* the rest of a malformed value was skipped */
             return;
+        }
         if (rc == LM_QMP_READ_OVERFLOW) {
             lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
             lm_qmp_srv_out_flush(c);
@@ -203,6 +208,7 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         }
         if (rc == LM_QMP_READ_BAD) {
             lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
+            lm_qmp_fds_settle(c);
             continue;
         }
         lm_qmp_request req;
@@ -211,5 +217,6 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         else
             dispatch(s, c, &req);
         lm_qmp_request_fini(&req);
+        lm_qmp_fds_settle(c); /* descriptors that came with it and were not taken */
     }
 }

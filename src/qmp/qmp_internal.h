@@ -141,6 +141,9 @@ int lm_qmp_parse_request(const char *buf, size_t len, size_t *consumed, lm_qmp_r
  * the QMP thread; never blocks on migration I/O. */
 int lm_qmp_builtin_run(lm_mig *m, const char *name, json_t *args, json_t **ret,
                        const char **err_class, lm_error *err);
+/* Checks args against a built-in command's declared arguments (QEMU's
+ * wording); for the commands the server answers itself.  0 when valid. */
+int lm_qmp_builtin_check(const char *name, json_t *args, lm_error *err);
 /* Whether name is a built-in command (including the server's own). */
 bool lm_qmp_builtin_exists(const char *name);
 /* Appends {"name": ...} of every built-in command to list. */
