@@ -427,7 +427,9 @@ LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
 
 /* QMP `migrate`: starts an outgoing migration to uri (tcp:HOST:PORT,
  * unix:PATH, fd:N).  Returns at once; connection and transfer run in the
- * migration thread.  resume=true is postcopy recovery (not supported yet). */
+ * migration thread.  fd:N is duplicated before this returns: the caller
+ * keeps N and may close it at once.  resume=true is postcopy recovery (not
+ * supported yet). */
 LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
 /* QMP `migrate-incoming`: listens on uri and loads the first stream that
  * connects.  Returns once listening (a tcp port 0 is resolved; see
@@ -437,7 +439,8 @@ LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
  * While an incoming migration is set up, runs or has completed: -EBUSY,
  * "The incoming migration has already been started".  After one failed or
  * was cancelled the destination is still inmigrate and may take another
- * (QEMU would have exited). */
+ * (QEMU would have exited).  fd:N (a listening or a connected socket) is
+ * duplicated before this returns: the caller keeps N. */
 LM_API int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err);
 /* QMP `migrate_cancel`: works in every precopy state; the source keeps (or
  * resumes) running, unless the end of the stream already went out (then the
@@ -656,6 +659,11 @@ LM_API int lm_qmp_client_connect(const char *path, int timeout_ms, lm_qmp_client
  * with "<class>: <desc>" in err.  Events read meanwhile are queued. */
 LM_API int lm_qmp_client_call(lm_qmp_client *c, const char *cmd, const char *args_json,
                               char **ret_json, int timeout_ms, lm_error *err);
+/* The same, passing descriptor fd (>= 0) with the command (SCM_RIGHTS on
+ * the unix socket), as `getfd` and `add-fd` expect; fd < 0 sends none.
+ * The caller keeps fd: the server receives its own copy. */
+LM_API int lm_qmp_client_call_fd(lm_qmp_client *c, const char *cmd, const char *args_json, int fd,
+                                 char **ret_json, int timeout_ms, lm_error *err);
 /* Next event as malloc'd JSON text (the whole {"event",...} object) in
  * *event_json; waits at most timeout_ms; returns -ETIMEDOUT when none. */
 LM_API int lm_qmp_client_next_event(lm_qmp_client *c, int timeout_ms, char **event_json,

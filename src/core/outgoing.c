@@ -20,6 +20,7 @@
 #include "core/outgoing.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,13 @@ static void read_test_knobs(lm_outgoing *g)
     for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
         if (!strcmp(t, "shuffle"))
             g->test_shuffle = true;
+}
+
+static void drop_own_fd(lm_outgoing *g)
+{
+    if (g->own_fd)
+        close(g->uri.fd);
+    g->own_fd = false;
 }
 
 /* One connection, cancellable (m->cancel_efd interrupts the lookup and the
@@ -436,6 +444,7 @@ static void *migration_thread_fn(void *arg)
 out:
     if (ret < 0 && !err.code)
         lm_error_set(&err, ret, "migration failed");
+    drop_own_fd(g);
     finish(g, ret, &err);
     free(g);
     return NULL;
@@ -449,6 +458,19 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     int ret = lm_uri_parse(uri, &g->uri, err);
     if (ret < 0)
         goto fail;
+    if (g->uri.kind == LM_URI_FD) {
+        /* Our own copy, taken now rather than at connect time on the
+         * migration thread: the caller may close fd N as soon as this
+         * returns (QMP's fd:NAME hands the named descriptor over, as
+         * QEMU's monitor_get_fd does, and closes it). */
+        int own = fcntl(g->uri.fd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0) {
+            ret = lm_error_set(err, -errno, "migrate: fd:%d: %s", g->uri.fd, strerror(errno));
+            goto fail;
+        }
+        g->uri.fd = own;
+        g->own_fd = true;
+    }
 
     /* A finished migration's thread may still be in its last cleanup. */
     pthread_mutex_lock(&m->lock);
@@ -524,6 +546,7 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     lm_emit_status(m);
     return 0;
 fail:
+    drop_own_fd(g);
     free(g);
     return ret;
 }

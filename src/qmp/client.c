@@ -65,13 +65,33 @@ static int set_broken(lm_qmp_client *c, int code, const char *msg, lm_error *err
     return lm_error_set(err, code, "%s", msg);
 }
 
-static int send_all(lm_qmp_client *c, const char *p, size_t n, int64_t deadline, lm_error *err)
+/* Sends n bytes; pass_fd >= 0 goes with the first of them (SCM_RIGHTS),
+ * so the server sees it arrive with this command. */
+static int send_all(lm_qmp_client *c, const char *p, size_t n, int pass_fd, int64_t deadline,
+                    lm_error *err)
 {
     while (n) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        union {
+            char b[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec iov = {.iov_base = (void *)p, .iov_len = n};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (pass_fd >= 0) {
+            memset(&ctl, 0, sizeof ctl);
+            mh.msg_control = ctl.b;
+            mh.msg_controllen = sizeof ctl.b;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &pass_fd, sizeof pass_fd);
+        }
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
             p += w;
             n -= (size_t)w;
+            pass_fd = -1; /* it went with those bytes */
             continue;
         }
         if (w < 0 && errno == EINTR)
@@ -154,8 +174,8 @@ static int read_value(lm_qmp_client *c, int64_t deadline, json_t **out, lm_error
     }
 }
 
-static int do_call(lm_qmp_client *c, const char *cmd, json_t *args, json_t **ret, int64_t deadline,
-                   lm_error *err)
+static int do_call(lm_qmp_client *c, const char *cmd, json_t *args, int pass_fd, json_t **ret,
+                   int64_t deadline, lm_error *err)
 {
     json_int_t id = ++c->next_id;
     json_t *req = NULL, *v = NULL;
@@ -175,7 +195,7 @@ static int do_call(lm_qmp_client *c, const char *cmd, json_t *args, json_t **ret
     }
     size_t len = strlen(txt);
     txt[len] = '\n'; /* json_dumps's NUL becomes the line end */
-    if ((rc = send_all(c, txt, len + 1, deadline, err)) < 0)
+    if ((rc = send_all(c, txt, len + 1, pass_fd, deadline, err)) < 0)
         goto out;
 
     for (;;) {
@@ -292,7 +312,7 @@ int lm_qmp_client_connect(const char *path, int timeout_ms, lm_qmp_client **out,
                           path);
         goto out;
     }
-    if ((rc = do_call(c, "qmp_capabilities", NULL, &ret, deadline, err)) < 0) {
+    if ((rc = do_call(c, "qmp_capabilities", NULL, -1, &ret, deadline, err)) < 0) {
         lm_error_prefix(err, "QMP negotiation with %s", path);
         goto out;
     }
@@ -307,6 +327,12 @@ out:
 
 int lm_qmp_client_call(lm_qmp_client *c, const char *cmd, const char *args_json, char **ret_json,
                        int timeout_ms, lm_error *err)
+{
+    return lm_qmp_client_call_fd(c, cmd, args_json, -1, ret_json, timeout_ms, err);
+}
+
+int lm_qmp_client_call_fd(lm_qmp_client *c, const char *cmd, const char *args_json, int fd,
+                          char **ret_json, int timeout_ms, lm_error *err)
 {
     json_t *args = NULL, *ret = NULL;
     int rc = 0;
@@ -325,7 +351,7 @@ int lm_qmp_client_call(lm_qmp_client *c, const char *cmd, const char *args_json,
         }
     }
     pthread_mutex_lock(&c->lock);
-    rc = do_call(c, cmd, args, &ret, deadline_of(timeout_ms), err);
+    rc = do_call(c, cmd, args, fd, &ret, deadline_of(timeout_ms), err);
     pthread_mutex_unlock(&c->lock);
     if (rc == 0 && ret_json) {
         *ret_json = json_dumps(ret, JSON_ENCODE_ANY | JSON_COMPACT);

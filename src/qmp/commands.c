@@ -419,6 +419,14 @@ static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *er
     return *ret ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
 }
 
+/* Descriptor passing (qapi/misc.json); run by the server (fds.c), which
+ * knows which client sent them. */
+static const argspec fdname_args[] = {{"fdname", T_STR, true}, {NULL, 0, false}};
+static const argspec add_fd_args[] = {
+    {"fdset-id", T_INT, false}, {"opaque", T_STR, false}, {NULL, 0, false}};
+static const argspec remove_fd_args[] = {
+    {"fdset-id", T_INT, true}, {"fd", T_INT, false}, {NULL, 0, false}};
+
 /* ----------------------------------------------------------------- table */
 
 /* A command that decodes its own arguments (its row names their type). */
@@ -459,6 +467,11 @@ static const lm_qmp_builtin builtins[] = {
     {"migrate_set_speed", cmd_set_speed, value_int_args},
     {"migrate_set_downtime", cmd_set_downtime, value_num_args},
     {"query-migrate", cmd_query_migrate, NULL, "MigrationInfo"},
+    {"getfd", NULL, fdname_args},
+    {"closefd", NULL, fdname_args},
+    {"add-fd", NULL, add_fd_args, "AddfdInfo"},
+    {"remove-fd", NULL, remove_fd_args},
+    {"query-fdsets", NULL, NULL, "[FdsetInfo]"},
 };
 
 #define NBUILTINS (sizeof builtins / sizeof builtins[0])
@@ -490,7 +503,7 @@ void lm_qmp_builtin_list(json_t *list)
 
 int lm_qmp_builtin_check(const lm_qmp_builtin *b, json_t *args, lm_error *err)
 {
-    if (b->args == lm_qmp_args_decoded)
+    if (!b || b->args == lm_qmp_args_decoded)
         return 0;
     return check_args(args, b->args, err);
 }

@@ -152,6 +152,10 @@ static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
                                "Expecting capabilities negotiation with 'qmp_capabilities'");
         return;
     }
+    /* Descriptor passing (fds.c) first: its commands, and migrate or
+     * migrate-incoming with an fd:NAME it resolves for this client. */
+    if (lm_qmp_fds_dispatch(s, c, req))
+        return;
     const lm_qmp_builtin *b = lm_qmp_builtin_find(name);
     if (b && !b->fn) {
         run_server_cmd(s, c, req, b);
@@ -216,8 +220,10 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         json_t *v = NULL;
         lm_error err = {0};
         int rc = lm_qmp_reader_next(&c->rd, &v, &err);
-        if (rc == LM_QMP_READ_MORE)
+        if (rc == LM_QMP_READ_MORE) {
+            lm_qmp_fds_settle(c); /* the rest of a malformed value was skipped */
             return;
+        }
         if (rc == LM_QMP_READ_OVERFLOW) {
             lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
             lm_qmp_srv_out_flush(c);
@@ -226,6 +232,7 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         }
         if (rc == LM_QMP_READ_BAD) {
             lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
+            lm_qmp_fds_settle(c);
             continue;
         }
         lm_qmp_request req;
@@ -234,5 +241,6 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         else
             dispatch(s, c, &req);
         lm_qmp_request_fini(&req);
+        lm_qmp_fds_settle(c); /* descriptors that came with it and were not taken */
     }
 }

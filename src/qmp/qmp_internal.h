@@ -53,6 +53,9 @@ typedef struct lm_qmp_scanner {
     size_t off;      /* bytes of the pending value already scanned */
     bool in_value;   /* a top-level value has started at offset 0 */
     bool recovering; /* skipping garbage after an error */
+    uint32_t skip;   /* > 0: depth of a malformed value being skipped */
+    bool skip_str;   /* ... and inside one of its strings */
+    bool skip_esc;   /* ... right after a backslash there */
     uint8_t expect;  /* syntactic expectation (scan.c) */
     uint8_t lex;     /* lexical state: string, escape, number, literal */
     uint8_t sub;     /* number sub-state, literal index or \u digit count */

@@ -44,6 +44,10 @@ static const member version_triple[] = {{"major", "int"}, {"minor", "int"}, {"mi
 static const member version_info[] = {{"qemu", "VersionTriple"}, {"package", "str"}, END};
 static const member name_info[] = {{"name", "str", OPT}, END};
 static const member uuid_info[] = {{"UUID", "str"}, END};
+/* Descriptor passing (qapi/misc.json, fds.c). */
+static const member addfd_info[] = {{"fdset-id", "int"}, {"fd", "int"}, END};
+static const member fdset_info[] = {{"fdset-id", "int"}, {"fds", "[FdsetFdInfo]"}, END};
+static const member fdset_fd_info[] = {{"fd", "int"}, {"opaque", "str", OPT}, END};
 static const member status_info[] = {
     {"running", "bool"}, {"singlestep", "bool"}, {"status", "RunState"}, END};
 static const member command_info[] = {{"name", "str"}, END};
@@ -188,6 +192,9 @@ static const struct named {
     {"VersionInfo", K_OBJECT, version_info},
     {"NameInfo", K_OBJECT, name_info},
     {"UuidInfo", K_OBJECT, uuid_info},
+    {"AddfdInfo", K_OBJECT, addfd_info},
+    {"FdsetInfo", K_OBJECT, fdset_info},
+    {"FdsetFdInfo", K_OBJECT, fdset_fd_info},
     {"StatusInfo", K_OBJECT, status_info},
     {"CommandInfo", K_OBJECT, command_info},
     {"MigrationCapabilityStatus", K_OBJECT, cap_status},

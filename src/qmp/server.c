@@ -265,6 +265,7 @@ static void client_close(client *c)
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    lm_qmp_fds_client_fini(c);
     lm_qmp_reader_fini(&c->rd);
     free(c->out);
     c->out = NULL;
@@ -300,25 +301,64 @@ static void accept_clients(lm_qmp_server *s)
     }
 }
 
+/* The descriptors of a control message (received close-on-exec). */
+static unsigned cmsg_fds(struct msghdr *msg, int *fds, unsigned cap)
+{
+    unsigned n = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            if (n < cap)
+                fds[n++] = fd;
+            else
+                close(fd);
+        }
+    }
+    return n;
+}
+
+/* Reads with recvmsg() so that descriptors passed with SCM_RIGHTS (on a
+ * unix socket) are received too (fds.c keeps them). */
 static void read_client(lm_qmp_server *s, client *c)
 {
     char buf[READ_CHUNK];
-    ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+    union {
+        char b[CMSG_SPACE(MSG_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+    ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             c->dead = true;
         return;
     }
+    int fds[MSG_FDS];
+    unsigned nfds = cmsg_fds(&msg, fds, MSG_FDS);
     if (n == 0) {
+        for (unsigned i = 0; i < nfds; i++)
+            close(fds[i]);
         c->eof = true;
         return;
     }
     lm_error err = {0};
     if (lm_qmp_reader_feed(&c->rd, buf, (size_t)n, &err) < 0) {
+        for (unsigned i = 0; i < nfds; i++)
+            close(fds[i]);
         lm_qmp_srv_reply_error(c, NULL, "GenericError", err.msg);
         lm_qmp_srv_out_flush(c);
         c->dead = true;
+        return;
     }
+    c->rx += (uint64_t)n;
+    if (nfds || (msg.msg_flags & MSG_CTRUNC))
+        lm_qmp_fds_received(c, fds, nfds, (size_t)n, msg.msg_flags & MSG_CTRUNC);
 }
 
 static void reap_clients(lm_qmp_server *s)
@@ -335,6 +375,10 @@ static void reap_clients(lm_qmp_server *s)
             s->clients[j] = *c;
         j++;
     }
+    /* With no client left, nobody can use or remove the fd sets: QEMU
+     * closes unused sets when its last monitor disconnects, too. */
+    if (j == 0 && s->nclients)
+        lm_qmp_fds_sets_fini(s);
     s->nclients = j;
 }
 
@@ -452,6 +496,7 @@ static void destroy(lm_qmp_server *s)
         unlink(s->unix_path);
     if (s->efd >= 0)
         close(s->efd);
+    lm_qmp_fds_sets_fini(s);
     evnode *n = s->ev_head;
     while (n) {
         evnode *next = n->next;

@@ -32,6 +32,33 @@
  * connection keeps the listener readable: look again only after this. */
 #define ACCEPT_BACKOFF_MS 100
 
+/* Descriptors passed with SCM_RIGHTS (fds.c).  A client holds at most
+ * CLIENT_FDS of them, received and not yet claimed or named by getfd;
+ * more are closed on arrival and the getfd that would take one is told
+ * so.  One message brings at most MSG_FDS (the rest are closed by the
+ * kernel: MSG_CTRUNC).  The fd sets of add-fd belong to the server, as
+ * QEMU's belong to the process: FDSET_FDS descriptors in all. */
+#define CLIENT_FDS 32
+#define MSG_FDS 16
+#define FDSET_FDS 64
+#define FDNAME_MAX 127
+
+typedef struct pending_fd {
+    int fd;
+    uint64_t anchor; /* stream offset of the last non-blank byte it came with */
+} pending_fd;
+
+typedef struct named_fd {
+    char name[FDNAME_MAX + 1];
+    int fd;
+} named_fd;
+
+typedef struct fdset_fd {
+    int64_t id;
+    int fd;
+    char *opaque; /* or NULL */
+} fdset_fd;
+
 typedef struct client {
     int fd;
     bool negotiated;
@@ -41,6 +68,13 @@ typedef struct client {
     lm_qmp_reader rd;
     char *out;
     size_t out_head, out_len, out_cap;
+    /* descriptors (fds.c); rx is the stream offset of the input's end */
+    uint64_t rx;
+    pending_fd pend[CLIENT_FDS]; /* oldest first */
+    unsigned npend;
+    named_fd named[CLIENT_FDS];
+    unsigned nnamed;
+    uint64_t dropped; /* anchor + 1 of the last descriptor dropped, or 0 */
 } client;
 
 typedef struct evnode {
@@ -84,7 +118,9 @@ struct lm_qmp_server {
     /* server thread only */
     client clients[MAX_CLIENTS];
     unsigned nclients;
-    uint64_t accept_after_ms; /* accept() back-off, see ACCEPT_BACKOFF_MS */
+    uint64_t accept_after_ms;   /* accept() back-off, see ACCEPT_BACKOFF_MS */
+    fdset_fd fdsets[FDSET_FDS]; /* add-fd's sets, in add order */
+    unsigned nfdset;
 };
 
 /* server.c, server thread only */
@@ -98,6 +134,23 @@ bool lm_qmp_srv_stopping(lm_qmp_server *s);
 int lm_qmp_srv_find_host_cmd(lm_qmp_server *s, const char *name);
 /* dispatch.c: runs the complete requests client c has buffered. */
 void lm_qmp_srv_process_input(lm_qmp_server *s, client *c);
+
+/* fds.c, server thread only. */
+/* Takes the n descriptors of one recvmsg() that brought nbytes of input,
+ * after they were fed to c->rd and counted in c->rx; truncated: the
+ * kernel dropped more (MSG_CTRUNC). */
+void lm_qmp_fds_received(client *c, const int *fds, unsigned n, size_t nbytes, bool truncated);
+/* Runs getfd, closefd, add-fd, remove-fd, query-fdsets, and migrate /
+ * migrate-incoming with an fd:NAME URI; returns false for anything else
+ * (the caller runs it). */
+bool lm_qmp_fds_dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req);
+/* After each request or malformed input: closes what came with it and was
+ * not claimed. */
+void lm_qmp_fds_settle(client *c);
+/* Closes every descriptor the client holds. */
+void lm_qmp_fds_client_fini(client *c);
+/* Closes every descriptor in the fd sets. */
+void lm_qmp_fds_sets_fini(lm_qmp_server *s);
 
 extern const char lm_qmp_greeting[];
 

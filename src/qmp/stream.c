@@ -9,12 +9,22 @@
  * dripping one byte at a time costs linear time), knows exactly where a
  * value ends, and fails at the first byte that cannot continue a JSON value
  * so that the next request still gets through.  Its recovery rules are
- * QEMU's (json-lexer.c IN_RECOVERY): after an error, skip to the next
- * structural character ({ [ ] }), which starts over, or control character
- * (newline) or 0xFE/0xFF byte, which are swallowed.  One difference: an
- * unexpected '{' or '[' inside a value (a truncated request followed by the
- * next one) ends the bad value and starts a new one, so the request after a
- * truncated one is not lost (QEMU loses it).
+ * QEMU's:
+ *  - a grammar error inside an object or array (`{"execute" 1}`: every
+ *    token is valid, their order is not) skips the rest of that value by
+ *    counting brackets outside strings, as QEMU's json-streamer frames a
+ *    value before its parser looks at it, so the value gets exactly one
+ *    error and the next request is not shifted by a second one.  A
+ *    control character other than whitespace, or a 0xFE/0xFF byte, ends
+ *    the skip early (QEMU's lexer errors reset its streamer the same way);
+ *  - any other error (top-level garbage, a stray closer, a bad byte in a
+ *    string) skips to the next structural character ({ [ ] }), which starts
+ *    over, or control character (newline) or 0xFE/0xFF byte, which are
+ *    swallowed (json-lexer.c IN_RECOVERY).
+ * One difference: an unexpected '{' or '[' where a key, ':' or ',' was due
+ * (a truncated request followed by the next one) ends the bad value and
+ * starts a new one, so the request after a truncated one is not lost
+ * (QEMU loses it).
  */
 #include "qmp/qmp_internal.h"
 
@@ -90,18 +100,54 @@ static bool top_is_object(const lm_qmp_scanner *s)
     return (s->stack[d / 8] >> (d % 8)) & 1;
 }
 
+/* One byte of a malformed value being skipped (s->skip > 0): brackets are
+ * counted outside strings until the value's own closer. */
+static void skip_byte(lm_qmp_scanner *s, unsigned char c)
+{
+    if ((c < 0x20 && !is_ws(c)) || c >= 0xfe || (s->skip_str && c < 0x20)) {
+        /* QEMU's resync bytes (and a raw control character, which cannot
+         * be in a string): the skip ends here. */
+        s->skip = 0;
+        s->skip_str = s->skip_esc = false;
+        return;
+    }
+    if (s->skip_str) {
+        if (s->skip_esc)
+            s->skip_esc = false;
+        else if (c == '\\')
+            s->skip_esc = true;
+        else if (c == '"')
+            s->skip_str = false;
+        return;
+    }
+    if (c == '"')
+        s->skip_str = true;
+    else if (is_opener(c) && s->skip < UINT32_MAX)
+        s->skip++;
+    else if (is_closer(c))
+        s->skip--;
+}
+
 /* Ends the value being scanned at byte i (bytes before base were skipped):
  * drops it, reports why, and decides how to resynchronise. */
 static int fail(lm_qmp_scanner *s, size_t base, size_t i, unsigned char c, bool lookahead,
                 size_t *consumed, lm_error *err, const char *what)
 {
     char b[16];
+    uint32_t depth = s->depth;
+    bool in_str = s->lex == LX_STR || s->lex == LX_ESC || s->lex == LX_HEX;
     lm_error_set(err, -EINVAL, "JSON parse error, %s at offset %zu near %s", what, i - base,
                  show(c, b, sizeof b));
     lm_qmp_scanner_init(s);
     if (lookahead && is_opener(c) && i > 0) {
         /* The bad value ends here; c starts the next one. */
         *consumed = i;
+    } else if (depth > 0 && !in_str) {
+        /* The rest of this value, c included, goes without a second
+         * error (see the top of the file). */
+        *consumed = i + 1;
+        s->skip = depth;
+        skip_byte(s, c);
     } else {
         *consumed = i + 1;
         s->recovering = !is_reset(c);
@@ -119,6 +165,10 @@ int lm_qmp_scan(lm_qmp_scanner *s, const char *buf, size_t len, size_t *vstart, 
     if (!s->in_value) {
         for (; i < len; i++) {
             unsigned char c = p[i];
+            if (s->skip) {
+                skip_byte(s, c);
+                continue;
+            }
             if (s->recovering) {
                 if (is_opener(c) || is_closer(c)) {
                     s->recovering = false;

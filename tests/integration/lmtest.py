@@ -387,8 +387,14 @@ class QMP:
 
     # -- low level
 
-    def send_raw(self, data):
-        self.sock.sendall(data)
+    def send_raw(self, data, fds=None):
+        """Sends data; fds (descriptors) go with its first bytes as
+        SCM_RIGHTS, as QEMU's getfd/add-fd expect."""
+        if fds:
+            n = socket.send_fds(self.sock, [data], list(fds))
+            data = data[n:]
+        if data:
+            self.sock.sendall(data)
 
     def _parse_one(self):
         s = self.buf.lstrip()
@@ -462,22 +468,24 @@ class QMP:
 
     # -- commands
 
-    def execute_raw(self, cmd, args=None, timeout=30.0):
+    def execute_raw(self, cmd, args=None, timeout=30.0, fds=None):
         QMP._next_id += 1
         cid = "lmtest-%d" % QMP._next_id
         msg = {"execute": cmd, "id": cid}
         if args is not None:
             msg["arguments"] = args
         self.sock.settimeout(scaled(timeout))
-        self.send_raw(json.dumps(msg).encode() + b"\n")
+        self.send_raw(json.dumps(msg).encode() + b"\n", fds)
         resp = self.recv_reply(timeout, want_id=cid)
         if resp.get("id") != cid:
             raise TestFailure("QMP %s: reply to %s has id %r, want %r: %r" %
                               (self.path, cmd, resp.get("id"), cid, resp))
         return resp
 
-    def execute(self, cmd, args=None, timeout=30.0):
-        resp = self.execute_raw(cmd, args, timeout)
+    def execute(self, cmd, args=None, timeout=30.0, fds=None):
+        """Runs cmd; fds: descriptors passed with it (the caller keeps
+        its own copies)."""
+        resp = self.execute_raw(cmd, args, timeout, fds)
         if "error" in resp:
             e = resp["error"]
             raise QMPError(cmd, e.get("class"), e.get("desc"))
@@ -486,10 +494,10 @@ class QMP:
                               (self.path, cmd, resp))
         return resp["return"]
 
-    def expect_error(self, cmd, args=None, timeout=30.0):
+    def expect_error(self, cmd, args=None, timeout=30.0, fds=None):
         """Runs cmd, which must fail; returns the QMPError."""
         try:
-            ret = self.execute(cmd, args, timeout)
+            ret = self.execute(cmd, args, timeout, fds)
         except QMPError as e:
             return e
         raise TestFailure("%s %s: expected a QMP error, got return %r" %

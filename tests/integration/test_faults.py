@@ -188,7 +188,7 @@ def second_migrate(t):
 
 
 BAD_URIS = ["bogus:somewhere", "tcp:", "tcp:127.0.0.1", "tcp:127.0.0.1:notaport",
-            "tcp:127.0.0.1:99999", "unix:", "", "tcp:[::1:5", "fd:abc"]
+            "tcp:127.0.0.1:99999", "unix:", "", "tcp:[::1:5", "fd:3x", "fd:99999999999"]
 
 
 @R.test("bad URIs -> QMP error naming the URI, on migrate and migrate-incoming")
@@ -204,6 +204,10 @@ def bad_uris(t):
                   "%s %r: error %r does not name the URI", cmd, uri, e.desc)
         check(src.query_migrate().get("status") in (None, "none"),
               "source status changed by a refused migrate: %r", src.query_migrate())
+    # fd: with a name is a descriptor passed with getfd (test_fds.py).
+    for g, cmd in ((src, "migrate"), (dst, "migrate-incoming")):
+        e = g.qmp.expect_error(cmd, {"uri": "fd:abc"})
+        check_eq(e.desc, "File descriptor named 'abc' has not been found", "%s fd:abc" % cmd)
     # Missing and mistyped arguments.
     for args in ({}, {"uri": 5}, {"url": "tcp:127.0.0.1:1"}):
         e = src.qmp.expect_error("migrate", args)

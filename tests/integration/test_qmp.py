@@ -102,6 +102,22 @@ def malformed(t):
     check_eq(g.status(), "running", "another client's query-status")
 
 
+@R.test("malformed JSON gets exactly one error: later id-less replies stay in step")
+def one_error_per_malformed_value(t):
+    g = t.guest("g", mem="64M")
+    q = raw_client(g)
+    for bad in (b'{"execute" 1}', b'{"execute": "query-status", "arguments": {"x": [1 2]}}',
+                b'{"execute":\n "query-status"\n "bogus": "}"}'):
+        # One write: the bad value, then a good command without id.
+        q.send_raw(bad + b'\n{"execute": "query-status"}\n')
+        r = q.recv_reply(30)
+        check("error" in r and "JSON parse error" in r["error"].get("desc", ""),
+              "input %r: want one JSON parse error first, got %r", bad, r)
+        r = q.recv_reply(30)
+        check("return" in r and r["return"].get("status") == "running",
+              "input %r: the next reply must be query-status's, got %r", bad, r)
+
+
 @R.test("commands before qmp_capabilities are refused")
 def before_caps(t):
     g = t.guest("g", mem="64M")

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,29 @@ static void test_malformed(void **state)
     expect_error(r, "GenericError", "JSON parse error");
     json_decref(r);
     still_works(c, 2);
+
+    /* A malformed value gets exactly one error, whatever follows it: the
+     * next reply (to a request without id) is that request's. */
+    static const char *const one_error[] = {
+        "{\"execute\" 1}\n",
+        "{\"execute\": query-status}\n",
+        "{\"execute\": \"query-status\", \"arguments\": {\"a\": [1 2], \"b\": \"}]\"}}\n",
+        "{\"execute\": tru}",
+        "[1, 2 3]",
+        "{\"execute\":\n \"query-status\"\n \"id\": 1\n}\n", /* over several lines */
+    };
+    for (size_t k = 0; k < sizeof one_error / sizeof one_error[0]; k++) {
+        raw_send(c, one_error[k]);
+        raw_send(c, "{\"execute\": \"query-status\"}\n");
+        r = raw_reply(c);
+        expect_error(r, "GenericError", "JSON parse error");
+        json_decref(r);
+        r = raw_reply(c);
+        if (!json_object_get(r, "return"))
+            fail_msg("after %s: a second reply %s instead of query-status's", one_error[k],
+                     json_dumps(r, 0));
+        json_decref(r);
+    }
 
     /* Garbage bytes, including 0xff (QEMU's explicit resync byte). */
     raw_send(c, "@#!garbage \xff\x01 nonsense\n");
@@ -870,6 +894,69 @@ static void test_client(void **state)
     assert_null(qc);
 }
 
+/* lm_qmp_client_call_fd passes a descriptor the server keeps (getfd) or
+ * puts in a set (add-fd); a pipe's write end tells whether the server
+ * still holds the read end. */
+static bool pipe_held(int w)
+{
+    return write(w, "x", 1) == 1; /* EPIPE once no reader is left */
+}
+
+static void test_client_fds(void **state)
+{
+    fx *f = *state;
+    lm_error err = {0};
+    lm_qmp_client *qc = NULL;
+    char *ret = NULL;
+    int p[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(lm_qmp_client_connect(f->uri, WAIT_MS, &qc, &err), 0);
+    assert_int_equal(
+        lm_qmp_client_call_fd(qc, "getfd", "{\"fdname\": \"p\"}", -1, NULL, WAIT_MS, &err),
+        -EREMOTEIO);
+    assert_string_equal(err.msg, "GenericError: No file descriptor supplied via SCM_RIGHTS");
+    lm_error_clear(&err);
+
+    assert_int_equal(pipe(p), 0);
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    assert_int_equal(
+        lm_qmp_client_call_fd(qc, "getfd", "{\"fdname\": \"p\"}", p[0], NULL, WAIT_MS, &err), 0);
+    close(p[0]);
+    assert_true(pipe_held(p[1]));
+    assert_int_equal(lm_qmp_client_call(qc, "closefd", "{\"fdname\": \"p\"}", NULL, WAIT_MS, &err),
+                     0);
+    assert_false(pipe_held(p[1]));
+    close(p[1]);
+
+    assert_int_equal(pipe(p), 0);
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    assert_int_equal(lm_qmp_client_call_fd(qc, "add-fd", "{\"fdset-id\": 2, \"opaque\": \"o\"}",
+                                           p[0], &ret, WAIT_MS, &err),
+                     0);
+    close(p[0]);
+    json_t *v = json_loads(ret, 0, NULL);
+    free(ret);
+    assert_int_equal(json_integer_value(json_object_get(v, "fdset-id")), 2);
+    json_int_t fd = json_integer_value(json_object_get(v, "fd"));
+    json_decref(v);
+    assert_true(fd > 2);
+    assert_int_equal(lm_qmp_client_call(qc, "query-fdsets", NULL, &ret, WAIT_MS, &err), 0);
+    v = json_loads(ret, 0, NULL);
+    free(ret);
+    json_t *want =
+        json_pack("[{s:i, s:[{s:I, s:s}]}]", "fdset-id", 2, "fds", "fd", fd, "opaque", "o");
+    assert_true(json_equal(v, want));
+    json_decref(want);
+    json_decref(v);
+    assert_true(pipe_held(p[1]));
+    assert_int_equal(lm_qmp_client_call(qc, "remove-fd", "{\"fdset-id\": 2}", NULL, WAIT_MS, &err),
+                     0);
+    assert_false(pipe_held(p[1]));
+    close(p[1]);
+    lm_qmp_client_close(qc);
+}
+
 /* A server that is not QMP, or says nothing: connect fails in time. */
 static void test_client_not_qmp(void **state)
 {
@@ -1181,6 +1268,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_run_state, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_host_commands, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_client, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_client_fds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_client_not_qmp, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_oversized_input, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_slow_client, setup_running, teardown),
