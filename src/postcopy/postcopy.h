@@ -185,6 +185,10 @@ typedef struct lm_pc_dst {
     bool prepared;           /* maps allocated, prefault stopped (incoming thread) */
     bool classified;         /* block kinds decided, aliases mapped (incoming thread) */
     bool listening;          /* uffd registered (atomic) */
+    /* lm_pc_dst_end with pages still owed (incoming thread / free): blocks
+     * made inaccessible, and whether one could not be (uffd leaked). */
+    unsigned fenced_blocks;
+    bool fence_failed;
     pthread_t fault_thread;
     bool fault_running;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
@@ -231,7 +235,10 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_chan *rp, bool blocktime, lm_error *err);
 /* Waits until nothing is owed, the preempt loader failed, or the preempt
  * channel ended (then it checks that nothing is owed). */
 int lm_pc_dst_wait_placed(lm_pc_dst *d, lm_error *err);
-/* Completion: stops the fault thread, unregisters (pages stay). */
+/* Completion: stops the fault thread, unregisters (pages stay).  With
+ * pages still owed (teardown of a paused destination) every block that
+ * owes one is made PROT_NONE first: an access gets SIGSEGV, never a zero
+ * or stale page (uffd.c, fence_owed). */
 void lm_pc_dst_end(lm_pc_dst *d);
 /* After lm_pc_dst_end, or a migration that ended without a switch (not
  * when paused): stops the prefault thread, unmaps the aliases. */

@@ -363,6 +363,45 @@ void lm_pc_dst_detach_rp(lm_pc_dst *d)
     pthread_mutex_unlock(&d->rp_lock);
 }
 
+/* Teardown of a destination that still owes pages (paused, or freed in
+ * postcopy): unregistering userfaultfd would let the next access to an
+ * owed page read a fresh zero page (private memory) or the stale page
+ * cache (shared memory), i.e. a guest silently corrupted.  Every block
+ * that still has an owed page is made inaccessible (PROT_NONE) first,
+ * while it is still registered, so there is no window: a thread blocked
+ * on an owed page is woken by the unregistration, faults again and gets
+ * SIGSEGV, and so does any later access to that block.  Nothing is ever
+ * read from a page the source did not send.  (UFFD_FEATURE_SIGBUS would
+ * need a userfaultfd open for as long as the host keeps the mapping,
+ * which outlives the migration object.)  Other mappings of a shared
+ * block (another process's) are the host's: they are not ours to fence.
+ * Returns the number of blocks fenced. */
+static unsigned fence_owed(lm_pc_dst *d)
+{
+    unsigned fenced = 0;
+    for (unsigned i = 0; i < d->mem->nblocks; i++) {
+        lm_ram_block *b = &d->mem->blocks[i];
+        pthread_mutex_lock(&d->lock);
+        bool owes = d->blk[i].owed && lm_bitmap_next_set(d->blk[i].owed, b->npages, 0) < b->npages;
+        pthread_mutex_unlock(&d->lock);
+        if (!owes)
+            continue;
+        if (mprotect(b->base, b->len, PROT_NONE) < 0) {
+            /* Cannot happen for a mapping we registered; if it did, the
+             * registration must stay so that owed pages never read as
+             * something else: the descriptor is leaked on purpose. */
+            fprintf(stderr,
+                    "livemig: postcopy: cannot fence RAM block '%s' (%s): its "
+                    "userfaultfd stays registered\n",
+                    b->name, strerror(errno));
+            d->fence_failed = true;
+            continue;
+        }
+        fenced++;
+    }
+    return fenced;
+}
+
 void lm_pc_dst_end(lm_pc_dst *d)
 {
     if (d->fault_running) {
@@ -374,9 +413,14 @@ void lm_pc_dst_end(lm_pc_dst *d)
         d->fault_running = false;
     }
     lm_pc_dst_detach_rp(d);
-    if (d->uffd >= 0) {
+    if (d->uffd >= 0)
+        d->fenced_blocks = fence_owed(d);
+    if (d->uffd >= 0 && d->fence_failed) {
+        d->uffd = -1; /* leaked: see fence_owed */
+    } else if (d->uffd >= 0) {
         /* Unregistering keeps every placed page; closing wakes any thread
-         * still blocked on a fault, which then retries normally. */
+         * still blocked on a fault, which then retries normally (or, in a
+         * fenced block, gets SIGSEGV). */
         for (unsigned i = 0; i < d->mem->nblocks; i++) {
             struct uffdio_range r = {(uintptr_t)d->mem->blocks[i].base, d->mem->blocks[i].len};
             ioctl(d->uffd, UFFDIO_UNREGISTER, &r);
