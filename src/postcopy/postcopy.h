@@ -191,6 +191,15 @@ typedef struct lm_pc_dst {
     bool fence_failed;
     pthread_t fault_thread;
     bool fault_running;
+    /* Set by the loader before listen, fixed until lm_pc_dst_end: the
+     * silence bound (x-postcopy-timeout-ms, 0 = none) the fault thread
+     * watches the main channel for, and what it calls when the link is
+     * gone (a silent main channel, a preempt channel that failed): the
+     * core shuts every channel down, so the loaders fail and the
+     * destination pauses.  Called with no postcopy lock held. */
+    uint64_t timeout_ms;
+    void (*link_down)(void *opaque, int code, const char *why);
+    void *link_opaque;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */
     lm_chan *rp;  /* main channel (return path), borrowed */
@@ -208,9 +217,10 @@ typedef struct lm_pc_dst {
     lm_chan *preempt;
     pthread_t preempt_thread;
     bool preempt_running;
-    int preempt_ret;      /* lock: the preempt thread's result */
-    lm_error preempt_err; /* lock */
-    bool preempt_eos;     /* lock */
+    bool preempt_stopping; /* lock: lm_pc_dst_preempt_stop shut it down */
+    int preempt_ret;       /* lock: the preempt thread's result */
+    lm_error preempt_err;  /* lock */
+    bool preempt_eos;      /* lock */
 } lm_pc_dst;
 
 /* Probes userfaultfd missing mode on anonymous memory (set-capability). */

@@ -16,7 +16,9 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #ifndef MADV_NOHUGEPAGE
@@ -270,18 +272,56 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, uint64_t flags)
     }
 }
 
+/* The watchdog of a silent link (x-postcopy-timeout-ms): the source sends
+ * a PING every 100 ms window besides its pages, so a main channel that
+ * reads nothing for timeout_ms is a link that is gone without an error (a
+ * black hole).  Checked by the fault thread between faults; its own
+ * request writes are bounded by SO_SNDTIMEO (listen), so it cannot be
+ * stuck in one.  Returns true once it fired (once per migration). */
+static bool watch_link(lm_pc_dst *d, uint64_t *last_bytes, uint64_t *last_ns)
+{
+    uint64_t now = lm_now_ns();
+    pthread_mutex_lock(&d->rp_lock);
+    bool fire = false;
+    if (d->rp) {
+        uint64_t r = lm_chan_bytes_read(d->rp);
+        if (r != *last_bytes) {
+            *last_bytes = r;
+            *last_ns = now;
+        } else if (now - *last_ns >= d->timeout_ms * 1000000ull) {
+            fire = true;
+        }
+    }
+    pthread_mutex_unlock(&d->rp_lock);
+    if (fire && d->link_down) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "main channel: no data from the source for %llu ms "
+                 "(x-postcopy-timeout-ms)",
+                 (unsigned long long)d->timeout_ms);
+        d->link_down(d->link_opaque, -ETIMEDOUT, why);
+    }
+    return fire;
+}
+
 static void *fault_thread_fn(void *arg)
 {
     lm_pc_dst *d = arg;
     pthread_setname_np(pthread_self(), "lm-pc-fault");
     struct pollfd pfd[2] = {{.fd = d->uffd, .events = POLLIN},
                             {.fd = d->quit_efd, .events = POLLIN}};
+    bool watching = d->timeout_ms != 0;
+    uint64_t last_bytes = 0, last_ns = lm_now_ns();
     for (;;) {
-        int n = poll(pfd, 2, -1);
+        int n = poll(pfd, 2, watching ? 100 : -1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 || pfd[1].revents)
             break;
+        if (watching && watch_link(d, &last_bytes, &last_ns))
+            watching = false;
+        if (n == 0)
+            continue;
         struct uffd_msg msgs[16];
         ssize_t got = read(d->uffd, msgs, sizeof msgs);
         if (got < 0) {
@@ -338,6 +378,16 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_chan *rp, bool blocktime, lm_error *err)
     pthread_mutex_unlock(&d->lock);
     pthread_mutex_lock(&d->rp_lock);
     d->rp = rp;
+    if (d->timeout_ms) {
+        /* A request or PONG that cannot be written within the silence
+         * bound fails (chan.c), rather than hold rp_lock forever. */
+        struct timeval tv = {.tv_sec = (time_t)(d->timeout_ms / 1000),
+                             .tv_usec = (suseconds_t)(d->timeout_ms % 1000) * 1000};
+        if (rp)
+            setsockopt(lm_chan_fd(rp), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (d->req)
+            setsockopt(lm_chan_fd(d->req), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
     pthread_mutex_unlock(&d->rp_lock);
     d->uffd = fd;
     d->quit_efd = efd;
