@@ -425,6 +425,12 @@ LM_API int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
  * setup and active (QEMU's rule), refused otherwise.  Thread: any.
  * Blocks: no. */
 LM_API int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
+/* QMP `migrate-pause`, on either side: in postcopy-active or
+ * postcopy-recover, shuts every channel down with "Postcopy migration is
+ * paused by the user", which takes both sides to postcopy-paused (the
+ * peer sees its link break).  Refused (-EINVAL) in any other state, with
+ * QEMU's message.  Thread: any.  Blocks: no. */
+LM_API int lm_mig_pause(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
 LM_API void lm_mig_query(lm_mig *m, lm_info *out);

@@ -34,9 +34,8 @@ static void pc_wake(void *opaque)
  * every channel gets the reason as its error and is shut down, so each
  * thread blocked on one returns and the side pauses (outgoing.c,
  * incoming.c).  Any thread, no lock held but leaf locks' callers. */
-void lm_mig_link_down(lm_mig *m, int code, const char *why)
+static void link_down_locked(lm_mig *m, int code, const char *why)
 {
-    pthread_mutex_lock(&m->lock);
     if (m->chan) {
         lm_chan_set_error(m->chan, code, why);
         lm_chan_shutdown(m->chan, why);
@@ -46,6 +45,12 @@ void lm_mig_link_down(lm_mig *m, int code, const char *why)
         lm_chan_shutdown(m->aux_chans[i], why);
     }
     pthread_cond_broadcast(&m->cond);
+}
+
+void lm_mig_link_down(lm_mig *m, int code, const char *why)
+{
+    pthread_mutex_lock(&m->lock);
+    link_down_locked(m, code, why);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -382,6 +387,25 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
     if (changed)
         lm_emit_status(m);
     return 0;
+}
+
+/* QEMU's qmp_migrate_pause: only while postcopy is alive (active or
+ * recovering; not postcopy-device, where a failure fails and the source
+ * resumes), on whichever side this is.  The channels are shut down under
+ * the lock, so the state cannot move on between the check and the act. */
+int lm_mig_pause(lm_mig *m, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&m->lock);
+    lm_status s = m->status;
+    if (s == LM_STATUS_POSTCOPY_ACTIVE || s == LM_STATUS_POSTCOPY_RECOVER)
+        link_down_locked(m, -ECONNABORTED, "Postcopy migration is paused by the user");
+    else
+        ret = lm_error_set(err, -EINVAL,
+                           "migrate-pause is currently only supported during "
+                           "postcopy-active or postcopy-recover state");
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err)

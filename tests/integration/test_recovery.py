@@ -143,5 +143,47 @@ def t_quit_paused(t):
     src.proc.wait(scaled(20))
 
 
+PAUSE_REFUSAL = ("migrate-pause is currently only supported during postcopy-active or "
+                 "postcopy-recover state")
+
+
+@R.test("migrate-pause is refused outside postcopy, with QEMU's message, on both sides")
+def t_pause_refused(t):
+    src, dst, px = pair(t)
+    for g in (src, dst):  # nothing running
+        e = g.qmp.expect_error("migrate-pause")
+        check_eq(e.desc, PAUSE_REFUSAL, "%s: refusal with no migration" % g.name)
+    src.qmp.execute("migrate", {"uri": px.uri})
+    wait_status(src, "active", 30, fail_on=NOT_PAUSED)
+    wait_status(dst, "active", 30, fail_on=NOT_PAUSED)
+    for g in (src, dst):  # precopy
+        e = g.qmp.expect_error("migrate-pause")
+        check_eq(e.desc, PAUSE_REFUSAL, "%s: refusal in precopy" % g.name)
+    # The refusal did nothing: precopy goes on.
+    check_eq(src.query_migrate().get("status"), "active", "source after the refusal")
+    src.qmp.execute("migrate_cancel")
+    wait_status(src, "cancelled", 30, fail_on=("failed", "completed"))
+
+
+def pause(t, side, transport):
+    src, dst, px = pair(t, transport)
+    switch(src, dst, px)
+    g = src if side == "source" else dst
+    g.qmp.execute("migrate-pause")
+    si, di = paused_both(src, dst, "migrate-pause on the %s" % side)
+    desc = (si if side == "source" else di).get("error-desc", "")
+    check("Postcopy migration is paused by the user" in desc, "%s error-desc %r", side, desc)
+    check_held(src, dst)
+    # Paused already: a second migrate-pause is refused.
+    for h in (src, dst):
+        e = h.qmp.expect_error("migrate-pause")
+        check_eq(e.desc, PAUSE_REFUSAL, "%s: refusal when paused" % h.name)
+
+
+for side in ("source", "destination"):
+    R.add("migrate-pause on the %s pauses both sides (tcp)" % side, pause, side, "tcp")
+R.add("migrate-pause on the destination pauses both sides (unix)", pause, "destination", "unix")
+
+
 if __name__ == "__main__":
     R.main()
