@@ -33,12 +33,14 @@ ACTIVE = ("postcopy-active",)
 NOT_PAUSED = ("failed", "completed", "cancelled")
 
 
-def pair(t, transport="tcp", caps=None, workload="random"):
+def pair(t, transport="tcp", caps=None, workload="random", backend=None):
     """A source and a destination behind a proxy on `transport`, postcopy
     on, the push held; returns (src, dst, proxy)."""
     c = {"events": True, "postcopy-ram": True}
     c.update(caps or {})
     wl = {"workload": workload, "dirty_rate": "32M"}
+    if backend:
+        wl["extra"] = ("--mem-backend", backend)
     src = t.guest("src", mem=MEM, fill="random", seed=1, **wl)
     dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=c, **wl)
     set_caps(src, c)
@@ -91,8 +93,8 @@ def check_held(src, dst):
     return owed
 
 
-def fault(t, how, transport, caps=None):
-    src, dst, px = pair(t, transport, caps)
+def fault(t, how, transport, caps=None, backend=None):
+    src, dst, px = pair(t, transport, caps, backend=backend)
     switch(src, dst, px)
     t0 = time.monotonic()
     if how == "cut":
@@ -125,6 +127,10 @@ R.add("cut with preempt and multifd channels pauses both sides", fault, "cut", "
       {"postcopy-preempt": True, "multifd": True})
 R.add("black hole with preempt and multifd channels pauses both sides", fault, "blackhole",
       "tcp", {"postcopy-preempt": True, "multifd": True})
+# Shared memory: owed pages are unmapped page cache (minor faults); they
+# must stay blocked, never be mapped stale.
+R.add("black hole with preempt, shared memory (memfd): both sides pause, owed pages held",
+      fault, "blackhole", "unix", {"postcopy-preempt": True}, "memfd")
 
 
 @R.test("a paused destination quits cleanly: its blocked threads never read owed pages")
