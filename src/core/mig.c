@@ -33,7 +33,8 @@ static void pc_wake(void *opaque)
 /* Postcopy's link is gone (a silent or broken channel, migrate-pause):
  * every channel gets the reason as its error and is shut down, so each
  * thread blocked on one returns and the side pauses (outgoing.c,
- * incoming.c).  Any thread, no lock held but leaf locks' callers. */
+ * incoming.c).  Any thread that holds no lock (it takes m->lock, then
+ * the channels' leaf locks). */
 static void link_down_locked(lm_mig *m, int code, const char *why)
 {
     if (m->chan) {
