@@ -242,6 +242,11 @@ typedef struct lm_params {
     uint8_t max_cpu_throttle;                   /* default only: 99 */
     /* default only: 50, 550, 5, 100 */
     uint64_t announce_initial, announce_max, announce_rounds, announce_step;
+    /* ms; a postcopy peer silent this long (nothing read on the main
+     * channel, whose heartbeat is a PING/PONG every 100 ms) pauses the
+     * migration; 0 = never (only errors pause); 200..3600000; default
+     * 10000.  Each side uses its own. */
+    uint64_t x_postcopy_timeout_ms;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -265,6 +270,7 @@ typedef enum lm_param {
     LM_PARAM_ANNOUNCE_MAX,
     LM_PARAM_ANNOUNCE_ROUNDS,
     LM_PARAM_ANNOUNCE_STEP,
+    LM_PARAM_X_POSTCOPY_TIMEOUT_MS,
     LM_PARAM__MAX
 } lm_param;
 
@@ -280,6 +286,8 @@ LM_API int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 
 /* One multifd channel's figures (source side). */
 #define LM_MULTIFD_MAX_CHANNELS 255
+/* x-postcopy-timeout-ms by default: TCP_USER_TIMEOUT's 10 s (chan/uri.c). */
+#define LM_POSTCOPY_TIMEOUT_DEFAULT_MS 10000
 typedef struct lm_multifd_chan_stats {
     uint64_t bytes;  /* on the wire, headers included */
     uint64_t normal; /* pages sent with data */
@@ -456,6 +464,12 @@ LM_API int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err);
  * setup and active (QEMU's rule), refused otherwise.  Thread: any.
  * Blocks: no. */
 LM_API int lm_mig_start_postcopy(lm_mig *m, lm_error *err);
+/* QMP `migrate-pause`, on either side: in postcopy-active or
+ * postcopy-recover, shuts every channel down with "Postcopy migration is
+ * paused by the user", which takes both sides to postcopy-paused (the
+ * peer sees its link break).  Refused (-EINVAL) in any other state, with
+ * QEMU's message.  Thread: any.  Blocks: no. */
+LM_API int lm_mig_pause(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
 LM_API void lm_mig_query(lm_mig *m, lm_info *out);

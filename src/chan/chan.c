@@ -280,6 +280,13 @@ static int send_all(lm_chan *c, struct iovec *iov, int cnt)
         if (n < 0) {
             if (e == EINTR)
                 continue;
+            if ((e == EAGAIN || e == EWOULDBLOCK) && !(fcntl(c->fd, F_GETFL) & O_NONBLOCK)) {
+                /* A blocking socket says EAGAIN only when its SO_SNDTIMEO
+                 * ran out with nothing sent (postcopy sets it: a peer that
+                 * reads nothing any more). */
+                r = set_error_fmt(c, -ETIMEDOUT, "%s: write timed out", c->name);
+                goto out;
+            }
             if (e == EAGAIN || e == EWOULDBLOCK) {
                 /* A non-blocking fd handed in through fd:.  Wait for room;
                  * shutdown(2) wakes this poll too. */

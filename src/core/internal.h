@@ -182,6 +182,9 @@ void lm_vm_start_after_migration(lm_mig *m, lm_runstate to);
  * false when cancel was already requested; remove before freeing. */
 bool lm_mig_aux_chan_add(lm_mig *m, lm_chan *c);
 void lm_mig_aux_chans_clear(lm_mig *m);
+/* Postcopy's link is gone: every channel fails with why and is shut
+ * down (takes lock; the caller holds no lock but leaves). */
+void lm_mig_link_down(lm_mig *m, int code, const char *why);
 /* Records the first error of this migration (takes lock). */
 void lm_mig_set_error(lm_mig *m, const lm_error *err);
 /* The capability bit is on (takes lock). */

@@ -28,6 +28,9 @@ static int postcopy_run(lm_incoming *in, lm_error *err)
         if (!in->tmp)
             return lm_error_set(err, -ENOMEM, "out of memory");
     }
+    pthread_mutex_lock(&m->lock);
+    m->pcd.timeout_ms = m->params.x_postcopy_timeout_ms;
+    pthread_mutex_unlock(&m->lock);
     int ret = lm_pc_dst_listen(&m->pcd, in->chan, in->blocktime, err);
     if (ret < 0)
         return ret;

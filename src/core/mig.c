@@ -31,6 +31,36 @@ static void pc_wake(void *opaque)
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Postcopy's link is gone (a silent or broken channel, migrate-pause):
+ * every channel gets the reason as its error and is shut down, so each
+ * thread blocked on one returns and the side pauses (outgoing.c,
+ * incoming.c).  Any thread that holds no lock (it takes m->lock, then
+ * the channels' leaf locks). */
+static void link_down_locked(lm_mig *m, int code, const char *why)
+{
+    if (m->chan) {
+        lm_chan_set_error(m->chan, code, why);
+        lm_chan_shutdown(m->chan, why);
+    }
+    for (unsigned i = 0; i < m->naux_chans; i++) {
+        lm_chan_set_error(m->aux_chans[i], code, why);
+        lm_chan_shutdown(m->aux_chans[i], why);
+    }
+    pthread_cond_broadcast(&m->cond);
+}
+
+void lm_mig_link_down(lm_mig *m, int code, const char *why)
+{
+    pthread_mutex_lock(&m->lock);
+    link_down_locked(m, code, why);
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void pc_link_down(void *opaque, int code, const char *why)
+{
+    lm_mig_link_down(opaque, code, why);
+}
+
 int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig **out,
                lm_error *err)
 {
@@ -78,6 +108,8 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     m->pcs.wake = pc_wake;
     m->pcs.wake_opaque = m;
     lm_pc_dst_init(&m->pcd, &m->mem, &m->place);
+    m->pcd.link_down = pc_link_down;
+    m->pcd.link_opaque = m;
     *out = m;
     return 0;
 }
@@ -291,6 +323,7 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
     TAKE(LM_PARAM_ANNOUNCE_MAX, announce_max);
     TAKE(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);
     TAKE(LM_PARAM_ANNOUNCE_STEP, announce_step);
+    TAKE(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, x_postcopy_timeout_ms);
 #undef TAKE
     /* A running migration thread picks these up at once (it waits on
      * cond between rate windows). */
@@ -360,6 +393,25 @@ int lm_mig_cancel(lm_mig *m, lm_error *err)
     if (changed)
         lm_emit_status(m);
     return 0;
+}
+
+/* QEMU's qmp_migrate_pause: only while postcopy is alive (active or
+ * recovering; not postcopy-device, where a failure fails and the source
+ * resumes), on whichever side this is.  The channels are shut down under
+ * the lock, so the state cannot move on between the check and the act. */
+int lm_mig_pause(lm_mig *m, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&m->lock);
+    lm_status s = m->status;
+    if (s == LM_STATUS_POSTCOPY_ACTIVE || s == LM_STATUS_POSTCOPY_RECOVER)
+        link_down_locked(m, -ECONNABORTED, "Postcopy migration is paused by the user");
+    else
+        ret = lm_error_set(err, -EINVAL,
+                           "migrate-pause is currently only supported during "
+                           "postcopy-active or postcopy-recover state");
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 int lm_mig_continue(lm_mig *m, lm_status state, lm_error *err)

@@ -61,6 +61,42 @@ static int handle_device_ack(lm_outgoing *g, const uint8_t *payload, uint32_t le
     return 0;
 }
 
+/* Waits for the destination's next record.  In postcopy the destination
+ * answers the PING of every 100 ms window (switchover.c), so a return path
+ * silent for x-postcopy-timeout-ms is a link that went away without an
+ * error (a black hole): every channel is shut down with that reason and
+ * the source pauses.  Returns 0 when there is something to read (or an
+ * error for the read to report), < 0 when the watchdog fired. */
+static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, lm_error *err)
+{
+    lm_mig *m = g->m;
+    for (;;) {
+        int r = lm_chan_wait_readable(g->chan, 100);
+        if (r != 0)
+            return 0;
+        uint64_t now = lm_now_ns(), rd = lm_chan_bytes_read(g->chan);
+        pthread_mutex_lock(&m->lock);
+        bool pc = m->status == LM_STATUS_POSTCOPY_ACTIVE || m->status == LM_STATUS_POSTCOPY_DEVICE;
+        uint64_t tmo = m->params.x_postcopy_timeout_ms;
+        pthread_mutex_unlock(&m->lock);
+        if (rd != *last_bytes || !pc || !tmo || !*last_ns) {
+            /* Counted from the last byte read in postcopy, or from the
+             * first look in postcopy. */
+            *last_bytes = rd;
+            *last_ns = pc ? now : 0;
+            continue;
+        }
+        if (now - *last_ns < tmo * 1000000ull)
+            continue;
+        lm_error_set(err, -ETIMEDOUT,
+                     "main channel: no data from the destination for %llu ms "
+                     "(x-postcopy-timeout-ms)",
+                     (unsigned long long)tmo);
+        lm_mig_link_down(m, -ETIMEDOUT, err->msg);
+        return -ETIMEDOUT;
+    }
+}
+
 static void *rp_thread_fn(void *arg)
 {
     lm_outgoing *g = arg;
@@ -69,8 +105,11 @@ static void *rp_thread_fn(void *arg)
     uint8_t *payload = malloc(RP_MAX_PAYLOAD);
     pthread_setname_np(pthread_self(), "lm-rp");
     int ret = payload ? 0 : lm_error_set(&err, -ENOMEM, "out of memory");
+    uint64_t last_bytes = 0, last_ns = 0;
     while (ret == 0) {
         lm_rec_hdr h;
+        if ((ret = wait_record(g, &last_bytes, &last_ns, &err)) < 0)
+            break;
         ret = lm_rec_read_hdr(g->chan, false, &h, &err);
         if (ret == 0)
             ret = lm_rec_read_payload(g->chan, &h, payload, RP_MAX_PAYLOAD, NULL, &err);

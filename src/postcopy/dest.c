@@ -305,8 +305,15 @@ static void *preempt_thread_fn(void *arg)
     d->preempt_ret = ret;
     d->preempt_err = err;
     d->preempt_eos = true;
+    bool stopping = d->preempt_stopping;
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
+    /* A preempt channel that broke while the migration goes on takes the
+     * whole link down: requests would go nowhere, so the destination
+     * pauses (every channel shut down, the loaders fail) rather than wait
+     * on the main channel. */
+    if (ret < 0 && !stopping && d->link_down)
+        d->link_down(d->link_opaque, ret, err.msg);
     return NULL;
 }
 
@@ -319,6 +326,7 @@ int lm_pc_dst_preempt_start(lm_pc_dst *d, lm_chan *c, lm_error *err)
     pthread_mutex_lock(&d->lock);
     d->preempt_eos = false;
     d->preempt_ret = 0;
+    d->preempt_stopping = false;
     pthread_mutex_unlock(&d->lock);
     int ret = -pthread_create(&d->preempt_thread, NULL, preempt_thread_fn, d);
     if (ret < 0) {
@@ -337,6 +345,9 @@ void lm_pc_dst_preempt_stop(lm_pc_dst *d)
 {
     if (!d->preempt_running)
         return;
+    pthread_mutex_lock(&d->lock);
+    d->preempt_stopping = true; /* its failure from here is ours, not the link's */
+    pthread_mutex_unlock(&d->lock);
     /* Shut down first: a request write blocked on it (rp_lock held) fails. */
     lm_chan_shutdown(d->preempt, "preempt channel closed");
     pthread_mutex_lock(&d->rp_lock);

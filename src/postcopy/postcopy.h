@@ -185,8 +185,21 @@ typedef struct lm_pc_dst {
     bool prepared;           /* maps allocated, prefault stopped (incoming thread) */
     bool classified;         /* block kinds decided, aliases mapped (incoming thread) */
     bool listening;          /* uffd registered (atomic) */
+    /* lm_pc_dst_end with pages still owed (incoming thread / free): blocks
+     * made inaccessible, and whether one could not be (uffd leaked). */
+    unsigned fenced_blocks;
+    bool fence_failed;
     pthread_t fault_thread;
     bool fault_running;
+    /* Set by the loader before listen, fixed until lm_pc_dst_end: the
+     * silence bound (x-postcopy-timeout-ms, 0 = none) the fault thread
+     * watches the main channel for, and what it calls when the link is
+     * gone (a silent main channel, a preempt channel that failed): the
+     * core shuts every channel down, so the loaders fail and the
+     * destination pauses.  Called with no postcopy lock held. */
+    uint64_t timeout_ms;
+    void (*link_down)(void *opaque, int code, const char *why);
+    void *link_opaque;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */
     lm_chan *rp;  /* main channel (return path), borrowed */
@@ -204,9 +217,10 @@ typedef struct lm_pc_dst {
     lm_chan *preempt;
     pthread_t preempt_thread;
     bool preempt_running;
-    int preempt_ret;      /* lock: the preempt thread's result */
-    lm_error preempt_err; /* lock */
-    bool preempt_eos;     /* lock */
+    bool preempt_stopping; /* lock: lm_pc_dst_preempt_stop shut it down */
+    int preempt_ret;       /* lock: the preempt thread's result */
+    lm_error preempt_err;  /* lock */
+    bool preempt_eos;      /* lock */
 } lm_pc_dst;
 
 /* Probes userfaultfd missing mode on anonymous memory (set-capability). */
@@ -231,7 +245,10 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_chan *rp, bool blocktime, lm_error *err);
 /* Waits until nothing is owed, the preempt loader failed, or the preempt
  * channel ended (then it checks that nothing is owed). */
 int lm_pc_dst_wait_placed(lm_pc_dst *d, lm_error *err);
-/* Completion: stops the fault thread, unregisters (pages stay). */
+/* Completion: stops the fault thread, unregisters (pages stay).  With
+ * pages still owed (teardown of a paused destination) every block that
+ * owes one is made PROT_NONE first: an access gets SIGSEGV, never a zero
+ * or stale page (uffd.c, fence_owed). */
 void lm_pc_dst_end(lm_pc_dst *d);
 /* After lm_pc_dst_end, or a migration that ended without a switch (not
  * when paused): stops the prefault thread, unmaps the aliases. */

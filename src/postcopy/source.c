@@ -334,10 +334,23 @@ static void *preq_thread_fn(void *arg)
         lm_rec_hdr h;
         lm_error rerr = {0};
         if (lm_rec_read_hdr(c, false, &h, &rerr) < 0) {
-            if (lm_chan_get_error(c, NULL))
-                return NULL; /* transport: the main channel reports */
-            err = rerr;
-            break;
+            if (!lm_chan_get_error(c, NULL)) {
+                err = rerr;
+                break;
+            }
+            /* Transport.  After our EOS the destination closes it: the
+             * end.  Before, the link is broken even if the main channel
+             * still looks fine (requests would go nowhere): shut it down
+             * with the reason, which pauses the migration. */
+            pthread_mutex_lock(&s->wlock);
+            bool done = s->preempt_done;
+            pthread_mutex_unlock(&s->wlock);
+            if (done)
+                return NULL;
+            lm_chan_get_error(c, &rerr); /* names the preempt channel */
+            lm_chan_set_error(s->preq_shutdown, rerr.code ? rerr.code : -EPIPE, rerr.msg);
+            lm_chan_shutdown(s->preq_shutdown, rerr.msg);
+            return NULL;
         }
         if (h.type != LM_REC_RP_REQ_PAGES || h.len != sizeof payload) {
             lm_error_set(&err, -EPROTO, "%s record of %u bytes", lm_rec_type_name(h.type), h.len);

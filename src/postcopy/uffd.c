@@ -16,7 +16,9 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #ifndef MADV_NOHUGEPAGE
@@ -270,18 +272,56 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, uint64_t flags)
     }
 }
 
+/* The watchdog of a silent link (x-postcopy-timeout-ms): the source sends
+ * a PING every 100 ms window besides its pages, so a main channel that
+ * reads nothing for timeout_ms is a link that is gone without an error (a
+ * black hole).  Checked by the fault thread between faults; its own
+ * request writes are bounded by SO_SNDTIMEO (listen), so it cannot be
+ * stuck in one.  Returns true once it fired (once per migration). */
+static bool watch_link(lm_pc_dst *d, uint64_t *last_bytes, uint64_t *last_ns)
+{
+    uint64_t now = lm_now_ns();
+    pthread_mutex_lock(&d->rp_lock);
+    bool fire = false;
+    if (d->rp) {
+        uint64_t r = lm_chan_bytes_read(d->rp);
+        if (r != *last_bytes) {
+            *last_bytes = r;
+            *last_ns = now;
+        } else if (now - *last_ns >= d->timeout_ms * 1000000ull) {
+            fire = true;
+        }
+    }
+    pthread_mutex_unlock(&d->rp_lock);
+    if (fire && d->link_down) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "main channel: no data from the source for %llu ms "
+                 "(x-postcopy-timeout-ms)",
+                 (unsigned long long)d->timeout_ms);
+        d->link_down(d->link_opaque, -ETIMEDOUT, why);
+    }
+    return fire;
+}
+
 static void *fault_thread_fn(void *arg)
 {
     lm_pc_dst *d = arg;
     pthread_setname_np(pthread_self(), "lm-pc-fault");
     struct pollfd pfd[2] = {{.fd = d->uffd, .events = POLLIN},
                             {.fd = d->quit_efd, .events = POLLIN}};
+    bool watching = d->timeout_ms != 0;
+    uint64_t last_bytes = 0, last_ns = lm_now_ns();
     for (;;) {
-        int n = poll(pfd, 2, -1);
+        int n = poll(pfd, 2, watching ? 100 : -1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 || pfd[1].revents)
             break;
+        if (watching && watch_link(d, &last_bytes, &last_ns))
+            watching = false;
+        if (n == 0)
+            continue;
         struct uffd_msg msgs[16];
         ssize_t got = read(d->uffd, msgs, sizeof msgs);
         if (got < 0) {
@@ -338,6 +378,16 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_chan *rp, bool blocktime, lm_error *err)
     pthread_mutex_unlock(&d->lock);
     pthread_mutex_lock(&d->rp_lock);
     d->rp = rp;
+    if (d->timeout_ms) {
+        /* A request or PONG that cannot be written within the silence
+         * bound fails (chan.c), rather than hold rp_lock forever. */
+        struct timeval tv = {.tv_sec = (time_t)(d->timeout_ms / 1000),
+                             .tv_usec = (suseconds_t)(d->timeout_ms % 1000) * 1000};
+        if (rp)
+            setsockopt(lm_chan_fd(rp), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (d->req)
+            setsockopt(lm_chan_fd(d->req), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
     pthread_mutex_unlock(&d->rp_lock);
     d->uffd = fd;
     d->quit_efd = efd;
@@ -363,6 +413,45 @@ void lm_pc_dst_detach_rp(lm_pc_dst *d)
     pthread_mutex_unlock(&d->rp_lock);
 }
 
+/* Teardown of a destination that still owes pages (paused, or freed in
+ * postcopy): unregistering userfaultfd would let the next access to an
+ * owed page read a fresh zero page (private memory) or the stale page
+ * cache (shared memory), i.e. a guest silently corrupted.  Every block
+ * that still has an owed page is made inaccessible (PROT_NONE) first,
+ * while it is still registered, so there is no window: a thread blocked
+ * on an owed page is woken by the unregistration, faults again and gets
+ * SIGSEGV, and so does any later access to that block.  Nothing is ever
+ * read from a page the source did not send.  (UFFD_FEATURE_SIGBUS would
+ * need a userfaultfd open for as long as the host keeps the mapping,
+ * which outlives the migration object.)  Other mappings of a shared
+ * block (another process's) are the host's: they are not ours to fence.
+ * Returns the number of blocks fenced. */
+static unsigned fence_owed(lm_pc_dst *d)
+{
+    unsigned fenced = 0;
+    for (unsigned i = 0; i < d->mem->nblocks; i++) {
+        lm_ram_block *b = &d->mem->blocks[i];
+        pthread_mutex_lock(&d->lock);
+        bool owes = d->blk[i].owed && lm_bitmap_next_set(d->blk[i].owed, b->npages, 0) < b->npages;
+        pthread_mutex_unlock(&d->lock);
+        if (!owes)
+            continue;
+        if (mprotect(b->base, b->len, PROT_NONE) < 0) {
+            /* Cannot happen for a mapping we registered; if it did, the
+             * registration must stay so that owed pages never read as
+             * something else: the descriptor is leaked on purpose. */
+            fprintf(stderr,
+                    "livemig: postcopy: cannot fence RAM block '%s' (%s): its "
+                    "userfaultfd stays registered\n",
+                    b->name, strerror(errno));
+            d->fence_failed = true;
+            continue;
+        }
+        fenced++;
+    }
+    return fenced;
+}
+
 void lm_pc_dst_end(lm_pc_dst *d)
 {
     if (d->fault_running) {
@@ -374,9 +463,14 @@ void lm_pc_dst_end(lm_pc_dst *d)
         d->fault_running = false;
     }
     lm_pc_dst_detach_rp(d);
-    if (d->uffd >= 0) {
+    if (d->uffd >= 0)
+        d->fenced_blocks = fence_owed(d);
+    if (d->uffd >= 0 && d->fence_failed) {
+        d->uffd = -1; /* leaked: see fence_owed */
+    } else if (d->uffd >= 0) {
         /* Unregistering keeps every placed page; closing wakes any thread
-         * still blocked on a fault, which then retries normally. */
+         * still blocked on a fault, which then retries normally (or, in a
+         * fenced block, gets SIGSEGV). */
         for (unsigned i = 0; i < d->mem->nblocks; i++) {
             struct uffdio_range r = {(uintptr_t)d->mem->blocks[i].base, d->mem->blocks[i].len};
             ioctl(d->uffd, UFFDIO_UNREGISTER, &r);

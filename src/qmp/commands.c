@@ -246,14 +246,15 @@ static int cmd_migrate_start_postcopy(lm_mig *m, json_t *args, json_t **ret, lm_
 
 static const argspec recover_args[] = {{"uri", T_STR, true}, {NULL}};
 
-/* Postcopy recovery's two commands exist with QEMU's arguments so that a
- * client gets a clear refusal rather than CommandNotFound. */
+/* migrate-pause: either side, postcopy-active or postcopy-recover only
+ * (QEMU's refusal text otherwise). */
 static int cmd_migrate_pause(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP,
-                        "migrate-pause: postcopy recovery (pause, recover, "
-                        "resume) is not supported yet");
+    return lm_mig_pause(m, err);
 }
+
+/* migrate-recover exists with QEMU's arguments so that a client gets a
+ * clear refusal rather than CommandNotFound. */
 
 static int cmd_migrate_recover(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {

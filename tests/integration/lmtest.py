@@ -964,6 +964,15 @@ class Ctx:
         self.closers.append(s.close)
         return s
 
+    def proxy(self, target, listen="tcp", lifetime=120.0):
+        """A fault-injection proxy (lmproxy.Proxy) in front of `target` (a
+        destination's URI), listening on tcp or unix; closed by cleanup
+        after the guests are stopped."""
+        import lmproxy
+        p = lmproxy.Proxy(target, listen=listen, tmpdir=self.tmpdir, lifetime=scaled(lifetime))
+        self.closers.append(p.close)
+        return p
+
     def cleanup(self):
         for g in self.guests:
             try:

@@ -351,8 +351,8 @@ def cut(t, how, backend=None, caps=None):
     start_and_switch(src, dst)
     wait_status(src, "postcopy-active", 30, fail_on=("failed", "cancelled", "completed"))
     # A peer killed mid-postcopy: the connection breaks under the other side
-    # as a network cut would (migrate-pause, the polite cut, is the
-    # recovery issue's).
+    # as a network cut would (migrate-pause, the polite cut, and
+    # cuts through a proxy are in test_recovery.py).
     if how == "kill-dst":
         dst.kill(signal.SIGKILL)
     else:
