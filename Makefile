@@ -4,14 +4,16 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
-            libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev
+            libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev libcairo2-dev
+# `make bench` only: its charts (bench/charts.py) and rendering them to look at.
+BENCH_DEB_PKGS := python3-matplotlib librsvg2-bin
 
 .PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench clean
 
 all: build
 
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@missing=""; for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -66,7 +68,8 @@ fuzz: deps
 	cmake --build build-fuzz -j $(JOBS)
 
 bench: build
-	python3 bench/bench.py --livemig ./$(BUILD)/livemig
+	@$(MAKE) --no-print-directory deps EXTRA_DEB_PKGS="$(BENCH_DEB_PKGS)"
+	python3 bench/bench.py --livemig ./$(BUILD)/livemig --charts docs/img/bench
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

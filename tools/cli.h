@@ -182,6 +182,9 @@ typedef struct mig_opts {
      * remaining has not reached a new low for `postcopy_window_ms`. */
     enum { MIG_PC_NONE, MIG_PC_AFTER_PASS, MIG_PC_AFTER_TIME, MIG_PC_AUTO } postcopy;
     uint64_t postcopy_pass, postcopy_after_ms, postcopy_window_ms;
+    /* --plot FILE (.svg, or .png): the timeline drawn once it ends. */
+    const char *plot;
+    int plot_w, plot_h;
 } mig_opts;
 
 /* Adds "NAME=on|off" / "NAME=VALUE"; prints an error and returns false on

@@ -5,6 +5,7 @@
  * mig_run() is also the engine of `livemig demo`.
  */
 #include "cli.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -49,6 +50,10 @@ void usage_migrate(FILE *f)
                "                         remaining has not reached a new low for SECONDS\n"
                "                         (default 3)\n"
                "  --json                 print one JSON object at the end, no progress\n"
+               "  --plot FILE            when it ends, draw the timeline to FILE (SVG, or\n"
+               "                         PNG for *.png): remaining, throughput, dirty rate,\n"
+               "                         passes, switchover and downtime, postcopy faults\n"
+               "  --plot-size WxH        picture size in pixels (default 1000x720)\n"
                "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
                "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
                "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
@@ -57,11 +62,14 @@ void usage_migrate(FILE *f)
 
 void usage_status(FILE *f)
 {
-    fprintf(f, "usage: livemig status SOCK [--watch] [--json]\n\n"
+    fprintf(f, "usage: livemig status SOCK [--watch [--plot FILE]] [--json]\n\n"
                "Shows query-migrate of the host behind QMP socket SOCK.\n\n"
                "options:\n"
                "  --watch                refresh every second until a final status\n"
-               "  --json                 print query-migrate as JSON (one line per refresh)\n");
+               "  --json                 print query-migrate as JSON (one line per refresh)\n"
+               "  --plot FILE            with --watch: sample every 100 ms and draw the\n"
+               "                         timeline to FILE when it ends (see migrate)\n"
+               "  --plot-size WxH        picture size in pixels (default 1000x720)\n");
 }
 
 void usage_postcopy(FILE *f)
@@ -139,92 +147,6 @@ static json_t *param_json(const char *name, const char *value)
     return json_string(value);
 }
 
-/* ------------------------------------------------------------ progress */
-
-typedef struct progress {
-    bool tty;
-    bool enabled;
-    int lines; /* lines of the block drawn last (tty) */
-    uint64_t start_ms;
-    uint64_t last_plain_ms;
-} progress;
-
-/* Live: QEMU's mbps is the last 100 ms window.  Final: it is the average
- * once completed; for a failed or cancelled run use the average too. */
-static double throughput_of(const qmpc_mig *q, bool final)
-{
-    if (final && strcmp(q->status, "completed") && q->total_time > 0)
-        return (double)q->transferred * 1000.0 / (double)q->total_time;
-    if (q->has_mbps)
-        return (double)q->mbps_x1000 / 1000.0 * 1e6 / 8;
-    if (q->total_time > 0)
-        return (double)q->transferred * 1000.0 / (double)q->total_time;
-    return 0;
-}
-
-static void progress_init(progress *p, bool enabled)
-{
-    memset(p, 0, sizeof *p);
-    p->enabled = enabled;
-    p->tty = isatty(STDOUT_FILENO);
-    p->start_ms = cli_now_ms();
-}
-
-static void progress_show(progress *p, const qmpc_mig *q, bool force)
-{
-    if (!p->enabled)
-        return;
-    uint64_t now = cli_now_ms();
-    double elapsed = q->total_time >= 0 ? (double)q->total_time : (double)(now - p->start_ms);
-    double tput = throughput_of(q, false);
-    double dirty = (double)q->dirty_pages_rate * (double)q->page_size;
-    double eta = q->has_remaining && tput > 0 ? (double)q->remaining / tput * 1000 : -1;
-    char el[32], tr[32], rem[32], tot[32], tp[32], dr[32], ed[32], et[32];
-    cli_fmt_ms(el, sizeof el, elapsed);
-    cli_fmt_bytes(tr, sizeof tr, (double)q->transferred);
-    if (q->has_remaining)
-        cli_fmt_bytes(rem, sizeof rem, (double)q->remaining);
-    else
-        snprintf(rem, sizeof rem, "-");
-    cli_fmt_bytes(tot, sizeof tot, (double)q->total);
-    cli_fmt_rate(tp, sizeof tp, tput);
-    if (q->has_dirty_rate)
-        cli_fmt_rate(dr, sizeof dr, dirty);
-    else
-        snprintf(dr, sizeof dr, "-");
-    cli_fmt_ms(ed, sizeof ed, (double)q->expected_downtime);
-    cli_fmt_ms(et, sizeof et, eta);
-    const char *st = q->status[0] ? q->status : "?";
-
-    if (p->tty) {
-        /* A block redrawn in place: cursor up over the last one. */
-        if (p->lines)
-            printf("\033[%dA", p->lines);
-        printf("\r\033[K  status       %-12s pass %-6" PRIu64 " elapsed %s\n", st,
-               q->dirty_sync_count, el);
-        if (q->has_ram) {
-            printf("\r\033[K  transferred  %-10s   remaining %-10s  total %s\n", tr, rem, tot);
-            printf("\r\033[K  throughput   %-12s dirty rate %s\n", tp, dr);
-            printf("\r\033[K  downtime     expected %-9s ETA %s\n", ed, et);
-            p->lines = 4;
-        } else {
-            p->lines = 1;
-        }
-        fflush(stdout);
-        return;
-    }
-    if (!force && p->last_plain_ms && now - p->last_plain_ms < 1000)
-        return;
-    p->last_plain_ms = now;
-    if (q->has_ram)
-        printf("[%8s] %s pass %" PRIu64 ": transferred %s, remaining %s of %s, %s, dirty %s, "
-               "expected downtime %s, ETA %s\n",
-               el, st, q->dirty_sync_count, tr, rem, tot, tp, dr, ed, et);
-    else
-        printf("[%8s] %s\n", el, st);
-    fflush(stdout);
-}
-
 /* ------------------------------------------------------------- summary */
 
 static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, FILE *f)
@@ -240,7 +162,7 @@ static void print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note
         fprintf(f, "  downtime      %s\n", cli_fmt_ms(dt, sizeof dt, (double)s->downtime));
     if (s->has_ram) {
         fprintf(f, "  transferred   %s\n", cli_fmt_bytes(tr, sizeof tr, (double)s->transferred));
-        fprintf(f, "  throughput    %s\n", cli_fmt_rate(tp, sizeof tp, throughput_of(s, true)));
+        fprintf(f, "  throughput    %s\n", cli_fmt_rate(tp, sizeof tp, mig_throughput(s, true)));
         fprintf(f, "  passes        %" PRIu64 "\n", s->dirty_sync_count);
     }
     if (s->postcopy_bytes || s->postcopy_requests) {
@@ -273,7 +195,7 @@ static json_t *summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw,
         json_object_set_new(o, "setup-time", json_integer(s->setup_time));
     if (s->has_ram) {
         json_object_set_new(o, "transferred", json_integer((json_int_t)s->transferred));
-        json_object_set_new(o, "throughput", json_integer((json_int_t)throughput_of(s, true)));
+        json_object_set_new(o, "throughput", json_integer((json_int_t)mig_throughput(s, true)));
         json_object_set_new(o, "passes", json_integer((json_int_t)s->dirty_sync_count));
     }
     if (s->error_desc[0])
@@ -456,14 +378,21 @@ int mig_run(const mig_opts *o)
     char uri[512];
     qmpc_mig s, d;
     progress p;
+    mig_plot mp = {0};
     bool cancel_sent = false, timed_out = false, interrupted = false;
-    uint64_t start = cli_now_ms(), cancel_deadline = 0;
+    uint64_t start = cli_now_ms(), cancel_deadline = 0, end_ms = 0;
     uint64_t deadline = start + (uint64_t)o->timeout_s * 1000;
 
     memset(&s, 0, sizeof s);
     memset(&d, 0, sizeof d);
     s.total_time = s.setup_time = s.downtime = s.expected_downtime = -1;
     snprintf(uri, sizeof uri, "%s", o->uri);
+    /* The picture's file is opened before anything happens: a bad path
+     * fails here, not after a migration. */
+    if (o->plot && mig_plot_open(&mp, o->plot, o->plot_w, o->plot_h, &err) < 0) {
+        cli_err("migrate", "%s", err.msg);
+        goto out;
+    }
 
     if (qmpc_connect(o->src, CONNECT_TIMEOUT_MS, &src, &err) < 0 ||
         qmpc_connect(o->dst, CONNECT_TIMEOUT_MS, &dst, &err) < 0 ||
@@ -473,6 +402,7 @@ int mig_run(const mig_opts *o)
         goto out;
     }
     json_t *args = json_pack("{s:s}", "uri", uri);
+    mig_plot_start(&mp, cli_now_ms());
     int rc = qmpc_call(src, "migrate", args, NULL, &err);
     json_decref(args);
     if (rc < 0) {
@@ -520,8 +450,12 @@ int mig_run(const mig_opts *o)
          * QMP, but nothing this command can move on). */
         bool final = qmpc_status_final(s.status) || !strcmp(s.status, "postcopy-paused");
         progress_show(&p, &s, final);
-        if (final)
+        mig_plot_poll(&mp, &s, dst, cli_now_ms());
+        if (final) {
+            end_ms = cli_now_ms();
+            mig_drain_events(src, &mp);
             break;
+        }
         char why[160];
         const char *reason = postcopy_due(o, &pp, &s, now, start, why, sizeof why);
         if (reason) {
@@ -537,30 +471,9 @@ int mig_run(const mig_opts *o)
             }
         }
 
-        /* Sleep until the next poll, woken early by a MIGRATION event. */
-        uint64_t tick = now + POLL_MS;
-        while (!cli_interrupted) {
-            uint64_t t = cli_now_ms();
-            if (t >= tick)
-                break;
-            json_t *ev = NULL;
-            lm_error_clear(&err);
-            int erc = qmpc_next_event(src, (int)(tick - t), &ev, &err);
-            if (erc == -ETIMEDOUT)
-                break;
-            if (erc < 0) {
-                if (erc == -EINTR)
-                    continue;
-                break; /* the next query reports a dead connection */
-            }
-            const char *name = json_string_value(json_object_get(ev, "event"));
-            const char *st =
-                json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
-            bool wake = name && !strcmp(name, "MIGRATION") && st && qmpc_status_final(st);
-            json_decref(ev);
-            if (wake)
-                break;
-        }
+        /* Sleep until the next poll, woken early by a MIGRATION event; the
+         * plot takes the events it draws (passes, stop, postcopy). */
+        mig_wait_events(src, now + POLL_MS, &mp);
     }
 
     /* The destination decides last (it may still be loading the end of the
@@ -595,7 +508,9 @@ int mig_run(const mig_opts *o)
         print_summary(&s, &d, note, stdout);
     }
     fflush(stdout);
-    if (!strcmp(s.status, "completed") && !timed_out && !interrupted) {
+    bool plot_ok =
+        mig_plot_finish(&mp, "migrate", &s, end_ms ? end_ms : cli_now_ms(), o->json) == 0;
+    if (plot_ok && !strcmp(s.status, "completed") && !timed_out && !interrupted) {
         if (!strcmp(d.status, "failed"))
             cli_err("migrate", "the source completed but the destination failed%s%s",
                     d.error_desc[0] ? ": " : "", d.error_desc);
@@ -604,6 +519,7 @@ int mig_run(const mig_opts *o)
     }
 
 out:
+    mig_plot_close(&mp);
     json_decref(src_raw);
     json_decref(dst_raw);
     lm_qmp_client_close(src);
@@ -625,7 +541,9 @@ enum {
     O_MULTIFD,
     O_COMPRESS,
     O_POSTCOPY,
-    O_AUTO_POSTCOPY
+    O_AUTO_POSTCOPY,
+    O_PLOT,
+    O_PLOT_SIZE
 };
 
 /* --postcopy[=after-pass:N|after:SECONDS] */
@@ -673,6 +591,8 @@ int cmd_migrate(int argc, char **argv)
         {"compress", true, O_COMPRESS},
         {"postcopy", false, O_POSTCOPY, true},
         {"auto-postcopy", false, O_AUTO_POSTCOPY, true},
+        {"plot", true, O_PLOT},
+        {"plot-size", true, O_PLOT_SIZE},
         {NULL, false, 0},
     };
     static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
@@ -681,6 +601,8 @@ int cmd_migrate(int argc, char **argv)
     mig_opts o;
     memset(&o, 0, sizeof o);
     o.timeout_s = 600;
+    o.plot_w = PLOT_DEFAULT_W;
+    o.plot_h = PLOT_DEFAULT_H;
     cli_args a;
     cli_args_init(&a, "migrate", argc, argv);
     const char *v;
@@ -742,6 +664,15 @@ int cmd_migrate(int argc, char **argv)
         case O_JSON:
             o.json = true;
             break;
+        case O_PLOT:
+            o.plot = v;
+            break;
+        case O_PLOT_SIZE:
+            if (!mig_plot_parse_size(v, &o.plot_w, &o.plot_h)) {
+                cli_err("migrate", "--plot-size: '%s' is not WIDTHxHEIGHT (200..8000 each)", v);
+                goto out;
+            }
+            break;
         case O_TIMEOUT:
             if (!cli_parse_u64(v, &n) || n < 1 || n > 86400 * 7) {
                 cli_err("migrate", "--timeout: '%s' is not a number of seconds >= 1", v);
@@ -802,15 +733,14 @@ out:
 int cmd_status(int argc, char **argv)
 {
     static const cli_opt opts[] = {
-        {"watch", false, O_WATCH},
-        {"json", false, O_JSON},
-        {NULL, false, 0},
+        {"watch", false, O_WATCH},        {"json", false, O_JSON}, {"plot", true, O_PLOT},
+        {"plot-size", true, O_PLOT_SIZE}, {NULL, false, 0},
     };
     cli_args a;
     cli_args_init(&a, "status", argc, argv);
-    const char *v, *sock = NULL;
+    const char *v, *sock = NULL, *plot = NULL;
     bool watch = false, json = false;
-    int id;
+    int id, pw = PLOT_DEFAULT_W, ph = PLOT_DEFAULT_H;
 
     while ((id = cli_next(&a, opts, &v)) != CLI_END) {
         switch (id) {
@@ -832,10 +762,23 @@ int cmd_status(int argc, char **argv)
         case O_JSON:
             json = true;
             break;
+        case O_PLOT:
+            plot = v;
+            break;
+        case O_PLOT_SIZE:
+            if (!mig_plot_parse_size(v, &pw, &ph)) {
+                cli_err("status", "--plot-size: '%s' is not WIDTHxHEIGHT (200..8000 each)", v);
+                return CLI_EXIT_USAGE;
+            }
+            break;
         }
     }
     if (!sock) {
         cli_err("status", "missing SOCK (see 'livemig help status')");
+        return CLI_EXIT_USAGE;
+    }
+    if (plot && !watch) {
+        cli_err("status", "--plot needs --watch (one query is not a timeline)");
         return CLI_EXIT_USAGE;
     }
     cli_catch_signals();
@@ -843,20 +786,32 @@ int cmd_status(int argc, char **argv)
     lm_error err = {0};
     int ret = CLI_EXIT_FAIL;
     progress p;
+    mig_plot mp = {0};
+    qmpc_mig q;
+    memset(&q, 0, sizeof q);
     progress_init(&p, !json);
-    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0) {
+    if (plot && mig_plot_open(&mp, plot, pw, ph, &err) < 0) {
         cli_err("status", "%s", err.msg);
         return CLI_EXIT_FAIL;
     }
+    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0) {
+        cli_err("status", "%s", err.msg);
+        goto out;
+    }
+    /* With --plot: a sample every poll, the display still once a second
+     * off a terminal. */
+    int interval_ms = plot ? POLL_MS : 1000;
     for (;;) {
         json_t *raw = NULL;
-        qmpc_mig q;
         lm_error_clear(&err);
         if (qmpc_query_migrate(c, &q, &raw, &err) < 0) {
             cli_err("status", "%s", err.msg);
             goto out;
         }
+        uint64_t now = cli_now_ms();
         bool final = qmpc_status_final(q.status) || !strcmp(q.status, "none");
+        if (strcmp(q.status, "none"))
+            mig_plot_sample(&mp, &q, json_object_get(raw, "x-postcopy"), now);
         if (json) {
             char *txt = json_dumps(raw, JSON_COMPACT);
             printf("%s\n", txt ? txt : "null");
@@ -865,21 +820,25 @@ int cmd_status(int argc, char **argv)
         } else if (!final) {
             if (!watch)
                 p.tty = false; /* one shot: one plain line, no redraw codes */
-            progress_show(&p, &q, true);
+            progress_show(&p, &q, !plot);
         } else {
             print_summary(&q, NULL, NULL, stdout);
         }
         json_decref(raw);
-        if (!watch || final)
+        if (!watch || final) {
+            mig_drain_events(c, &mp);
             break;
-        /* One refresh a second; a Ctrl-C ends the watch. */
-        for (int i = 0; i < 10 && !cli_interrupted; i++)
-            usleep(100 * 1000);
+        }
+        /* Ctrl-C ends the watch; a final MIGRATION event ends the wait. */
+        mig_wait_events(c, now + (uint64_t)interval_ms, &mp);
         if (cli_interrupted)
             break;
     }
     ret = CLI_EXIT_OK;
+    if (mp.on && mig_plot_finish(&mp, "status", &q, cli_now_ms(), json) < 0)
+        ret = CLI_EXIT_FAIL;
 out:
+    mig_plot_close(&mp);
     lm_qmp_client_close(c);
     return ret;
 }
