@@ -195,5 +195,7 @@ bool mig_opts_add_param(mig_opts *o, const char *cmd, const char *spec);
  * Returns the exit code (0 only when completed).  Honours cli_interrupted:
  * cancels the migration on the source and waits (bounded) for the end. */
 int mig_run(const mig_opts *o);
+/* The final report of a migration (d, the destination's, may be NULL). */
+void mig_print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, FILE *f);
 
 #endif /* LM_TOOLS_CLI_H */

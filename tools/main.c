@@ -1,8 +1,9 @@
 /*
  * main.c - `livemig`: git-style dispatch to the subcommands: guest.c (with
- * its sample device in guest_bulk.c), demo.c, and migrate.c for the QMP
- * drivers migrate, status, cancel and postcopy.  The tool uses only
- * include/livemig.h.
+ * its sample device in guest_bulk.c), demo.c, migrate.c and status.c for
+ * the QMP drivers migrate, status, cancel and postcopy (their display and
+ * --plot samples in watch.c, progress.c and plot.c).  The tool uses only
+ * include/livemig.h (and cairo for the pictures).
  */
 #include "cli.h"
 
