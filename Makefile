@@ -6,7 +6,9 @@ JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
             libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev libcairo2-dev
 # `make bench` only: its charts (bench/charts.py) and rendering them to look at.
+# Debian's matplotlib is Debian's python3's: the bench runs with that one.
 BENCH_DEB_PKGS := python3-matplotlib librsvg2-bin
+BENCH_PYTHON ?= /usr/bin/python3
 
 .PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench clean
 
@@ -69,7 +71,7 @@ fuzz: deps
 
 bench: build
 	@$(MAKE) --no-print-directory deps EXTRA_DEB_PKGS="$(BENCH_DEB_PKGS)"
-	python3 bench/bench.py --livemig ./$(BUILD)/livemig --charts docs/img/bench
+	$(BENCH_PYTHON) bench/bench.py --livemig ./$(BUILD)/livemig --charts docs/img/bench
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz
