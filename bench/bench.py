@@ -45,7 +45,8 @@ and the targets.
 postcopy); a figure whose limit was not measured in the run is not judged.
 
 Every process is bounded and stopped by its pid (the harness of
-tests/integration/lmtest.py).  Stdlib only.
+tests/integration/lmtest.py).  Stdlib only, but for --charts (bench/charts.py,
+matplotlib).
 """
 
 import argparse
