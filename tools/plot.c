@@ -209,7 +209,7 @@ static void layer_end(canvas *c)
 typedef struct panel {
     double x0, y0, x1, y1; /* device rect: x0 left, y0 top */
     double ymax;           /* left axis: 0..ymax */
-    double rmax;           /* right axis: 0..rmax (0: none) */
+    double rmax;           /* right axis, logarithmic: 1..rmax (0: none) */
     double unit;           /* left axis unit in data units per label unit */
     char ylabel[48], rlabel[48];
 } panel;
@@ -230,9 +230,11 @@ static double py(const panel *p, double v)
     return p->y1 - (p->y1 - p->y0) * v / p->ymax;
 }
 
+/* Latencies span decades (a p50 of tens of us beside a p99 of ms): the
+ * right axis is logarithmic from 1. */
 static double pyr(const panel *p, double v)
 {
-    return p->y1 - (p->y1 - p->y0) * v / p->rmax;
+    return p->y1 - (p->y1 - p->y0) * log10(fmax(v, 1)) / log10(p->rmax);
 }
 
 /* 1, 2 or 5 times a power of ten, giving about `want` steps over range. */
@@ -330,11 +332,12 @@ static void draw_frame(cairo_t *cr, const plot_data *pd, const geom *g, int w, i
             text(cr, p->x0 - 6, y, 2, 1, 11, "%s", b);
         }
         if (p->rmax > 0) {
-            double rstep = nice_step(p->rmax, 5);
-            for (double v = 0; v <= p->rmax + 1e-9; v += rstep) {
-                char b[32];
-                fmt_tick(b, sizeof b, v, rstep);
-                text(cr, p->x1 + 6, pyr(p, v), 0, 1, 11, "%s", b);
+            for (double v = 1; v <= p->rmax * 1.0001; v *= 10) {
+                cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
+                if (v >= 1000)
+                    text(cr, p->x1 + 6, pyr(p, v), 0, 1, 11, "%.0fk", v / 1000);
+                else
+                    text(cr, p->x1 + 6, pyr(p, v), 0, 1, 11, "%.0f", v);
             }
         }
         for (double t = 0; t <= g->xmax_ms / 1000.0 + 1e-9; t += xstep) {
@@ -377,27 +380,38 @@ static long draw_series(cairo_t *cr, const plot_data *pd, const geom *g, const p
                         bool dots)
 {
     long pts = 0;
-    bool pen = false;
+    int seg = 0; /* points in the current run without a gap */
+    double lx = 0, ly = 0;
     clip_panel(cr, p);
     rgb(cr, color);
     cairo_set_line_width(cr, 2);
     cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
-    for (size_t i = 0; i < pd->n; i++) {
-        double v = val(pd, i);
+    for (size_t i = 0; i <= pd->n; i++) {
+        double v = i < pd->n ? val(pd, i) : -1;
         if (v < 0) {
-            pen = false;
+            /* a run of one point would not show as a line: a dot */
+            if (seg == 1 && !dots) {
+                cairo_new_sub_path(cr);
+                cairo_arc(cr, lx, ly, 2.5, 0, 2 * M_PI);
+                cairo_close_path(cr);
+                cairo_stroke(cr);
+            }
+            seg = 0;
             continue;
         }
         double x = px(p, g, pd->s[i].t_ms), y = right ? pyr(p, v) : py(p, v);
         if (dots) {
             cairo_new_sub_path(cr);
             cairo_arc(cr, x, y, 2.5, 0, 2 * M_PI);
-        } else if (pen) {
+        } else if (seg) {
             cairo_line_to(cr, x, y);
         } else {
+            cairo_stroke(cr);
             cairo_move_to(cr, x, y);
         }
-        pen = true;
+        lx = x;
+        ly = y;
+        seg++;
         pts++;
     }
     if (dots)
@@ -458,14 +472,54 @@ static double max_of(const plot_data *pd, double (*val)(const plot_data *, size_
     return m;
 }
 
+/* Every series: its group id, panel, colour, axis and values. */
+static const struct {
+    const char *id;
+    int panel;
+    unsigned color;
+    bool right, dots;
+    double (*val)(const plot_data *, size_t);
+} series[] = {
+    {"remaining", 0, C_REMAINING, false, false, v_remaining},
+    {"throughput", 1, C_TPUT, false, false, v_tput},
+    {"dirty-rate", 1, C_DIRTY, false, false, v_dirty},
+    {"faults", 2, C_FAULTS, false, false, v_fault_rate},
+    {"latency-p50", 2, C_P50, true, true, v_p50},
+    {"latency-p99", 2, C_P99, true, true, v_p99},
+};
+
 typedef struct legend_item {
     const char *label;
     unsigned color;
     bool dots;
 } legend_item;
 
-static void draw_legend(cairo_t *cr, const panel *p, const legend_item *it, int n)
+/* Points of panel pi's series inside the rectangle. */
+static long points_in(const plot_data *pd, const geom *g, int pi, double x0, double y0, double x1,
+                      double y1)
 {
+    const panel *p = &g->p[pi];
+    long k = 0;
+    for (size_t j = 0; j < sizeof series / sizeof series[0]; j++) {
+        if (series[j].panel != pi)
+            continue;
+        for (size_t i = 0; i < pd->n; i++) {
+            double v = series[j].val(pd, i);
+            if (v < 0)
+                continue;
+            double x = px(p, g, pd->s[i].t_ms), y = series[j].right ? pyr(p, v) : py(p, v);
+            k += x >= x0 && x <= x1 && y >= y0 && y <= y1;
+        }
+    }
+    return k;
+}
+
+/* The legend goes in the top corner, right or left, that hides fewer
+ * points. */
+static void draw_legend(cairo_t *cr, const plot_data *pd, const geom *g, int pi,
+                        const legend_item *it, int n)
+{
+    const panel *p = &g->p[pi];
     double wmax = 0;
     cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     cairo_set_font_size(cr, 11);
@@ -475,6 +529,9 @@ static void draw_legend(cairo_t *cr, const panel *p, const legend_item *it, int 
         wmax = fmax(wmax, e.x_advance);
     }
     double bw = wmax + 42, bh = 18.0 * n + 8, x = p->x1 - bw - 8, y = p->y0 + 8;
+    double xl = p->x0 + 8;
+    if (points_in(pd, g, pi, xl, y, xl + bw, y + bh) < points_in(pd, g, pi, x, y, x + bw, y + bh))
+        x = xl;
     cairo_set_source_rgba(cr, 1, 1, 1, 0.85);
     cairo_rectangle(cr, x, y, bw, bh);
     cairo_fill_preserve(cr);
@@ -612,10 +669,12 @@ static void layout(geom *g, const plot_data *pd, bool pc, int w, int h)
     if (pc) {
         g->p[2].unit = 1;
         g->p[2].ymax = fmax(max_of(pd, v_fault_rate) * 1.1, 10);
-        g->p[2].rmax = fmax(fmax(max_of(pd, v_p50), max_of(pd, v_p99)) * 1.1, 10);
+        /* the next power of ten above the highest latency */
+        double lmax = fmax(fmax(max_of(pd, v_p50), max_of(pd, v_p99)), 10);
+        g->p[2].rmax = pow(10, ceil(log10(lmax) + 1e-9));
         snprintf(g->p[2].ylabel, sizeof g->p[2].ylabel,
                  pd->faults_are_dst ? "remote faults / s" : "page requests / s");
-        snprintf(g->p[2].rlabel, sizeof g->p[2].rlabel, "fault latency (\xc2\xb5s)");
+        snprintf(g->p[2].rlabel, sizeof g->p[2].rlabel, "fault latency (\xc2\xb5s, log)");
     }
     g->xmax_ms = 1;
     for (size_t i = 0; i < pd->n; i++)
@@ -671,20 +730,6 @@ int plot_write(const plot_data *pd, FILE *f, bool png, int width, int height, ch
     draw_frame(layer_begin(&c, "frame", "frame", -1), pd, &g, width, height);
     layer_end(&c);
     draw_marks(&c, pd, &g);
-    static const struct {
-        const char *id;
-        int panel;
-        unsigned color;
-        bool right, dots;
-        double (*val)(const plot_data *, size_t);
-    } series[] = {
-        {"remaining", 0, C_REMAINING, false, false, v_remaining},
-        {"throughput", 1, C_TPUT, false, false, v_tput},
-        {"dirty-rate", 1, C_DIRTY, false, false, v_dirty},
-        {"faults", 2, C_FAULTS, false, false, v_fault_rate},
-        {"latency-p50", 2, C_P50, true, true, v_p50},
-        {"latency-p99", 2, C_P99, true, true, v_p99},
-    };
     for (size_t i = 0; i < sizeof series / sizeof series[0]; i++) {
         if (series[i].panel >= g.np)
             continue;
@@ -694,15 +739,15 @@ int plot_write(const plot_data *pd, FILE *f, bool png, int width, int height, ch
         layer_end(&c);
     }
     cairo_t *cr = layer_begin(&c, "legend", "legend", -1);
-    draw_legend(cr, &g.p[0],
+    draw_legend(cr, pd, &g, 0,
                 (legend_item[]){{"remaining", C_REMAINING, false},
                                 {"pass boundary (dirty sync)", C_PASS, false},
                                 {pc ? "switch to postcopy" : "switchover", C_SWITCH, false}},
                 3);
-    draw_legend(cr, &g.p[1],
+    draw_legend(cr, pd, &g, 1,
                 (legend_item[]){{"throughput", C_TPUT, false}, {"dirty rate", C_DIRTY, false}}, 2);
     if (pc)
-        draw_legend(cr, &g.p[2],
+        draw_legend(cr, pd, &g, 2,
                     (legend_item[]){
                         {pd->faults_are_dst ? "remote faults" : "page requests", C_FAULTS, false},
                         {"latency p50 (right)", C_P50, true},

@@ -160,6 +160,7 @@ int mig_plot_open(mig_plot *mp, const char *path, int w, int h, lm_error *err)
     mp->png = n > 4 && !strcasecmp(path + n - 4, ".png");
     mp->w = w;
     mp->h = h;
+    mp->created = access(path, F_OK) != 0;
     mp->f = fopen(path, "w");
     if (!mp->f)
         return lm_error_set(err, -errno, "--plot: cannot write '%s': %s", path, strerror(errno));
@@ -208,8 +209,14 @@ void mig_plot_sample(mig_plot *mp, const qmpc_mig *q, json_t *pc, uint64_t now_m
     }
     plot_sample s = {.t_ms = t_of(mp, now_ms), .faults = -1, .lat_p50_us = -1, .lat_p99_us = -1};
     s.remaining = q->has_ram && q->has_remaining ? (double)q->remaining : -1;
-    s.throughput = q->has_ram ? mig_throughput(q, false) : -1;
-    s.dirty_rate = q->has_dirty_rate ? (double)q->dirty_pages_rate * (double)q->page_size : -1;
+    /* Rates of a migration under way only: once it has ended, QEMU's mbps
+     * is the average and the dirty rate the last one measured. */
+    bool running = !qmpc_status_final(q->status) && strcmp(q->status, "postcopy-paused");
+    s.throughput = q->has_ram && running ? mig_throughput(q, false) : -1;
+    /* The dirty rate is measured between syncs: none before the second. */
+    s.dirty_rate = q->has_dirty_rate && q->dirty_sync_count >= 2 && !strcmp(q->status, "active")
+                       ? (double)q->dirty_pages_rate * (double)q->page_size
+                       : -1;
     s.pass = q->dirty_sync_count;
     s.postcopy = !strncmp(q->status, "postcopy", 8);
     if (s.postcopy && strncmp(mp->status, "postcopy", 8))
@@ -341,8 +348,13 @@ void mig_plot_event(mig_plot *mp, json_t *ev, uint64_t now_ms)
 
 void mig_plot_close(mig_plot *mp)
 {
-    if (mp->f)
+    if (mp->f) {
+        /* Nothing was drawn (the run ended before it began): leave no
+         * empty file behind that was not there before. */
         fclose(mp->f);
+        if (mp->created)
+            unlink(mp->path);
+    }
     mp->f = NULL;
     if (mp->on)
         plot_data_fini(&mp->pd);

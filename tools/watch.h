@@ -37,6 +37,7 @@ typedef struct mig_plot {
     FILE *f;
     char path[4096];
     bool png;
+    bool created; /* the file did not exist before mig_plot_open */
     int w, h;
     plot_data pd;
     bool t0_set;
@@ -72,7 +73,8 @@ void mig_plot_event(mig_plot *mp, json_t *ev, uint64_t now_ms);
  * Returns 0, or -1 after printing an error that names the path. */
 int mig_plot_finish(mig_plot *mp, const char *cmd, const qmpc_mig *last, uint64_t now_ms,
                     bool quiet);
-/* Closes without writing (nothing to draw); removes nothing. */
+/* Closes without writing (nothing to draw), removing the file if
+ * mig_plot_open created it. */
 void mig_plot_close(mig_plot *mp);
 
 #endif /* LM_TOOLS_WATCH_H */
