@@ -438,10 +438,7 @@ int mig_run(const mig_opts *o)
             if (qmpc_call(src, "migrate-start-postcopy", NULL, NULL, &err) < 0) {
                 cli_err("migrate", "source: %s", err.msg);
             } else if (!o->json) {
-                if (p.enabled && p.tty)
-                    p.lines = 0; /* keep the line above the redrawn block */
-                printf("switching to postcopy: %s\n", reason);
-                fflush(stdout);
+                progress_note(&p, "switching to postcopy: %s", reason);
             }
         }
 

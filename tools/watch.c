@@ -45,6 +45,22 @@ static int term_cols(void)
     return 80;
 }
 
+void progress_note(progress *p, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (p->enabled && p->tty && p->lines) {
+        /* In the block's place; the next sample redraws it below. */
+        printf("\033[%dA\r\033[J", p->lines);
+        p->lines = 0;
+    }
+    printf("%s\n", line);
+    fflush(stdout);
+}
+
 /* One line of the block: cleared, cut to the terminal's width so that it
  * never wraps (a wrapped line would make the redraw scroll). */
 static void block_line(int cols, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

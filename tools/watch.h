@@ -27,6 +27,9 @@ void progress_init(progress *p, bool enabled);
 /* Shows one sample: redraws the block (tty) or prints a line (at most one
  * a second unless force). */
 void progress_show(progress *p, const qmpc_mig *q, bool force);
+/* A line of its own (stdout) above the block, which moves down one line
+ * instead of being left behind: the display stays one screen. */
+void progress_note(progress *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Live: QEMU's mbps is the last 100 ms window.  Final: the average. */
 double mig_throughput(const qmpc_mig *q, bool final);
 

@@ -199,10 +199,12 @@ def run_in_pty(args, timeout, cols=100, rows=40):
 
 @R.test("on a terminal the display is a block redrawn in place, never scrolling")
 def t_tty(t):
+    # With a switch to postcopy: its note takes one line above the block.
     src = t.guest("src", mem=MEM, workload="random", dirty_rate="16M", fill="random", seed=10)
     dst = t.guest("dst", mem=MEM, workload="random", incoming="defer")
     rc, out = run_in_pty(["migrate", "--src", src.sock, "--dst", dst.sock,
                           "--uri", "tcp:127.0.0.1:0", "--param", "max-bandwidth=32M",
+                          "--param", "max-postcopy-bandwidth=16M", "--postcopy",
                           "--timeout", "40"], timeout=50)
     check_eq(rc, 0, "exit code (output %r)" % out[-500:])
     body = out.split("migration completed")[0]
@@ -218,7 +220,9 @@ def t_tty(t):
         lowest = max(lowest, row)
     log("redraws %d, rows used %d" % (redraws, lowest))
     check(redraws >= 2, "the block was not redrawn (%d times): %r", redraws, body[-300:])
-    check(lowest <= 5, "the display took %d rows, not one block of 5", lowest)
+    check(body.count("switching to postcopy") == 1, "the note is not there once: %r",
+          body[-800:])
+    check(lowest <= 6, "the display took %d rows, not one block of 5 and the note", lowest)
     check(re.search(r"pass \d+\s+\[[#.]+\]\s+\d+%", body), "no progress bar: %r", body[-600:])
     for line in body.replace("\r", "\n").split("\n"):
         check(len(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)) < 100,
