@@ -5,6 +5,7 @@ and the targets.
 
     python3 bench/bench.py --livemig PATH [--quick] [--json OUT] [--reps N]
                            [--only GROUP,...] [--mem-backend anon|memfd]
+                           [--charts DIR]
 
 (a) limits: raw loopback TCP throughput between two processes moving a
     1 GiB region (THP on both sides, like the guests' RAM; the best of a
