@@ -427,7 +427,7 @@ int mig_run(const mig_opts *o)
         mig_plot_poll(&mp, &s, dst, cli_now_ms());
         if (final) {
             end_ms = cli_now_ms();
-            mig_drain_events(src, &mp);
+            mig_drain_events(src, &mp, NULL, NULL);
             break;
         }
         char why[160];
@@ -444,7 +444,7 @@ int mig_run(const mig_opts *o)
 
         /* Sleep until the next poll, woken early by a MIGRATION event; the
          * plot takes the events it draws (passes, stop, postcopy). */
-        mig_wait_events(src, now + POLL_MS, &mp);
+        mig_wait_events(src, now + POLL_MS, &mp, NULL, NULL);
     }
 
     /* The destination decides last (it may still be loading the end of the

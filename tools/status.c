@@ -139,11 +139,11 @@ int cmd_status(int argc, char **argv)
         }
         json_decref(raw);
         if (!watch || final) {
-            mig_drain_events(c, &mp);
+            mig_drain_events(c, &mp, NULL, NULL);
             break;
         }
         /* Ctrl-C ends the watch; a final MIGRATION event ends the wait. */
-        mig_wait_events(c, now + (uint64_t)interval_ms, &mp);
+        mig_wait_events(c, now + (uint64_t)interval_ms, &mp, NULL, NULL);
         if (cli_interrupted)
             break;
     }

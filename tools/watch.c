@@ -291,7 +291,7 @@ void mig_plot_poll(mig_plot *mp, const qmpc_mig *src, qmpc *dst, uint64_t now_ms
     json_decref(raw);
 }
 
-bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp)
+bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp, mig_event_fn fn, void *arg)
 {
     while (!cli_interrupted) {
         uint64_t t = cli_now_ms();
@@ -311,6 +311,8 @@ bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp)
         const char *name = json_string_value(json_object_get(ev, "event"));
         const char *st = json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
         bool wake = name && !strcmp(name, "MIGRATION") && st && qmpc_status_final(st);
+        if (fn && fn(arg, ev))
+            wake = true;
         json_decref(ev);
         if (wake)
             return true;
@@ -318,12 +320,14 @@ bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp)
     return true;
 }
 
-void mig_drain_events(qmpc *c, mig_plot *mp)
+void mig_drain_events(qmpc *c, mig_plot *mp, mig_event_fn fn, void *arg)
 {
     json_t *ev = NULL;
     lm_error err = {0};
-    while (mp->on && qmpc_next_event(c, 0, &ev, &err) == 0) {
+    while ((mp->on || fn) && qmpc_next_event(c, 0, &ev, &err) == 0) {
         mig_plot_event(mp, ev, cli_now_ms());
+        if (fn)
+            fn(arg, ev);
         json_decref(ev);
     }
 }

@@ -65,11 +65,16 @@ void mig_plot_sample(mig_plot *mp, const qmpc_mig *q, json_t *pc, uint64_t now_m
 /* mig_plot_sample for `livemig migrate`, which sees both sides: after the
  * switch to postcopy it asks the destination for its x-postcopy. */
 void mig_plot_poll(mig_plot *mp, const qmpc_mig *src, qmpc *dst, uint64_t now_ms);
-/* Waits until until_ms for events on c, handing each to the plot; returns
- * early (true) on a MIGRATION event with a final status or on Ctrl-C. */
-bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp);
-/* Hands the events already queued on c to the plot, without waiting. */
-void mig_drain_events(qmpc *c, mig_plot *mp);
+/* Another reader of the same events (e.g. a postcopy policy that wakes on
+ * status changes): sees each event after the plot; true wakes the wait. */
+typedef bool (*mig_event_fn)(void *arg, json_t *ev);
+/* Waits until until_ms for events on c, handing each to the plot and to fn
+ * (may be NULL); returns early (true) on a MIGRATION event with a final
+ * status, when fn says so, or on Ctrl-C. */
+bool mig_wait_events(qmpc *c, uint64_t until_ms, mig_plot *mp, mig_event_fn fn, void *arg);
+/* Hands the events already queued on c to the plot and fn, without
+ * waiting. */
+void mig_drain_events(qmpc *c, mig_plot *mp, mig_event_fn fn, void *arg);
 /* One QMP event (MIGRATION_PASS, STOP, MIGRATION) received at now_ms. */
 void mig_plot_event(mig_plot *mp, json_t *ev, uint64_t now_ms);
 /* Writes and closes the picture; prints where on stdout unless quiet.
