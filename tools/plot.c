@@ -309,6 +309,10 @@ static void clip_panel(cairo_t *cr, const panel *p)
     cairo_clip(cr);
 }
 
+static double v_remaining(const plot_data *pd, size_t i);
+static double v_tput(const plot_data *pd, size_t i);
+static long count_of(const plot_data *pd, double (*val)(const plot_data *, size_t));
+
 static void draw_frame(cairo_t *cr, const plot_data *pd, const geom *g, int w, int h)
 {
     cairo_set_source_rgb(cr, 1, 1, 1);
@@ -357,6 +361,12 @@ static void draw_frame(cairo_t *cr, const plot_data *pd, const geom *g, int w, i
         cairo_set_source_rgb(cr, 0.3, 0.3, 0.3);
         cairo_rectangle(cr, p->x0 + 0.5, p->y0 + 0.5, p->x1 - p->x0, p->y1 - p->y0);
         cairo_stroke(cr);
+        /* A destination reports no RAM figures: say so, not an empty box. */
+        if (i < 2 && !count_of(pd, i == 0 ? v_remaining : v_tput)) {
+            cairo_set_source_rgb(cr, 0.5, 0.5, 0.5);
+            text(cr, p->x0 + 12, p->y1 - 12, 0, 0, 12,
+                 "not reported by this host (a destination reports no RAM figures)");
+        }
         /* axis titles, rotated */
         cairo_save(cr);
         cairo_translate(cr, p->x0 - 52, (p->y0 + p->y1) / 2);
@@ -623,8 +633,7 @@ static void draw_marks(canvas *c, const plot_data *pd, const geom *g)
         if (pd->downtime >= 0)
             snprintf(dt, sizeof dt, ", downtime %" PRId64 " ms", pd->downtime);
         const char *what = pc ? "switch to postcopy" : "switchover";
-        /* Half-way down the top panel (the legend holds its top right),
-         * on a light backdrop; left of the line when it is near the right. */
+        /* On a light backdrop; left of the line when it is near the right. */
         char label[96];
         snprintf(label, sizeof label, "%s%s", what, dt);
         cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL,
@@ -633,7 +642,8 @@ static void draw_marks(canvas *c, const plot_data *pd, const geom *g)
         cairo_text_extents_t e;
         cairo_text_extents(cr, label, &e);
         bool left = x > (g->p[0].x0 + g->p[0].x1) / 2;
-        double lx = left ? x - 6 - e.x_advance : x + 6, ly = (g->p[0].y0 + g->p[0].y1) / 2;
+        /* below the legend's three lines, which hold the panel's top right */
+        double lx = left ? x - 6 - e.x_advance : x + 6, ly = g->p[0].y0 + 92;
         cairo_set_source_rgba(cr, 1, 1, 1, 0.85);
         cairo_rectangle(cr, lx - 3, ly - 12, e.x_advance + 6, 17);
         cairo_fill(cr);

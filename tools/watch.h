@@ -78,7 +78,8 @@ void mig_drain_events(qmpc *c, mig_plot *mp, mig_event_fn fn, void *arg);
 /* One QMP event (MIGRATION_PASS, STOP, MIGRATION) received at now_ms. */
 void mig_plot_event(mig_plot *mp, json_t *ev, uint64_t now_ms);
 /* Writes and closes the picture; prints where on stdout unless quiet.
- * Returns 0, or -1 after printing an error that names the path. */
+ * Returns 0, or -1 after printing an error that names the path (also when
+ * no sample was taken: then the file is not left behind if it is new). */
 int mig_plot_finish(mig_plot *mp, const char *cmd, const qmpc_mig *last, uint64_t now_ms,
                     bool quiet);
 /* Closes without writing (nothing to draw), removing the file if

@@ -115,7 +115,8 @@ def t_postcopy(t):
     stop_and_verify(dst)
 
 
-@R.test("--plot to a path that cannot be written fails at once, naming it; nothing migrates")
+@R.test("--plot to a path that cannot be written fails at once, naming it; nothing migrates; "
+        "a watch of no migration draws nothing")
 def t_unwritable(t):
     src = t.guest("src", mem="16M", workload="random")
     dst = t.guest("dst", mem="16M", incoming="defer")
@@ -126,6 +127,12 @@ def t_unwritable(t):
     check(bad in err and "No such file" in err, "error does not name %s: %r", bad, err)
     check_eq(src.query_migrate().get("status", "none"), "none", "source status")
     check_eq(dst.status(), "inmigrate", "destination run state")
+    # a watch that sees no migration draws nothing and leaves no file
+    empty = os.path.join(t.tmpdir, "empty.svg")
+    rc, out, err = run_cli(["status", dst.sock, "--watch", "--plot", empty], timeout=20)
+    check_eq(rc, 1, "exit code of a watch with nothing to draw")
+    check(empty in err and "nothing drawn" in err, "error does not say so: %r", err)
+    check(not os.path.exists(empty), "%s was left behind", empty)
     # bad sizes and a plot without --watch are usage errors
     for args in (["migrate", "--src", src.sock, "--dst", dst.sock, "--uri", "tcp:127.0.0.1:0",
                   "--plot", "x.svg", "--plot-size", "10x10"],
