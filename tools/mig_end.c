@@ -129,7 +129,8 @@ bool mig_is_livemig(qmpc *c)
     if (qmpc_call(c, "query-version", NULL, &v, &err) < 0)
         return false;
     const char *pkg = json_string_value(json_object_get(v, "package"));
-    bool ours = pkg && !strcmp(pkg, "livemig");
+    /* "livemig 0.1.0" (query-version's package names the version). */
+    bool ours = pkg && !strncmp(pkg, "livemig", 7) && (pkg[7] == '\0' || pkg[7] == ' ');
     json_decref(v);
     return ours;
 }
