@@ -4,14 +4,19 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
-            libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev
+            libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev libcairo2-dev \
+            libfontconfig-dev
+# `make bench` only: its charts (bench/charts.py) and rendering them to look at.
+# Debian's matplotlib is Debian's python3's: the bench runs with that one.
+BENCH_DEB_PKGS := python3-matplotlib librsvg2-bin
+BENCH_PYTHON ?= /usr/bin/python3
 
 .PHONY: all deps build demo check check-asan check-tsan format-check fuzz bench install clean
 
 all: build
 
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@missing=""; for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -74,7 +79,8 @@ fuzz: deps
 	cmake --build build-fuzz -j $(JOBS)
 
 bench: build
-	python3 bench/bench.py --livemig ./$(BUILD)/livemig
+	@$(MAKE) --no-print-directory deps EXTRA_DEB_PKGS="$(BENCH_DEB_PKGS)"
+	$(BENCH_PYTHON) bench/bench.py --livemig ./$(BUILD)/livemig --charts docs/img/bench
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

@@ -5,6 +5,7 @@ and the targets.
 
     python3 bench/bench.py --livemig PATH [--quick] [--json OUT] [--reps N]
                            [--only GROUP,...] [--mem-backend anon|memfd]
+                           [--charts DIR]
 
 (a) limits: raw loopback TCP throughput between two processes moving a
     1 GiB region (THP on both sides, like the guests' RAM; the best of a
@@ -45,7 +46,8 @@ and the targets.
 postcopy); a figure whose limit was not measured in the run is not judged.
 
 Every process is bounded and stopped by its pid (the harness of
-tests/integration/lmtest.py).  Stdlib only.
+tests/integration/lmtest.py).  Stdlib only, but for --charts (bench/charts.py,
+matplotlib).
 """
 
 import argparse
@@ -363,6 +365,9 @@ def main():
     ap.add_argument("--only", metavar="GROUP[,GROUP...]", type=parse_groups,
                     default=list(GROUPS),
                     help="run only these figure groups (default: all): " + ", ".join(GROUPS))
+    ap.add_argument("--charts", metavar="DIR",
+                    help="write SVG charts of the figures against their limits to DIR "
+                    "(bench/charts.py; needs python3-matplotlib, which `make bench` installs)")
     ap.add_argument("--mem-backend", choices=("anon", "memfd"), default="anon",
                     help="guest RAM of the postcopy fault-latency runs, source and "
                     "destination (default anon); the hot postcopy figure runs both")
@@ -371,6 +376,13 @@ def main():
     livemig = os.path.abspath(args.livemig)
     if not os.access(livemig, os.X_OK):
         ap.error("--livemig %s is not an executable" % args.livemig)
+    charts = None
+    if args.charts:
+        # Before minutes of measuring, not after.
+        try:
+            import charts  # noqa: F811 (bench/charts.py)
+        except ImportError as e:
+            ap.error("--charts: %s (install python3-matplotlib; `make bench` does)" % e)
     lmtest.LIVEMIG = livemig
     reps = max(1, min(args.reps, 9))
     want = set(args.only)
@@ -931,6 +943,19 @@ def main():
     print("load average: start %.2f, end %.2f (%d CPUs); %s; %s s" %
           (results["loadavg-start"][0], results["loadavg-end"][0], results["cpus"],
            results["date"], results["bench-seconds"]))
+    if charts:
+        when = "%s, %d CPUs, load %.1f-%.1f" % (results["date"][:16], results["cpus"],
+                                               results["loadavg-start"][0],
+                                               results["loadavg-end"][0])
+        sub = {"when": when, "big": size, "dirty_mem": dirty_mem.replace("G", " GiB").replace(
+            "M", " MiB"), "pc_size": pc_size, "comp_mem": comp_mem.replace("M", " MiB"),
+            "t_throughput": T_THROUGHPUT_RATIO, "t_mfd": T_MFD_RATIO,
+            "t_pc_hot_total": T_PC_HOT_TOTAL_RATIO, "t_idle_downtime": T_IDLE_DOWNTIME_MS,
+            "t_pc_downtime": T_PC_DOWNTIME_MS, "t_pc_p50": T_PC_P50_US,
+            "t_pc_p99": T_PC_P99_US, "t_comp_speedup": T_COMP_SPEEDUP}
+        results["charts"] = charts.write(args.charts, fig, sub)
+        for path in results["charts"]:
+            log("chart written to %s" % path)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)

@@ -193,6 +193,9 @@ typedef struct mig_opts {
         MIG_PC_AUTO
     } postcopy;
     uint64_t postcopy_pass, postcopy_after_ms, postcopy_window_ms;
+    /* --plot FILE (.svg, or .png): the timeline drawn once it ends. */
+    const char *plot;
+    int plot_w, plot_h;
 } mig_opts;
 
 /* Adds "NAME=on|off" / "NAME=VALUE"; prints an error and returns false on
@@ -239,11 +242,11 @@ void mig_pc_note_status(mig_pc *pc, const char *status);
 /* The peer's query-version says package "livemig". */
 bool mig_is_livemig(qmpc *c);
 /* Records a MIGRATION event's status; true when ev is a MIGRATION event
- * (the caller polls at once: the status changed). */
+ * (the caller polls at once: the status changed).  mig_run hands it every
+ * event of the source through watch.h's mig_wait_events and, once the
+ * migration ended, mig_drain_events (the history of a migration that
+ * ended between two polls). */
 bool mig_pc_note_event(mig_pc *pc, json_t *ev);
-/* Drains the events queued on the source (the history of a migration
- * that ended between two polls), without waiting. */
-void mig_pc_drain(mig_pc *pc, qmpc *src);
 /* At every poll while the migration runs (s: its query-migrate; start:
  * when `migrate` was issued): records the status, asks the source for the
  * switch when the policy says so.  Returns a line for the log ("postcopy
@@ -273,7 +276,8 @@ void mig_bw_sample(mig_bw *bw, const qmpc_mig *s);
 void mig_bandwidth_hint(qmpc *src, const mig_bw *bw);
 /* Live: QEMU's mbps is the last 100 ms window.  Final: the average. */
 double mig_throughput(const qmpc_mig *q, bool final);
-/* The final report: text, or the --json object. */
+/* The final report: text, or the --json object (d, the destination's,
+ * and pc may be NULL: `livemig status` has neither). */
 void mig_print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, const mig_pc *pc,
                        FILE *f);
 json_t *mig_summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw, const char *uri,

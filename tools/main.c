@@ -1,8 +1,10 @@
 /*
  * main.c - `livemig`: git-style dispatch to the subcommands: guest.c (with
- * its sample device in guest_bulk.c), demo.c, and migrate.c for the QMP
- * drivers migrate, status, cancel and postcopy (mig_end.c: how a migration
- * ends and the summary).  The tool uses only include/livemig.h.
+ * its sample device in guest_bulk.c), demo.c, migrate.c and status.c for
+ * the QMP drivers migrate, status, cancel and postcopy (mig_end.c: how a
+ * migration ends, the summary and the postcopy policy; their display and
+ * --plot samples in watch.c, progress.c and plot.c).  The tool uses only
+ * include/livemig.h (and cairo for the pictures).
  */
 #include "cli.h"
 

@@ -146,18 +146,6 @@ bool mig_pc_note_event(mig_pc *pc, json_t *ev)
     return true;
 }
 
-void mig_pc_drain(mig_pc *pc, qmpc *src)
-{
-    for (int i = 0; i < 1000; i++) { /* bounded: a queue, not a stream */
-        json_t *ev = NULL;
-        lm_error err = {0};
-        if (qmpc_next_event(src, 0, &ev, &err) < 0)
-            break;
-        mig_pc_note_event(pc, ev);
-        json_decref(ev);
-    }
-}
-
 static const char *pc_due(mig_pc *pc, const mig_opts *o, const qmpc_mig *s, uint64_t now,
                           uint64_t start)
 {

@@ -1,11 +1,13 @@
 /*
- * migrate.c - `livemig migrate`, `status`, `cancel`, `postcopy`: drive
- * two hosts (ours or QEMU) over QMP with QEMU-standard commands only, show
- * live progress from query-migrate and print an honest final report
- * (mig_end.c: the postcopy switch, the completion figures, the summary).
- * mig_run() is also the engine of `livemig demo`.
+ * migrate.c - `livemig migrate`: drive two hosts (ours or QEMU) over QMP
+ * with QEMU-standard commands only, show live progress from query-migrate
+ * (tools/watch.c: the display and the --plot samples) and print an honest
+ * final report (mig_end.c: the postcopy switch, the completion figures,
+ * the summary).  mig_run() is also the engine of `livemig demo`; `status`,
+ * `cancel` and `postcopy` are in tools/status.c.
  */
 #include "cli.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -56,34 +58,14 @@ void usage_migrate(FILE *f)
                "                         remaining has not reached a new low for SECONDS\n"
                "                         (default 3)\n"
                "  --json                 print one JSON object at the end, no progress\n"
+               "  --plot FILE            when it ends, draw the timeline to FILE (SVG, or\n"
+               "                         PNG for *.png): remaining, throughput, dirty rate,\n"
+               "                         passes, switchover and downtime, postcopy faults\n"
+               "  --plot-size WxH        picture size in pixels (default 1000x720)\n"
                "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
                "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
                "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
                "running); after the switch to postcopy a migration cannot be cancelled.\n");
-}
-
-void usage_status(FILE *f)
-{
-    fprintf(f, "usage: livemig status SOCK [--watch] [--json]\n\n"
-               "Shows query-migrate of the host behind QMP socket SOCK.\n\n"
-               "options:\n"
-               "  --watch                refresh every second until a final status\n"
-               "  --json                 print query-migrate as JSON (one line per refresh)\n");
-}
-
-void usage_postcopy(FILE *f)
-{
-    fprintf(f, "usage: livemig postcopy SOCK\n\n"
-               "Asks the host behind QMP socket SOCK to switch its outgoing migration to\n"
-               "postcopy (migrate-start-postcopy; needs the postcopy-ram capability on\n"
-               "both sides).  The switch happens as soon as the migration thread allows.\n");
-}
-
-void usage_cancel(FILE *f)
-{
-    fprintf(f, "usage: livemig cancel SOCK\n\n"
-               "Cancels the outgoing migration of the host behind QMP socket SOCK\n"
-               "(migrate_cancel); the source keeps running.\n");
 }
 
 /* ------------------------------------------------------------- options */
@@ -144,79 +126,6 @@ static json_t *param_json(const char *name, const char *value)
     if (!strcmp(value, "false"))
         return json_false();
     return json_string(value);
-}
-
-/* ------------------------------------------------------------ progress */
-
-typedef struct progress {
-    bool tty;
-    bool enabled;
-    int lines; /* lines of the block drawn last (tty) */
-    uint64_t start_ms;
-    uint64_t last_plain_ms;
-} progress;
-
-static void progress_init(progress *p, bool enabled)
-{
-    memset(p, 0, sizeof *p);
-    p->enabled = enabled;
-    p->tty = isatty(STDOUT_FILENO);
-    p->start_ms = cli_now_ms();
-}
-
-static void progress_show(progress *p, const qmpc_mig *q, bool force)
-{
-    if (!p->enabled)
-        return;
-    uint64_t now = cli_now_ms();
-    double elapsed = q->total_time >= 0 ? (double)q->total_time : (double)(now - p->start_ms);
-    double tput = mig_throughput(q, false);
-    double dirty = (double)q->dirty_pages_rate * (double)q->page_size;
-    double eta = q->has_remaining && tput > 0 ? (double)q->remaining / tput * 1000 : -1;
-    char el[32], tr[32], rem[32], tot[32], tp[32], dr[32], ed[32], et[32];
-    cli_fmt_ms(el, sizeof el, elapsed);
-    cli_fmt_bytes(tr, sizeof tr, (double)q->transferred);
-    if (q->has_remaining)
-        cli_fmt_bytes(rem, sizeof rem, (double)q->remaining);
-    else
-        snprintf(rem, sizeof rem, "-");
-    cli_fmt_bytes(tot, sizeof tot, (double)q->total);
-    cli_fmt_rate(tp, sizeof tp, tput);
-    if (q->has_dirty_rate)
-        cli_fmt_rate(dr, sizeof dr, dirty);
-    else
-        snprintf(dr, sizeof dr, "-");
-    cli_fmt_ms(ed, sizeof ed, (double)q->expected_downtime);
-    cli_fmt_ms(et, sizeof et, eta);
-    const char *st = q->status[0] ? q->status : "?";
-
-    if (p->tty) {
-        /* A block redrawn in place: cursor up over the last one. */
-        if (p->lines)
-            printf("\033[%dA", p->lines);
-        printf("\r\033[K  status       %-12s pass %-6" PRIu64 " elapsed %s\n", st,
-               q->dirty_sync_count, el);
-        if (q->has_ram) {
-            printf("\r\033[K  transferred  %-10s   remaining %-10s  total %s\n", tr, rem, tot);
-            printf("\r\033[K  throughput   %-12s dirty rate %s\n", tp, dr);
-            printf("\r\033[K  downtime     expected %-9s ETA %s\n", ed, et);
-            p->lines = 4;
-        } else {
-            p->lines = 1;
-        }
-        fflush(stdout);
-        return;
-    }
-    if (!force && p->last_plain_ms && now - p->last_plain_ms < 1000)
-        return;
-    p->last_plain_ms = now;
-    if (q->has_ram)
-        printf("[%8s] %s pass %" PRIu64 ": transferred %s, remaining %s of %s, %s, dirty %s, "
-               "expected downtime %s, ETA %s\n",
-               el, st, q->dirty_sync_count, tr, rem, tot, tp, dr, ed, et);
-    else
-        printf("[%8s] %s\n", el, st);
-    fflush(stdout);
 }
 
 /* -------------------------------------------------------------- engine */
@@ -323,6 +232,14 @@ out:
     return rc;
 }
 
+/* The postcopy policy reads the same events as the plot (one loop feeds
+ * both): any MIGRATION status change wakes the poll, as the request may be
+ * due and "switched to postcopy" is reported from what the source says. */
+static bool pc_event(void *arg, json_t *ev)
+{
+    return mig_pc_note_event(arg, ev);
+}
+
 int mig_run(const mig_opts *o)
 {
     qmpc *src = NULL, *dst = NULL;
@@ -332,14 +249,21 @@ int mig_run(const mig_opts *o)
     char uri[512];
     qmpc_mig s, d;
     progress p;
+    mig_plot mp = {0};
     bool cancel_sent = false, timed_out = false, interrupted = false;
-    uint64_t start = cli_now_ms(), cancel_deadline = 0;
+    uint64_t start = cli_now_ms(), cancel_deadline = 0, end_ms = 0;
     uint64_t deadline = start + (uint64_t)o->timeout_s * 1000;
 
     memset(&s, 0, sizeof s);
     memset(&d, 0, sizeof d);
     s.total_time = s.setup_time = s.downtime = s.expected_downtime = -1;
     snprintf(uri, sizeof uri, "%s", o->uri);
+    /* The picture's file is opened before anything happens: a bad path
+     * fails here, not after a migration. */
+    if (o->plot && mig_plot_open(&mp, o->plot, o->plot_w, o->plot_h, &err) < 0) {
+        cli_err("migrate", "%s", err.msg);
+        goto out;
+    }
 
     if (qmpc_connect(o->src, CONNECT_TIMEOUT_MS, &src, &err) < 0 ||
         qmpc_connect(o->dst, CONNECT_TIMEOUT_MS, &dst, &err) < 0 ||
@@ -353,6 +277,7 @@ int mig_run(const mig_opts *o)
     mig_pc pc;
     mig_pc_init(&pc, o, o->postcopy == MIG_PC_DEFAULT && mig_is_livemig(src));
     json_t *args = json_pack("{s:s}", "uri", uri);
+    mig_plot_start(&mp, cli_now_ms());
     int rc = qmpc_call(src, "migrate", args, NULL, &err);
     json_decref(args);
     if (rc < 0) {
@@ -395,48 +320,34 @@ int mig_run(const mig_opts *o)
             cli_err("migrate", "source: %s", err.msg);
             goto out;
         }
+        uint64_t seen = cli_now_ms(); /* the sample's time, before any wait below */
         /* postcopy-paused waits for a recovery (not a final status for
          * QMP, but nothing this command can move on). */
         bool final = qmpc_status_final(s.status) || !strcmp(s.status, "postcopy-paused");
         if (final) /* QEMU's completion figures come after its event */
             mig_wait_figures(src, &s, &src_raw);
         progress_show(&p, &s, final);
-        if (final)
+        mig_plot_poll(&mp, &s, dst, seen);
+        if (final) {
+            end_ms = seen;
             break;
+        }
         mig_bw_sample(&bw, &s);
+        /* "postcopy requested: REASON", then "switched to postcopy" once
+         * the source reports it: above the redrawn block, which moves
+         * down (progress_note). */
         const char *line = mig_pc_poll(&pc, o, src, &s, now, start);
-        if (line && !o->json) {
-            if (p.enabled && p.tty)
-                p.lines = 0; /* keep the line above the redrawn block */
-            printf("%s\n", line);
-            fflush(stdout);
-        }
+        if (line && !o->json)
+            progress_note(&p, "%s", line);
 
-        /* Sleep until the next poll, woken early by a MIGRATION event. */
-        uint64_t tick = now + POLL_MS;
-        while (!cli_interrupted) {
-            uint64_t t = cli_now_ms();
-            if (t >= tick)
-                break;
-            json_t *ev = NULL;
-            lm_error_clear(&err);
-            int erc = qmpc_next_event(src, (int)(tick - t), &ev, &err);
-            if (erc == -ETIMEDOUT)
-                break;
-            if (erc < 0) {
-                if (erc == -EINTR)
-                    continue;
-                break; /* the next query reports a dead connection */
-            }
-            /* Any status change: the postcopy request may be due. */
-            bool wake = mig_pc_note_event(&pc, ev);
-            json_decref(ev);
-            if (wake)
-                break;
-        }
+        /* Sleep until the next poll, woken early by a MIGRATION event; the
+         * plot takes the events it draws (passes, stop, postcopy), the
+         * postcopy policy the status changes. */
+        mig_wait_events(src, now + POLL_MS, &mp, pc_event, &pc);
     }
 
-    mig_pc_drain(&pc, src); /* the rest of the status history */
+    /* The rest of the status history, and of the picture's events. */
+    mig_drain_events(src, &mp, pc_event, &pc);
 
     /* The destination decides last (it may still be loading the end of the
      * stream): wait, bounded, for its own final status. */
@@ -471,7 +382,9 @@ int mig_run(const mig_opts *o)
     }
     fflush(stdout);
     mig_bandwidth_hint(src, &bw);
-    if (!strcmp(s.status, "completed") && !timed_out && !interrupted) {
+    bool plot_ok =
+        mig_plot_finish(&mp, "migrate", &s, end_ms ? end_ms : cli_now_ms(), o->json) == 0;
+    if (plot_ok && !strcmp(s.status, "completed") && !timed_out && !interrupted) {
         if (!strcmp(d.status, "failed"))
             cli_err("migrate", "the source completed but the destination failed%s%s",
                     d.error_desc[0] ? ": " : "", d.error_desc);
@@ -480,6 +393,7 @@ int mig_run(const mig_opts *o)
     }
 
 out:
+    mig_plot_close(&mp);
     json_decref(src_raw);
     json_decref(dst_raw);
     lm_qmp_client_close(src);
@@ -497,11 +411,12 @@ enum {
     O_PARAM,
     O_JSON,
     O_TIMEOUT,
-    O_WATCH,
     O_MULTIFD,
     O_COMPRESS,
     O_POSTCOPY,
-    O_AUTO_POSTCOPY
+    O_AUTO_POSTCOPY,
+    O_PLOT,
+    O_PLOT_SIZE
 };
 
 static void mig_opts_free(mig_opts *o)
@@ -526,6 +441,8 @@ int cmd_migrate(int argc, char **argv)
         {"compress", true, O_COMPRESS},
         {"postcopy", false, O_POSTCOPY, true},
         {"auto-postcopy", false, O_AUTO_POSTCOPY, true},
+        {"plot", true, O_PLOT},
+        {"plot-size", true, O_PLOT_SIZE},
         {NULL, false, 0},
     };
     static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
@@ -534,6 +451,8 @@ int cmd_migrate(int argc, char **argv)
     mig_opts o;
     memset(&o, 0, sizeof o);
     o.timeout_s = 600;
+    o.plot_w = PLOT_DEFAULT_W;
+    o.plot_h = PLOT_DEFAULT_H;
     cli_args a;
     cli_args_init(&a, "migrate", argc, argv);
     const char *v;
@@ -595,6 +514,15 @@ int cmd_migrate(int argc, char **argv)
         case O_JSON:
             o.json = true;
             break;
+        case O_PLOT:
+            o.plot = v;
+            break;
+        case O_PLOT_SIZE:
+            if (!mig_plot_parse_size(v, &o.plot_w, &o.plot_h)) {
+                cli_err("migrate", "--plot-size: '%s' is not WIDTHxHEIGHT (200..8000 each)", v);
+                goto out;
+            }
+            break;
         case O_TIMEOUT:
             if (!cli_parse_u64(v, &n) || n < 1 || n > 86400 * 7) {
                 cli_err("migrate", "--timeout: '%s' is not a number of seconds >= 1", v);
@@ -650,144 +578,4 @@ int cmd_migrate(int argc, char **argv)
 out:
     mig_opts_free(&o);
     return ret;
-}
-
-int cmd_status(int argc, char **argv)
-{
-    static const cli_opt opts[] = {
-        {"watch", false, O_WATCH},
-        {"json", false, O_JSON},
-        {NULL, false, 0},
-    };
-    cli_args a;
-    cli_args_init(&a, "status", argc, argv);
-    const char *v, *sock = NULL;
-    bool watch = false, json = false;
-    int id;
-
-    while ((id = cli_next(&a, opts, &v)) != CLI_END) {
-        switch (id) {
-        case CLI_ERR:
-            return CLI_EXIT_USAGE;
-        case CLI_HELP:
-            usage_status(stdout);
-            return CLI_EXIT_OK;
-        case CLI_POS:
-            if (sock) {
-                cli_err("status", "unexpected argument '%s'", v);
-                return CLI_EXIT_USAGE;
-            }
-            sock = v;
-            break;
-        case O_WATCH:
-            watch = true;
-            break;
-        case O_JSON:
-            json = true;
-            break;
-        }
-    }
-    if (!sock) {
-        cli_err("status", "missing SOCK (see 'livemig help status')");
-        return CLI_EXIT_USAGE;
-    }
-    cli_catch_signals();
-    qmpc *c = NULL;
-    lm_error err = {0};
-    int ret = CLI_EXIT_FAIL;
-    progress p;
-    progress_init(&p, !json);
-    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0) {
-        cli_err("status", "%s", err.msg);
-        return CLI_EXIT_FAIL;
-    }
-    for (;;) {
-        json_t *raw = NULL;
-        qmpc_mig q;
-        lm_error_clear(&err);
-        if (qmpc_query_migrate(c, &q, &raw, &err) < 0) {
-            cli_err("status", "%s", err.msg);
-            goto out;
-        }
-        bool final = qmpc_status_final(q.status) || !strcmp(q.status, "none");
-        if (json) {
-            char *txt = json_dumps(raw, JSON_COMPACT);
-            printf("%s\n", txt ? txt : "null");
-            fflush(stdout);
-            free(txt);
-        } else if (!final) {
-            if (!watch)
-                p.tty = false; /* one shot: one plain line, no redraw codes */
-            progress_show(&p, &q, true);
-        } else {
-            mig_print_summary(&q, NULL, NULL, NULL, stdout);
-        }
-        json_decref(raw);
-        if (!watch || final)
-            break;
-        /* One refresh a second; a Ctrl-C ends the watch. */
-        for (int i = 0; i < 10 && !cli_interrupted; i++)
-            usleep(100 * 1000);
-        if (cli_interrupted)
-            break;
-    }
-    ret = CLI_EXIT_OK;
-out:
-    lm_qmp_client_close(c);
-    return ret;
-}
-
-/* `livemig postcopy SOCK` and `livemig cancel SOCK`: one QMP command on the
- * host behind SOCK, then a line saying it was requested. */
-static int one_command(int argc, char **argv, const char *verb, void (*usage)(FILE *),
-                       const char *qmp_cmd, const char *done)
-{
-    cli_args a;
-    cli_args_init(&a, verb, argc, argv);
-    const char *v, *sock = NULL;
-    int id;
-    while ((id = cli_next(&a, NULL, &v)) != CLI_END) {
-        switch (id) {
-        case CLI_ERR:
-            return CLI_EXIT_USAGE;
-        case CLI_HELP:
-            usage(stdout);
-            return CLI_EXIT_OK;
-        case CLI_POS:
-            if (sock) {
-                cli_err(verb, "unexpected argument '%s'", v);
-                return CLI_EXIT_USAGE;
-            }
-            sock = v;
-            break;
-        }
-    }
-    if (!sock) {
-        cli_err(verb, "missing SOCK (see 'livemig help %s')", verb);
-        return CLI_EXIT_USAGE;
-    }
-    qmpc *c = NULL;
-    lm_error err = {0};
-    int ret = CLI_EXIT_FAIL;
-    if (qmpc_connect(sock, CONNECT_TIMEOUT_MS, &c, &err) < 0 ||
-        qmpc_call(c, qmp_cmd, NULL, NULL, &err) < 0) {
-        cli_err(verb, "%s", err.msg);
-        goto out;
-    }
-    printf("%s\n", done);
-    ret = CLI_EXIT_OK;
-out:
-    lm_qmp_client_close(c);
-    return ret;
-}
-
-int cmd_postcopy(int argc, char **argv)
-{
-    return one_command(argc, argv, "postcopy", usage_postcopy, "migrate-start-postcopy",
-                       "switch to postcopy requested");
-}
-
-int cmd_cancel(int argc, char **argv)
-{
-    return one_command(argc, argv, "cancel", usage_cancel, "migrate_cancel", "cancel requested");
 }
