@@ -50,7 +50,7 @@ static void linger_drain(lm_chan *c)
 }
 
 /* migrate-recover: only the paused session's source, asking to resume,
- * on its main channel. */
+ * on its main channel (and its preempt channel with postcopy-preempt). */
 static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
 {
     if (h->kind != LM_HELLO_RESUME)
@@ -70,9 +70,17 @@ static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     if (h->page_size != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
                             h->page_size, LM_PAGE_SIZE);
-    if (h->role != LM_ROLE_MAIN || in->chan)
-        return lm_error_set(err, -EPROTO, "HELLO: a recovery takes one main channel only");
-    return 0;
+    if (h->role == LM_ROLE_MAIN && !in->chan && h->chan_index == 0)
+        return 0;
+    if (h->role == LM_ROLE_PREEMPT && (in->features & LM_FEAT_PREEMPT) && !in->have_preempt &&
+        h->chan_index == 0)
+        return 0;
+    return lm_error_set(err, -EPROTO,
+                        "HELLO: a recovery takes one main channel%s, not this %s channel",
+                        in->features & LM_FEAT_PREEMPT ? " and one preempt channel" : "",
+                        h->role == LM_ROLE_MAIN      ? "main"
+                        : h->role == LM_ROLE_PREEMPT ? "preempt"
+                                                     : "multifd");
 }
 
 /* Checks one HELLO against this destination and the channels already

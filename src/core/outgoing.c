@@ -142,7 +142,7 @@ int lm_og_connect_channels(lm_outgoing *g, lm_error *err)
  * HELLO (so the destination meets them in that order, though it tells
  * them apart by role).  Made at setup rather than at the switch, so that
  * the switch itself (the guest is stopped) does not pay a connect. */
-static int connect_preempt(lm_outgoing *g, lm_error *err)
+int lm_og_connect_preempt(lm_outgoing *g, lm_error *err)
 {
     if (g->uri.kind == LM_URI_FD)
         return lm_error_set(err, -EINVAL,
@@ -254,6 +254,10 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     for (unsigned i = 0; i < g->nmfd; i++)
         lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
     uint64_t pbytes = lm_sw_preempt_bytes(g);
+    if (g->paused) { /* a recovery's preempt channel counts from zero too */
+        g->prior_bytes += pbytes;
+        pbytes = 0;
+    }
     lm_chan_free(g->preempt);
     g->preempt = NULL;
     if (!g->paused)
@@ -336,7 +340,7 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
         return ret;
     g->o.chan = g->chan;
     if (g->features & LM_FEAT_PREEMPT) {
-        ret = connect_preempt(g, err);
+        ret = lm_og_connect_preempt(g, err);
         if (ret < 0)
             return ret;
     }

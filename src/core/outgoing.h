@@ -64,9 +64,10 @@ typedef struct lm_outgoing {
 } lm_outgoing;
 
 /* outgoing.c, shared with the recovery (resume.c): connects and greets
- * the main (and multifd) channels; the loop of seed 000; the end of the
+ * the main (and multifd) channels, and the preempt channel; the loop of seed 000; the end of the
  * thread (a paused migration is kept in m->paused_out, otherwise freed). */
 int lm_og_connect_channels(lm_outgoing *g, lm_error *err);
+int lm_og_connect_preempt(lm_outgoing *g, lm_error *err);
 int lm_og_loop(lm_outgoing *g, lm_error *err);
 void lm_og_end(lm_outgoing *g, int ret, lm_error *err);
 

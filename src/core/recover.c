@@ -4,10 +4,13 @@
  * (m->paused_in: the guest runs, the fault thread keeps the requests it
  * could not send) and runs a new "lm-incoming" thread on it:
  *
- *   postcopy-paused   listen on the new URI; the first connection must be
- *                     the paused session's source resuming (HELLO kind
- *                     RESUME, same session id and features)
- *   -> postcopy-recover  the load loop again (no device setup): PINGs, then
+ *   postcopy-paused   listen on the new URI; the connections must be the
+ *                     paused session's source resuming (HELLO kind RESUME,
+ *                     same session id and features): its main channel, and
+ *                     its preempt channel with postcopy-preempt
+ *   -> postcopy-recover  the preempt loader on the new preempt channel (its
+ *                     requests go there), the load loop again (no device
+ *                     setup): PINGs, then
  *                     POSTCOPY_RESUME (loader.c: received bitmap, ack, the
  *                     new return path, waiting requests asked again)
  *   -> postcopy-active   the background push and requests go on, to EOS.
@@ -43,7 +46,13 @@ static void *recover_thread_fn(void *arg)
     } else if (!lm_state_set(m, LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER)) {
         ret = lm_error_set(&err, -ECANCELED, "postcopy recovery interrupted");
     } else {
-        ret = lm_incoming_load_resumed(in, &err);
+        if (in->preempt) {
+            lm_chan *c = in->preempt;
+            in->preempt = NULL; /* postcopy's from here, even on failure */
+            ret = lm_pc_dst_preempt_start(&m->pcd, c, &err);
+        }
+        if (ret == 0)
+            ret = lm_incoming_load_resumed(in, &err);
         ret = lm_in_complete(in, ret, &err);
     }
     lm_in_end(in, ret, &err);
@@ -77,11 +86,10 @@ int lm_incoming_recover(lm_mig *m, const char *uri, lm_error *err)
     if (ret == 0 && !in)
         ret =
             lm_error_set(err, -EINVAL, "Migrate recover can only be run when postcopy is paused.");
-    if (ret == 0 && (in->features & (LM_FEAT_PREEMPT | LM_FEAT_MULTIFD)))
+    if (ret == 0 && (in->features & LM_FEAT_MULTIFD))
         ret = lm_error_set(err, -ENOTSUP,
-                           "migrate-recover: recovering a postcopy migration that uses %s is "
-                           "not supported yet",
-                           in->features & LM_FEAT_PREEMPT ? "postcopy-preempt" : "multifd");
+                           "migrate-recover: recovering a postcopy migration that uses multifd "
+                           "is not supported yet");
     if (ret < 0) {
         m->recovering = false;
         pthread_mutex_unlock(&m->lock);

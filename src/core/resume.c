@@ -5,11 +5,13 @@
  * handlers not cleaned up, the guest stopped) and runs a new "lm-migration"
  * thread on it:
  *
- *   postcopy-paused -> postcopy-recover-setup   connect, HELLO (resume)
+ *   postcopy-paused -> postcopy-recover-setup   connect, HELLO (resume): the
+ *                      main channel, and the preempt channel when on
  *                   -> postcopy-recover         POSTCOPY_RESUME; the
  *                      destination's RP_RECV_BITMAP chunks make what it
  *                      still owes dirty ("lm-rp"), RP_RESUME_ACK ends it
- *                   -> postcopy-active          the loop of seed 000 again
+ *                   -> postcopy-active          the preempt channel's request
+ *                      reader, and the loop of seed 000 again
  *
  * Any failure on the way goes back to postcopy-paused, with the MIGRATION
  * event and error-desc (seed 002: management learns that a reconnection
@@ -47,8 +49,13 @@ static int handshake(lm_outgoing *g, lm_error *err)
     lm_status_msg v = m->shut;
     bool verdict = m->verdict;
     pthread_mutex_unlock(&m->lock);
-    if (s == LM_STATUS_POSTCOPY_ACTIVE)
+    if (s == LM_STATUS_POSTCOPY_ACTIVE) {
+        /* Requests on the preempt channel are read from now on: the
+         * received bitmap is applied, so a request claims what is owed. */
+        if (g->preempt)
+            return lm_pc_src_reader_start(&m->pcs, g->preempt, g->chan, err);
         return 0;
+    }
     if (lm_chan_get_error(g->chan, err))
         return err->code;
     return lm_error_set(err, v.status ? v.status : -EPROTO, "%s%s", verdict ? "destination: " : "",
@@ -62,6 +69,8 @@ static void *resume_thread_fn(void *arg)
     lm_error err = {0};
     pthread_setname_np(pthread_self(), "lm-migration");
     int ret = lm_og_connect_channels(g, &err);
+    if (ret == 0 && (g->features & LM_FEAT_PREEMPT))
+        ret = lm_og_connect_preempt(g, &err);
     if (ret == 0 && !lm_state_set(m, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER))
         ret = lm_error_set(&err, -ECANCELED, "recovery interrupted");
     if (ret == 0)
@@ -104,12 +113,11 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
         pthread_mutex_unlock(&m->lock);
         return lm_error_set(err, -EINVAL, "Cannot resume if there is no paused migration");
     }
-    if (g->features & (LM_FEAT_PREEMPT | LM_FEAT_MULTIFD)) {
+    if (g->features & LM_FEAT_MULTIFD) {
         pthread_mutex_unlock(&m->lock);
         return lm_error_set(err, -ENOTSUP,
-                            "migrate: resuming a postcopy migration that uses %s is not "
-                            "supported yet",
-                            g->features & LM_FEAT_PREEMPT ? "postcopy-preempt" : "multifd");
+                            "migrate: resuming a postcopy migration that uses multifd is not "
+                            "supported yet");
     }
     if (u.kind == LM_URI_FD) {
         int own = fcntl(u.fd, F_DUPFD_CLOEXEC, 0);
@@ -126,6 +134,7 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
     g->resuming = true;
     g->chan = NULL;
     g->o.chan = NULL;
+    g->preempt = NULL;
     /* This attempt's error replaces the last one (error-desc says why
      * this reconnection failed, if it does). */
     lm_error_clear(&m->error);

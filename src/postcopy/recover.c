@@ -90,6 +90,8 @@ int lm_pc_dst_attach_rp(lm_pc_dst *d, lm_chan *rp, lm_error *err)
         struct timeval tv = {.tv_sec = (time_t)(d->timeout_ms / 1000),
                              .tv_usec = (suseconds_t)(d->timeout_ms % 1000) * 1000};
         setsockopt(lm_chan_fd(rp), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (d->req) /* the new preempt channel (lm_pc_dst_preempt_start) */
+            setsockopt(lm_chan_fd(d->req), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     }
     pthread_mutex_unlock(&d->rp_lock);
     pthread_mutex_lock(&d->lock);

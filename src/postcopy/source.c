@@ -103,6 +103,7 @@ void lm_pc_src_stop_serving(lm_pc_src *s)
 
 void lm_pc_src_resume_prepare(lm_pc_src *s)
 {
+    s->pre = NULL; /* the old preempt channel is gone; a new reader sets it */
     pthread_mutex_lock(&s->qlock);
     s->head = s->tail = 0;
     LM_ATOMIC_SET(&s->queued, 0);

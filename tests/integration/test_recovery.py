@@ -241,8 +241,8 @@ def complete(src, dst):
     stop_and_verify(dst)
 
 
-def recovery(t, transport, how):
-    src, dst, px = pair(t, transport)
+def recovery(t, transport, how, caps=None, backend=None):
+    src, dst, px = pair(t, transport, caps, backend=backend)
     switch(src, dst, px)
     if how == "pause-source":
         src.qmp.execute("migrate-pause")
@@ -262,6 +262,11 @@ for transport in ("tcp", "unix"):
 for side in ("source", "destination"):
     R.add("migrate-pause on the %s, recovered, completes and verifies" % side, recovery, "tcp",
           "pause-" + side)
+# postcopy-preempt: its channel comes back too (requests travel there).
+R.add("cut with postcopy-preempt, recovered (main and preempt channels), completes and "
+      "verifies", recovery, "tcp", "cut", {"postcopy-preempt": True})
+R.add("cut with postcopy-preempt on unix sockets, shared memory (memfd), recovered, completes "
+      "and verifies", recovery, "unix", "cut", {"postcopy-preempt": True}, "memfd")
 
 
 @R.test("two cuts in one migration, each recovered: completes and verifies")
@@ -277,6 +282,51 @@ def t_two_cuts(t):
         wait_until(lambda: writes_increase(dst, 1.0), 40, "the workload runs after recovery %d" % n)
         owed = dst.query_migrate().get("x-postcopy", {}).get("owed-pages", 0)
         check(owed > 0, "nothing owed after recovery %d: the next cut tests nothing", n)
+    complete(src, dst)
+
+
+@R.test("a black hole, recovered, then another: both sides pause again within the timeout "
+        "(the watchdogs start over on the new channel), recovered again, completes")
+def t_blackhole_after_recovery(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    for n in (1, 2):
+        # Each side's watchdog fires on each black hole: the first one
+        # fired already when the second comes.
+        px.blackhole()
+        si, di = paused_both(src, dst, "black hole %d" % n)
+        for name, info in (("source", si), ("destination", di)):
+            desc = info.get("error-desc", "")
+            check("no data from the" in desc and "x-postcopy-timeout-ms" in desc,
+                  "%s: black hole %d is named as silence: %r", name, n, desc)
+        check_held(src, dst)
+        px = recover(t, src, dst, "tcp", n)
+    complete(src, dst)
+
+
+@R.test("migrate resume through a black hole (stuck in postcopy-recover-setup): back to "
+        "postcopy-paused with error-desc; the next attempt completes")
+def t_resume_blackhole(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, "tcp", 1)
+    hole = t.proxy(uri)
+    hole.blackhole()  # connects, then nothing: the HELLO is never answered
+    src.qmp.execute("migrate", {"uri": hole.uri, "resume": True})
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover-setup",
+                       timeout=30)
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused", timeout=40)
+    info = wait_status(src, "postcopy-paused", 30, fail_on=NOT_PAUSED)
+    desc = info.get("error-desc", "")
+    check("postcopy recovery" in desc and "HELLO" in desc, "error-desc %r", desc)
+    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination meanwhile")
+    # The destination still listens from its migrate-recover.
+    px = t.proxy(uri)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
     complete(src, dst)
 
 
