@@ -442,7 +442,7 @@ LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
  * connects to uri (the destination ran lm_mig_recover), then
  * postcopy-recover and postcopy-active; a failure goes back to
  * postcopy-paused with the event and error-desc, and may be retried.
- * Not yet for a migration with multifd (-ENOTSUP). */
+ * Every channel of the migration comes back (main, multifd, preempt). */
 LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
 /* QMP `migrate-recover`: a destination in postcopy-paused listens on uri
  * for its source's `migrate resume=true` (otherwise -EINVAL, "Migrate

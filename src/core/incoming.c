@@ -50,7 +50,7 @@ static void linger_drain(lm_chan *c)
 }
 
 /* migrate-recover: only the paused session's source, asking to resume,
- * on its main channel (and its preempt channel with postcopy-preempt). */
+ * on each of its channels once (main, multifd, preempt). */
 static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
 {
     if (h->kind != LM_HELLO_RESUME)
@@ -75,9 +75,13 @@ static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     if (h->role == LM_ROLE_PREEMPT && (in->features & LM_FEAT_PREEMPT) && !in->have_preempt &&
         h->chan_index == 0)
         return 0;
+    if (h->role == LM_ROLE_MULTIFD && h->chan_index < in->nmfd && !in->mfd_chans[h->chan_index])
+        return 0;
     return lm_error_set(err, -EPROTO,
-                        "HELLO: a recovery takes one main channel%s, not this %s channel",
-                        in->features & LM_FEAT_PREEMPT ? " and one preempt channel" : "",
+                        "HELLO: a recovery takes the session's channels once each (main%s%s), "
+                        "not this %s channel",
+                        in->nmfd ? ", multifd" : "",
+                        in->features & LM_FEAT_PREEMPT ? ", preempt" : "",
                         h->role == LM_ROLE_MAIN      ? "main"
                         : h->role == LM_ROLE_PREEMPT ? "preempt"
                                                      : "multifd");

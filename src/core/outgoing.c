@@ -251,8 +251,10 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_pc_src_stop_serving(&m->pcs);
     lm_mfd_send_free(g->o.mfd); /* after the main channel: its failures are reported there */
     g->o.mfd = NULL;
-    for (unsigned i = 0; i < g->nmfd; i++)
+    for (unsigned i = 0; i < g->nmfd; i++) {
         lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
+        g->mfd_chans[i] = NULL;        /* a recovery connects them again */
+    }
     uint64_t pbytes = lm_sw_preempt_bytes(g);
     if (g->paused) { /* a recovery's preempt channel counts from zero too */
         g->prior_bytes += pbytes;

@@ -7,8 +7,9 @@
  *   postcopy-paused   listen on the new URI; the connections must be the
  *                     paused session's source resuming (HELLO kind RESUME,
  *                     same session id and features): its main channel, and
- *                     its preempt channel with postcopy-preempt
- *   -> postcopy-recover  the preempt loader on the new preempt channel (its
+ *                     its multifd and preempt channels when on
+ *   -> postcopy-recover  new multifd receivers on the new multifd channels,
+ *                     the preempt loader on the new preempt channel (its
  *                     requests go there), the load loop again (no device
  *                     setup): PINGs, then
  *                     POSTCOPY_RESUME (loader.c: received bitmap, ack, the
@@ -46,7 +47,17 @@ static void *recover_thread_fn(void *arg)
     } else if (!lm_state_set(m, LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER)) {
         ret = lm_error_set(&err, -ECANCELED, "postcopy recovery interrupted");
     } else {
-        if (in->preempt) {
+        if (in->nmfd) {
+            /* New receivers: packet numbers and syncs start over, as the
+             * source's new sender does; the block table is known. */
+            ret = lm_mfd_recv_new(&m->mem, &m->place, &m->stats.mfd, in->chan, in->mfd_chans,
+                                  in->nmfd, &in->mfd, &err);
+            if (ret == 0) {
+                memset(in->mfd_chans, 0, sizeof in->mfd_chans); /* the receiver's now */
+                lm_mfd_recv_blocks_ready(in->mfd);
+            }
+        }
+        if (ret == 0 && in->preempt) {
             lm_chan *c = in->preempt;
             in->preempt = NULL; /* postcopy's from here, even on failure */
             ret = lm_pc_dst_preempt_start(&m->pcd, c, &err);
@@ -86,10 +97,6 @@ int lm_incoming_recover(lm_mig *m, const char *uri, lm_error *err)
     if (ret == 0 && !in)
         ret =
             lm_error_set(err, -EINVAL, "Migrate recover can only be run when postcopy is paused.");
-    if (ret == 0 && (in->features & LM_FEAT_MULTIFD))
-        ret = lm_error_set(err, -ENOTSUP,
-                           "migrate-recover: recovering a postcopy migration that uses multifd "
-                           "is not supported yet");
     if (ret < 0) {
         m->recovering = false;
         pthread_mutex_unlock(&m->lock);

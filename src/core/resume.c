@@ -6,7 +6,8 @@
  * thread on it:
  *
  *   postcopy-paused -> postcopy-recover-setup   connect, HELLO (resume): the
- *                      main channel, and the preempt channel when on
+ *                      main channel, the multifd channels (a new sender)
+ *                      and the preempt channel, when on
  *                   -> postcopy-recover         POSTCOPY_RESUME; the
  *                      destination's RP_RECV_BITMAP chunks make what it
  *                      still owes dirty ("lm-rp"), RP_RESUME_ACK ends it
@@ -71,6 +72,18 @@ static void *resume_thread_fn(void *arg)
     int ret = lm_og_connect_channels(g, &err);
     if (ret == 0 && (g->features & LM_FEAT_PREEMPT))
         ret = lm_og_connect_preempt(g, &err);
+    if (ret == 0 && g->nmfd) {
+        /* New channels, a new sender: its packet numbers and syncs start
+         * over, as the destination's new receivers do.  The destination
+         * processed POSTCOPY_RUN long ago: no fence is needed before the
+         * first postcopy packet. */
+        ret = lm_mfd_send_new(&m->mem, &m->stats.mfd, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg,
+                              &g->o.mfd, &err);
+        if (ret == 0) {
+            memset(g->mfd_chans, 0, sizeof g->mfd_chans); /* the sender's now */
+            lm_mfd_send_set_phase(g->o.mfd, LM_MFD_POSTCOPY);
+        }
+    }
     if (ret == 0 && !lm_state_set(m, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER))
         ret = lm_error_set(&err, -ECANCELED, "recovery interrupted");
     if (ret == 0)
@@ -112,12 +125,6 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
     if (!g || m->status != LM_STATUS_POSTCOPY_PAUSED) {
         pthread_mutex_unlock(&m->lock);
         return lm_error_set(err, -EINVAL, "Cannot resume if there is no paused migration");
-    }
-    if (g->features & LM_FEAT_MULTIFD) {
-        pthread_mutex_unlock(&m->lock);
-        return lm_error_set(err, -ENOTSUP,
-                            "migrate: resuming a postcopy migration that uses multifd is not "
-                            "supported yet");
     }
     if (u.kind == LM_URI_FD) {
         int own = fcntl(u.fd, F_DUPFD_CLOEXEC, 0);

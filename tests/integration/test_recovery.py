@@ -248,12 +248,23 @@ def recovery(t, transport, how, caps=None, backend=None):
         src.qmp.execute("migrate-pause")
     elif how == "pause-destination":
         dst.qmp.execute("migrate-pause")
+    elif how == "blackhole":
+        px.blackhole()
     else:
         px.cut()
     paused_both(src, dst, how)
     check_held(src, dst)
     recover(t, src, dst, transport, 1)
+    mfd0 = src.query_migrate().get("ram", {}).get("multifd-bytes", 0)
+    reqs0 = src.query_migrate().get("ram", {}).get("postcopy-requests", 0)
     complete(src, dst)
+    ram = src.query_migrate().get("ram", {})
+    if (caps or {}).get("multifd"):
+        check(ram.get("multifd-bytes", 0) > mfd0 + (1 << 20),
+              "the push after recovery went on the multifd channels: %r -> %r", mfd0,
+              ram.get("multifd-bytes"))
+    # Page requests are served on the new channels.
+    check(ram.get("postcopy-requests", 0) > reqs0, "no request served after the recovery")
 
 
 for transport in ("tcp", "unix"):
@@ -267,6 +278,11 @@ R.add("cut with postcopy-preempt, recovered (main and preempt channels), complet
       "verifies", recovery, "tcp", "cut", {"postcopy-preempt": True})
 R.add("cut with postcopy-preempt on unix sockets, shared memory (memfd), recovered, completes "
       "and verifies", recovery, "unix", "cut", {"postcopy-preempt": True}, "memfd")
+# multifd: its channels come back too, with a new sender and new receivers.
+R.add("cut with multifd carrying the push, recovered (main and multifd channels), completes "
+      "and verifies", recovery, "tcp", "cut", {"multifd": True})
+R.add("black hole with preempt and multifd, recovered (every channel), completes and verifies",
+      recovery, "tcp", "blackhole", {"postcopy-preempt": True, "multifd": True})
 
 
 @R.test("two cuts in one migration, each recovered: completes and verifies")
