@@ -60,8 +60,11 @@ typedef struct lm_pc_src {
     void (*wake)(void *opaque); /* a request was queued: wake the migration thread */
     void *wake_opaque;
     lm_out_counters *ctr; /* phase bytes (requested pages are postcopy bytes) */
-    /* Set by the migration thread before the readers start, fixed until
-     * they are joined: the preempt channel, or NULL. */
+    /* The preempt channel, or NULL: written by the migration thread under
+     * qlock when its reader starts (before "lm-rp" at setup, after it in a
+     * recovery) and at a recovery's start, fixed until the readers are
+     * joined; "lm-rp" reads it under qlock, the migration thread and
+     * "lm-rp-preempt" without. */
     lm_chan *pre;
 
     pthread_mutex_t qlock;

@@ -103,8 +103,8 @@ void lm_pc_src_stop_serving(lm_pc_src *s)
 
 void lm_pc_src_resume_prepare(lm_pc_src *s)
 {
-    s->pre = NULL; /* the old preempt channel is gone; a new reader sets it */
     pthread_mutex_lock(&s->qlock);
+    s->pre = NULL; /* the old preempt channel is gone; a new reader sets it */
     s->head = s->tail = 0;
     LM_ATOMIC_SET(&s->queued, 0);
     pthread_mutex_unlock(&s->qlock);
@@ -426,7 +426,11 @@ static void *preq_thread_fn(void *arg)
 int lm_pc_src_reader_start(lm_pc_src *s, lm_chan *preempt, lm_chan *main, lm_error *err)
 {
     s->preq_shutdown = main;
+    /* Under qlock: in a recovery the return-path reader runs already and
+     * reads it there (lm_pc_src_request). */
+    pthread_mutex_lock(&s->qlock);
     s->pre = preempt;
+    pthread_mutex_unlock(&s->qlock);
     int ret = -pthread_create(&s->preq_thread, NULL, preq_thread_fn, s);
     if (ret < 0)
         return lm_error_set(err, ret, "cannot start the preempt channel's reader");
