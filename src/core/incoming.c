@@ -12,7 +12,9 @@
  * Cancel (any thread) shuts down the listening socket and the channels
  * under m->lock, which makes the blocked accept/read return.
  * A failure after POSTCOPY_RUN pauses (postcopy-paused): the guest keeps
- * running, the fault thread keeps its requests, nothing is lost silently.
+ * running, the fault thread keeps its requests, nothing is lost silently;
+ * the thread leaves its lm_incoming for migrate-recover (recover.c), whose
+ * thread uses the accept, HELLO (resume_check) and completion here.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
  */

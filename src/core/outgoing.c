@@ -13,7 +13,8 @@
  * cancel before the end of stream leaves the source running; after it, the
  * destination's SHUT decides (finish()).  After POSTCOPY_RUN may have gone
  * out, a failure pauses (postcopy-paused): the source keeps its memory and
- * stays stopped.
+ * stays stopped, and the thread leaves its lm_outgoing for migrate
+ * resume=true (resume.c), whose thread uses the connect and the loop here.
  */
 #include "core/handshake.h"
 #include "core/iteration.h"
