@@ -14,7 +14,9 @@
 #include "util/thread.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* POSTCOPY_RUN: register RAM with userfaultfd and start the fault thread
  * (a failure here leaves the guest stopped: the source pauses, nothing
@@ -50,6 +52,21 @@ static int postcopy_run(lm_incoming *in, lm_error *err)
     return 0;
 }
 
+/* Test knob (never set in production): LIVEMIG_TEST_RECOVERY=hold-ack
+ * keeps the first recovery of this process between its received bitmap
+ * and its ack, until the main channel fails (or 60 s pass), and says so on
+ * stderr: a test cuts the link in the middle of the exchange without a
+ * race. */
+static void test_hold_ack(lm_chan *c)
+{
+    static int held;
+    const char *e = getenv("LIVEMIG_TEST_RECOVERY");
+    if (!e || !strstr(e, "hold-ack") || __atomic_exchange_n(&held, 1, __ATOMIC_RELAXED))
+        return;
+    fprintf(stderr, "livemig: test knob: recovery held before RP_RESUME_ACK\n");
+    lm_chan_wait_readable(c, 60000);
+}
+
 /* POSTCOPY_RESUME (recovery, digest §6.5 step 5): what every block still
  * owes goes to the source, which makes those pages dirty again; then
  * postcopy-active, the ack with the owed total (the source checks its maps
@@ -62,6 +79,9 @@ static int postcopy_resume(lm_incoming *in, lm_error *err)
     int ret = lm_pc_dst_send_recv_bitmap(&m->pcd, in->chan, &owed, err);
     if (ret < 0)
         return ret;
+    test_hold_ack(in->chan);
+    if (lm_chan_get_error(in->chan, err))
+        return err->code;
     if (!lm_state_set(m, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE))
         return lm_error_set(err, -ECANCELED, "recovery interrupted");
     uint8_t p[8];

@@ -19,6 +19,7 @@ Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
 injected, and every wait is for a state, an event or a counter."""
 
+import os
 import signal
 import time
 
@@ -36,16 +37,17 @@ ACTIVE = ("postcopy-active",)
 NOT_PAUSED = ("failed", "completed", "cancelled")
 
 
-def pair(t, transport="tcp", caps=None, workload="random", backend=None):
+def pair(t, transport="tcp", caps=None, workload="random", backend=None, env=None):
     """A source and a destination behind a proxy on `transport`, postcopy
-    on, the push held; returns (src, dst, proxy)."""
+    on, the push held; returns (src, dst, proxy).  env: the destination's
+    environment."""
     c = {"events": True, "postcopy-ram": True}
     c.update(caps or {})
     wl = {"workload": workload, "dirty_rate": "32M"}
     if backend:
         wl["extra"] = ("--mem-backend", backend)
     src = t.guest("src", mem=MEM, fill="random", seed=1, **wl)
-    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=c, **wl)
+    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=c, env=env, **wl)
     set_caps(src, c)
     p = dict(SLOW, **{"max-postcopy-bandwidth": HOLD, "x-postcopy-timeout-ms": TIMEOUT_MS})
     set_params(src, p)
@@ -343,6 +345,33 @@ def t_resume_blackhole(t):
     src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
     for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
         src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    complete(src, dst)
+
+
+@R.test("a cut during the bitmap exchange (the destination held before its ack): both "
+        "sides pause again, the next recovery completes and verifies")
+def t_cut_in_exchange(t):
+    src, dst, px = pair(t, env=dict(os.environ, LIVEMIG_TEST_RECOVERY="hold-ack"))
+    # The source's watchdog would pause on the held destination's silence
+    # by itself: this test cuts instead.
+    set_params(src, {"x-postcopy-timeout-ms": 0})
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, "tcp", 1)
+    px = t.proxy(uri)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover", timeout=30)
+    wait_until(lambda: "recovery held before RP_RESUME_ACK" in dst.log_tail(20000), 30,
+               "the destination held in the exchange")
+    for g in (src, dst):
+        check_eq(g.query_migrate().get("status"), "postcopy-recover", "%s when held" % g.name)
+    px.cut()
+    paused_both(src, dst, "cut during the bitmap exchange")
+    set_params(src, {"x-postcopy-timeout-ms": TIMEOUT_MS})
+    recover(t, src, dst, "tcp", 2)
     complete(src, dst)
 
 
