@@ -436,9 +436,22 @@ LM_API void lm_mig_get_params(lm_mig *m, lm_params *out);
 /* QMP `migrate`: starts an outgoing migration to uri (tcp:HOST:PORT,
  * unix:PATH, fd:N).  Returns at once; connection and transfer run in the
  * migration thread.  fd:N is duplicated before this returns: the caller
- * keeps N and may close it at once.  resume=true is postcopy recovery (not
- * supported yet). */
+ * keeps N and may close it at once.  resume=true is postcopy recovery: only
+ * in postcopy-paused (otherwise -EINVAL, "Cannot resume if there is no
+ * paused migration"); the source goes postcopy-recover-setup while it
+ * connects to uri (the destination ran lm_mig_recover), then
+ * postcopy-recover and postcopy-active; a failure goes back to
+ * postcopy-paused with the event and error-desc, and may be retried.
+ * Every channel of the migration comes back (main, multifd, preempt). */
 LM_API int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err);
+/* QMP `migrate-recover`: a destination in postcopy-paused listens on uri
+ * for its source's `migrate resume=true` (otherwise -EINVAL, "Migrate
+ * recover can only be run when postcopy is paused."; while it listens
+ * already, -EBUSY).  Returns once listening.  The first connection must be
+ * the paused session's source resuming it; it takes the destination to
+ * postcopy-recover, then postcopy-active.  A refused peer leaves it paused
+ * with the reason in error-desc.  Thread: any.  Blocks: no. */
+LM_API int lm_mig_recover(lm_mig *m, const char *uri, lm_error *err);
 /* QMP `migrate-incoming`: listens on uri and loads the first stream that
  * connects.  Returns once listening (a tcp port 0 is resolved; see
  * lm_info.socket_address).  Only a destination takes it, i.e. an object

@@ -12,7 +12,9 @@
  * Cancel (any thread) shuts down the listening socket and the channels
  * under m->lock, which makes the blocked accept/read return.
  * A failure after POSTCOPY_RUN pauses (postcopy-paused): the guest keeps
- * running, the fault thread keeps its requests, nothing is lost silently.
+ * running, the fault thread keeps its requests, nothing is lost silently;
+ * the thread leaves its lm_incoming for migrate-recover (recover.c), whose
+ * thread uses the accept, HELLO (resume_check) and completion here.
  * A failed load leaves the process up and answering QMP, in `inmigrate`,
  * ready for another migrate-incoming.
  */
@@ -49,6 +51,44 @@ static void linger_drain(lm_chan *c)
     }
 }
 
+/* migrate-recover: only the paused session's source, asking to resume,
+ * on each of its channels once (main, multifd, preempt). */
+static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
+{
+    if (h->kind != LM_HELLO_RESUME)
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: this destination recovers a paused postcopy migration "
+                            "(migrate-recover) and takes only its source resuming it "
+                            "(migrate with resume=true), not a new migration");
+    if (memcmp(h->session, in->session, sizeof in->session) != 0)
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: the source resumes another migration session than the "
+                            "one paused here");
+    if (h->features != in->features || h->chan_count != in->nmfd)
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: the resuming source's features 0x%llx differ from the "
+                            "paused session's 0x%llx",
+                            (unsigned long long)h->features, (unsigned long long)in->features);
+    if (h->page_size != LM_PAGE_SIZE)
+        return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
+                            h->page_size, LM_PAGE_SIZE);
+    if (h->role == LM_ROLE_MAIN && !in->chan && h->chan_index == 0)
+        return 0;
+    if (h->role == LM_ROLE_PREEMPT && (in->features & LM_FEAT_PREEMPT) && !in->have_preempt &&
+        h->chan_index == 0)
+        return 0;
+    if (h->role == LM_ROLE_MULTIFD && h->chan_index < in->nmfd && !in->mfd_chans[h->chan_index])
+        return 0;
+    return lm_error_set(err, -EPROTO,
+                        "HELLO: a recovery takes the session's channels once each (main%s%s), "
+                        "not this %s channel",
+                        in->nmfd ? ", multifd" : "",
+                        in->features & LM_FEAT_PREEMPT ? ", preempt" : "",
+                        h->role == LM_ROLE_MAIN      ? "main"
+                        : h->role == LM_ROLE_PREEMPT ? "preempt"
+                                                     : "multifd");
+}
+
 /* Checks one HELLO against this destination and the channels already
  * accepted; returns 0 or an error naming what was wrong. */
 static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
@@ -57,6 +97,12 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     uint64_t caps = in->m->caps;
     pthread_mutex_unlock(&in->m->lock);
     bool multifd = caps & (1ull << LM_CAP_MULTIFD);
+    if (in->resuming)
+        return resume_check(in, h, err);
+    if (h->kind == LM_HELLO_RESUME)
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: the source resumes a paused postcopy migration, but this "
+                            "destination has none to recover (it waits for a new one)");
     if (h->kind != LM_HELLO_REQUEST)
         return lm_error_set(err, -EPROTO, "HELLO: expected a request, got kind %u", h->kind);
     if (h->page_size != LM_PAGE_SIZE)
@@ -280,7 +326,7 @@ static int accept_channels(lm_incoming *in, lm_error *err)
 }
 
 /* fd:N may be a listening socket or, as in QEMU, the stream itself. */
-static int connect_channels(lm_incoming *in, lm_error *err)
+int lm_in_connect_channels(lm_incoming *in, lm_error *err)
 {
     int listening = 0;
     socklen_t sl = sizeof listening;
@@ -347,10 +393,14 @@ static void finish(lm_incoming *in, int ret, lm_error *err)
         if (ret < 0)
             lm_mfd_recv_shutdown(in->mfd, "incoming migration ended");
         lm_mfd_recv_free(in->mfd);
+        in->mfd = NULL;
     }
-    for (unsigned i = 0; i < LM_MULTIFD_MAX_CHANNELS; i++)
+    for (unsigned i = 0; i < LM_MULTIFD_MAX_CHANNELS; i++) {
         lm_chan_free(in->mfd_chans[i]); /* accepted, never handed over */
+        in->mfd_chans[i] = NULL;
+    }
     lm_chan_free(in->preempt);
+    in->preempt = NULL;
     LM_ATOMIC_SET(&m->stats.end_ns, lm_now_ns());
     lm_mem_prefault_stop(&m->mem);
     if (!paused)
@@ -375,6 +425,7 @@ static void finish(lm_incoming *in, int ret, lm_error *err)
     if (changed)
         lm_emit_status(m);
     lm_chan_free(in->chan);
+    in->chan = NULL;
 }
 
 static void on_switchover_ack(void *opaque)
@@ -390,7 +441,7 @@ static void *incoming_thread_fn(void *arg)
     lm_error err = {0};
     pthread_setname_np(pthread_self(), "lm-incoming");
 
-    int ret = connect_channels(in, &err);
+    int ret = lm_in_connect_channels(in, &err);
     pthread_mutex_lock(&m->lock);
     m->listen_fd = -1;
     pthread_mutex_unlock(&m->lock);
@@ -419,6 +470,15 @@ static void *incoming_thread_fn(void *arg)
     }
     ret = lm_incoming_load(in, &err);
     lm_loadvm_cleanup(&in->lv); /* before the guest runs, as QEMU does */
+    ret = lm_in_complete(in, ret, &err);
+out:
+    lm_in_end(in, ret, &err);
+    return NULL;
+}
+
+int lm_in_complete(lm_incoming *in, int ret, lm_error *err)
+{
+    lm_mig *m = in->m;
     if (ret == 0) {
         /* Loaded: commit, unless a cancel came first.  From here cancel is
          * a no-op (the guest is about to run here; the source waits for our
@@ -426,30 +486,54 @@ static void *incoming_thread_fn(void *arg)
          * leads to cancelled. */
         pthread_mutex_lock(&m->lock);
         if (m->cancel_requested)
-            ret = lm_error_set(&err, -ECANCELED, "incoming migration cancelled");
+            ret = lm_error_set(err, -ECANCELED, "incoming migration cancelled");
         else
             m->eos_sent = true;
         pthread_mutex_unlock(&m->lock);
     }
     if (ret < 0)
-        goto out;
+        return ret;
     if (in->running) {
         /* Postcopy: every owed page is placed; the guest runs already. */
         lm_pc_dst_preempt_stop(&m->pcd);
         lm_pc_dst_end(&m->pcd);
         lm_pc_dst_rp_send_status(&m->pcd, in->chan, LM_REC_RP_SHUT, 0, "loaded");
         lm_pc_dst_release(&m->pcd); /* after the source heard: unmapping takes time */
-        goto out;
+        return 0;
     }
     /* Everything loaded: run the guest, then confirm.  The source counts
      * its downtime until this confirmation arrives. */
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
     lm_rec_send_status(in->chan, LM_REC_RP_SHUT, 0, "loaded");
-out:
-    finish(in, ret, &err);
+    return 0;
+}
+
+void lm_in_end(lm_incoming *in, int ret, lm_error *err)
+{
+    lm_mig *m = in->m;
+    bool paused = ret < 0 && in->running;
+    finish(in, ret, err);
+    if (paused) {
+        /* Kept for migrate-recover (recover.c). */
+        pthread_mutex_lock(&m->lock);
+        m->paused_in = in;
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
     free(in->tmp);
     free(in);
-    return NULL;
+}
+
+void lm_incoming_free_paused(lm_mig *m)
+{
+    lm_incoming *in = m->paused_in;
+    m->paused_in = NULL;
+    if (in) {
+        if (in->lfd >= 0)
+            close(in->lfd);
+        free(in->tmp);
+        free(in);
+    }
 }
 
 int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)

@@ -8,7 +8,8 @@
 
 #include "core/internal.h"
 
-/* One incoming migration, owned by its thread "lm-incoming". */
+/* One incoming migration, owned by its thread "lm-incoming" (left in
+ * m->paused_in when it paused, for the recovery's thread). */
 typedef struct lm_incoming {
     lm_mig *m;
     int lfd;
@@ -23,14 +24,27 @@ typedef struct lm_incoming {
     lm_mfd_recv *mfd;
     lm_chan *preempt; /* postcopy-preempt channel until started */
     bool have_preempt;
-    bool blocktime;  /* postcopy-blocktime (fixed at start) */
-    lm_loadvm lv;    /* device sections and switchover-ack */
-    bool discarding; /* a POSTCOPY_DISCARD came: only more, or RUN */
-    bool running;    /* POSTCOPY_RUN processed: postcopy placement */
-    uint8_t *tmp;    /* a run of pages before placement (postcopy) */
+    bool blocktime;   /* postcopy-blocktime (fixed at start) */
+    lm_loadvm lv;     /* device sections and switchover-ack */
+    bool discarding;  /* a POSTCOPY_DISCARD came: only more, or RUN */
+    bool running;     /* POSTCOPY_RUN processed: postcopy placement */
+    uint8_t *tmp;     /* a run of pages before placement (postcopy) */
+    bool resuming;    /* migrate-recover: accept the paused session's source only */
+    bool resume_wait; /* recovering: POSTCOPY_RESUME not processed yet */
 } lm_incoming;
+
+/* incoming.c, shared with the recovery (recover.c): accepts and greets
+ * the channels; after the load loop, the commit and the verdict; the end
+ * of the thread (a paused migration is kept in m->paused_in, otherwise
+ * freed). */
+int lm_in_connect_channels(lm_incoming *in, lm_error *err);
+int lm_in_complete(lm_incoming *in, int ret, lm_error *err);
+void lm_in_end(lm_incoming *in, int ret, lm_error *err);
 
 /* loader.c: reads and loads the stream until EOS (0) or an error. */
 int lm_incoming_load(lm_incoming *in, lm_error *err);
+/* The same after a recovery: no device setup, the guest runs, and the
+ * first record (besides PING) must be POSTCOPY_RESUME. */
+int lm_incoming_load_resumed(lm_incoming *in, lm_error *err);
 
 #endif /* LM_CORE_INCOMING_H */

@@ -133,6 +133,13 @@ struct lm_mig {
     /* An incoming migration was accepted (QEMU's "once" in
      * qmp_migrate_incoming); a failed or cancelled one lets another in. */
     bool incoming_started;
+    /* Postcopy recovery: what a paused migration keeps for the next
+     * attempt (the thread that paused leaves it here; resume.c and
+     * recover.c hand it to a new thread), and whether a destination listens
+     * for the source's reconnection (migrate-recover). */
+    struct lm_outgoing *paused_out;
+    struct lm_incoming *paused_in;
+    bool recovering;
     char name[LM_NAME_MAX + 1]; /* QEMU's -name, "" when none */
     uint8_t uuid[16];           /* QEMU's -uuid, zeros by default */
     /* --- end of lock group --- */
@@ -195,6 +202,12 @@ lm_status lm_mig_status(lm_mig *m);
 /* outgoing.c / incoming.c */
 int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err);
 int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err);
+/* Postcopy recovery: migrate resume=true (resume.c), migrate-recover
+ * (recover.c), and freeing what a paused migration kept (no thread runs). */
+int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err);
+int lm_incoming_recover(lm_mig *m, const char *uri, lm_error *err);
+void lm_outgoing_free_paused(lm_mig *m);
+void lm_incoming_free_paused(lm_mig *m);
 
 /* params.c */
 int lm_params_check(const lm_params *p, uint64_t which, lm_error *err);

@@ -14,7 +14,9 @@
 #include "util/thread.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* POSTCOPY_RUN: register RAM with userfaultfd and start the fault thread
  * (a failure here leaves the guest stopped: the source pauses, nothing
@@ -48,6 +50,46 @@ static int postcopy_run(lm_incoming *in, lm_error *err)
     }
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
     return 0;
+}
+
+/* Test knob (never set in production): LIVEMIG_TEST_RECOVERY=hold-ack
+ * keeps the first recovery of this process between its received bitmap
+ * and its ack, until the main channel fails (or 60 s pass), and says so on
+ * stderr: a test cuts the link in the middle of the exchange without a
+ * race. */
+static void test_hold_ack(lm_chan *c)
+{
+    static int held;
+    const char *e = getenv("LIVEMIG_TEST_RECOVERY");
+    if (!e || !strstr(e, "hold-ack") || __atomic_exchange_n(&held, 1, __ATOMIC_RELAXED))
+        return;
+    fprintf(stderr, "livemig: test knob: recovery held before RP_RESUME_ACK\n");
+    lm_chan_wait_readable(c, 60000);
+}
+
+/* POSTCOPY_RESUME (recovery, digest §6.5 step 5): what every block still
+ * owes goes to the source, which makes those pages dirty again; then
+ * postcopy-active, the ack with the owed total (the source checks its maps
+ * against it), and the new return path, on which every request still
+ * waiting is asked again (one sent on the broken link may be lost). */
+static int postcopy_resume(lm_incoming *in, lm_error *err)
+{
+    lm_mig *m = in->m;
+    uint64_t owed;
+    int ret = lm_pc_dst_send_recv_bitmap(&m->pcd, in->chan, &owed, err);
+    if (ret < 0)
+        return ret;
+    test_hold_ack(in->chan);
+    if (lm_chan_get_error(in->chan, err))
+        return err->code;
+    if (!lm_state_set(m, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE))
+        return lm_error_set(err, -ECANCELED, "recovery interrupted");
+    uint8_t p[8];
+    lm_fmt_u64_encode(owed, p, sizeof p);
+    if (lm_pc_dst_rp_send(&m->pcd, in->chan, LM_REC_RP_RESUME_ACK, p, sizeof p) < 0)
+        return lm_chan_get_error(in->chan, err);
+    in->resume_wait = false;
+    return lm_pc_dst_attach_rp(&m->pcd, in->chan, err);
 }
 
 static int load_u64(lm_chan *c, const lm_rec_hdr *h, uint64_t *v, lm_error *err)
@@ -93,6 +135,10 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
                                             : "without the postcopy feature");
         in->discarding = true;
         return lm_pc_dst_load_discard(&m->pcd, c, h, in->blocktime, err);
+    case LM_REC_POSTCOPY_RESUME:
+        if (!in->resume_wait)
+            return lm_error_set(err, -EPROTO, "POSTCOPY_RESUME outside a postcopy recovery");
+        return postcopy_resume(in, err);
     case LM_REC_POSTCOPY_RUN:
         if (!(in->features & LM_FEAT_POSTCOPY) || in->running)
             return lm_error_set(err, -EPROTO, "POSTCOPY_RUN %s",
@@ -162,9 +208,9 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
     }
 }
 
-int lm_incoming_load(lm_incoming *in, lm_error *err)
+static int load_loop(lm_incoming *in, lm_error *err)
 {
-    int ret = lm_loadvm_setup(&in->lv, err);
+    int ret = 0;
     for (; ret == 0;) {
         lm_rec_hdr h;
         if ((ret = lm_rec_read_hdr(in->chan, true, &h, err)) < 0)
@@ -172,7 +218,23 @@ int lm_incoming_load(lm_incoming *in, lm_error *err)
         if (in->discarding && !in->running && !allowed_while_discarding(h.type))
             return lm_error_set(err, -EPROTO, "%s between POSTCOPY_DISCARD and POSTCOPY_RUN",
                                 lm_rec_type_name(h.type));
+        if (in->resume_wait && h.type != LM_REC_POSTCOPY_RESUME && h.type != LM_REC_PING &&
+            h.type != LM_REC_ERROR)
+            return lm_error_set(err, -EPROTO, "%s before POSTCOPY_RESUME in a recovery",
+                                lm_rec_type_name(h.type));
         ret = load_one(in, &h, err);
     }
     return ret < 0 ? ret : 0;
+}
+
+int lm_incoming_load(lm_incoming *in, lm_error *err)
+{
+    int ret = lm_loadvm_setup(&in->lv, err);
+    return ret < 0 ? ret : load_loop(in, err);
+}
+
+int lm_incoming_load_resumed(lm_incoming *in, lm_error *err)
+{
+    in->resume_wait = true;
+    return load_loop(in, err);
 }

@@ -166,6 +166,8 @@ void lm_mig_free(lm_mig *m)
     if (!m)
         return;
     stop_threads(m);
+    lm_outgoing_free_paused(m);
+    lm_incoming_free_paused(m);
     lm_pc_dst_destroy(&m->pcd);
     lm_pc_src_destroy(&m->pcs);
     lm_ram_destroy(&m->ram);
@@ -344,13 +346,16 @@ void lm_mig_get_params(lm_mig *m, lm_params *out)
 
 int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err)
 {
-    if (resume)
-        return lm_error_set(err, -ENOTSUP,
-                            "migrate: 'resume' (postcopy recovery) is not "
-                            "supported yet");
     if (!uri)
         return lm_error_set(err, -EINVAL, "migrate: missing 'uri'");
-    return lm_outgoing_start(m, uri, err);
+    return resume ? lm_outgoing_resume(m, uri, err) : lm_outgoing_start(m, uri, err);
+}
+
+int lm_mig_recover(lm_mig *m, const char *uri, lm_error *err)
+{
+    if (!uri)
+        return lm_error_set(err, -EINVAL, "migrate-recover: missing 'uri'");
+    return lm_incoming_recover(m, uri, err);
 }
 
 int lm_mig_incoming(lm_mig *m, const char *uri, lm_error *err)

@@ -13,7 +13,8 @@
  * cancel before the end of stream leaves the source running; after it, the
  * destination's SHUT decides (finish()).  After POSTCOPY_RUN may have gone
  * out, a failure pauses (postcopy-paused): the source keeps its memory and
- * stays stopped.
+ * stays stopped, and the thread leaves its lm_outgoing for migrate
+ * resume=true (resume.c), whose thread uses the connect and the loop here.
  */
 #include "core/handshake.h"
 #include "core/iteration.h"
@@ -35,7 +36,7 @@ static int hello(lm_outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, 
 {
     lm_hello h = {.version = LM_FORMAT_VERSION,
                   .role = (uint8_t)role,
-                  .kind = LM_HELLO_REQUEST,
+                  .kind = g->resuming ? LM_HELLO_RESUME : LM_HELLO_REQUEST,
                   .page_size = LM_PAGE_SIZE,
                   .chan_index = (uint16_t)index,
                   .chan_count = (uint16_t)g->nmfd,
@@ -90,7 +91,7 @@ static int connect_one(lm_outgoing *g, const char *name, lm_chan **out, lm_error
 /* Connects and greets the main channel and, with multifd, every multifd
  * channel.  Channels are named by their HELLO, so the order does not matter
  * to the destination (the shuffle knob proves it). */
-static int connect_channels(lm_outgoing *g, lm_error *err)
+int lm_og_connect_channels(lm_outgoing *g, lm_error *err)
 {
     lm_mig *m = g->m;
     unsigned n = g->nmfd + 1, order[LM_MULTIFD_MAX_CHANNELS + 1];
@@ -142,7 +143,7 @@ static int connect_channels(lm_outgoing *g, lm_error *err)
  * HELLO (so the destination meets them in that order, though it tells
  * them apart by role).  Made at setup rather than at the switch, so that
  * the switch itself (the guest is stopped) does not pay a connect. */
-static int connect_preempt(lm_outgoing *g, lm_error *err)
+int lm_og_connect_preempt(lm_outgoing *g, lm_error *err)
 {
     if (g->uri.kind == LM_URI_FD)
         return lm_error_set(err, -EINVAL,
@@ -196,6 +197,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
          * dirty maps stay for recovery), and say why. */
         final = LM_STATUS_POSTCOPY_PAUSED;
         g->paused = true;
+        if (g->chan) /* a recovery's channel counts from zero: keep the total */
+            g->prior_bytes += lm_chan_bytes_written(g->chan);
         pthread_mutex_lock(&m->lock);
         if (m->verdict && m->shut.status)
             lm_error_set(err, m->shut.status, "destination: %s", m->shut.msg);
@@ -249,9 +252,15 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_pc_src_stop_serving(&m->pcs);
     lm_mfd_send_free(g->o.mfd); /* after the main channel: its failures are reported there */
     g->o.mfd = NULL;
-    for (unsigned i = 0; i < g->nmfd; i++)
+    for (unsigned i = 0; i < g->nmfd; i++) {
         lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
+        g->mfd_chans[i] = NULL;        /* a recovery connects them again */
+    }
     uint64_t pbytes = lm_sw_preempt_bytes(g);
+    if (g->paused) { /* a recovery's preempt channel counts from zero too */
+        g->prior_bytes += pbytes;
+        pbytes = 0;
+    }
     lm_chan_free(g->preempt);
     g->preempt = NULL;
     if (!g->paused)
@@ -267,8 +276,9 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_stats *st = &m->stats;
     LM_ATOMIC_SET(&st->end_ns, lm_now_ns());
     if (g->chan)
-        LM_ATOMIC_SET(&st->transferred,
-                      lm_chan_bytes_written(g->chan) + pbytes + LM_ATOMIC_GET(&st->mfd.bytes));
+        LM_ATOMIC_SET(&st->transferred, (g->paused ? 0 : lm_chan_bytes_written(g->chan)) +
+                                            g->prior_bytes + pbytes +
+                                            LM_ATOMIC_GET(&st->mfd.bytes));
     uint64_t total_ns = LM_ATOMIC_GET(&st->end_ns) - LM_ATOMIC_GET(&st->start_ns);
     if (final == LM_STATUS_COMPLETED && total_ns) {
         /* mbps at completion is the average over the whole migration. */
@@ -328,12 +338,12 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
     lm_mig *m = g->m;
     if (getrandom(g->session, sizeof g->session, 0) != sizeof g->session)
         return lm_error_set(err, -EIO, "getrandom failed");
-    int ret = connect_channels(g, err);
+    int ret = lm_og_connect_channels(g, err);
     if (ret < 0)
         return ret;
     g->o.chan = g->chan;
     if (g->features & LM_FEAT_PREEMPT) {
-        ret = connect_preempt(g, err);
+        ret = lm_og_connect_preempt(g, err);
         if (ret < 0)
             return ret;
     }
@@ -371,34 +381,14 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
     return 0;
 }
 
-static void *migration_thread_fn(void *arg)
+/* The loop of seed 000 until it breaks: precopy, the switch, postcopy
+ * (a recovery re-enters it in postcopy-active, resume.c). */
+int lm_og_loop(lm_outgoing *g, lm_error *errp)
 {
-    lm_outgoing *g = arg;
     lm_mig *m = g->m;
     lm_error err = {0};
-    pthread_setname_np(pthread_self(), "lm-migration");
-
-    lm_sw_reload_params(g);
-    pthread_mutex_lock(&m->lock);
-    uint64_t caps = m->caps;
-    pthread_mutex_unlock(&m->lock);
-    choose_features(g, caps);
-    g->o.zpd = g->params.zero_page_detection;
-    int ret = setup(g, caps, &err);
-    if (ret < 0)
-        goto out;
-    uint64_t now = lm_now_ns();
-    LM_ATOMIC_SET(&m->stats.setup_time_ms, (now - LM_ATOMIC_GET(&m->stats.start_ns)) / 1000000);
-    if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
-        ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
-        goto out;
-    }
-    LM_ATOMIC_SET(&m->stats.expected_downtime_ms, (int64_t)g->params.downtime_limit);
-    lm_rl_init(&g->rl, g->params.max_bandwidth, now);
-    g->win_start_ns = now;
-    g->win_start_bytes = lm_out_bytes(&g->o);
-    g->rl_seen = g->win_start_bytes;
-
+    int ret = 0;
+    uint64_t now;
     for (;;) {
         pthread_mutex_lock(&m->lock);
         lm_status s = m->status;
@@ -441,13 +431,60 @@ static void *migration_thread_fn(void *arg)
         if (r == LM_ITER_BREAK)
             break;
     }
+    *errp = err;
+    return ret;
+}
+
+static void *migration_thread_fn(void *arg)
+{
+    lm_outgoing *g = arg;
+    lm_mig *m = g->m;
+    lm_error err = {0};
+    pthread_setname_np(pthread_self(), "lm-migration");
+
+    lm_sw_reload_params(g);
+    pthread_mutex_lock(&m->lock);
+    uint64_t caps = m->caps;
+    pthread_mutex_unlock(&m->lock);
+    choose_features(g, caps);
+    g->o.zpd = g->params.zero_page_detection;
+    int ret = setup(g, caps, &err);
+    if (ret < 0)
+        goto out;
+    uint64_t now = lm_now_ns();
+    LM_ATOMIC_SET(&m->stats.setup_time_ms, (now - LM_ATOMIC_GET(&m->stats.start_ns)) / 1000000);
+    if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
+        ret = lm_error_set(&err, -ECANCELED, "migration cancelled");
+        goto out;
+    }
+    LM_ATOMIC_SET(&m->stats.expected_downtime_ms, (int64_t)g->params.downtime_limit);
+    lm_rl_init(&g->rl, g->params.max_bandwidth, now);
+    g->win_start_ns = now;
+    g->win_start_bytes = lm_out_bytes(&g->o);
+    g->rl_seen = g->win_start_bytes;
+
+    ret = lm_og_loop(g, &err);
 out:
-    if (ret < 0 && !err.code)
-        lm_error_set(&err, ret, "migration failed");
-    drop_own_fd(g);
-    finish(g, ret, &err);
-    free(g);
+    lm_og_end(g, ret, &err);
     return NULL;
+}
+
+void lm_og_end(lm_outgoing *g, int ret, lm_error *err)
+{
+    lm_mig *m = g->m;
+    if (ret < 0 && !err->code)
+        lm_error_set(err, ret, "migration failed");
+    drop_own_fd(g);
+    finish(g, ret, err);
+    if (!g->paused) {
+        free(g);
+        return;
+    }
+    /* Paused: what a recovery needs stays (resume.c). */
+    g->paused = false;
+    pthread_mutex_lock(&m->lock);
+    m->paused_out = g;
+    pthread_mutex_unlock(&m->lock);
 }
 
 int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)

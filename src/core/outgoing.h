@@ -12,8 +12,9 @@
 #define LM_HELLO_TIMEOUT_MS 10000
 
 /* One outgoing migration.  Owned by its migration thread ("lm-migration"),
- * which frees it at the end; the fields the return-path thread shares are
- * marked. */
+ * which frees it at the end, or leaves it in m->paused_out when it paused
+ * (a recovery's thread takes it over); the fields the return-path thread
+ * shares are marked. */
 typedef struct lm_outgoing {
     lm_mig *m;
     lm_uri uri;
@@ -52,13 +53,23 @@ typedef struct lm_outgoing {
     lm_chan *preempt;    /* postcopy-preempt channel, or NULL */
     pthread_t rp_thread; /* "lm-rp" */
     bool rp_started;
-    uint32_t run_ping; /* value of the PING after POSTCOPY_RUN (atomic) */
-    uint64_t pc_t0;    /* guest stopped for the switch (atomic) */
-    bool run_sent;     /* POSTCOPY_RUN may be out: failures pause */
-    bool paused;       /* finished in postcopy-paused */
-    bool was_running;  /* guest was running when we stopped it */
+    uint32_t run_ping;    /* value of the PING after POSTCOPY_RUN (atomic) */
+    uint64_t pc_t0;       /* guest stopped for the switch (atomic) */
+    bool run_sent;        /* POSTCOPY_RUN may be out: failures pause */
+    bool paused;          /* finished in postcopy-paused */
+    bool resuming;        /* a recovery (resume.c): HELLO asks to resume the session */
+    uint64_t prior_bytes; /* main-channel bytes of the channels before a recovery */
+    bool was_running;     /* guest was running when we stopped it */
     bool stopped_vm;
 } lm_outgoing;
+
+/* outgoing.c, shared with the recovery (resume.c): connects and greets
+ * the main (and multifd) channels, and the preempt channel; the loop of seed 000; the end of the
+ * thread (a paused migration is kept in m->paused_out, otherwise freed). */
+int lm_og_connect_channels(lm_outgoing *g, lm_error *err);
+int lm_og_connect_preempt(lm_outgoing *g, lm_error *err);
+int lm_og_loop(lm_outgoing *g, lm_error *err);
+void lm_og_end(lm_outgoing *g, int ret, lm_error *err);
 
 /* return_path.c: starts / joins "lm-rp" on the main channel. */
 int lm_rp_start(lm_outgoing *g, lm_error *err);

@@ -1,7 +1,8 @@
 /*
  * return_path.c - the source's return-path reader "lm-rp": the
  * destination's records on the main channel (SHUT, ERROR, PONG,
- * SWITCHOVER_ACK, DEVICE_ACK, and REQ_PAGES without a preempt channel),
+ * SWITCHOVER_ACK, DEVICE_ACK, REQ_PAGES without a preempt channel, and in
+ * a recovery RECV_BITMAP and RESUME_ACK),
  * reported under m->lock (a device's ack state: relaxed atomics).  Page
  * requests go to postcopy (postcopy/source.c), which serves them at once
  * on the preempt channel or queues them for the migration thread.  The
@@ -13,8 +14,9 @@
 #include <errno.h>
 #include <stdlib.h>
 
-/* The largest record the destination may send here: a status message. */
-#define RP_MAX_PAYLOAD (LM_ERROR_MSG_MAX + 64)
+/* The largest record the destination may send here: a chunk of the
+ * received bitmap (recovery), larger than a status message. */
+#define RP_MAX_PAYLOAD LM_RECV_BITMAP_MAX
 
 static int handle_pong(lm_outgoing *g, const uint8_t *payload, uint32_t len, lm_error *err)
 {
@@ -76,7 +78,8 @@ static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, 
             return 0;
         uint64_t now = lm_now_ns(), rd = lm_chan_bytes_read(g->chan);
         pthread_mutex_lock(&m->lock);
-        bool pc = m->status == LM_STATUS_POSTCOPY_ACTIVE || m->status == LM_STATUS_POSTCOPY_DEVICE;
+        bool pc = m->status == LM_STATUS_POSTCOPY_ACTIVE ||
+                  m->status == LM_STATUS_POSTCOPY_DEVICE || m->status == LM_STATUS_POSTCOPY_RECOVER;
         uint64_t tmo = m->params.x_postcopy_timeout_ms;
         pthread_mutex_unlock(&m->lock);
         if (rd != *last_bytes || !pc || !tmo || !*last_ns) {
@@ -95,6 +98,35 @@ static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, 
         lm_mig_link_down(m, -ETIMEDOUT, err->msg);
         return -ETIMEDOUT;
     }
+}
+
+/* Recovery (digest §6.5): the received bitmap, then its end.  Only in
+ * postcopy-recover; the ack says how many pages the destination owes,
+ * which the bitmap must have made exactly the dirty ones. */
+static int handle_recovery(lm_outgoing *g, const lm_rec_hdr *h, const uint8_t *payload,
+                           lm_error *err)
+{
+    lm_mig *m = g->m;
+    if (lm_mig_status(m) != LM_STATUS_POSTCOPY_RECOVER)
+        return lm_error_set(err, -EPROTO, "%s outside postcopy-recover", lm_rec_type_name(h->type));
+    if (h->type == LM_REC_RP_RECV_BITMAP)
+        return lm_pc_src_recv_bitmap(&m->pcs, payload, h->len, err);
+    uint64_t owed;
+    if (lm_fmt_u64_decode(payload, h->len, &owed, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    uint64_t dirty = lm_ram_dirty_left(&m->ram);
+    if (dirty != owed)
+        return lm_error_set(err, -EPROTO,
+                            "RP_RESUME_ACK: the destination owes %llu pages but its received "
+                            "bitmap left %llu to send",
+                            (unsigned long long)owed, (unsigned long long)dirty);
+    pthread_mutex_lock(&m->lock);
+    bool changed = lm_state_set_locked(m, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE);
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    if (changed)
+        lm_emit_status(m);
+    return 0;
 }
 
 static void *rp_thread_fn(void *arg)
@@ -161,6 +193,10 @@ static void *rp_thread_fn(void *arg)
         }
         case LM_REC_RP_DEVICE_ACK:
             ret = handle_device_ack(g, payload, h.len, &err);
+            break;
+        case LM_REC_RP_RECV_BITMAP:
+        case LM_REC_RP_RESUME_ACK:
+            ret = handle_recovery(g, &h, payload, &err);
             break;
         default:
             ret = lm_error_set(&err, -EPROTO, "unexpected record %s", lm_rec_type_name(h.type));

@@ -87,7 +87,7 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     lm_mig *m = g->m;
     lm_stats *st = &m->stats;
     uint64_t bytes = lm_out_bytes(&g->o);
-    LM_ATOMIC_SET(&st->transferred, bytes + lm_sw_preempt_bytes(g));
+    LM_ATOMIC_SET(&st->transferred, bytes + g->prior_bytes + lm_sw_preempt_bytes(g));
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
         return;
@@ -251,7 +251,8 @@ static int end_stream(lm_outgoing *g, const char *what, lm_error *err)
         pthread_cond_wait(&m->cond, &m->lock);
     lm_status_msg verdict = m->shut;
     pthread_mutex_unlock(&m->lock);
-    LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o) + lm_sw_preempt_bytes(g));
+    LM_ATOMIC_SET(&m->stats.transferred,
+                  lm_out_bytes(&g->o) + g->prior_bytes + lm_sw_preempt_bytes(g));
     if (verdict.status != 0)
         return lm_error_set(err, verdict.status, "destination: %s", verdict.msg);
     return 0;

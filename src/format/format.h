@@ -36,6 +36,7 @@ typedef enum lm_hello_kind {
     LM_HELLO_REQUEST = 0, /* source -> destination, first bytes of a connection */
     LM_HELLO_ACCEPT = 1,  /* destination -> source: go ahead */
     LM_HELLO_REJECT = 2,  /* destination -> source: an ERROR record follows */
+    LM_HELLO_RESUME = 3,  /* source -> destination: reconnect the paused session */
 } lm_hello_kind;
 
 /* Feature bits that must be equal on both sides (negotiated in HELLO). */
@@ -84,6 +85,7 @@ typedef enum lm_rec_type {
     LM_REC_SWITCHOVER_START = 0x21,
     LM_REC_POSTCOPY_DISCARD = 0x22, /* postcopy: pages the destination must drop */
     LM_REC_POSTCOPY_RUN = 0x23,     /* postcopy: start the workload, serve faults */
+    LM_REC_POSTCOPY_RESUME = 0x24,  /* recovery: send the received bitmap, then resume */
     LM_REC_ACK_DEVICES = 0x28,      /* switchover-ack: the source's participating devices */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
@@ -98,7 +100,9 @@ typedef enum lm_rec_type {
     LM_REC_RP_PONG = 0x82,
     LM_REC_RP_REQ_PAGES = 0x83,
     LM_REC_RP_SWITCHOVER_ACK = 0x86,
-    LM_REC_RP_DEVICE_ACK = 0x8a, /* switchover-ack: one device's answer */
+    LM_REC_RP_DEVICE_ACK = 0x8a,  /* switchover-ack: one device's answer */
+    LM_REC_RP_RECV_BITMAP = 0x8b, /* recovery: pages a block still owes, one chunk */
+    LM_REC_RP_RESUME_ACK = 0x8c,  /* recovery: bitmap sent, postcopy goes on */
 } lm_rec_type;
 
 typedef struct lm_rec_hdr {
@@ -255,6 +259,31 @@ int lm_fmt_status_msg_decode(const uint8_t *payload, size_t len, lm_status_msg *
 #define lm_fmt_req_pages_encode lm_fmt_ram_pages_hdr_encode
 /* Same checks as the RAM_PAGES header; messages name RP_REQ_PAGES. */
 int lm_fmt_req_pages_decode(const uint8_t *buf, size_t len, lm_ram_run *out, lm_error *err);
+
+/* RP_RECV_BITMAP (recovery): {u32 block, u32 npages, u64 first_page}
+ * then a bitmap of npages bits (ceil(npages / 8) bytes, docs/format.md
+ * §1); bit i is page first_page + i, set when the destination has not
+ * received it (it is still owed).  first_page is a multiple of 64,
+ * 1 <= npages <= LM_RECV_BITMAP_MAX_PAGES, unused bits of the last byte
+ * are zero.  The block and range are checked against the stream's table
+ * by the caller. */
+#define LM_RECV_BITMAP_HDR_SIZE 16
+#define LM_RECV_BITMAP_MAX_PAGES 65536u
+#define LM_RECV_BITMAP_MAX (LM_RECV_BITMAP_HDR_SIZE + LM_RECV_BITMAP_MAX_PAGES / 8)
+typedef struct lm_recv_bitmap {
+    uint32_t block;
+    uint32_t npages;
+    uint64_t first_page;
+    const uint8_t *words; /* decode: points into the payload */
+} lm_recv_bitmap;
+/* Encodes the header and the bitmap from words (host u64s, bit i of word
+ * w is page first_page + 64 w + i); returns the payload length or < 0. */
+int lm_fmt_recv_bitmap_encode(const lm_recv_bitmap *b, const uint64_t *words, uint8_t *buf,
+                              size_t cap);
+int lm_fmt_recv_bitmap_decode(const uint8_t *payload, size_t len, lm_recv_bitmap *out,
+                              lm_error *err);
+/* Word i (pages 64 i .. 64 i + 63 of the chunk) of a decoded chunk. */
+uint64_t lm_fmt_recv_bitmap_word(const lm_recv_bitmap *b, uint32_t i);
 
 /* ---------------------------------------------------------- switchover-ack */
 

@@ -121,9 +121,24 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
     }
     case LM_REC_SWITCHOVER_START:
     case LM_REC_POSTCOPY_RUN:
+    case LM_REC_POSTCOPY_RESUME:
     case LM_REC_EOS:
     case LM_REC_RP_SWITCHOVER_ACK:
         break;
+    case LM_REC_RP_RESUME_ACK: {
+        uint64_t v;
+        rc = lm_fmt_u64_decode(p, h->len, &v, err);
+        break;
+    }
+    case LM_REC_RP_RECV_BITMAP: {
+        lm_recv_bitmap b;
+        rc = lm_fmt_recv_bitmap_decode(p, h->len, &b, err);
+        if (rc < 0)
+            break;
+        if (w->have_blocks)
+            rc = lm_fmt_ram_run_check(b.block, b.first_page, b.npages, w->blocks, w->nblocks, err);
+        break;
+    }
     case LM_REC_ERROR:
     case LM_REC_RP_SHUT: {
         lm_status_msg m;

@@ -54,8 +54,9 @@ static int hello_check(const lm_hello *h, lm_error *err)
     if (h->role < LM_ROLE_MAIN || h->role > LM_ROLE_PREEMPT)
         return lm_error_set(err, -EPROTO, "HELLO: role %u unknown (1 main, 2 multifd, 3 preempt)",
                             h->role);
-    if (h->kind > LM_HELLO_REJECT)
-        return lm_error_set(err, -EPROTO, "HELLO: kind %u unknown (0 request, 1 accept, 2 reject)",
+    if (h->kind > LM_HELLO_RESUME)
+        return lm_error_set(err, -EPROTO,
+                            "HELLO: kind %u unknown (0 request, 1 accept, 2 reject, 3 resume)",
                             h->kind);
     if (h->role == LM_ROLE_MULTIFD && h->chan_index >= h->chan_count)
         return lm_error_set(err, -EPROTO,
@@ -181,6 +182,12 @@ const char *lm_rec_type_name(uint8_t type)
         return "ACK_DEVICES";
     case LM_REC_RP_DEVICE_ACK:
         return "RP_DEVICE_ACK";
+    case LM_REC_POSTCOPY_RESUME:
+        return "POSTCOPY_RESUME";
+    case LM_REC_RP_RECV_BITMAP:
+        return "RP_RECV_BITMAP";
+    case LM_REC_RP_RESUME_ACK:
+        return "RP_RESUME_ACK";
     }
     return "unknown";
 }
@@ -232,9 +239,17 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         return true;
     case LM_REC_SWITCHOVER_START:
     case LM_REC_POSTCOPY_RUN:
+    case LM_REC_POSTCOPY_RESUME:
     case LM_REC_EOS:
     case LM_REC_RP_SWITCHOVER_ACK:
         *min = *max = 0;
+        return true;
+    case LM_REC_RP_RESUME_ACK:
+        *min = *max = 8;
+        return true;
+    case LM_REC_RP_RECV_BITMAP:
+        *min = LM_RECV_BITMAP_HDR_SIZE + 1;
+        *max = LM_RECV_BITMAP_MAX;
         return true;
     case LM_REC_ERROR:
     case LM_REC_RP_SHUT:
@@ -535,4 +550,63 @@ int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *secti
     *section_id = get32(payload);
     *state = st;
     return LM_DEVICE_ACK_SIZE;
+}
+
+/* ------------------------------------------------------ recovery bitmap */
+
+int lm_fmt_recv_bitmap_encode(const lm_recv_bitmap *b, const uint64_t *words, uint8_t *buf,
+                              size_t cap)
+{
+    if (b->npages < 1 || b->npages > LM_RECV_BITMAP_MAX_PAGES || b->first_page % 64)
+        return -EINVAL;
+    size_t nbytes = (b->npages + 7) / 8;
+    if (cap < LM_RECV_BITMAP_HDR_SIZE + nbytes)
+        return -ENOSPC;
+    put32(buf, b->block);
+    put32(buf + 4, b->npages);
+    put64(buf + 8, b->first_page);
+    uint8_t *p = buf + LM_RECV_BITMAP_HDR_SIZE;
+    for (size_t i = 0; i < nbytes; i++)
+        p[i] = (uint8_t)(words[i / 8] >> (8 * (i % 8)));
+    if (b->npages % 8)
+        p[nbytes - 1] &= (uint8_t)((1u << (b->npages % 8)) - 1);
+    return (int)(LM_RECV_BITMAP_HDR_SIZE + nbytes);
+}
+
+int lm_fmt_recv_bitmap_decode(const uint8_t *payload, size_t len, lm_recv_bitmap *out,
+                              lm_error *err)
+{
+    if (len < LM_RECV_BITMAP_HDR_SIZE + 1 || len > LM_RECV_BITMAP_MAX)
+        return lm_error_set(err, -EPROTO, "RP_RECV_BITMAP: length %zu out of range %d..%d", len,
+                            LM_RECV_BITMAP_HDR_SIZE + 1, LM_RECV_BITMAP_MAX);
+    lm_recv_bitmap b = {.block = get32(payload),
+                        .npages = get32(payload + 4),
+                        .first_page = get64(payload + 8),
+                        .words = payload + LM_RECV_BITMAP_HDR_SIZE};
+    if (b.npages < 1 || b.npages > LM_RECV_BITMAP_MAX_PAGES)
+        return lm_error_set(err, -EPROTO, "RP_RECV_BITMAP: %" PRIu32 " pages, must be 1..%u",
+                            b.npages, LM_RECV_BITMAP_MAX_PAGES);
+    if (b.first_page % 64)
+        return lm_error_set(err, -EPROTO,
+                            "RP_RECV_BITMAP: first page %" PRIu64 " is not a multiple of 64",
+                            b.first_page);
+    size_t nbytes = (b.npages + 7) / 8;
+    if (len != LM_RECV_BITMAP_HDR_SIZE + nbytes)
+        return lm_error_set(err, -EPROTO,
+                            "RP_RECV_BITMAP: length %zu, must be %zu for %" PRIu32 " pages", len,
+                            (size_t)LM_RECV_BITMAP_HDR_SIZE + nbytes, b.npages);
+    if (b.npages % 8 && (b.words[nbytes - 1] >> (b.npages % 8)))
+        return lm_error_set(err, -EPROTO, "RP_RECV_BITMAP: bits past page %" PRIu32 " are set",
+                            b.npages);
+    *out = b;
+    return (int)len;
+}
+
+uint64_t lm_fmt_recv_bitmap_word(const lm_recv_bitmap *b, uint32_t i)
+{
+    size_t nbytes = (b->npages + 7) / 8, at = (size_t)i * 8;
+    uint64_t w = 0;
+    for (size_t k = 0; k < 8 && at + k < nbytes; k++)
+        w |= (uint64_t)b->words[at + k] << (8 * k);
+    return w;
 }

@@ -60,8 +60,11 @@ typedef struct lm_pc_src {
     void (*wake)(void *opaque); /* a request was queued: wake the migration thread */
     void *wake_opaque;
     lm_out_counters *ctr; /* phase bytes (requested pages are postcopy bytes) */
-    /* Set by the migration thread before the readers start, fixed until
-     * they are joined: the preempt channel, or NULL. */
+    /* The preempt channel, or NULL: written by the migration thread under
+     * qlock when its reader starts (before "lm-rp" at setup, after it in a
+     * recovery) and at a recovery's start, fixed until the readers are
+     * joined; "lm-rp" reads it under qlock, the migration thread and
+     * "lm-rp-preempt" without. */
     lm_chan *pre;
 
     pthread_mutex_t qlock;
@@ -121,6 +124,14 @@ int lm_pc_src_end_preempt(lm_pc_src *s, lm_error *err);
  * reports it). */
 int lm_pc_src_reader_start(lm_pc_src *s, lm_chan *preempt, lm_chan *main, lm_error *err);
 void lm_pc_src_reader_join(lm_pc_src *s);
+/* Recovery (migration thread, no reader runs): forgets the queued
+ * requests and the runs claimed lately (the destination's received bitmap
+ * says what arrived; it asks again for what it waits on). */
+void lm_pc_src_resume_prepare(lm_pc_src *s);
+/* One RP_RECV_BITMAP payload ("lm-rp"): under ram->lock, the pages of the
+ * chunk the destination still owes become dirty (sent again), the others
+ * clean (it has them).  Checked against the block table. */
+int lm_pc_src_recv_bitmap(lm_pc_src *s, const uint8_t *payload, uint32_t len, lm_error *err);
 /* The ram hooks postcopy serves (ram.h: urgent, claimed); opaque: s. */
 int lm_pc_src_urgent_hook(void *opaque, lm_out *o, lm_error *err);
 void lm_pc_src_claimed_hook(void *opaque, unsigned bi, uint64_t first, uint64_t count,
@@ -202,8 +213,9 @@ typedef struct lm_pc_dst {
     void *link_opaque;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */
-    lm_chan *rp;  /* main channel (return path), borrowed */
-    lm_chan *req; /* page requests: the preempt channel, or NULL */
+    lm_chan *rp;     /* main channel (return path), borrowed */
+    lm_chan *req;    /* page requests: the preempt channel, or NULL */
+    uint64_t rp_gen; /* bumped when a return path is attached (recovery) */
     /* --- lock --- */
     bool switched;  /* POSTCOPY_RUN processed in this migration */
     bool rp_broken; /* a request could not be sent */
@@ -259,6 +271,14 @@ int lm_pc_dst_preempt_start(lm_pc_dst *d, lm_chan *c, lm_error *err);
 void lm_pc_dst_preempt_stop(lm_pc_dst *d);
 /* The main channel is going away: requests fail (and stay marked). */
 void lm_pc_dst_detach_rp(lm_pc_dst *d);
+/* recover.c, recovery on "lm-incoming" before the new return path is
+ * attached: one RP_RECV_BITMAP per block and 64 Ki pages (what each still
+ * owes) on c; *owed gets the pages owed in all. */
+int lm_pc_dst_send_recv_bitmap(lm_pc_dst *d, lm_chan *c, uint64_t *owed, lm_error *err);
+/* Recovery: rp is the return path from now on (the fault thread's
+ * watchdog starts over on it); every page asked for and still owed is
+ * asked for again on it. */
+int lm_pc_dst_attach_rp(lm_pc_dst *d, lm_chan *rp, lm_error *err);
 /* One return-path record under rp_lock, flushed. */
 int lm_pc_dst_rp_send(lm_pc_dst *d, lm_chan *c, uint8_t type, const void *p, uint32_t len);
 int lm_pc_dst_rp_send_status(lm_pc_dst *d, lm_chan *c, uint8_t type, int32_t status,

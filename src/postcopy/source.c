@@ -99,6 +99,63 @@ void lm_pc_src_stop_serving(lm_pc_src *s)
     pthread_mutex_unlock(&s->qlock);
 }
 
+/* ------------------------------------------------------------- recovery */
+
+void lm_pc_src_resume_prepare(lm_pc_src *s)
+{
+    pthread_mutex_lock(&s->qlock);
+    s->pre = NULL; /* the old preempt channel is gone; a new reader sets it */
+    s->head = s->tail = 0;
+    LM_ATOMIC_SET(&s->queued, 0);
+    pthread_mutex_unlock(&s->qlock);
+    pthread_mutex_lock(&s->ram->lock);
+    s->nrecent = 0;
+    pthread_mutex_unlock(&s->ram->lock);
+}
+
+/* The destination's word is the truth for its pages: a page sent but lost
+ * with the link is owed there and becomes dirty again; a page it has is
+ * not sent again.  QEMU's ram_dirty_bitmap_reload does the same (the
+ * bitmap inverted: not received means dirty). */
+int lm_pc_src_recv_bitmap(lm_pc_src *s, const uint8_t *payload, uint32_t len, lm_error *err)
+{
+    lm_ram *r = s->ram;
+    lm_mem *mem = r->mem;
+    lm_recv_bitmap b;
+    if (lm_fmt_recv_bitmap_decode(payload, len, &b, err) <= 0)
+        return err->code ? err->code : -EPROTO;
+    if (b.block >= mem->nblocks)
+        return lm_error_set(err, -EPROTO, "RP_RECV_BITMAP: block %u out of range (%u blocks)",
+                            b.block, mem->nblocks);
+    lm_ram_block *blk = &mem->blocks[b.block];
+    if (b.first_page > blk->npages || b.npages > blk->npages - b.first_page)
+        return lm_error_set(err, -EPROTO,
+                            "RP_RECV_BITMAP: pages %llu+%u past the end of block '%s' (%llu "
+                            "pages)",
+                            (unsigned long long)b.first_page, b.npages, blk->name,
+                            (unsigned long long)blk->npages);
+    pthread_mutex_lock(&r->lock);
+    uint64_t *d = r->dirty[b.block];
+    if (!d || !r->postcopy) {
+        pthread_mutex_unlock(&r->lock);
+        return lm_error_set(err, -EPROTO, "RP_RECV_BITMAP while RAM is not in postcopy");
+    }
+    for (uint32_t i = 0; i < b.npages; i++) {
+        uint64_t p = b.first_page + i;
+        bool owed = (lm_fmt_recv_bitmap_word(&b, i / 64) >> (i % 64)) & 1;
+        bool dirty = lm_bit_test(d, p);
+        if (owed && !dirty) {
+            lm_bit_set(d, p);
+            r->dirty_pages++;
+        } else if (!owed && dirty) {
+            lm_bit_clear(d, p);
+            r->dirty_pages--;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
 /* ------------------------------------------------------------- requests */
 
 /* ram->lock held: was page p of block bi claimed by a background run that
@@ -369,7 +426,11 @@ static void *preq_thread_fn(void *arg)
 int lm_pc_src_reader_start(lm_pc_src *s, lm_chan *preempt, lm_chan *main, lm_error *err)
 {
     s->preq_shutdown = main;
+    /* Under qlock: in a recovery the return-path reader runs already and
+     * reads it there (lm_pc_src_request). */
+    pthread_mutex_lock(&s->qlock);
     s->pre = preempt;
+    pthread_mutex_unlock(&s->qlock);
     int ret = -pthread_create(&s->preq_thread, NULL, preq_thread_fn, s);
     if (ret < 0)
         return lm_error_set(err, ret, "cannot start the preempt channel's reader");

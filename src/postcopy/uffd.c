@@ -277,19 +277,30 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, uint64_t flags)
  * reads nothing for timeout_ms is a link that is gone without an error (a
  * black hole).  Checked by the fault thread between faults; its own
  * request writes are bounded by SO_SNDTIMEO (listen), so it cannot be
- * stuck in one.  Returns true once it fired (once per migration). */
-static bool watch_link(lm_pc_dst *d, uint64_t *last_bytes, uint64_t *last_ns)
+ * stuck in one.  It fires once per return path: a recovery attaches a new
+ * one (rp_gen), and the count starts over from then. */
+typedef struct watch {
+    uint64_t gen, last_bytes, last_ns;
+    bool fired;
+} watch;
+
+static void watch_link(lm_pc_dst *d, watch *w)
 {
     uint64_t now = lm_now_ns();
     pthread_mutex_lock(&d->rp_lock);
     bool fire = false;
     if (d->rp) {
         uint64_t r = lm_chan_bytes_read(d->rp);
-        if (r != *last_bytes) {
-            *last_bytes = r;
-            *last_ns = now;
-        } else if (now - *last_ns >= d->timeout_ms * 1000000ull) {
-            fire = true;
+        if (d->rp_gen != w->gen) {
+            w->gen = d->rp_gen;
+            w->fired = false;
+            w->last_bytes = r;
+            w->last_ns = now;
+        } else if (r != w->last_bytes) {
+            w->last_bytes = r;
+            w->last_ns = now;
+        } else if (!w->fired && now - w->last_ns >= d->timeout_ms * 1000000ull) {
+            fire = w->fired = true;
         }
     }
     pthread_mutex_unlock(&d->rp_lock);
@@ -301,7 +312,6 @@ static bool watch_link(lm_pc_dst *d, uint64_t *last_bytes, uint64_t *last_ns)
                  (unsigned long long)d->timeout_ms);
         d->link_down(d->link_opaque, -ETIMEDOUT, why);
     }
-    return fire;
 }
 
 static void *fault_thread_fn(void *arg)
@@ -311,15 +321,17 @@ static void *fault_thread_fn(void *arg)
     struct pollfd pfd[2] = {{.fd = d->uffd, .events = POLLIN},
                             {.fd = d->quit_efd, .events = POLLIN}};
     bool watching = d->timeout_ms != 0;
-    uint64_t last_bytes = 0, last_ns = lm_now_ns();
+    pthread_mutex_lock(&d->rp_lock);
+    watch w = {.gen = d->rp_gen, .last_ns = lm_now_ns()};
+    pthread_mutex_unlock(&d->rp_lock);
     for (;;) {
         int n = poll(pfd, 2, watching ? 100 : -1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 || pfd[1].revents)
             break;
-        if (watching && watch_link(d, &last_bytes, &last_ns))
-            watching = false;
+        if (watching)
+            watch_link(d, &w);
         if (n == 0)
             continue;
         struct uffd_msg msgs[16];

@@ -253,12 +253,11 @@ static int cmd_migrate_pause(lm_mig *m, json_t *args, json_t **ret, lm_error *er
     return lm_mig_pause(m, err);
 }
 
-/* migrate-recover exists with QEMU's arguments so that a client gets a
- * clear refusal rather than CommandNotFound. */
-
+/* migrate-recover: a paused destination listens for its source's
+ * migrate resume=true (QEMU's refusal text outside postcopy-paused). */
 static int cmd_migrate_recover(lm_mig *m, json_t *args, json_t **ret, lm_error *err)
 {
-    return lm_error_set(err, -ENOTSUP, "migrate-recover: postcopy recovery is not supported yet");
+    return lm_mig_recover(m, get_str(args, "uri"), err);
 }
 
 /* ---------------------------------------------------------- capabilities */

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(memcmp(out, data, LM_HELLO_SIZE) == 0);
         CHECK(h.version == LM_FORMAT_VERSION);
         CHECK(h.role >= LM_ROLE_MAIN && h.role <= LM_ROLE_PREEMPT);
-        CHECK(h.kind <= LM_HELLO_REJECT);
+        CHECK(h.kind <= LM_HELLO_RESUME);
         CHECK((h.features & ~(uint64_t)LM_FEAT_KNOWN_MASK) == 0);
         CHECK(h.page_size >= 4096 && (h.page_size & (h.page_size - 1)) == 0);
     }

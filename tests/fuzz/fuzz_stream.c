@@ -73,7 +73,7 @@ static void fuzz_walk(const uint8_t *p, size_t n, bool hello)
 
 static void fuzz_payloads(const uint8_t *p, size_t n)
 {
-    static uint8_t out[8192];
+    static uint8_t out[LM_RECV_BITMAP_MAX + 64];
     lm_error err = {0};
     int rc;
 
@@ -171,6 +171,28 @@ static void fuzz_payloads(const uint8_t *p, size_t n)
         CHECK((size_t)rc == n);
         CHECK(lm_fmt_status_msg_encode(&m, out, sizeof out) == rc);
         CHECK(memcmp(out, p, n) == 0);
+    }
+
+    /* recovery: the received bitmap */
+    lm_recv_bitmap rb;
+    lm_error_clear(&err);
+    rc = lm_fmt_recv_bitmap_decode(p, n, &rb, &err);
+    check_err(rc, &err);
+    CHECK(rc != 0);
+    if (rc > 0) {
+        static uint64_t words[LM_RECV_BITMAP_MAX_PAGES / 64];
+        CHECK((size_t)rc == n && n == LM_RECV_BITMAP_HDR_SIZE + (rb.npages + 7) / 8);
+        CHECK(rb.first_page % 64 == 0 && rb.npages >= 1 && rb.npages <= LM_RECV_BITMAP_MAX_PAGES);
+        uint32_t nw = (rb.npages + 63) / 64;
+        for (uint32_t i = 0; i < nw; i++)
+            words[i] = lm_fmt_recv_bitmap_word(&rb, i);
+        if (rb.npages % 64) /* nothing past the last page */
+            CHECK((words[nw - 1] >> (rb.npages % 64)) == 0);
+        CHECK(lm_fmt_recv_bitmap_encode(&rb, words, out, sizeof out) == rc);
+        CHECK(memcmp(out, p, n) == 0);
+        lm_error_clear(&err);
+        int c = lm_fmt_ram_run_check(rb.block, rb.first_page, rb.npages, blocks, nvalid, &err);
+        check_err(c, &err);
     }
 
     /* switchover-ack records */

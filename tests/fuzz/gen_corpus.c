@@ -5,7 +5,7 @@
  * by CMake (it is not a fuzz target); build and run it by hand:
  *
  *   cc -D_GNU_SOURCE -I include -I src tests/fuzz/gen_corpus.c \
- *      src/format/wire.c src/util/error.c -o /tmp/gen_corpus
+ *      src/format/wire.c src/format/pages.c src/util/error.c -o /tmp/gen_corpus
  *   /tmp/gen_corpus tests/fuzz/corpus
  *
  * The output is deterministic, so re-running it gives the same files.
@@ -188,6 +188,37 @@ static void discard(sbuf *s, uint32_t block, uint64_t first, uint64_t count)
     if (lm_fmt_discard_encode(&z, p, sizeof p) != LM_RAM_ZERO_SIZE)
         die("discard encode");
     rec(s, LM_REC_POSTCOPY_DISCARD, p, sizeof p);
+}
+
+static void recv_bitmap(sbuf *s, uint32_t block, uint64_t first, uint32_t npages,
+                        const uint64_t *words)
+{
+    static uint8_t p[LM_RECV_BITMAP_MAX];
+    lm_recv_bitmap b = {.block = block, .npages = npages, .first_page = first};
+    int n = lm_fmt_recv_bitmap_encode(&b, words, p, sizeof p);
+    if (n < 0)
+        die("recv_bitmap encode");
+    rec(s, LM_REC_RP_RECV_BITMAP, p, (uint32_t)n);
+}
+
+/* A postcopy recovery (docs/format.md §5.4): the main channel reopened
+ * with HELLO RESUME, and the destination's answer on it. */
+static void recovery(sbuf *s)
+{
+    s->len = 0;
+    lm_hello h = hello_of(LM_ROLE_MAIN, LM_HELLO_RESUME);
+    h.features = LM_FEAT_POSTCOPY;
+    hello(s, &h);
+    blocks(s, guest_blocks, 2); /* not on the wire here: gives the walker a table */
+    u32rec(s, LM_REC_PING, 7);
+    rec(s, LM_REC_POSTCOPY_RESUME, NULL, 0);
+    uint64_t w0 = 0xf00000000000ff01ull, w1 = 0x9;
+    recv_bitmap(s, 0, 0, 64, &w0);
+    recv_bitmap(s, 1, 0, 4, &w1);
+    u64rec(s, LM_REC_RP_RESUME_ACK, 15);
+    pages(s, 0, 0, 1, 4096);
+    zero(s, 1, 0, 1);
+    rec(s, LM_REC_EOS, NULL, 0);
 }
 
 /* The main channel of a small precopy migration (docs/format.md, "shape
@@ -521,6 +552,31 @@ static void gen_stream(void)
     raw(&s, ping8, sizeof ping8);
     stream_file("ping-wrong-len", &s, false, s.len);
 
+    /* postcopy recovery */
+    recovery(&s);
+    stream_file("recovery", &s, true, s.len);
+    uint64_t w = 1;
+    s.len = 0;
+    recv_bitmap(&s, 0, 0, 64, &w);
+    s.b[LM_REC_HDR_SIZE + 8] = 3; /* first page 3: not a multiple of 64 */
+    stream_file("recv-bitmap-first", &s, false, s.len);
+    s.len = 0;
+    recv_bitmap(&s, 1, 0, 4, &w);
+    s.b[LM_REC_HDR_SIZE + 16] = 0x30; /* bits past the 4 pages */
+    stream_file("recv-bitmap-bits", &s, false, s.len);
+    s.len = 0;
+    recv_bitmap(&s, 1, 0, 4, &w);
+    s.b[LM_REC_HDR_SIZE + 4] = 9; /* 9 pages need 2 bytes, the payload has 1 */
+    stream_file("recv-bitmap-len", &s, false, s.len);
+    s.len = 0;
+    blocks(&s, guest_blocks, 2);
+    recv_bitmap(&s, 1, 64, 4, &w); /* block 1 has 4 pages */
+    stream_file("recv-bitmap-range", &s, false, s.len);
+    s.len = 0;
+    uint8_t ack7[LM_REC_HDR_SIZE + 7] = {LM_REC_RP_RESUME_ACK, 0, 0, 0, 7};
+    raw(&s, ack7, sizeof ack7);
+    stream_file("resume-ack-len", &s, false, s.len);
+
     /* bare payloads, for the direct decoder calls of fuzz_stream */
     uint8_t bp[8192];
     int n = lm_fmt_ram_blocks_encode(guest_blocks, 2, bp + 1, sizeof bp - 1);
@@ -538,6 +594,10 @@ static void gen_stream(void)
     memcpy(sh.name, "rtc", 4);
     n = lm_fmt_section_hdr_encode(LM_REC_SECTION_START, &sh, bp + 1, sizeof bp - 1);
     write_file("fuzz_stream", "payload-section", bp, (size_t)n + 1);
+    uint64_t words[2] = {0x8000000000000001ull, 0x7f};
+    lm_recv_bitmap rb = {.block = 1, .npages = 71, .first_page = 128};
+    n = lm_fmt_recv_bitmap_encode(&rb, words, bp + 1, sizeof bp - 1);
+    write_file("fuzz_stream", "payload-recv-bitmap", bp, (size_t)n + 1);
 }
 
 /* ----------------------------------------------------------------- HELLO */
@@ -554,6 +614,7 @@ static void gen_hello(void)
         {"req-preempt", LM_ROLE_PREEMPT, LM_HELLO_REQUEST},
         {"accept-main", LM_ROLE_MAIN, LM_HELLO_ACCEPT},
         {"reject-main", LM_ROLE_MAIN, LM_HELLO_REJECT},
+        {"resume-main", LM_ROLE_MAIN, LM_HELLO_RESUME},
     };
     for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++) {
         lm_hello h = hello_of(valid[i].role, valid[i].kind);
@@ -587,7 +648,7 @@ static void gen_hello(void)
     } muts[] = {
         {"bad-magic", 1, 'X'},    {"bad-version-0", 4, 0}, {"bad-version-2", 4, 2},
         {"bad-version-hi", 5, 1}, {"bad-role-0", 6, 0},    {"bad-role-4", 6, 4},
-        {"bad-kind", 7, 3},       {"main-index", 8, 1},    {"page-2k", 13, 0x08},
+        {"bad-kind", 7, 4},       {"main-index", 8, 1},    {"page-2k", 13, 0x08},
         {"page-6k", 13, 0x18},    {"page-2g", 15, 0x80},   {"feature-5", 32, 0x20},
         {"feature-63", 39, 0x80}, {"reserved-40", 40, 1},  {"reserved-47", 47, 0xff},
     };

@@ -1,5 +1,8 @@
-"""Postcopy recovery, first phase: a broken link is detected and both sides
-pause; nothing is lost while paused.
+"""Postcopy recovery: a broken link is detected and both sides pause;
+nothing is lost while paused; migrate-recover on the destination and
+migrate resume=true on the source reconnect them, the received bitmap
+makes the source send again what was lost, and the migration completes
+with every page verified (x-guest-verify), after any number of cuts.
 
 Every migration here goes through lmproxy (one pair of sockets per
 channel), which cuts the link (an RST, or EOF on a unix socket) or turns
@@ -16,13 +19,14 @@ Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
 injected, and every wait is for a state, an event or a counter."""
 
+import os
 import signal
 import time
 
-from lmtest import (Runner, check, check_eq, log, scaled, set_caps, set_params, wait_status,
-                    wait_until, writes_increase)
+from lmtest import (Runner, check, check_eq, log, scaled, set_caps, set_params,
+                    stop_and_verify, wait_status, wait_until, writes_increase)
 
-R = Runner("recovery", per_test=90, budget=600)
+R = Runner("recovery", per_test=120, budget=1500)
 
 MEM = "128M"
 SLOW = {"max-bandwidth": 20 * 1000 * 1000, "downtime-limit": 1}
@@ -33,16 +37,17 @@ ACTIVE = ("postcopy-active",)
 NOT_PAUSED = ("failed", "completed", "cancelled")
 
 
-def pair(t, transport="tcp", caps=None, workload="random", backend=None):
+def pair(t, transport="tcp", caps=None, workload="random", backend=None, env=None):
     """A source and a destination behind a proxy on `transport`, postcopy
-    on, the push held; returns (src, dst, proxy)."""
+    on, the push held; returns (src, dst, proxy).  env: the destination's
+    environment."""
     c = {"events": True, "postcopy-ram": True}
     c.update(caps or {})
     wl = {"workload": workload, "dirty_rate": "32M"}
     if backend:
         wl["extra"] = ("--mem-backend", backend)
     src = t.guest("src", mem=MEM, fill="random", seed=1, **wl)
-    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=c, **wl)
+    dst = t.dest("dst", transport=transport, mem=MEM, seed=2, defer=True, caps=c, env=env, **wl)
     set_caps(src, c)
     p = dict(SLOW, **{"max-postcopy-bandwidth": HOLD, "x-postcopy-timeout-ms": TIMEOUT_MS})
     set_params(src, p)
@@ -189,6 +194,237 @@ def pause(t, side, transport):
 for side in ("source", "destination"):
     R.add("migrate-pause on the %s pauses both sides (tcp)" % side, pause, side, "tcp")
 R.add("migrate-pause on the destination pauses both sides (unix)", pause, "destination", "unix")
+
+
+# ---------------------------------------------------------------- recovery
+
+FAST = 10 * 1000 * 1000 * 1000  # max-postcopy-bandwidth once a test lets it finish
+
+
+def recover_listen(t, dst, transport, n):
+    """migrate-recover on the destination with a new URI; returns the URI
+    it listens on (a tcp port 0 resolved)."""
+    if transport == "unix":
+        uri = "unix:%s/recover%d.sock" % (t.tmpdir, n)
+        dst.qmp.execute("migrate-recover", {"uri": uri})
+        return uri
+    dst.qmp.execute("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    return dest_uri_of(dst)
+
+
+def dest_uri_of(dst):
+    sa = dst.query_migrate().get("socket-address") or []
+    check(sa and sa[0].get("type") == "inet", "destination socket-address %r", sa)
+    return "tcp:%s:%s" % (sa[0].get("host", "127.0.0.1"), sa[0].get("port"))
+
+
+def recover(t, src, dst, transport, n):
+    """Recovers a paused pair through a new proxy; returns it once both
+    sides are postcopy-active again (with the events of QEMU's states)."""
+    uri = recover_listen(t, dst, transport, n)
+    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination listening")
+    px = t.proxy(uri, listen=transport)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    for st in ("postcopy-recover", "postcopy-active"):
+        dst.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    wait_status(src, ACTIVE, 30, fail_on=NOT_PAUSED)
+    wait_status(dst, ACTIVE, 30, fail_on=NOT_PAUSED)
+    return px
+
+
+def complete(src, dst):
+    """Lifts the hold; both sides complete and every page of the
+    destination is the source's."""
+    set_params(src, {"max-postcopy-bandwidth": FAST})
+    wait_status(src, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    wait_status(dst, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    stop_and_verify(dst)
+
+
+def recovery(t, transport, how, caps=None, backend=None):
+    src, dst, px = pair(t, transport, caps, backend=backend)
+    switch(src, dst, px)
+    if how == "pause-source":
+        src.qmp.execute("migrate-pause")
+    elif how == "pause-destination":
+        dst.qmp.execute("migrate-pause")
+    elif how == "blackhole":
+        px.blackhole()
+    else:
+        px.cut()
+    paused_both(src, dst, how)
+    check_held(src, dst)
+    recover(t, src, dst, transport, 1)
+    mfd0 = src.query_migrate().get("ram", {}).get("multifd-bytes", 0)
+    reqs0 = src.query_migrate().get("ram", {}).get("postcopy-requests", 0)
+    complete(src, dst)
+    ram = src.query_migrate().get("ram", {})
+    if (caps or {}).get("multifd"):
+        check(ram.get("multifd-bytes", 0) > mfd0 + (1 << 20),
+              "the push after recovery went on the multifd channels: %r -> %r", mfd0,
+              ram.get("multifd-bytes"))
+    # Page requests are served on the new channels.
+    check(ram.get("postcopy-requests", 0) > reqs0, "no request served after the recovery")
+
+
+for transport in ("tcp", "unix"):
+    R.add("cut during the background push, recovered, completes and verifies (%s)" % transport,
+          recovery, transport, "cut")
+for side in ("source", "destination"):
+    R.add("migrate-pause on the %s, recovered, completes and verifies" % side, recovery, "tcp",
+          "pause-" + side)
+# postcopy-preempt: its channel comes back too (requests travel there).
+R.add("cut with postcopy-preempt, recovered (main and preempt channels), completes and "
+      "verifies", recovery, "tcp", "cut", {"postcopy-preempt": True})
+R.add("cut with postcopy-preempt on unix sockets, shared memory (memfd), recovered, completes "
+      "and verifies", recovery, "unix", "cut", {"postcopy-preempt": True}, "memfd")
+# multifd: its channels come back too, with a new sender and new receivers.
+R.add("cut with multifd carrying the push, recovered (main and multifd channels), completes "
+      "and verifies", recovery, "tcp", "cut", {"multifd": True})
+R.add("black hole with preempt and multifd, recovered (every channel), completes and verifies",
+      recovery, "tcp", "blackhole", {"postcopy-preempt": True, "multifd": True})
+
+
+@R.test("two cuts in one migration, each recovered: completes and verifies")
+def t_two_cuts(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    for n in (1, 2):
+        px.cut()
+        paused_both(src, dst, "cut %d" % n)
+        check_held(src, dst)
+        px = recover(t, src, dst, "tcp", n)
+        # The workload runs again: its blocked threads got their pages.
+        wait_until(lambda: writes_increase(dst, 1.0), 40, "the workload runs after recovery %d" % n)
+        owed = dst.query_migrate().get("x-postcopy", {}).get("owed-pages", 0)
+        check(owed > 0, "nothing owed after recovery %d: the next cut tests nothing", n)
+    complete(src, dst)
+
+
+@R.test("a black hole, recovered, then another: both sides pause again within the timeout "
+        "(the watchdogs start over on the new channel), recovered again, completes")
+def t_blackhole_after_recovery(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    for n in (1, 2):
+        # Each side's watchdog fires on each black hole: the first one
+        # fired already when the second comes.
+        px.blackhole()
+        si, di = paused_both(src, dst, "black hole %d" % n)
+        for name, info in (("source", si), ("destination", di)):
+            desc = info.get("error-desc", "")
+            check("no data from the" in desc and "x-postcopy-timeout-ms" in desc,
+                  "%s: black hole %d is named as silence: %r", name, n, desc)
+        check_held(src, dst)
+        px = recover(t, src, dst, "tcp", n)
+    complete(src, dst)
+
+
+@R.test("migrate resume through a black hole (stuck in postcopy-recover-setup): back to "
+        "postcopy-paused with error-desc; the next attempt completes")
+def t_resume_blackhole(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, "tcp", 1)
+    hole = t.proxy(uri)
+    hole.blackhole()  # connects, then nothing: the HELLO is never answered
+    src.qmp.execute("migrate", {"uri": hole.uri, "resume": True})
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover-setup",
+                       timeout=30)
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused", timeout=40)
+    info = wait_status(src, "postcopy-paused", 30, fail_on=NOT_PAUSED)
+    desc = info.get("error-desc", "")
+    check("postcopy recovery" in desc and "HELLO" in desc, "error-desc %r", desc)
+    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination meanwhile")
+    # The destination still listens from its migrate-recover.
+    px = t.proxy(uri)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    complete(src, dst)
+
+
+@R.test("a cut during the bitmap exchange (the destination held before its ack): both "
+        "sides pause again, the next recovery completes and verifies")
+def t_cut_in_exchange(t):
+    src, dst, px = pair(t, env=dict(os.environ, LIVEMIG_TEST_RECOVERY="hold-ack"))
+    # The source's watchdog would pause on the held destination's silence
+    # by itself: this test cuts instead.
+    set_params(src, {"x-postcopy-timeout-ms": 0})
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, "tcp", 1)
+    px = t.proxy(uri)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover", timeout=30)
+    wait_until(lambda: "recovery held before RP_RESUME_ACK" in dst.log_tail(20000), 30,
+               "the destination held in the exchange")
+    for g in (src, dst):
+        check_eq(g.query_migrate().get("status"), "postcopy-recover", "%s when held" % g.name)
+    px.cut()
+    paused_both(src, dst, "cut during the bitmap exchange")
+    set_params(src, {"x-postcopy-timeout-ms": TIMEOUT_MS})
+    recover(t, src, dst, "tcp", 2)
+    complete(src, dst)
+
+
+@R.test("migrate resume to a URI nobody listens on: recover-setup, then paused with "
+        "error-desc; a second attempt completes")
+def t_resume_nobody(t):
+    src, dst, px = pair(t)
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    nobody = "unix:%s/nobody.sock" % t.tmpdir
+    src.qmp.execute("migrate", {"uri": nobody, "resume": True})
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover-setup",
+                       timeout=30)
+    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused", timeout=30)
+    info = wait_status(src, "postcopy-paused", 30, fail_on=NOT_PAUSED)
+    desc = info.get("error-desc", "")
+    check("postcopy recovery" in desc and "nobody.sock" in desc, "error-desc %r", desc)
+    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination meanwhile")
+    recover(t, src, dst, "tcp", 1)
+    complete(src, dst)
+
+
+@R.test("migrate resume and migrate-recover are refused outside postcopy-paused, with "
+        "QEMU's messages; a non-resuming source is refused by a recovering destination")
+def t_recover_refused(t):
+    src, dst, px = pair(t)
+    e = src.qmp.expect_error("migrate", {"uri": px.uri, "resume": True})
+    check_eq(e.desc, "Cannot resume if there is no paused migration", "resume with nothing")
+    e = dst.qmp.expect_error("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(e.desc, "Migrate recover can only be run when postcopy is paused.",
+             "recover with nothing paused")
+    switch(src, dst, px)
+    e = src.qmp.expect_error("migrate", {"uri": px.uri, "resume": True})
+    check_eq(e.desc, "Cannot resume if there is no paused migration", "resume while active")
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, "tcp", 1)
+    e = dst.qmp.expect_error("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    check_eq(e.desc, "Migrate recovery is triggered already", "a second migrate-recover")
+    # A third process, a new source, tries a fresh migration to it: refused,
+    # and the destination stays paused with the reason.
+    other = t.guest("other", mem=MEM, fill="random", seed=3)
+    set_caps(other, {"events": True, "postcopy-ram": True})
+    other.qmp.execute("migrate", {"uri": uri})
+    oi = wait_status(other, "failed", 30, fail_on=("completed", "cancelled"))
+    check("recovers a paused postcopy migration" in oi.get("error-desc", ""),
+          "the new source hears why: %r", oi.get("error-desc"))
+    di = wait_status(dst, "postcopy-paused", 30, fail_on=NOT_PAUSED)
+    check("recovers a paused postcopy migration" in di.get("error-desc", ""),
+          "destination error-desc %r", di.get("error-desc"))
+    recover(t, src, dst, "tcp", 2)
+    complete(src, dst)
 
 
 if __name__ == "__main__":

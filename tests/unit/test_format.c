@@ -187,7 +187,7 @@ static void build_precopy(sbuf *s, bool hello)
 static void test_hello_roundtrip(void **state)
 {
     for (uint8_t role = LM_ROLE_MAIN; role <= LM_ROLE_PREEMPT; role++) {
-        for (uint8_t kind = LM_HELLO_REQUEST; kind <= LM_HELLO_REJECT; kind++) {
+        for (uint8_t kind = LM_HELLO_REQUEST; kind <= LM_HELLO_RESUME; kind++) {
             lm_hello h = good_hello();
             h.role = role;
             h.kind = kind;
@@ -290,7 +290,7 @@ static void test_hello_bad_fields(void **state)
         {4, 0, -EPROTONOSUPPORT, "format version 0"},
         {6, 0, -EPROTO, "HELLO: role 0 unknown"},
         {6, 4, -EPROTO, "HELLO: role 4 unknown"},
-        {7, 3, -EPROTO, "HELLO: kind 3 unknown"},
+        {7, 4, -EPROTO, "HELLO: kind 4 unknown"},
         {8, 1, -EPROTO, "main channel has index 1"},
         {13, 0x18, -EPROTO, "page size 6144 is not a power of two"}, /* 0x1800 */
         {13, 0x08, -EPROTO, "page size 2048"},
@@ -376,6 +376,9 @@ static const struct {
     {LM_REC_MULTIFD_SYNC, "MULTIFD_SYNC", 8, 8},
     {LM_REC_ACK_DEVICES, "ACK_DEVICES", 4, 4 + 4 * 256},
     {LM_REC_RP_DEVICE_ACK, "RP_DEVICE_ACK", 8, 8},
+    {LM_REC_POSTCOPY_RESUME, "POSTCOPY_RESUME", 0, 0},
+    {LM_REC_RP_RECV_BITMAP, "RP_RECV_BITMAP", 17, 16 + 8192},
+    {LM_REC_RP_RESUME_ACK, "RP_RESUME_ACK", 8, 8},
 };
 #define N_REC_TYPES (sizeof rec_types / sizeof rec_types[0])
 
