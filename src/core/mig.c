@@ -61,6 +61,23 @@ static void pc_link_down(void *opaque, int code, const char *why)
     lm_mig_link_down(opaque, code, why);
 }
 
+/* What the destination's silence watchdog counts (postcopy.h): bytes read
+ * on the main channel and on every auxiliary one (preempt, multifd), under
+ * m->lock, which keeps them from being freed (finish clears aux_chans
+ * before it frees). */
+static uint64_t pc_link_bytes(void *opaque)
+{
+    lm_mig *m = opaque;
+    uint64_t n = 0;
+    pthread_mutex_lock(&m->lock);
+    if (m->chan)
+        n += lm_chan_bytes_read(m->chan);
+    for (unsigned i = 0; i < m->naux_chans; i++)
+        n += lm_chan_bytes_read(m->aux_chans[i]);
+    pthread_mutex_unlock(&m->lock);
+    return n;
+}
+
 int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig **out,
                lm_error *err)
 {
@@ -109,6 +126,7 @@ int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial, lm_mig
     m->pcs.wake_opaque = m;
     lm_pc_dst_init(&m->pcd, &m->mem, &m->place);
     m->pcd.link_down = pc_link_down;
+    m->pcd.link_bytes = pc_link_bytes;
     m->pcd.link_opaque = m;
     *out = m;
     return 0;

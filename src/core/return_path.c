@@ -81,7 +81,16 @@ static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, 
         bool pc = m->status == LM_STATUS_POSTCOPY_ACTIVE ||
                   m->status == LM_STATUS_POSTCOPY_DEVICE || m->status == LM_STATUS_POSTCOPY_RECOVER;
         uint64_t tmo = m->params.x_postcopy_timeout_ms;
+        bool ending = m->committing;
         pthread_mutex_unlock(&m->lock);
+        /* Once the end of stream is being sent the destination answers
+         * nothing until its verdict (no more PINGs go out), while this
+         * side may still be writing the multifd channels' last pages:
+         * then what we manage to write counts as progress too.  (Before
+         * it, writes prove nothing: a black hole takes them until the
+         * socket buffers are full.) */
+        if (ending)
+            rd += lm_chan_bytes_written(g->chan) + LM_ATOMIC_GET(&m->stats.mfd.bytes);
         if (rd != *last_bytes || !pc || !tmo || !*last_ns) {
             /* Counted from the last byte read in postcopy, or from the
              * first look in postcopy. */

@@ -210,6 +210,12 @@ typedef struct lm_pc_dst {
      * destination pauses.  Called with no postcopy lock held. */
     uint64_t timeout_ms;
     void (*link_down)(void *opaque, int code, const char *why);
+    /* Bytes received so far on every channel (main, preempt, multifd),
+     * or NULL: only the main channel counts.  The watchdog takes any of
+     * them moving as a live link: after the end of stream the main
+     * channel is quiet while multifd still delivers the push (its own
+     * end comes after main's).  Called with no postcopy lock held. */
+    uint64_t (*link_bytes)(void *opaque);
     void *link_opaque;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */

@@ -287,10 +287,11 @@ typedef struct watch {
 static void watch_link(lm_pc_dst *d, watch *w)
 {
     uint64_t now = lm_now_ns();
+    uint64_t all = d->link_bytes ? d->link_bytes(d->link_opaque) : 0;
     pthread_mutex_lock(&d->rp_lock);
     bool fire = false;
     if (d->rp) {
-        uint64_t r = lm_chan_bytes_read(d->rp);
+        uint64_t r = lm_chan_bytes_read(d->rp) + all;
         if (d->rp_gen != w->gen) {
             w->gen = d->rp_gen;
             w->fired = false;

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from lmtest import (Runner, check, check_eq, log, scaled, set_caps, set_params,
+from lmtest import (Runner, TestFailure, check, check_eq, log, scaled, set_caps, set_params,
                     stop_and_verify, wait_status, wait_until, writes_increase)
 
 R = Runner("recovery", per_test=120, budget=1500)
@@ -238,7 +238,13 @@ def complete(src, dst):
     """Lifts the hold; both sides complete and every page of the
     destination is the source's."""
     set_params(src, {"max-postcopy-bandwidth": FAST})
-    wait_status(src, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    try:
+        wait_status(src, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    except TestFailure as e:
+        # The destination's side of it, for whoever reads the failure.
+        di = dst.query_migrate()
+        raise TestFailure("%s; destination: status %s, error-desc %r" %
+                          (e, di.get("status"), di.get("error-desc")))
     wait_status(dst, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
     stop_and_verify(dst)
 
