@@ -42,8 +42,14 @@ and the targets.
     hot workload.  Every postcopy destination is preallocated (--prealloc);
     a postcopy run that fails is recorded with its error, not fatal.
 
+(g) postcopy recovery (bench/recovery_bench.py): a 4 GiB postcopy through
+    the fault-injection proxy with ten cuts against the same without a cut
+    (total minus the time paused), the time from the new connection to
+    postcopy-active, and the detection of a black hole at the default and a
+    1 s x-postcopy-timeout-ms.
+
 --only runs some figure groups (limits, precopy, multifd, compression,
-postcopy); a figure whose limit was not measured in the run is not judged.
+postcopy, recovery); a figure whose limit was not measured in the run is not judged.
 
 Every process is bounded and stopped by its pid (the harness of
 tests/integration/lmtest.py).  Stdlib only, but for --charts (bench/charts.py,
@@ -65,6 +71,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
 import lmtest  # noqa: E402
+import recovery_bench  # noqa: E402 (bench/recovery_bench.py: group "recovery")
 from lmtest import Guest, TestFailure, dest_uri, kill_all_children, set_params  # noqa: E402
 
 GIB = 1 << 30
@@ -337,6 +344,7 @@ GROUPS = {
     "multifd": "(e) TCP over 2 connections, 2 channels random idle and zero-written",
     "compression": "(e) compressible guest at 125 MB/s, none/zlib/zstd/lz4",
     "postcopy": "(f) fault floor, fault latency, hot workload with anon and memfd RAM",
+    "recovery": "(g) postcopy recovery: ten cuts vs none, recovery time, black hole detection",
 }
 
 
@@ -549,6 +557,14 @@ def main():
                                                 timeout=120, backend=backend,
                                                 after_pass=after_pass))
                 runs[name] = runs_e
+
+        if "recovery" in want:
+            # (g) postcopy recovery through the fault-injection proxy.
+            def pingpong():
+                if "faultlat-pingpong" in runs:
+                    return runs["faultlat-pingpong"]
+                return run_faultlat(build_faultlat(tmp), "pingpong", 20000)
+            runs.update(recovery_bench.run(tmp, args.quick, pingpong))
     finally:
         kill_all_children()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -722,6 +738,8 @@ def main():
             else:
                 reference["postcopy-downtime-" + b] = down
                 reference["postcopy-hot-total-" + b] = total
+    # (g): its verdicts before the summary, its rows after the others.
+    rec_rows = recovery_bench.figures(runs, tcp_bps, fig, verdicts) if "recovery" in want else []
     results["figures"] = fig
     results["verdicts"] = verdicts
     # Reported beside the judged ones, not counted: the hot figure with the
@@ -923,6 +941,7 @@ def main():
                 fmt_ratio(ratio(none_s, t_s)),
                 ">= %.1fx faster" % T_COMP_SPEEDUP if method in ("zstd", "lz4") else "",
                 v("compression-" + method) if method in ("zstd", "lz4") else ""))
+    rows += rec_rows
     # Free lines (a failure's text) are printed as they are, outside the columns.
     head = ("figure", "value", "limit", "ratio", "target", "verdict")
     cols = [r for r in rows if not isinstance(r, str)]
