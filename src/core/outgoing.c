@@ -188,6 +188,8 @@ static lm_iter_state iter_state(lm_outgoing *g)
 static bool dest_never_ran(lm_outgoing *g)
 {
     lm_mig *m = g->m;
+    if (g->resuming) /* the destination paused, so it ran */
+        return false;
     pthread_mutex_lock(&m->lock);
     uint64_t deadline = lm_now_ns() + 1000000000ull;
     struct timespec ts = lm_ns_to_timespec(deadline);
