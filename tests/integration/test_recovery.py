@@ -481,6 +481,19 @@ def t_fail_before_run(t):
     check_eq(dst.stats()["writes"], w0, "destination workload writes")
     for g in (src, dst):
         check(g.alive(), "%s died", g.name)
+    # The source can migrate again: postcopy to a sound destination
+    # completes, and every page there is the source's.
+    c = {"events": True, "postcopy-ram": True}
+    dst2 = t.dest("dst2", transport="tcp", mem=MEM, seed=3, defer=True, caps=c,
+                  workload="random", dirty_rate="32M")
+    set_params(src, {"max-postcopy-bandwidth": FAST})
+    src.qmp.execute("migrate", {"uri": dst2.listen_uri()})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4000000, 30,
+               "4 MB of precopy sent")
+    src.qmp.execute("migrate-start-postcopy")
+    wait_status(src, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    wait_status(dst2, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    stop_and_verify(dst2)
 
 
 def before_run_confirmed(t, how):
