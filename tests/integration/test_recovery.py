@@ -13,7 +13,10 @@ both sides); the destination's guest keeps running, its threads that
 touch owed pages block (no page is filled with zero or stale data: the
 owed count never drops while paused), nothing crashes, and each process
 is stopped by pid.  Then migrate-pause on either side, and its refusal
-outside postcopy.
+outside postcopy.  Last, the window between POSTCOPY_RUN and its
+confirmation (the source's postcopy-device): a destination whose device
+load fails there makes the source fail and run again; a cut or a black
+hole there pauses both sides, and they recover.
 
 Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
