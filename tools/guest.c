@@ -661,6 +661,11 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
 {
     guest *g = opaque;
     (void)version;
+    /* Test knob (never set in production): a device whose load fails at
+     * the switchover, the only time this non-iterable state is sent. */
+    const char *knob = getenv("LIVEMIG_TEST_CPU_LOAD");
+    if (knob && !strcmp(knob, "fail"))
+        return lm_error_set(err, -EIO, "cpu: load refused (test knob LIVEMIG_TEST_CPU_LOAD=fail)");
     uint32_t hdr[4];
     if (len < CPU_HDR)
         return lm_error_set(err, -EPROTO, "cpu: state of %zu bytes, header needs %d", len, CPU_HDR);

@@ -11,7 +11,9 @@
  * postcopy-preempt, "lm-pc-preempt" loads the preempt channel.
  * Cancel (any thread) shuts down the listening socket and the channels
  * under m->lock, which makes the blocked accept/read return.
- * A failure after POSTCOPY_RUN pauses (postcopy-paused): the guest keeps
+ * A failure before the guest ever ran is answered with ERROR (the source
+ * resumes, even past POSTCOPY_RUN); a failure after POSTCOPY_RUN pauses
+ * (postcopy-paused, RP_SHUT with the reason): the guest keeps
  * running, the fault thread keeps its requests, nothing is lost silently;
  * the thread leaves its lm_incoming for migrate-recover (recover.c), whose
  * thread uses the accept, HELLO (resume_check) and completion here.
@@ -381,8 +383,10 @@ static void finish(lm_incoming *in, int ret, lm_error *err)
         lm_pc_dst_end(&m->pcd);
         if (!err->code)
             lm_error_set(err, ret, "incoming migration failed");
+        /* ERROR, not RP_SHUT: the guest never ran here and never will
+         * (format.md 4.9), so a source past POSTCOPY_RUN may resume it. */
         if (in->chan && !cancelled &&
-            lm_rec_send_status(in->chan, LM_REC_RP_SHUT, err->code, err->msg) == 0)
+            lm_rec_send_status(in->chan, LM_REC_ERROR, err->code, err->msg) == 0)
             linger_drain(in->chan);
         lm_mig_set_error(m, err);
     }

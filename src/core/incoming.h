@@ -28,6 +28,7 @@ typedef struct lm_incoming {
     lm_loadvm lv;     /* device sections and switchover-ack */
     bool discarding;  /* a POSTCOPY_DISCARD came: only more, or RUN */
     bool running;     /* POSTCOPY_RUN processed: postcopy placement */
+    bool run_ping;    /* the next PING is the one after POSTCOPY_RUN */
     uint8_t *tmp;     /* a run of pages before placement (postcopy) */
     bool resuming;    /* migrate-recover: accept the paused session's source only */
     bool resume_wait; /* recovering: POSTCOPY_RESUME not processed yet */

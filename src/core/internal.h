@@ -114,8 +114,10 @@ struct lm_mig {
                       * point passed with no cancel): a cancel no longer
                       * changes the state, it only interrupts the channels */
     bool shut_received;
-    bool verdict;       /* shut came from the destination, not a broken link */
-    lm_status_msg shut; /* the destination's verdict */
+    bool verdict;        /* shut came from the destination, not a broken link */
+    bool dest_never_ran; /* source: the verdict was an ERROR, the destination's
+                          * word that it never ran the guest (format.md 4.9) */
+    lm_status_msg shut;  /* the destination's verdict */
     bool switchover_acked;
     bool start_postcopy;     /* migrate-start-postcopy was called */
     bool postcopy_run_acked; /* source: RP_PONG for the PING after POSTCOPY_RUN */

@@ -39,6 +39,7 @@ static int postcopy_run(lm_incoming *in, lm_error *err)
     if (!lm_state_set(m, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE))
         return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
     in->running = true;
+    in->run_ping = true;
     /* With a preempt channel this thread only places the background
      * push: the fault thread and the preempt loader go first (a requested
      * page still in this thread's socket buffers is sent again on the
@@ -90,6 +91,20 @@ static int postcopy_resume(lm_incoming *in, lm_error *err)
         return lm_chan_get_error(in->chan, err);
     in->resume_wait = false;
     return lm_pc_dst_attach_rp(&m->pcd, in->chan, err);
+}
+
+/* Test knob (never set in production): LIVEMIG_TEST_RECOVERY=drop-run-pong
+ * withholds the RP_PONG for the PING after POSTCOPY_RUN (the guest runs
+ * here, everything else goes on), and says so on stderr: the source stays
+ * in postcopy-device, so a test breaks the link between RUN and its
+ * confirmation without a race. */
+static bool test_drop_run_pong(void)
+{
+    const char *e = getenv("LIVEMIG_TEST_RECOVERY");
+    if (!e || !strstr(e, "drop-run-pong"))
+        return false;
+    fprintf(stderr, "livemig: test knob: RP_PONG for POSTCOPY_RUN withheld\n");
+    return true;
 }
 
 static int load_u64(lm_chan *c, const lm_rec_hdr *h, uint64_t *v, lm_error *err)
@@ -165,6 +180,10 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
             return ret;
         if (lm_fmt_u32_decode(p, h->len, &v, err) <= 0)
             return err && err->code ? err->code : -EPROTO;
+        bool run_ping = in->run_ping;
+        in->run_ping = false;
+        if (run_ping && test_drop_run_pong())
+            return 0;
         lm_fmt_u32_encode(v, p, sizeof p);
         if (lm_pc_dst_rp_send(&m->pcd, c, LM_REC_RP_PONG, p, sizeof p) < 0)
             return lm_chan_get_error(c, err);

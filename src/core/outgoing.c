@@ -178,6 +178,28 @@ static lm_iter_state iter_state(lm_outgoing *g)
     return st;
 }
 
+/* After POSTCOPY_RUN went out, and before the destination confirmed it
+ * (postcopy-device): did the destination say, with an ERROR on the return
+ * path, that it failed without ever running the guest (QEMU 10.2's
+ * postcopy-device -> failed)?  Its reason may still be on its way when our
+ * own channel failed first: the return path gets a bounded time to read it
+ * (it ends at the verdict, or at the link's failure).  Without that word
+ * the destination may run, and the source pauses. */
+static bool dest_never_ran(lm_outgoing *g)
+{
+    lm_mig *m = g->m;
+    if (g->resuming) /* the destination paused, so it ran */
+        return false;
+    pthread_mutex_lock(&m->lock);
+    uint64_t deadline = lm_now_ns() + 1000000000ull;
+    struct timespec ts = lm_ns_to_timespec(deadline);
+    while (!m->postcopy_run_acked && m->rp_running && lm_now_ns() < deadline)
+        pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+    bool never = !m->postcopy_run_acked && m->verdict && m->dest_never_ran;
+    pthread_mutex_unlock(&m->lock);
+    return never;
+}
+
 static void finish(lm_outgoing *g, int ret, lm_error *err)
 {
     lm_mig *m = g->m;
@@ -190,7 +212,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     bool committed = m->eos_sent;
     pthread_mutex_unlock(&m->lock);
 
-    if (ret < 0 && g->run_sent) {
+    bool never_ran = ret < 0 && g->run_sent && dest_never_ran(g);
+    if (ret < 0 && g->run_sent && !never_ran) {
         /* POSTCOPY_RUN may have reached the destination, so it may run the
          * guest with part of its memory: neither side may fail.  Pause,
          * keep the guest stopped here and every page we still owe (the
@@ -227,6 +250,9 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
              * their whole stream fits in the socket buffers, and EOS is
              * out before the destination has read the first record. */
             dest_failed = m->verdict && m->shut.status;
+            if (never_ran && m->error.code)
+                lm_error_prefix(&m->error, "postcopy failed before the destination ran the "
+                                           "guest (the source resumes it)");
             pthread_mutex_unlock(&m->lock);
             if (committed && !dest_failed)
                 lm_error_prefix(err, "switchover was committed but not confirmed; the source "
@@ -234,7 +260,7 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
                                      "destination is not running)");
         }
         lm_mig_set_error(m, err);
-        restart = g->stopped_vm && g->was_running && (!committed || dest_failed);
+        restart = g->stopped_vm && g->was_running && (!committed || dest_failed || never_ran);
     }
 
     /* Stop the return path and the channels: shut down, forget them where
@@ -552,6 +578,7 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     m->committing = false;
     m->shut_received = false;
     m->verdict = false;
+    m->dest_never_ran = false;
     m->switchover_acked = false;
     g->ack_cap = m->caps & (1ull << LM_CAP_SWITCHOVER_ACK);
     m->start_postcopy = false;

@@ -147,6 +147,7 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
     lm_error_clear(&m->error);
     m->shut_received = false;
     m->verdict = false;
+    m->dest_never_ran = false;
     memset(&m->shut, 0, sizeof m->shut);
     m->rp_running = false;
     lm_state_set_locked(m, LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER_SETUP);

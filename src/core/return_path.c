@@ -130,6 +130,9 @@ static int handle_recovery(lm_outgoing *g, const lm_rec_hdr *h, const uint8_t *p
                             "bitmap left %llu to send",
                             (unsigned long long)owed, (unsigned long long)dirty);
     pthread_mutex_lock(&m->lock);
+    /* A destination that resumes had run (only a running one pauses):
+     * this confirms POSTCOPY_RUN if the link broke before its PONG did. */
+    m->postcopy_run_acked = true;
     bool changed = lm_state_set_locked(m, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE);
     pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
@@ -168,6 +171,10 @@ static void *rp_thread_fn(void *arg)
             m->shut_received = true;
             m->verdict = true;
             m->shut = sm;
+            /* ERROR, not RP_SHUT: the destination failed before it ever
+             * ran the guest and never will (format.md 4.9); the source
+             * may resume even after POSTCOPY_RUN went out. */
+            m->dest_never_ran = h.type == LM_REC_ERROR;
             if (h.type == LM_REC_ERROR && !sm.status)
                 m->shut.status = -EIO;
             m->rp_running = false;

@@ -13,6 +13,8 @@
  * postcopy-recover-setup │               ▲    └──> postcopy-recover ──┘ any of
  * setup/active/pre-switchover/device ──> cancelling ──> cancelled any of
  * setup/active/pre-switchover/device ──> failed (source restarted)
+ *   postcopy-device ──> failed (source restarted): only on the destination's
+ *                       ERROR, its word that it never ran; otherwise paused
  *
  *  destination:
  *

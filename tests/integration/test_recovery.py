@@ -13,7 +13,10 @@ both sides); the destination's guest keeps running, its threads that
 touch owed pages block (no page is filled with zero or stale data: the
 owed count never drops while paused), nothing crashes, and each process
 is stopped by pid.  Then migrate-pause on either side, and its refusal
-outside postcopy.
+outside postcopy.  Last, the window between POSTCOPY_RUN and its
+confirmation (the source's postcopy-device): a destination whose device
+load fails there makes the source fail and run again; a cut or a black
+hole there pauses both sides, and they recover.
 
 Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
@@ -23,8 +26,9 @@ import os
 import signal
 import time
 
-from lmtest import (Runner, TestFailure, check, check_eq, log, scaled, set_caps, set_params,
-                    stop_and_verify, wait_status, wait_until, writes_increase)
+from lmtest import (Runner, TestFailure, check, check_eq, check_writes_increase, log, scaled,
+                    set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
+                    wait_until, writes_increase)
 
 R = Runner("recovery", per_test=120, budget=1500)
 
@@ -431,6 +435,106 @@ def t_recover_refused(t):
           "destination error-desc %r", di.get("error-desc"))
     recover(t, src, dst, "tcp", 2)
     complete(src, dst)
+
+
+# ------------------------------------------------ before RUN is confirmed
+# Between POSTCOPY_RUN and the destination's RP_PONG for the PING after it,
+# the source is in postcopy-device (QEMU 10.2).  The destination's ERROR
+# (not RP_SHUT) says it failed without ever running the guest: the source
+# fails and runs the guest again.  A broken link in that window says
+# nothing of the kind (the destination may run): both sides pause.
+
+
+def start_postcopy(src, px):
+    src.qmp.execute("migrate", {"uri": px.uri})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4000000, 30,
+               "4 MB of precopy sent")
+    src.qmp.execute("migrate-start-postcopy")
+
+
+@R.test("a device load failure on the destination in the postcopy switch: the source goes "
+        "postcopy-device -> failed and runs again with its memory intact; the destination "
+        "never ran")
+def t_fail_before_run(t):
+    src, dst, px = pair(t, env=dict(os.environ, LIVEMIG_TEST_CPU_LOAD="fail"))
+    check_eq(dst.status(), "inmigrate", "destination before the migration")
+    w0 = dst.stats()["writes"]
+    start_postcopy(src, px)
+    info = wait_status(src, "failed", 30, fail_on=("completed", "cancelled", "postcopy-paused"))
+    desc = info.get("error-desc", "")
+    log("source: %s" % desc)
+    check("before the destination ran the guest" in desc and "LIVEMIG_TEST_CPU_LOAD" in desc,
+          "source error-desc %r", desc)
+    # The source was past POSTCOPY_RUN (postcopy-device) and went from there
+    # to failed, never to postcopy-active or postcopy-paused.
+    sts = src.qmp.migration_statuses()
+    check(sts[-2:] == ["postcopy-device", "failed"], "source statuses %r", sts)
+    check("postcopy-active" not in sts and "postcopy-paused" not in sts, "source statuses %r",
+          sts)
+    # The source runs its guest again, and its memory is intact.
+    wait_runstate(src, "running", 10)
+    check_writes_increase(src)
+    src.qmp.execute("stop")
+    v = src.verify()
+    check(v.get("ok") is True and v.get("bad-pages") == 0, "source x-guest-verify: %r", v)
+    src.qmp.execute("cont")
+    check_writes_increase(src)
+    # The destination failed without running: still inmigrate, no
+    # postcopy state, its workload never wrote.
+    di = wait_status(dst, "failed", 30, fail_on=("completed", "postcopy-paused"))
+    check("LIVEMIG_TEST_CPU_LOAD" in di.get("error-desc", ""), "destination error-desc %r",
+          di.get("error-desc"))
+    dsts = dst.qmp.migration_statuses()
+    check(not any(s.startswith("postcopy") for s in dsts), "destination statuses %r", dsts)
+    check_eq(dst.status(), "inmigrate", "destination run state")
+    check_eq(dst.stats()["writes"], w0, "destination workload writes")
+    for g in (src, dst):
+        check(g.alive(), "%s died", g.name)
+    # The source can migrate again: postcopy to a sound destination
+    # completes, and every page there is the source's.
+    c = {"events": True, "postcopy-ram": True}
+    dst2 = t.dest("dst2", transport="tcp", mem=MEM, seed=3, defer=True, caps=c,
+                  workload="random", dirty_rate="32M")
+    set_params(src, {"max-postcopy-bandwidth": FAST})
+    src.qmp.execute("migrate", {"uri": dst2.listen_uri()})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4000000, 30,
+               "4 MB of precopy sent")
+    src.qmp.execute("migrate-start-postcopy")
+    wait_status(src, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    wait_status(dst2, "completed", 120, fail_on=("failed", "cancelled", "postcopy-paused"))
+    stop_and_verify(dst2)
+
+
+def before_run_confirmed(t, how):
+    src, dst, px = pair(t, env=dict(os.environ, LIVEMIG_TEST_RECOVERY="drop-run-pong"))
+    start_postcopy(src, px)
+    # The destination runs (postcopy-active, faults served), the source
+    # never hears it: postcopy-device until the link breaks.
+    wait_status(dst, ACTIVE, 30, fail_on=NOT_PAUSED)
+    wait_until(lambda: "RP_PONG for POSTCOPY_RUN withheld" in dst.log_tail(20000), 30,
+               "the destination withheld its RP_PONG for RUN")
+    wait_until(lambda: dst.query_migrate().get("x-postcopy", {}).get("remote-faults", 0) > 0, 30,
+               "a remote fault on the destination")
+    check_eq(src.query_migrate().get("status"), "postcopy-device", "source before the fault")
+    sts = src.qmp.migration_statuses()
+    check(sts[-1:] == ["postcopy-device"], "source statuses %r", sts)
+    if how == "cut":
+        px.cut()
+    else:
+        px.blackhole()
+    si, _ = paused_both(src, dst, "%s before RUN was confirmed" % how)
+    check("postcopy paused" in si.get("error-desc", ""), "source error-desc %r",
+          si.get("error-desc"))
+    check_held(src, dst)
+    recover(t, src, dst, "tcp", 1)
+    complete(src, dst)
+
+
+R.add("cut right after the switch, before the destination confirmed RUN: both pause (no "
+      "ERROR from the destination), recovered, completes and verifies", before_run_confirmed,
+      "cut")
+R.add("black hole right after the switch, before the destination confirmed RUN: both pause "
+      "within the timeout, recovered, completes and verifies", before_run_confirmed, "blackhole")
 
 
 if __name__ == "__main__":
