@@ -269,6 +269,31 @@ def t_auto_fails(t):
     complete(src, dst)
 
 
+@R.test("migrate --auto-recover (3 attempts) with the first new unix path taken: attempt 1 "
+        "fails, attempt 2 recovers, completes and verifies")
+def t_auto_second(t):
+    src, dst, uri, px = pair(t, "unix", proxied=True)
+    os.mkdir(uri[5:] + ".recover1")
+    p, logpath = start_cli(t, src, dst, uri, ["--auto-recover"], "cli")
+    try:
+        both_active(src, dst)
+        src.qmp.drain_events()
+        px.cut()
+        wait_recovered(src)
+        complete(src, dst)
+    finally:
+        rc, text = finish_cli(p, logpath)
+    check_eq(rc, 0, "exit code")
+    check(re.search(r"recovery attempt 1 of 3 failed: destination: ", text),
+          "no failed attempt 1: %r", text[-2000:])
+    second = uri + ".recover2"
+    check("; recovery attempt 2 of 3 via %s\n" % second in text, "no attempt 2 line: %r",
+          text[-2000:])
+    check(re.search(r"recovery\s+attempt 1 of 3 via -: failed: ", text) and
+          re.search(r"recovery\s+attempt 2 of 3 via %s: recovered" % re.escape(second), text),
+          "summary: %r", text[-1000:])
+
+
 @R.test("migrate --auto-recover: bad uses are refused")
 def t_auto_usage(t):
     base = ["migrate", "--src", "unix:/nonexistent/a", "--dst", "unix:/nonexistent/b"]
