@@ -4,7 +4,8 @@
  * (tools/watch.c: the display and the --plot samples) and print an honest
  * final report (mig_end.c: the postcopy switch, the completion figures,
  * the summary).  mig_run() is also the engine of `livemig demo`; `status`,
- * `cancel` and `postcopy` are in tools/status.c.
+ * `cancel` and `postcopy` are in tools/status.c; --auto-recover's attempts
+ * and `livemig recover` in tools/recover.c.
  */
 #include "cli.h"
 #include "watch.h"
