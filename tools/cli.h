@@ -152,6 +152,8 @@ int cmd_status(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_postcopy(int argc, char **argv);
 void usage_postcopy(FILE *f);
+int cmd_recover(int argc, char **argv);
+void usage_recover(FILE *f);
 int cmd_demo(int argc, char **argv);
 
 void usage_guest(FILE *f);
@@ -196,6 +198,9 @@ typedef struct mig_opts {
     /* --plot FILE (.svg, or .png): the timeline drawn once it ends. */
     const char *plot;
     int plot_w, plot_h;
+    /* --auto-recover[=N]: recovery attempts after a postcopy-paused (0:
+     * off; at most MIG_REC_MAX). */
+    int auto_recover;
 } mig_opts;
 
 /* Adds "NAME=on|off" / "NAME=VALUE"; prints an error and returns false on
@@ -282,5 +287,43 @@ void mig_print_summary(const qmpc_mig *s, const qmpc_mig *d, const char *note, c
                        FILE *f);
 json_t *mig_summary_json(const qmpc_mig *s, json_t *src_raw, json_t *dst_raw, const char *uri,
                          uint64_t wall_ms, bool timed_out, bool interrupted, const mig_pc *pc);
+
+/* ------------------------------- postcopy recovery (recover.c) */
+
+/* `livemig migrate --auto-recover`: each attempt's URI and outcome, for
+ * the display, the summary and --json. */
+#define MIG_REC_DEFAULT 3
+#define MIG_REC_MAX 20
+
+typedef struct rec_attempt {
+    char uri[512];
+    bool ok;
+    char error[LM_ERROR_MSG_MAX];
+} rec_attempt;
+
+typedef struct mig_rec {
+    int max, n, recovered;
+    char listening[512]; /* the destination's URI after a failed resume */
+    rec_attempt a[MIG_REC_MAX];
+} mig_rec;
+
+struct progress;
+/* A new URI of orig's transport for attempt n: tcp:HOST:0 (the destination
+ * picks the port), unix:PATH.recoverN beside the original (a stale socket
+ * there is removed).  False for other transports. */
+bool mig_rec_fresh_uri(const char *orig, int n, char *out, size_t cap);
+void mig_rec_init(mig_rec *r, int max);
+/* Attempts left, and no Ctrl-C. */
+bool mig_rec_can_try(const mig_rec *r);
+/* One attempt after the source paused (why: its error-desc): waits for the
+ * destination's postcopy-paused, migrate-recover on it with a fresh URI,
+ * migrate resume on the source, and waits (until deadline) for the
+ * source's postcopy-active (0) or its failure (-1, recorded).  Notes go
+ * to the display unless quiet. */
+int mig_rec_attempt(mig_rec *r, qmpc *src, qmpc *dst, const char *orig_uri, const char *why,
+                    uint64_t deadline, struct progress *p, bool quiet);
+json_t *mig_rec_json(const mig_rec *r);
+/* The summary's "recovery" lines (nothing when --auto-recover is off). */
+void mig_rec_print(const mig_rec *r, FILE *f);
 
 #endif /* LM_TOOLS_CLI_H */

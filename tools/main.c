@@ -1,9 +1,10 @@
 /*
  * main.c - `livemig`: git-style dispatch to the subcommands: guest.c (with
  * its sample device in guest_bulk.c), demo.c, migrate.c and status.c for
- * the QMP drivers migrate, status, cancel and postcopy (mig_end.c: how a
- * migration ends, the summary and the postcopy policy; their display and
- * --plot samples in watch.c, progress.c and plot.c).  The tool uses only
+ * the QMP drivers migrate, status, cancel and postcopy, recover.c for
+ * recover and migrate --auto-recover (mig_end.c: how a migration ends, the
+ * summary and the postcopy policy; their display and --plot samples in
+ * watch.c, progress.c and plot.c).  The tool uses only
  * include/livemig.h (and cairo for the pictures).
  */
 #include "cli.h"
@@ -24,6 +25,7 @@ static const subcmd subcmds[] = {
     {"status", cmd_status, usage_status, "show a host's migration status"},
     {"cancel", cmd_cancel, usage_cancel, "cancel a host's outgoing migration"},
     {"postcopy", cmd_postcopy, usage_postcopy, "switch a host's outgoing migration to postcopy"},
+    {"recover", cmd_recover, usage_recover, "recover a paused postcopy migration (both sides)"},
     {"demo", cmd_demo, usage_demo, "migrate a live 1 GiB guest on this machine and verify it"},
     {NULL, NULL, NULL, NULL},
 };

@@ -4,7 +4,8 @@
  * (tools/watch.c: the display and the --plot samples) and print an honest
  * final report (mig_end.c: the postcopy switch, the completion figures,
  * the summary).  mig_run() is also the engine of `livemig demo`; `status`,
- * `cancel` and `postcopy` are in tools/status.c.
+ * `cancel` and `postcopy` are in tools/status.c; --auto-recover's attempts
+ * and `livemig recover` in tools/recover.c.
  */
 #include "cli.h"
 #include "watch.h"
@@ -62,6 +63,13 @@ void usage_migrate(FILE *f)
                "                         PNG for *.png): remaining, throughput, dirty rate,\n"
                "                         passes, switchover and downtime, postcopy faults\n"
                "  --plot-size WxH        picture size in pixels (default 1000x720)\n"
+               "  --auto-recover[=N]     with --postcopy: when the migration pauses in\n"
+               "                         postcopy (a broken or silent link, or\n"
+               "                         migrate-pause on either side), recover it, up to\n"
+               "                         N attempts in all (default 3, at most 20), each\n"
+               "                         on a new URI of --uri's transport: tcp:HOST:0\n"
+               "                         (the destination picks the port) or\n"
+               "                         unix:PATH.recoverN (see 'livemig help recover')\n"
                "  --timeout SECONDS      give up (cancel) after this long (default 600)\n\n"
                "Exit status: 0 completed, 1 failed/cancelled/postcopy-paused/timed out,\n"
                "2 usage.  Ctrl-C cancels the migration on the source (the source keeps\n"
@@ -274,6 +282,8 @@ int mig_run(const mig_opts *o)
         goto out;
     }
     mig_bw bw = {0};
+    mig_rec rec;
+    mig_rec_init(&rec, o->auto_recover);
     mig_pc pc;
     mig_pc_init(&pc, o, o->postcopy == MIG_PC_DEFAULT && mig_is_livemig(src));
     json_t *args = json_pack("{s:s}", "uri", uri);
@@ -323,7 +333,18 @@ int mig_run(const mig_opts *o)
         uint64_t seen = cli_now_ms(); /* the sample's time, before any wait below */
         /* postcopy-paused waits for a recovery (not a final status for
          * QMP, but nothing this command can move on). */
-        bool final = qmpc_status_final(s.status) || !strcmp(s.status, "postcopy-paused");
+        bool paused = !strcmp(s.status, "postcopy-paused");
+        if (paused && mig_rec_can_try(&rec) && !cancel_sent) {
+            /* --auto-recover: a fresh URI on the destination, the source
+             * resumes; the attempt waits (bounded) for its outcome, then
+             * this loop goes on with whatever the source says. */
+            progress_show(&p, &s, false);
+            mig_pc_note_status(&pc, s.status);
+            mig_rec_attempt(&rec, src, dst, uri, s.error_desc[0] ? s.error_desc : "no error-desc",
+                            deadline, &p, !p.enabled);
+            continue;
+        }
+        bool final = qmpc_status_final(s.status) || paused;
         if (final) /* QEMU's completion figures come after its event */
             mig_wait_figures(src, &s, &src_raw);
         progress_show(&p, &s, final);
@@ -372,6 +393,8 @@ int mig_run(const mig_opts *o)
     if (o->json) {
         json_t *j = mig_summary_json(&s, src_raw, dst_raw, uri, cli_now_ms() - start, timed_out,
                                      interrupted, &pc);
+        if (o->auto_recover)
+            json_object_set_new(j, "recovery", mig_rec_json(&rec));
         char *txt = json_dumps(j, JSON_INDENT(2));
         if (txt)
             printf("%s\n", txt);
@@ -379,6 +402,7 @@ int mig_run(const mig_opts *o)
         json_decref(j);
     } else {
         mig_print_summary(&s, &d, note, &pc, stdout);
+        mig_rec_print(&rec, stdout);
     }
     fflush(stdout);
     mig_bandwidth_hint(src, &bw);
@@ -416,7 +440,8 @@ enum {
     O_POSTCOPY,
     O_AUTO_POSTCOPY,
     O_PLOT,
-    O_PLOT_SIZE
+    O_PLOT_SIZE,
+    O_AUTO_RECOVER
 };
 
 static void mig_opts_free(mig_opts *o)
@@ -443,6 +468,7 @@ int cmd_migrate(int argc, char **argv)
         {"auto-postcopy", false, O_AUTO_POSTCOPY, true},
         {"plot", true, O_PLOT},
         {"plot-size", true, O_PLOT_SIZE},
+        {"auto-recover", false, O_AUTO_RECOVER, true},
         {NULL, false, 0},
     };
     static const char *const methods[] = {"none", "zlib", "zstd", "lz4"};
@@ -538,6 +564,17 @@ int cmd_migrate(int argc, char **argv)
             if (!mig_parse_postcopy(&o, v))
                 goto out;
             break;
+        case O_AUTO_RECOVER:
+            o.auto_recover = MIG_REC_DEFAULT;
+            if (v && *v) {
+                if (!cli_parse_u64(v, &n) || n < 1 || n > MIG_REC_MAX) {
+                    cli_err("migrate", "--auto-recover: '%s' is not a number of attempts in 1..%d",
+                            v, MIG_REC_MAX);
+                    goto out;
+                }
+                o.auto_recover = (int)n;
+            }
+            break;
         case O_AUTO_POSTCOPY:
             if (o.postcopy != MIG_PC_NONE) {
                 cli_err("migrate", "--auto-postcopy given twice or with --postcopy");
@@ -571,6 +608,18 @@ int cmd_migrate(int argc, char **argv)
                 !o.src   ? "--src"
                 : !o.dst ? "--dst"
                          : "--uri");
+        goto out;
+    }
+    if (o.auto_recover && o.postcopy == MIG_PC_NONE) {
+        cli_err("migrate", "--auto-recover needs --postcopy or --auto-postcopy (only a postcopy "
+                           "migration pauses)");
+        goto out;
+    }
+    if (o.auto_recover && strncmp(o.uri, "tcp:", 4) && strncmp(o.uri, "unix:", 5)) {
+        cli_err("migrate",
+                "--auto-recover needs a tcp: or unix: --uri (its attempts use a new "
+                "URI of the same transport), not '%s'",
+                o.uri);
         goto out;
     }
     cli_catch_signals();
