@@ -1,0 +1,366 @@
+/*
+ * inspect.c - the stream inspector (inspect.h): lm_fmt_walk_rec decodes
+ * and checks every record; this file counts what the stream carries and
+ * adds the checks a loader makes over the whole stream, so that a
+ * corrupt capture is refused with the offset of the first bad byte.
+ * Pure, as wire.c.
+ */
+#include "format/inspect.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- detection */
+
+/* Layouts by their first bytes.  A mapped-ram snapshot file gets a row
+ * (and the tool a branch) when that layout exists. */
+static const struct {
+    int kind;
+    const char *name;
+    uint8_t magic[4];
+} formats[] = {
+    {LM_INSP_STREAM, "livemig stream", {0x4c, 0x4d, 0x49, 0x47}}, /* "LMIG", HELLO */
+};
+
+const char *lm_insp_kind_name(int kind)
+{
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
+        if (formats[i].kind == kind)
+            return formats[i].name;
+    return "unknown";
+}
+
+int lm_insp_detect(const uint8_t *buf, size_t len, lm_error *err)
+{
+    if (len == 0)
+        return lm_error_set(err, -EPROTO, "empty file: no HELLO (not a livemig stream)");
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
+        if (len >= 4 && memcmp(buf, formats[i].magic, 4) == 0)
+            return formats[i].kind;
+    char hex[3 * 8 + 1] = "";
+    size_t n = len < 8 ? len : 8;
+    for (size_t i = 0; i < n; i++)
+        snprintf(hex + 3 * i, 4, i ? " %02x" : "%02x ", buf[i]);
+    if (len >= 4 && memcmp(buf, "QEVM", 4) == 0)
+        return lm_error_set(err, -EPROTO,
+                            "offset 0: a QEMU migration stream (magic \"QEVM\"), not a livemig "
+                            "one: use QEMU's scripts/analyze-migration.py");
+    if (len < 4 && memcmp(buf, formats[0].magic, len) == 0)
+        return lm_error_set(err, -EPROTO, "offset 0: HELLO truncated: %zu of %d bytes", len,
+                            LM_HELLO_SIZE);
+    return lm_error_set(err, -EPROTO,
+                        "offset 0: not a livemig stream: the first bytes are %s, a HELLO "
+                        "starts with 4c 4d 49 47 (\"LMIG\")",
+                        hex);
+}
+
+/* ------------------------------------------------------------ accounting */
+
+/* Records that travel destination -> source (the return path); ERROR
+ * goes either way. */
+static bool rec_to_src(uint8_t type)
+{
+    return type >= 0x80;
+}
+
+static int fail(lm_insp *s, uint64_t off, int code, const char *what)
+{
+    s->err_off = off;
+    return lm_error_set(&s->err, code, "stream offset %" PRIu64 ": %s", off, what);
+}
+
+static lm_insp_section *section_find(lm_insp *s, uint32_t id)
+{
+    for (uint32_t i = 0; i < s->nsections; i++)
+        if (s->sections[i].id == id)
+            return &s->sections[i];
+    return NULL;
+}
+
+/* START/FULL: binds an id to a device; PART/END: needs that binding. */
+static int on_section(lm_insp *s, const lm_fmt_rec *r)
+{
+    char m[LM_ERROR_MSG_MAX];
+    const lm_section_hdr *h = &r->u.section;
+    uint8_t t = r->hdr.type;
+    const char *tn = lm_rec_type_name(t);
+    lm_insp_section *sec = section_find(s, h->section_id);
+    if (t == LM_REC_SECTION_START || t == LM_REC_SECTION_FULL) {
+        if (sec && (strcmp(sec->name, h->name) || sec->instance != h->instance ||
+                    sec->version != h->version)) {
+            snprintf(m, sizeof m,
+                     "%s: section id %" PRIu32 " is bound to \"%s\" instance %" PRIu32
+                     " version %" PRIu32 " already, here \"%s\" instance %" PRIu32
+                     " version %" PRIu32,
+                     tn, h->section_id, sec->name, sec->instance, sec->version, h->name,
+                     h->instance, h->version);
+            return fail(s, r->offset, -EPROTO, m);
+        }
+        if (sec && t == LM_REC_SECTION_START) {
+            snprintf(m, sizeof m, "SECTION_START: a second one for section id %" PRIu32 " (\"%s\")",
+                     h->section_id, h->name);
+            return fail(s, r->offset, -EPROTO, m);
+        }
+        if (!sec) {
+            if (s->nsections == LM_INSP_MAX_SECTIONS) {
+                snprintf(m, sizeof m, "%s: more than %d device sections (inspect's limit)", tn,
+                         LM_INSP_MAX_SECTIONS);
+                return fail(s, r->offset, -ENOSPC, m);
+            }
+            sec = &s->sections[s->nsections++];
+            sec->id = h->section_id;
+            sec->instance = h->instance;
+            sec->version = h->version;
+            memcpy(sec->name, h->name, sizeof sec->name);
+            sec->iterable = t == LM_REC_SECTION_START;
+            sec->offset = r->offset;
+        }
+    } else {
+        if (!sec || !sec->iterable) {
+            snprintf(m, sizeof m, "%s: section id %" PRIu32 " has no SECTION_START before it", tn,
+                     h->section_id);
+            return fail(s, r->offset, -EPROTO, m);
+        }
+        if (sec->ended) {
+            snprintf(m, sizeof m, "%s: section id %" PRIu32 " (\"%s\") after its SECTION_END", tn,
+                     h->section_id, sec->name);
+            return fail(s, r->offset, -EPROTO, m);
+        }
+        if (t == LM_REC_SECTION_END)
+            sec->ended = true;
+    }
+    sec->records++;
+    sec->data_bytes += r->hdr.len - r->data_off;
+    return 0;
+}
+
+/* Where a record may appear: direction, channel role, features, order. */
+static int check_place(lm_insp *s, const lm_fmt_rec *r)
+{
+    char m[LM_ERROR_MSG_MAX];
+    uint8_t t = r->hdr.type;
+    const char *tn = lm_rec_type_name(t);
+    const lm_hello *h = &s->hello;
+    const char *why = NULL;
+
+    if (s->eos_off >= 0)
+        why = "after EOS (nothing follows the end of a stream)";
+    else if (t != LM_REC_ERROR && rec_to_src(t) == s->to_dst)
+        why = s->to_dst ? "is a return-path record, in a source-to-destination stream"
+                        : "is a source record, in a destination-to-source stream";
+    else if (s->to_dst && h->role != LM_ROLE_MULTIFD &&
+             (t == LM_REC_MULTIFD_PAGES || t == LM_REC_MULTIFD_SYNC))
+        why = "outside a multifd channel";
+    else if (s->to_dst && h->role == LM_ROLE_MULTIFD && t != LM_REC_MULTIFD_PAGES &&
+             t != LM_REC_MULTIFD_SYNC && t != LM_REC_EOS && t != LM_REC_ERROR)
+        why = "on a multifd channel (which carries MULTIFD_PAGES, MULTIFD_SYNC, EOS)";
+    else if (t == LM_REC_MULTIFD_FLUSH && !(h->features & LM_FEAT_MULTIFD))
+        why = "without the MULTIFD feature in the HELLO";
+    else if ((t == LM_REC_POSTCOPY_DISCARD || t == LM_REC_POSTCOPY_RUN) &&
+             !(h->features & LM_FEAT_POSTCOPY))
+        why = "without the POSTCOPY feature in the HELLO";
+    else if ((t == LM_REC_ACK_DEVICES || t == LM_REC_RP_DEVICE_ACK ||
+              t == LM_REC_RP_SWITCHOVER_ACK) &&
+             !(h->features & LM_FEAT_SWITCHOVER_ACK))
+        why = "without the SWITCHOVER_ACK feature in the HELLO";
+    else if (t == LM_REC_SWITCHOVER_START && s->switchover_off >= 0)
+        why = "a second time";
+    else if (t == LM_REC_POSTCOPY_RUN && s->postcopy_run_off >= 0)
+        why = "a second time";
+    else if (t == LM_REC_POSTCOPY_DISCARD && s->postcopy_run_off >= 0)
+        why = "after POSTCOPY_RUN";
+    if (!why)
+        return 0;
+    snprintf(m, sizeof m, "%s record %s", tn, why);
+    return fail(s, r->offset, -EPROTO, m);
+}
+
+static void on_blocks(lm_insp *s, const lm_fmt_rec *r)
+{
+    /* A later table replaces the first; counts stay with a block only if
+     * the table is the same. */
+    bool same = s->tables && r->nblocks == s->nblocks;
+    for (uint32_t i = 0; same && i < r->nblocks; i++)
+        same = memcmp(&s->blocks[i].b, &r->blocks[i], sizeof r->blocks[i]) == 0;
+    if (!same) {
+        memset(s->blocks, 0, sizeof s->blocks);
+        for (uint32_t i = 0; i < r->nblocks; i++)
+            s->blocks[i].b = r->blocks[i];
+        s->nblocks = r->nblocks;
+    }
+    s->tables++;
+}
+
+static int on_record(void *opaque, const lm_fmt_rec *r)
+{
+    lm_insp *s = opaque;
+    uint8_t t = r->hdr.type;
+    int rc = check_place(s, r);
+    if (rc < 0)
+        return rc;
+    lm_insp_block *b = NULL;
+    switch (t) {
+    case LM_REC_SECTION_START:
+    case LM_REC_SECTION_PART:
+    case LM_REC_SECTION_END:
+    case LM_REC_SECTION_FULL:
+        rc = on_section(s, r);
+        break;
+    case LM_REC_RAM_BLOCKS:
+        on_blocks(s, r);
+        break;
+    case LM_REC_RAM_PAGES:
+        b = &s->blocks[r->u.run.block]; /* checked against the table */
+        b->data_pages += r->u.run.count;
+        b->data_runs++;
+        break;
+    case LM_REC_RP_REQ_PAGES:
+        if (r->u.run.block < s->nblocks)
+            s->blocks[r->u.run.block].req_pages += r->u.run.count;
+        break;
+    case LM_REC_RAM_ZERO:
+        b = &s->blocks[r->u.zero.block];
+        b->zero_pages += r->u.zero.count;
+        b->zero_runs++;
+        break;
+    case LM_REC_POSTCOPY_DISCARD:
+        s->blocks[r->u.zero.block].discard_pages += r->u.zero.count;
+        break;
+    case LM_REC_MULTIFD_PAGES: {
+        const lm_mfd_pages *p = &r->u.mfd;
+        s->mfd_packets++;
+        s->comp_seen |= 1u << p->compression;
+        s->mfd_normal += p->normal;
+        s->mfd_zero += p->zero;
+        if (p->block >= s->nblocks)
+            break; /* a channel inspected without its main channel's table */
+        b = &s->blocks[p->block];
+        b->mfd_normal += p->normal;
+        b->mfd_zero += p->zero;
+        if (p->compression != LM_MFD_COMP_NONE) {
+            b->mfd_comp_pages += p->normal;
+            b->mfd_comp_bytes += p->data_len;
+        }
+        break;
+    }
+    case LM_REC_RAM_PASS:
+        s->last_pass = r->u.u64;
+        break;
+    case LM_REC_SWITCHOVER_START:
+        s->switchover_off = (int64_t)r->offset;
+        break;
+    case LM_REC_POSTCOPY_RUN:
+        s->postcopy_run_off = (int64_t)r->offset;
+        break;
+    case LM_REC_EOS:
+        for (uint32_t i = 0; i < s->nsections; i++) {
+            const lm_insp_section *sec = &s->sections[i];
+            if (sec->iterable && !sec->ended) {
+                char m[LM_ERROR_MSG_MAX];
+                snprintf(m, sizeof m,
+                         "EOS while section id %" PRIu32 " (\"%s\") has no SECTION_END", sec->id,
+                         sec->name);
+                return fail(s, r->offset, -EPROTO, m);
+            }
+        }
+        s->eos_off = (int64_t)r->offset;
+        break;
+    case LM_REC_ERROR:
+        if (!s->have_error) {
+            s->have_error = true;
+            s->error = r->u.status;
+            s->error_off = (int64_t)r->offset;
+        }
+        break;
+    case LM_REC_RP_SHUT:
+        s->have_shut = true;
+        s->shut_status = r->u.status.status;
+        break;
+    default:
+        break;
+    }
+    if (rc < 0)
+        return rc;
+    s->records++;
+    s->rec_count[t]++;
+    s->rec_bytes[t] += LM_REC_HDR_SIZE + (uint64_t)r->hdr.len;
+    s->valid = r->offset + LM_REC_HDR_SIZE + r->hdr.len;
+    return 0;
+}
+
+/* The walk stopped before the end of buf: a record (or its header) the
+ * capture cut short. */
+static int truncated(lm_insp *s, const uint8_t *buf, size_t len, size_t off)
+{
+    char m[LM_ERROR_MSG_MAX];
+    size_t have = len - off;
+    lm_rec_hdr h;
+    lm_error e = {0};
+    if (have < LM_REC_HDR_SIZE || lm_fmt_rec_hdr_decode(buf + off, have, &h, &e) <= 0)
+        snprintf(m, sizeof m, "record header truncated: %zu of %d bytes (the file ends there)",
+                 have, LM_REC_HDR_SIZE);
+    else
+        snprintf(m, sizeof m,
+                 "%s record truncated: %d + %" PRIu32 " bytes announced, %zu in the file",
+                 lm_rec_type_name(h.type), LM_REC_HDR_SIZE, h.len, have);
+    return fail(s, off, -EPROTO, m);
+}
+
+/* The stream ended on a record boundary: did it end as a stream does? */
+static int check_end(lm_insp *s)
+{
+    char m[LM_ERROR_MSG_MAX];
+    if (s->have_error || !s->to_dst || s->eos_off >= 0)
+        return 0;
+    snprintf(m, sizeof m,
+             "the stream ends without EOS (%" PRIu64 " records): the capture stopped early, or "
+             "the migration stopped before its end",
+             s->records);
+    return fail(s, s->valid, -EPROTO, m);
+}
+
+int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_block *blocks,
+                   uint32_t nblocks)
+{
+    memset(s, 0, sizeof *s);
+    s->size = len;
+    s->switchover_off = s->postcopy_run_off = s->eos_off = s->error_off = -1;
+    if (blocks && nblocks <= LM_RAM_MAX_BLOCKS) {
+        for (uint32_t i = 0; i < nblocks; i++)
+            s->blocks[i].b = blocks[i];
+        s->nblocks = nblocks;
+    }
+    int kind = lm_insp_detect(buf, len, &s->err);
+    if (kind < 0)
+        return kind;
+    if (len < LM_HELLO_SIZE)
+        return fail(s, 0, -EPROTO, "HELLO truncated: the file is shorter than 48 bytes");
+    lm_error e = {0};
+    if (lm_fmt_hello_decode(buf, len, &s->hello, &e) < 0) {
+        s->err_off = 0;
+        return lm_error_set(&s->err, e.code, "stream offset 0: %s", e.msg);
+    }
+    s->have_hello = true;
+    s->to_dst = s->hello.kind == LM_HELLO_REQUEST || s->hello.kind == LM_HELLO_RESUME;
+    s->valid = LM_HELLO_SIZE;
+
+    lm_fmt_walk_cfg cfg = {
+        .expect_hello = true,
+        .blocks = nblocks ? blocks : NULL,
+        .nblocks = nblocks,
+        .cb = on_record,
+        .opaque = s,
+    };
+    long rc = lm_fmt_walk_rec(buf, len, &cfg, &e);
+    if (rc < 0) {
+        if (s->err.code) /* ours, from the callback */
+            return s->err.code;
+        s->err_off = s->valid; /* the walker stops at the record after the last good one */
+        return lm_error_set(&s->err, e.code, "%s", e.msg);
+    }
+    if ((size_t)rc < len)
+        return truncated(s, buf, len, (size_t)rc);
+    return check_end(s);
+}
