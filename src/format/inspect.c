@@ -35,14 +35,14 @@ const char *lm_insp_kind_name(int kind)
 int lm_insp_detect(const uint8_t *buf, size_t len, lm_error *err)
 {
     if (len == 0)
-        return lm_error_set(err, -EPROTO, "empty file: no HELLO (not a livemig stream)");
+        return lm_error_set(err, -EPROTO, "offset 0: empty file, no HELLO (not a livemig stream)");
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
         if (len >= 4 && memcmp(buf, formats[i].magic, 4) == 0)
             return formats[i].kind;
     char hex[3 * 8 + 1] = "";
     size_t n = len < 8 ? len : 8;
     for (size_t i = 0; i < n; i++)
-        snprintf(hex + 3 * i, 4, i ? " %02x" : "%02x ", buf[i]);
+        snprintf(hex + 3 * i - (i ? 1 : 0), 4, i ? " %02x" : "%02x", buf[i]);
     if (len >= 4 && memcmp(buf, "QEVM", 4) == 0)
         return lm_error_set(err, -EPROTO,
                             "offset 0: a QEMU migration stream (magic \"QEVM\"), not a livemig "
@@ -335,8 +335,13 @@ int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_bloc
     int kind = lm_insp_detect(buf, len, &s->err);
     if (kind < 0)
         return kind;
-    if (len < LM_HELLO_SIZE)
-        return fail(s, 0, -EPROTO, "HELLO truncated: the file is shorter than 48 bytes");
+    if (len < LM_HELLO_SIZE) {
+        s->err_off = 0;
+        return lm_error_set(&s->err, -EPROTO,
+                            "stream offset 0: HELLO truncated: %zu of %d bytes (the file ends "
+                            "there)",
+                            len, LM_HELLO_SIZE);
+    }
     lm_error e = {0};
     if (lm_fmt_hello_decode(buf, len, &s->hello, &e) < 0) {
         s->err_off = 0;
