@@ -6,12 +6,15 @@
  * The one tool file that uses the library's internals: the wire format is
  * not public API (docs/api.md), and the decoding must be the library's own
  * (src/format/inspect.h on lm_fmt_walk_rec), never a second parser here.
+ * Compressed multifd page data is decoded with the library's codecs
+ * (multifd/multifd.h), one stream per channel as a destination does.
  * What a file is comes from its first bytes (lm_insp_detect): a mapped-ram
  * snapshot file becomes one more kind there and one more branch in
  * inspect_file.
  */
 #include "cli.h"
 #include "format/inspect.h"
+#include "multifd/multifd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,8 +27,10 @@
 #include <unistd.h>
 
 #define MAX_FILES 64 /* a main channel, its multifd channels, a preempt one */
+/* Largest packet inspect decompresses: 1024 pages of 64 KiB. */
+#define MAX_RAW_PACKET (64u << 20)
 
-enum { O_JSON = 1 };
+enum { O_JSON = 1, O_RECORDS };
 
 void usage_inspect(FILE *f)
 {
@@ -52,6 +57,11 @@ typedef struct infile {
     bool mapped;
     lm_insp *in; /* NULL: not a stream (err says what) */
     lm_error err;
+    json_t *list; /* --records: one object per record */
+    /* the channel's decompression stream */
+    lm_mfd_codec *codec;
+    uint8_t *raw;
+    size_t raw_cap;
 } infile;
 
 /* Maps a regular file; reads anything else (a pipe, /dev/stdin) whole. */
@@ -117,6 +127,9 @@ static void unload(infile *f)
     else
         free(f->buf);
     free(f->in);
+    json_decref(f->list);
+    lm_mfd_codec_free(f->codec);
+    free(f->raw);
 }
 
 /* -------------------------------------------------------------- naming */
@@ -253,6 +266,18 @@ static void print_text(const infile *f, FILE *o)
                 fprintf(o, "    %-18s %10" PRIu64 " %14" PRIu64 " bytes\n", lm_rec_type_name(t),
                         s->rec_count[t], s->rec_bytes[t]);
     }
+    if (f->list) {
+        fprintf(o, "  %-12s %-18s %9s  %s\n", "offset", "record", "length", "detail");
+        size_t i;
+        json_t *r;
+        json_array_foreach(f->list, i, r) {
+            fprintf(o, "  %-12" JSON_INTEGER_FORMAT " %-18s %9" JSON_INTEGER_FORMAT "  %s\n",
+                    json_integer_value(json_object_get(r, "offset")),
+                    json_string_value(json_object_get(r, "type")),
+                    json_integer_value(json_object_get(r, "len")),
+                    json_string_value(json_object_get(r, "detail")));
+        }
+    }
     if (s->err.code)
         fprintf(o, "  INVALID    %s\n", s->err.msg);
     else
@@ -369,6 +394,8 @@ static json_t *file_json(const infile *f)
                                 json_pack("{s:I, s:I}", "count", (json_int_t)s->rec_count[t],
                                           "bytes", (json_int_t)s->rec_bytes[t]));
     json_object_set_new(j, "records", recs);
+    if (f->list)
+        json_object_set(j, "record_list", f->list);
     return j;
 }
 
@@ -396,6 +423,118 @@ static json_t *totals_json(const infile *fs, int n)
                      (json_int_t)comp, "compressed_bytes", (json_int_t)compb);
 }
 
+/* ---------------------------------------------------------------- hooks */
+
+/* Decodes a compressed packet's data with the channel's stream: it must
+ * give exactly its pages (a destination checks the same). */
+static int check_data(void *opaque, const lm_fmt_rec *r, uint64_t raw_len, lm_error *err)
+{
+    infile *f = opaque;
+    const lm_mfd_pages *p = &r->u.mfd;
+    if (raw_len > MAX_RAW_PACKET)
+        return lm_error_set(err, -EFBIG, "%" PRIu64 " bytes of pages, more than inspect decodes",
+                            raw_len);
+    if (!f->codec) {
+        int rc = lm_mfd_codec_new((lm_mfd_comp)p->compression, 0, false, &f->codec, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (f->raw_cap < raw_len) {
+        uint8_t *nb = realloc(f->raw, raw_len);
+        if (!nb)
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        f->raw = nb;
+        f->raw_cap = raw_len;
+    }
+    const uint8_t *data = r->payload + LM_MFD_HDR_SIZE + 8 * ((size_t)p->normal + p->zero);
+    return lm_mfd_decompress(f->codec, data, p->data_len, f->raw, raw_len, err);
+}
+
+static const char *block_name(const lm_fmt_rec *r, uint32_t b)
+{
+    return r->blocks && b < r->nblocks ? r->blocks[b].name : "?";
+}
+
+/* What one record says, in a line. */
+static void rec_detail(const lm_fmt_rec *r, char *o, size_t cap)
+{
+    uint8_t t = r->hdr.type;
+    o[0] = '\0';
+    switch (t) {
+    case LM_REC_SECTION_START:
+    case LM_REC_SECTION_FULL:
+        snprintf(o, cap, "section %u \"%s\" instance %u version %u, %u data bytes",
+                 r->u.section.section_id, r->u.section.name, r->u.section.instance,
+                 r->u.section.version, r->hdr.len - r->data_off);
+        break;
+    case LM_REC_SECTION_PART:
+    case LM_REC_SECTION_END:
+        snprintf(o, cap, "section %u, %u data bytes", r->u.section.section_id,
+                 r->hdr.len - r->data_off);
+        break;
+    case LM_REC_RAM_BLOCKS:
+        snprintf(o, cap, "%u blocks", r->nblocks);
+        break;
+    case LM_REC_RAM_PAGES:
+    case LM_REC_RP_REQ_PAGES:
+        snprintf(o, cap, "block %u (%s) pages %" PRIu64 "+%u", r->u.run.block,
+                 block_name(r, r->u.run.block), r->u.run.first_page, r->u.run.count);
+        break;
+    case LM_REC_RAM_ZERO:
+    case LM_REC_POSTCOPY_DISCARD:
+        snprintf(o, cap, "block %u (%s) pages %" PRIu64 "+%" PRIu64, r->u.zero.block,
+                 block_name(r, r->u.zero.block), r->u.zero.first_page, r->u.zero.count);
+        break;
+    case LM_REC_MULTIFD_PAGES:
+        snprintf(o, cap, "packet %" PRIu64 " block %u (%s): %u data, %u zero, %s, %u data bytes",
+                 r->u.mfd.packet_num, r->u.mfd.block, block_name(r, r->u.mfd.block),
+                 r->u.mfd.normal, r->u.mfd.zero, comp_names[r->u.mfd.compression & 3],
+                 r->u.mfd.data_len);
+        break;
+    case LM_REC_RAM_PASS:
+    case LM_REC_MULTIFD_FLUSH:
+    case LM_REC_MULTIFD_SYNC:
+    case LM_REC_RP_RESUME_ACK:
+        snprintf(o, cap, "%" PRIu64, r->u.u64);
+        break;
+    case LM_REC_PING:
+    case LM_REC_RP_PONG:
+        snprintf(o, cap, "%u", r->u.u32);
+        break;
+    case LM_REC_ERROR:
+    case LM_REC_RP_SHUT:
+        snprintf(o, cap, "status %d%s%s", r->u.status.status, r->u.status.msg[0] ? ": " : "",
+                 r->u.status.msg);
+        break;
+    case LM_REC_ACK_DEVICES:
+        snprintf(o, cap, "%u devices", r->u.ack.count);
+        break;
+    case LM_REC_RP_DEVICE_ACK:
+        snprintf(o, cap, "section %u %s", r->u.dev_ack.section_id,
+                 r->u.dev_ack.state == LM_DEV_ACK_READY ? "READY" : "DECLINED");
+        break;
+    case LM_REC_RP_RECV_BITMAP:
+        snprintf(o, cap, "block %u (%s) pages %" PRIu64 "+%u", r->u.bitmap.block,
+                 block_name(r, r->u.bitmap.block), r->u.bitmap.first_page, r->u.bitmap.npages);
+        break;
+    default:
+        break;
+    }
+}
+
+static int list_record(void *opaque, const lm_fmt_rec *r, lm_error *err)
+{
+    infile *f = opaque;
+    char d[LM_ERROR_MSG_MAX + 64];
+    rec_detail(r, d, sizeof d);
+    json_t *o =
+        json_pack("{s:I, s:s, s:I, s:s}", "offset", (json_int_t)r->offset, "type",
+                  lm_rec_type_name(r->hdr.type), "len", (json_int_t)r->hdr.len, "detail", d);
+    if (!o || json_array_append_new(f->list, o) < 0)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    return 0;
+}
+
 /* --------------------------------------------------------------- driver */
 
 /* Main channels first: their block table checks the multifd channels'. */
@@ -408,7 +547,7 @@ static int role_rank(const infile *f)
     return h.role == LM_ROLE_MAIN ? 0 : h.role == LM_ROLE_PREEMPT ? 1 : 2;
 }
 
-static void inspect_file(infile *f, const lm_insp *main_ch)
+static void inspect_file(infile *f, const lm_insp *main_ch, bool records)
 {
     int kind = lm_insp_detect(f->buf, f->len, &f->err);
     if (kind < 0)
@@ -424,7 +563,12 @@ static void inspect_file(infile *f, const lm_insp *main_ch)
     uint32_t nb = main_ch ? main_ch->nblocks : 0;
     for (uint32_t i = 0; i < nb; i++)
         table[i] = main_ch->blocks[i].b;
-    lm_insp_stream(f->in, f->buf, f->len, nb ? table : NULL, nb);
+    lm_insp_hooks hooks = {.data = check_data, .opaque = f};
+    if (records) {
+        f->list = json_array();
+        hooks.record = list_record;
+    }
+    lm_insp_stream(f->in, f->buf, f->len, nb ? table : NULL, nb, &hooks);
     if (main_ch && f->in->have_hello &&
         memcmp(f->in->hello.session, main_ch->hello.session, LM_SESSION_ID_LEN) != 0 &&
         !f->in->err.code) {
@@ -437,11 +581,12 @@ static void inspect_file(infile *f, const lm_insp *main_ch)
 
 int cmd_inspect(int argc, char **argv)
 {
-    static const cli_opt opts[] = {{"json", false, O_JSON}, {NULL, false, 0}};
+    static const cli_opt opts[] = {
+        {"json", false, O_JSON}, {"records", false, O_RECORDS}, {NULL, false, 0}};
     cli_args a;
     cli_args_init(&a, "inspect", argc, argv);
     const char *v;
-    bool json = false;
+    bool json = false, records = false;
     int id, n = 0, ret = CLI_EXIT_OK;
     static infile fs[MAX_FILES];
 
@@ -461,6 +606,9 @@ int cmd_inspect(int argc, char **argv)
             break;
         case O_JSON:
             json = true;
+            break;
+        case O_RECORDS:
+            records = true;
             break;
         }
     }
@@ -490,7 +638,7 @@ int cmd_inspect(int argc, char **argv)
     const lm_insp *main_ch = NULL;
     for (int i = 0; i < n; i++) {
         infile *f = &fs[order[i]];
-        inspect_file(f, main_ch);
+        inspect_file(f, main_ch, records);
         if (!main_ch && f->in && f->in->have_hello && f->in->hello.role == LM_ROLE_MAIN)
             main_ch = f->in;
     }

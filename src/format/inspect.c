@@ -193,6 +193,32 @@ static void on_blocks(lm_insp *s, const lm_fmt_rec *r)
     s->tables++;
 }
 
+/* A channel keeps one compression method (one stream per channel,
+ * docs/format.md §4.14); the caller's hook checks compressed data. */
+static int on_mfd_data(lm_insp *s, const lm_fmt_rec *r)
+{
+    char m[LM_ERROR_MSG_MAX + 64]; /* room for e.msg and a prefix */
+    static const char *names[] = {"none", "zlib", "zstd", "lz4"};
+    const lm_mfd_pages *p = &r->u.mfd; /* compression < 4: checked by the decoder */
+    if (p->compression == LM_MFD_COMP_NONE)
+        return 0;
+    if (s->comp_method && s->comp_method != p->compression) {
+        snprintf(m, sizeof m, "MULTIFD_PAGES: compression %s after %s on the same channel",
+                 names[p->compression], names[s->comp_method]);
+        return fail(s, r->offset, -EPROTO, m);
+    }
+    s->comp_method = p->compression;
+    if (!s->hooks || !s->hooks->data || !p->normal)
+        return 0;
+    uint64_t ps = p->block < s->nblocks ? s->blocks[p->block].b.page_size : s->hello.page_size;
+    lm_error e = {0};
+    if (s->hooks->data(s->hooks->opaque, r, p->normal * ps, &e) < 0) {
+        snprintf(m, sizeof m, "MULTIFD_PAGES packet %" PRIu64 ": %s", p->packet_num, e.msg);
+        return fail(s, r->offset, e.code ? e.code : -EPROTO, m);
+    }
+    return 0;
+}
+
 static int on_record(void *opaque, const lm_fmt_rec *r)
 {
     lm_insp *s = opaque;
@@ -230,6 +256,9 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
         break;
     case LM_REC_MULTIFD_PAGES: {
         const lm_mfd_pages *p = &r->u.mfd;
+        rc = on_mfd_data(s, r);
+        if (rc < 0)
+            return rc;
         s->mfd_packets++;
         s->comp_seen |= 1u << p->compression;
         s->mfd_normal += p->normal;
@@ -283,6 +312,11 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
     }
     if (rc < 0)
         return rc;
+    if (s->hooks && s->hooks->record) {
+        lm_error e = {0};
+        if (s->hooks->record(s->hooks->opaque, r, &e) < 0)
+            return fail(s, r->offset, e.code ? e.code : -EIO, e.msg);
+    }
     s->records++;
     s->rec_count[t]++;
     s->rec_bytes[t] += LM_REC_HDR_SIZE + (uint64_t)r->hdr.len;
@@ -322,9 +356,10 @@ static int check_end(lm_insp *s)
 }
 
 int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_block *blocks,
-                   uint32_t nblocks)
+                   uint32_t nblocks, const lm_insp_hooks *hooks)
 {
     memset(s, 0, sizeof *s);
+    s->hooks = hooks;
     s->size = len;
     s->switchover_off = s->postcopy_run_off = s->eos_off = s->error_off = -1;
     if (blocks && nblocks <= LM_RAM_MAX_BLOCKS) {

@@ -53,6 +53,18 @@ typedef struct lm_insp_section {
     uint64_t offset;     /* of its first record */
 } lm_insp_section;
 
+/* The caller's hooks (each may be NULL), called in stream order:
+ *  - data: checks the page data of a compressed MULTIFD_PAGES packet.
+ *    format/ has no codecs (it sits below multifd/), so the caller decodes
+ *    it with the channel's stream; raw_len = normal pages x page size.
+ *  - record: sees every valid record (`livemig inspect --records`).
+ * Each returns 0, or < 0 with err naming what was wrong. */
+typedef struct lm_insp_hooks {
+    int (*data)(void *opaque, const lm_fmt_rec *r, uint64_t raw_len, lm_error *err);
+    int (*record)(void *opaque, const lm_fmt_rec *r, lm_error *err);
+    void *opaque;
+} lm_insp_hooks;
+
 typedef struct lm_insp {
     uint64_t size;  /* bytes inspected */
     uint64_t valid; /* end of the last complete, valid record */
@@ -68,7 +80,8 @@ typedef struct lm_insp {
     lm_insp_section sections[LM_INSP_MAX_SECTIONS];
     uint64_t last_pass;                                /* value of the last RAM_PASS */
     int64_t switchover_off, postcopy_run_off, eos_off; /* -1: none */
-    uint32_t comp_seen; /* bit m: a MULTIFD_PAGES used compression m */
+    uint32_t comp_seen;  /* bit m: a MULTIFD_PAGES used compression m */
+    uint8_t comp_method; /* the channel's compression (0 until one is seen) */
     uint64_t mfd_packets;
     uint64_t mfd_normal, mfd_zero; /* over all blocks (known or not) */
     bool have_error;               /* an ERROR record */
@@ -76,6 +89,7 @@ typedef struct lm_insp {
     int64_t error_off;
     bool have_shut; /* an RP_SHUT record */
     int32_t shut_status;
+    const lm_insp_hooks *hooks; /* lm_insp_stream's argument */
     /* The first problem (err.code 0: none) and where it is. */
     lm_error err;
     uint64_t err_off;
@@ -83,11 +97,12 @@ typedef struct lm_insp {
 
 /* Inspects one channel stream (buf, len: the whole capture) into *s,
  * which it initialises.  blocks/nblocks: the table of the migration's main
- * channel for a multifd channel's stream (NULL otherwise).  Returns 0 when
- * the whole stream is valid and complete, or the first problem's negative
- * code (also in s->err, with the byte offset in s->err_off and in the
- * message); the counts cover everything before the problem. */
+ * channel for a multifd channel's stream (NULL otherwise).  hooks may be
+ * NULL.  Returns 0 when the whole stream is valid and complete, or the
+ * first problem's negative code (also in s->err, with the byte offset in
+ * s->err_off and in the message); the counts cover everything before the
+ * problem. */
 int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_block *blocks,
-                   uint32_t nblocks);
+                   uint32_t nblocks, const lm_insp_hooks *hooks);
 
 #endif /* LM_FORMAT_INSPECT_H */

@@ -35,7 +35,7 @@ static const lm_fmt_block table[2] = {
 static void run(const uint8_t *p, size_t n, const lm_fmt_block *t, uint32_t nt)
 {
     static lm_insp s;
-    int rc = lm_insp_stream(&s, p, n, t, nt);
+    int rc = lm_insp_stream(&s, p, n, t, nt, NULL);
     CHECK(rc == s.err.code && rc <= 0);
     CHECK(s.size == n && s.valid <= n);
     if (rc < 0) {

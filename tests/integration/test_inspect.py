@@ -8,7 +8,8 @@ pages sent with data (ram.normal), zero pages (ram.duplicate) and bytes
 (ram.transferred); with the guest stopped, every page of every block is
 sent exactly once.  Scenarios: a stopped guest, a running guest with the
 bulk device and switchover-ack, multifd with zstd compression (one file
-per channel, read together).  Then damaged copies of a real capture: cut
+per channel, read together; the compressed data decoded, and found bad
+when a byte of it is flipped).  Then damaged copies of a real capture: cut
 short (mid-record and on a record boundary), bytes flipped in the HELLO
 and in record headers, an empty file, a foreign file and a QEMU stream,
 each refused with exit code 1 and an error naming what and at which
@@ -16,6 +17,7 @@ offset (in the text and in --json)."""
 
 import json
 import os
+import re
 
 from lmtest import (LIVEMIG, Runner, check, check_eq, dest_uri, log, run_cli, set_caps,
                     set_params, wait_status, wait_until)
@@ -171,6 +173,24 @@ def multifd_zstd(t):
     check(comp > 0, "no compressed pages: %r", j["totals"])
     check(j["totals"]["compressed_bytes"] < comp * 4096,
           "zstd did not shrink text pages: %r", j["totals"])
+    # --records lists every record; the first packet with data holds the
+    # start of the channel's zstd frame: a flipped byte there is found by
+    # decoding it (a destination's check), at that record's offset.
+    jr, _ = inspect_json(["--records", mfd[0]["file"], main[0]["file"]])
+    lst = jr["files"][0]["record_list"]
+    check_eq(len(lst), jr["files"][0]["record_count"], "--records: records listed")
+    check_eq(lst[-1]["type"], "EOS", "--records: last record")
+    pk = [r for r in lst if r["type"] == "MULTIFD_PAGES" and
+          int(re.search(r"(\d+) data bytes", r["detail"]).group(1)) > 0][0]
+    dlen = int(re.search(r"(\d+) data bytes", pk["detail"]).group(1))
+    blob = pk["offset"] + 8 + pk["len"] - dlen
+    p = damaged(t, mfd[0]["file"], "zstd-flip", lambda d: d[:blob] + bytes([d[blob] ^ 0xff]) +
+                d[blob + 1:])
+    rc, out, err = run_cli(["inspect", "--json", p, main[0]["file"]])
+    e = json.loads(out)["files"][0]["error"]
+    check(rc == 1 and e and e["offset"] == pk["offset"] and
+          "MULTIFD_PAGES packet" in e["message"], "corrupt zstd data: %d %r", rc, e)
+    log("zstd-flip: %s" % e["message"])
     # Alone, a multifd channel has no block table: still valid, counted.
     j1, _ = inspect_json([mfd[0]["file"]])
     check(j1["valid"] and j1["files"][0]["multifd"]["data_pages"] ==
