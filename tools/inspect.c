@@ -543,8 +543,10 @@ static int role_rank(const infile *f)
     lm_hello h;
     lm_error e = {0};
     if (f->len < LM_HELLO_SIZE || lm_fmt_hello_decode(f->buf, f->len, &h, &e) <= 0)
-        return 3;
-    return h.role == LM_ROLE_MAIN ? 0 : h.role == LM_ROLE_PREEMPT ? 1 : 2;
+        return 4;
+    if (h.role == LM_ROLE_MAIN) /* a recovery's main channel (RESUME) after the first */
+        return h.kind == LM_HELLO_RESUME || h.kind == LM_HELLO_ACCEPT ? 1 : 0;
+    return h.role == LM_ROLE_PREEMPT ? 2 : 3;
 }
 
 static void inspect_file(infile *f, const lm_insp *main_ch, bool records)

@@ -197,6 +197,43 @@ def multifd_zstd(t):
           mfd[0]["multifd"]["data_pages"], "multifd channel alone: %r", j1["files"][0])
 
 
+@R.test("postcopy with a preempt channel: the switch, discards and requests")
+def postcopy(t):
+    caps = {"postcopy-ram": True, "postcopy-preempt": True}
+    src = t.guest("src", mem="64M", workload="hot", hot_size="8M", fill="random", seed=1)
+    dst = t.dest("dst", defer=True, caps=caps, mem="64M", workload="hot", hot_size="8M", seed=2)
+    set_caps(src, caps)
+    set_params(src, {"max-bandwidth": 20 * 1000 * 1000, "downtime-limit": 1})
+    rec = os.path.join(t.tmpdir, "cap")
+    os.mkdir(rec)
+    px = t.proxy(dest_uri(dst), record=rec)
+    src.qmp.execute("migrate", {"uri": px.uri})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4000000, 30,
+               "4 MB of precopy sent")
+    src.qmp.execute("migrate-start-postcopy")
+    info = wait_status(src, "completed", 60)
+    wait_status(dst, "completed", 20)
+    px.close()
+    log("source ram: %r" % info["ram"])
+    paths = files(rec)
+    check_eq(len(paths), 2, "connections (main + preempt)")
+    j, _ = inspect_json(paths)
+    check(j["valid"], "capture invalid: %r", [f["error"] for f in j["files"]])
+    main = j["files"][0]
+    check_main(main, ("postcopy-ram", "postcopy-preempt"))
+    check_counts(j, info)
+    check(main["postcopy_run_offset"] is not None and
+          main["switchover_offset"] < main["postcopy_run_offset"], "POSTCOPY_RUN: %r", main)
+    discarded = sum(b["discarded_pages"] for b in main["blocks"])
+    check(discarded > 0, "no POSTCOPY_DISCARD pages")
+    check_eq(j["files"][1]["hello"]["role"], "preempt", "second channel's role")
+    # the destination's requests: on the preempt channel's other direction
+    jr, _ = inspect_json(files(rec, "to-src"))
+    check(jr["valid"], "return paths invalid: %r", [f["error"] for f in jr["files"]])
+    reqs = sum(f["records"].get("RP_REQ_PAGES", {}).get("count", 0) for f in jr["files"])
+    check_eq(reqs, info["ram"]["postcopy-requests"], "RP_REQ_PAGES records (postcopy-requests)")
+
+
 def damaged(t, src_path, name, mutate):
     with open(src_path, "rb") as f:
         data = bytearray(f.read())
