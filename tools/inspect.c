@@ -271,11 +271,11 @@ static void print_text(const infile *f, FILE *o)
         size_t i;
         json_t *r;
         json_array_foreach(f->list, i, r) {
-            fprintf(o, "  %-12" JSON_INTEGER_FORMAT " %-18s %9" JSON_INTEGER_FORMAT "  %s\n",
+            const char *d = json_string_value(json_object_get(r, "detail"));
+            fprintf(o, "  %-12" JSON_INTEGER_FORMAT " %-18s %9" JSON_INTEGER_FORMAT "%s%s\n",
                     json_integer_value(json_object_get(r, "offset")),
                     json_string_value(json_object_get(r, "type")),
-                    json_integer_value(json_object_get(r, "len")),
-                    json_string_value(json_object_get(r, "detail")));
+                    json_integer_value(json_object_get(r, "len")), d[0] ? "  " : "", d);
         }
     }
     if (s->err.code)

@@ -231,7 +231,12 @@ def postcopy(t):
     jr, _ = inspect_json(files(rec, "to-src"))
     check(jr["valid"], "return paths invalid: %r", [f["error"] for f in jr["files"]])
     reqs = sum(f["records"].get("RP_REQ_PAGES", {}).get("count", 0) for f in jr["files"])
-    check_eq(reqs, info["ram"]["postcopy-requests"], "RP_REQ_PAGES records (postcopy-requests)")
+    # Every request the source counted went through the proxy; none the
+    # destination did not send (a last one may cross the source's end).
+    sent = dst.query_migrate().get("x-postcopy", {}).get("requests")
+    check(info["ram"]["postcopy-requests"] <= reqs <= sent,
+          "RP_REQ_PAGES records %d: source counted %d, destination sent %s", reqs,
+          info["ram"]["postcopy-requests"], sent)
 
 
 def damaged(t, src_path, name, mutate):
