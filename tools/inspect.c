@@ -571,13 +571,28 @@ static void inspect_file(infile *f, const lm_insp *main_ch, bool records)
         hooks.record = list_record;
     }
     lm_insp_stream(f->in, f->buf, f->len, nb ? table : NULL, nb, &hooks);
-    if (main_ch && f->in->have_hello &&
-        memcmp(f->in->hello.session, main_ch->hello.session, LM_SESSION_ID_LEN) != 0 &&
-        !f->in->err.code) {
+    /* The channels of one migration agree on what their HELLOs negotiate
+     * (a destination refuses a channel that does not). */
+    const lm_hello *h = &f->in->hello, *mh = main_ch ? &main_ch->hello : NULL;
+    if (!mh || !f->in->have_hello || f->in->err.code)
+        return;
+    if (memcmp(h->session, mh->session, LM_SESSION_ID_LEN) != 0) {
         f->in->err_off = 16;
         lm_error_set(&f->in->err, -EPROTO,
                      "stream offset 16: HELLO session differs from the main channel's (another "
                      "migration's capture?)");
+    } else if (h->features != mh->features) {
+        f->in->err_off = 32;
+        lm_error_set(&f->in->err, -EPROTO,
+                     "stream offset 32: HELLO features 0x%" PRIx64
+                     " differ from the main channel's 0x%" PRIx64,
+                     h->features, mh->features);
+    } else if (h->chan_count != mh->chan_count) {
+        f->in->err_off = 10;
+        lm_error_set(&f->in->err, -EPROTO,
+                     "stream offset 10: HELLO multifd channel count %u differs from the main "
+                     "channel's %u",
+                     h->chan_count, mh->chan_count);
     }
 }
 

@@ -118,6 +118,16 @@ static int on_section(lm_insp *s, const lm_fmt_rec *r)
             sec->offset = r->offset;
         }
     } else {
+        if (!sec && s->hello.kind == LM_HELLO_RESUME && s->nsections < LM_INSP_MAX_SECTIONS) {
+            /* A recovery's channel goes on with sections its migration's
+             * first main channel opened: bound there, not checkable here. */
+            sec = &s->sections[s->nsections++];
+            memset(sec, 0, sizeof *sec);
+            sec->id = h->section_id;
+            snprintf(sec->name, sizeof sec->name, "(opened before the recovery)");
+            sec->iterable = true;
+            sec->offset = r->offset;
+        }
         if (!sec || !sec->iterable) {
             snprintf(m, sizeof m, "%s: section id %" PRIu32 " has no SECTION_START before it", tn,
                      h->section_id);
@@ -156,6 +166,14 @@ static int check_place(lm_insp *s, const lm_fmt_rec *r)
     else if (s->to_dst && h->role == LM_ROLE_MULTIFD && t != LM_REC_MULTIFD_PAGES &&
              t != LM_REC_MULTIFD_SYNC && t != LM_REC_EOS && t != LM_REC_ERROR)
         why = "on a multifd channel (which carries MULTIFD_PAGES, MULTIFD_SYNC, EOS)";
+    else if (s->to_dst && h->role == LM_ROLE_PREEMPT && t != LM_REC_RAM_PAGES &&
+             t != LM_REC_RAM_ZERO && t != LM_REC_EOS && t != LM_REC_ERROR)
+        why = "on a preempt channel (which carries RAM_PAGES, RAM_ZERO, EOS)";
+    else if (!s->to_dst && h->role == LM_ROLE_PREEMPT && t != LM_REC_RP_REQ_PAGES &&
+             t != LM_REC_ERROR)
+        why = "on a preempt channel's return direction (which carries RP_REQ_PAGES)";
+    else if (t == LM_REC_POSTCOPY_RESUME && h->kind != LM_HELLO_RESUME)
+        why = "outside a channel opened with HELLO RESUME (a postcopy recovery)";
     else if (t == LM_REC_MULTIFD_FLUSH && !(h->features & LM_FEAT_MULTIFD))
         why = "without the MULTIFD feature in the HELLO";
     else if ((t == LM_REC_POSTCOPY_DISCARD || t == LM_REC_POSTCOPY_RUN) &&
@@ -398,7 +416,12 @@ int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_bloc
         if (s->err.code) /* ours, from the callback */
             return s->err.code;
         s->err_off = s->valid; /* the walker stops at the record after the last good one */
-        return lm_error_set(&s->err, e.code, "%s", e.msg);
+        bool own_table = s->hello.role == LM_ROLE_MAIN && s->hello.kind != LM_HELLO_RESUME;
+        return lm_error_set(&s->err, e.code, "%s%s", e.msg,
+                            !s->nblocks && !own_table && strstr(e.msg, "before any RAM_BLOCKS")
+                                ? " (this channel has no block table of its own: inspect it "
+                                  "together with its migration's main channel)"
+                                : "");
     }
     if ((size_t)rc < len)
         return truncated(s, buf, len, (size_t)rc);

@@ -789,6 +789,36 @@ static void gen_inspect(void)
     s.b[LM_HELLO_SIZE + LM_REC_HDR_SIZE + 8] = 9; /* compression 9 */
     insp("multifd-bad-comp", &s, s.len);
 
+    /* a recovery's main channel (the table is its first main channel's:
+     * the fuzz target passes one) and a preempt channel */
+    s.len = 0;
+    lm_hello rs = hello_of(LM_ROLE_MAIN, LM_HELLO_RESUME);
+    rs.features = LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    hello(&s, &rs);
+    u32rec(&s, LM_REC_PING, 9);
+    rec(&s, LM_REC_POSTCOPY_RESUME, NULL, 0);
+    pages(&s, 0, 5, 1, 4096);
+    zero(&s, 1, 0, 1);
+    section(&s, LM_REC_SECTION_END, 1, "", "");
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("resume", &s, s.len);
+    s.len = 0;
+    lm_hello pre = hello_of(LM_ROLE_PREEMPT, LM_HELLO_REQUEST);
+    pre.features = LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    hello(&s, &pre);
+    pages(&s, 0, 9, 1, 4096);
+    zero(&s, 0, 10, 2);
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("preempt", &s, s.len);
+    s.len = 0;
+    pre.kind = LM_HELLO_ACCEPT;
+    hello(&s, &pre);
+    lm_ram_run rq = {.block = 0, .count = 1, .first_page = 9};
+    uint8_t rqb[16];
+    lm_fmt_req_pages_encode(&rq, rqb, sizeof rqb);
+    rec(&s, LM_REC_RP_REQ_PAGES, rqb, 16);
+    insp("preempt-requests", &s, s.len);
+
     write_file("fuzz_inspect", "foreign-elf",
                "\x7f"
                "ELF\x02\x01\x01\0\0\0",

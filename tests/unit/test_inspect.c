@@ -167,6 +167,32 @@ static void test_given_table(void **state)
     assert_int_equal(in.err_off, LM_HELLO_SIZE);
 }
 
+/* A recovery's main channel and a preempt channel, with the table of
+ * their migration's first main channel. */
+static void test_recovery_preempt(void **state)
+{
+    static sbuf s;
+    size_t off;
+    uint8_t v[4] = {7, 0, 0, 0};
+    hello(&s, LM_ROLE_MAIN, LM_HELLO_RESUME, LM_FEAT_POSTCOPY);
+    rec(&s, LM_REC_PING, v, 4);
+    rec(&s, LM_REC_POSTCOPY_RESUME, NULL, 0);
+    pages(&s, 0, 1, 1);
+    section(&s, LM_REC_SECTION_END, 3, "", 0); /* opened on the first channel */
+    rec(&s, LM_REC_EOS, NULL, 0);
+    assert_int_equal(lm_insp_stream(&in, s.b, s.len, table, 2, NULL), 0);
+    assert_int_equal(in.nsections, 1);
+    assert_int_equal(in.sections[0].id, 3);
+
+    hello(&s, LM_ROLE_MAIN, LM_HELLO_REQUEST, LM_FEAT_POSTCOPY);
+    off = rec(&s, LM_REC_POSTCOPY_RESUME, NULL, 0);
+    assert_refused(&s, off, "outside a channel opened with HELLO RESUME");
+
+    hello(&s, LM_ROLE_PREEMPT, LM_HELLO_REQUEST, LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT);
+    off = rec(&s, LM_REC_PING, v, 4);
+    assert_refused(&s, off, "on a preempt channel");
+}
+
 /* The whole-stream checks, each at its record's offset. */
 static void test_refusals(void **state)
 {
@@ -237,7 +263,8 @@ static void test_refusals(void **state)
     off = pages(&s, 0, 0, 2);
     rec(&s, LM_REC_EOS, NULL, 0);
     s.len = off + 100;
-    assert_refused(&s, off, "RAM_PAGES record truncated: 8 + 8208 bytes announced, 100 in the file");
+    assert_refused(&s, off,
+                   "RAM_PAGES record truncated: 8 + 8208 bytes announced, 100 in the file");
     s.len = off + 5;
     assert_refused(&s, off, "record header truncated: 5 of 8 bytes");
     s.len = 40;
@@ -298,9 +325,9 @@ static void test_hooks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_counts),    cmocka_unit_test(test_given_table),
-        cmocka_unit_test(test_refusals),  cmocka_unit_test(test_detect),
-        cmocka_unit_test(test_hooks),
+        cmocka_unit_test(test_counts),   cmocka_unit_test(test_given_table),
+        cmocka_unit_test(test_refusals), cmocka_unit_test(test_detect),
+        cmocka_unit_test(test_hooks),    cmocka_unit_test(test_recovery_preempt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
