@@ -4,7 +4,9 @@
  * child-process management, and the entry points of the subcommands.
  *
  * The tool uses only the public header (include/livemig.h), like curl's tool
- * uses only libcurl.  Exit codes: 0 success, 1 failure, 2 usage error.
+ * uses only libcurl; inspect.c alone also reads src/format/inspect.h (the
+ * wire format is not public API, and inspect must decode it with the
+ * library's own decoders).  Exit codes: 0 success, 1 failure, 2 usage error.
  */
 #ifndef LM_TOOLS_CLI_H
 #define LM_TOOLS_CLI_H
@@ -155,6 +157,9 @@ void usage_postcopy(FILE *f);
 int cmd_recover(int argc, char **argv);
 void usage_recover(FILE *f);
 int cmd_demo(int argc, char **argv);
+/* inspect.c: the one tool file on the library's internal format/ headers. */
+int cmd_inspect(int argc, char **argv);
+void usage_inspect(FILE *f);
 
 void usage_guest(FILE *f);
 void usage_migrate(FILE *f);

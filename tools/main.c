@@ -4,8 +4,9 @@
  * the QMP drivers migrate, status, cancel and postcopy, recover.c for
  * recover and migrate --auto-recover (mig_end.c: how a migration ends, the
  * summary and the postcopy policy; their display and --plot samples in
- * watch.c, progress.c and plot.c).  The tool uses only
- * include/livemig.h (and cairo for the pictures).
+ * watch.c, progress.c and plot.c), inspect.c for inspect.  The tool uses
+ * only include/livemig.h (and cairo for the pictures), except inspect.c,
+ * which decodes the wire format with the library's internal decoders.
  */
 #include "cli.h"
 
@@ -26,6 +27,7 @@ static const subcmd subcmds[] = {
     {"cancel", cmd_cancel, usage_cancel, "cancel a host's outgoing migration"},
     {"postcopy", cmd_postcopy, usage_postcopy, "switch a host's outgoing migration to postcopy"},
     {"recover", cmd_recover, usage_recover, "recover a paused postcopy migration (both sides)"},
+    {"inspect", cmd_inspect, usage_inspect, "decode and validate a captured migration stream"},
     {"demo", cmd_demo, usage_demo, "migrate a live 1 GiB guest on this machine and verify it"},
     {NULL, NULL, NULL, NULL},
 };

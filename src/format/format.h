@@ -319,4 +319,50 @@ typedef int (*lm_fmt_walk_fn)(void *opaque, const lm_rec_hdr *h, const uint8_t *
 long lm_fmt_walk(const uint8_t *buf, size_t len, bool expect_hello, lm_fmt_walk_fn cb, void *opaque,
                  lm_error *err);
 
+/* One record as the walker decoded it: where it is, its header, and its
+ * payload through the type's decoder (valid only during the callback). */
+typedef struct lm_fmt_rec {
+    size_t offset; /* of the record header, from the start of the buffer */
+    lm_rec_hdr hdr;
+    const uint8_t *payload; /* hdr.len bytes */
+    union {
+        lm_section_hdr section; /* SECTION_*: data is payload[data_off .. len) */
+        lm_ram_run run;         /* RAM_PAGES, RP_REQ_PAGES */
+        lm_ram_zero zero;       /* RAM_ZERO, POSTCOPY_DISCARD */
+        lm_mfd_pages mfd;       /* MULTIFD_PAGES */
+        lm_recv_bitmap bitmap;  /* RP_RECV_BITMAP */
+        lm_status_msg status;   /* ERROR, RP_SHUT */
+        uint64_t u64;           /* RAM_PASS, MULTIFD_FLUSH/SYNC, RP_RESUME_ACK */
+        uint32_t u32;           /* PING, RP_PONG */
+        struct {
+            uint32_t count;
+        } ack; /* ACK_DEVICES */
+        struct {
+            uint32_t section_id;
+            uint8_t state;
+        } dev_ack; /* RP_DEVICE_ACK */
+    } u;
+    uint32_t data_off; /* SECTION_*: the section header's size */
+    /* The block table in force after this record (NULL before any). */
+    const lm_fmt_block *blocks;
+    uint32_t nblocks;
+} lm_fmt_rec;
+
+typedef int (*lm_fmt_walk_rec_fn)(void *opaque, const lm_fmt_rec *r);
+
+typedef struct lm_fmt_walk_cfg {
+    bool expect_hello;
+    lm_hello *hello; /* when non-NULL, gets the decoded HELLO */
+    /* A table to start with (a multifd channel's stream carries none: its
+     * main channel's), or NULL; a RAM_BLOCKS record replaces it. */
+    const lm_fmt_block *blocks;
+    uint32_t nblocks;
+    lm_fmt_walk_rec_fn cb; /* may be NULL */
+    void *opaque;
+} lm_fmt_walk_cfg;
+
+/* lm_fmt_walk with every record handed out decoded (`livemig inspect`).
+ * Same return values; a callback's negative value stops the walk. */
+long lm_fmt_walk_rec(const uint8_t *buf, size_t len, const lm_fmt_walk_cfg *cfg, lm_error *err);
+
 #endif /* LM_FORMAT_H */

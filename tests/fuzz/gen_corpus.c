@@ -1,7 +1,8 @@
 /*
- * gen_corpus.c - writes the seed corpora of fuzz_stream and fuzz_hello:
- * valid streams and HELLOs built with the encoders, plus truncated and
- * mutated variants that each hit one of the decoders' checks.  Not built
+ * gen_corpus.c - writes the seed corpora of fuzz_stream, fuzz_hello and
+ * fuzz_inspect: valid streams and HELLOs built with the encoders, plus
+ * truncated and mutated variants that each hit one of the decoders' (and
+ * the inspector's) checks.  Not built
  * by CMake (it is not a fuzz target); build and run it by hand:
  *
  *   cc -D_GNU_SOURCE -I include -I src tests/fuzz/gen_corpus.c \
@@ -676,6 +677,156 @@ static void gen_hello(void)
     write_file("fuzz_hello", "trunc-47", b, 47);
 }
 
+/* ------------------------------------------------ inspect (whole files) */
+
+static void insp(const char *name, const sbuf *s, size_t len)
+{
+    write_file("fuzz_inspect", name, s->b, len);
+}
+
+/* A multifd channel: HELLO, uncompressed MULTIFD_PAGES, SYNC, EOS. */
+static void multifd_chan(sbuf *s)
+{
+    s->len = 0;
+    lm_hello h = hello_of(LM_ROLE_MULTIFD, LM_HELLO_REQUEST);
+    hello(s, &h);
+    lm_mfd_pages p = {.block = 0,
+                      .normal = 2,
+                      .zero = 1,
+                      .compression = LM_MFD_COMP_NONE,
+                      .data_len = 2 * 4096,
+                      .packet_num = 1};
+    uint64_t idx[3] = {4, 9, 10};
+    uint8_t b[LM_MFD_HDR_SIZE + 24];
+    lm_fmt_mfd_pages_hdr_encode(&p, b, sizeof b);
+    lm_fmt_mfd_index_encode(idx, 3, b + LM_MFD_HDR_SIZE, 24);
+    uint8_t rh[LM_REC_HDR_SIZE];
+    lm_fmt_rec_hdr_encode(LM_REC_MULTIFD_PAGES, sizeof b + 2 * 4096, rh, sizeof rh);
+    raw(s, rh, sizeof rh);
+    raw(s, b, sizeof b);
+    static uint8_t data[2 * 4096];
+    data[0] = 4;
+    data[4096] = 9;
+    raw(s, data, sizeof data);
+    u64rec(s, LM_REC_MULTIFD_SYNC, 1);
+    rec(s, LM_REC_EOS, NULL, 0);
+}
+
+static void gen_inspect(void)
+{
+    static sbuf s;
+    precopy(&s, true);
+    size_t full = s.len;
+    insp("precopy", &s, full);
+    insp("trunc-hello", &s, 30);
+    insp("trunc-rec-hdr", &s, LM_HELLO_SIZE + 5);
+    insp("trunc-mid", &s, full / 2);
+    insp("no-eos", &s, full - LM_REC_HDR_SIZE);
+    sbuf m = s;
+    m.b[LM_HELLO_SIZE] = 0x55; /* record type */
+    insp("flip-type", &m, full);
+    m = s;
+    m.b[LM_HELLO_SIZE + 6] = 0x7f; /* RAM_BLOCKS length: far past the end */
+    insp("flip-len", &m, full);
+    m = s;
+    m.b[2] = 'X';
+    insp("flip-magic", &m, full);
+    m = s;
+    m.b[34] = 0x40; /* feature bit 14 */
+    insp("flip-feature", &m, full);
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("after-eos", &s, s.len);
+
+    /* postcopy, with the feature */
+    precopy(&s, true);
+    s.len -= LM_REC_HDR_SIZE;
+    put64(s.b + 32, LM_FEAT_POSTCOPY);
+    discard(&s, 0, 3, 5);
+    rec(&s, LM_REC_POSTCOPY_RUN, NULL, 0);
+    u32rec(&s, LM_REC_PING, 2);
+    pages(&s, 0, 3, 1, 4096);
+    zero(&s, 0, 4, 4);
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("postcopy", &s, s.len);
+    put64(s.b + 32, 0);
+    insp("postcopy-no-feature", &s, s.len);
+
+    /* sections out of order */
+    s.len = 0;
+    lm_hello h = hello_of(LM_ROLE_MAIN, LM_HELLO_REQUEST);
+    hello(&s, &h);
+    blocks(&s, guest_blocks, 2);
+    section(&s, LM_REC_SECTION_PART, 4, "", "orphan");
+    insp("section-orphan", &s, s.len);
+    s.len = LM_HELLO_SIZE;
+    blocks(&s, guest_blocks, 2);
+    section(&s, LM_REC_SECTION_START, 1, "nic", "");
+    section(&s, LM_REC_SECTION_START, 1, "disk", "");
+    insp("section-rebound", &s, s.len);
+    s.len = LM_HELLO_SIZE;
+    section(&s, LM_REC_SECTION_START, 1, "nic", "");
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("section-no-end", &s, s.len);
+    s.len = LM_HELLO_SIZE;
+    u32rec(&s, LM_REC_RP_PONG, 1);
+    insp("rp-in-source-stream", &s, s.len);
+
+    /* the destination's direction */
+    s.len = 0;
+    lm_hello acc = hello_of(LM_ROLE_MAIN, LM_HELLO_ACCEPT);
+    hello(&s, &acc);
+    u32rec(&s, LM_REC_RP_PONG, 1);
+    status(&s, LM_REC_RP_SHUT, 0, "");
+    insp("return-path", &s, s.len);
+    s.len = 0;
+    lm_hello rej = hello_of(LM_ROLE_MAIN, LM_HELLO_REJECT);
+    hello(&s, &rej);
+    status(&s, LM_REC_ERROR, -EPROTO, "HELLO: features differ");
+    insp("reject", &s, s.len);
+
+    multifd_chan(&s);
+    insp("multifd-chan", &s, s.len);
+    s.b[LM_HELLO_SIZE + LM_REC_HDR_SIZE + 8] = 9; /* compression 9 */
+    insp("multifd-bad-comp", &s, s.len);
+
+    /* a recovery's main channel (the table is its first main channel's:
+     * the fuzz target passes one) and a preempt channel */
+    s.len = 0;
+    lm_hello rs = hello_of(LM_ROLE_MAIN, LM_HELLO_RESUME);
+    rs.features = LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    hello(&s, &rs);
+    u32rec(&s, LM_REC_PING, 9);
+    rec(&s, LM_REC_POSTCOPY_RESUME, NULL, 0);
+    pages(&s, 0, 5, 1, 4096);
+    zero(&s, 1, 0, 1);
+    section(&s, LM_REC_SECTION_END, 1, "", "");
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("resume", &s, s.len);
+    s.len = 0;
+    lm_hello pre = hello_of(LM_ROLE_PREEMPT, LM_HELLO_REQUEST);
+    pre.features = LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    hello(&s, &pre);
+    pages(&s, 0, 9, 1, 4096);
+    zero(&s, 0, 10, 2);
+    rec(&s, LM_REC_EOS, NULL, 0);
+    insp("preempt", &s, s.len);
+    s.len = 0;
+    pre.kind = LM_HELLO_ACCEPT;
+    hello(&s, &pre);
+    lm_ram_run rq = {.block = 0, .count = 1, .first_page = 9};
+    uint8_t rqb[16];
+    lm_fmt_req_pages_encode(&rq, rqb, sizeof rqb);
+    rec(&s, LM_REC_RP_REQ_PAGES, rqb, 16);
+    insp("preempt-requests", &s, s.len);
+
+    write_file("fuzz_inspect", "foreign-elf",
+               "\x7f"
+               "ELF\x02\x01\x01\0\0\0",
+               10);
+    write_file("fuzz_inspect", "foreign-qemu", "QEVM\0\0\0\x03", 8);
+    write_file("fuzz_inspect", "short-magic", "LMI", 3);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -686,5 +837,6 @@ int main(int argc, char **argv)
     mkdir(root, 0755);
     gen_stream();
     gen_hello();
+    gen_inspect();
     return 0;
 }

@@ -21,6 +21,11 @@ On command, from the test's thread:
   resume()     forwarding starts again (what the black hole held is then
                delivered), and waiting connections are accepted.
 
+With record=DIR, the proxy also writes what it forwards: connection N
+(from 0, in accept order) to DIR/chan-N.to-dst (the source's bytes) and
+DIR/chan-N.to-src (the destination's), as `socat` or `nc` in the middle
+would capture a migration for `livemig inspect`.
+
 The proxy is one thread of the test process, bounded by `lifetime` seconds
 and stopped by close() (Ctx cleanup calls it); it never touches a process.
 """
@@ -51,6 +56,7 @@ class _Pair:
     def __init__(self, down, up):
         self.down = down  # accepted from the source
         self.up = up      # connected to the destination
+        self.rec = {}     # socket -> file of what was read from it (record=DIR)
         self.buf = {down: b"", up: b""}  # bytes waiting to be written TO that socket
         self.bytes = {down: 0, up: 0}    # bytes forwarded from that socket
 
@@ -59,11 +65,12 @@ class _Pair:
 
 
 class Proxy:
-    def __init__(self, target, listen="tcp", tmpdir=None, lifetime=120.0):
+    def __init__(self, target, listen="tcp", tmpdir=None, lifetime=120.0, record=None):
         """target: the destination's URI (tcp:HOST:PORT or unix:PATH).
         listen: "tcp" (127.0.0.1, ephemeral port) or "unix" (a socket
-        in tmpdir)."""
+        in tmpdir).  record: a directory to capture every connection in."""
         self.target = target
+        self.record = record
         if listen == "tcp":
             self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -170,6 +177,8 @@ class Proxy:
         with self._lock:
             if p in self._pairs:
                 self._pairs.remove(p)
+        for f in p.rec.values():
+            f.close()
         for s in (p.down, p.up):
             if rst:
                 _rst_close(s)
@@ -194,8 +203,13 @@ class Proxy:
                 self.errors.append(str(e))
                 _rst_close(c)
                 continue
+            p = _Pair(c, up)
+            if self.record:
+                n = self.pairs_total
+                p.rec[c] = open(os.path.join(self.record, "chan-%d.to-dst" % n), "wb")
+                p.rec[up] = open(os.path.join(self.record, "chan-%d.to-src" % n), "wb")
             with self._lock:
-                self._pairs.append(_Pair(c, up))
+                self._pairs.append(p)
                 self.pairs_total += 1
 
     def _pump(self, p, s, events):
@@ -232,6 +246,8 @@ class Proxy:
                 return False
             p.bytes[s] += len(d)
             p.buf[other] += d
+            if s in p.rec:
+                p.rec[s].write(d)
         return True
 
     def _run(self):
@@ -286,6 +302,8 @@ class Proxy:
                         s.close()
                     except OSError:
                         pass
+                for f in p.rec.values():
+                    f.close()
             for _, ev in cmds:
                 ev.set()
             try:

@@ -964,12 +964,14 @@ class Ctx:
         self.closers.append(s.close)
         return s
 
-    def proxy(self, target, listen="tcp", lifetime=120.0):
+    def proxy(self, target, listen="tcp", lifetime=120.0, record=None):
         """A fault-injection proxy (lmproxy.Proxy) in front of `target` (a
         destination's URI), listening on tcp or unix; closed by cleanup
-        after the guests are stopped."""
+        after the guests are stopped.  record: a directory where it captures
+        each connection (lmproxy's chan-N.to-dst / chan-N.to-src)."""
         import lmproxy
-        p = lmproxy.Proxy(target, listen=listen, tmpdir=self.tmpdir, lifetime=scaled(lifetime))
+        p = lmproxy.Proxy(target, listen=listen, tmpdir=self.tmpdir, lifetime=scaled(lifetime),
+                          record=record)
         self.closers.append(p.close)
         return p
 
