@@ -323,6 +323,11 @@ typedef struct lm_info {
      * QEMU's downtime leaves out); 0 when unknown */
     uint64_t switch_pause_us;
     uint64_t bandwidth; /* ours: measured wire bandwidth, B/s */
+    /* ours, source, precopy: bytes written but not yet delivered (what the
+     * kernel holds for the sockets, and multifd batches not yet sent), at
+     * the last 100 ms update; and at the switchover decision, which
+     * counts them as pending (0 until it happened) */
+    uint64_t queued_bytes, switchover_queued_bytes;
     uint64_t dirty_sync_missed_zero_copy;
     unsigned multifd_channels; /* ours: channels of this migration (0: none) */
     lm_multifd_chan_stats multifd_chan[LM_MULTIFD_MAX_CHANNELS];

@@ -58,7 +58,9 @@ typedef struct lm_stats {
     uint64_t transferred;
     uint64_t mbps_x1000; /* mbps * 1000 */
     uint64_t pages_per_second;
-    uint64_t bandwidth; /* B/s, wire speed estimate */
+    uint64_t bandwidth;         /* B/s, wire speed estimate */
+    uint64_t queued;            /* bytes written, not delivered (last update) */
+    uint64_t switchover_queued; /* ... at the switchover decision */
     int64_t expected_downtime_ms;
     uint64_t downtime_us;
     uint64_t switch_pause_us; /* postcopy: guest stopped until the destination ran */

@@ -40,6 +40,7 @@ typedef struct lm_outgoing {
     uint64_t bandwidth; /* B/s used for threshold and expectation */
     uint64_t threshold; /* bytes */
     unsigned extra_rounds;
+    uint64_t last_queued; /* queued bytes at the last decision (op_queued) */
     /* Round trip of a PING: the smallest seen, because one queued behind
      * page data (or answered by a destination busy populating memory)
      * measures that instead of the confirmation at switchover.  At most one

@@ -111,6 +111,7 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     if (dt < LM_RATE_WINDOW_NS)
         return;
     uint64_t queued = g->o.postcopy ? 0 : queued_bytes(g);
+    LM_ATOMIC_SET(&st->queued, queued);
     uint64_t delivered = bytes > queued ? bytes - queued : 0;
     /* A multifd write may be counted by the kernel before its channel
      * counts it: never a negative window. */
@@ -172,7 +173,10 @@ static int op_iterate(void *opaque, uint64_t budget, bool in_postcopy, lm_error 
 
 static uint64_t op_queued(void *opaque)
 {
-    return queued_bytes(opaque);
+    lm_outgoing *g = opaque;
+    uint64_t q = queued_bytes(g);
+    g->last_queued = q;
+    return q;
 }
 
 /* Below this, waiting cannot shorten the pause by more than a millisecond
@@ -321,6 +325,7 @@ static int op_complete(void *opaque, uint64_t pending, lm_error *err)
     lm_mig *m = g->m;
     LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
                   (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
+    LM_ATOMIC_SET(&m->stats.switchover_queued, g->last_queued);
     uint64_t t0 = lm_now_ns();
     int ret = switchover_start(g, err);
     if (ret == -ECANCELED)
@@ -347,6 +352,7 @@ static int op_start_postcopy(void *opaque, lm_error *err)
 {
     lm_outgoing *g = opaque;
     lm_mig *m = g->m;
+    LM_ATOMIC_SET(&m->stats.switchover_queued, g->last_queued);
     LM_ATOMIC_SET(&g->pc_t0, lm_now_ns());
     int ret = switchover_start(g, err);
     if (ret == -ECANCELED)
