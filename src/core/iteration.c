@@ -25,7 +25,7 @@ lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_i
          * threshold is 0, and 0 <= 0 would complete without looking at
          * what the guest dirtied meanwhile, all of it then sent in the
          * pause. */
-        if (pending == 0 || pending < st->threshold) {
+        if (pending == 0 || pending < st->threshold || st->force_sync) {
             ops->pending(opaque, true, &must, &can, err);
             if (err && err->code) {
                 *ret = err->code;

@@ -26,6 +26,7 @@ typedef struct lm_iter_state {
     bool start_postcopy; /* migrate-start-postcopy was called */
     uint64_t threshold;  /* bytes: bandwidth x downtime-limit */
     uint64_t budget;     /* bytes the rate limiter allows in this window */
+    bool force_sync;     /* a throttle is on and no sync for 5 s (throttle.c) */
 } lm_iter_state;
 
 /* The actions a step may take.  opaque is the caller's. */
@@ -60,7 +61,9 @@ typedef struct lm_iter_ops {
 /* One step (seed 000):
  *  - the cheap estimate every step;
  *  - precopy only: the exact pending when the estimate is under the
- *    threshold (or zero: a finished pass always syncs);
+ *    threshold (or zero: a finished pass always syncs), or when
+ *    force_sync says a throttle's decisions are due (QEMU's 5 s dirty
+ *    sync timer of auto-converge);
  *  - precopy only: what the kernel still holds for the sockets (queued)
  *    counts as pending for every decision below: the pause drains it
  *    before the destination can confirm, so on a slow link it is most of

@@ -114,6 +114,14 @@ json_t *lm_qmp_info_json(const lm_info *in)
         lm_qmp_put(o, "x-queued-bytes", lm_qmp_ju64(in->queued_bytes));
         lm_qmp_put(o, "x-switchover-queued-bytes", lm_qmp_ju64(in->switchover_queued_bytes));
     }
+    /* As QEMU: only while the throttle is in force. */
+    if (in->cpu_throttle_percentage)
+        lm_qmp_put(o, "cpu-throttle-percentage", json_integer(in->cpu_throttle_percentage));
+    if (in->dirty_limit_mbps) {
+        lm_qmp_put(o, "dirty-limit-throttle-time-per-round",
+                   lm_qmp_ju64(in->dirty_limit_throttle_us));
+        lm_qmp_put(o, "x-dirty-limit-mbps", lm_qmp_ju64(in->dirty_limit_mbps));
+    }
     /* Destination, after a switch to postcopy: fault and request counts,
      * and with postcopy-blocktime the remote fault latency (fault read to
      * placement) as QEMU's log2 histogram plus percentiles. */

@@ -290,6 +290,23 @@ static void test_queued_counts_in_precopy(void **state)
     assert_int_equal(p.pc_completes, 1);
 }
 
+/* A throttle's 5 s rule forces the exact pending (a dirty sync) even far
+ * over the threshold; never in postcopy. */
+static void test_force_sync(void **state)
+{
+    lm_iter_state st = PRECOPY(100);
+    st.force_sync = true;
+    fake f = {.est_must = 1 << 30, .exact_must = 1 << 30};
+    assert_int_equal(step(&f, st), LM_ITER_RESUME);
+    assert_int_equal(f.exacts, 1);
+    assert_int_equal(f.iterates, 1);
+
+    lm_iter_state pc = {.in_postcopy = true, .force_sync = true};
+    fake p = {.est_can = 5};
+    step(&p, pc);
+    assert_int_equal(p.exacts, 0);
+}
+
 /* An error of the exact pending (a failed sync) ends the loop. */
 static void failing_exact(void *o, bool exact, uint64_t *must, uint64_t *can, lm_error *err)
 {
@@ -367,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_ack_gates_completion),
         cmocka_unit_test(test_extra_round),
         cmocka_unit_test(test_queued_counts_in_precopy),
+        cmocka_unit_test(test_force_sync),
         cmocka_unit_test(test_sync_error_breaks),
         cmocka_unit_test(test_ram_postcopy_complete_sends_nothing),
     };
