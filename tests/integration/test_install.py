@@ -10,8 +10,8 @@ directory (test-install/):
             prefix): livemig.pc, written at install time, names it.
 
 Then checks the layout, the soname links and that the shared library
-exports exactly the LM_API functions of the installed header (in version
-node LIVEMIG_0.1, as cmake/livemig.map lists them), and builds a copy of
+exports exactly the LM_API functions of the installed header, each in the
+version node cmake/livemig.map puts it in (LIVEMIG_0.1, LIVEMIG_0.2, ...), and builds a copy of
 examples/embed outside the source tree (so no relative path can reach the
 source's include/) twice: with its Makefile against stage/ and with its
 CMakeLists.txt against prefix/, both through pkg-config only.  The two
@@ -41,7 +41,18 @@ PREFIX = os.path.join(WORK, "prefix")
 STAGE_PREFIX = "/usr/local"
 STAGED = STAGE + STAGE_PREFIX  # where the DESTDIR install's files are
 SONAME = "liblivemig.so.0"
-VERSION_NODE = "LIVEMIG_0.1"
+
+
+def map_nodes():
+    """cmake/livemig.map as {function: version node}, and the nodes in order."""
+    with open(os.path.join(SRC, "cmake/livemig.map")) as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    where, nodes = {}, []
+    for m in re.finditer(r"(LIVEMIG_[\d.]+)\s*\{(.*?)\}", text, re.S):
+        nodes.append(m.group(1))
+        for fn in re.findall(r"^\s+(lm_\w+);", m.group(2), re.M):
+            where[fn] = m.group(1)
+    return where, nodes
 BUILD_S = 120  # bound on one install or build command
 
 
@@ -145,30 +156,29 @@ def layout(t):
               "livemig.pc lacks Libs.private: %s", pc)
 
 
-@R.test("liblivemig.so exports exactly the LM_API functions of livemig.h, in " + VERSION_NODE)
+@R.test("liblivemig.so exports exactly the LM_API functions of livemig.h, in their version nodes")
 def exports(t):
     install()
     api = api_functions(os.path.join(PREFIX, "include/livemig.h"))
     check(len(api) > 40, "found only %d LM_API functions in livemig.h: %s", len(api), api)
-    with open(os.path.join(SRC, "cmake/livemig.map")) as f:
-        mapped = sorted(set(re.findall(r"^\s+(lm_\w+);", f.read(), re.M)))
-    check_eq(mapped, api, "functions in cmake/livemig.map vs LM_API in livemig.h")
+    where, map_order = map_nodes()
+    check_eq(sorted(where), api, "functions in cmake/livemig.map vs LM_API in livemig.h")
     out = run(["nm", "-D", "--defined-only", "--format=posix",
                os.path.join(PREFIX, "lib", SONAME)], "nm -D")
-    exported, unversioned, nodes = [], [], []
+    exported, misplaced, nodes = [], [], []
     for line in out.splitlines():
         name, kind = line.split()[:2]
-        if kind == "A":  # the version node's own symbol
+        if kind == "A":  # a version node's own symbol
             nodes.append(name)
             continue
         base, _, ver = name.partition("@@")
         exported.append(base)
-        if ver != VERSION_NODE:
-            unversioned.append(name)
-    check_eq(nodes, [VERSION_NODE], "version nodes")
+        if ver != where.get(base):
+            misplaced.append("%s (want %s)" % (name, where.get(base)))
+    check_eq(sorted(nodes), sorted(map_order), "version nodes")
     check_eq(sorted(exported), api, "exported symbols vs LM_API functions")
-    check(not unversioned, "exports not in %s: %s", VERSION_NODE, unversioned)
-    log("%d exported functions, all LM_API, all %s" % (len(exported), VERSION_NODE))
+    check(not misplaced, "exports not in their map's node: %s", misplaced)
+    log("%d exported functions, all LM_API, in nodes %s" % (len(exported), ", ".join(map_order)))
 
 
 def toolchain():
