@@ -57,7 +57,7 @@ extern "C" {
  * report it.  MAJOR is the shared library's soname number; MINOR grows
  * with compatible additions, MICRO with fixes. */
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 1
+#define LM_VERSION_MINOR 2
 #define LM_VERSION_MICRO 0
 #define LM_VERSION_STR_(x) #x
 #define LM_VERSION_XSTR_(x) LM_VERSION_STR_(x)
