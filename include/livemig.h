@@ -57,7 +57,7 @@ extern "C" {
  * report it.  MAJOR is the shared library's soname number; MINOR grows
  * with compatible additions, MICRO with fixes. */
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 1
+#define LM_VERSION_MINOR 2
 #define LM_VERSION_MICRO 0
 #define LM_VERSION_STR_(x) #x
 #define LM_VERSION_XSTR_(x) LM_VERSION_STR_(x)
@@ -235,11 +235,11 @@ typedef struct lm_params {
     uint8_t multifd_zstd_level;                 /* 0..20, default 1 */
     lm_zero_page_detection zero_page_detection; /* default multifd */
     uint64_t xbzrle_cache_size;                 /* default only: 64 MiB */
-    uint8_t throttle_trigger_threshold;         /* default only: 50 */
-    uint8_t cpu_throttle_initial;               /* default only: 20 */
-    uint8_t cpu_throttle_increment;             /* default only: 10 */
-    bool cpu_throttle_tailslow;                 /* default only: false */
-    uint8_t max_cpu_throttle;                   /* default only: 99 */
+    uint8_t throttle_trigger_threshold;         /* 1..100 %, default 50 */
+    uint8_t cpu_throttle_initial;               /* 1..99 %, default 20 */
+    uint8_t cpu_throttle_increment;             /* 1..99 %, default 10 */
+    bool cpu_throttle_tailslow;                 /* default false */
+    uint8_t max_cpu_throttle;                   /* 1..99 %, default 99 */
     /* default only: 50, 550, 5, 100 */
     uint64_t announce_initial, announce_max, announce_rounds, announce_step;
     /* ms; a postcopy peer silent this long (nothing read on the main
@@ -247,6 +247,11 @@ typedef struct lm_params {
      * migration; 0 = never (only errors pause); 200..3600000; default
      * 10000.  Each side uses its own. */
     uint64_t x_postcopy_timeout_ms;
+    /* ---- 0.2 ---- dirty-limit: the cap on each vCPU's dirty rate, MB/s
+     * (>= 1, default 1, QEMU's), and the period over which the host
+     * enforces it, ms (1..1000, default 1000) */
+    uint64_t vcpu_dirty_limit;
+    uint64_t x_vcpu_dirty_limit_period;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -271,6 +276,8 @@ typedef enum lm_param {
     LM_PARAM_ANNOUNCE_ROUNDS,
     LM_PARAM_ANNOUNCE_STEP,
     LM_PARAM_X_POSTCOPY_TIMEOUT_MS,
+    LM_PARAM_VCPU_DIRTY_LIMIT,
+    LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD,
     LM_PARAM__MAX
 } lm_param;
 
@@ -344,6 +351,20 @@ typedef struct lm_info {
     uint64_t pc_lat_count, pc_lat_p50_us, pc_lat_p99_us, pc_lat_max_us;
     char error_desc[LM_ERROR_MSG_MAX]; /* empty when none */
     char socket_address[128];          /* destination: actual listening address */
+    /* ---- 0.2 (lm_mig_query@LIVEMIG_0.2) ---- */
+    /* ours, source, precopy: bytes written but not yet delivered (what the
+     * kernel holds for the sockets, and multifd batches not yet sent), at
+     * the last 100 ms update; and at the switchover decision, which
+     * counts them as pending (0 until it happened) */
+    uint64_t queued_bytes, switchover_queued_bytes;
+    /* source: auto-converge's current CPU throttle, 0..99 (QEMU's
+     * cpu-throttle-percentage); dirty-limit: the cap in force per vCPU in
+     * MB/s (0: none) and the longest time a vCPU slept for it in one
+     * x-vcpu-dirty-limit-period, µs, as the host reported it (QEMU's
+     * dirty-limit-throttle-time-per-round) */
+    uint32_t cpu_throttle_percentage;
+    uint64_t dirty_limit_mbps;
+    uint64_t dirty_limit_throttle_us;
 } lm_info;
 
 /* ---------------------------------------------------------------- events */
@@ -385,6 +406,27 @@ typedef struct lm_host_ops {
 
 typedef struct lm_mig lm_mig;
 
+/* What a source asks of its host to make a guest that dirties memory
+ * faster than the link converge (QEMU's auto-converge and dirty-limit
+ * capabilities, digest §3.8).  All zero: no throttle. */
+typedef struct lm_throttle {
+    /* auto-converge: the share of time every vCPU sleeps, 0..99 %.  QEMU's
+     * mechanism: in each cycle of 10 ms / (1 - pct) a vCPU runs 10 ms and
+     * sleeps the rest. */
+    unsigned cpu_percent;
+    /* dirty-limit: at most this many bytes dirtied per vCPU and second,
+     * enforced per period_ms (a vCPU over its share sleeps to the end of
+     * the period); 0 = none. */
+    uint64_t dirty_limit_bps;
+    unsigned period_ms;
+} lm_throttle;
+
+/* Called on the migration thread whenever the throttle changes, and with
+ * all zero when the migration ends (completed, failed, cancelled) or
+ * switches to postcopy.  Must not block for long nor call back into the
+ * library, except lm_mig_throttle_report(). */
+typedef void (*lm_throttle_fn)(void *opaque, const lm_throttle *t);
+
 /* Creates the migration object of a host.  initial: LM_RUN_RUNNING for a
  * host that starts running, LM_RUN_PAUSED for one that starts stopped,
  * LM_RUN_INMIGRATE for a destination (QEMU's -incoming: the only kind
@@ -395,6 +437,16 @@ LM_API int lm_mig_new(const lm_host_ops *ops, void *opaque, lm_runstate initial,
 /* Cancels any migration, joins the library's threads, frees.  Blocks until
  * they have exited (bounded: all I/O is shut down first).  NULL is a no-op. */
 LM_API void lm_mig_free(lm_mig *m);
+
+/* Gives the library a way to throttle the host's vCPUs, which the
+ * auto-converge and dirty-limit capabilities need: a migration with
+ * either on fails to start without it.  Only while no migration runs;
+ * fn NULL removes it.  Blocks: no.  (0.2) */
+LM_API int lm_mig_set_throttle(lm_mig *m, lm_throttle_fn fn, void *opaque, lm_error *err);
+/* The host reports how long its most throttled vCPU slept for the
+ * dirty limit in the last period, µs (query-migrate's
+ * dirty-limit-throttle-time-per-round).  Any thread.  (0.2) */
+LM_API void lm_mig_throttle_report(lm_mig *m, uint64_t slept_us);
 
 /* Registers a RAM block.  The memory [base, base+len) is borrowed: the host
  * keeps it mapped (anonymous private, memfd or shmem) until lm_mig_free().

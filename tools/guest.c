@@ -33,6 +33,7 @@
  */
 #include "cli.h"
 #include "guest_bulk.h"
+#include "guest_throttle.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -81,6 +82,7 @@ typedef struct worker {
      * worker while it runs, and by the loader only while it is parked. */
     uint64_t rng;
     uint64_t cursor;
+    gthr_worker thr; /* this thread's throttle account */
 } worker;
 
 struct guest {
@@ -121,6 +123,7 @@ struct guest {
     uint64_t start_ms;
 
     worker workers[MAX_THREADS];
+    gthr thr; /* the library's throttle (auto-converge, dirty-limit) */
     unsigned nstarted;
     pthread_t stats_thread;
     bool stats_started;
@@ -520,6 +523,24 @@ static void *worker_run(void *arg)
         write_pair(g, w->id + k * step);
         __atomic_store_n(&w->writes, w->writes + 1, __ATOMIC_RELAXED);
 
+        /* The library's throttle: sleep where it says, and do not catch
+         * up afterwards (the pacing restarts from now). */
+        if (g->thr.pct || g->thr.limit_bps) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+            uint64_t ns = gthr_step(&g->thr, &w->thr, now_ns, PAGE);
+            if (ns) {
+                struct timespec until = now;
+                timespec_add_ns(&until, ns);
+                if (!nap(g, &until))
+                    break;
+                gthr_slept(&g->thr, &w->thr, ns);
+                clock_gettime(CLOCK_MONOTONIC, &deadline);
+                left = batch;
+            }
+        }
+
         if (paced && --left == 0) {
             left = batch;
             timespec_add_ns(&deadline, period_ns);
@@ -846,10 +867,19 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
     }
     if (!devs)
         return lm_error_set(err, -ENOMEM, "out of memory");
-    return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i, s:o}", "writes",
+    /* What the library's throttle asks now, and how long the workload
+     * threads slept for it in all. */
+    json_t *thr = json_pack("{s:i, s:I, s:I}", "cpu-percent", (int)g->thr.pct, "dirty-limit-bps",
+                            (json_int_t)g->thr.limit_bps, "slept-ns", (json_int_t)g->thr.slept_ns);
+    if (!thr) {
+        json_decref(devs);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i, s:o, s:o}", "writes",
                            (json_int_t)total_writes(g), "rate", (json_int_t)recent_rate(g),
                            "running", running, "mem", (json_int_t)g->mem, "workload",
-                           workload_names[g->wl], "threads", (int)g->nthreads, "devices", devs),
+                           workload_names[g->wl], "threads", (int)g->nthreads, "devices", devs,
+                           "throttle", thr),
                  ret_json, err);
 }
 
@@ -1187,6 +1217,11 @@ int cmd_guest(int argc, char **argv)
         lm_ram_add(g->m, "ram1", g->ram[1].base, g->ram[1].len, PAGE, &err) < 0 ||
         lm_ram_add(g->m, "ledger", g->ledger_r.base, g->ledger_r.len, PAGE, &err) < 0 ||
         lm_device_register(g->m, "cpu", 0, 1, &cpu_ops, g, &err) < 0) {
+        cli_err("guest", "%s", err.msg);
+        goto out;
+    }
+    gthr_init(&g->thr, g->m);
+    if (lm_mig_set_throttle(g->m, gthr_set, &g->thr, &err) < 0) {
         cli_err("guest", "%s", err.msg);
         goto out;
     }

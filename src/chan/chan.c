@@ -23,6 +23,8 @@
 #include "chan/chan.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -181,6 +183,14 @@ int lm_chan_fd(const lm_chan *c)
 uint64_t lm_chan_bytes_written(const lm_chan *c)
 {
     return atomic_load_explicit(&((lm_chan *)c)->bytes_written, memory_order_relaxed);
+}
+
+uint64_t lm_chan_queued(const lm_chan *c)
+{
+    int n = 0;
+    if (c->fd < 0 || c->no_sendmsg || ioctl(c->fd, SIOCOUTQ, &n) < 0 || n < 0)
+        return 0;
+    return (uint64_t)n;
 }
 
 uint64_t lm_chan_bytes_read(const lm_chan *c)

@@ -113,6 +113,12 @@ void lm_chan_set_error(lm_chan *c, int code, const char *msg);
 int lm_chan_get_error(lm_chan *c, lm_error *err);
 
 uint64_t lm_chan_bytes_written(const lm_chan *c); /* relaxed atomic reads */
+/* Bytes written but not yet delivered: what the kernel still holds for
+ * the socket (SIOCOUTQ: TCP's unsent and unacknowledged bytes, a unix
+ * socket's bytes the peer has not read yet), 0 for a pipe or file.  On a
+ * shaped or slow link this is tens of milliseconds of data that a pause
+ * must still drain.  Any thread; a snapshot. */
+uint64_t lm_chan_queued(const lm_chan *c);
 /* Caps the bytes one read or write syscall moves (0: no cap; any thread).
  * This kernel kind runs without kernel preemption: a 1 MiB copy in one
  * syscall keeps the CPU from a woken thread for its whole length, so

@@ -58,7 +58,12 @@ typedef struct lm_stats {
     uint64_t transferred;
     uint64_t mbps_x1000; /* mbps * 1000 */
     uint64_t pages_per_second;
-    uint64_t bandwidth; /* B/s, wire speed estimate */
+    uint64_t bandwidth;         /* B/s, wire speed estimate */
+    uint64_t queued;            /* bytes written, not delivered (last update) */
+    uint64_t switchover_queued; /* ... at the switchover decision */
+    uint64_t cpu_throttle_pct;  /* auto-converge in force */
+    uint64_t dirty_limit_mbps;  /* dirty-limit in force (0: none) */
+    uint64_t dl_throttle_us;    /* the host's lm_mig_throttle_report */
     int64_t expected_downtime_ms;
     uint64_t downtime_us;
     uint64_t switch_pause_us; /* postcopy: guest stopped until the destination ran */
@@ -143,7 +148,9 @@ struct lm_mig {
     struct lm_incoming *paused_in;
     bool recovering;
     char name[LM_NAME_MAX + 1]; /* QEMU's -name, "" when none */
-    uint8_t uuid[16];           /* QEMU's -uuid, zeros by default */
+    lm_throttle_fn thr_fn;      /* lm_mig_set_throttle (set only while idle) */
+    void *thr_opaque;
+    uint8_t uuid[16]; /* QEMU's -uuid, zeros by default */
     /* --- end of lock group --- */
 
     lm_stats stats; /* relaxed atomics, see above */

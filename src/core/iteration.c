@@ -7,7 +7,7 @@
 lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_iter_state *st,
                                 lm_error *err, int *ret)
 {
-    uint64_t must = 0, can = 0;
+    uint64_t must = 0, can = 0, queued = 0;
     bool complete_ready, held_by_ack = false;
 
     /* Fast path: the cheap estimate. */
@@ -25,7 +25,7 @@ lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_i
          * threshold is 0, and 0 <= 0 would complete without looking at
          * what the guest dirtied meanwhile, all of it then sent in the
          * pause. */
-        if (pending == 0 || pending < st->threshold) {
+        if (pending == 0 || pending < st->threshold || st->force_sync) {
             ops->pending(opaque, true, &must, &can, err);
             if (err && err->code) {
                 *ret = err->code;
@@ -33,20 +33,21 @@ lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_i
             }
             pending = must + can;
         }
+        queued = ops->queued(opaque);
         /* Switch to postcopy when asked, once what must go in precopy
          * fits the threshold and the switchover is allowed. */
-        if (must <= st->threshold && st->can_switchover && st->start_postcopy) {
+        if (must + queued <= st->threshold && st->can_switchover && st->start_postcopy) {
             *ret = ops->start_postcopy(opaque, err);
             return *ret < 0 ? LM_ITER_BREAK : LM_ITER_SKIP;
         }
-        complete_ready = st->can_switchover && pending <= st->threshold;
-        held_by_ack = !st->can_switchover && pending <= st->threshold;
-        if (complete_ready && ops->another_round_pays(opaque, pending))
+        complete_ready = st->can_switchover && pending + queued <= st->threshold;
+        held_by_ack = !st->can_switchover && pending + queued <= st->threshold;
+        if (complete_ready && ops->another_round_pays(opaque, pending, queued))
             complete_ready = false;
     }
     if (complete_ready) {
         *ret = st->in_postcopy ? ops->complete_postcopy(opaque, err)
-                               : ops->complete(opaque, pending, err);
+                               : ops->complete(opaque, pending + queued, err);
         return LM_ITER_BREAK;
     }
     int r = ops->iterate(opaque, st->budget, st->in_postcopy, err);
@@ -56,5 +57,7 @@ lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_i
     }
     if (r == 1 && held_by_ack)
         ops->wait_ack(opaque);
+    else if (r == 1 && queued)
+        ops->wait_drain(opaque, queued);
     return LM_ITER_RESUME;
 }

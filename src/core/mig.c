@@ -296,6 +296,17 @@ int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error 
     }
     uint64_t next = (m->caps & ~mask) | (values & mask);
     ret = lm_caps_check(next, err);
+    /* As QEMU refuses dirty-limit without a dirty ring: the throttles need
+     * the host's hook. */
+    static const lm_cap throttles[] = {LM_CAP_AUTO_CONVERGE, LM_CAP_DIRTY_LIMIT};
+    for (unsigned i = 0; ret == 0 && !m->thr_fn && i < 2; i++) {
+        lm_cap c = throttles[i];
+        if ((next & (1ull << c)) && !(m->caps & (1ull << c)))
+            ret = lm_error_set(err, -ENOTSUP,
+                               "capability '%s' needs a host that can throttle its vCPUs "
+                               "(lm_mig_set_throttle); this one cannot",
+                               lm_cap_name(c));
+    }
     /* The probe above covered the set it saw; another caller may have
      * turned postcopy-ram off and on meanwhile, which only needed the same
      * probe. */
@@ -344,6 +355,8 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
     TAKE(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);
     TAKE(LM_PARAM_ANNOUNCE_STEP, announce_step);
     TAKE(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, x_postcopy_timeout_ms);
+    TAKE(LM_PARAM_VCPU_DIRTY_LIMIT, vcpu_dirty_limit);
+    TAKE(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, x_vcpu_dirty_limit_period);
 #undef TAKE
     /* A running migration thread picks these up at once (it waits on
      * cond between rate windows). */
@@ -367,6 +380,29 @@ int lm_mig_start(lm_mig *m, const char *uri, bool resume, lm_error *err)
     if (!uri)
         return lm_error_set(err, -EINVAL, "migrate: missing 'uri'");
     return resume ? lm_outgoing_resume(m, uri, err) : lm_outgoing_start(m, uri, err);
+}
+
+int lm_mig_set_throttle(lm_mig *m, lm_throttle_fn fn, void *opaque, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&m->lock);
+    if (lm_status_is_active(m->status))
+        ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
+    else if (!fn && (m->caps & ((1ull << LM_CAP_AUTO_CONVERGE) | (1ull << LM_CAP_DIRTY_LIMIT))))
+        ret = lm_error_set(err, -EBUSY,
+                           "capability 'auto-converge' or 'dirty-limit' is on: turn it "
+                           "off before removing the throttle");
+    else {
+        m->thr_fn = fn;
+        m->thr_opaque = opaque;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ret;
+}
+
+void lm_mig_throttle_report(lm_mig *m, uint64_t slept_us)
+{
+    LM_ATOMIC_SET(&m->stats.dl_throttle_us, slept_us);
 }
 
 int lm_mig_recover(lm_mig *m, const char *uri, lm_error *err)

@@ -164,7 +164,9 @@ int lm_og_connect_preempt(lm_outgoing *g, lm_error *err)
 static lm_iter_state iter_state(lm_outgoing *g)
 {
     lm_mig *m = g->m;
-    lm_iter_state st = {.threshold = g->threshold, .budget = lm_rl_budget(&g->rl)};
+    lm_iter_state st = {.threshold = g->threshold,
+                        .budget = lm_rl_budget(&g->rl),
+                        .force_sync = lm_thr_sync_due(g, lm_now_ns())};
     pthread_mutex_lock(&m->lock);
     st.in_postcopy =
         m->status == LM_STATUS_POSTCOPY_ACTIVE || m->status == LM_STATUS_POSTCOPY_DEVICE;
@@ -477,6 +479,7 @@ static void *migration_thread_fn(void *arg)
     int ret = setup(g, caps, &err);
     if (ret < 0)
         goto out;
+    lm_thr_start(g, caps);
     uint64_t now = lm_now_ns();
     LM_ATOMIC_SET(&m->stats.setup_time_ms, (now - LM_ATOMIC_GET(&m->stats.start_ns)) / 1000000);
     if (!lm_state_set(m, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
@@ -501,6 +504,7 @@ void lm_og_end(lm_outgoing *g, int ret, lm_error *err)
     if (ret < 0 && !err->code)
         lm_error_set(err, ret, "migration failed");
     drop_own_fd(g);
+    lm_thr_end(g); /* before a failed migration resumes the guest */
     finish(g, ret, err);
     if (!g->paused) {
         free(g);

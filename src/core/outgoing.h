@@ -7,6 +7,7 @@
 #define LM_CORE_OUTGOING_H
 
 #include "core/internal.h"
+#include "core/throttle.h"
 
 #define LM_CONNECT_TIMEOUT_MS 10000
 #define LM_HELLO_TIMEOUT_MS 10000
@@ -40,6 +41,13 @@ typedef struct lm_outgoing {
     uint64_t bandwidth; /* B/s used for threshold and expectation */
     uint64_t threshold; /* bytes */
     unsigned extra_rounds;
+    uint64_t last_queued; /* queued bytes at the last decision (op_queued) */
+    /* auto-converge / dirty-limit (throttle.c): on for this migration,
+     * the rule's state, the cap last given to the host */
+    bool thr_on;
+    uint64_t thr_caps;
+    lm_thr thr;
+    uint64_t thr_applied_mbps;
     /* Round trip of a PING: the smallest seen, because one queued behind
      * page data (or answered by a destination busy populating memory)
      * measures that instead of the confirmation at switchover.  At most one
@@ -87,6 +95,11 @@ void lm_sw_account_rl(lm_outgoing *g);
 void lm_sw_wait_until(lm_outgoing *g, uint64_t deadline_ns);
 /* ... and the steps lm_iteration_run takes (its ops, opaque: g). */
 extern const struct lm_iter_ops lm_sw_iter_ops;
+/* throttle.c: starts (after setup) and ends (host told: no throttle) the
+ * throttling of this migration; the 5 s sync rule. */
+void lm_thr_start(lm_outgoing *g, uint64_t caps);
+void lm_thr_end(lm_outgoing *g);
+bool lm_thr_sync_due(const lm_outgoing *g, uint64_t now);
 /* Bytes written on the preempt channel (requested pages). */
 uint64_t lm_sw_preempt_bytes(const lm_outgoing *g);
 

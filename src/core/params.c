@@ -64,7 +64,7 @@ static const struct {
 } caps[LM_CAP__MAX] = {
     [LM_CAP_XBZRLE] = {"xbzrle", false},
     [LM_CAP_RDMA_PIN_ALL] = {"rdma-pin-all", false},
-    [LM_CAP_AUTO_CONVERGE] = {"auto-converge", false},
+    [LM_CAP_AUTO_CONVERGE] = {"auto-converge", true},
     [LM_CAP_ZERO_BLOCKS] = {"zero-blocks", false},
     [LM_CAP_EVENTS] = {"events", true},
     [LM_CAP_POSTCOPY_RAM] = {"postcopy-ram", true},
@@ -86,7 +86,7 @@ static const struct {
     [LM_CAP_ZERO_COPY_SEND] = {"zero-copy-send", false},
     [LM_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", true},
     [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
-    [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", false},
+    [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", true},
     [LM_CAP_MAPPED_RAM] = {"mapped-ram", false},
 };
 
@@ -158,6 +158,8 @@ static const char *const param_names[LM_PARAM__MAX] = {
     [LM_PARAM_ANNOUNCE_ROUNDS] = "announce-rounds",
     [LM_PARAM_ANNOUNCE_STEP] = "announce-step",
     [LM_PARAM_X_POSTCOPY_TIMEOUT_MS] = "x-postcopy-timeout-ms",
+    [LM_PARAM_VCPU_DIRTY_LIMIT] = "vcpu-dirty-limit",
+    [LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD] = "x-vcpu-dirty-limit-period",
 };
 
 const char *lm_param_name(lm_param p)
@@ -199,6 +201,8 @@ void lm_params_default(lm_params *p)
     p->announce_rounds = 5;
     p->announce_step = 100;
     p->x_postcopy_timeout_ms = LM_POSTCOPY_TIMEOUT_DEFAULT_MS;
+    p->vcpu_dirty_limit = 1;
+    p->x_vcpu_dirty_limit_period = 1000;
 }
 
 static const char *const compress_names[] = {"none", "zlib", "zstd", "lz4"};
@@ -238,11 +242,10 @@ int lm_zpd_from_name(const char *name, lm_zero_page_detection *out)
 
 #define P(x) (1ull << (x))
 
-/* Parameters the engine stores but does not act on: they tune xbzrle,
- * auto-converge (the CPU throttle) and the destination's self-announce,
- * none of which this build has.  Each is accepted with its default value
- * only (management software sets them routinely, usually to the default),
- * so a setting never silently does nothing. */
+/* Parameters the engine stores but does not act on: they tune xbzrle
+ * and the destination's self-announce, neither of which this build has.  Each is accepted with its
+ * default value only (management software sets them routinely, usually to the default), so a
+ * setting never silently does nothing. */
 static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
 {
     lm_params d;
@@ -254,21 +257,11 @@ static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
                         "accepted)",                                                               \
                         param_names[id], (unsigned long long)d.field)
     ONLY_DEFAULT(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size);
-    ONLY_DEFAULT(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, throttle_trigger_threshold);
-    ONLY_DEFAULT(LM_PARAM_CPU_THROTTLE_INITIAL, cpu_throttle_initial);
-    ONLY_DEFAULT(LM_PARAM_CPU_THROTTLE_INCREMENT, cpu_throttle_increment);
-    ONLY_DEFAULT(LM_PARAM_MAX_CPU_THROTTLE, max_cpu_throttle);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_INITIAL, announce_initial);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_MAX, announce_max);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_STEP, announce_step);
 #undef ONLY_DEFAULT
-    if ((which & P(LM_PARAM_CPU_THROTTLE_TAILSLOW)) &&
-        p->cpu_throttle_tailslow != d.cpu_throttle_tailslow)
-        return lm_error_set(err, -ENOTSUP,
-                            "Parameter 'cpu-throttle-tailslow' is not supported (only its "
-                            "default, %s, is accepted)",
-                            d.cpu_throttle_tailslow ? "true" : "false");
     return 0;
 }
 
@@ -320,6 +313,16 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
         return lm_error_set(err, -EINVAL,
                             "Parameter 'max-cpu-throttle' expects an integer in "
                             "the range of 1 to 99");
+    /* QEMU: vcpu-dirty-limit >= 1 MB/s, x-vcpu-dirty-limit-period 1..1000 ms. */
+    if ((which & P(LM_PARAM_VCPU_DIRTY_LIMIT)) &&
+        (p->vcpu_dirty_limit < 1 || p->vcpu_dirty_limit > (UINT64_MAX >> 20)))
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'vcpu-dirty-limit' expects a value of at least 1 (MB/s)");
+    if ((which & P(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD)) &&
+        (p->x_vcpu_dirty_limit_period < 1 || p->x_vcpu_dirty_limit_period > 1000))
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'x-vcpu-dirty-limit-period' expects an integer in the "
+                            "range of 1 to 1000 ms");
     if ((which & P(LM_PARAM_ANNOUNCE_INITIAL)) && p->announce_initial > 100000)
         return lm_error_set(err, -EINVAL,
                             "Parameter 'announce-initial' expects a value of at most 100000");

@@ -56,6 +56,11 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->postcopy_bytes =
         LM_ATOMIC_GET(&st->out.postcopy_bytes) + LM_ATOMIC_GET(&st->mfd.postcopy_bytes);
     out->bandwidth = LM_ATOMIC_GET(&st->bandwidth);
+    out->queued_bytes = LM_ATOMIC_GET(&st->queued);
+    out->switchover_queued_bytes = LM_ATOMIC_GET(&st->switchover_queued);
+    out->cpu_throttle_percentage = (uint32_t)LM_ATOMIC_GET(&st->cpu_throttle_pct);
+    out->dirty_limit_mbps = LM_ATOMIC_GET(&st->dirty_limit_mbps);
+    out->dirty_limit_throttle_us = out->dirty_limit_mbps ? LM_ATOMIC_GET(&st->dl_throttle_us) : 0;
     out->multifd_bytes = LM_ATOMIC_GET(&st->mfd.bytes);
     out->multifd_channels = LM_ATOMIC_GET(&st->mfd.channels);
     for (unsigned i = 0; i < out->multifd_channels && i < LM_MULTIFD_MAX_CHANNELS; i++) {

@@ -16,7 +16,10 @@
 /* Below this many bytes left, another live round cannot shorten the pause
  * by more than a fraction of a millisecond at loopback speeds. */
 #define ADAPTIVE_MIN_PENDING (1ull << 20)
+#define ADAPTIVE_MIN_FLOOR (64u << 10)
 #define ADAPTIVE_MAX_EXTRA_ROUNDS 10
+#define DRAIN_WAIT_MIN_NS 2000000ull
+#define DRAIN_WAIT_MAX_NS 50000000ull
 
 uint64_t lm_sw_preempt_bytes(const lm_outgoing *g)
 {
@@ -44,6 +47,19 @@ static uint64_t switchover_bw(const lm_outgoing *g)
     if (g->params.avail_switchover_bandwidth)
         return g->params.avail_switchover_bandwidth;
     return g->bandwidth;
+}
+
+/* Bytes written that the kernel still holds on the main and multifd
+ * channels (lm_chan_queued): on a link slower than the socket buffers
+ * (1 Gbit/s: tens of milliseconds of data) the pause must drain them
+ * before the destination can confirm.  Counted into every switchover
+ * decision (iteration.h) and out of the bandwidth estimate. */
+static uint64_t queued_bytes(lm_outgoing *g)
+{
+    uint64_t q = lm_chan_queued(g->chan);
+    if (g->o.mfd)
+        q += lm_mfd_send_queued(g->o.mfd);
+    return q;
 }
 
 /* Expected downtime in µs for `pending` bytes: the final sync (its cost was
@@ -81,7 +97,10 @@ int lm_sw_send_ping(lm_outgoing *g)
  * is the wire speed measured in windows that were not held back by
  * max-bandwidth, because at switchover the limit is lifted: the pause runs
  * at wire speed.  Until such a window exists, the measured (limited) rate
- * is used, as QEMU does. */
+ * is used, as QEMU does.  Unlike QEMU, the rate is of bytes delivered
+ * (written minus what the kernel still holds), not of bytes written: the
+ * first windows fill the socket buffers at memory speed, and a link
+ * slower than the buffers would be overestimated by their size. */
 void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
 {
     lm_mig *m = g->m;
@@ -91,7 +110,12 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
         return;
-    uint64_t wb = bytes - g->win_start_bytes;
+    uint64_t queued = g->o.postcopy ? 0 : queued_bytes(g);
+    LM_ATOMIC_SET(&st->queued, queued);
+    uint64_t delivered = bytes > queued ? bytes - queued : 0;
+    /* A multifd write may be counted by the kernel before its channel
+     * counts it: never a negative window. */
+    uint64_t wb = delivered > g->win_start_bytes ? delivered - g->win_start_bytes : 0;
     uint64_t pages = LM_ATOMIC_GET(&st->ram.normal) + LM_ATOMIC_GET(&st->ram.duplicate) +
                      LM_ATOMIC_GET(&st->mfd.normal) + LM_ATOMIC_GET(&st->mfd.zero);
     uint64_t rate = wb * 1000000000ull / dt;
@@ -109,14 +133,14 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     g->threshold = bw * g->params.downtime_limit / 1000;
     LM_ATOMIC_SET(&st->bandwidth, bw);
     if (bw && !g->o.postcopy) {
-        uint64_t pending = lm_ram_dirty_left(&m->ram) * LM_PAGE_SIZE;
+        uint64_t pending = lm_ram_dirty_left(&m->ram) * LM_PAGE_SIZE + queued;
         LM_ATOMIC_SET(&st->expected_downtime_ms,
                       (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
     }
     if (!LM_ATOMIC_GET(&g->ping_sent_ns))
         lm_sw_send_ping(g); /* a failure is the channel's sticky error: seen by the loop */
     g->win_start_ns = now;
-    g->win_start_bytes = bytes;
+    g->win_start_bytes = delivered > g->win_start_bytes ? delivered : g->win_start_bytes;
     g->win_start_pages = pages;
     g->win_throttled = false;
 }
@@ -147,29 +171,64 @@ static int op_iterate(void *opaque, uint64_t budget, bool in_postcopy, lm_error 
     return lm_savevm_iterate(&g->m->sv, &g->o, budget, in_postcopy, err);
 }
 
-/* Beyond QEMU: a pending set under the threshold may still be worth one
- * more live round when the guest dirties memory slowly compared with the
- * link, because the round shrinks what the pause must carry.  QEMU stops
- * as soon as pending <= threshold and spends up to the whole budget; we
- * stop when another round would not at least halve the pending set. */
-static bool op_another_round_pays(void *opaque, uint64_t pending)
+static uint64_t op_queued(void *opaque)
+{
+    lm_outgoing *g = opaque;
+    uint64_t q = queued_bytes(g);
+    g->last_queued = q;
+    return q;
+}
+
+/* Below this, waiting cannot shorten the pause by more than a millisecond
+ * of the link (and by ADAPTIVE_MIN_PENDING at most, a fraction of a
+ * millisecond at loopback speeds). */
+static uint64_t round_floor(uint64_t bw)
+{
+    uint64_t ms = bw / 1000;
+    if (ms > ADAPTIVE_MIN_PENDING)
+        ms = ADAPTIVE_MIN_PENDING;
+    return ms < ADAPTIVE_MIN_FLOOR ? ADAPTIVE_MIN_FLOOR : ms;
+}
+
+/* Beyond QEMU: what the pause would carry (pending plus queued) may fit
+ * the threshold and still be worth one more live round when the guest
+ * dirties memory slowly compared with the link, because the round - or
+ * letting the queued bytes drain while the guest runs - shrinks what the
+ * pause must carry.  QEMU stops as soon as pending <= threshold and
+ * spends up to the whole budget; we stop when another round would not at
+ * least halve it. */
+static bool op_another_round_pays(void *opaque, uint64_t pending, uint64_t queued)
 {
     lm_outgoing *g = opaque;
     lm_mig *m = g->m;
-    if (!m->ram.tracking || pending <= ADAPTIVE_MIN_PENDING ||
-        g->extra_rounds >= ADAPTIVE_MAX_EXTRA_ROUNDS)
-        return false;
     uint64_t bw = switchover_bw(g);
-    if (!bw)
+    uint64_t total = pending + queued;
+    if (!m->ram.tracking || !bw || total <= round_floor(bw) ||
+        g->extra_rounds >= ADAPTIVE_MAX_EXTRA_ROUNDS)
         return false;
     /* Dirtying speed seen by the last sync, in bytes/s. */
     uint64_t rate = LM_ATOMIC_GET(&m->stats.ram.dirty_pages_rate) * LM_PAGE_SIZE;
-    uint64_t round_ns = pending * 1000000000ull / bw + m->ram.last_sync_cost_ns;
+    uint64_t round_ns = total * 1000000000ull / bw + m->ram.last_sync_cost_ns;
     uint64_t next = rate * round_ns / 1000000000ull;
-    if (next * 2 >= pending)
+    if (next * 2 >= total)
         return false;
     g->extra_rounds++;
     return true;
+}
+
+/* Nothing to send, but bytes queued in the kernel: wait about as long as
+ * the link needs for them (at least 2 ms: each step may take a dirty
+ * sync; at most 50 ms: the decision is taken again with fresh figures). */
+static void op_wait_drain(void *opaque, uint64_t queued)
+{
+    lm_outgoing *g = opaque;
+    uint64_t bw = switchover_bw(g);
+    uint64_t ns = bw ? queued * 1000000000ull / bw : DRAIN_WAIT_MAX_NS;
+    if (ns < DRAIN_WAIT_MIN_NS)
+        ns = DRAIN_WAIT_MIN_NS;
+    if (ns > DRAIN_WAIT_MAX_NS)
+        ns = DRAIN_WAIT_MAX_NS;
+    lm_sw_wait_until(g, lm_now_ns() + ns);
 }
 
 /* Ready but for the ack, and nothing left to send right now: wait for the
@@ -266,6 +325,7 @@ static int op_complete(void *opaque, uint64_t pending, lm_error *err)
     lm_mig *m = g->m;
     LM_ATOMIC_SET(&m->stats.expected_downtime_ms,
                   (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
+    LM_ATOMIC_SET(&m->stats.switchover_queued, g->last_queued);
     uint64_t t0 = lm_now_ns();
     int ret = switchover_start(g, err);
     if (ret == -ECANCELED)
@@ -292,6 +352,7 @@ static int op_start_postcopy(void *opaque, lm_error *err)
 {
     lm_outgoing *g = opaque;
     lm_mig *m = g->m;
+    LM_ATOMIC_SET(&m->stats.switchover_queued, g->last_queued);
     LM_ATOMIC_SET(&g->pc_t0, lm_now_ns());
     int ret = switchover_start(g, err);
     if (ret == -ECANCELED)
@@ -378,7 +439,9 @@ static int op_complete_postcopy(void *opaque, lm_error *err)
 const lm_iter_ops lm_sw_iter_ops = {
     .pending = op_pending,
     .iterate = op_iterate,
+    .queued = op_queued,
     .another_round_pays = op_another_round_pays,
+    .wait_drain = op_wait_drain,
     .complete = op_complete,
     .complete_postcopy = op_complete_postcopy,
     .start_postcopy = op_start_postcopy,

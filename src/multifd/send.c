@@ -476,6 +476,19 @@ int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
     return ret;
 }
 
+uint64_t lm_mfd_send_queued(lm_mfd_send *s)
+{
+    uint64_t pages = s->cur ? s->cur->n : 0, q = 0;
+    pthread_mutex_lock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++)
+        for (unsigned k = 0; k < s->ch[i].nq; k++)
+            pages += s->ch[i].q[k]->n;
+    pthread_mutex_unlock(&s->lock);
+    for (unsigned i = 0; i < s->n; i++)
+        q += lm_chan_queued(s->ch[i].chan);
+    return q + pages * LM_PAGE_SIZE;
+}
+
 void lm_mfd_send_set_phase(lm_mfd_send *s, lm_mfd_phase phase)
 {
     s->phase = phase;

@@ -109,8 +109,19 @@ json_t *lm_qmp_info_json(const lm_info *in)
         lm_qmp_put(o, "error-desc", json_string(in->error_desc));
     if (in->socket_address[0])
         lm_qmp_put(o, "socket-address", socket_address_json(in->socket_address));
-    if (in->has_ram && some)
+    if (in->has_ram && some) {
         lm_qmp_put(o, "x-bandwidth", lm_qmp_ju64(in->bandwidth));
+        lm_qmp_put(o, "x-queued-bytes", lm_qmp_ju64(in->queued_bytes));
+        lm_qmp_put(o, "x-switchover-queued-bytes", lm_qmp_ju64(in->switchover_queued_bytes));
+    }
+    /* As QEMU: only while the throttle is in force. */
+    if (in->cpu_throttle_percentage)
+        lm_qmp_put(o, "cpu-throttle-percentage", json_integer(in->cpu_throttle_percentage));
+    if (in->dirty_limit_mbps) {
+        lm_qmp_put(o, "dirty-limit-throttle-time-per-round",
+                   lm_qmp_ju64(in->dirty_limit_throttle_us));
+        lm_qmp_put(o, "x-dirty-limit-mbps", lm_qmp_ju64(in->dirty_limit_mbps));
+    }
     /* Destination, after a switch to postcopy: fault and request counts,
      * and with postcopy-blocktime the remote fault latency (fault read to
      * placement) as QEMU's log2 histogram plus percentiles. */

@@ -37,6 +37,8 @@ static const struct {
     F(LM_PARAM_ANNOUNCE_ROUNDS, P_U64, announce_rounds),
     F(LM_PARAM_ANNOUNCE_STEP, P_U64, announce_step),
     F(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, P_U64, x_postcopy_timeout_ms),
+    F(LM_PARAM_VCPU_DIRTY_LIMIT, P_U64, vcpu_dirty_limit),
+    F(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, P_U64, x_vcpu_dirty_limit_period),
 #undef F
 };
 

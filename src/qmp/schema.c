@@ -54,13 +54,25 @@ static const member command_info[] = {{"name", "str"}, END};
 static const member cap_status[] = {{"capability", "MigrationCapability"}, {"state", "bool"}, END};
 
 static const member migration_info[] = {
-    {"status", "MigrationStatus", OPT},  {"ram", "MigrationStats", OPT},
-    {"total-time", "int", OPT},          {"setup-time", "int", OPT},
-    {"expected-downtime", "int", OPT},   {"downtime", "int", OPT},
-    {"x-downtime-us", "uint64", OPT},    {"x-postcopy-pause-us", "uint64", OPT},
-    {"error-desc", "str", OPT},          {"socket-address", "[SocketAddress]", OPT},
-    {"x-bandwidth", "uint64", OPT},      {"x-postcopy", "XPostcopyInfo", OPT},
-    {"x-devices", "[XDeviceInfo]", OPT}, END,
+    {"status", "MigrationStatus", OPT},
+    {"ram", "MigrationStats", OPT},
+    {"total-time", "int", OPT},
+    {"setup-time", "int", OPT},
+    {"expected-downtime", "int", OPT},
+    {"downtime", "int", OPT},
+    {"x-downtime-us", "uint64", OPT},
+    {"x-postcopy-pause-us", "uint64", OPT},
+    {"error-desc", "str", OPT},
+    {"socket-address", "[SocketAddress]", OPT},
+    {"x-bandwidth", "uint64", OPT},
+    {"x-queued-bytes", "uint64", OPT},
+    {"x-switchover-queued-bytes", "uint64", OPT},
+    {"cpu-throttle-percentage", "int", OPT},
+    {"dirty-limit-throttle-time-per-round", "uint64", OPT},
+    {"x-dirty-limit-mbps", "uint64", OPT},
+    {"x-postcopy", "XPostcopyInfo", OPT},
+    {"x-devices", "[XDeviceInfo]", OPT},
+    END,
 };
 static const member migration_stats[] = {
     {"transferred", "int"},

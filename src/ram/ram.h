@@ -42,6 +42,10 @@ typedef struct lm_ram_hooks {
      * claimed (called with r->lock held). */
     void (*claimed)(void *opaque, unsigned bi, uint64_t first, uint64_t count, const lm_out *o);
     void *pc_opaque; /* of urgent and claimed */
+    /* A dirty-rate period (>= 1 s) closed: the guest dirtied dirty_bytes
+     * in it (auto-converge's trigger, core/throttle.c). */
+    void (*period)(void *opaque, uint64_t dirty_bytes);
+    void *period_opaque;
 } lm_ram_hooks;
 
 typedef struct lm_ram {

@@ -216,6 +216,8 @@ int lm_ram_sync(lm_ram *r, lm_out *o, lm_error *err)
     if (now - r->period_start_ns >= 1000000000ull) {
         uint64_t rate = r->period_dirty * 1000000000ull / (now - r->period_start_ns);
         LM_ATOMIC_SET(&r->ctr->dirty_pages_rate, rate);
+        if (r->hooks.period)
+            r->hooks.period(r->hooks.period_opaque, r->period_dirty * LM_PAGE_SIZE);
         r->period_start_ns = now;
         r->period_dirty = 0;
     }

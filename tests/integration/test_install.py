@@ -10,8 +10,8 @@ directory (test-install/):
             prefix): livemig.pc, written at install time, names it.
 
 Then checks the layout, the soname links and that the shared library
-exports exactly the LM_API functions of the installed header (in version
-node LIVEMIG_0.1, as cmake/livemig.map lists them), and builds a copy of
+exports exactly the LM_API functions of the installed header, each in the
+version node cmake/livemig.map puts it in (LIVEMIG_0.1, LIVEMIG_0.2, ...), and builds a copy of
 examples/embed outside the source tree (so no relative path can reach the
 source's include/) twice: with its Makefile against stage/ and with its
 CMakeLists.txt against prefix/, both through pkg-config only.  The two
@@ -41,7 +41,19 @@ PREFIX = os.path.join(WORK, "prefix")
 STAGE_PREFIX = "/usr/local"
 STAGED = STAGE + STAGE_PREFIX  # where the DESTDIR install's files are
 SONAME = "liblivemig.so.0"
-VERSION_NODE = "LIVEMIG_0.1"
+
+
+def map_nodes():
+    """cmake/livemig.map as {function: version node}, and the nodes in order."""
+    with open(os.path.join(SRC, "cmake/livemig.map")) as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    where, nodes = {}, []
+    for m in re.finditer(r"(LIVEMIG_[\d.]+)\s*\{(.*?)\}", text, re.S):
+        nodes.append(m.group(1))
+        body = m.group(2).split("local:")[0]
+        for fn in re.findall(r"^\s+(lm_\w+);", body, re.M):
+            where[fn] = m.group(1)
+    return where, nodes
 BUILD_S = 120  # bound on one install or build command
 
 
@@ -145,30 +157,111 @@ def layout(t):
               "livemig.pc lacks Libs.private: %s", pc)
 
 
-@R.test("liblivemig.so exports exactly the LM_API functions of livemig.h, in " + VERSION_NODE)
+@R.test("liblivemig.so exports exactly the LM_API functions of livemig.h, in their version nodes")
 def exports(t):
     install()
     api = api_functions(os.path.join(PREFIX, "include/livemig.h"))
     check(len(api) > 40, "found only %d LM_API functions in livemig.h: %s", len(api), api)
-    with open(os.path.join(SRC, "cmake/livemig.map")) as f:
-        mapped = sorted(set(re.findall(r"^\s+(lm_\w+);", f.read(), re.M)))
-    check_eq(mapped, api, "functions in cmake/livemig.map vs LM_API in livemig.h")
+    where, map_order = map_nodes()
+    check_eq(sorted(where), api, "functions in cmake/livemig.map vs LM_API in livemig.h")
     out = run(["nm", "-D", "--defined-only", "--format=posix",
                os.path.join(PREFIX, "lib", SONAME)], "nm -D")
-    exported, unversioned, nodes = [], [], []
+    exported, misplaced, nodes, compat = [], [], [], []
     for line in out.splitlines():
         name, kind = line.split()[:2]
-        if kind == "A":  # the version node's own symbol
+        if kind == "A":  # a version node's own symbol
             nodes.append(name)
+            continue
+        if "@@" not in name:  # an older version kept for old programs (abi_v01.c)
+            compat.append(name)
             continue
         base, _, ver = name.partition("@@")
         exported.append(base)
-        if ver != VERSION_NODE:
-            unversioned.append(name)
-    check_eq(nodes, [VERSION_NODE], "version nodes")
+        if ver != where.get(base):
+            misplaced.append("%s (want %s)" % (name, where.get(base)))
+    check_eq(sorted(nodes), sorted(map_order), "version nodes")
     check_eq(sorted(exported), api, "exported symbols vs LM_API functions")
-    check(not unversioned, "exports not in %s: %s", VERSION_NODE, unversioned)
-    log("%d exported functions, all LM_API, all %s" % (len(exported), VERSION_NODE))
+    check(not misplaced, "exports not in their map's node: %s", misplaced)
+    for name in compat:
+        base, _, ver = name.partition("@")
+        check(base in api and map_order.index(ver) < map_order.index(where[base]),
+              "%s: not an older version of an LM_API function", name)
+    log("%d exported functions, all LM_API, in nodes %s; older versions kept: %s" %
+        (len(exported), ", ".join(map_order), ", ".join(sorted(compat))))
+
+
+# A program built against the 0.1 header: it allocated the 0.1 sizes of
+# lm_params and lm_info (up to their first 0.2 field) and is bound to the
+# @LIVEMIG_0.1 versions, which must write no byte past that.  The .symver
+# references give this program exactly what an old binary's would.
+OLD_PROGRAM = r"""
+#include <livemig.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+__asm__(".symver old_params_default, lm_params_default@LIVEMIG_0.1");
+__asm__(".symver old_get_params, lm_mig_get_params@LIVEMIG_0.1");
+__asm__(".symver old_query, lm_mig_query@LIVEMIG_0.1");
+void old_params_default(void *p);
+void old_get_params(lm_mig *m, void *p);
+void old_query(lm_mig *m, void *p);
+static void nop(void *o) { (void)o; }
+static int intact(const unsigned char *b, size_t from, size_t to, const char *what)
+{
+    for (size_t i = from; i < to; i++)
+        if (b[i] != 0xA5) {
+            printf("%s wrote byte %zu, past the 0.1 size %zu\n", what, i, from);
+            return 0;
+        }
+    return 1;
+}
+int main(void)
+{
+    static unsigned char p[sizeof(lm_params) + 64], q[sizeof(lm_info) + 64];
+    size_t psz = offsetof(lm_params, vcpu_dirty_limit), isz = offsetof(lm_info, queued_bytes);
+    lm_host_ops ops = {.stop = nop, .start = nop};
+    lm_mig *m;
+    lm_error err = {0};
+    if (lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &m, &err) < 0) {
+        printf("lm_mig_new: %s\n", err.msg);
+        return 1;
+    }
+    memset(p, 0xA5, sizeof p);
+    old_params_default(p);
+    if (!intact(p, psz, sizeof p, "lm_params_default@LIVEMIG_0.1") ||
+        ((lm_params *)p)->downtime_limit != 300)
+        return 1;
+    memset(p, 0xA5, sizeof p);
+    old_get_params(m, p);
+    if (!intact(p, psz, sizeof p, "lm_mig_get_params@LIVEMIG_0.1"))
+        return 1;
+    memset(q, 0xA5, sizeof q);
+    old_query(m, q);
+    if (!intact(q, isz, sizeof q, "lm_mig_query@LIVEMIG_0.1") ||
+        ((lm_info *)q)->status != LM_STATUS_NONE)
+        return 1;
+    lm_mig_free(m);
+    puts("0.1 layout kept");
+    return 0;
+}
+"""
+
+
+@R.test("a program bound to the LIVEMIG_0.1 versions gets the 0.1 struct sizes")
+def old_program(t):
+    install()
+    cc, flags = toolchain()
+    src = os.path.join(WORK, "old01.c")
+    exe = os.path.join(WORK, "old01")
+    with open(src, "w") as f:
+        f.write(OLD_PROGRAM)
+    run([cc, "-O2", "-Wall", "-Werror", "-I", os.path.join(PREFIX, "include"), src, "-o", exe,
+         "-L", os.path.join(PREFIX, "lib"), "-llivemig"] + flags.split(), "building old01.c")
+    p = subprocess.run([exe], env=dict(os.environ, LD_LIBRARY_PATH=os.path.join(PREFIX, "lib")),
+                       capture_output=True, timeout=scaled(30))
+    out = (p.stdout + p.stderr).decode(errors="replace")
+    check(p.returncode == 0 and "0.1 layout kept" in out, "old01: exit %d: %s", p.returncode,
+          out)
 
 
 def toolchain():

@@ -181,17 +181,12 @@ def caps_params(t):
     check_eq(p.get("downtime-limit"), 42, "downtime-limit after a refused set")
 
 
-# Parameters the engine stores but does not act on (xbzrle, auto-converge's
-# CPU throttle, self-announce): a value but the default is refused, naming
+# Parameters the engine stores but does not act on (xbzrle, self-announce):
+# a value but the default is refused, naming
 # the parameter; the default itself is accepted, as management software
 # sets it routinely.  (name, non-default value, default)
 DEFAULT_ONLY = [
     ("xbzrle-cache-size", 1 << 20, 64 << 20),
-    ("throttle-trigger-threshold", 60, 50),
-    ("cpu-throttle-initial", 30, 20),
-    ("cpu-throttle-increment", 20, 10),
-    ("cpu-throttle-tailslow", True, False),
-    ("max-cpu-throttle", 50, 99),
     ("announce-initial", 60, 50),
     ("announce-max", 600, 550),
     ("announce-rounds", 7, 5),

@@ -25,10 +25,11 @@ typedef struct fake {
     uint64_t exact_must, exact_can; /* after a dirty sync */
     int iterate_ret;
     bool round_pays;
+    uint64_t queued; /* bytes the kernel holds */
     /* calls */
     unsigned estimates, exacts, iterates, completes, pc_completes, switches, ack_waits;
-    unsigned round_asks;
-    uint64_t iterate_budget, complete_pending;
+    unsigned round_asks, drain_waits;
+    uint64_t iterate_budget, complete_pending, round_pending, round_queued, drain_queued;
 } fake;
 
 static void f_pending(void *o, bool exact, uint64_t *must, uint64_t *can, lm_error *err)
@@ -53,11 +54,25 @@ static int f_iterate(void *o, uint64_t budget, bool in_postcopy, lm_error *err)
     return f->iterate_ret;
 }
 
-static bool f_round_pays(void *o, uint64_t pending)
+static uint64_t f_queued(void *o)
+{
+    return ((fake *)o)->queued;
+}
+
+static bool f_round_pays(void *o, uint64_t pending, uint64_t queued)
 {
     fake *f = o;
     f->round_asks++;
+    f->round_pending = pending;
+    f->round_queued = queued;
     return f->round_pays;
+}
+
+static void f_wait_drain(void *o, uint64_t queued)
+{
+    fake *f = o;
+    f->drain_waits++;
+    f->drain_queued = queued;
 }
 
 static int f_complete(void *o, uint64_t pending, lm_error *err)
@@ -88,7 +103,9 @@ static void f_wait_ack(void *o)
 static const lm_iter_ops ops = {
     .pending = f_pending,
     .iterate = f_iterate,
+    .queued = f_queued,
     .another_round_pays = f_round_pays,
+    .wait_drain = f_wait_drain,
     .complete = f_complete,
     .complete_postcopy = f_complete_pc,
     .start_postcopy = f_switch,
@@ -230,6 +247,66 @@ static void test_extra_round(void **state)
     assert_int_equal(f.iterates, 1);
 }
 
+/* Bytes the kernel still holds count as pending in precopy: they hold the
+ * completion back, travel to complete() and to the extra-round question,
+ * and with nothing else to send the step waits for them to drain instead
+ * of spinning on dirty syncs. */
+static void test_queued_counts_in_precopy(void **state)
+{
+    fake fits = {.est_must = 40, .exact_must = 40, .queued = 60};
+    assert_int_equal(step(&fits, PRECOPY(100)), LM_ITER_BREAK);
+    assert_int_equal(fits.completes, 1);
+    assert_int_equal(fits.complete_pending, 100);
+    assert_int_equal(fits.round_pending, 40);
+    assert_int_equal(fits.round_queued, 60);
+
+    fake over = {.est_must = 40, .exact_must = 40, .queued = 61, .iterate_ret = 1};
+    assert_int_equal(step(&over, PRECOPY(100)), LM_ITER_RESUME);
+    assert_int_equal(over.completes, 0);
+    assert_int_equal(over.drain_waits, 1);
+    assert_int_equal(over.drain_queued, 61);
+
+    fake sending = {.est_must = 40, .exact_must = 40, .queued = 61, .iterate_ret = 0};
+    step(&sending, PRECOPY(100));
+    assert_int_equal(sending.drain_waits, 0); /* data left: keep sending */
+
+    fake idle = {.queued = 0, .iterate_ret = 1, .round_pays = true};
+    step(&idle, PRECOPY(100));
+    assert_int_equal(idle.drain_waits, 0); /* nothing queued: no wait */
+
+    /* The switch to postcopy: must + queued against the threshold. */
+    lm_iter_state st = PRECOPY(100);
+    st.start_postcopy = true;
+    fake sw = {.est_must = 50, .exact_must = 50, .queued = 51};
+    assert_int_equal(step(&sw, st), LM_ITER_RESUME);
+    assert_int_equal(sw.switches, 0);
+    sw.queued = 50;
+    assert_int_equal(step(&sw, st), LM_ITER_SKIP);
+
+    /* Postcopy never looks at it: completion only at pending == 0. */
+    lm_iter_state pc = {.in_postcopy = true, .can_switchover = true, .threshold = 0};
+    fake p = {.queued = 1 << 20};
+    assert_int_equal(step(&p, pc), LM_ITER_BREAK);
+    assert_int_equal(p.pc_completes, 1);
+}
+
+/* A throttle's 5 s rule forces the exact pending (a dirty sync) even far
+ * over the threshold; never in postcopy. */
+static void test_force_sync(void **state)
+{
+    lm_iter_state st = PRECOPY(100);
+    st.force_sync = true;
+    fake f = {.est_must = 1 << 30, .exact_must = 1 << 30};
+    assert_int_equal(step(&f, st), LM_ITER_RESUME);
+    assert_int_equal(f.exacts, 1);
+    assert_int_equal(f.iterates, 1);
+
+    lm_iter_state pc = {.in_postcopy = true, .force_sync = true};
+    fake p = {.est_can = 5};
+    step(&p, pc);
+    assert_int_equal(p.exacts, 0);
+}
+
 /* An error of the exact pending (a failed sync) ends the loop. */
 static void failing_exact(void *o, bool exact, uint64_t *must, uint64_t *can, lm_error *err)
 {
@@ -306,6 +383,8 @@ int main(void)
         cmocka_unit_test(test_switch_needs_must_and_ack),
         cmocka_unit_test(test_ack_gates_completion),
         cmocka_unit_test(test_extra_round),
+        cmocka_unit_test(test_queued_counts_in_precopy),
+        cmocka_unit_test(test_force_sync),
         cmocka_unit_test(test_sync_error_breaks),
         cmocka_unit_test(test_ram_postcopy_complete_sends_nothing),
     };
