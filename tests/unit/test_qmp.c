@@ -526,9 +526,11 @@ static void test_set_parameters_errors(void **state)
         {"{\"max-bandwidth\": 5, \"cpu-throttle-initial\": 0}",
          "Parameter 'cpu-throttle-initial' expects"},
         /* parameters the engine does not act on: only their default */
-        {"{\"max-bandwidth\": 5, \"cpu-throttle-tailslow\": true}",
-         "Parameter 'cpu-throttle-tailslow' is not supported (only its default, false, is "
-         "accepted)"},
+        {"{\"max-bandwidth\": 5, \"announce-step\": 7}",
+         "Parameter 'announce-step' is not supported (only its default, 100, is accepted)"},
+        {"{\"max-bandwidth\": 5, \"x-vcpu-dirty-limit-period\": 0}",
+         "Parameter 'x-vcpu-dirty-limit-period' expects"},
+        {"{\"max-bandwidth\": 5, \"vcpu-dirty-limit\": 0}", "Parameter 'vcpu-dirty-limit' expects"},
         {"{\"announce-rounds\": 7}",
          "Parameter 'announce-rounds' is not supported (only its default, 5, is accepted)"},
         {"{\"xbzrle-cache-size\": 1048576}",

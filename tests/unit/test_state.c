@@ -101,8 +101,8 @@ static void test_setter_walk(void **state)
     lm_mig *m = NULL;
     assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_RUNNING, &m, NULL), 0);
     assert_int_equal(lm_mig_add_listener(m, on_event, NULL, NULL), 0);
-    assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_EVENTS, 1ull << LM_CAP_EVENTS,
-                                             NULL), 0);
+    assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_EVENTS, 1ull << LM_CAP_EVENTS, NULL),
+                     0);
     nseen = 0;
     for (size_t i = 0; i < sizeof legal / sizeof legal[0]; i++) {
         m->status = legal[i].from;
@@ -273,10 +273,22 @@ static void test_events_pileup_none_lost(void **state)
 
 static void test_names(void **state)
 {
-    const char *want[] = {"none", "setup", "cancelling", "cancelled", "active",
-                          "postcopy-device", "postcopy-active", "postcopy-paused",
-                          "postcopy-recover-setup", "postcopy-recover", "completed", "failed",
-                          "colo", "pre-switchover", "device", "wait-unplug"};
+    const char *want[] = {"none",
+                          "setup",
+                          "cancelling",
+                          "cancelled",
+                          "active",
+                          "postcopy-device",
+                          "postcopy-active",
+                          "postcopy-paused",
+                          "postcopy-recover-setup",
+                          "postcopy-recover",
+                          "completed",
+                          "failed",
+                          "colo",
+                          "pre-switchover",
+                          "device",
+                          "wait-unplug"};
     assert_int_equal(sizeof want / sizeof want[0], LM_STATUS__MAX);
     for (int i = 0; i < LM_STATUS__MAX; i++) {
         lm_status s;
@@ -317,25 +329,28 @@ static void test_params(void **state)
     /* all or nothing: a bad field keeps the good one out too */
     lm_error_clear(&err);
     p.max_bandwidth = 5;
-    assert_true(lm_mig_set_params(m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) |
-                                             (1ull << LM_PARAM_MAX_BANDWIDTH), &err) < 0);
+    assert_true(
+        lm_mig_set_params(
+            m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) | (1ull << LM_PARAM_MAX_BANDWIDTH), &err) < 0);
     lm_params got;
     lm_mig_get_params(m, &got);
     assert_int_equal(got.max_bandwidth, 134217728);
     p.downtime_limit = 10;
-    assert_int_equal(lm_mig_set_params(m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) |
-                                                  (1ull << LM_PARAM_MAX_BANDWIDTH), NULL), 0);
+    assert_int_equal(
+        lm_mig_set_params(
+            m, &p, (1ull << LM_PARAM_DOWNTIME_LIMIT) | (1ull << LM_PARAM_MAX_BANDWIDTH), NULL),
+        0);
     lm_mig_get_params(m, &got);
     assert_int_equal(got.max_bandwidth, 5);
     assert_int_equal(got.downtime_limit, 10);
     /* capabilities: unsupported ones are refused, not silently taken */
     lm_error_clear(&err);
-    assert_true(lm_mig_set_capabilities(m, 1ull << LM_CAP_XBZRLE, 1ull << LM_CAP_XBZRLE,
-                                        &err) < 0);
+    assert_true(lm_mig_set_capabilities(m, 1ull << LM_CAP_XBZRLE, 1ull << LM_CAP_XBZRLE, &err) < 0);
     assert_non_null(strstr(err.msg, "not supported yet"));
     assert_int_equal(lm_mig_get_capabilities(m), 0);
     assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER,
-                                             1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER, NULL), 0);
+                                             1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER, NULL),
+                     0);
     lm_mig_free(m);
 }
 
@@ -352,11 +367,6 @@ static void test_params_default_only(void **state)
         const char *refused; /* the default, as the message has it */
     } only_default[] = {
         {F(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size), 1u << 20, "67108864"},
-        {F(LM_PARAM_THROTTLE_TRIGGER_THRESHOLD, throttle_trigger_threshold), 60, "50"},
-        {F(LM_PARAM_CPU_THROTTLE_INITIAL, cpu_throttle_initial), 30, "20"},
-        {F(LM_PARAM_CPU_THROTTLE_INCREMENT, cpu_throttle_increment), 20, "10"},
-        {F(LM_PARAM_CPU_THROTTLE_TAILSLOW, cpu_throttle_tailslow), 1, "false"},
-        {F(LM_PARAM_MAX_CPU_THROTTLE, max_cpu_throttle), 50, "99"},
         {F(LM_PARAM_ANNOUNCE_INITIAL, announce_initial), 60, "50"},
         {F(LM_PARAM_ANNOUNCE_MAX, announce_max), 600, "550"},
         {F(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds), 7, "5"},
@@ -377,10 +387,6 @@ static void test_params_default_only(void **state)
         uint64_t v = only_default[i].other;
         if (only_default[i].size == 8)
             memcpy(field, &v, 8);
-        else if (only_default[i].size == 1 && id == LM_PARAM_CPU_THROTTLE_TAILSLOW)
-            *(bool *)field = v != 0;
-        else if (only_default[i].size == 1)
-            *(uint8_t *)field = (uint8_t)v;
         else
             fail();
         uint64_t which = (1ull << id) | (1ull << LM_PARAM_MAX_BANDWIDTH);
@@ -396,19 +402,27 @@ static void test_params_default_only(void **state)
         assert_int_equal(got.max_bandwidth, def.max_bandwidth);
         assert_memory_equal((char *)&got + only_default[i].off, (char *)&def + only_default[i].off,
                             only_default[i].size);
-        /* A value out of range still gets the range message. */
-        if (id == LM_PARAM_CPU_THROTTLE_INITIAL) {
-            lm_error_clear(&err);
-            p.cpu_throttle_initial = 0;
-            assert_int_equal(lm_mig_set_params(m, &p, which, &err), -EINVAL);
-            assert_non_null(strstr(err.msg, "expects an integer in the range of 1 to 99"));
-        }
         /* Not in `which`: the field is not looked at. */
         assert_int_equal(lm_mig_set_params(m, &p, 1ull << LM_PARAM_MAX_BANDWIDTH, NULL), 0);
         lm_mig_get_params(m, &got);
         assert_int_equal(got.max_bandwidth, 5);
         assert_int_equal(lm_mig_set_params(m, &def, which, NULL), 0);
     }
+    /* The throttle parameters are implemented (auto-converge): any value
+     * in range is taken; out of range gets the range message. */
+    p = def;
+    p.cpu_throttle_initial = 30;
+    p.cpu_throttle_tailslow = true;
+    uint64_t which =
+        (1ull << LM_PARAM_CPU_THROTTLE_INITIAL) | (1ull << LM_PARAM_CPU_THROTTLE_TAILSLOW);
+    assert_int_equal(lm_mig_set_params(m, &p, which, NULL), 0);
+    lm_mig_get_params(m, &got);
+    assert_int_equal(got.cpu_throttle_initial, 30);
+    assert_true(got.cpu_throttle_tailslow);
+    lm_error err = {0};
+    p.cpu_throttle_initial = 0;
+    assert_int_equal(lm_mig_set_params(m, &p, which, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "expects an integer in the range of 1 to 99"));
     /* Capabilities whose "on" is what livemig always does are accepted;
      * return-path is what switchover-ack requires, as in QEMU. */
     uint64_t on = (1ull << LM_CAP_RETURN_PATH) | (1ull << LM_CAP_LATE_BLOCK_ACTIVATE) |
@@ -436,9 +450,12 @@ static void test_bitmap(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table_matches), cmocka_unit_test(test_setter_walk),
-        cmocka_unit_test(test_names),         cmocka_unit_test(test_params),
-        cmocka_unit_test(test_params_default_only), cmocka_unit_test(test_bitmap),
+        cmocka_unit_test(test_table_matches),
+        cmocka_unit_test(test_setter_walk),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_params),
+        cmocka_unit_test(test_params_default_only),
+        cmocka_unit_test(test_bitmap),
         cmocka_unit_test(test_events_pileup_none_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
