@@ -33,13 +33,16 @@ lm_iter_result lm_iteration_run(const lm_iter_ops *ops, void *opaque, const lm_i
             }
             pending = must + can;
         }
-        queued = ops->queued(opaque);
         /* Switch to postcopy when asked, once what must go in precopy
-         * fits the threshold and the switchover is allowed. */
-        if (must + queued <= st->threshold && st->can_switchover && st->start_postcopy) {
+         * fits the threshold and the switchover is allowed (QEMU's rule:
+         * what is queued only delays the destination's start, and a
+         * switch asked for at once, before any bandwidth is known, must
+         * not wait for the first measurement). */
+        if (must <= st->threshold && st->can_switchover && st->start_postcopy) {
             *ret = ops->start_postcopy(opaque, err);
             return *ret < 0 ? LM_ITER_BREAK : LM_ITER_SKIP;
         }
+        queued = ops->queued(opaque);
         complete_ready = st->can_switchover && pending + queued <= st->threshold;
         held_by_ack = !st->can_switchover && pending + queued <= st->threshold;
         if (complete_ready && ops->another_round_pays(opaque, pending, queued))

@@ -69,8 +69,9 @@ typedef struct lm_iter_ops {
  *    before the destination can confirm, so on a slow link it is most of
  *    the downtime (QEMU leaves it out, and pauses tens of milliseconds
  *    longer than it predicts at 1 Gbit/s);
- *  - precopy only: switch to postcopy when asked, once must + queued <=
- *    threshold and the switchover is allowed;
+ *  - precopy only: switch to postcopy when asked, once must <= threshold
+ *    and the switchover is allowed (queued is left out here, as QEMU
+ *    does: a switch asked for at once must not wait for a measurement);
  *  - precopy: complete when the switchover is allowed and pending +
  *    queued <= threshold (unless another round pays);
  *  - postcopy: complete only when pending == 0, never by threshold, and
