@@ -1,0 +1,288 @@
+/*
+ * bgsnap.c - RAM's side of a background snapshot (QEMU's background-snapshot
+ * capability, digest §9): one pass over RAM that sends every page as it was
+ * when the guest was paused for its device state, while the guest runs.
+ * The write-protection and the fault thread are mem/wp.c; here is what a
+ * fault means for the pass: copy first, then let the guest write.
+ *
+ * A page is sent exactly once, by whoever claims it first (clears its dirty
+ * bit under r->lock):
+ *  - the migration thread's page search (save.c send_run) claims a run,
+ *    marks it in flight, sends it straight from guest memory (still
+ *    write-protected, so it cannot change under the send), then
+ *    un-protects it (lm_ram_bgsnap_sent);
+ *  - the write-fault thread "lm-wp-fault" claims a page the guest is
+ *    writing, copies it into a slot of the copy pool (a never-populated
+ *    page needs no copy: it was zero) and queues the slot; the fault thread
+ *    then un-protects the page and the guest's write goes on.  The drain
+ *    (migration thread, before every run) sends the queued copies;
+ *  - a fault on a page that is claimed already: in flight, the send will
+ *    un-protect it (LM_WP_LEAVE); sent, it is un-protected already and the
+ *    fault was a race, un-protecting again is harmless.
+ * Until a claimed copy is sent it counts in r->bg_owed, so the pass ends
+ * only when every page is on the wire.
+ *
+ * Threads and locks: the migration thread and "lm-wp-fault".  r->lock
+ * guards the dirty maps, dirty_pages, bg_owed and the in-flight run;
+ * bg->qlock (a leaf, never held across I/O or a copy) guards the queue,
+ * the free slots and `aborting`.  r->lock is never taken under qlock.
+ * When the pool is full the fault thread waits on qcond for the drain (the
+ * guest's writer waits with it: memory stays bounded); lm_ram_bgsnap_stop
+ * sets `aborting` first, so it never waits for a migration thread that
+ * stopped draining.
+ */
+#include "ram/ram.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 16 MiB of copies: at a 100 MB/s writer and a drain every run (1 MiB,
+ * about a millisecond on loopback) a few hundred slots are ever in use. */
+#define SLOTS 4096
+
+typedef struct entry {
+    uint32_t bi;
+    int32_t slot; /* -1: a page never populated at the start (zero) */
+    uint64_t page;
+} entry;
+
+struct lm_bgsnap {
+    lm_wp *wp;
+    /* --- r->lock --- */
+    bool inflight;
+    unsigned in_bi;
+    uint64_t in_first, in_end;
+    /* --- qlock --- */
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond; /* a slot freed, an entry queued, aborting */
+    entry ring[SLOTS];
+    unsigned head, count;
+    int32_t free_slots[SLOTS];
+    unsigned nfree;
+    bool aborting;
+    /* --- */
+    uint8_t *pool; /* SLOTS pages */
+    lm_ram *r;
+};
+
+/* lm-wp-fault: the guest writes page `page` of block bi. */
+static lm_wp_action on_fault(void *opaque, unsigned bi, uint64_t page)
+{
+    struct lm_bgsnap *bg = opaque;
+    lm_ram *r = bg->r;
+    pthread_mutex_lock(&r->lock);
+    uint64_t *d = r->dirty[bi];
+    if (!d || !lm_bit_test(d, page)) {
+        bool leave = bg->inflight && bg->in_bi == bi && page >= bg->in_first && page < bg->in_end;
+        pthread_mutex_unlock(&r->lock);
+        return leave ? LM_WP_LEAVE : LM_WP_UNPROTECT;
+    }
+    lm_bitmap_clear_range(d, page, page + 1);
+    r->dirty_pages--;
+    r->bg_owed++;
+    /* The populated map is fixed from the start until stop. */
+    bool populated = !r->populated[bi] || lm_bit_test(r->populated[bi], page);
+    pthread_mutex_unlock(&r->lock);
+
+    pthread_mutex_lock(&bg->qlock);
+    while (!bg->nfree && !bg->aborting)
+        pthread_cond_wait(&bg->qcond, &bg->qlock);
+    if (bg->aborting) { /* the snapshot is over: let the guest go */
+        pthread_mutex_unlock(&bg->qlock);
+        return LM_WP_UNPROTECT;
+    }
+    int32_t slot = bg->free_slots[--bg->nfree];
+    pthread_mutex_unlock(&bg->qlock);
+
+    /* The page is still write-protected: nobody changes it during the
+     * copy, and nobody else claims it. */
+    lm_ram_block *b = &r->mem->blocks[bi];
+    if (populated)
+        memcpy(bg->pool + (size_t)slot * LM_PAGE_SIZE, b->base + page * b->page_size,
+               LM_PAGE_SIZE);
+
+    pthread_mutex_lock(&bg->qlock);
+    bg->ring[(bg->head + bg->count) % SLOTS] =
+        (entry){.bi = bi, .page = page, .slot = populated ? slot : -slot - 2};
+    bg->count++;
+    pthread_cond_broadcast(&bg->qcond);
+    pthread_mutex_unlock(&bg->qlock);
+    return LM_WP_UNPROTECT;
+}
+
+int lm_ram_bgsnap_start(lm_ram *r, lm_error *err)
+{
+    lm_mem *mem = r->mem;
+    int ret = 0;
+    struct lm_bgsnap *bg = calloc(1, sizeof *bg);
+    if (!bg)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    bg->r = r;
+    pthread_mutex_init(&bg->qlock, NULL);
+    pthread_cond_init(&bg->qcond, NULL);
+    bg->pool = malloc((size_t)SLOTS * LM_PAGE_SIZE);
+    if (!bg->pool) {
+        ret = lm_error_set(err, -ENOMEM, "out of memory for the snapshot's copy pool");
+        goto fail;
+    }
+    for (unsigned i = 0; i < SLOTS; i++)
+        bg->free_slots[i] = (int32_t)(SLOTS - 1 - i);
+    bg->nfree = SLOTS;
+    ret = lm_wp_new(&bg->wp, err);
+    if (ret < 0)
+        goto fail;
+    for (unsigned i = 0; i < mem->nblocks; i++) {
+        lm_ram_block *b = &mem->blocks[i];
+        ret = lm_wp_add_range(bg->wp, b->name, b->base, b->len, b->page_size, err);
+        if (ret < 0)
+            goto fail;
+    }
+    /* The guest is stopped: what is populated now is what was populated at
+     * the snapshot's instant.  A never-populated anonymous page reads as
+     * zero and is sent as such without reading it; shared memory may hold
+     * pages not mapped here, so there every page is read. */
+    for (unsigned i = 0; i < mem->nblocks; i++) {
+        lm_ram_block *b = &mem->blocks[i];
+        int rc = -1;
+        if (r->populated[i] && lm_wp_range_anon(bg->wp, i)) {
+            memset(r->populated[i], 0, lm_bitmap_words(b->npages) * 8);
+            rc = lm_mem_populated_scan(b->base, b->len, b->page_size, r->populated[i], err);
+            if (rc < 0) {
+                ret = rc;
+                goto fail;
+            }
+        }
+        if (rc != 0) { /* shared memory, or no PAGEMAP_SCAN: read every page */
+            free(r->populated[i]);
+            r->populated[i] = NULL;
+        }
+    }
+    r->bg = bg; /* before the first fault can come */
+    ret = lm_wp_start(bg->wp, on_fault, bg, err);
+    if (ret < 0) {
+        lm_ram_bgsnap_stop(r);
+        return ret;
+    }
+    return 0;
+fail:
+    lm_wp_free(bg->wp);
+    free(bg->pool);
+    pthread_mutex_destroy(&bg->qlock);
+    pthread_cond_destroy(&bg->qcond);
+    free(bg);
+    return ret;
+}
+
+void lm_ram_bgsnap_stop(lm_ram *r)
+{
+    struct lm_bgsnap *bg = r->bg;
+    if (!bg)
+        return;
+    pthread_mutex_lock(&bg->qlock);
+    bg->aborting = true;
+    pthread_cond_broadcast(&bg->qcond);
+    pthread_mutex_unlock(&bg->qlock);
+    lm_wp_free(bg->wp); /* un-protects all, joins the fault thread */
+    pthread_mutex_lock(&r->lock);
+    r->bg = NULL;
+    r->dirty_pages += r->bg_owed; /* dropped copies: not sent */
+    r->bg_owed = 0;
+    pthread_mutex_unlock(&r->lock);
+    free(bg->pool);
+    pthread_mutex_destroy(&bg->qlock);
+    pthread_cond_destroy(&bg->qcond);
+    free(bg);
+}
+
+/* Waits (bounded) for the fault thread to queue a copy it claimed. */
+static void wait_for_copy(struct lm_bgsnap *bg)
+{
+    struct timespec ts = lm_ns_to_timespec(lm_now_ns() + 100000000ull);
+    pthread_mutex_lock(&bg->qlock);
+    if (!bg->count && !bg->aborting)
+        pthread_cond_timedwait(&bg->qcond, &bg->qlock, &ts);
+    pthread_mutex_unlock(&bg->qlock);
+}
+
+int lm_ram_bgsnap_drain(lm_ram *r, lm_out *o, lm_error *err)
+{
+    struct lm_bgsnap *bg = r->bg;
+    if (!bg)
+        return 0;
+    if (lm_wp_error(bg->wp, err))
+        return err ? err->code : -EIO;
+    for (;;) {
+        entry batch[64];
+        unsigned n = 0;
+        pthread_mutex_lock(&bg->qlock);
+        while (n < 64 && bg->count) {
+            batch[n++] = bg->ring[bg->head];
+            bg->head = (bg->head + 1) % SLOTS;
+            bg->count--;
+        }
+        pthread_mutex_unlock(&bg->qlock);
+        if (!n) {
+            pthread_mutex_lock(&r->lock);
+            bool only_copies = r->dirty_pages == 0 && r->bg_owed > 0;
+            pthread_mutex_unlock(&r->lock);
+            if (!only_copies)
+                return 0;
+            wait_for_copy(bg);
+            continue;
+        }
+        int ret = 0;
+        for (unsigned k = 0; k < n && ret == 0; k++) {
+            const entry *e = &batch[k];
+            bool copied = e->slot >= 0;
+            const uint8_t *data = copied ? bg->pool + (size_t)e->slot * LM_PAGE_SIZE : NULL;
+            ret = lm_ram_send_buf(r, o, e->bi, e->page, data);
+        }
+        pthread_mutex_lock(&bg->qlock);
+        for (unsigned k = 0; k < n; k++) {
+            int32_t s = batch[k].slot;
+            bg->free_slots[bg->nfree++] = s >= 0 ? s : -s - 2;
+        }
+        pthread_cond_broadcast(&bg->qcond);
+        pthread_mutex_unlock(&bg->qlock);
+        pthread_mutex_lock(&r->lock);
+        r->bg_owed -= n;
+        pthread_mutex_unlock(&r->lock);
+        if (ret < 0) {
+            lm_chan_get_error(o->chan, err);
+            return lm_error_set(err, ret, "sending the snapshot's copied pages failed");
+        }
+    }
+}
+
+void lm_ram_bgsnap_claimed_locked(lm_ram *r, unsigned bi, uint64_t first, uint64_t end)
+{
+    struct lm_bgsnap *bg = r->bg;
+    if (!bg)
+        return;
+    bg->inflight = true;
+    bg->in_bi = bi;
+    bg->in_first = first;
+    bg->in_end = end;
+}
+
+int lm_ram_bgsnap_sent(lm_ram *r, unsigned bi, uint64_t first, uint64_t end)
+{
+    struct lm_bgsnap *bg = r->bg;
+    if (!bg)
+        return 0;
+    /* The run is in the socket (write_ref returns after the writev), so
+     * the guest may change it now.  Un-protecting wakes writers that
+     * faulted on it meanwhile (their faults were left to us). */
+    lm_error e = {0};
+    int ret = lm_wp_unprotect(bg->wp, bi, first, end - first, &e);
+    pthread_mutex_lock(&r->lock);
+    bg->inflight = false;
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+uint64_t lm_ram_bgsnap_faults(lm_ram *r)
+{
+    return r->bg ? lm_wp_faults(r->bg->wp) : 0;
+}
