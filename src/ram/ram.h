@@ -116,10 +116,20 @@ int lm_ram_bgsnap_drain(lm_ram *r, lm_out *o, lm_error *err);
 /* With r->lock held: run [first, end) of block bi was claimed and is
  * about to be sent straight from guest memory (still protected). */
 void lm_ram_bgsnap_claimed_locked(lm_ram *r, unsigned bi, uint64_t first, uint64_t end);
-/* The claimed run is sent: un-protect it (the guest may write it now). */
+/* The claimed run is sent: the guest may write it now.  It is
+ * un-protected in batches of contiguous runs (lm_ram_bgsnap_flush ends
+ * one; a write before that faults and is let through). */
 int lm_ram_bgsnap_sent(lm_ram *r, unsigned bi, uint64_t first, uint64_t end);
-/* Sends one page of block bi from a copy (NULL: a zero page). */
-int lm_ram_send_buf(lm_ram *r, lm_out *o, unsigned bi, uint64_t page, const uint8_t *data);
+int lm_ram_bgsnap_flush(lm_ram *r);
+/* Sends n (<= LM_RAM_COPIES_MAX) single pages from copies (data NULL: a
+ * page that was zero). */
+#define LM_RAM_COPIES_MAX 64
+typedef struct lm_ram_copy {
+    unsigned block;
+    uint64_t page;
+    const uint8_t *data;
+} lm_ram_copy;
+int lm_ram_send_copies(lm_ram *r, lm_out *o, unsigned n, const lm_ram_copy *cp);
 /* Write faults taken so far. */
 uint64_t lm_ram_bgsnap_faults(lm_ram *r);
 

@@ -267,11 +267,39 @@ static int send_page_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, u
     return send_page_data(r, o, block, first, count, b->base + first * b->page_size);
 }
 
-int lm_ram_send_buf(lm_ram *r, lm_out *o, unsigned bi, uint64_t page, const uint8_t *data)
+/* Copies of single pages (a background snapshot's): the zero ones as
+ * RAM_ZERO, the others as one-page RAM_PAGES records, up to 32 records per
+ * writev (a syscall per 4 KiB page would cost more than the page). */
+int lm_ram_send_copies(lm_ram *r, lm_out *o, unsigned n, const lm_ram_copy *cp)
 {
-    if (!data || lm_page_is_zero(data, r->mem->blocks[bi].page_size))
-        return send_zero_run(r, o, bi, page, 1);
-    return send_page_data(r, o, bi, page, 1, data);
+    enum { PER_WRITE = LM_RAM_COPIES_MAX / 2 };
+    uint8_t hdrs[PER_WRITE][LM_REC_HDR_SIZE + LM_RAM_PAGES_HDR_SIZE];
+    struct iovec iov[2 * PER_WRITE];
+    unsigned k = 0;
+    int ret = 0;
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        const lm_ram_copy *c = &cp[i];
+        if (!c->data || lm_page_is_zero(c->data, LM_PAGE_SIZE)) {
+            ret = send_zero_run(r, o, c->block, c->page, 1);
+            continue;
+        }
+        uint8_t *h = hdrs[k];
+        lm_ram_run run = {.block = c->block, .count = 1, .first_page = c->page};
+        lm_fmt_rec_hdr_encode(LM_REC_RAM_PAGES, LM_RAM_PAGES_HDR_SIZE + LM_PAGE_SIZE, h,
+                              LM_REC_HDR_SIZE);
+        lm_fmt_ram_pages_hdr_encode(&run, h + LM_REC_HDR_SIZE, LM_RAM_PAGES_HDR_SIZE);
+        iov[2 * k] = (struct iovec){h, sizeof hdrs[0]};
+        iov[2 * k + 1] = (struct iovec){(void *)c->data, LM_PAGE_SIZE};
+        LM_ATOMIC_ADD(&r->ctr->normal, 1);
+        lm_out_account(o, sizeof hdrs[0] + LM_PAGE_SIZE);
+        if (++k == PER_WRITE) {
+            ret = lm_chan_writev_ref(o->chan, NULL, 0, iov, 2 * (int)k);
+            k = 0;
+        }
+    }
+    if (ret == 0 && k)
+        ret = lm_chan_writev_ref(o->chan, NULL, 0, iov, 2 * (int)k);
+    return ret;
 }
 
 /* A background run (bg) goes to the multifd channels when there are
@@ -444,6 +472,8 @@ static int ram_send(lm_ram *r, lm_out *o, uint64_t budget, bool timed, lm_error 
         if (timed && (++runs % 16) == 0 && lm_now_ns() - t0 > SLICE_NS)
             break;
     }
+    if (lm_ram_bgsnap_flush(r) < 0)
+        return lm_error_set(err, -EIO, "background-snapshot: un-protecting sent pages failed");
     if (lm_chan_get_error(o->chan, err))
         return err ? err->code : -EIO;
     set_remaining(r);
