@@ -851,9 +851,8 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
      * guest, the sum of the ledger's versions. */
     uint64_t writes = total_writes(g);
     uint64_t all = __atomic_load_n(&g->base_writes, __ATOMIC_RELAXED) + writes;
-    return reply(json_pack("{s:I, s:I, s:I, s:b, s:I, s:s, s:i, s:o}", "writes",
-                           (json_int_t)writes, "total-writes", (json_int_t)all, "rate",
-                           (json_int_t)recent_rate(g),
+    return reply(json_pack("{s:I, s:I, s:I, s:b, s:I, s:s, s:i, s:o}", "writes", (json_int_t)writes,
+                           "total-writes", (json_int_t)all, "rate", (json_int_t)recent_rate(g),
                            "running", running, "mem", (json_int_t)g->mem, "workload",
                            workload_names[g->wl], "threads", (int)g->nthreads, "devices", devs),
                  ret_json, err);

@@ -55,11 +55,12 @@ static int put_devices(lm_outgoing *g, int fd, lm_error *err)
     uint8_t *chunk = malloc(COPY_CHUNK);
     if (!chunk)
         return lm_error_set(err, -ENOMEM, "out of memory");
-    for (off_t off = 0;; ) {
+    for (off_t off = 0;;) {
         ssize_t n = pread(fd, chunk, COPY_CHUNK, off);
         if (n < 0) {
-            ret = lm_error_set(err, -errno, "background-snapshot: reading the device state "
-                                            "buffer: %s",
+            ret = lm_error_set(err, -errno,
+                               "background-snapshot: reading the device state "
+                               "buffer: %s",
                                strerror(errno));
             break;
         }
@@ -121,8 +122,7 @@ int lm_og_bgsnap(lm_outgoing *g, lm_error *err)
     int ret = 0;
     int fd = memfd_create("livemig-bgsnap-devices", MFD_CLOEXEC);
     if (fd < 0)
-        return lm_error_set(err, -errno, "background-snapshot: memfd_create: %s",
-                            strerror(errno));
+        return lm_error_set(err, -errno, "background-snapshot: memfd_create: %s", strerror(errno));
     ret = lm_chan_new(fd, "device state buffer", &buf, err);
     if (ret < 0) {
         close(fd);

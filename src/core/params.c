@@ -137,12 +137,22 @@ int lm_caps_check(uint64_t set, lm_error *err)
         /* QEMU's check_caps_background_snapshot, in its order.  (This
          * engine always has a return path; the capability still conflicts,
          * as in QEMU, so that the same settings are refused the same way.) */
-        static const lm_cap bad[] = {
-            LM_CAP_POSTCOPY_RAM,  LM_CAP_DIRTY_BITMAPS,  LM_CAP_POSTCOPY_BLOCKTIME,
-            LM_CAP_LATE_BLOCK_ACTIVATE, LM_CAP_RETURN_PATH, LM_CAP_MULTIFD,
-            LM_CAP_PAUSE_BEFORE_SWITCHOVER, LM_CAP_AUTO_CONVERGE, LM_CAP_RELEASE_RAM,
-            LM_CAP_RDMA_PIN_ALL, LM_CAP_XBZRLE, LM_CAP_X_COLO, LM_CAP_VALIDATE_UUID,
-            LM_CAP_ZERO_COPY_SEND, LM_CAP_POSTCOPY_PREEMPT, LM_CAP_SWITCHOVER_ACK};
+        static const lm_cap bad[] = {LM_CAP_POSTCOPY_RAM,
+                                     LM_CAP_DIRTY_BITMAPS,
+                                     LM_CAP_POSTCOPY_BLOCKTIME,
+                                     LM_CAP_LATE_BLOCK_ACTIVATE,
+                                     LM_CAP_RETURN_PATH,
+                                     LM_CAP_MULTIFD,
+                                     LM_CAP_PAUSE_BEFORE_SWITCHOVER,
+                                     LM_CAP_AUTO_CONVERGE,
+                                     LM_CAP_RELEASE_RAM,
+                                     LM_CAP_RDMA_PIN_ALL,
+                                     LM_CAP_XBZRLE,
+                                     LM_CAP_X_COLO,
+                                     LM_CAP_VALIDATE_UUID,
+                                     LM_CAP_ZERO_COPY_SEND,
+                                     LM_CAP_POSTCOPY_PREEMPT,
+                                     LM_CAP_SWITCHOVER_ACK};
         for (unsigned i = 0; i < sizeof bad / sizeof bad[0]; i++)
             if (set & CAP(bad[i]))
                 return lm_error_set(err, -EINVAL, "Background-snapshot is not compatible with %s",
@@ -153,8 +163,7 @@ int lm_caps_check(uint64_t set, lm_error *err)
         lm_error why = {0};
         if (lm_wp_new(&w, &why) < 0)
             return lm_error_set(err, -EOPNOTSUPP,
-                                "Background-snapshot is not supported by host kernel: %s",
-                                why.msg);
+                                "Background-snapshot is not supported by host kernel: %s", why.msg);
         lm_wp_free(w);
     }
     return 0;

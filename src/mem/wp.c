@@ -52,8 +52,8 @@ struct lm_wp {
     pthread_t thread;
     bool thread_running;
     bool protected_;
-    uint64_t faults;     /* relaxed atomic */
-    int err_code;        /* fault thread's first error (atomic, then err_msg) */
+    uint64_t faults; /* relaxed atomic */
+    int err_code;    /* fault thread's first error (atomic, then err_msg) */
     char err_msg[LM_ERROR_MSG_MAX];
 };
 
@@ -70,8 +70,9 @@ static int uffd_open(lm_error *err)
         return fd;
     int e = errno;
     if (e == ENOSYS)
-        return lm_error_set(err, -ENOSYS, "background-snapshot: userfaultfd is not supported by "
-                                          "this kernel (CONFIG_USERFAULTFD)");
+        return lm_error_set(err, -ENOSYS,
+                            "background-snapshot: userfaultfd is not supported by "
+                            "this kernel (CONFIG_USERFAULTFD)");
     return lm_error_set(err, -e, "background-snapshot: userfaultfd: %s", strerror(e));
 }
 
@@ -106,9 +107,9 @@ int lm_wp_new(lm_wp **out, lm_error *err)
                            : !(have & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
                                ? "UFFD_FEATURE_WP_HUGETLBFS_SHMEM (Linux >= 5.19)"
                                : NULL;
-        ret = miss ? lm_error_set(err, -EOPNOTSUPP,
-                                  "background-snapshot: userfaultfd lacks %s", miss)
-                   : lm_error_set(err, -e, "background-snapshot: UFFDIO_API: %s", strerror(e));
+        ret =
+            miss ? lm_error_set(err, -EOPNOTSUPP, "background-snapshot: userfaultfd lacks %s", miss)
+                 : lm_error_set(err, -e, "background-snapshot: UFFDIO_API: %s", strerror(e));
         goto fail;
     }
     w->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -138,8 +139,8 @@ static int range_is_anon(uintptr_t base, uint64_t len, bool *hugetlb)
         char perms[8], dev[16];
         unsigned long long off;
         int pos = 0;
-        if (sscanf(line, "%lx-%lx %7s %llx %15s %lu %n", &lo, &hi, perms, &off, dev, &ino,
-                   &pos) < 6)
+        if (sscanf(line, "%lx-%lx %7s %llx %15s %lu %n", &lo, &hi, perms, &off, dev, &ino, &pos) <
+            6)
             continue;
         if (hi <= base || lo >= base + len)
             continue;
@@ -158,8 +159,7 @@ int lm_wp_add_range(lm_wp *w, const char *name, void *base, uint64_t len, uint32
     if (w->protected_)
         return lm_error_set(err, -EBUSY, "background-snapshot: ranges are fixed once started");
     if (w->nranges >= MAX_RANGES)
-        return lm_error_set(err, -ENOSPC, "background-snapshot: at most %d RAM blocks",
-                            MAX_RANGES);
+        return lm_error_set(err, -ENOSPC, "background-snapshot: at most %d RAM blocks", MAX_RANGES);
     /* Copying and un-protecting work page by page, in 4 KiB units: a huge
      * page would be copied and released whole, which this engine does not
      * do (QEMU refuses such blocks too: ram_write_tracking_compatible). */
@@ -193,8 +193,8 @@ static void set_thread_error(lm_wp *w, int code, const char *what, uint64_t addr
     if (__atomic_compare_exchange_n(&w->err_code, &none, -1, false, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
         if (addr)
-            snprintf(w->err_msg, sizeof w->err_msg, "%s 0x%llx: %s", what,
-                     (unsigned long long)addr, strerror(-code));
+            snprintf(w->err_msg, sizeof w->err_msg, "%s 0x%llx: %s", what, (unsigned long long)addr,
+                     strerror(-code));
         else
             snprintf(w->err_msg, sizeof w->err_msg, "%s: %s", what, strerror(-code));
         __atomic_store_n(&w->err_code, code, __ATOMIC_RELEASE);
@@ -248,7 +248,8 @@ static void *fault_thread(void *arg)
     pthread_setname_np(pthread_self(), "lm-wp-fault");
     struct uffd_msg msgs[FAULT_BATCH];
     for (;;) {
-        struct pollfd p[2] = {{.fd = w->uffd, .events = POLLIN}, {.fd = w->stop_efd, .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = w->uffd, .events = POLLIN},
+                              {.fd = w->stop_efd, .events = POLLIN}};
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -296,8 +297,8 @@ int lm_wp_start(lm_wp *w, lm_wp_fault_fn fn, void *opaque, lm_error *err)
         struct wp_range *r = &w->ranges[i];
         int rc = writeprotect(w, r->base, r->len, true);
         if (rc < 0)
-            return lm_error_set(err, rc, "background-snapshot: write-protecting '%s': %s",
-                                r->name, strerror(-rc));
+            return lm_error_set(err, rc, "background-snapshot: write-protecting '%s': %s", r->name,
+                                strerror(-rc));
     }
     int rc = -pthread_create(&w->thread, NULL, fault_thread, w);
     if (rc < 0)

@@ -109,8 +109,7 @@ static lm_wp_action on_fault(void *opaque, unsigned bi, uint64_t page)
      * copy, and nobody else claims it. */
     lm_ram_block *b = &r->mem->blocks[bi];
     if (populated)
-        memcpy(bg->pool + (size_t)slot * LM_PAGE_SIZE, b->base + page * b->page_size,
-               LM_PAGE_SIZE);
+        memcpy(bg->pool + (size_t)slot * LM_PAGE_SIZE, b->base + page * b->page_size, LM_PAGE_SIZE);
 
     pthread_mutex_lock(&bg->qlock);
     bg->ring[(bg->head + bg->count) % SLOTS] =
@@ -244,10 +243,10 @@ int lm_ram_bgsnap_drain(lm_ram *r, lm_out *o, lm_error *err)
         lm_ram_copy cp[LM_RAM_COPIES_MAX];
         for (unsigned k = 0; k < n; k++) {
             const entry *e = &batch[k];
-            cp[k] = (lm_ram_copy){
-                .block = e->bi,
-                .page = e->page,
-                .data = e->slot >= 0 ? bg->pool + (size_t)e->slot * LM_PAGE_SIZE : NULL};
+            cp[k] = (lm_ram_copy){.block = e->bi,
+                                  .page = e->page,
+                                  .data = e->slot >= 0 ? bg->pool + (size_t)e->slot * LM_PAGE_SIZE
+                                                       : NULL};
         }
         int ret = lm_ram_send_copies(r, o, n, cp);
         pthread_mutex_lock(&bg->qlock);
@@ -302,8 +301,8 @@ int lm_ram_bgsnap_sent(lm_ram *r, unsigned bi, uint64_t first, uint64_t end)
     bg->inflight = false;
     pthread_mutex_unlock(&r->lock);
     int ret = 0;
-    if (bg->upend && (bg->u_bi != bi || bg->u_end != first ||
-                      bg->u_end - bg->u_first >= UNPROTECT_BATCH))
+    if (bg->upend &&
+        (bg->u_bi != bi || bg->u_end != first || bg->u_end - bg->u_first >= UNPROTECT_BATCH))
         ret = lm_ram_bgsnap_flush(r);
     if (!bg->upend) {
         bg->upend = true;

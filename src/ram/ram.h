@@ -57,7 +57,7 @@ typedef struct lm_ram {
      * dirty bits are clear) and copied or is copying, not yet sent: they
      * count as left (lm_ram_dirty_left) until the drain sends them. */
     uint64_t bg_owed;
-    bool postcopy;                      /* switched: RAM is sent postcopy */
+    bool postcopy; /* switched: RAM is sent postcopy */
     /* --- migration thread only --- */
     uint64_t *populated[LM_RAM_MAX_BLOCKS]; /* pass 1 only: populated at setup */
     lm_dirty *tracker;                      /* write tracking while the guest runs */
