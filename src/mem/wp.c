@@ -227,16 +227,22 @@ static void handle_fault(lm_wp *w, uint64_t addr)
 {
     addr &= ~(uint64_t)(PAGE - 1);
     lm_wp_action act = LM_WP_UNPROTECT;
+    uint64_t start = addr, len = PAGE;
     for (unsigned i = 0; i < w->nranges; i++) {
         struct wp_range *r = &w->ranges[i];
         if (addr >= r->base && addr < r->base + r->len) {
-            act = w->fn(w->opaque, i, (addr - r->base) / PAGE);
+            uint64_t page = (addr - r->base) / PAGE, first = page, count = 1;
+            act = w->fn(w->opaque, i, page, &first, &count);
+            if (first <= page && page < first + count && (first + count) * PAGE <= r->len) {
+                start = r->base + first * PAGE;
+                len = count * PAGE;
+            }
             break;
         }
     }
     __atomic_fetch_add(&w->faults, 1, __ATOMIC_RELAXED);
     if (act == LM_WP_UNPROTECT) {
-        int rc = writeprotect(w, addr, PAGE, false);
+        int rc = writeprotect(w, start, len, false);
         if (rc < 0)
             set_thread_error(w, rc, "un-protecting the page at", addr);
     }

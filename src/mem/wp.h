@@ -32,8 +32,12 @@ typedef enum lm_wp_action {
     LM_WP_LEAVE,     /* someone else un-protects it soon (a send in flight) */
 } lm_wp_action;
 
-/* Called on "lm-wp-fault" for a write to page `page` of range `range`. */
-typedef lm_wp_action (*lm_wp_fault_fn)(void *opaque, unsigned range, uint64_t page);
+/* Called on "lm-wp-fault" for a write to page `page` of range `range`.
+ * [*first, *first + *count) is what LM_WP_UNPROTECT un-protects: the page
+ * when the callback leaves them (it may widen them to a cluster it saved,
+ * in one ioctl instead of one fault per page). */
+typedef lm_wp_action (*lm_wp_fault_fn)(void *opaque, unsigned range, uint64_t page, uint64_t *first,
+                                       uint64_t *count);
 
 /* Opens a userfaultfd and checks the features (write-protect, unpopulated
  * pages, shared memory).  Errors name the missing piece. */

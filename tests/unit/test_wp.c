@@ -38,8 +38,11 @@ typedef struct ctx {
     int done;           /* the writer finished (atomic) */
 } ctx;
 
-static lm_wp_action on_fault(void *opaque, unsigned range, uint64_t page)
+static lm_wp_action on_fault(void *opaque, unsigned range, uint64_t page, uint64_t *first,
+                             uint64_t *count)
 {
+    assert_int_equal(*first, page);
+    assert_int_equal(*count, 1);
     ctx *c = opaque;
     assert_int_equal(range, 0);
     assert_true(page < NPAGES);
