@@ -351,8 +351,3 @@ int lm_ram_bgsnap_sent(lm_ram *r, unsigned bi, uint64_t first, uint64_t end)
     bg->u_end = end;
     return ret;
 }
-
-uint64_t lm_ram_bgsnap_faults(lm_ram *r)
-{
-    return r->bg ? lm_wp_faults(r->bg->wp) : 0;
-}

@@ -130,8 +130,6 @@ typedef struct lm_ram_copy {
     const uint8_t *data;
 } lm_ram_copy;
 int lm_ram_send_copies(lm_ram *r, lm_out *o, unsigned n, const lm_ram_copy *cp);
-/* Write faults taken so far. */
-uint64_t lm_ram_bgsnap_faults(lm_ram *r);
 
 /* ------------------------------------------------------------ load.c */
 
