@@ -709,7 +709,7 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     sync_with_parked_workers(g);
     if (same) {
         g->seed = get64(d + 16);
-        g->base_writes = base;
+        __atomic_store_n(&g->base_writes, base, __ATOMIC_RELAXED);
         for (unsigned i = 0; i < hdr[2]; i++) {
             const uint8_t *p = d + CPU_HDR + i * CPU_PER_THREAD;
             worker *w = &g->workers[i];
@@ -724,7 +724,7 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
         }
     } else {
         uint64_t ours = total_writes(g);
-        g->base_writes = total - ours;
+        __atomic_store_n(&g->base_writes, total - ours, __ATOMIC_RELAXED);
     }
     g->cpu_loaded = true;
     g->cpu_adopted = same;
@@ -875,11 +875,16 @@ static int qmp_stats(void *opaque, const char *args, char **ret_json, lm_error *
         json_decref(devs);
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
-    return reply(json_pack("{s:I, s:I, s:b, s:I, s:s, s:i, s:o, s:o}", "writes",
-                           (json_int_t)total_writes(g), "rate", (json_int_t)recent_rate(g),
-                           "running", running, "mem", (json_int_t)g->mem, "workload",
-                           workload_names[g->wl], "threads", (int)g->nthreads, "devices", devs,
-                           "throttle", thr),
+    /* total-writes: every write in this memory's history (the fill's and
+     * a source's, which the cpu state brought, plus ours): on a stopped
+     * guest, the sum of the ledger's versions. */
+    uint64_t writes = total_writes(g);
+    uint64_t all = __atomic_load_n(&g->base_writes, __ATOMIC_RELAXED) + writes;
+    return reply(json_pack("{s:I, s:I, s:I, s:b, s:I, s:s, s:i, s:o, s:o}", "writes",
+                           (json_int_t)writes, "total-writes", (json_int_t)all, "rate",
+                           (json_int_t)recent_rate(g), "running", running, "mem",
+                           (json_int_t)g->mem, "workload", workload_names[g->wl], "threads",
+                           (int)g->nthreads, "devices", devs, "throttle", thr),
                  ret_json, err);
 }
 

@@ -256,7 +256,7 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
                 lm_error_prefix(&m->error, "postcopy failed before the destination ran the "
                                            "guest (the source resumes it)");
             pthread_mutex_unlock(&m->lock);
-            if (committed && !dest_failed)
+            if (committed && !dest_failed && !g->bgsnap)
                 lm_error_prefix(err, "switchover was committed but not confirmed; the source "
                                      "stays paused to avoid running twice (use 'cont' if the "
                                      "destination is not running)");
@@ -294,7 +294,9 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     if (!g->paused)
         lm_savevm_cleanup(&m->sv);
 
-    if (final == LM_STATUS_COMPLETED)
+    if (final == LM_STATUS_COMPLETED && g->bgsnap)
+        ; /* a snapshot leaves the guest as it is (running) */
+    else if (final == LM_STATUS_COMPLETED)
         lm_vm_start_after_migration(m, LM_RUN_POSTMIGRATE);
     else if (g->paused)
         ; /* stays stopped (finish-migrate): the destination may be running */
@@ -330,8 +332,10 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     } else if (final == LM_STATUS_POSTCOPY_PAUSED) {
         changed = lm_state_set_locked(m, cur, final);
     } else {
-        changed = lm_state_set_locked(m, g->run_sent ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_DEVICE,
-                                      LM_STATUS_COMPLETED);
+        lm_status from = g->run_sent ? LM_STATUS_POSTCOPY_ACTIVE
+                         : g->bgsnap ? LM_STATUS_ACTIVE /* QEMU: active -> completed */
+                                     : LM_STATUS_DEVICE;
+        changed = lm_state_set_locked(m, from, LM_STATUS_COMPLETED);
     }
     pthread_mutex_unlock(&m->lock);
     if (changed)
@@ -398,6 +402,7 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
         lm_sw_reload_params(g);
         m->ram.guest_running = lm_vm_runstate(m) == LM_RUN_RUNNING;
         m->ram.postcopy_capable = caps & (1ull << LM_CAP_POSTCOPY_RAM);
+        m->ram.bgsnap = g->bgsnap;
         ret = lm_savevm_setup(&m->sv, &lm_ram_handler_ops, &m->ram, g->ack_cap, &g->o, err);
     }
     if (ret == 0)
@@ -475,6 +480,7 @@ static void *migration_thread_fn(void *arg)
     uint64_t caps = m->caps;
     pthread_mutex_unlock(&m->lock);
     choose_features(g, caps);
+    g->bgsnap = caps & (1ull << LM_CAP_BACKGROUND_SNAPSHOT);
     g->o.zpd = g->params.zero_page_detection;
     int ret = setup(g, caps, &err);
     if (ret < 0)
@@ -492,7 +498,7 @@ static void *migration_thread_fn(void *arg)
     g->win_start_bytes = lm_out_bytes(&g->o);
     g->rl_seen = g->win_start_bytes;
 
-    ret = lm_og_loop(g, &err);
+    ret = g->bgsnap ? lm_og_bgsnap(g, &err) : lm_og_loop(g, &err);
 out:
     lm_og_end(g, ret, &err);
     return NULL;

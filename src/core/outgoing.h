@@ -67,6 +67,7 @@ typedef struct lm_outgoing {
     bool paused;          /* finished in postcopy-paused */
     bool resuming;        /* a recovery (resume.c): HELLO asks to resume the session */
     uint64_t prior_bytes; /* main-channel bytes of the channels before a recovery */
+    bool bgsnap;          /* background-snapshot (bgsnap.c), fixed at start */
     bool was_running;     /* guest was running when we stopped it */
     bool stopped_vm;
 } lm_outgoing;
@@ -78,6 +79,11 @@ int lm_og_connect_channels(lm_outgoing *g, lm_error *err);
 int lm_og_connect_preempt(lm_outgoing *g, lm_error *err);
 int lm_og_loop(lm_outgoing *g, lm_error *err);
 void lm_og_end(lm_outgoing *g, int ret, lm_error *err);
+
+/* bgsnap.c: a background snapshot after setup, instead of lm_og_loop:
+ * pause, device state into a buffer, write-protect RAM, resume, one pass,
+ * the buffered device state, EOS.  The guest runs but for the pause. */
+int lm_og_bgsnap(lm_outgoing *g, lm_error *err);
 
 /* return_path.c: starts / joins "lm-rp" on the main channel. */
 int lm_rp_start(lm_outgoing *g, lm_error *err);
@@ -100,6 +106,9 @@ extern const struct lm_iter_ops lm_sw_iter_ops;
 void lm_thr_start(lm_outgoing *g, uint64_t caps);
 void lm_thr_end(lm_outgoing *g);
 bool lm_thr_sync_due(const lm_outgoing *g, uint64_t now);
+/* EOS on every channel, then the destination's verdict (the commit point:
+ * a cancel before it wins).  0 when the destination confirmed. */
+int lm_sw_end_stream(lm_outgoing *g, const char *what, lm_error *err);
 /* Bytes written on the preempt channel (requested pages). */
 uint64_t lm_sw_preempt_bytes(const lm_outgoing *g);
 

@@ -3,6 +3,7 @@
  * capabilities and parameters, QEMU's spelling and rules (digest §9).
  */
 #include "core/internal.h"
+#include "mem/wp.h"
 
 #include <errno.h>
 #include <string.h>
@@ -82,7 +83,7 @@ static const struct {
     [LM_CAP_LATE_BLOCK_ACTIVATE] = {"late-block-activate", true},
     [LM_CAP_X_IGNORE_SHARED] = {"x-ignore-shared", false},
     [LM_CAP_VALIDATE_UUID] = {"validate-uuid", false},
-    [LM_CAP_BACKGROUND_SNAPSHOT] = {"background-snapshot", false},
+    [LM_CAP_BACKGROUND_SNAPSHOT] = {"background-snapshot", true},
     [LM_CAP_ZERO_COPY_SEND] = {"zero-copy-send", false},
     [LM_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", true},
     [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
@@ -132,6 +133,39 @@ int lm_caps_check(uint64_t set, lm_error *err)
         return lm_error_set(err, -EINVAL, "postcopy preempt requires postcopy-ram");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
         return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge");
+    if (set & CAP(LM_CAP_BACKGROUND_SNAPSHOT)) {
+        /* QEMU's check_caps_background_snapshot, in its order.  (This
+         * engine always has a return path; the capability still conflicts,
+         * as in QEMU, so that the same settings are refused the same way.) */
+        static const lm_cap bad[] = {LM_CAP_POSTCOPY_RAM,
+                                     LM_CAP_DIRTY_BITMAPS,
+                                     LM_CAP_POSTCOPY_BLOCKTIME,
+                                     LM_CAP_LATE_BLOCK_ACTIVATE,
+                                     LM_CAP_RETURN_PATH,
+                                     LM_CAP_MULTIFD,
+                                     LM_CAP_PAUSE_BEFORE_SWITCHOVER,
+                                     LM_CAP_AUTO_CONVERGE,
+                                     LM_CAP_RELEASE_RAM,
+                                     LM_CAP_RDMA_PIN_ALL,
+                                     LM_CAP_XBZRLE,
+                                     LM_CAP_X_COLO,
+                                     LM_CAP_VALIDATE_UUID,
+                                     LM_CAP_ZERO_COPY_SEND,
+                                     LM_CAP_POSTCOPY_PREEMPT,
+                                     LM_CAP_SWITCHOVER_ACK};
+        for (unsigned i = 0; i < sizeof bad / sizeof bad[0]; i++)
+            if (set & CAP(bad[i]))
+                return lm_error_set(err, -EINVAL, "Background-snapshot is not compatible with %s",
+                                    caps[bad[i]].name);
+        /* QEMU's ram_write_tracking_available: the kernel must offer
+         * synchronous write-protection (with the features it needs). */
+        lm_wp *w = NULL;
+        lm_error why = {0};
+        if (lm_wp_new(&w, &why) < 0)
+            return lm_error_set(err, -EOPNOTSUPP,
+                                "Background-snapshot is not supported by host kernel: %s", why.msg);
+        lm_wp_free(w);
+    }
     return 0;
 }
 

@@ -283,7 +283,7 @@ static int switchover_start(lm_outgoing *g, lm_error *err)
 /* The end of both completions: EOS on the main channel and on every
  * multifd channel, then the destination's verdict (RP_SHUT), which alone
  * makes the migration completed. */
-static int end_stream(lm_outgoing *g, const char *what, lm_error *err)
+int lm_sw_end_stream(lm_outgoing *g, const char *what, lm_error *err)
 {
     lm_mig *m = g->m;
     /* The commit point, atomic with lm_mig_cancel's check: a cancel before
@@ -336,7 +336,7 @@ static int op_complete(void *opaque, uint64_t pending, lm_error *err)
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "sending the final state failed");
     }
-    ret = end_stream(g, "sending the final state failed", err);
+    ret = lm_sw_end_stream(g, "sending the final state failed", err);
     if (ret == 0)
         LM_ATOMIC_SET(&m->stats.downtime_us, (lm_now_ns() - t0) / 1000);
     return ret;
@@ -433,7 +433,7 @@ static int op_complete_postcopy(void *opaque, lm_error *err)
     /* The multifd channels were fenced by RAM's complete step (every
      * background page they carried is placed before the destination reads
      * this EOS); they end now too. */
-    return end_stream(g, "sending the end of the postcopy stream failed", err);
+    return lm_sw_end_stream(g, "sending the end of the postcopy stream failed", err);
 }
 
 const lm_iter_ops lm_sw_iter_ops = {

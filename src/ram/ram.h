@@ -17,6 +17,7 @@
 
 #include "mem/dirty.h"
 #include "mem/mem.h"
+#include "mem/wp.h"
 #include "multifd/multifd.h"
 #include "savevm/savevm.h"
 
@@ -56,12 +57,18 @@ typedef struct lm_ram {
     /* --- lock (once a second thread may claim pages) --- */
     uint64_t *dirty[LM_RAM_MAX_BLOCKS]; /* per block: pages still to send */
     uint64_t dirty_pages;               /* bits set in all dirty maps */
-    bool postcopy;                      /* switched: RAM is sent postcopy */
+    /* Background snapshot: pages the write-fault thread claimed (their
+     * dirty bits are clear) and copied or is copying, not yet sent: they
+     * count as left (lm_ram_dirty_left) until the drain sends them. */
+    uint64_t bg_owed;
+    bool postcopy; /* switched: RAM is sent postcopy */
     /* --- migration thread only --- */
     uint64_t *populated[LM_RAM_MAX_BLOCKS]; /* pass 1 only: populated at setup */
     lm_dirty *tracker;                      /* write tracking while the guest runs */
     bool tracking;
     bool guest_running;    /* set before setup: tracking is needed */
+    bool bgsnap;           /* set before setup: a background snapshot (bgsnap.c) */
+    struct lm_bgsnap *bg;  /* while its write-protection is on */
     bool postcopy_capable; /* set before setup: RAM may go postcopy */
     unsigned cur_block;    /* page-search cursor */
     uint64_t cur_page;
@@ -94,6 +101,39 @@ bool lm_ram_dirty_run_locked(lm_ram *r, unsigned bi, uint64_t from, uint64_t end
                              uint64_t *p, uint64_t *q);
 /* From now on RAM is sent postcopy (at the switch, guest stopped). */
 void lm_ram_set_postcopy(lm_ram *r);
+
+/* ------------------------------------------------------------ bgsnap.c */
+
+/* Background snapshot (digest §9, bgsnap.c).  With the guest stopped:
+ * records which pages are populated, write-protects all RAM and starts the
+ * write-fault thread.  From then on one pass sends every page as it was at
+ * this instant: a write to a page not yet sent blocks until the fault
+ * thread copied it (the copy is queued and sent by the drain); a sent run
+ * is un-protected.  Migration thread. */
+int lm_ram_bgsnap_start(lm_ram *r, lm_error *err);
+/* Removes every protection and stops the fault thread (idempotent; the
+ * queued copies are dropped).  Migration thread. */
+void lm_ram_bgsnap_stop(lm_ram *r);
+/* Sends the copies the fault thread queued.  When nothing is left but
+ * pages being copied, waits for them.  Migration thread (ram_send). */
+int lm_ram_bgsnap_drain(lm_ram *r, lm_out *o, lm_error *err);
+/* With r->lock held: run [first, end) of block bi was claimed and is
+ * about to be sent straight from guest memory (still protected). */
+void lm_ram_bgsnap_claimed_locked(lm_ram *r, unsigned bi, uint64_t first, uint64_t end);
+/* The claimed run is sent: the guest may write it now.  It is
+ * un-protected in batches of contiguous runs (lm_ram_bgsnap_flush ends
+ * one; a write before that faults and is let through). */
+int lm_ram_bgsnap_sent(lm_ram *r, unsigned bi, uint64_t first, uint64_t end);
+int lm_ram_bgsnap_flush(lm_ram *r);
+/* Sends n (<= LM_RAM_COPIES_MAX) single pages from copies (data NULL: a
+ * page that was zero). */
+#define LM_RAM_COPIES_MAX 64
+typedef struct lm_ram_copy {
+    unsigned block;
+    uint64_t page;
+    const uint8_t *data;
+} lm_ram_copy;
+int lm_ram_send_copies(lm_ram *r, lm_out *o, unsigned n, const lm_ram_copy *cp);
 
 /* ------------------------------------------------------------ load.c */
 

@@ -36,6 +36,7 @@ void lm_ram_destroy(lm_ram *r)
 
 void lm_ram_save_cleanup(lm_ram *r)
 {
+    lm_ram_bgsnap_stop(r); /* before the maps its fault thread reads */
     if (r->tracker) {
         lm_dirty_stop(r->tracker);
         lm_dirty_free(r->tracker);
@@ -49,6 +50,7 @@ void lm_ram_save_cleanup(lm_ram *r)
         r->dirty[i] = r->populated[i] = NULL;
     }
     r->dirty_pages = 0;
+    r->bg_owed = 0;
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -60,7 +62,7 @@ static void ram_cleanup_cb(void *opaque)
 uint64_t lm_ram_dirty_left(lm_ram *r)
 {
     pthread_mutex_lock(&r->lock);
-    uint64_t n = r->dirty_pages;
+    uint64_t n = r->dirty_pages + r->bg_owed;
     pthread_mutex_unlock(&r->lock);
     return n;
 }
@@ -114,8 +116,13 @@ static int ram_save_setup(void *opaque, lm_out *o, lm_error *err)
     r->dirty_pages = total;
     pthread_mutex_unlock(&r->lock);
     /* A running guest needs write tracking; a stopped one cannot dirty
-     * anything, so one pass is exact and no tracker is needed. */
-    if (r->guest_running) {
+     * anything, so one pass is exact and no tracker is needed.  A
+     * background snapshot tracks nothing: it write-protects RAM when the
+     * guest is paused for its device state (lm_ram_bgsnap_start, which
+     * also takes the populated map then). */
+    if (r->bgsnap) {
+        /* populated[] stay allocated for lm_ram_bgsnap_start */
+    } else if (r->guest_running) {
         ret = lm_dirty_new(LM_DIRTY_UFFD_WP, &r->tracker, err);
         if (ret < 0)
             goto out;
@@ -239,7 +246,8 @@ static int send_zero_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, u
     return lm_rec_write(o->chan, LM_REC_RAM_ZERO, p, (uint32_t)n);
 }
 
-static int send_page_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, uint64_t count)
+static int send_page_data(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, uint64_t count,
+                          const uint8_t *data)
 {
     lm_ram_block *b = &r->mem->blocks[block];
     uint8_t hdr[LM_REC_HDR_SIZE + LM_RAM_PAGES_HDR_SIZE];
@@ -252,7 +260,48 @@ static int send_page_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, u
     lm_out_account(o, sizeof hdr + bytes);
     /* The record's header and the pages in one writev, straight from guest
      * memory: the page data is the record's payload (record.h framing). */
-    return lm_chan_write_ref(o->chan, hdr, sizeof hdr, b->base + first * b->page_size, bytes);
+    return lm_chan_write_ref(o->chan, hdr, sizeof hdr, data, bytes);
+}
+
+static int send_page_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, uint64_t count)
+{
+    lm_ram_block *b = &r->mem->blocks[block];
+    return send_page_data(r, o, block, first, count, b->base + first * b->page_size);
+}
+
+/* Copies of single pages (a background snapshot's): the zero ones as
+ * RAM_ZERO, the others as one-page RAM_PAGES records, up to 32 records per
+ * writev (a syscall per 4 KiB page would cost more than the page). */
+int lm_ram_send_copies(lm_ram *r, lm_out *o, unsigned n, const lm_ram_copy *cp)
+{
+    enum { PER_WRITE = LM_RAM_COPIES_MAX / 2 };
+    uint8_t hdrs[PER_WRITE][LM_REC_HDR_SIZE + LM_RAM_PAGES_HDR_SIZE];
+    struct iovec iov[2 * PER_WRITE];
+    unsigned k = 0;
+    int ret = 0;
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        const lm_ram_copy *c = &cp[i];
+        if (!c->data || lm_page_is_zero(c->data, LM_PAGE_SIZE)) {
+            ret = send_zero_run(r, o, c->block, c->page, 1);
+            continue;
+        }
+        uint8_t *h = hdrs[k];
+        lm_ram_run run = {.block = c->block, .count = 1, .first_page = c->page};
+        lm_fmt_rec_hdr_encode(LM_REC_RAM_PAGES, LM_RAM_PAGES_HDR_SIZE + LM_PAGE_SIZE, h,
+                              LM_REC_HDR_SIZE);
+        lm_fmt_ram_pages_hdr_encode(&run, h + LM_REC_HDR_SIZE, LM_RAM_PAGES_HDR_SIZE);
+        iov[2 * k] = (struct iovec){h, sizeof hdrs[0]};
+        iov[2 * k + 1] = (struct iovec){(void *)c->data, LM_PAGE_SIZE};
+        LM_ATOMIC_ADD(&r->ctr->normal, 1);
+        lm_out_account(o, sizeof hdrs[0] + LM_PAGE_SIZE);
+        if (++k == PER_WRITE) {
+            ret = lm_chan_writev_ref(o->chan, NULL, 0, iov, 2 * (int)k);
+            k = 0;
+        }
+    }
+    if (ret == 0 && k)
+        ret = lm_chan_writev_ref(o->chan, NULL, 0, iov, 2 * (int)k);
+    return ret;
 }
 
 /* A background run (bg) goes to the multifd channels when there are
@@ -344,8 +393,11 @@ static int64_t send_run(lm_ram *r, lm_out *o, unsigned bi, uint64_t from, uint64
             q = d;
         lm_bitmap_clear_range(dirty, p, q);
         r->dirty_pages -= q - p;
+        lm_ram_bgsnap_claimed_locked(r, bi, p, q);
         pthread_mutex_unlock(&r->lock);
         int ret = send_zero_run(r, o, bi, p, q - p);
+        if (ret == 0)
+            ret = lm_ram_bgsnap_sent(r, bi, p, q);
         return ret < 0 ? ret : (int64_t)q;
     }
     uint64_t end = p;
@@ -356,8 +408,11 @@ static int64_t send_run(lm_ram *r, lm_out *o, unsigned bi, uint64_t from, uint64
     r->dirty_pages -= end - p;
     if (o->postcopy && r->hooks.claimed)
         r->hooks.claimed(r->hooks.pc_opaque, bi, p, end - p, o);
+    lm_ram_bgsnap_claimed_locked(r, bi, p, end);
     pthread_mutex_unlock(&r->lock);
     int ret = lm_ram_send_pages(r, o, bi, p, end, true);
+    if (ret == 0)
+        ret = lm_ram_bgsnap_sent(r, bi, p, end);
     return ret < 0 ? ret : (int64_t)end;
 }
 
@@ -375,6 +430,15 @@ static int ram_send(lm_ram *r, lm_out *o, uint64_t budget, bool timed, lm_error 
          * the next background run. */
         if (o->postcopy && r->hooks.urgent && r->hooks.urgent(r->hooks.pc_opaque, o, err) < 0)
             return err && err->code ? err->code : -EIO;
+        /* Background snapshot: the pages the guest is waiting to write
+         * were copied; they go before the next run (their slots free). */
+        if (r->bg) {
+            int ret = lm_ram_bgsnap_drain(r, o, err);
+            if (ret < 0)
+                return ret;
+            if (!lm_ram_dirty_left(r))
+                break;
+        }
         unsigned bi = r->cur_block;
         lm_ram_block *b = &mem->blocks[bi];
         /* A run never goes far past the share of the window it was given,
@@ -410,6 +474,8 @@ static int ram_send(lm_ram *r, lm_out *o, uint64_t budget, bool timed, lm_error 
         if (timed && (++runs % 16) == 0 && lm_now_ns() - t0 > SLICE_NS)
             break;
     }
+    if (lm_ram_bgsnap_flush(r) < 0)
+        return lm_error_set(err, -EIO, "background-snapshot: un-protecting sent pages failed");
     if (lm_chan_get_error(o->chan, err))
         return err ? err->code : -EIO;
     set_remaining(r);

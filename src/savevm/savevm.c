@@ -345,7 +345,8 @@ int lm_savevm_complete(lm_savevm *m, lm_out *o, lm_complete_which which, lm_erro
         lm_handler *h = &m->handlers[i];
         bool pc = h->dev ? h->dev->ops->has_postcopy && h->dev->ops->has_postcopy(h->dev->opaque)
                          : h->ops->has_postcopy && h->ops->has_postcopy(h->opaque);
-        if ((which == LM_COMPLETE_NO_POSTCOPY && pc) || (which == LM_COMPLETE_POSTCOPY && !pc))
+        if ((which == LM_COMPLETE_NO_POSTCOPY && pc) || (which == LM_COMPLETE_POSTCOPY && !pc) ||
+            (which == LM_COMPLETE_DEVICES && !h->dev))
             continue;
         int ret = 0;
         if (!h->dev) {

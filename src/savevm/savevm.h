@@ -146,6 +146,7 @@ typedef enum {
     LM_COMPLETE_ALL,         /* precopy switchover */
     LM_COMPLETE_NO_POSTCOPY, /* at the switch to postcopy */
     LM_COMPLETE_POSTCOPY,    /* at postcopy's end */
+    LM_COMPLETE_DEVICES,     /* background snapshot: every device, not RAM */
 } lm_complete_which;
 int lm_savevm_complete(lm_savevm *sv, lm_out *o, lm_complete_which which, lm_error *err);
 void lm_savevm_cleanup(lm_savevm *sv);
