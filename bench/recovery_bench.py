@@ -33,7 +33,6 @@
 Every migration is verified on the destination (x-guest-verify); a run that
 fails is recorded with its error, not fatal."""
 
-import socket
 import statistics
 import sys
 import time
@@ -56,21 +55,10 @@ def log(msg):
     print("bench: " + msg, file=sys.stderr, flush=True)
 
 
-class Proxy(lmproxy.Proxy):
-    """lmproxy.Proxy with TCP_NODELAY on both sockets of every pair, as
-    the engine sets on its own (accepted sockets inherit it from the
-    listening one): with Nagle on, the proxy's forwarding of the return
-    path's small records waited for the peer's delayed ACK (~40 ms per
-    recovery at the source, measured)."""
-
-    def __init__(self, target, lifetime):
-        super().__init__(target, lifetime=lifetime)
-        self.lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _connect_target(self):
-        s = super()._connect_target()
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return s
+def Proxy(target, lifetime):
+    """A proxy in front of `target` (lmproxy sets TCP_NODELAY on its
+    sockets, as the engine does on its own)."""
+    return lmproxy.Proxy(target, lifetime=lifetime)
 
 
 def ev_time(ev):
