@@ -73,10 +73,15 @@ def unavailable():
     """Why namespaces cannot be made here (a reason for a skip), or None."""
     if os.geteuid() != 0:
         return "network namespaces need root (euid %d)" % os.geteuid()
+    probe = "%s%d-0-a" % (PREFIX, os.getpid())  # swept like the others if left
     try:
-        _ip("netns", "list")
+        _ip("netns", "add", probe)
     except NetnsError as e:
-        return "`ip netns` is not usable: %s" % e
+        return "`ip netns` is not usable here: %s" % e
+    try:
+        _ip("netns", "del", probe)
+    except NetnsError as e:
+        return "`ip netns` is not usable here: %s" % e
     return None
 
 
