@@ -16,7 +16,11 @@ is stopped by pid.  Then migrate-pause on either side, and its refusal
 outside postcopy.  Last, the window between POSTCOPY_RUN and its
 confirmation (the source's postcopy-device): a destination whose device
 load fails there makes the source fail and run again; a cut or a black
-hole there pauses both sides, and they recover.
+hole there pauses both sides, and they recover.  Recovery itself is cut
+too: a resume into a black hole is back in postcopy-paused within
+x-postcopy-timeout-ms (the error-desc names the bound), and an RST in
+postcopy-recover-setup (the destination's HELLO answer held by the proxy)
+pauses both sides again; each time the next recovery completes.
 
 Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
