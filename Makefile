@@ -1,11 +1,12 @@
 # Thin wrapper around CMake.  `make demo` and `make check` work on a fresh
 # Debian 12 machine: they install missing packages first (when root).
+# iproute2: `ip netns` for test_recovery_netns.py (a veth between two namespaces).
 
 BUILD ?= build
 JOBS ?= $(shell nproc)
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
             libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev libcairo2-dev \
-            libfontconfig-dev
+            libfontconfig-dev iproute2
 # `make bench` only: its charts (bench/charts.py) and rendering them to look at.
 # Debian's matplotlib is Debian's python3's: the bench runs with that one.
 BENCH_DEB_PKGS := python3-matplotlib librsvg2-bin

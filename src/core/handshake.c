@@ -12,8 +12,8 @@ int lm_hello_request(lm_chan *c, const lm_hello *h, int timeout_ms, lm_error *er
         return lm_chan_get_error(c, err);
     int r = lm_chan_wait_readable(c, timeout_ms);
     if (r == 0)
-        return lm_error_set(err, -ETIMEDOUT, "destination did not answer HELLO within %d s",
-                            timeout_ms / 1000);
+        return lm_error_set(err, -ETIMEDOUT, "destination did not answer HELLO within %d ms",
+                            timeout_ms);
     if (r < 0 || lm_chan_read_full(c, buf, sizeof buf) < 0) {
         lm_chan_get_error(c, err);
         return lm_error_prefix(err, "waiting for the destination's HELLO");

@@ -30,6 +30,20 @@
 
 /* ------------------------------------------------------------ handshake */
 
+/* The bound of one connect or HELLO wait: `dflt` ms, or what is left of a
+ * recovery's setup (g->setup_deadline_ns), at least 1 ms: a step that
+ * starts past the deadline still fails as a timeout, by its own wait. */
+static int step_timeout_ms(const lm_outgoing *g, int dflt)
+{
+    if (!g->setup_deadline_ns)
+        return dflt;
+    uint64_t now = lm_now_ns();
+    uint64_t left = now < g->setup_deadline_ns ? (g->setup_deadline_ns - now) / 1000000 : 0;
+    if (left < 1)
+        left = 1;
+    return left < (uint64_t)dflt ? (int)left : dflt;
+}
+
 /* HELLO on one connection: role and index name the channel, the session
  * id ties the channels of this migration together (DESIGN §5). */
 static int hello(lm_outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, lm_error *err)
@@ -42,7 +56,7 @@ static int hello(lm_outgoing *g, lm_chan *c, lm_chan_role role, unsigned index, 
                   .chan_count = (uint16_t)g->nmfd,
                   .features = g->features};
     memcpy(h.session, g->session, sizeof h.session);
-    return lm_hello_request(c, &h, LM_HELLO_TIMEOUT_MS, err);
+    return lm_hello_request(c, &h, step_timeout_ms(g, LM_HELLO_TIMEOUT_MS), err);
 }
 
 /* Test knob (never set in production): LIVEMIG_TEST_MULTIFD is a comma
@@ -74,8 +88,8 @@ static void drop_own_fd(lm_outgoing *g)
 static int connect_one(lm_outgoing *g, const char *name, lm_chan **out, lm_error *err)
 {
     int fd = -1;
-    int ret =
-        lm_uri_connect_cancellable(&g->uri, LM_CONNECT_TIMEOUT_MS, g->m->cancel_efd, &fd, err);
+    int ret = lm_uri_connect_cancellable(&g->uri, step_timeout_ms(g, LM_CONNECT_TIMEOUT_MS),
+                                         g->m->cancel_efd, &fd, err);
     if (ret == -ECANCELED) {
         lm_error_clear(err);
         return lm_error_set(err, -ECANCELED, "migration cancelled");

@@ -61,14 +61,19 @@ typedef struct lm_outgoing {
     lm_chan *preempt;    /* postcopy-preempt channel, or NULL */
     pthread_t rp_thread; /* "lm-rp" */
     bool rp_started;
-    uint32_t run_ping;    /* value of the PING after POSTCOPY_RUN (atomic) */
-    uint64_t pc_t0;       /* guest stopped for the switch (atomic) */
-    bool run_sent;        /* POSTCOPY_RUN may be out: failures pause */
-    bool paused;          /* finished in postcopy-paused */
-    bool resuming;        /* a recovery (resume.c): HELLO asks to resume the session */
-    uint64_t prior_bytes; /* main-channel bytes of the channels before a recovery */
-    bool bgsnap;          /* background-snapshot (bgsnap.c), fixed at start */
-    bool was_running;     /* guest was running when we stopped it */
+    uint32_t run_ping; /* value of the PING after POSTCOPY_RUN (atomic) */
+    uint64_t pc_t0;    /* guest stopped for the switch (atomic) */
+    bool run_sent;     /* POSTCOPY_RUN may be out: failures pause */
+    bool paused;       /* finished in postcopy-paused */
+    bool resuming;     /* a recovery (resume.c): HELLO asks to resume the session */
+    /* A recovery's postcopy-recover-setup ends by then (CLOCK_MONOTONIC ns,
+     * from x-postcopy-timeout-ms; 0: no bound but each connect's and
+     * HELLO's own): every connect and HELLO wait gets what is left. */
+    uint64_t setup_deadline_ns;
+    uint64_t setup_tmo_ms; /* the x-postcopy-timeout-ms it came from */
+    uint64_t prior_bytes;  /* main-channel bytes of the channels before a recovery */
+    bool bgsnap;           /* background-snapshot (bgsnap.c), fixed at start */
+    bool was_running;      /* guest was running when we stopped it */
     bool stopped_vm;
 } lm_outgoing;
 

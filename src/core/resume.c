@@ -17,6 +17,14 @@
  * Any failure on the way goes back to postcopy-paused, with the MIGRATION
  * event and error-desc (seed 002: management learns that a reconnection
  * failed), and the migration is kept again for the next attempt.
+ *
+ * postcopy-recover-setup is bounded by x-postcopy-timeout-ms as a whole
+ * (every connect and HELLO wait gets what is left of it), not by the
+ * 10 s of each step (LM_CONNECT_TIMEOUT_MS, LM_HELLO_TIMEOUT_MS): a resume
+ * into a black hole is back in postcopy-paused within the same bound as a
+ * silent link, and management may try again.  0 ("never") leaves the
+ * steps' own bounds.  From postcopy-recover on, the return path's watchdog
+ * bounds the exchange (return_path.c).
  */
 #include "core/outgoing.h"
 
@@ -72,6 +80,10 @@ static void *resume_thread_fn(void *arg)
     int ret = lm_og_connect_channels(g, &err);
     if (ret == 0 && (g->features & LM_FEAT_PREEMPT))
         ret = lm_og_connect_preempt(g, &err);
+    if (ret == -ETIMEDOUT && g->setup_deadline_ns)
+        lm_error_prefix(&err, "not connected within x-postcopy-timeout-ms (%llu ms)",
+                        (unsigned long long)g->setup_tmo_ms);
+    g->setup_deadline_ns = 0;
     if (ret == 0 && g->nmfd) {
         /* New channels, a new sender: its packet numbers and syncs start
          * over, as the destination's new receivers do.  The destination
@@ -136,6 +148,8 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
         u.fd = own;
     }
     m->paused_out = NULL;
+    g->setup_tmo_ms = m->params.x_postcopy_timeout_ms;
+    g->setup_deadline_ns = g->setup_tmo_ms ? lm_now_ns() + g->setup_tmo_ms * 1000000ull : 0;
     g->uri = u;
     g->own_fd = u.kind == LM_URI_FD;
     g->resuming = true;

@@ -18,6 +18,12 @@ On command, from the test's thread:
                nothing is read (the peers' writes fill the socket buffers
                and then block); the sockets stay open, so no side sees an
                error or EOF; new connections wait in the listen backlog;
+  hold_return()  one way only: what the source sends still goes through
+               (new connections are accepted and forwarded), what the
+               destination sends is neither read nor forwarded: the
+               destination answered, the source waits for the answer (a
+               test puts a recovery in postcopy-recover-setup that way,
+               then cuts it);
   resume()     forwarding starts again (what the black hole held is then
                delivered), and waiting connections are accepted.
 
@@ -25,6 +31,10 @@ With record=DIR, the proxy also writes what it forwards: connection N
 (from 0, in accept order) to DIR/chan-N.to-dst (the source's bytes) and
 DIR/chan-N.to-src (the destination's), as `socat` or `nc` in the middle
 would capture a migration for `livemig inspect`.
+
+Both sockets of a pair have TCP_NODELAY, as the engine sets on its own:
+with Nagle on, the forwarding of the return path's small records waited
+for the peer's delayed ACK (~40 ms per recovery, measured by the bench).
 
 The proxy is one thread of the test process, bounded by `lifetime` seconds
 and stopped by close() (Ctx cleanup calls it); it never touches a process.
@@ -76,6 +86,8 @@ class Proxy:
             self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.lsock.bind(("127.0.0.1", 0))
             self.uri = "tcp:127.0.0.1:%d" % self.lsock.getsockname()[1]
+            # Accepted sockets inherit it.
+            self.lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             path = os.path.join(tmpdir or "/tmp", "proxy-%d-%d.sock" % (os.getpid(), id(self)))
             if os.path.exists(path):
@@ -121,6 +133,11 @@ class Proxy:
         """Stops forwarding and reading; sockets stay open."""
         self._command("blackhole")
 
+    def hold_return(self):
+        """Forwards source -> destination only (and accepts); holds what
+        the destination sends."""
+        self._command("hold-return")
+
     def resume(self):
         """Forwards again and accepts waiting connections."""
         self._command("resume")
@@ -156,6 +173,7 @@ class Proxy:
         else:
             host, port = t[4:].rsplit(":", 1)
             s = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         return s
 
@@ -164,14 +182,18 @@ class Proxy:
         for key in list(sel.get_map().values()):
             if key.fileobj not in (self._wake_r,):
                 sel.unregister(key.fileobj)
-        if self.mode == "forward":
+        if self.mode in ("forward", "hold-return"):
             sel.register(self.lsock, selectors.EVENT_READ, None)
             for p in self._pairs:
                 for s in (p.down, p.up):
-                    ev = selectors.EVENT_READ
-                    if p.buf[s]:
+                    # hold-return: nothing read from the destination's side,
+                    # nothing written to the source's.
+                    held = self.mode == "hold-return"
+                    ev = 0 if held and s is p.up else selectors.EVENT_READ
+                    if p.buf[s] and not (held and s is p.down):
                         ev |= selectors.EVENT_WRITE
-                    sel.register(s, ev, p)
+                    if ev:
+                        sel.register(s, ev, p)
 
     def _drop(self, p, rst=False):
         with self._lock:
@@ -266,7 +288,7 @@ class Proxy:
                     elif key.fileobj is self.lsock:
                         self._accept()
                         changed = True
-                    elif self.mode == "forward":
+                    elif self.mode in ("forward", "hold-return"):
                         p = key.data
                         with self._lock:
                             live = p in self._pairs
@@ -285,6 +307,8 @@ class Proxy:
                             self._drop(p, rst=True)
                     elif cmd == "blackhole":
                         self.mode = "blackhole"
+                    elif cmd == "hold-return":
+                        self.mode = "hold-return"
                     elif cmd == "resume":
                         self.mode = "forward"
                     changed = True

@@ -547,7 +547,9 @@ class Guest:
 
     def __init__(self, tmpdir, name, mem="256M", incoming=None, workload=None,
                  dirty_rate=None, threads=None, seed=None, fill=None, hot_size=None,
-                 extra=(), ready_timeout=None, env=None):
+                 extra=(), ready_timeout=None, env=None, wrap=()):
+        """wrap: an argv prefix that execs the guest in place (same pid),
+        e.g. `ip netns exec NS` (lmnetns.NetNS.exec_prefix)."""
         self.name = name
         self.tmpdir = tmpdir
         self.sock = os.path.join(tmpdir, name + ".qmp")
@@ -561,7 +563,7 @@ class Guest:
                           ("--seed", seed), ("--fill", fill), ("--hot-size", hot_size)):
             if val is not None:
                 argv += [flag, str(val)]
-        argv += list(extra)
+        argv = list(wrap) + argv + list(extra)
         self.argv = argv
         self.proc = spawn(argv, self.logpath, env=env)
         self.pid = self.proc.pid

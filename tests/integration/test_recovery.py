@@ -16,7 +16,11 @@ is stopped by pid.  Then migrate-pause on either side, and its refusal
 outside postcopy.  Last, the window between POSTCOPY_RUN and its
 confirmation (the source's postcopy-device): a destination whose device
 load fails there makes the source fail and run again; a cut or a black
-hole there pauses both sides, and they recover.
+hole there pauses both sides, and they recover.  Recovery itself is cut
+too: a resume into a black hole is back in postcopy-paused within
+x-postcopy-timeout-ms (the error-desc names the bound), and an RST in
+postcopy-recover-setup (the destination's HELLO answer held by the proxy)
+pauses both sides again; each time the next recovery completes.
 
 Nothing waits for a time: the background push is held to a trickle
 (max-postcopy-bandwidth) so that pages are still owed when the fault is
@@ -282,6 +286,8 @@ def recovery(t, transport, how, caps=None, backend=None):
 for transport in ("tcp", "unix"):
     R.add("cut during the background push, recovered, completes and verifies (%s)" % transport,
           recovery, transport, "cut")
+R.add("black hole during the background push, recovered, completes and verifies (unix)",
+      recovery, "unix", "blackhole")
 for side in ("source", "destination"):
     R.add("migrate-pause on the %s, recovered, completes and verifies" % side, recovery, "tcp",
           "pause-" + side)
@@ -332,29 +338,76 @@ def t_blackhole_after_recovery(t):
     complete(src, dst)
 
 
-@R.test("migrate resume through a black hole (stuck in postcopy-recover-setup): back to "
-        "postcopy-paused with error-desc; the next attempt completes")
-def t_resume_blackhole(t):
+def resume_blackhole(t, transport, caps=None):
+    """A resume into a black hole (connected, the HELLO never answered)
+    is back in postcopy-paused within x-postcopy-timeout-ms, not after the
+    10 s of each connect and HELLO: the error-desc names that bound."""
+    src, dst, px = pair(t, transport, caps)
+    switch(src, dst, px)
+    px.cut()
+    paused_both(src, dst, "cut")
+    uri = recover_listen(t, dst, transport, 1)
+    hole = t.proxy(uri, listen=transport)
+    hole.blackhole()  # connects, then nothing: the HELLO is never answered
+    sts = []
+    src.qmp.drain_events()
+    src.qmp.execute("migrate", {"uri": hole.uri, "resume": True})
+    wait_until(lambda: sts.extend(src.qmp.migration_statuses()) or "postcopy-paused" in sts, 40,
+               "the source back in postcopy-paused")
+    check_eq(sts, ["postcopy-recover-setup", "postcopy-paused"], "source MIGRATION events")
+    info = wait_status(src, "postcopy-paused", 30, fail_on=NOT_PAUSED)
+    desc = info.get("error-desc", "")
+    log("resume into a black hole: %s" % desc)
+    check("postcopy recovery" in desc and "HELLO" in desc and
+          "within x-postcopy-timeout-ms (%d ms)" % TIMEOUT_MS in desc, "error-desc %r", desc)
+    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination meanwhile")
+    # The destination still listens from its migrate-recover.
+    px = t.proxy(uri, listen=transport)
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
+    for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
+        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    complete(src, dst)
+
+
+for transport in ("tcp", "unix"):
+    R.add("migrate resume through a black hole (stuck in postcopy-recover-setup): back to "
+          "postcopy-paused within x-postcopy-timeout-ms, with error-desc; the next attempt "
+          "completes (%s)" % transport, resume_blackhole, transport)
+R.add("migrate resume through a black hole with preempt and multifd channels: back to "
+      "postcopy-paused within x-postcopy-timeout-ms; the next attempt completes",
+      resume_blackhole, "tcp", {"postcopy-preempt": True, "multifd": True})
+
+
+@R.test("a cut during postcopy-recover-setup (the destination answered the HELLO, the source "
+        "has not heard it): both sides pause again, the next recovery completes and verifies")
+def t_cut_in_setup(t):
     src, dst, px = pair(t)
+    # Only the cuts pause the sides here: a watchdog on the held answer
+    # would end the attempt by itself (the test above).
+    set_params(src, {"x-postcopy-timeout-ms": 0})
+    set_params(dst, {"x-postcopy-timeout-ms": 0})
     switch(src, dst, px)
     px.cut()
     paused_both(src, dst, "cut")
     uri = recover_listen(t, dst, "tcp", 1)
-    hole = t.proxy(uri)
-    hole.blackhole()  # connects, then nothing: the HELLO is never answered
-    src.qmp.execute("migrate", {"uri": hole.uri, "resume": True})
+    px = t.proxy(uri)
+    px.hold_return()
+    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
     src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover-setup",
                        timeout=30)
-    src.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-paused", timeout=40)
-    info = wait_status(src, "postcopy-paused", 30, fail_on=NOT_PAUSED)
-    desc = info.get("error-desc", "")
-    check("postcopy recovery" in desc and "HELLO" in desc, "error-desc %r", desc)
-    check_eq(dst.query_migrate().get("status"), "postcopy-paused", "destination meanwhile")
-    # The destination still listens from its migrate-recover.
-    px = t.proxy(uri)
-    src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
-    for st in ("postcopy-recover-setup", "postcopy-recover", "postcopy-active"):
-        src.qmp.wait_event("MIGRATION", lambda d, st=st: d.get("status") == st, timeout=30)
+    # The destination took the HELLO RESUME and answered it; the answer is
+    # held, so the source is still setting up.
+    dst.qmp.wait_event("MIGRATION", lambda d: d.get("status") == "postcopy-recover", timeout=30)
+    check_eq(src.query_migrate().get("status"), "postcopy-recover-setup",
+             "source while the HELLO answer is held")
+    px.cut()
+    si, di = paused_both(src, dst, "cut during postcopy-recover-setup")
+    desc = si.get("error-desc", "")
+    check("postcopy recovery" in desc and "HELLO" in desc and "did not answer" not in desc,
+          "source error-desc: the cut, not a timeout: %r", desc)
+    check_held(src, dst)
+    set_params(src, {"x-postcopy-timeout-ms": TIMEOUT_MS})
+    recover(t, src, dst, "tcp", 2)
     complete(src, dst)
 
 
