@@ -29,7 +29,12 @@
 
 /* Socket buffers we ask for (best effort, see lm_sock_tune). */
 #define SOCK_BUF_BYTES (4 << 20)
-#define LISTEN_BACKLOG 16
+/* The kernel's queue of connections not accepted yet (capped by
+ * net.core.somaxconn).  The destination takes them all at once and reads
+ * their HELLOs together (accept.c), but a burst of strangers larger than
+ * this queue would make the kernel drop the source's SYN, which it then
+ * retries only after a second or more (issue 12, defect 1). */
+#define LISTEN_BACKLOG 1024
 /* How much of a bad URI is quoted back in an error message: a URI can be
  * arbitrary bytes from a QMP client, the message must stay readable. */
 #define QUOTE_MAX 80

@@ -1,0 +1,215 @@
+"""Hostile peers and clients (issue 12, "the defects an attack found"):
+each test here is one defect, fixed, and fails without its fix.
+
+Defect 1: strangers that connect to a listening destination and say
+nothing (or trickle a byte now and then) must not hold out the real
+source, and migrate_cancel on the destination must reach them."""
+
+import os
+import re
+import resource
+import select
+import socket
+import threading
+import time
+
+from lmtest import (Runner, check, check_eq, log, migrate, pid_alive, set_caps, stop_and_verify,
+                    wait_runstate, wait_status, wait_until)
+
+R = Runner("hostile", per_test=60, budget=300)
+
+MEM = "64M"
+SRC = {"mem": MEM, "workload": "random", "dirty_rate": "8M", "fill": "random", "seed": 5}
+HELLO_PREFIX = b"LMIG\x01\x00"  # a livemig HELLO's first bytes (docs/format.md §2)
+
+
+def tcp_addr(uri):
+    m = re.match(r"tcp:([\d.]+):(\d+)$", uri)
+    check(m, "listening URI %r is not tcp:HOST:PORT", uri)
+    return m.group(1), int(m.group(2))
+
+
+def raise_nofile(want):
+    """This process needs `want` descriptors: raise the soft limit (the
+    hard limit is root's to raise; we run as root in CI)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+class Idlers:
+    """n connections to addr that never send a byte, opened without
+    waiting for each (non-blocking connect), then waited for together
+    (bounded).  Connections the destination closes are counted, not
+    reopened."""
+
+    def __init__(self, addr, n, timeout=30.0):
+        self.socks = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(addr)
+            self.socks.append(s)
+        deadline = time.monotonic() + timeout
+        pending = {s.fileno(): s for s in self.socks}
+        while pending and time.monotonic() < deadline:
+            p = select.poll()  # not select(): these descriptors pass 1024
+            for fd in pending:
+                p.register(fd, select.POLLOUT)
+            for fd, _ in p.poll(500):
+                del pending[fd]
+        check(not pending, "%d of %d idle connections not established within %.0f s",
+              len(pending), n, timeout)
+        errs = sum(1 for s in self.socks if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        log("%d idle connections open (%d failed to connect)" % (n, errs))
+
+    def closed_by_peer(self):
+        """How many the destination closed (EOF or reset readable)."""
+        p = select.poll()
+        for s in self.socks:
+            p.register(s.fileno(), select.POLLIN)
+        n = 0
+        for fd, ev in p.poll(0):
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                if ev & (select.POLLERR | select.POLLHUP) or s.recv(1, socket.MSG_PEEK) == b"":
+                    n += 1
+            except OSError:
+                n += 1
+            finally:
+                s.close()
+        return n
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+
+class Trickler:
+    """One connection that sends a HELLO's first bytes one at a time, one
+    every `every` seconds, never the whole of it: each read on the other
+    side returns in time, so a per-read timeout (SO_RCVTIMEO) never fires
+    (a slowloris).  Lives at most `lifetime` seconds."""
+
+    def __init__(self, addr, every=1.0, lifetime=60.0):
+        self.sock = socket.create_connection(addr, timeout=5)
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        self._every = every
+        self._deadline = time.monotonic() + lifetime
+        self._t = threading.Thread(target=self._run, name="trickler", daemon=True)
+        self._t.start()
+
+    def _run(self):
+        data = (HELLO_PREFIX + b"\0" * 64)[:40]
+        i = 0
+        while not self._stop.is_set() and time.monotonic() < self._deadline and i < len(data):
+            try:
+                self.sock.send(data[i:i + 1])
+            except OSError:
+                self.closed.set()
+                return
+            i += 1
+            self._stop.wait(self._every)
+        # Sent all it will: now it only notices the other side closing.
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                if self.sock.recv(1) == b"":
+                    self.closed.set()
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                self.closed.set()
+                return
+
+    def close(self):
+        self._stop.set()
+        self._t.join(3)
+        self.sock.close()
+
+
+def dest(t, name="dst", **kw):
+    d = t.dest(name, transport="tcp", mem=MEM, defer=True, caps={"events": True}, **kw)
+    return d, tcp_addr(d.listen_uri())
+
+
+def complete_and_verify(src, dst):
+    migrate(src, dst)
+    wait_status(src, "completed", 40)
+    wait_status(dst, "completed", 10)
+    wait_runstate(dst, "running", 5)
+    stop_and_verify(dst)
+
+
+@R.test("defect 1: one idle connection and one trickling do not hold out the source")
+def idle_one(t):
+    src = t.guest("src", **SRC)
+    dst, addr = dest(t)
+    slow = Trickler(addr, every=1.0)
+    t.closers.append(slow.close)
+    idle = Idlers(addr, 1)
+    t.closers.append(idle.close)
+    # Both strangers are in before the source: a destination that served
+    # connections one at a time would sit on them first (on the trickler
+    # for ever: each of its bytes comes within any per-read timeout).
+    complete_and_verify(src, dst)
+
+
+@R.test("defect 1: 1000 idle connections; the source completes; at most 256 held")
+def idle_thousand(t):
+    raise_nofile(4096)
+    src = t.guest("src", **SRC)
+    dst, addr = dest(t)
+    idle = Idlers(addr, 1000)
+    t.closers.append(idle.close)
+    # The destination holds a bounded number of them (its cap on
+    # connections greeting, docs/architecture.md "Limits"); the others it
+    # closed, oldest first.
+    nfd = len(os.listdir("/proc/%d/fd" % dst.pid))
+    log("destination has %d descriptors open" % nfd)
+    check(nfd < 256 + 64, "destination holds %d descriptors for 1000 idle connections", nfd)
+    wait_until(lambda: idle.closed_by_peer() >= 1000 - 256, 20,
+               "the destination closing the idle connections beyond its cap")
+    complete_and_verify(src, dst)
+
+
+@R.test("defect 1: migrate_cancel on a destination with strangers ends cancelled")
+def cancel_with_idlers(t):
+    dst, addr = dest(t)
+    # The trickler first: a destination that reads one connection's HELLO
+    # at a time sits on it for as long as it trickles, and only a cancel
+    # that reaches that half-accepted connection ends the wait.
+    slow = Trickler(addr, every=1.0)
+    t.closers.append(slow.close)
+    idle = Idlers(addr, 8)
+    t.closers.append(idle.close)
+    check_eq(dst.query_migrate().get("status"), "setup", "destination status before cancel")
+    t0 = time.monotonic()
+    dst.qmp.execute("migrate_cancel")
+    wait_status(dst, "cancelled", 20, fail_on=("completed", "failed"))
+    log("destination cancelled after %.3f s" % (time.monotonic() - t0))
+    # Every stranger was let go: the trickler (still mid-HELLO) sees the
+    # close, and so does every idle one.
+    check(slow.closed.wait(20), "the trickling connection was not closed by the cancel")
+    wait_until(lambda: idle.closed_by_peer() == 8, 20, "the idle connections closed")
+    sts = dst.qmp.migration_statuses()
+    check(sts and sts[-1] == "cancelled", "MIGRATION events %s do not end in cancelled", sts)
+    # The destination takes the next migration.
+    dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    src = t.guest("src", **SRC)
+    complete_and_verify(src, dst)
+    check(pid_alive(dst.pid), "destination exited")
+
+
+if __name__ == "__main__":
+    R.main()
