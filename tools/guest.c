@@ -726,6 +726,17 @@ static const lm_device_ops cpu_ops = {
 /* Checks the cpu state against memory (workload stopped); fills why. */
 static bool cpu_verify(guest *g, char *why, size_t n)
 {
+    /* A guest started as a destination leaves inmigrate only through a
+     * migration (cont is refused there), and verify is refused in
+     * inmigrate: so it came in by migration, and a stream that never
+     * carried the vCPUs' state must not pass for a complete one (issue 12,
+     * defect 2), even when the ledger happens to agree (an idle guest). */
+    if (g->incoming && !g->cpu_loaded) {
+        snprintf(why, n,
+                 "the guest came in by migration but its cpu state was never loaded (an "
+                 "incomplete stream)");
+        return false;
+    }
     sync_with_parked_workers(g);
     uint64_t sum = 0;
     for (uint64_t i = 0; i < g->npages; i++)

@@ -3,13 +3,16 @@ each test here is one defect, fixed, and fails without its fix.
 
 Defect 1: strangers that connect to a listening destination and say
 nothing (or trickle a byte now and then) must not hold out the real
-source, and migrate_cancel on the destination must reach them."""
+source, and migrate_cancel on the destination must reach them.
+Defect 2: a crafted stream that skips the switchover or a device's state
+must not leave the destination "completed" and running."""
 
 import os
 import re
 import resource
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -209,6 +212,79 @@ def cancel_with_idlers(t):
     src = t.guest("src", **SRC)
     complete_and_verify(src, dst)
     check(pid_alive(dst.pid), "destination exited")
+
+
+# ------------------------------------------------------------- defect 2
+
+REC_RAM_BLOCKS, REC_SWITCHOVER_START, REC_RUN, REC_EOS = 0x10, 0x21, 0x23, 0x30
+FEAT_POSTCOPY = 1 << 1
+
+
+def rec(typ, payload=b""):
+    """A record: type, flags, reserved, len, payload (docs/format.md §3)."""
+    return struct.pack("<BBHI", typ, 0, 0, len(payload)) + payload
+
+
+def hello(features=0):
+    """A main channel's HELLO REQUEST (docs/format.md §2.1)."""
+    return (struct.pack("<IHBBHHI", 0x47494D4C, 1, 1, 0, 0, 0, 4096) + os.urandom(16) +
+            struct.pack("<QQ", features, 0))
+
+
+def guest_blocks(mem_bytes):
+    """RAM_BLOCKS for a `livemig guest --mem mem_bytes` (tools/guest.c
+    setup_memory: ram0 3/4 of the pages, ram1 the rest, the ledger)."""
+    npages = mem_bytes // 4096
+    r0 = npages * 3 // 4
+
+    def blk(name, length):
+        return bytes([len(name)]) + name + struct.pack("<IQ", 4096, length)
+
+    return rec(REC_RAM_BLOCKS, struct.pack("<I", 3) + blk(b"ram0", r0 * 4096) +
+               blk(b"ram1", (npages - r0) * 4096) +
+               blk(b"ledger", (npages * 8 + 4095) // 4096 * 4096))
+
+
+# name, HELLO features, records after the block table, what error-desc names
+CRAFTED = [
+    ("blocks, EOS", 0, [REC_EOS], r"end of stream without SWITCHOVER_START"),
+    ("blocks, switchover, EOS", 0, [REC_SWITCHOVER_START, REC_EOS],
+     r"device 'cpu' instance 0: end of stream, and its state never came"),
+    ("postcopy: blocks, RUN", FEAT_POSTCOPY, [REC_RUN], r"POSTCOPY_RUN without SWITCHOVER_START"),
+    ("postcopy: blocks, switchover, RUN", FEAT_POSTCOPY, [REC_SWITCHOVER_START, REC_RUN],
+     r"device 'cpu' instance 0: POSTCOPY_RUN, and its state never came"),
+]
+
+
+def crafted_case(t, name, features, records, pattern):
+    caps = {"events": True}
+    if features & FEAT_POSTCOPY:
+        caps["postcopy-ram"] = True
+    d = t.dest("dst", transport="tcp", mem=MEM, defer=True, caps=caps)
+    addr = tcp_addr(d.listen_uri())
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(hello(features))
+        answer = s.recv(48, socket.MSG_WAITALL)
+        check(len(answer) == 48 and answer[7] == 1, "HELLO answer %r, want an ACCEPT", answer)
+        s.sendall(guest_blocks(64 << 20) + b"".join(rec(r) for r in records))
+        info = wait_status(d, "failed", 20, fail_on=("completed", "cancelled"))
+    desc = info.get("error-desc") or ""
+    log("%s: destination error-desc %r" % (name, desc))
+    check(re.search(pattern, desc), "error-desc %r does not match /%s/", desc, pattern)
+    check_eq(d.status(), "inmigrate", "destination run state after the refused stream")
+    # Nothing ran: the destination takes a real migration next.
+    d.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    src = t.guest("src", **SRC)
+    if features & FEAT_POSTCOPY:
+        set_caps(src, {"postcopy-ram": True})
+    complete_and_verify(src, d)
+    v = d.verify()
+    check(v["cpu"]["loaded"] is True, "cpu state not loaded after a real migration: %r", v)
+
+
+for name, features, records, pattern in CRAFTED:
+    R.add("defect 2: crafted stream refused: %s" % name, crafted_case, name, features, records,
+          pattern)
 
 
 if __name__ == "__main__":
