@@ -664,8 +664,43 @@ typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json, char **ret_jso
  * removed again by stop).  Several clients at once; events go to all.
  * A thread named "lm-qmp" runs it. */
 LM_API int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err);
-/* Adds a command (before or after start).  name must not collide with a
- * built-in one. */
+/* The JSON type of one argument of a host command. */
+typedef enum lm_qmp_arg_type {
+    LM_QMP_ARG_STR,    /* a string */
+    LM_QMP_ARG_BOOL,   /* true or false */
+    LM_QMP_ARG_INT,    /* an integer */
+    LM_QMP_ARG_NUMBER, /* an integer or a real */
+    LM_QMP_ARG_ARRAY,  /* an array (its elements unchecked) */
+    LM_QMP_ARG_OBJECT, /* an object (its members unchecked) */
+    LM_QMP_ARG_ANY,    /* any JSON value */
+    LM_QMP_ARG__MAX
+} lm_qmp_arg_type;
+
+/* One argument of a host command; a list of them ends with an entry
+ * whose name is NULL. */
+typedef struct lm_qmp_arg_spec {
+    const char *name; /* 1..63 printable ASCII bytes, unique in the list */
+    lm_qmp_arg_type type;
+    bool optional; /* false: a request without it is refused */
+} lm_qmp_arg_spec;
+
+/* Adds a command whose arguments the server checks before fn runs, as it
+ * does for the built-in ones (QEMU's wording and order): a missing required
+ * argument ("Parameter 'x' is missing"), one of the wrong JSON type
+ * ("Invalid parameter type for 'x', expected: string"), any other key
+ * ("Parameter 'y' is unexpected"), or "arguments" that is not an object
+ * is answered with GenericError and fn is not called.  args: NULL or a
+ * list ending with {NULL}: the command takes those arguments (none for
+ * NULL or an empty list); it is copied.  query-qmp-schema describes them.
+ * Before or after start; name must not collide with a built-in or
+ * registered one.  Thread: any.  Blocks: no. */
+LM_API int lm_qmp_server_register_args(lm_qmp_server *s, const char *name,
+                                       const lm_qmp_arg_spec *args, lm_qmp_cmd_fn fn, void *opaque,
+                                       lm_error *err);
+/* Adds a command whose arguments the server does not check: fn gets any
+ * "arguments" object and must check it itself.  Prefer
+ * lm_qmp_server_register_args, which the server enforces (a command that
+ * ignored its arguments took {"bogus": 1} without a word). */
 LM_API int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn,
                                   void *opaque, lm_error *err);
 /* Stops the server thread, closes clients, removes the socket.  NULL ok. */

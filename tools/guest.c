@@ -787,6 +787,11 @@ static int reply(json_t *obj, char **ret_json, lm_error *err)
     return 0;
 }
 
+/* The guest's commands take no arguments: the server refuses any
+ * (QEMU's "Parameter 'x' is unexpected"), so a mistyped request is not
+ * run as if it were right (issue 12, defect 3: quit took {"bogus": 1}). */
+static const lm_qmp_arg_spec no_args[] = {{NULL}};
+
 static int qmp_quit(void *opaque, const char *args, char **ret_json, lm_error *err)
 {
     guest *g = opaque;
@@ -1241,9 +1246,9 @@ int cmd_guest(int argc, char **argv)
         g->stats_started = true;
 
     if (lm_qmp_server_start(g->m, g->qmp_uri, &g->qmp, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "quit", qmp_quit, g, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "x-guest-verify", qmp_verify, g, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "x-guest-stats", qmp_stats, g, &err) < 0) {
+        lm_qmp_server_register_args(g->qmp, "quit", no_args, qmp_quit, g, &err) < 0 ||
+        lm_qmp_server_register_args(g->qmp, "x-guest-verify", no_args, qmp_verify, g, &err) < 0 ||
+        lm_qmp_server_register_args(g->qmp, "x-guest-stats", no_args, qmp_stats, g, &err) < 0) {
         cli_err("guest", "--qmp %s: %s", g->qmp_uri, err.msg);
         goto out;
     }

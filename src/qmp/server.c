@@ -497,6 +497,7 @@ static void destroy(lm_qmp_server *s)
     if (s->efd >= 0)
         close(s->efd);
     lm_qmp_fds_sets_fini(s);
+    lm_qmp_srv_host_cmds_fini(s);
     evnode *n = s->ev_head;
     while (n) {
         evnode *next = n->next;
@@ -590,41 +591,6 @@ fail:
         pthread_mutex_destroy(&r->lock);
     free(r);
     destroy(s);
-    return rc;
-}
-
-int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn, void *opaque,
-                           lm_error *err)
-{
-    if (!s || !name || !fn)
-        return lm_error_set(err, -EINVAL, "QMP register: missing server, name or function");
-    size_t len = strlen(name);
-    if (len < 1 || len > CMD_NAME_MAX)
-        return lm_error_set(err, -EINVAL, "QMP register: command name must be 1..%d bytes",
-                            CMD_NAME_MAX);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)name[i];
-        if (ch <= 0x20 || ch >= 0x7f)
-            return lm_error_set(err, -EINVAL,
-                                "QMP register: command name '%s' must be printable "
-                                "ASCII without spaces",
-                                name);
-    }
-    if (lm_qmp_builtin_exists(name))
-        return lm_error_set(err, -EEXIST, "QMP register: '%s' is a built-in command", name);
-    int rc = 0;
-    pthread_mutex_lock(&s->lock);
-    if (lm_qmp_srv_find_host_cmd(s, name) >= 0) {
-        rc = lm_error_set(err, -EEXIST, "QMP register: '%s' is already registered", name);
-    } else if (s->ncmds >= MAX_HOST_CMDS) {
-        rc = lm_error_set(err, -ENOSPC, "QMP register: too many commands (max %d)", MAX_HOST_CMDS);
-    } else {
-        hostcmd *h = &s->cmds[s->ncmds++];
-        snprintf(h->name, sizeof h->name, "%s", name);
-        h->fn = fn;
-        h->opaque = opaque;
-    }
-    pthread_mutex_unlock(&s->lock);
     return rc;
 }
 

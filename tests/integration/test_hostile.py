@@ -5,7 +5,9 @@ Defect 1: strangers that connect to a listening destination and say
 nothing (or trickle a byte now and then) must not hold out the real
 source, and migrate_cancel on the destination must reach them.
 Defect 2: a crafted stream that skips the switchover or a device's state
-must not leave the destination "completed" and running."""
+must not leave the destination "completed" and running.
+Defect 3: a host's QMP commands get their arguments checked by the server
+(the guest's quit took {"bogus": [1, 2]} and quit)."""
 
 import os
 import re
@@ -285,6 +287,26 @@ def crafted_case(t, name, features, records, pattern):
 for name, features, records, pattern in CRAFTED:
     R.add("defect 2: crafted stream refused: %s" % name, crafted_case, name, features, records,
           pattern)
+
+
+# ------------------------------------------------------------- defect 3
+
+
+@R.test("defect 3: the guest's commands refuse arguments they do not take")
+def host_cmd_args(t):
+    g = t.guest("g", mem=MEM)
+    for cmd in ("quit", "x-guest-stats", "x-guest-verify"):
+        r = g.qmp.execute_raw(cmd, {"bogus": [1, 2]})
+        check("error" in r, "%s with a bogus argument answered %r", cmd, r)
+        check_eq(r["error"]["desc"], "Parameter 'bogus' is unexpected", "%s error" % cmd)
+        check_eq(r["error"]["class"], "GenericError", "%s error class" % cmd)
+    check(g.alive(), "the guest exited on a refused quit")
+    check_eq(g.status(), "running", "run state after the refused commands")
+    schema = {e["name"]: e for e in g.qmp.execute("query-qmp-schema")}
+    check_eq(schema["quit"]["arg-type"], "q_empty", "quit's arg-type in query-qmp-schema")
+    # The right request still works.
+    g.qmp.execute("quit", {})
+    wait_until(lambda: not g.alive(), 10, "the guest exiting on quit")
 
 
 if __name__ == "__main__":
