@@ -82,7 +82,7 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
         lm_qmp_srv_reply_error(c, req->id, "GenericError", err.msg);
         return;
     }
-    char *args_txt = req->args ? json_dumps(req->args, JSON_COMPACT) : strdup("{}");
+    char *args_txt = req->args ? lm_qmp_json_dumps(req->args, JSON_COMPACT) : strdup("{}");
     if (!args_txt) {
         lm_qmp_srv_reply_error(c, req->id, "GenericError", "out of memory");
         return;
@@ -99,7 +99,7 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
     json_t *ret = NULL;
     if (ret_txt) {
         json_error_t je;
-        ret = json_loads(ret_txt, JSON_DECODE_ANY, &je);
+        ret = lm_qmp_json_loads(ret_txt, JSON_DECODE_ANY, &je);
         free(ret_txt);
         if (!ret) {
             char desc[LM_ERROR_MSG_MAX];

@@ -23,10 +23,17 @@
 #include <stdint.h>
 
 /* jansson integers are signed 64-bit; saturate instead of wrapping. */
-static inline json_t *lm_qmp_ju64(uint64_t v)
-{
-    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
+/* jsonu64.c: uint64 values above INT64_MAX, exactly (jansson's integers
+ * are int64).  The loaders take such a number as a marker string that
+ * lm_qmp_json_u64() reads back and lm_qmp_json_dumps() writes as the bare
+ * number again; lm_qmp_ju64() makes one.  Every QMP text in or out of
+ * the library goes through these. */
+json_t *lm_qmp_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *je);
+json_t *lm_qmp_json_loads(const char *s, size_t flags, json_error_t *je);
+char *lm_qmp_json_dumps(const json_t *v, size_t flags);
+/* An integer >= 0 or a marker: true and *out; anything else: false. */
+bool lm_qmp_json_u64(const json_t *v, uint64_t *out);
+json_t *lm_qmp_ju64(uint64_t v);
 
 /* json_object_set_new that tolerates a NULL value from a failed
  * allocation (the reply is then just smaller, never a crash). */

@@ -113,7 +113,7 @@ static void out_append(client *c, const char *data, size_t n)
 
 static void out_json(client *c, json_t *v)
 {
-    char *t = json_dumps(v, JSON_ENCODE_ANY);
+    char *t = lm_qmp_json_dumps(v, JSON_ENCODE_ANY);
     if (!t) {
         c->dead = true;
         return;
@@ -180,7 +180,7 @@ static void relay_event(void *opaque, const lm_event *ev)
 {
     relay *r = opaque;
     json_t *o = lm_qmp_event_json(ev);
-    char *t = o ? json_dumps(o, 0) : NULL;
+    char *t = o ? lm_qmp_json_dumps(o, 0) : NULL;
     json_decref(o);
     if (!t)
         return;

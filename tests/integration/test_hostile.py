@@ -7,7 +7,8 @@ source, and migrate_cancel on the destination must reach them.
 Defect 2: a crafted stream that skips the switchover or a device's state
 must not leave the destination "completed" and running.
 Defect 3: a host's QMP commands get their arguments checked by the server
-(the guest's quit took {"bogus": [1, 2]} and quit)."""
+(the guest's quit took {"bogus": [1, 2]} and quit).
+Defect 4: uint64 parameters take QEMU's whole range, up to 2^64-1."""
 
 import os
 import re
@@ -307,6 +308,32 @@ def host_cmd_args(t):
     # The right request still works.
     g.qmp.execute("quit", {})
     wait_until(lambda: not g.alive(), 10, "the guest exiting on quit")
+
+
+# ------------------------------------------------------------- defect 4
+
+U64_PARAMS = ("max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth")
+
+
+@R.test("defect 4: uint64 parameters up to 2^64-1, exactly; a migration with them completes")
+def u64_params(t):
+    src = t.guest("src", **SRC)
+    for v in (2**63 - 1, 2**63, 2**63 + 1, 2**64 - 2, 2**64 - 1):
+        src.qmp.execute("migrate-set-parameters", {p: v for p in U64_PARAMS})
+        got = src.qmp.execute("query-migrate-parameters")
+        for p in U64_PARAMS:
+            check_eq(got[p], v, "query-migrate-parameters %s after setting %d" % (p, v))
+    # Out of range stays refused, naming the parameter.
+    e = src.qmp.expect_error("migrate-set-parameters", {"max-bandwidth": -1})
+    check_eq(e.desc, "Parameter 'max-bandwidth' expects uint64", "max-bandwidth -1")
+    e = src.qmp.expect_error("migrate-set-parameters", {"multifd-channels": 2**63})
+    check_eq(e.desc, "Parameter 'multifd-channels' expects uint8_t", "multifd-channels 2^63")
+    check_eq(src.qmp.execute("query-migrate-parameters")["max-bandwidth"], 2**64 - 1,
+             "max-bandwidth after the refused requests")
+    # 2^64-1 bytes/s is no limit in practice; avail-switchover-bandwidth
+    # that large makes the switchover threshold saturate (not wrap).
+    dst, _ = dest(t)
+    complete_and_verify(src, dst)
 
 
 if __name__ == "__main__":
