@@ -8,7 +8,9 @@ Defect 2: a crafted stream that skips the switchover or a device's state
 must not leave the destination "completed" and running.
 Defect 3: a host's QMP commands get their arguments checked by the server
 (the guest's quit took {"bogus": [1, 2]} and quit).
-Defect 4: uint64 parameters take QEMU's whole range, up to 2^64-1."""
+Defect 4: uint64 parameters take QEMU's whole range, up to 2^64-1.
+Defect 5: migrate {"uri": "fd:99999"} (a descriptor that is not open) is
+an error at once, not {} and a failure later."""
 
 import os
 import re
@@ -334,6 +336,22 @@ def u64_params(t):
     # that large makes the switchover threshold saturate (not wrap).
     dst, _ = dest(t)
     complete_and_verify(src, dst)
+
+
+# ------------------------------------------------------------- defect 5
+
+
+@R.test("defect 5: fd:N of a descriptor that is not open is refused at once")
+def fd_not_open(t):
+    src = t.guest("src", mem=MEM)
+    dst = t.guest("dst", mem=MEM, incoming="defer")
+    e = src.qmp.expect_error("migrate", {"uri": "fd:99999"})
+    check("fd:99999" in e.desc and "Bad file descriptor" in e.desc, "migrate fd:99999: %r", e.desc)
+    check_eq(src.query_migrate().get("status", "none"), "none", "source status after the refusal")
+    check_eq(src.status(), "running", "source run state after the refusal")
+    e = dst.qmp.expect_error("migrate-incoming", {"uri": "fd:99999"})
+    check("fd:99999 is not open" in e.desc, "migrate-incoming fd:99999: %r", e.desc)
+    check_eq(dst.query_migrate().get("status", "none"), "none", "destination status")
 
 
 if __name__ == "__main__":
