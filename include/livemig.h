@@ -664,6 +664,16 @@ typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json, char **ret_jso
  * removed again by stop).  Several clients at once; events go to all.
  * A thread named "lm-qmp" runs it. */
 LM_API int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err);
+/* The socket file's permissions when lm_qmp_server_start creates it:
+ * owner only, whatever the process umask (anyone who can connect can
+ * stop, migrate or quit the guest). */
+#define LM_QMP_SOCKET_MODE_DEFAULT 0600
+/* Like lm_qmp_server_start; a unix: socket file gets exactly the
+ * permission bits `mode` (0 .. 0777; 0 means LM_QMP_SOCKET_MODE_DEFAULT),
+ * independent of the umask and never looser while it is being created.
+ * -EINVAL for a mode with other bits. */
+LM_API int lm_qmp_server_start_mode(lm_mig *m, const char *uri, unsigned mode, lm_qmp_server **out,
+                                    lm_error *err);
 /* The JSON type of one argument of a host command. */
 typedef enum lm_qmp_arg_type {
     LM_QMP_ARG_STR,    /* a string */

@@ -580,6 +580,12 @@ static int remove_stale_unix(const char *path, const char *text, lm_error *err)
  */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err)
 {
+    return lm_uri_listen_mode(u, -1, fd_out, actual, cap, err);
+}
+
+int lm_uri_listen_mode(const lm_uri *u, int unix_mode, int *fd_out, char *actual, size_t cap,
+                       lm_error *err)
+{
     char text[512];
     int fd = -1, r = 0;
     struct addrinfo *res = NULL;
@@ -610,6 +616,13 @@ int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_err
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             r = lm_error_set(err, -errno, "listen on %s: socket: %s", text, strerror(errno));
+            goto out;
+        }
+        /* Linux creates the socket file with the socket inode's mode minus
+         * the umask (unix_bind): set before bind, the file is never
+         * created looser than asked, whatever the umask (issue 12). */
+        if (unix_mode >= 0 && fchmod(fd, (mode_t)unix_mode) != 0) {
+            r = lm_error_set(err, -errno, "listen on %s: fchmod: %s", text, strerror(errno));
             goto out;
         }
         if (bind(fd, (struct sockaddr *)&sun, slen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {

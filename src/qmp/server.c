@@ -510,6 +510,12 @@ static void destroy(lm_qmp_server *s)
 
 int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err)
 {
+    return lm_qmp_server_start_mode(m, uri, 0, out, err);
+}
+
+int lm_qmp_server_start_mode(lm_mig *m, const char *uri, unsigned mode, lm_qmp_server **out,
+                             lm_error *err)
+{
     lm_qmp_server *s = NULL;
     relay *r = NULL;
     lm_uri u;
@@ -519,6 +525,10 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
     *out = NULL;
     if (!m || !uri)
         return lm_error_set(err, -EINVAL, "QMP server: missing migration object or URI");
+    if (mode & ~0777u)
+        return lm_error_set(err, -EINVAL, "QMP server: socket mode %#o has bits beyond 0777", mode);
+    if (!mode)
+        mode = LM_QMP_SOCKET_MODE_DEFAULT;
     if (uri[0] == '/' || uri[0] == '.') {
         /* A bare path, as QEMU's -qmp accepts with unix: omitted by some
          * tools. */
@@ -549,7 +559,9 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
     r->s = s;
 
     char actual[256];
-    if ((rc = lm_uri_listen(&u, &s->lfd, actual, sizeof actual, err)) < 0) {
+    /* Created with at most `mode` (the umask may take bits away), then
+     * given exactly `mode`: never looser than asked at any moment. */
+    if ((rc = lm_uri_listen_mode(&u, (int)mode, &s->lfd, actual, sizeof actual, err)) < 0) {
         lm_error_prefix(err, "QMP server");
         goto fail;
     }
@@ -559,6 +571,11 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
         snprintf(s->unix_path, sizeof s->unix_path, "%s", u.path);
         s->sock_dev = st.st_dev;
         s->sock_ino = st.st_ino;
+        if ((st.st_mode & 0777) != mode && chmod(u.path, (mode_t)mode) != 0) {
+            rc = lm_error_set(err, -errno, "QMP server: chmod %s %#o: %s", u.path, mode,
+                              strerror(errno));
+            goto fail;
+        }
     }
     int fl = fcntl(s->lfd, F_GETFL);
     if (fl < 0 || fcntl(s->lfd, F_SETFL, fl | O_NONBLOCK) < 0) {

@@ -10,19 +10,22 @@ Defect 3: a host's QMP commands get their arguments checked by the server
 (the guest's quit took {"bogus": [1, 2]} and quit).
 Defect 4: uint64 parameters take QEMU's whole range, up to 2^64-1.
 Defect 5: migrate {"uri": "fd:99999"} (a descriptor that is not open) is
-an error at once, not {} and a failure later."""
+an error at once, not {} and a failure later.
+Defect 6: the QMP socket is created 0600 whatever the umask, or with the
+mode the host asks for (--qmp-mode)."""
 
 import os
 import re
 import resource
 import select
 import socket
+import stat
 import struct
 import threading
 import time
 
-from lmtest import (Runner, check, check_eq, log, migrate, pid_alive, set_caps, stop_and_verify,
-                    wait_runstate, wait_status, wait_until)
+from lmtest import (Runner, check, check_eq, log, migrate, pid_alive, run_cli, set_caps,
+                    stop_and_verify, wait_runstate, wait_status, wait_until)
 
 R = Runner("hostile", per_test=60, budget=300)
 
@@ -352,6 +355,33 @@ def fd_not_open(t):
     e = dst.qmp.expect_error("migrate-incoming", {"uri": "fd:99999"})
     check("fd:99999 is not open" in e.desc, "migrate-incoming fd:99999: %r", e.desc)
     check_eq(dst.query_migrate().get("status", "none"), "none", "destination status")
+
+
+# ------------------------------------------------------------- defect 6
+
+
+def guest_with_umask(t, name, mask, **kw):
+    """A guest started while this process's umask is `mask` (inherited)."""
+    old = os.umask(mask)
+    try:
+        return t.guest(name, mem=MEM, **kw)
+    finally:
+        os.umask(old)
+
+
+@R.test("defect 6: the QMP socket is 0600 under umask 000, or exactly --qmp-mode")
+def qmp_socket_mode(t):
+    for name, mask, extra, want in (("a", 0o000, (), 0o600),
+                                    ("b", 0o077, ("--qmp-mode", "0660"), 0o660),
+                                    ("c", 0o000, ("--qmp-mode", "0640"), 0o640)):
+        g = guest_with_umask(t, name, mask, extra=extra)
+        mode = stat.S_IMODE(os.stat(g.sock).st_mode)
+        check_eq(oct(mode), oct(want), "socket mode of %s (umask %03o, %s)" % (name, mask, extra))
+        check_eq(g.status(), "running", "guest %s serves QMP" % name)
+    # A bad mode is a usage error naming the flag.
+    rc, out, err = run_cli(["guest", "--qmp", "unix:" + os.path.join(t.tmpdir, "x.qmp"),
+                            "--qmp-mode", "0999"], timeout=10)
+    check(rc != 0 and "--qmp-mode" in err, "--qmp-mode 0999: rc %r, stderr %r", rc, err)
 
 
 if __name__ == "__main__":
