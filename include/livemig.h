@@ -247,6 +247,12 @@ typedef struct lm_params {
      * migration; 0 = never (only errors pause); 200..3600000; default
      * 10000.  Each side uses its own. */
     uint64_t x_postcopy_timeout_ms;
+    /* ms; in precopy, a destination that answers nothing this long while
+     * the source waits for it (a PING unanswered, or the end of stream
+     * sent and no verdict) fails the migration and the source runs on: a
+     * stopped (SIGSTOP) or black-holed destination no longer hangs it
+     * (issue 12).  0 = never; 200..3600000; default 10000.  Source only. */
+    uint64_t x_precopy_timeout_ms;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -271,6 +277,7 @@ typedef enum lm_param {
     LM_PARAM_ANNOUNCE_ROUNDS,
     LM_PARAM_ANNOUNCE_STEP,
     LM_PARAM_X_POSTCOPY_TIMEOUT_MS,
+    LM_PARAM_X_PRECOPY_TIMEOUT_MS,
     LM_PARAM__MAX
 } lm_param;
 
@@ -288,6 +295,8 @@ LM_API int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 #define LM_MULTIFD_MAX_CHANNELS 255
 /* x-postcopy-timeout-ms by default: TCP_USER_TIMEOUT's 10 s (chan/uri.c). */
 #define LM_POSTCOPY_TIMEOUT_DEFAULT_MS 10000
+/* x-precopy-timeout-ms by default: the same 10 s. */
+#define LM_PRECOPY_TIMEOUT_DEFAULT_MS 10000
 typedef struct lm_multifd_chan_stats {
     uint64_t bytes;  /* on the wire, headers included */
     uint64_t normal; /* pages sent with data */

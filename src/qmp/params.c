@@ -37,6 +37,7 @@ static const struct {
     F(LM_PARAM_ANNOUNCE_ROUNDS, P_U64, announce_rounds),
     F(LM_PARAM_ANNOUNCE_STEP, P_U64, announce_step),
     F(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, P_U64, x_postcopy_timeout_ms),
+    F(LM_PARAM_X_PRECOPY_TIMEOUT_MS, P_U64, x_precopy_timeout_ms),
 #undef F
 };
 

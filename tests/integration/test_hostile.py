@@ -12,20 +12,25 @@ Defect 4: uint64 parameters take QEMU's whole range, up to 2^64-1.
 Defect 5: migrate {"uri": "fd:99999"} (a descriptor that is not open) is
 an error at once, not {} and a failure later.
 Defect 6: the QMP socket is created 0600 whatever the umask, or with the
-mode the host asks for (--qmp-mode)."""
+mode the host asks for (--qmp-mode).
+Dead peers in precopy (issue 12 item 2): a destination stopped (SIGSTOP)
+or black-holed fails the migration within x-precopy-timeout-ms and the
+source runs on."""
 
 import os
 import re
 import resource
 import select
+import signal
 import socket
 import stat
 import struct
 import threading
 import time
 
-from lmtest import (Runner, check, check_eq, log, migrate, pid_alive, run_cli, set_caps,
-                    stop_and_verify, wait_runstate, wait_status, wait_until)
+from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, pid_alive,
+                    run_cli, set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
+                    wait_until)
 
 R = Runner("hostile", per_test=60, budget=300)
 
@@ -382,6 +387,64 @@ def qmp_socket_mode(t):
     rc, out, err = run_cli(["guest", "--qmp", "unix:" + os.path.join(t.tmpdir, "x.qmp"),
                             "--qmp-mode", "0999"], timeout=10)
     check(rc != 0 and "--qmp-mode" in err, "--qmp-mode 0999: rc %r, stderr %r", rc, err)
+
+
+# ------------------------------------------------- dead peers in precopy
+
+DEAD_TIMEOUT_MS = 1000
+
+
+def dead_peer_case(t, how):
+    src = t.guest("src", mem="128M", workload="random", dirty_rate="8M", fill="random", seed=9)
+    dst = t.dest("dst", transport="tcp", mem="128M")
+    # Slow enough that the migration is mid-way when the peer dies.
+    set_params(src, {"max-bandwidth": 8 * 1000 * 1000, "x-precopy-timeout-ms": DEAD_TIMEOUT_MS})
+    check_eq(src.qmp.execute("query-migrate-parameters")["x-precopy-timeout-ms"], DEAD_TIMEOUT_MS,
+             "x-precopy-timeout-ms")
+    uri = dst.listen_uri()
+    proxy = None
+    if how == "blackhole":
+        proxy = t.proxy(uri)
+        uri = proxy.uri
+    src.qmp.execute("migrate", {"uri": uri})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 2e6, 20,
+               "2 MB transferred")
+    check_eq(src.query_migrate()["status"], "active", "source status before the fault")
+    if how == "sigstop":
+        os.kill(dst.pid, signal.SIGSTOP)
+        t.closers.insert(0, lambda: os.kill(dst.pid, signal.SIGCONT) if dst.alive() else None)
+    else:
+        proxy.blackhole()
+    t0 = time.monotonic()
+    # The bound is the watchdog's (1 s) plus slack for a loaded machine;
+    # without it the source hangs in active for ever (what this catches).
+    info = wait_status(src, "failed", 20, fail_on=("completed", "cancelled"))
+    log("%s: source failed %.2f s after the fault: %r" % (how, time.monotonic() - t0,
+                                                          info.get("error-desc")))
+    desc = info.get("error-desc") or ""
+    check("x-precopy-timeout-ms" in desc, "error-desc %r does not name x-precopy-timeout-ms", desc)
+    wait_runstate(src, "running", 10)
+    check_writes_increase(src)
+    stop_and_verify(src)
+    if how == "sigstop":
+        os.kill(dst.pid, signal.SIGCONT)
+        dst.kill()
+
+
+for how in ("sigstop", "blackhole"):
+    R.add("dead peer in precopy: destination %s -> source fails, runs on, verifies" % how,
+          dead_peer_case, how)
+
+
+@R.test("x-precopy-timeout-ms: default 10000, range 200..3600000 or 0")
+def precopy_timeout_param(t):
+    g = t.guest("g", mem=MEM)
+    check_eq(g.qmp.execute("query-migrate-parameters")["x-precopy-timeout-ms"], 10000, "default")
+    for bad in (1, 199, 3600001):
+        e = g.qmp.expect_error("migrate-set-parameters", {"x-precopy-timeout-ms": bad})
+        check("x-precopy-timeout-ms" in e.desc, "error %r does not name the parameter", e.desc)
+    set_params(g, {"x-precopy-timeout-ms": 0})
+    check_eq(g.qmp.execute("query-migrate-parameters")["x-precopy-timeout-ms"], 0, "0 (never)")
 
 
 if __name__ == "__main__":
