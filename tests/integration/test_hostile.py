@@ -15,7 +15,10 @@ Defect 6: the QMP socket is created 0600 whatever the umask, or with the
 mode the host asks for (--qmp-mode).
 Dead peers in precopy (issue 12 item 2): a destination stopped (SIGSTOP)
 or black-holed fails the migration within x-precopy-timeout-ms and the
-source runs on."""
+source runs on.
+Resource caps (issue 12 item 3, docs/architecture.md "Limits"): a QMP
+client that never reads is dropped once 4 MiB of replies and events wait
+for it; the idle connections' cap is tested with defect 1 above."""
 
 import os
 import re
@@ -445,6 +448,53 @@ def precopy_timeout_param(t):
         check("x-precopy-timeout-ms" in e.desc, "error %r does not name the parameter", e.desc)
     set_params(g, {"x-precopy-timeout-ms": 0})
     check_eq(g.qmp.execute("query-migrate-parameters")["x-precopy-timeout-ms"], 0, "0 (never)")
+
+
+# ------------------------------------------------------------ resource caps
+
+OUT_MAX = 4 << 20  # src/qmp/server.h: output queued for one QMP client
+
+
+@R.test("cap: a QMP client that never reads its events is dropped at 4 MiB; others go on")
+def qmp_client_never_reads(t):
+    g = t.guest("g", mem=MEM)
+    lazy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    t.closers.append(lazy.close)
+    lazy.connect(g.sock)
+    lazy.settimeout(10)
+    lazy.sendall(b'{"execute": "qmp_capabilities"}\n')
+    got = b""
+    while got.count(b"\n") < 2:  # the greeting and the reply
+        chunk = lazy.recv(4096)
+        check(chunk, "QMP server closed the new client")
+        got += chunk
+    # From here `lazy` reads nothing while every stop/cont sends it a STOP
+    # or RESUME event (about 100 bytes each).
+    rss0 = int(open("/proc/%d/statm" % g.pid).read().split()[1]) * 4096
+    pairs = 0
+    deadline = time.monotonic() + 60
+    q = g.qmp
+    while time.monotonic() < deadline:
+        for _ in range(500):
+            q.execute("stop")
+            q.execute("cont")
+        pairs += 500
+        q.drain_events()  # this client does read
+        # Dropped: the server closed it, which shows as POLLRDHUP behind
+        # the unread data (nothing is read from it, so nothing helps it
+        # keep up).
+        p = select.poll()
+        p.register(lazy.fileno(), select.POLLRDHUP)
+        eof = any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
+        if eof:
+            break
+        check(pairs < 200000, "the never-reading client is still served after %d events", 2 * pairs)
+    check(eof, "the never-reading client was not dropped within 60 s (%d events)", 2 * pairs)
+    rss1 = int(open("/proc/%d/statm" % g.pid).read().split()[1]) * 4096
+    log("never-reading client dropped after %d events; guest RSS %+d KiB" %
+        (2 * pairs, (rss1 - rss0) // 1024))
+    check(rss1 - rss0 < 4 * OUT_MAX, "guest RSS grew by %d bytes", rss1 - rss0)
+    check_eq(g.status(), "running", "guest run state (its QMP still serves)")
 
 
 if __name__ == "__main__":
