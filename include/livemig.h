@@ -252,6 +252,12 @@ typedef struct lm_params {
      * enforces it, ms (1..1000, default 1000) */
     uint64_t vcpu_dirty_limit;
     uint64_t x_vcpu_dirty_limit_period;
+    /* ms; in precopy, a destination that answers nothing this long while
+     * the source waits for it (a PING unanswered, or the end of stream
+     * sent and no verdict) fails the migration and the source runs on: a
+     * stopped (SIGSTOP) or black-holed destination no longer hangs it
+     * (issue 12).  0 = never; 200..3600000; default 10000.  Source only. */
+    uint64_t x_precopy_timeout_ms;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -278,6 +284,7 @@ typedef enum lm_param {
     LM_PARAM_X_POSTCOPY_TIMEOUT_MS,
     LM_PARAM_VCPU_DIRTY_LIMIT,
     LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD,
+    LM_PARAM_X_PRECOPY_TIMEOUT_MS,
     LM_PARAM__MAX
 } lm_param;
 
@@ -295,6 +302,8 @@ LM_API int lm_zpd_from_name(const char *name, lm_zero_page_detection *out);
 #define LM_MULTIFD_MAX_CHANNELS 255
 /* x-postcopy-timeout-ms by default: TCP_USER_TIMEOUT's 10 s (chan/uri.c). */
 #define LM_POSTCOPY_TIMEOUT_DEFAULT_MS 10000
+/* x-precopy-timeout-ms by default: the same 10 s. */
+#define LM_PRECOPY_TIMEOUT_DEFAULT_MS 10000
 typedef struct lm_multifd_chan_stats {
     uint64_t bytes;  /* on the wire, headers included */
     uint64_t normal; /* pages sent with data */
@@ -716,8 +725,53 @@ typedef int (*lm_qmp_cmd_fn)(void *opaque, const char *args_json, char **ret_jso
  * removed again by stop).  Several clients at once; events go to all.
  * A thread named "lm-qmp" runs it. */
 LM_API int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err);
-/* Adds a command (before or after start).  name must not collide with a
- * built-in one. */
+/* The socket file's permissions when lm_qmp_server_start creates it:
+ * owner only, whatever the process umask (anyone who can connect can
+ * stop, migrate or quit the guest). */
+#define LM_QMP_SOCKET_MODE_DEFAULT 0600
+/* Like lm_qmp_server_start; a unix: socket file gets exactly the
+ * permission bits `mode` (0 .. 0777; 0 means LM_QMP_SOCKET_MODE_DEFAULT),
+ * independent of the umask and never looser while it is being created.
+ * -EINVAL for a mode with other bits. */
+LM_API int lm_qmp_server_start_mode(lm_mig *m, const char *uri, unsigned mode, lm_qmp_server **out,
+                                    lm_error *err);
+/* The JSON type of one argument of a host command. */
+typedef enum lm_qmp_arg_type {
+    LM_QMP_ARG_STR,    /* a string */
+    LM_QMP_ARG_BOOL,   /* true or false */
+    LM_QMP_ARG_INT,    /* an integer */
+    LM_QMP_ARG_NUMBER, /* an integer or a real */
+    LM_QMP_ARG_ARRAY,  /* an array (its elements unchecked) */
+    LM_QMP_ARG_OBJECT, /* an object (its members unchecked) */
+    LM_QMP_ARG_ANY,    /* any JSON value */
+    LM_QMP_ARG__MAX
+} lm_qmp_arg_type;
+
+/* One argument of a host command; a list of them ends with an entry
+ * whose name is NULL. */
+typedef struct lm_qmp_arg_spec {
+    const char *name; /* 1..63 printable ASCII bytes, unique in the list */
+    lm_qmp_arg_type type;
+    bool optional; /* false: a request without it is refused */
+} lm_qmp_arg_spec;
+
+/* Adds a command whose arguments the server checks before fn runs, as it
+ * does for the built-in ones (QEMU's wording and order): a missing required
+ * argument ("Parameter 'x' is missing"), one of the wrong JSON type
+ * ("Invalid parameter type for 'x', expected: string"), any other key
+ * ("Parameter 'y' is unexpected"), or "arguments" that is not an object
+ * is answered with GenericError and fn is not called.  args: NULL or a
+ * list ending with {NULL}: the command takes those arguments (none for
+ * NULL or an empty list); it is copied.  query-qmp-schema describes them.
+ * Before or after start; name must not collide with a built-in or
+ * registered one.  Thread: any.  Blocks: no. */
+LM_API int lm_qmp_server_register_args(lm_qmp_server *s, const char *name,
+                                       const lm_qmp_arg_spec *args, lm_qmp_cmd_fn fn, void *opaque,
+                                       lm_error *err);
+/* Adds a command whose arguments the server does not check: fn gets any
+ * "arguments" object and must check it itself.  Prefer
+ * lm_qmp_server_register_args, which the server enforces (a command that
+ * ignored its arguments took {"bogus": 1} without a word). */
 LM_API int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn,
                                   void *opaque, lm_error *err);
 /* Stops the server thread, closes clients, removes the socket.  NULL ok. */

@@ -98,6 +98,7 @@ struct guest {
     bool prealloc; /* --prealloc: populate all memory before serving */
     bool memfd;    /* --mem-backend memfd: RAM is shared memory */
     char qmp_uri[4200];
+    unsigned qmp_mode; /* --qmp-mode; 0: the library's default, 0600 */
     const char *incoming;
     const char *name, *uuid; /* --name, --uuid (QEMU's -name, -uuid) */
     bulk_cfg bulk_cfgs[MAX_BULK];
@@ -747,6 +748,17 @@ static const lm_device_ops cpu_ops = {
 /* Checks the cpu state against memory (workload stopped); fills why. */
 static bool cpu_verify(guest *g, char *why, size_t n)
 {
+    /* A guest started as a destination leaves inmigrate only through a
+     * migration (cont is refused there), and verify is refused in
+     * inmigrate: so it came in by migration, and a stream that never
+     * carried the vCPUs' state must not pass for a complete one (issue 12,
+     * defect 2), even when the ledger happens to agree (an idle guest). */
+    if (g->incoming && !g->cpu_loaded) {
+        snprintf(why, n,
+                 "the guest came in by migration but its cpu state was never loaded (an "
+                 "incomplete stream)");
+        return false;
+    }
     sync_with_parked_workers(g);
     uint64_t sum = 0;
     for (uint64_t i = 0; i < g->npages; i++)
@@ -796,6 +808,11 @@ static int reply(json_t *obj, char **ret_json, lm_error *err)
         return lm_error_set(err, -ENOMEM, "out of memory");
     return 0;
 }
+
+/* The guest's commands take no arguments: the server refuses any
+ * (QEMU's "Parameter 'x' is unexpected"), so a mistyped request is not
+ * run as if it were right (issue 12, defect 3: quit took {"bogus": 1}). */
+static const lm_qmp_arg_spec no_args[] = {{NULL}};
 
 static int qmp_quit(void *opaque, const char *args, char **ret_json, lm_error *err)
 {
@@ -898,6 +915,7 @@ void usage_guest(FILE *f)
                "and version, so x-guest-verify finds any lost, stale or torn page.\n\n"
                "options:\n"
                "  --qmp unix:PATH        QMP socket to serve (required)\n"
+               "  --qmp-mode OCTAL       its permissions (default 0600, whatever the umask)\n"
                "  --mem SIZE             guest RAM, K/M/G suffixes, multiple of 4K, >= 1M\n"
                "                         (default 256M)\n"
                "  --incoming URI|defer   start as a migration destination: listen on URI\n"
@@ -937,6 +955,7 @@ void usage_guest(FILE *f)
 enum {
     O_MEM = 1,
     O_QMP,
+    O_QMP_MODE,
     O_INCOMING,
     O_WORKLOAD,
     O_RATE,
@@ -955,6 +974,7 @@ enum {
 static const cli_opt guest_opts[] = {
     {"mem", true, O_MEM},
     {"qmp", true, O_QMP},
+    {"qmp-mode", true, O_QMP_MODE},
     {"incoming", true, O_INCOMING},
     {"workload", true, O_WORKLOAD},
     {"dirty-rate", true, O_RATE},
@@ -1007,6 +1027,16 @@ static int parse_flags(guest *g, int argc, char **argv)
             }
             have_qmp = true;
             break;
+        case O_QMP_MODE: {
+            char *end = NULL;
+            unsigned long mode = strtoul(v, &end, 8);
+            if (!*v || *end || mode == 0 || mode > 0777) {
+                cli_err("guest", "--qmp-mode: '%s' is not an octal mode in 1..0777 (e.g. 0660)", v);
+                return CLI_EXIT_USAGE;
+            }
+            g->qmp_mode = (unsigned)mode;
+            break;
+        }
         case O_INCOMING:
             if (!v[0]) {
                 cli_err("guest", "--incoming: empty URI (use a URI or 'defer')");
@@ -1269,10 +1299,10 @@ int cmd_guest(int argc, char **argv)
     if (pthread_create(&g->stats_thread, NULL, stats_run, g) == 0)
         g->stats_started = true;
 
-    if (lm_qmp_server_start(g->m, g->qmp_uri, &g->qmp, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "quit", qmp_quit, g, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "x-guest-verify", qmp_verify, g, &err) < 0 ||
-        lm_qmp_server_register(g->qmp, "x-guest-stats", qmp_stats, g, &err) < 0) {
+    if (lm_qmp_server_start_mode(g->m, g->qmp_uri, g->qmp_mode, &g->qmp, &err) < 0 ||
+        lm_qmp_server_register_args(g->qmp, "quit", no_args, qmp_quit, g, &err) < 0 ||
+        lm_qmp_server_register_args(g->qmp, "x-guest-verify", no_args, qmp_verify, g, &err) < 0 ||
+        lm_qmp_server_register_args(g->qmp, "x-guest-stats", no_args, qmp_stats, g, &err) < 0) {
         cli_err("guest", "--qmp %s: %s", g->qmp_uri, err.msg);
         goto out;
     }

@@ -48,6 +48,12 @@ int qmpc_call(qmpc *c, const char *cmd, json_t *args, json_t **ret, lm_error *er
     if (ret) {
         json_error_t jerr;
         *ret = json_loads(ret_txt ? ret_txt : "{}", JSON_DECODE_ANY, &jerr);
+        /* A uint64 above INT64_MAX (max-bandwidth up to 2^64-1, as QEMU
+         * takes) is too big for jansson's integers: the CLI only shows
+         * and compares such values, so a real will do for them. */
+        if (!*ret)
+            *ret = json_loads(ret_txt ? ret_txt : "{}", JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+                              &jerr);
         if (!*ret) {
             rc = lm_error_set(err, -EPROTO, "%s: reply is not JSON: %s", cmd, jerr.text);
             goto out;

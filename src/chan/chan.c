@@ -203,6 +203,21 @@ uint64_t lm_chan_write_busy_ns(const lm_chan *c)
     return atomic_load_explicit(&((lm_chan *)c)->write_busy_ns, memory_order_relaxed);
 }
 
+/* The socket's SO_RCVTIMEO or SO_SNDTIMEO in ms for a poll(2), -1 when
+ * none is set (or fd is no socket).  A blocking socket applies it in the
+ * kernel; a non-blocking one (fd: URIs may hand one in) says EAGAIN at
+ * once and this file waits in poll, which must honour the same bound: a
+ * HELLO read with SO_RCVTIMEO once waited for ever there (issue 12). */
+static int sock_timeout_ms(int fd, int opt)
+{
+    struct timeval tv = {0};
+    socklen_t len = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, opt, &tv, &len) != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0))
+        return -1;
+    int64_t ms = (int64_t)tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+    return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
 /* ----------------------------------------------------------------- write */
 
 static uint64_t mono_ns(void)
@@ -302,10 +317,14 @@ static int send_all(lm_chan *c, struct iovec *iov, int cnt)
                  * shutdown(2) wakes this poll too. */
                 struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
                 uint64_t p0 = mono_ns();
-                int pr = poll(&pfd, 1, -1);
+                int pr = poll(&pfd, 1, sock_timeout_ms(c->fd, SO_SNDTIMEO));
                 int pe = errno;
                 busy += mono_ns() - p0; /* waiting for the wire is busy too */
-                if (pr >= 0 || pe == EINTR) {
+                if (pr == 0) {
+                    r = set_error_fmt(c, -ETIMEDOUT, "%s: write timed out", c->name);
+                    goto out;
+                }
+                if (pr > 0 || pe == EINTR) {
                     if ((r = sticky(c)))
                         goto out;
                     continue;
@@ -451,7 +470,10 @@ static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
             return set_error_fmt(c, -ETIMEDOUT, "%s: read timed out", c->name);
         if (e == EAGAIN || e == EWOULDBLOCK) {
             struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-            if (poll(&pfd, 1, -1) >= 0 || errno == EINTR) {
+            int pr = poll(&pfd, 1, sock_timeout_ms(c->fd, SO_RCVTIMEO));
+            if (pr == 0)
+                return set_error_fmt(c, -ETIMEDOUT, "%s: read timed out", c->name);
+            if (pr > 0 || errno == EINTR) {
                 int r = sticky(c);
                 if (r)
                     return r;

@@ -60,6 +60,10 @@ int lm_resolve(const char *host, const char *port, int64_t deadline_ms, int canc
 /* Listens (SO_REUSEADDR; unix: removes a stale socket file first).  actual
  * gets the bound address as a URI text, with the real port for port 0. */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err);
+/* The same; a unix: socket file is created with at most unix_mode's
+ * permission bits (-1: as the umask makes it), never looser in between. */
+int lm_uri_listen_mode(const lm_uri *u, int unix_mode, int *fd_out, char *actual, size_t cap,
+                       lm_error *err);
 /* accept4 with CLOEXEC, then lm_sock_tune.  Blocks until a peer comes or
  * another thread calls shutdown(lfd, SHUT_RDWR) (then returns -ECANCELED);
  * close() does not wake it: shut down, join, then close. */

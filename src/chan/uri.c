@@ -29,7 +29,12 @@
 
 /* Socket buffers we ask for (best effort, see lm_sock_tune). */
 #define SOCK_BUF_BYTES (4 << 20)
-#define LISTEN_BACKLOG 16
+/* The kernel's queue of connections not accepted yet (capped by
+ * net.core.somaxconn).  The destination takes them all at once and reads
+ * their HELLOs together (accept.c), but a burst of strangers larger than
+ * this queue would make the kernel drop the source's SYN, which it then
+ * retries only after a second or more (issue 12, defect 1). */
+#define LISTEN_BACKLOG 1024
 /* How much of a bad URI is quoted back in an error message: a URI can be
  * arbitrary bytes from a QMP client, the message must stay readable. */
 #define QUOTE_MAX 80
@@ -575,6 +580,12 @@ static int remove_stale_unix(const char *path, const char *text, lm_error *err)
  */
 int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_error *err)
 {
+    return lm_uri_listen_mode(u, -1, fd_out, actual, cap, err);
+}
+
+int lm_uri_listen_mode(const lm_uri *u, int unix_mode, int *fd_out, char *actual, size_t cap,
+                       lm_error *err)
+{
     char text[512];
     int fd = -1, r = 0;
     struct addrinfo *res = NULL;
@@ -605,6 +616,13 @@ int lm_uri_listen(const lm_uri *u, int *fd_out, char *actual, size_t cap, lm_err
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             r = lm_error_set(err, -errno, "listen on %s: socket: %s", text, strerror(errno));
+            goto out;
+        }
+        /* Linux creates the socket file with the socket inode's mode minus
+         * the umask (unix_bind): set before bind, the file is never
+         * created looser than asked, whatever the umask (issue 12). */
+        if (unix_mode >= 0 && fchmod(fd, (mode_t)unix_mode) != 0) {
+            r = lm_error_set(err, -errno, "listen on %s: fchmod: %s", text, strerror(errno));
             goto out;
         }
         if (bind(fd, (struct sockaddr *)&sun, slen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {

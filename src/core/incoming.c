@@ -9,8 +9,11 @@
  * With multifd it accepts every channel of the session first (in any order:
  * HELLO names each), then "lm-mfd-recv/N" threads read them; with
  * postcopy-preempt, "lm-pc-preempt" loads the preempt channel.
- * Cancel (any thread) shuts down the listening socket and the channels
- * under m->lock, which makes the blocked accept/read return.
+ * Connections are accepted together and their HELLOs read as they come
+ * (chan/accept.c): a stranger that stays silent holds no one up.
+ * Cancel (any thread) writes m->cancel_efd, which the accept loop polls,
+ * and shuts down the listening socket and the placed channels under
+ * m->lock, which makes a blocked read return.
  * A failure before the guest ever ran is answered with ERROR (the source
  * resumes, even past POSTCOPY_RUN); a failure after POSTCOPY_RUN pauses
  * (postcopy-paused, RP_SHUT with the reason): the guest keeps
@@ -23,6 +26,8 @@
 #include "core/handshake.h"
 #include "core/incoming.h"
 
+#include "chan/accept.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -30,7 +35,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define HELLO_TIMEOUT_S 10
+/* Each connection's time to send its HELLO, from its accept. */
+#define HELLO_TIMEOUT_MS 10000
+/* Connections that may be sending their HELLO at once; the oldest still
+ * silent is closed for a new one (docs/architecture.md, "Limits").  A
+ * session's own channels (main, preempt, up to LM_MULTIFD_MAX_CHANNELS
+ * multifd) send their HELLO as soon as they connect and are handed over
+ * at once; before it closes one, the acceptor reads what every
+ * connection has sent, so a channel that spoke is never the one closed. */
+#define LM_INCOMING_PENDING_MAX 256
 /* After the first channel, the others of the session must come within. */
 #define CHANNELS_TIMEOUT_MS 10000
 
@@ -197,28 +210,19 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     }
 }
 
-/* Reads and checks the HELLO of one connection; answers ACCEPT, or REJECT
- * + ERROR to a livemig peer; on success the channel is placed (main,
+/* Checks the HELLO one connection sent (buf, len bytes: fewer than
+ * LM_HELLO_SIZE when it closed mid-way); answers ACCEPT, or REJECT +
+ * ERROR to a livemig peer; on success the channel is placed (main,
  * multifd N or preempt) and owned by `in`. */
-static int hello(lm_incoming *in, lm_chan *c, lm_error *err)
+static int hello(lm_incoming *in, lm_chan *c, const uint8_t *buf, size_t len, lm_error *err)
 {
-    uint8_t buf[LM_HELLO_SIZE];
     lm_hello h;
-    int fd = lm_chan_fd(c);
-    struct timeval tv = {.tv_sec = HELLO_TIMEOUT_S};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (lm_chan_read_full(c, buf, sizeof buf) < 0) {
-        lm_error tmp = {0};
-        int code = lm_chan_get_error(c, &tmp);
-        if (code == -ETIMEDOUT)
-            return lm_error_set(err, -ETIMEDOUT, "no HELLO from the source within %d s",
-                                HELLO_TIMEOUT_S);
-        return lm_error_set(err, code ? code : -EIO, "reading HELLO: %s", tmp.msg);
-    }
-    tv.tv_sec = 0;
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-
-    int ret = lm_fmt_hello_decode(buf, sizeof buf, &h, err) > 0 ? 0 : -EPROTO;
+    if (len < LM_HELLO_SIZE)
+        return lm_error_set(err, -EPIPE,
+                            "reading HELLO: the peer closed the connection after %zu of its %d "
+                            "bytes",
+                            len, LM_HELLO_SIZE);
+    int ret = lm_fmt_hello_decode(buf, len, &h, err) > 0 ? 0 : -EPROTO;
     if (ret < 0 && err && err->code)
         ret = err->code;
     if (ret == 0)
@@ -246,7 +250,9 @@ static int hello(lm_incoming *in, lm_chan *c, lm_error *err)
         pthread_mutex_unlock(&in->m->lock);
     } else if (h.role == LM_ROLE_PREEMPT) {
         /* Not one cancel shuts down: postcopy owns it from the start of
-         * the load and shuts it down itself (lm_pc_dst_preempt_stop). */
+         * the load and shuts it down itself (lm_pc_dst_preempt_stop).
+         * Until then this thread holds it, and a cancel reaches this
+         * thread through m->cancel_efd (accept.c polls it). */
         in->preempt = c;
         in->have_preempt = true;
     } else {
@@ -269,9 +275,16 @@ static bool placed(const lm_incoming *in, const lm_chan *c)
     return false;
 }
 
-/* Accepts connections until the main channel and every multifd channel of
- * the session are there (DESIGN §5: identified by HELLO, never by order). */
-static int accept_channels(lm_incoming *in, lm_error *err)
+/* Takes connections from the acceptor until the main channel and every
+ * multifd (and preempt) channel of the session are there (DESIGN §5:
+ * identified by HELLO, never by order).  The acceptor reads every
+ * connection's HELLO at once with its own deadline, so a stranger that
+ * connects and stays silent neither delays the source nor fails the
+ * migration: it is closed when its time is up (issue 12, defect 1).  A
+ * connection that does speak and says something wrong still fails the
+ * migration with the reason (DESIGN §9).  connected: the one fd: stream,
+ * no listener. */
+static int accept_channels(lm_incoming *in, lm_acceptor *a, bool connected, lm_error *err)
 {
     lm_mig *m = in->m;
     uint64_t deadline = 0;
@@ -279,25 +292,31 @@ static int accept_channels(lm_incoming *in, lm_error *err)
         if (in->chan && in->nmfd_have == in->nmfd &&
             (in->have_preempt || !(in->features & LM_FEAT_PREEMPT)))
             return 0;
-        int fd = -1, ret;
-        if (deadline) {
-            int64_t left = (int64_t)(deadline - lm_now_ns()) / 1000000;
-            struct pollfd p = {.fd = in->lfd, .events = POLLIN};
-            int r = left > 0 ? poll(&p, 1, (int)left) : 0;
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r == 0 && in->nmfd_have < in->nmfd)
-                return lm_error_set(err, -ETIMEDOUT,
-                                    "only %s%u of %u multifd channels arrived within %d s",
-                                    in->chan ? "the main channel and " : "", in->nmfd_have,
-                                    in->nmfd, CHANNELS_TIMEOUT_MS / 1000);
-            if (r == 0)
-                return lm_error_set(err, -ETIMEDOUT,
-                                    "the source's %s channel did not "
-                                    "connect within %d s",
-                                    in->chan ? "preempt" : "main", CHANNELS_TIMEOUT_MS / 1000);
-        }
-        ret = lm_sock_accept(in->lfd, &fd, err);
+        if (connected && in->chan && in->nmfd)
+            return lm_error_set(err, -EPROTO,
+                                "the source uses multifd, which needs a listening "
+                                "socket, not the connected fd");
+        if (connected && in->chan)
+            return 0;
+        int fd = -1;
+        size_t len = 0;
+        uint8_t buf[LM_HELLO_SIZE];
+        int ret = lm_acceptor_next(a, deadline, &fd, buf, &len, err);
+        if (ret == -ECANCELED)
+            return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+        if (ret == -ETIMEDOUT && !deadline)
+            return lm_error_set(err, -ETIMEDOUT, "no HELLO from the source within %d s",
+                                HELLO_TIMEOUT_MS / 1000);
+        if (ret == -ETIMEDOUT && in->nmfd_have < in->nmfd)
+            return lm_error_set(err, -ETIMEDOUT,
+                                "only %s%u of %u multifd channels arrived within %d s",
+                                in->chan ? "the main channel and " : "", in->nmfd_have, in->nmfd,
+                                CHANNELS_TIMEOUT_MS / 1000);
+        if (ret == -ETIMEDOUT)
+            return lm_error_set(err, -ETIMEDOUT,
+                                "the source's %s channel did not "
+                                "connect within %d s",
+                                in->chan ? "preempt" : "main", CHANNELS_TIMEOUT_MS / 1000);
         if (ret < 0)
             return ret;
         pthread_mutex_lock(&m->lock);
@@ -305,18 +324,16 @@ static int accept_channels(lm_incoming *in, lm_error *err)
         pthread_mutex_unlock(&m->lock);
         lm_chan *c;
         ret = lm_chan_new(fd, "incoming channel", &c, err);
-        if (ret < 0) {
-            close(fd);
-            return ret;
-        }
+        if (ret < 0)
+            return ret; /* fd closed by lm_chan_new */
         if (cancel) {
             lm_chan_free(c);
             return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
         }
-        ret = hello(in, c, err);
+        ret = hello(in, c, buf, len, err);
         if (ret < 0) {
             if (!placed(in, c)) {
-                if (ret != -EBADMSG)
+                if (ret != -EBADMSG && len == LM_HELLO_SIZE)
                     linger_drain(c);
                 lm_chan_free(c);
             }
@@ -332,26 +349,23 @@ int lm_in_connect_channels(lm_incoming *in, lm_error *err)
 {
     int listening = 0;
     socklen_t sl = sizeof listening;
-    if (getsockopt(in->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &sl) != 0 || listening)
-        return accept_channels(in, err);
-    int fd = in->lfd;
-    in->lfd = -1;
-    lm_chan *c = NULL;
-    int ret = lm_chan_new(fd, "incoming channel", &c, err);
-    if (ret < 0) {
-        close(fd);
+    bool connected =
+        getsockopt(in->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &sl) == 0 && !listening;
+    const lm_acceptor_cfg cfg = {.greeting_len = LM_HELLO_SIZE,
+                                 .greeting_timeout_ms = HELLO_TIMEOUT_MS,
+                                 .max_pending = LM_INCOMING_PENDING_MAX};
+    lm_acceptor *a = NULL;
+    int ret = lm_acceptor_new(connected ? -1 : in->lfd, in->m->cancel_efd, &cfg, &a, err);
+    if (ret < 0)
         return ret;
+    if (connected) {
+        ret = lm_acceptor_add(a, in->lfd, err); /* the acceptor's now */
+        in->lfd = -1;
     }
-    if ((ret = hello(in, c, err)) < 0) {
-        if (!placed(in, c))
-            lm_chan_free(c);
-        return ret;
-    }
-    if (in->nmfd)
-        return lm_error_set(err, -EPROTO,
-                            "the source uses multifd, which needs a listening "
-                            "socket, not the connected fd");
-    return 0;
+    if (ret == 0)
+        ret = accept_channels(in, a, connected, err);
+    lm_acceptor_free(a); /* closes the strangers still greeting */
+    return ret;
 }
 
 /* The end of the thread: the verdict to the source, the channels, the
@@ -638,6 +652,10 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     m->incoming_started = true;
     m->ram_frozen = true;
     m->cancel_requested = false;
+    uint64_t drain;
+    while (read(m->cancel_efd, &drain, sizeof drain) == sizeof drain) {
+        /* a cancel of an earlier migration: the acceptor polls this fd */
+    }
     m->eos_sent = false;
     m->listen_fd = lfd;
     snprintf(m->socket_address, sizeof m->socket_address, "%s", actual);

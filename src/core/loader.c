@@ -160,7 +160,10 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
                                 in->running ? "received twice" : "without the postcopy feature");
         if (!m->mem.smap.ready && m->mem.nblocks)
             return lm_error_set(err, -EPROTO, "POSTCOPY_RUN before the RAM block table");
-        /* Device sections are complete: the guest runs from now on. */
+        /* Device sections are complete (checked: the guest runs from now
+         * on, it must not run on a state that never came). */
+        if ((ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_RUN, err)) < 0)
+            return ret;
         lm_loadvm_cleanup(&in->lv);
         return postcopy_run(in, err);
     case LM_REC_MULTIFD_FLUSH: {
@@ -190,7 +193,9 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
         return 0;
     }
     case LM_REC_SWITCHOVER_START:
-        return 0;
+        if (in->running)
+            return lm_error_set(err, -EPROTO, "SWITCHOVER_START after POSTCOPY_RUN");
+        return lm_loadvm_switchover(&in->lv, err);
     case LM_REC_SECTION_START:
     case LM_REC_SECTION_PART:
     case LM_REC_SECTION_END:
@@ -210,7 +215,13 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
          * RUN) and every owed page is placed. */
         if (in->mfd && (ret = lm_mfd_recv_finish(in->mfd, err)) < 0)
             return ret;
-        ret = in->running ? lm_pc_dst_wait_placed(&m->pcd, err) : lm_loadvm_eos(&in->lv, err);
+        if (in->running) {
+            ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_POSTCOPY_EOS, err);
+            if (ret == 0)
+                ret = lm_pc_dst_wait_placed(&m->pcd, err);
+        } else {
+            ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_EOS, err);
+        }
         return ret < 0 ? ret : 1;
     case LM_REC_ERROR: {
         uint8_t p[6 + LM_ERROR_MSG_MAX];

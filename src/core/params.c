@@ -194,6 +194,7 @@ static const char *const param_names[LM_PARAM__MAX] = {
     [LM_PARAM_X_POSTCOPY_TIMEOUT_MS] = "x-postcopy-timeout-ms",
     [LM_PARAM_VCPU_DIRTY_LIMIT] = "vcpu-dirty-limit",
     [LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD] = "x-vcpu-dirty-limit-period",
+    [LM_PARAM_X_PRECOPY_TIMEOUT_MS] = "x-precopy-timeout-ms",
 };
 
 const char *lm_param_name(lm_param p)
@@ -237,6 +238,7 @@ void lm_params_default(lm_params *p)
     p->x_postcopy_timeout_ms = LM_POSTCOPY_TIMEOUT_DEFAULT_MS;
     p->vcpu_dirty_limit = 1;
     p->x_vcpu_dirty_limit_period = 1000;
+    p->x_precopy_timeout_ms = LM_PRECOPY_TIMEOUT_DEFAULT_MS;
 }
 
 static const char *const compress_names[] = {"none", "zlib", "zstd", "lz4"};
@@ -373,6 +375,11 @@ int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
         (p->x_postcopy_timeout_ms < 200 || p->x_postcopy_timeout_ms > 3600000))
         return lm_error_set(err, -EINVAL,
                             "Parameter 'x-postcopy-timeout-ms' expects 0 (never) or a value "
+                            "between 200 and 3600000");
+    if ((which & P(LM_PARAM_X_PRECOPY_TIMEOUT_MS)) && p->x_precopy_timeout_ms &&
+        (p->x_precopy_timeout_ms < 200 || p->x_precopy_timeout_ms > 3600000))
+        return lm_error_set(err, -EINVAL,
+                            "Parameter 'x-precopy-timeout-ms' expects 0 (never) or a value "
                             "between 200 and 3600000");
     return only_defaults(p, which, err);
 }

@@ -80,9 +80,17 @@ static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, 
         pthread_mutex_lock(&m->lock);
         bool pc = m->status == LM_STATUS_POSTCOPY_ACTIVE ||
                   m->status == LM_STATUS_POSTCOPY_DEVICE || m->status == LM_STATUS_POSTCOPY_RECOVER;
-        uint64_t tmo = m->params.x_postcopy_timeout_ms;
+        bool pre = m->status == LM_STATUS_ACTIVE || m->status == LM_STATUS_PRE_SWITCHOVER ||
+                   m->status == LM_STATUS_DEVICE;
+        uint64_t tmo = pc ? m->params.x_postcopy_timeout_ms : m->params.x_precopy_timeout_ms;
         bool ending = m->committing;
         pthread_mutex_unlock(&m->lock);
+        /* Precopy (issue 12, dead peers): the destination owes an answer
+         * only to a PING (one per 100 ms window while the loop runs) or,
+         * once the end of stream is out, its verdict; silence is counted
+         * only then, so a source that waits on its own (migrate-continue,
+         * max-bandwidth) never times out a live destination. */
+        bool armed = pc || (pre && (LM_ATOMIC_GET(&g->ping_sent_ns) || ending));
         /* Once the end of stream is being sent the destination answers
          * nothing until its verdict (no more PINGs go out), while this
          * side may still be writing the multifd channels' last pages:
@@ -91,19 +99,18 @@ static int wait_record(lm_outgoing *g, uint64_t *last_bytes, uint64_t *last_ns, 
          * socket buffers are full.) */
         if (ending)
             rd += lm_chan_bytes_written(g->chan) + LM_ATOMIC_GET(&m->stats.mfd.bytes);
-        if (rd != *last_bytes || !pc || !tmo || !*last_ns) {
-            /* Counted from the last byte read in postcopy, or from the
-             * first look in postcopy. */
+        if (rd != *last_bytes || !armed || !tmo || !*last_ns) {
+            /* Counted from the last byte read while armed, or from the
+             * first look armed. */
             *last_bytes = rd;
-            *last_ns = pc ? now : 0;
+            *last_ns = armed ? now : 0;
             continue;
         }
         if (now - *last_ns < tmo * 1000000ull)
             continue;
-        lm_error_set(err, -ETIMEDOUT,
-                     "main channel: no data from the destination for %llu ms "
-                     "(x-postcopy-timeout-ms)",
-                     (unsigned long long)tmo);
+        lm_error_set(err, -ETIMEDOUT, "main channel: no data from the destination for %llu ms (%s)",
+                     (unsigned long long)tmo,
+                     pc ? "x-postcopy-timeout-ms" : "x-precopy-timeout-ms");
         lm_mig_link_down(m, -ETIMEDOUT, err->msg);
         return -ETIMEDOUT;
     }

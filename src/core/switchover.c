@@ -130,7 +130,10 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
         }
     }
     uint64_t bw = switchover_bw(g);
-    g->threshold = bw * g->params.downtime_limit / 1000;
+    /* Saturating: a uint64 bandwidth may be up to 2^64-1 (QEMU's range,
+     * issue 12 defect 4), and the product would wrap to a small threshold. */
+    unsigned __int128 th = (unsigned __int128)bw * g->params.downtime_limit / 1000;
+    g->threshold = th > UINT64_MAX ? UINT64_MAX : (uint64_t)th;
     LM_ATOMIC_SET(&st->bandwidth, bw);
     if (bw && !g->o.postcopy) {
         uint64_t pending = lm_ram_dirty_left(&m->ram) * LM_PAGE_SIZE + queued;

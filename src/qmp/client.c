@@ -114,7 +114,7 @@ static int send_all(lm_qmp_client *c, const char *p, size_t n, int pass_fd, int6
 
 static void queue_event(lm_qmp_client *c, json_t *v)
 {
-    char *t = json_dumps(v, 0);
+    char *t = lm_qmp_json_dumps(v, 0);
     if (!t)
         return;
     if (c->ev_count == CLIENT_EVQ) {
@@ -188,7 +188,7 @@ static int do_call(lm_qmp_client *c, const char *cmd, json_t *args, int pass_fd,
         rc = lm_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    txt = json_dumps(req, JSON_COMPACT);
+    txt = lm_qmp_json_dumps(req, JSON_COMPACT);
     if (!txt) {
         rc = lm_error_set(err, -ENOMEM, "out of memory");
         goto out;
@@ -343,7 +343,7 @@ int lm_qmp_client_call_fd(lm_qmp_client *c, const char *cmd, const char *args_js
         return lm_error_set(err, -EINVAL, "QMP call: missing client or command");
     if (args_json) {
         json_error_t je;
-        args = json_loads(args_json, 0, &je);
+        args = lm_qmp_json_loads(args_json, 0, &je);
         if (!json_is_object(args)) {
             json_decref(args);
             return lm_error_set(err, -EINVAL, "QMP %s: arguments must be a JSON object%s%s", cmd,
@@ -354,7 +354,7 @@ int lm_qmp_client_call_fd(lm_qmp_client *c, const char *cmd, const char *args_js
     rc = do_call(c, cmd, args, fd, &ret, deadline_of(timeout_ms), err);
     pthread_mutex_unlock(&c->lock);
     if (rc == 0 && ret_json) {
-        *ret_json = json_dumps(ret, JSON_ENCODE_ANY | JSON_COMPACT);
+        *ret_json = lm_qmp_json_dumps(ret, JSON_ENCODE_ANY | JSON_COMPACT);
         if (!*ret_json)
             rc = lm_error_set(err, -ENOMEM, "out of memory");
     }

@@ -501,6 +501,11 @@ void lm_qmp_builtin_list(json_t *list)
         json_array_append_new(list, json_pack("{s:s}", "name", builtins[i].name));
 }
 
+int lm_qmp_args_check(json_t *args, const lm_qmp_arg *spec, lm_error *err)
+{
+    return check_args(args, spec, err);
+}
+
 int lm_qmp_builtin_check(const lm_qmp_builtin *b, json_t *args, lm_error *err)
 {
     if (!b || b->args == lm_qmp_args_decoded)

@@ -76,7 +76,13 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
 {
     lm_error err = {0};
     char *ret_txt = NULL;
-    char *args_txt = req->args ? json_dumps(req->args, JSON_COMPACT) : strdup("{}");
+    /* Declared arguments are checked here, as the built-ins' are, so fn
+     * never sees a request its declaration does not allow (hostcmd.c). */
+    if (hc->args && lm_qmp_args_check(req->args, hc->args, &err) < 0) {
+        lm_qmp_srv_reply_error(c, req->id, "GenericError", err.msg);
+        return;
+    }
+    char *args_txt = req->args ? lm_qmp_json_dumps(req->args, JSON_COMPACT) : strdup("{}");
     if (!args_txt) {
         lm_qmp_srv_reply_error(c, req->id, "GenericError", "out of memory");
         return;
@@ -93,7 +99,7 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
     json_t *ret = NULL;
     if (ret_txt) {
         json_error_t je;
-        ret = json_loads(ret_txt, JSON_DECODE_ANY, &je);
+        ret = lm_qmp_json_loads(ret_txt, JSON_DECODE_ANY, &je);
         free(ret_txt);
         if (!ret) {
             char desc[LM_ERROR_MSG_MAX];
@@ -110,15 +116,17 @@ static void run_host_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req, const
 static json_t *query_schema(lm_qmp_server *s, lm_error *err)
 {
     const char *names[MAX_HOST_CMDS];
+    const lm_qmp_arg *args[MAX_HOST_CMDS]; /* fixed once registered (server.h) */
     char copy[MAX_HOST_CMDS][CMD_NAME_MAX + 1];
     pthread_mutex_lock(&s->lock);
     unsigned n = s->ncmds;
     for (unsigned i = 0; i < n; i++) {
         memcpy(copy[i], s->cmds[i].name, sizeof copy[i]);
         names[i] = copy[i];
+        args[i] = s->cmds[i].args;
     }
     pthread_mutex_unlock(&s->lock);
-    return lm_qmp_schema_json(names, n, err);
+    return lm_qmp_schema_json(names, args, n, err);
 }
 
 /* The commands the server answers itself (they need its state). */

@@ -39,6 +39,7 @@ static const struct {
     F(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, P_U64, x_postcopy_timeout_ms),
     F(LM_PARAM_VCPU_DIRTY_LIMIT, P_U64, vcpu_dirty_limit),
     F(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, P_U64, x_vcpu_dirty_limit_period),
+    F(LM_PARAM_X_PRECOPY_TIMEOUT_MS, P_U64, x_precopy_timeout_ms),
 #undef F
 };
 
@@ -156,9 +157,10 @@ int lm_qmp_decode_params(json_t *args, lm_params *out, uint64_t *which, lm_error
             /* QEMU takes a negative number as a huge one for backward
              * compatibility; a negative bandwidth is a client bug, so it
              * is refused here. */
-            if (!json_is_integer(v) || json_integer_value(v) < 0)
+            /* Up to 2^64-1, as QEMU (jsonu64.c reads the ones above
+             * INT64_MAX exactly). */
+            if (!lm_qmp_json_u64(v, (uint64_t *)field))
                 return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint64", key);
-            *(uint64_t *)field = (uint64_t)json_integer_value(v);
             break;
         case P_U8:
             if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255)

@@ -23,10 +23,17 @@
 #include <stdint.h>
 
 /* jansson integers are signed 64-bit; saturate instead of wrapping. */
-static inline json_t *lm_qmp_ju64(uint64_t v)
-{
-    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
+/* jsonu64.c: uint64 values above INT64_MAX, exactly (jansson's integers
+ * are int64).  The loaders take such a number as a marker string that
+ * lm_qmp_json_u64() reads back and lm_qmp_json_dumps() writes as the bare
+ * number again; lm_qmp_ju64() makes one.  Every QMP text in or out of
+ * the library goes through these. */
+json_t *lm_qmp_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *je);
+json_t *lm_qmp_json_loads(const char *s, size_t flags, json_error_t *je);
+char *lm_qmp_json_dumps(const json_t *v, size_t flags);
+/* An integer >= 0 or a marker: true and *out; anything else: false. */
+bool lm_qmp_json_u64(const json_t *v, uint64_t *out);
+json_t *lm_qmp_ju64(uint64_t v);
 
 /* json_object_set_new that tolerates a NULL value from a failed
  * allocation (the reply is then just smaller, never a crash). */
@@ -183,6 +190,9 @@ const lm_qmp_builtin *lm_qmp_builtin_find(const char *name);
  * other key: "Parameter 'x' is unexpected").  0 when they fit or when the
  * command decodes its own arguments. */
 int lm_qmp_builtin_check(const lm_qmp_builtin *b, json_t *args, lm_error *err);
+/* The same check against any argument list (ending with a NULL name):
+ * the host's commands registered with their arguments (hostcmd.c). */
+int lm_qmp_args_check(json_t *args, const lm_qmp_arg *spec, lm_error *err);
 
 /* Runs a built-in command (commands.c).  Returns 1 when name is not a
  * built-in command run here, 0 on success (*ret set, a new reference), < 0
@@ -210,11 +220,14 @@ int lm_qmp_cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err
 const char *lm_qmp_event_name(lm_event_type t, const char **arg_type);
 
 /* query-qmp-schema (schema.c): every built-in command, the host's
- * commands (host_cmds[0..nhost), arguments and return "any"), every event
- * and every type they name, in QEMU's SchemaInfo format with readable
- * (unmasked) type names.  NULL with err set if the tables name a type
- * that is not described (a bug the unit test catches). */
-json_t *lm_qmp_schema_json(const char *const *host_cmds, size_t nhost, lm_error *err);
+ * commands (host_cmds[0..nhost): their arguments are host_args[i], a list
+ * ending with a NULL name, or "any" when host_args is NULL or host_args[i]
+ * is; they return "any"), every event and every type they name, in QEMU's
+ * SchemaInfo format with readable (unmasked) type names.  NULL with err
+ * set if the tables name a type that is not described (a bug the unit test
+ * catches). */
+json_t *lm_qmp_schema_json(const char *const *host_cmds, const lm_qmp_arg *const *host_args,
+                           size_t nhost, lm_error *err);
 
 /* Pure decoders behind the commands, fuzzed directly. */
 /* migrate-set-parameters: fills the fields of *out named in args and sets

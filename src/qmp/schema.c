@@ -425,7 +425,8 @@ static int arg_type(gen *g, const lm_qmp_builtin *b, char *out, size_t size)
     return rc;
 }
 
-json_t *lm_qmp_schema_json(const char *const *host_cmds, size_t nhost, lm_error *err)
+json_t *lm_qmp_schema_json(const char *const *host_cmds, const lm_qmp_arg *const *host_args,
+                           size_t nhost, lm_error *err)
 {
     gen g = {json_array(), json_object(), err};
     int rc = g.out && g.seen ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
@@ -446,12 +447,18 @@ json_t *lm_qmp_schema_json(const char *const *host_cmds, size_t nhost, lm_error 
                                                              "arg-type", at, "ret-type", ret)) < 0)
             rc = lm_error_set(err, -ENOMEM, "out of memory");
     }
-    /* The host's commands: their arguments and reply are the host's. */
+    /* The host's commands: their reply is the host's; their arguments
+     * too, unless declared (lm_qmp_server_register_args). */
     for (size_t i = 0; rc == 0 && i < nhost; i++) {
+        char at[96] = "any";
         rc = need(&g, "any");
+        if (rc == 0 && host_args && host_args[i]) {
+            lm_qmp_builtin hb = {.name = host_cmds[i], .args = host_args[i]};
+            rc = arg_type(&g, &hb, at, sizeof at);
+        }
         if (rc == 0 &&
             json_array_append_new(cmds, json_pack("{s:s, s:s, s:s, s:s}", "name", host_cmds[i],
-                                                  "meta-type", "command", "arg-type", "any",
+                                                  "meta-type", "command", "arg-type", at,
                                                   "ret-type", "any")) < 0)
             rc = lm_error_set(err, -ENOMEM, "out of memory");
     }

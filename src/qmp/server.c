@@ -113,7 +113,7 @@ static void out_append(client *c, const char *data, size_t n)
 
 static void out_json(client *c, json_t *v)
 {
-    char *t = json_dumps(v, JSON_ENCODE_ANY);
+    char *t = lm_qmp_json_dumps(v, JSON_ENCODE_ANY);
     if (!t) {
         c->dead = true;
         return;
@@ -180,7 +180,7 @@ static void relay_event(void *opaque, const lm_event *ev)
 {
     relay *r = opaque;
     json_t *o = lm_qmp_event_json(ev);
-    char *t = o ? json_dumps(o, 0) : NULL;
+    char *t = o ? lm_qmp_json_dumps(o, 0) : NULL;
     json_decref(o);
     if (!t)
         return;
@@ -497,6 +497,7 @@ static void destroy(lm_qmp_server *s)
     if (s->efd >= 0)
         close(s->efd);
     lm_qmp_fds_sets_fini(s);
+    lm_qmp_srv_host_cmds_fini(s);
     evnode *n = s->ev_head;
     while (n) {
         evnode *next = n->next;
@@ -509,6 +510,12 @@ static void destroy(lm_qmp_server *s)
 
 int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_error *err)
 {
+    return lm_qmp_server_start_mode(m, uri, 0, out, err);
+}
+
+int lm_qmp_server_start_mode(lm_mig *m, const char *uri, unsigned mode, lm_qmp_server **out,
+                             lm_error *err)
+{
     lm_qmp_server *s = NULL;
     relay *r = NULL;
     lm_uri u;
@@ -518,6 +525,10 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
     *out = NULL;
     if (!m || !uri)
         return lm_error_set(err, -EINVAL, "QMP server: missing migration object or URI");
+    if (mode & ~0777u)
+        return lm_error_set(err, -EINVAL, "QMP server: socket mode %#o has bits beyond 0777", mode);
+    if (!mode)
+        mode = LM_QMP_SOCKET_MODE_DEFAULT;
     if (uri[0] == '/' || uri[0] == '.') {
         /* A bare path, as QEMU's -qmp accepts with unix: omitted by some
          * tools. */
@@ -548,7 +559,9 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
     r->s = s;
 
     char actual[256];
-    if ((rc = lm_uri_listen(&u, &s->lfd, actual, sizeof actual, err)) < 0) {
+    /* Created with at most `mode` (the umask may take bits away), then
+     * given exactly `mode`: never looser than asked at any moment. */
+    if ((rc = lm_uri_listen_mode(&u, (int)mode, &s->lfd, actual, sizeof actual, err)) < 0) {
         lm_error_prefix(err, "QMP server");
         goto fail;
     }
@@ -558,6 +571,11 @@ int lm_qmp_server_start(lm_mig *m, const char *uri, lm_qmp_server **out, lm_erro
         snprintf(s->unix_path, sizeof s->unix_path, "%s", u.path);
         s->sock_dev = st.st_dev;
         s->sock_ino = st.st_ino;
+        if ((st.st_mode & 0777) != mode && chmod(u.path, (mode_t)mode) != 0) {
+            rc = lm_error_set(err, -errno, "QMP server: chmod %s %#o: %s", u.path, mode,
+                              strerror(errno));
+            goto fail;
+        }
     }
     int fl = fcntl(s->lfd, F_GETFL);
     if (fl < 0 || fcntl(s->lfd, F_SETFL, fl | O_NONBLOCK) < 0) {
@@ -590,41 +608,6 @@ fail:
         pthread_mutex_destroy(&r->lock);
     free(r);
     destroy(s);
-    return rc;
-}
-
-int lm_qmp_server_register(lm_qmp_server *s, const char *name, lm_qmp_cmd_fn fn, void *opaque,
-                           lm_error *err)
-{
-    if (!s || !name || !fn)
-        return lm_error_set(err, -EINVAL, "QMP register: missing server, name or function");
-    size_t len = strlen(name);
-    if (len < 1 || len > CMD_NAME_MAX)
-        return lm_error_set(err, -EINVAL, "QMP register: command name must be 1..%d bytes",
-                            CMD_NAME_MAX);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)name[i];
-        if (ch <= 0x20 || ch >= 0x7f)
-            return lm_error_set(err, -EINVAL,
-                                "QMP register: command name '%s' must be printable "
-                                "ASCII without spaces",
-                                name);
-    }
-    if (lm_qmp_builtin_exists(name))
-        return lm_error_set(err, -EEXIST, "QMP register: '%s' is a built-in command", name);
-    int rc = 0;
-    pthread_mutex_lock(&s->lock);
-    if (lm_qmp_srv_find_host_cmd(s, name) >= 0) {
-        rc = lm_error_set(err, -EEXIST, "QMP register: '%s' is already registered", name);
-    } else if (s->ncmds >= MAX_HOST_CMDS) {
-        rc = lm_error_set(err, -ENOSPC, "QMP register: too many commands (max %d)", MAX_HOST_CMDS);
-    } else {
-        hostcmd *h = &s->cmds[s->ncmds++];
-        snprintf(h->name, sizeof h->name, "%s", name);
-        h->fn = fn;
-        h->opaque = opaque;
-    }
-    pthread_mutex_unlock(&s->lock);
     return rc;
 }
 

@@ -93,6 +93,11 @@ typedef struct hostcmd {
     char name[CMD_NAME_MAX + 1];
     lm_qmp_cmd_fn fn;
     void *opaque;
+    /* hostcmd.c: the argument list the server checks (ends with a NULL
+     * name), or NULL for a command registered without one (unchecked).
+     * Owned by the server, freed by destroy; never changes once set, so
+     * a copy of the row taken under s->lock may use it after. */
+    lm_qmp_arg *args;
 } hostcmd;
 
 struct lm_qmp_server {
@@ -132,6 +137,8 @@ void lm_qmp_srv_drain_events(lm_qmp_server *s);
 bool lm_qmp_srv_stopping(lm_qmp_server *s);
 /* dispatch.c: a host command's index, or -1 (s->lock held). */
 int lm_qmp_srv_find_host_cmd(lm_qmp_server *s, const char *name);
+/* hostcmd.c: frees the host commands' argument lists (destroy). */
+void lm_qmp_srv_host_cmds_fini(lm_qmp_server *s);
 /* dispatch.c: runs the complete requests client c has buffered. */
 void lm_qmp_srv_process_input(lm_qmp_server *s, client *c);
 

@@ -446,7 +446,8 @@ int lm_qmp_reader_next(lm_qmp_reader *r, json_t **out, lm_error *err)
             /* The framer checked the syntax; jansson still checks UTF-8,
              * duplicate keys (QEMU refuses them too), NUL and integer range. */
             json_error_t je;
-            json_t *v = json_loadb(b + vstart, vlen, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+            json_t *v =
+                lm_qmp_json_loadb(b + vstart, vlen, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
             if (!v) {
                 lm_error_set(err, -EINVAL, "JSON parse error, %s", je.text);
                 return LM_QMP_READ_BAD;
@@ -540,8 +541,8 @@ int lm_qmp_parse_request(const char *buf, size_t len, size_t *consumed, lm_qmp_r
         return 1;
     }
     json_error_t je;
-    json_t *v =
-        json_loadb(buf + vstart, *consumed - vstart, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+    json_t *v = lm_qmp_json_loadb(buf + vstart, *consumed - vstart,
+                                  JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
     if (!v) {
         req->err_class = "GenericError";
         snprintf(req->err_desc, sizeof req->err_desc, "JSON parse error, %s", je.text);

@@ -47,6 +47,7 @@ int lm_loadvm_setup(lm_loadvm *lv, lm_error *err)
     for (unsigned i = 0; i < m->ndevices; i++) {
         lm_device *d = &m->devices[i];
         d->in_bound = d->in_started = d->in_ended = d->in_ready = d->in_waited = false;
+        d->in_full = false;
         d->in_version = 0;
         LM_ATOMIC_SET(&d->bytes, 0);
         LM_ATOMIC_SET(&d->pending, 0);
@@ -166,6 +167,7 @@ int lm_loadvm_section(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_error *
     case LM_REC_SECTION_FULL:
         if ((ret = bind(m, h->type, &s, &d, err)) < 0)
             return ret;
+        d->in_full = true;
         break;
     default:
         d = find_bound(m, s.section_id);
@@ -253,18 +255,43 @@ int lm_loadvm_ack_devices(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_err
     return maybe_ack(lv, c, err);
 }
 
-int lm_loadvm_eos(lm_loadvm *lv, lm_error *err)
+int lm_loadvm_switchover(lm_loadvm *lv, lm_error *err)
+{
+    if (lv->switchover_seen)
+        return lm_error_set(err, -EPROTO, "second SWITCHOVER_START record");
+    lv->switchover_seen = true;
+    return 0;
+}
+
+int lm_loadvm_check_complete(lm_loadvm *lv, lm_loadvm_stage stage, lm_error *err)
 {
     lm_savevm *m = lv->sv;
+    const char *where = stage == LM_LOADVM_AT_RUN ? "POSTCOPY_RUN" : "end of stream";
+    if (stage != LM_LOADVM_AT_POSTCOPY_EOS && !lv->switchover_seen)
+        return lm_error_set(err, -EPROTO,
+                            "%s without SWITCHOVER_START: the source never stopped the guest "
+                            "for the switchover (an incomplete stream)",
+                            where);
     for (unsigned i = 0; i < m->ndevices; i++) {
         lm_device *d = &m->devices[i];
+        bool pc = d->ops->has_postcopy && d->ops->has_postcopy(d->opaque);
+        if ((stage == LM_LOADVM_AT_RUN && pc) || (stage == LM_LOADVM_AT_POSTCOPY_EOS && !pc))
+            continue;
         if (d->in_started && !d->in_ended)
+            return lm_error_set(err, -EPROTO, "device '%s': %s before its SECTION_END", d->name,
+                                where);
+        if (d->ops->save_iterate && !d->in_started)
             return lm_error_set(err, -EPROTO,
-                                "device '%s': end of stream before its "
-                                "SECTION_END",
-                                d->name);
+                                "device '%s' instance %" PRIu32
+                                ": %s, and its state never came (no SECTION_START)",
+                                d->name, d->instance, where);
+        if (d->ops->save_state && !d->in_full)
+            return lm_error_set(err, -EPROTO,
+                                "device '%s' instance %" PRIu32
+                                ": %s, and its state never came (no SECTION_FULL)",
+                                d->name, d->instance, where);
     }
-    if (lv->ack_feature && !lv->ack_devices_seen)
+    if (stage == LM_LOADVM_AT_EOS && lv->ack_feature && !lv->ack_devices_seen)
         return lm_error_set(err, -EPROTO,
                             "end of stream without ACK_DEVICES although "
                             "switchover-ack was negotiated");

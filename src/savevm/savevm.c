@@ -372,7 +372,14 @@ int lm_savevm_complete(lm_savevm *m, lm_out *o, lm_complete_which which, lm_erro
         if (!d->ops->save_state)
             continue;
         lm_device_out out = {.o = o, .dev = d, .section_id = i, .type = LM_REC_SECTION_FULL};
+        uint64_t before = LM_ATOMIC_GET(&d->bytes);
         if (d->ops->save_state(d->opaque, &out, err) < 0)
+            return lm_error_prefix(err, "%s state", d->name);
+        /* At least one FULL per device, even when it put nothing: the
+         * destination refuses to run without every device's state
+         * (loadvm.c lm_loadvm_check_complete, issue 12 defect 2), and an
+         * empty put is how "nothing to say" travels. */
+        if (LM_ATOMIC_GET(&d->bytes) == before && lm_device_put(&out, NULL, 0, err) < 0)
             return lm_error_prefix(err, "%s state", d->name);
     }
     return 0;

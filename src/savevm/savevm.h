@@ -94,6 +94,7 @@ typedef struct lm_device {
     uint32_t in_section_id;
     uint32_t in_version;
     bool in_started, in_ended;
+    bool in_full;   /* a SECTION_FULL was loaded */
     bool in_ready;  /* load_state answered LM_DEVICE_LOAD_READY */
     bool in_waited; /* the switchover waits for this device's approval */
 } lm_device;
@@ -160,7 +161,8 @@ typedef struct lm_loadvm {
     bool ack_devices_seen;
     unsigned ack_waiting; /* devices whose approval is still missing */
     bool ack_sent;
-    uint8_t *buf; /* section payload buffer, grown up to 16 MiB */
+    bool switchover_seen; /* SWITCHOVER_START came */
+    uint8_t *buf;         /* section payload buffer, grown up to 16 MiB */
     size_t cap;
     bool cleaned; /* load_cleanup already ran for this stream */
     /* called once RP_SWITCHOVER_ACK went out (the host's event) */
@@ -171,8 +173,23 @@ int lm_loadvm_setup(lm_loadvm *lv, lm_error *err);
 /* Loads one section record (header already read); may write RP records. */
 int lm_loadvm_section(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_error *err);
 int lm_loadvm_ack_devices(lm_loadvm *lv, lm_chan *c, const lm_rec_hdr *h, lm_error *err);
-/* At EOS: every started device got its END. */
-int lm_loadvm_eos(lm_loadvm *lv, lm_error *err);
+/* SWITCHOVER_START: the source stopped the guest; once per stream. */
+int lm_loadvm_switchover(lm_loadvm *lv, lm_error *err);
+/* Before the guest may run here, the stream must have carried the
+ * switchover marker and the whole state of every registered device: its
+ * SECTION_START..END when it is iterable here, its SECTION_FULL when it has
+ * save_state (issue 12, defect 2: HELLO + RAM_BLOCKS + EOS was accepted as
+ * a complete migration).  At POSTCOPY_RUN (stage LM_LOADVM_AT_RUN) this
+ * holds for the devices that cannot run in postcopy; at the end of a
+ * postcopy stream (LM_LOADVM_AT_POSTCOPY_EOS) for the others; at the end of
+ * a precopy stream (LM_LOADVM_AT_EOS) for all, and the switchover-ack
+ * handshake must have happened when negotiated. */
+typedef enum lm_loadvm_stage {
+    LM_LOADVM_AT_EOS,
+    LM_LOADVM_AT_RUN,
+    LM_LOADVM_AT_POSTCOPY_EOS,
+} lm_loadvm_stage;
+int lm_loadvm_check_complete(lm_loadvm *lv, lm_loadvm_stage stage, lm_error *err);
 /* Once per stream (later calls are no-ops). */
 void lm_loadvm_cleanup(lm_loadvm *lv);
 

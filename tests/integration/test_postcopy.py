@@ -993,7 +993,12 @@ def t_bad_page(t):
     blocks = [("ram0", 4096, pages * 3 // 4 * 4096), ("ram1", 4096, pages // 4 * 4096),
               ("ledger", 4096, ledger)]
     ram1_pages = blocks[1][2] // 4096
+    # The guest's "cpu" state (tools/guest.c: magic "CPU0", workload idle,
+    # one thread, all zero): the destination runs the guest only on every
+    # device's state (docs/devices.md, "Completeness").
+    cpu = struct.pack("<IIIIQQ", 0x30555043, 0, 1, 0, 0, 0) + bytes(24)
     recs = [rec(T_SWITCHOVER_START),
+            rec(0x04, struct.pack("<IIIB", 0, 0, 1, 3) + b"cpu" + cpu),  # SECTION_FULL
             rec(T_DISCARD, struct.pack("<IIQQ", 1, 0, 0, ram1_pages)),
             rec(T_RUN), rec(T_PING, struct.pack("<I", 0x80000001)),
             # one page past the end of ram1

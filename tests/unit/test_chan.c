@@ -678,6 +678,47 @@ static void test_shutdown_unblocks_write(void **state)
     shutdown_unblocks(blocked_writer, 1 << 20);
 }
 
+/* A non-blocking socket (fd: URIs may hand one in) with SO_RCVTIMEO /
+ * SO_SNDTIMEO: the channel waits in poll(2) there, and must give up after
+ * the socket's own timeout as a blocking one does (issue 12, defect 1:
+ * it waited for ever).  The helper thread is joined with a deadline, so
+ * the old behaviour fails here instead of hanging. */
+static void timeout_nonblocking(void *(*fn)(void *), int opt)
+{
+    int sv[2];
+    lm_chan *c = NULL;
+    lm_error err = {0};
+    pthread_t t;
+    struct io_arg a = {.n = 1 << 20, .buf = calloc(1, 1 << 20)};
+    assert_non_null(a.buf);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
+    assert_int_equal(setsockopt(sv[0], SOL_SOCKET, opt, &tv, sizeof tv), 0);
+    assert_int_equal(lm_chan_new(sv[0], "main channel", &c, &err), 0);
+    a.c = c;
+    uint64_t t0 = now_ns();
+    assert_int_equal(pthread_create(&t, NULL, fn, &a), 0);
+    join_within(t, LATE_MS, NULL);
+    assert_true(a.returned_ns - t0 >= 190000000ull); /* not before its time */
+    assert_int_equal(a.r, -ETIMEDOUT);
+    lm_error_clear(&err);
+    assert_int_equal(lm_chan_get_error(c, &err), -ETIMEDOUT);
+    assert_non_null(strstr(err.msg, "timed out"));
+    lm_chan_free(c);
+    close(sv[1]);
+    free(a.buf);
+}
+
+static void test_read_timeout_nonblocking(void **state)
+{
+    timeout_nonblocking(blocked_reader, SO_RCVTIMEO);
+}
+
+static void test_write_timeout_nonblocking(void **state)
+{
+    timeout_nonblocking(blocked_writer, SO_SNDTIMEO);
+}
+
 /* --------------------------------------------------------- errors */
 
 /* read_exact takes what the buffer holds, then reads exactly the rest, so
@@ -1165,6 +1206,8 @@ int main(void)
         cmocka_unit_test(test_accept_shutdown_unix),
         cmocka_unit_test(test_shutdown_unblocks_read),
         cmocka_unit_test(test_shutdown_unblocks_write),
+        cmocka_unit_test(test_read_timeout_nonblocking),
+        cmocka_unit_test(test_write_timeout_nonblocking),
         cmocka_unit_test(test_eof_mid_read),
         cmocka_unit_test(test_write_to_closed_peer),
         cmocka_unit_test(test_pipe_and_file_channels),

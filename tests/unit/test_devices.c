@@ -40,12 +40,12 @@ static const lm_host_ops host_ops = {.stop = nop, .start = nop};
 /* ------------------------------------------------------------ a fake device */
 
 typedef struct fake {
-    bool empty;        /* nothing to send: iterate returns 1 at once */
-    bool ack;          /* switchover_ack_needed */
-    unsigned greedy;   /* > 1: sends that many times its share */
+    bool empty;      /* nothing to send: iterate returns 1 at once */
+    bool ack;        /* switchover_ack_needed */
+    unsigned greedy; /* > 1: sends that many times its share */
     unsigned calls;
     uint64_t put_bytes;
-    int load_ret;      /* what load_state returns (after recording) */
+    int load_ret; /* what load_state returns (after recording) */
     unsigned loads;
     size_t last_len;
     uint32_t last_version;
@@ -72,8 +72,7 @@ static int fake_iterate(void *opaque, lm_device_out *out, uint64_t budget, lm_er
     return 0;
 }
 
-static int fake_load(void *opaque, uint32_t version, const uint8_t *data, size_t len,
-                     lm_error *err)
+static int fake_load(void *opaque, uint32_t version, const uint8_t *data, size_t len, lm_error *err)
 {
     fake *f = opaque;
     f->loads++;
@@ -201,8 +200,8 @@ static void test_fair_share(void **state)
     for (int i = 0; i < 3; i++) {
         uint64_t got = s.m->sv.handlers[i].sent;
         if (got < third * 9 / 10 || got > third * 12 / 10)
-            fail_msg("handler %d sent %llu bytes, fair share %llu", i,
-                     (unsigned long long)got, (unsigned long long)third);
+            fail_msg("handler %d sent %llu bytes, fair share %llu", i, (unsigned long long)got,
+                     (unsigned long long)third);
     }
     sink_close(&s);
 }
@@ -254,8 +253,8 @@ static void test_greedy_first_cannot_starve(void **state)
 
 typedef struct dst {
     lm_mig *m;
-    lm_chan *chan;   /* the destination's end */
-    int peer;        /* the source's end */
+    lm_chan *chan; /* the destination's end */
+    int peer;      /* the source's end */
     lm_loadvm lv;
     fake f[3];
 } dst;
@@ -363,7 +362,10 @@ static void test_load_sections(void **state)
     assert_int_equal(section(&d, LM_REC_SECTION_END, 0, NULL, 0, NULL, &err), 0);
     assert_int_equal(section(&d, LM_REC_SECTION_FULL, 1, "regs", 1, "abcd", &err), 0);
     assert_int_equal(d.f[1].loads, 1);
-    assert_int_equal(lm_loadvm_eos(&d.lv, &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_START, 2, "it2", 1, NULL, &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_END, 2, NULL, 0, NULL, &err), 0);
+    assert_int_equal(lm_loadvm_switchover(&d.lv, &err), 0);
+    assert_int_equal(lm_loadvm_check_complete(&d.lv, LM_LOADVM_AT_EOS, &err), 0);
     lm_device_info info[3];
     lm_mig_query_devices(d.m, info, 3);
     assert_true(info[0].bytes > 5);
@@ -385,6 +387,15 @@ static void test_load_errors(void **state)
         {"not-iterable", "SECTION_START for device 'regs', which is not iterable here"},
         {"id-clash", "section id 0 of device 'it2' is already bound to device 'it'"},
         {"eos", "device 'it': end of stream before its SECTION_END"},
+        /* issue 12, defect 2: a stream that never carried the switchover
+         * or a device's state is not complete */
+        {"eos-no-switchover", "end of stream without SWITCHOVER_START"},
+        {"eos-no-full", "device 'regs' instance 0: end of stream, and its state never came (no "
+                        "SECTION_FULL)"},
+        {"eos-no-start", "device 'it2' instance 0: end of stream, and its state never came (no "
+                         "SECTION_START)"},
+        {"run-no-full", "device 'regs' instance 0: POSTCOPY_RUN, and its state never came"},
+        {"switchover-twice", "second SWITCHOVER_START record"},
         {"load-fails", "device 'it' instance 0: simulated load failure"},
         {"ack-no-feature", "ACK_DEVICES without the switchover-ack feature"},
     };
@@ -413,7 +424,25 @@ static void test_load_errors(void **state)
             } else if (!strcmp(w, "id-clash")) {
                 ret = section(&d, LM_REC_SECTION_START, 0, "it2", 1, NULL, &err);
             } else if (!strcmp(w, "eos")) {
-                ret = lm_loadvm_eos(&d.lv, &err);
+                assert_int_equal(lm_loadvm_switchover(&d.lv, &err), 0);
+                ret = lm_loadvm_check_complete(&d.lv, LM_LOADVM_AT_EOS, &err);
+            } else if (!strncmp(w, "eos-", 4) || !strcmp(w, "run-no-full")) {
+                /* "it" complete; "regs" and "it2" as the case says */
+                assert_int_equal(section(&d, LM_REC_SECTION_END, 0, NULL, 0, NULL, &err), 0);
+                if (strcmp(w, "eos-no-full") && strcmp(w, "run-no-full"))
+                    assert_int_equal(section(&d, LM_REC_SECTION_FULL, 1, "regs", 1, "abcd", &err),
+                                     0);
+                if (strcmp(w, "eos-no-start")) {
+                    assert_int_equal(section(&d, LM_REC_SECTION_START, 2, "it2", 1, NULL, &err), 0);
+                    assert_int_equal(section(&d, LM_REC_SECTION_END, 2, NULL, 0, NULL, &err), 0);
+                }
+                if (strcmp(w, "eos-no-switchover"))
+                    assert_int_equal(lm_loadvm_switchover(&d.lv, &err), 0);
+                ret = lm_loadvm_check_complete(
+                    &d.lv, strcmp(w, "run-no-full") ? LM_LOADVM_AT_EOS : LM_LOADVM_AT_RUN, &err);
+            } else if (!strcmp(w, "switchover-twice")) {
+                assert_int_equal(lm_loadvm_switchover(&d.lv, &err), 0);
+                ret = lm_loadvm_switchover(&d.lv, &err);
             } else if (!strcmp(w, "load-fails")) {
                 ret = section(&d, LM_REC_SECTION_PART, 0, NULL, 0, "FAIL", &err);
             } else if (!strcmp(w, "ack-no-feature")) {
@@ -499,10 +528,16 @@ static void test_ack_handshake(void **state)
     assert_err(&err, -EPROTO, "ACK_DEVICES: section id 9 was never started");
     dst_close(&d);
 
-    /* Feature on but no list before EOS. */
+    /* Feature on but no list before EOS (everything else complete). */
     lm_error_clear(&err);
     dst_open(&d, true);
-    assert_true(lm_loadvm_eos(&d.lv, &err) < 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_START, 0, "it", 2, NULL, &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_END, 0, NULL, 0, NULL, &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_FULL, 1, "regs", 1, "abcd", &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_START, 2, "it2", 1, NULL, &err), 0);
+    assert_int_equal(section(&d, LM_REC_SECTION_END, 2, NULL, 0, NULL, &err), 0);
+    assert_int_equal(lm_loadvm_switchover(&d.lv, &err), 0);
+    assert_true(lm_loadvm_check_complete(&d.lv, LM_LOADVM_AT_EOS, &err) < 0);
     assert_err(&err, -EPROTO, "without ACK_DEVICES");
     dst_close(&d);
 }

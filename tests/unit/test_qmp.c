@@ -846,6 +846,99 @@ static void test_host_commands(void **state)
     raw_close(c);
 }
 
+/* Host commands with declared arguments (issue 12, defect 3): checked by
+ * the server as the built-ins are, before the host's function runs. */
+static void test_host_command_args(void **state)
+{
+    fx *f = *state;
+    lm_error err = {0};
+    int calls = 0, none_calls = 0;
+    static const lm_qmp_arg_spec spec[] = {
+        {"name", LM_QMP_ARG_STR, false},
+        {"count", LM_QMP_ARG_INT, true},
+        {"list", LM_QMP_ARG_ARRAY, true},
+        {NULL},
+    };
+    static const lm_qmp_arg_spec none[] = {{NULL}};
+    static const lm_qmp_arg_spec dup[] = {{"a", LM_QMP_ARG_STR}, {"a", LM_QMP_ARG_INT}, {NULL}};
+    static const lm_qmp_arg_spec badtype[] = {{"a", (lm_qmp_arg_type)99}, {NULL}};
+    assert_int_equal(lm_qmp_server_register_args(f->s, "x-typed", spec, echo_cmd, &calls, &err), 0);
+    assert_int_equal(lm_qmp_server_register_args(f->s, "x-none", none, echo_cmd, &none_calls, &err),
+                     0);
+    assert_int_equal(lm_qmp_server_register_args(f->s, "x-dup", dup, echo_cmd, NULL, &err),
+                     -EINVAL);
+    assert_non_null(strstr(err.msg, "argument 'a' declared twice"));
+    lm_error_clear(&err);
+    assert_int_equal(lm_qmp_server_register_args(f->s, "x-bt", badtype, echo_cmd, NULL, &err),
+                     -EINVAL);
+    lm_error_clear(&err);
+    assert_int_equal(lm_qmp_server_register_args(f->s, "x-typed", none, echo_cmd, NULL, &err),
+                     -EEXIST);
+
+    conn *c = raw_ready(f->path);
+    static const struct {
+        const char *req, *want;
+    } bad[] = {
+        {"{\"execute\": \"x-typed\"}", "Parameter 'name' is missing"},
+        {"{\"execute\": \"x-typed\", \"arguments\": {\"name\": 5}}",
+         "Invalid parameter type for 'name', expected: string"},
+        {"{\"execute\": \"x-typed\", \"arguments\": {\"name\": \"a\", \"count\": \"2\"}}",
+         "Invalid parameter type for 'count', expected: integer"},
+        {"{\"execute\": \"x-typed\", \"arguments\": {\"name\": \"a\", \"bogus\": [1, 2]}}",
+         "Parameter 'bogus' is unexpected"},
+        {"{\"execute\": \"x-none\", \"arguments\": {\"bogus\": [1, 2]}}",
+         "Parameter 'bogus' is unexpected"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *r = raw_cmd(c, bad[i].req);
+        expect_error(r, "GenericError", bad[i].want);
+        json_decref(r);
+    }
+    assert_int_equal(calls, 0); /* never ran on a refused request */
+    assert_int_equal(none_calls, 0);
+    json_t *r = raw_cmd(c, "{\"execute\": \"x-typed\", \"arguments\": {\"name\": \"a\", "
+                           "\"count\": 2, \"list\": []}}");
+    expect_return(r);
+    json_decref(r);
+    r = raw_cmd(c, "{\"execute\": \"x-none\"}");
+    expect_return(r);
+    json_decref(r);
+    r = raw_cmd(c, "{\"execute\": \"x-none\", \"arguments\": {}}");
+    expect_return(r);
+    json_decref(r);
+    assert_int_equal(calls, 1);
+    assert_int_equal(none_calls, 2);
+
+    /* query-qmp-schema describes them. */
+    r = raw_cmd(c, "{\"execute\": \"query-qmp-schema\"}");
+    json_t *list = expect_return(r);
+    const char *typed_at = NULL, *none_at = NULL;
+    json_t *typed_obj = NULL;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *e = json_array_get(list, i);
+        const char *n = json_string_value(json_object_get(e, "name"));
+        if (!strcmp(n, "x-typed"))
+            typed_at = json_string_value(json_object_get(e, "arg-type"));
+        if (!strcmp(n, "x-none"))
+            none_at = json_string_value(json_object_get(e, "arg-type"));
+        if (!strcmp(n, "q_obj_x-typed-arg"))
+            typed_obj = e;
+    }
+    assert_non_null(typed_at);
+    assert_string_equal(typed_at, "q_obj_x-typed-arg");
+    assert_non_null(none_at);
+    assert_string_equal(none_at, "q_empty");
+    assert_non_null(typed_obj);
+    json_t *members = json_object_get(typed_obj, "members");
+    assert_int_equal(json_array_size(members), 3);
+    json_t *m1 = json_array_get(members, 1);
+    assert_string_equal(json_string_value(json_object_get(m1, "name")), "count");
+    assert_string_equal(json_string_value(json_object_get(m1, "type")), "int");
+    assert_non_null(json_object_get(m1, "default")); /* optional */
+    json_decref(r);
+    raw_close(c);
+}
+
 /* ------------------------------------------------------------- client */
 
 static void test_client(void **state)
@@ -1269,6 +1362,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_capabilities, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_run_state, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_host_commands, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_host_command_args, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_client, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_client_fds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_client_not_qmp, setup_running, teardown),

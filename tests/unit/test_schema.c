@@ -32,7 +32,7 @@ static const char *const host_cmds[] = {"quit", "x-host-thing"};
 static json_t *schema_index(json_t **list_out)
 {
     lm_error err = {0};
-    json_t *list = lm_qmp_schema_json(host_cmds, 2, &err);
+    json_t *list = lm_qmp_schema_json(host_cmds, NULL, 2, &err);
     if (!list)
         fail_msg("lm_qmp_schema_json: %s", err.msg);
     json_t *idx = json_object();

@@ -1,0 +1,315 @@
+/*
+ * accept.c - accepts every connection a listener has and reads each one's
+ * greeting in one poll loop, with a deadline per connection and a cap on
+ * how many may be greeting at once (accept.h).
+ *
+ * Why: the destination used to accept one connection and block reading its
+ * HELLO; one stranger that connected and said nothing (or trickled a byte
+ * now and then) held the real source out until it gave up, and a cancel
+ * could not reach the half-accepted channel (issue 12, defect 1).  Here no
+ * connection waits for another, the cancel descriptor is in every poll,
+ * and what a silent crowd can make us hold is bounded: max_pending
+ * descriptors, each for at most greeting_timeout_ms; the oldest goes first
+ * when a new one comes, so a source that connects and speaks at once is
+ * never the one closed.
+ *
+ * Threads: one owner thread, no locks (accept.h).
+ */
+#include "chan/accept.h"
+
+#include "chan/chan.h"
+#include "util/clock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Accepts taken from the listener per poll round: the greeting ones get
+ * their turn between rounds even under a flood. */
+#define ACCEPT_BURST 64
+
+typedef struct pend {
+    int fd;
+    bool accepted; /* ours from accept (tuned when handed over), not added */
+    bool done;     /* greeting complete, or the peer closed/failed after part of it */
+    uint64_t deadline_ns;
+    size_t got;
+    uint8_t buf[LM_ACCEPT_GREETING_MAX];
+} pend;
+
+struct lm_acceptor {
+    int lfd, cancel_fd;
+    lm_acceptor_cfg cfg;
+    pend *p; /* in arrival order: p[0] is the oldest */
+    unsigned n;
+    struct pollfd *pfd; /* cancel, listener, then one per pending */
+    lm_acceptor_stats st;
+};
+
+int lm_acceptor_new(int lfd, int cancel_fd, const lm_acceptor_cfg *cfg, lm_acceptor **out,
+                    lm_error *err)
+{
+    *out = NULL;
+    if (!cfg || cfg->greeting_len == 0 || cfg->greeting_len > LM_ACCEPT_GREETING_MAX ||
+        cfg->max_pending == 0 || cfg->greeting_timeout_ms <= 0)
+        return lm_error_set(err, -EINVAL, "acceptor: bad configuration");
+    lm_acceptor *a = calloc(1, sizeof *a);
+    if (a) {
+        a->p = calloc(cfg->max_pending, sizeof *a->p);
+        a->pfd = calloc(cfg->max_pending + 2, sizeof *a->pfd);
+    }
+    if (!a || !a->p || !a->pfd) {
+        if (a) {
+            free(a->p);
+            free(a->pfd);
+        }
+        free(a);
+        return lm_error_set(err, -ENOMEM, "acceptor: out of memory");
+    }
+    a->lfd = lfd;
+    a->cancel_fd = cancel_fd;
+    a->cfg = *cfg;
+    *out = a;
+    return 0;
+}
+
+static void drop(lm_acceptor *a, unsigned i)
+{
+    close(a->p[i].fd);
+    memmove(&a->p[i], &a->p[i + 1], (a->n - i - 1) * sizeof *a->p);
+    a->n--;
+}
+
+void lm_acceptor_free(lm_acceptor *a)
+{
+    if (!a)
+        return;
+    while (a->n)
+        drop(a, a->n - 1);
+    free(a->p);
+    free(a->pfd);
+    free(a);
+}
+
+unsigned lm_acceptor_pending(const lm_acceptor *a)
+{
+    return a->n;
+}
+
+void lm_acceptor_get_stats(const lm_acceptor *a, lm_acceptor_stats *out)
+{
+    *out = a->st;
+}
+
+static void read_greeting(lm_acceptor *a, unsigned i);
+
+/* Closes the oldest connection still greeting, after taking what every
+ * one has sent by now (a source's channel that already spoke is complete
+ * then, and is never the one closed); true when a slot came free. */
+static bool evict(lm_acceptor *a)
+{
+    unsigned before = a->n;
+    for (unsigned i = a->n; i-- > 0;)
+        if (!a->p[i].done)
+            read_greeting(a, i); /* may drop one that closed */
+    if (a->n < before)
+        return true;
+    for (unsigned i = 0; i < a->n; i++)
+        if (!a->p[i].done) {
+            drop(a, i);
+            a->st.evicted++;
+            return true;
+        }
+    return false;
+}
+
+/* Room for one more connection under the cap; false when every slot holds
+ * a complete greeting not handed over yet. */
+static bool make_room(lm_acceptor *a)
+{
+    return a->n < a->cfg.max_pending || evict(a);
+}
+
+/* A place for one more connection, NULL when every slot holds a complete
+ * greeting not handed over yet. */
+static pend *slot(lm_acceptor *a)
+{
+    if (!make_room(a))
+        return NULL;
+    pend *p = &a->p[a->n++];
+    memset(p, 0, sizeof *p);
+    p->deadline_ns = lm_now_ns() + (uint64_t)a->cfg.greeting_timeout_ms * 1000000ull;
+    return p;
+}
+
+int lm_acceptor_add(lm_acceptor *a, int fd, lm_error *err)
+{
+    if (fd < 0)
+        return lm_error_set(err, -EBADF, "acceptor: invalid fd %d", fd);
+    pend *p = slot(a);
+    if (!p) {
+        close(fd);
+        return lm_error_set(err, -EBUSY, "acceptor: every slot holds a connection not taken");
+    }
+    p->fd = fd; /* now ours */
+    a->st.accepted++;
+    return 0;
+}
+
+/* Takes what the listener has, up to a burst.  0, -ECANCELED for a
+ * listener shut down, or an error (err set) when accept fails and no
+ * connection can be evicted to make room. */
+static int accept_some(lm_acceptor *a, lm_error *err)
+{
+    for (int k = 0; k < ACCEPT_BURST; k++) {
+        if (!make_room(a))
+            return 0; /* the listener waits until the caller took one */
+        if (k > 0) {
+            /* More waiting?  Asked with a zero-timeout poll rather than a
+             * non-blocking accept: an fd: listener's flags are the host's. */
+            struct pollfd lp = {.fd = a->lfd, .events = POLLIN};
+            if (poll(&lp, 1, 0) <= 0 || !(lp.revents & POLLIN))
+                return 0;
+        }
+        int fd = accept4(a->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            pend *p = slot(a); /* room was made above */
+            p->fd = fd;
+            p->accepted = true;
+            a->st.accepted++;
+            continue;
+        }
+        switch (errno) {
+        case EINTR:
+        case EAGAIN:
+        case ECONNABORTED:
+        /* Errors pending on the new connection: that peer's, not ours. */
+        case ENETDOWN:
+        case EPROTO:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case ENETUNREACH:
+            return 0;
+        case EINVAL: /* the listener was shut down (cancel) */
+        case EBADF:
+            return -ECANCELED;
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+            /* Out of descriptors: the oldest silent connection makes room
+             * (the listener stays readable, so the next round retries). */
+            if (evict(a))
+                return 0;
+            return lm_error_set(err, -errno, "accept: %s", strerror(errno));
+        default:
+            return lm_error_set(err, -errno, "accept: %s", strerror(errno));
+        }
+    }
+    return 0;
+}
+
+/* Reads what connection i has of its greeting (poll said readable). */
+static void read_greeting(lm_acceptor *a, unsigned i)
+{
+    pend *p = &a->p[i];
+    size_t want = a->cfg.greeting_len - p->got;
+    ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
+    if (n < 0 && errno == ENOTSOCK)
+        n = read(p->fd, p->buf + p->got, want); /* fd: a pipe; poll said readable */
+    if (n > 0) {
+        p->got += (size_t)n;
+        p->done = p->got == a->cfg.greeting_len;
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    /* EOF or an error: after part of a greeting the caller names it; before
+     * the first byte nobody spoke, nothing to report. */
+    if (p->got > 0) {
+        p->done = true;
+        return;
+    }
+    drop(a, i);
+    a->st.silent++;
+}
+
+/* Hands connection i over (removed from the set, not closed). */
+static void hand_over(lm_acceptor *a, unsigned i, int *fd_out, uint8_t *buf, size_t *len)
+{
+    pend *p = &a->p[i];
+    if (p->accepted) {
+        /* Best effort: a socket that refuses its options still works. */
+        lm_sock_tune(p->fd, NULL);
+    }
+    *fd_out = p->fd;
+    memcpy(buf, p->buf, p->got);
+    *len = p->got;
+    memmove(&a->p[i], &a->p[i + 1], (a->n - i - 1) * sizeof *a->p);
+    a->n--;
+}
+
+int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t *buf, size_t *len,
+                     lm_error *err)
+{
+    *fd_out = -1;
+    *len = 0;
+    for (;;) {
+        for (unsigned i = 0; i < a->n; i++)
+            if (a->p[i].done) {
+                hand_over(a, i, fd_out, buf, len);
+                return 0;
+            }
+        uint64_t now = lm_now_ns();
+        bool expired = false;
+        for (unsigned i = 0; i < a->n;) {
+            if (now >= a->p[i].deadline_ns) {
+                drop(a, i);
+                a->st.timed_out++;
+                expired = true;
+            } else {
+                i++;
+            }
+        }
+        if (a->lfd < 0 && a->n == 0 && expired)
+            return -ETIMEDOUT;
+        if (deadline_ns && now >= deadline_ns)
+            return -ETIMEDOUT;
+        uint64_t wake = deadline_ns;
+        for (unsigned i = 0; i < a->n; i++)
+            if (!wake || a->p[i].deadline_ns < wake)
+                wake = a->p[i].deadline_ns;
+        int timeout = -1;
+        if (wake)
+            timeout = (int)((wake - now + 999999) / 1000000);
+
+        nfds_t nf = 0;
+        a->pfd[nf++] = (struct pollfd){.fd = a->cancel_fd, .events = POLLIN};
+        a->pfd[nf++] = (struct pollfd){.fd = a->lfd, .events = POLLIN};
+        for (unsigned i = 0; i < a->n; i++)
+            a->pfd[nf++] = (struct pollfd){.fd = a->p[i].fd, .events = POLLIN};
+        int r = poll(a->pfd, nf, timeout); /* negative fds are ignored by poll */
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return lm_error_set(err, -errno, "accept: poll: %s", strerror(errno));
+        if (a->cancel_fd >= 0 && a->pfd[0].revents)
+            return -ECANCELED;
+        /* Greetings first (indexes shift when one is dropped: walk back). */
+        for (unsigned i = a->n; i-- > 0;)
+            if (a->pfd[2 + i].revents)
+                read_greeting(a, i);
+        if (a->lfd >= 0 && a->pfd[1].revents) {
+            int ret = accept_some(a, err);
+            if (ret < 0)
+                return ret;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+/*
+ * accept.h - a listener's connections accepted concurrently, each held
+ * until it has sent its greeting (the HELLO) or run out of time.  A
+ * stranger that connects and says nothing costs one slot for a bounded
+ * time; it never delays the connections that do speak (issue 12, defect 1).
+ *
+ * Threads: an acceptor belongs to the one thread that calls it.  Another
+ * thread interrupts lm_acceptor_next() by making cancel_fd readable (an
+ * eventfd written once) or by shutdown(2) of the listening socket.
+ */
+#ifndef LM_CHAN_ACCEPT_H
+#define LM_CHAN_ACCEPT_H
+
+#include "livemig.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The most a greeting may be (bytes). */
+#define LM_ACCEPT_GREETING_MAX 64
+
+typedef struct lm_acceptor_cfg {
+    size_t greeting_len;     /* bytes every connection must send first, <= LM_ACCEPT_GREETING_MAX */
+    int greeting_timeout_ms; /* each connection's time for it, from its accept */
+    unsigned max_pending;    /* connections still greeting at once (>= 1): a new one
+                              * closes the oldest (the one silent for longest) */
+} lm_acceptor_cfg;
+
+typedef struct lm_acceptor_stats {
+    uint64_t accepted;  /* connections accepted (or added) */
+    uint64_t timed_out; /* closed: no greeting within greeting_timeout_ms */
+    uint64_t evicted;   /* closed: max_pending reached, a newer one came */
+    uint64_t silent;    /* closed by the peer before its first byte */
+} lm_acceptor_stats;
+
+typedef struct lm_acceptor lm_acceptor;
+
+/* lfd: a listening socket, not owned (-1: only connections added with
+ * lm_acceptor_add); cancel_fd: -1 or a descriptor whose readability means
+ * "stop" (not read here).  The acceptor never changes lfd's file status
+ * flags (an fd: listener is shared with the host). */
+int lm_acceptor_new(int lfd, int cancel_fd, const lm_acceptor_cfg *cfg, lm_acceptor **out,
+                    lm_error *err);
+/* Closes every connection still greeting. */
+void lm_acceptor_free(lm_acceptor *a);
+/* Adds an already connected fd (owned from here, on every path). */
+int lm_acceptor_add(lm_acceptor *a, int fd, lm_error *err);
+
+/* Waits until a connection has sent its whole greeting, or closed after
+ * sending part of it, and hands it over: *fd_out (blocking, CLOEXEC,
+ * lm_sock_tune'd when accepted here; the caller's), greeting in buf
+ * (cfg.greeting_len bytes of room), *len the bytes received (less than
+ * greeting_len only for a peer that closed or failed mid-way).  A peer that
+ * closes before its first byte is dropped here (a port scan, not a peer).
+ * Returns 0; -ETIMEDOUT when deadline_ns (monotonic, 0: none) passes, or,
+ * without a listener, when the last connection's time ran out; -ECANCELED
+ * when cancel_fd is readable or the listener was shut down; -EMFILE etc.
+ * for an accept that fails with nothing to evict.  Only the last kind sets
+ * err: the caller names timeouts and cancels in its own words. */
+int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t *buf, size_t *len,
+                     lm_error *err);
+
+/* Connections greeting now, and the counters so far. */
+unsigned lm_acceptor_pending(const lm_acceptor *a);
+void lm_acceptor_get_stats(const lm_acceptor *a, lm_acceptor_stats *out);
+
+#endif /* LM_CHAN_ACCEPT_H */
