@@ -24,7 +24,10 @@ typedef enum lm_uri_kind {
     LM_URI_TCP,  /* tcp:HOST:PORT, HOST may be [v6addr]; PORT 0 = any (listen) */
     LM_URI_UNIX, /* unix:PATH (absolute or relative; <= 107 bytes) */
     LM_URI_FD,   /* fd:N, an already connected socket (or listening one for incoming) */
+    LM_URI_FILE, /* file:PATH[,offset=N]: the stream starts at byte N of a file (file.c) */
 } lm_uri_kind;
+
+#define LM_URI_FILE_PATH_MAX 1024
 
 typedef struct lm_uri {
     lm_uri_kind kind;
@@ -32,6 +35,8 @@ typedef struct lm_uri {
     char port[8];
     char path[108];
     int fd;
+    char file[LM_URI_FILE_PATH_MAX]; /* file: the path */
+    uint64_t offset;                 /* file: where the stream starts */
 } lm_uri;
 
 /* Pure: parses and validates; errors name what was wrong, e.g.
@@ -39,6 +44,16 @@ typedef struct lm_uri {
 int lm_uri_parse(const char *s, lm_uri *out, lm_error *err);
 /* Formats back to text (for socket-address), returns out. */
 const char *lm_uri_format(const lm_uri *u, char *out, size_t cap);
+
+/* file.c: parses the rest of a file: URI ("PATH[,offset=N]", N decimal or
+ * 0x hex, QEMU's syntax) into u->file / u->offset. */
+int lm_uri_parse_file(const char *uri, const char *rest, lm_uri *u, lm_error *err);
+/* Source: opens (creates, mode 0600) u's file for the stream: truncated to
+ * u->offset (the bytes before it are left untouched), positioned there.
+ * Destination: opens it read-only, positioned at u->offset, and checks the
+ * offset lies inside the file.  *fd_out is owned by the caller. */
+int lm_file_open_out(const lm_uri *u, int *fd_out, lm_error *err);
+int lm_file_open_in(const lm_uri *u, int *fd_out, lm_error *err);
 
 /* Connects (blocking, bounded by timeout_ms) and tunes the socket (see
  * lm_sock_tune).  For fd: returns a dup of N.  *fd_out is owned by caller. */
