@@ -247,6 +247,10 @@ typedef struct lm_params {
      * migration; 0 = never (only errors pause); 200..3600000; default
      * 10000.  Each side uses its own. */
     uint64_t x_postcopy_timeout_ms;
+    /* QEMU's direct-io: mapped-ram page reads and writes of a file: URI
+     * with O_DIRECT on descriptors of their own (the unaligned main stream
+     * stays on a normal one); needs capability mapped-ram; default false */
+    bool direct_io;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -271,6 +275,7 @@ typedef enum lm_param {
     LM_PARAM_ANNOUNCE_ROUNDS,
     LM_PARAM_ANNOUNCE_STEP,
     LM_PARAM_X_POSTCOPY_TIMEOUT_MS,
+    LM_PARAM_DIRECT_IO,
     LM_PARAM__MAX
 } lm_param;
 

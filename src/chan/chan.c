@@ -542,6 +542,24 @@ int lm_chan_skip(lm_chan *c, size_t n)
     }
 }
 
+int64_t lm_chan_read_offset(lm_chan *c)
+{
+    off_t pos = lseek(c->fd, 0, SEEK_CUR);
+    return pos < 0 ? -errno : (int64_t)pos - (int64_t)(c->rlen - c->rpos);
+}
+
+int lm_chan_seek(lm_chan *c, uint64_t offset)
+{
+    int r = sticky(c);
+    if (r)
+        return r;
+    if (lseek(c->fd, (off_t)offset, SEEK_SET) < 0)
+        return set_error_fmt(c, -errno, "%s: seek to %llu: %s", c->name, (unsigned long long)offset,
+                             strerror(errno));
+    c->rpos = c->rlen = 0;
+    return 0;
+}
+
 int lm_chan_wait_readable(lm_chan *c, int timeout_ms)
 {
     int r = sticky(c);

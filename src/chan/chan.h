@@ -114,6 +114,11 @@ int lm_chan_read_full(lm_chan *c, void *p, size_t n);
 int lm_chan_read_exact(lm_chan *c, void *p, size_t n);
 /* Discards n bytes. */
 int lm_chan_skip(lm_chan *c, size_t n);
+/* Files only (file: URIs, mapped-ram), reader side: the offset in the
+ * file of the next byte a read returns (-errno if the fd cannot seek), and
+ * a jump of the reader to offset (the read buffer is dropped). */
+int64_t lm_chan_read_offset(lm_chan *c);
+int lm_chan_seek(lm_chan *c, uint64_t offset);
 /* Waits up to timeout_ms for readable data (buffered or on the socket);
  * returns 1 readable, 0 timeout, < 0 error. */
 int lm_chan_wait_readable(lm_chan *c, int timeout_ms);

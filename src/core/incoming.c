@@ -110,8 +110,8 @@ int lm_in_hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     if (h->page_size != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
                             h->page_size, LM_PAGE_SIZE);
-    const uint64_t known =
-        LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    const uint64_t known = LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY |
+                           LM_FEAT_PREEMPT | LM_FEAT_MAPPED_RAM;
     if (h->features & ~known)
         return lm_error_set(err, -ENOTSUP,
                             "HELLO: the source asks for features 0x%llx that "
@@ -143,6 +143,13 @@ int lm_in_hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
                             (unsigned long long)pc_here,
                             pc_here & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
                             pc_here & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "");
+    bool mr_here = caps & (1ull << LM_CAP_MAPPED_RAM);
+    bool mr_there = h->features & LM_FEAT_MAPPED_RAM;
+    if (mr_here != mr_there)
+        return lm_error_set(err, -EPROTO,
+                            "capability 'mapped-ram' is %s on the source but %s on the "
+                            "destination (set it on both sides)",
+                            mr_there ? "on" : "off", mr_here ? "on" : "off");
     bool src_mfd = h->features & LM_FEAT_MULTIFD;
     if (src_mfd && !multifd)
         return lm_error_set(err, -EPROTO,
@@ -590,6 +597,12 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
         return lm_error_set(err, -ENOMEM, "out of memory");
     char actual[128] = "";
     int lfd = -1;
+    if ((caps & (1ull << LM_CAP_MAPPED_RAM)) && u.kind != LM_URI_FILE) {
+        free(in);
+        return lm_error_set(err, -EINVAL,
+                            "capability 'mapped-ram' needs a file: URI (it lays pages out in "
+                            "a file)");
+    }
     if (u.kind == LM_URI_FILE) {
         ret = lm_file_open_in(&u, &lfd, err);
         if (ret < 0) {

@@ -33,6 +33,7 @@ typedef struct lm_incoming {
     bool resuming;    /* migrate-recover: accept the paused session's source only */
     bool resume_wait; /* recovering: POSTCOPY_RESUME not processed yet */
     bool file;        /* file: URI: lfd is the file; nothing is ever written back */
+    bool mapped_done; /* mapped-ram: the MAPPED_RAM record was loaded */
     char file_path[LM_URI_FILE_PATH_MAX];
 } lm_incoming;
 
@@ -51,6 +52,10 @@ int lm_in_hello_check(lm_incoming *in, const lm_hello *h, lm_error *err);
  * read errors said as a file's ("truncated" rather than "peer closed"). */
 int lm_in_file_open(lm_incoming *in, lm_error *err);
 int lm_in_file_loaded(lm_incoming *in, int ret, lm_error *err);
+/* The MAPPED_RAM record h (loader.c): every present page read from the
+ * file, in parallel with multifd (this side's multifd-channels readers),
+ * with O_DIRECT with direct-io; one sync after the block list. */
+int lm_in_file_mapped(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);
 int lm_in_complete(lm_incoming *in, int ret, lm_error *err);
 void lm_in_end(lm_incoming *in, int ret, lm_error *err);
 

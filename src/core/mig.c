@@ -344,6 +344,7 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
     TAKE(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);
     TAKE(LM_PARAM_ANNOUNCE_STEP, announce_step);
     TAKE(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, x_postcopy_timeout_ms);
+    TAKE(LM_PARAM_DIRECT_IO, direct_io);
 #undef TAKE
     /* A running migration thread picks these up at once (it waits on
      * cond between rate windows). */

@@ -123,7 +123,7 @@ static int open_file(lm_outgoing *g, lm_error *err)
 
 /* QEMU's checks for a file: URI (migrate_prepare / migrate_caps_check):
  * what needs the destination to answer cannot work on a file. */
-static int file_caps_check(uint64_t caps, lm_error *err)
+static int file_caps_check(uint64_t caps, const lm_params *p, lm_error *err)
 {
     static const lm_cap need_rp[] = {LM_CAP_POSTCOPY_RAM, LM_CAP_POSTCOPY_PREEMPT,
                                      LM_CAP_SWITCHOVER_ACK, LM_CAP_RETURN_PATH};
@@ -137,6 +137,14 @@ static int file_caps_check(uint64_t caps, lm_error *err)
         return lm_error_set(err, -EINVAL,
                             "multifd on a file: URI needs capability 'mapped-ram' (its "
                             "channels write pages at fixed offsets)");
+    if ((caps & (1ull << LM_CAP_MAPPED_RAM)) && p->multifd_compression != LM_COMPRESS_NONE)
+        return lm_error_set(err, -EINVAL,
+                            "mapped-ram stores pages as they are: set multifd-compression "
+                            "none");
+    if (p->direct_io && !(caps & (1ull << LM_CAP_MAPPED_RAM)))
+        return lm_error_set(err, -EINVAL,
+                            "direct-io needs capability 'mapped-ram' (only its page I/O can be "
+                            "aligned for O_DIRECT)");
     return 0;
 }
 
@@ -332,6 +340,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_pc_src_stop_serving(&m->pcs);
     lm_mfd_send_free(g->o.mfd); /* after the main channel: its failures are reported there */
     g->o.mfd = NULL;
+    lm_mapped_free(g->mapped); /* after its writers */
+    g->mapped = g->o.mapped = NULL;
     for (unsigned i = 0; i < g->nmfd; i++) {
         lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
         g->mfd_chans[i] = NULL;        /* a recovery connects them again */
@@ -400,6 +410,8 @@ static void choose_features(lm_outgoing *g, uint64_t caps)
         g->features |= LM_FEAT_PREEMPT;
     if (g->ack_cap)
         g->features |= LM_FEAT_SWITCHOVER_ACK;
+    if (caps & (1ull << LM_CAP_MAPPED_RAM))
+        g->features |= LM_FEAT_MAPPED_RAM;
     if (caps & (1ull << LM_CAP_MULTIFD)) {
         g->features |= LM_FEAT_MULTIFD;
         g->nmfd = g->params.multifd_channels;
@@ -426,6 +438,14 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
         ret = lm_og_connect_preempt(g, err);
         if (ret < 0)
             return ret;
+    }
+    if (g->features & LM_FEAT_MAPPED_RAM) {
+        ret = lm_mapped_new(&m->mem, g->uri.file, lm_chan_fd(g->chan), g->params.direct_io,
+                            g->nmfd ? g->nmfd : 1, &m->stats.mfd.bytes, &g->mapped, err);
+        if (ret < 0)
+            return ret;
+        g->o.mapped = g->mapped;
+        g->mfd_cfg.mapped = g->mapped;
     }
     if (g->nmfd) {
         ret = lm_mfd_send_new(&m->mem, &m->stats.mfd, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg,
@@ -617,8 +637,15 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
         ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
         goto fail;
     }
-    if (g->file && (ret = file_caps_check(m->caps, err)) < 0) {
+    if (g->file && (ret = file_caps_check(m->caps, &m->params, err)) < 0) {
         pthread_mutex_unlock(&m->lock);
+        goto fail;
+    }
+    if (!g->file && (m->caps & (1ull << LM_CAP_MAPPED_RAM))) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EINVAL,
+                           "capability 'mapped-ram' needs a file: URI (it lays pages out in a "
+                           "file)");
         goto fail;
     }
     memset(&m->stats, 0, sizeof m->stats);

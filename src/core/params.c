@@ -87,7 +87,7 @@ static const struct {
     [LM_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", true},
     [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
     [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", false},
-    [LM_CAP_MAPPED_RAM] = {"mapped-ram", false},
+    [LM_CAP_MAPPED_RAM] = {"mapped-ram", true},
 };
 
 const char *lm_cap_name(lm_cap c)
@@ -130,6 +130,8 @@ int lm_caps_check(uint64_t set, lm_error *err)
                             "'return-path'");
     if ((set & CAP(LM_CAP_POSTCOPY_PREEMPT)) && !(set & CAP(LM_CAP_POSTCOPY_RAM)))
         return lm_error_set(err, -EINVAL, "postcopy preempt requires postcopy-ram");
+    if ((set & CAP(LM_CAP_MAPPED_RAM)) && (set & CAP(LM_CAP_POSTCOPY_RAM)))
+        return lm_error_set(err, -EINVAL, "Mapped-ram migration is incompatible with postcopy");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
         return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge");
     return 0;
@@ -158,6 +160,7 @@ static const char *const param_names[LM_PARAM__MAX] = {
     [LM_PARAM_ANNOUNCE_ROUNDS] = "announce-rounds",
     [LM_PARAM_ANNOUNCE_STEP] = "announce-step",
     [LM_PARAM_X_POSTCOPY_TIMEOUT_MS] = "x-postcopy-timeout-ms",
+    [LM_PARAM_DIRECT_IO] = "direct-io",
 };
 
 const char *lm_param_name(lm_param p)

@@ -37,6 +37,7 @@ static const struct {
     F(LM_PARAM_ANNOUNCE_ROUNDS, P_U64, announce_rounds),
     F(LM_PARAM_ANNOUNCE_STEP, P_U64, announce_step),
     F(LM_PARAM_X_POSTCOPY_TIMEOUT_MS, P_U64, x_postcopy_timeout_ms),
+    F(LM_PARAM_DIRECT_IO, P_BOOL, direct_io),
 #undef F
 };
 
@@ -52,8 +53,8 @@ static const struct compat {
     const char *name;
     enum ctype type;
 } compat[] = {
-    {"tls-creds", C_TLS}, {"tls-hostname", C_TLS}, {"tls-authz", C_TLS},
-    {"mode", C_MODE},     {"direct-io", C_OFF},    {"block-incremental", C_OFF},
+    {"tls-creds", C_TLS}, {"tls-hostname", C_TLS},      {"tls-authz", C_TLS},
+    {"mode", C_MODE},     {"block-incremental", C_OFF},
 };
 
 #define NCOMPAT (sizeof compat / sizeof compat[0])

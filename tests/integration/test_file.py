@@ -7,7 +7,7 @@ return path refused with a clear error."""
 import os
 
 from lmtest import (Runner, check, check_eq, log, set_caps, set_params, stop_and_verify,
-                    wait_status)
+                    wait_status, wait_until)
 
 R = Runner("file", per_test=90, budget=600)
 
@@ -74,6 +74,141 @@ def offset(t):
         nxt = f.read(4)
     check(nxt != b"\xee" * 4, "the stream does not start at the offset")
     restore(t, uri)
+
+
+# mapped-ram: (name, multifd channels or 0, direct-io, guest running).
+MAPPED = [
+    ("stopped", 0, False, False),
+    ("stopped/multifd-1", 1, False, False),
+    ("stopped/multifd-2", 2, False, False),
+    ("stopped/multifd-4", 4, False, False),
+    ("running/multifd-2", 2, False, True),
+    ("stopped/direct-io", 0, True, False),
+    ("stopped/multifd-4/direct-io", 4, True, False),
+    ("running/multifd-4/direct-io", 4, True, True),
+]
+
+
+def mapped_caps(nch):
+    caps = {"mapped-ram": True}
+    params = {}
+    if nch:
+        caps["multifd"] = True
+        params["multifd-channels"] = nch
+    return caps, params
+
+
+def mapped(t, nch, direct, live):
+    src = t.guest("src", mem=MEM, fill="random", seed=1, workload="random", dirty_rate="64M")
+    if not live:
+        src.qmp.execute("stop")
+    path = os.path.join(t.tmpdir, "snap.lm")
+    caps, params = mapped_caps(nch)
+    params["direct-io"] = direct
+    uri = save(src, path, caps=caps, params=params)
+    total = src.query_migrate()["ram"]["total"]
+    size = os.path.getsize(path)
+    # Zero pages are holes and a page saved again overwrites its place:
+    # the file never grows past the RAM (plus the layout's 1 MiB alignment
+    # and the device sections).
+    check(size <= total * 1.01 + (2 << 20),
+          "file of %d bytes for %d bytes of RAM (more than 1 %% over)", size, total)
+    # Restored with another channel count than saved (the readers are the
+    # destination's own).
+    caps, params = mapped_caps(0 if nch == 0 else 4 - nch if nch < 4 else 1)
+    params["direct-io"] = direct
+    restore(t, uri, caps=caps, params=params)
+
+
+for name, nch, direct, live in MAPPED:
+    R.add("mapped-ram/" + name, mapped, nch, direct, live)
+
+
+@R.test("mapped-ram/running guest stays bounded")
+def bounded(t):
+    """A live save of a guest rewriting its memory fast, several dirty
+    rounds: pages overwrite their places, the file stays <= RAM + 1 %."""
+    mem = "256M"
+    src = t.guest("src", mem=mem, fill="random", seed=1, workload="random", dirty_rate="256M")
+    path = os.path.join(t.tmpdir, "snap.lm")
+    caps, params = mapped_caps(2)
+    # Throttled at first so that several rounds rewrite pages, then let go.
+    params.update({"max-bandwidth": 64 << 20, "downtime-limit": 1})
+    set_caps(src, dict({"events": True}, **caps))
+    set_params(src, params)
+    src.qmp.execute("migrate", {"uri": "file:" + path})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 3,
+               60, "three dirty rounds")
+    set_params(src, {"max-bandwidth": 0, "downtime-limit": 300})
+    info = wait_status(src, "completed", 60)
+    total = info["ram"]["total"]
+    size = os.path.getsize(path)
+    log("live save: %d bytes of file for %d of RAM, %d rounds, %d bytes written" %
+        (size, total, info["ram"]["dirty-sync-count"], info["ram"]["transferred"]))
+    check(info["ram"]["transferred"] > total, "the pages were not saved more than once")
+    check(size <= total * 1.01, "file of %d bytes for %d bytes of RAM (more than 1 %% over)",
+          size, total)
+    caps, params = mapped_caps(4)
+    restore(t, "file:" + path, caps=caps, params=params, mem=mem)
+
+
+def takes_o_direct(path):
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+@R.test("mapped-ram/direct-io on tmpfs")
+def direct_tmpfs(t):
+    """tmpfs refused O_DIRECT until Linux 6.6 (it takes it since): where it
+    refuses, the save fails with an error naming tmpfs; where it takes it,
+    the save works (the refusal's message is unit-tested on procfs)."""
+    if not os.path.isdir("/dev/shm"):
+        return
+    src = t.guest("src", mem="16M", fill="random", seed=1)
+    src.qmp.execute("stop")
+    path = "/dev/shm/lmt-%d-snap.lm" % os.getpid()
+    try:
+        caps, params = mapped_caps(2)
+        params["direct-io"] = True
+        set_caps(src, caps)
+        set_params(src, params)
+        if takes_o_direct(path):
+            log("tmpfs takes O_DIRECT on this kernel: the save must work")
+            save(src, path, caps=caps, params=params)
+            restore(t, "file:" + path, caps=caps, params=params, mem="16M")
+            return
+        src.qmp.execute("migrate", {"uri": "file:" + path})
+        info = wait_status(src, "failed", 30, fail_on=())
+        desc = info.get("error-desc", "")
+        check("tmpfs" in desc and "O_DIRECT" in desc and path in desc,
+              "error-desc does not name tmpfs, O_DIRECT and the file: %r", desc)
+        check_eq(src.status(), "paused", "source run state after the failed save")
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+@R.test("mapped-ram/capability checks")
+def mapped_checks(t):
+    src = t.guest("src", mem="16M", fill="random", seed=1)
+    set_caps(src, {"mapped-ram": True})
+    e = src.qmp.expect_error("migrate", {"uri": "tcp:127.0.0.1:1"})
+    check("mapped-ram" in str(e) and "file:" in str(e), "mapped-ram over tcp: %s", e)
+    e = src.qmp.expect_error("migrate-set-capabilities", {"capabilities": [
+        {"capability": "postcopy-ram", "state": True}]})
+    check("postcopy" in str(e), "mapped-ram with postcopy: %s", e)
+    set_caps(src, {"mapped-ram": False, "multifd": True})
+    e = src.qmp.expect_error("migrate", {"uri": "file:" + os.path.join(t.tmpdir, "x")})
+    check("mapped-ram" in str(e), "multifd on a file without mapped-ram: %s", e)
+    set_caps(src, {"multifd": False})
+    set_params(src, {"direct-io": True})
+    e = src.qmp.expect_error("migrate", {"uri": "file:" + os.path.join(t.tmpdir, "x")})
+    check("direct-io" in str(e) and "mapped-ram" in str(e), "direct-io alone: %s", e)
+    check_eq(src.status(), "running", "source still runs after the refusals")
 
 
 @R.test("file/return-path capabilities refused")
