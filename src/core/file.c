@@ -56,7 +56,9 @@ int lm_in_file_open(lm_incoming *in, lm_error *err)
     }
     if (ret < 0) {
         lm_chan_free(c);
-        return lm_error_prefix(err, "file '%s'", in->file_path);
+        return err && strstr(err->msg, in->file_path)
+                   ? ret
+                   : lm_error_prefix(err, "file '%s'", in->file_path);
     }
     in->have_session = true;
     memcpy(in->session, h.session, sizeof in->session);
@@ -74,6 +76,8 @@ int lm_in_file_open(lm_incoming *in, lm_error *err)
 
 int lm_in_file_loaded(lm_incoming *in, int ret, lm_error *err)
 {
+    if (ret < 0 && ret != -EPIPE && err && !strstr(err->msg, in->file_path))
+        return lm_error_prefix(err, "file '%s'", in->file_path);
     if (ret != -EPIPE)
         return ret;
     /* The channel says "peer closed the connection": in a file, the

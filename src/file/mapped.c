@@ -303,14 +303,15 @@ int lm_mapped_save_complete(lm_mapped *mr, lm_error *err)
 {
     for (unsigned i = 0; i < mr->mem->nblocks; i++) {
         const lm_mapped_block *l = &mr->layout.b[i];
-        uint64_t nbytes = lm_mapped_bitmap_bytes(l->npages);
+        uint64_t nbytes = lm_mapped_bitmap_region(l->npages);
         uint8_t *bm = malloc(nbytes);
         if (!bm)
             return lm_error_set(err, -ENOMEM, "out of memory");
         /* Bytes, bit i of the block in byte i / 8 at bit i % 8 (format.md §1). */
-        for (uint64_t k = 0; k < nbytes; k++)
+        for (uint64_t k = 0; k < lm_mapped_bitmap_bytes(l->npages); k++)
             bm[k] = (uint8_t)(__atomic_load_n(&mr->present[i][k / 8], __ATOMIC_RELAXED) >>
                               (8 * (k % 8)));
+        lm_fmt_mapped_bitmap_seal(bm, l->npages);
         int ret = pwrite_full(mr, mr->main_fd, bm, nbytes, l->bitmap_offset, false, err);
         free(bm);
         if (ret < 0)
@@ -348,7 +349,7 @@ int lm_mapped_load(lm_mem *mem, lm_place *pl, lm_chan *main, const lm_rec_hdr *h
     for (uint32_t i = 0; i < l.nblocks && ret == 0; i++) {
         lm_ram_block *b = &mem->blocks[sm->map[i]];
         const lm_mapped_block *lb = &l.b[i];
-        uint64_t ps = lb->page_size, nbytes = lm_mapped_bitmap_bytes(lb->npages);
+        uint64_t ps = lb->page_size, nbytes = lm_mapped_bitmap_region(lb->npages);
         char what[LM_RAM_NAME_MAX + 32];
         free(bm);
         if (!(bm = malloc(nbytes))) {

@@ -317,7 +317,8 @@ int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *secti
  * main stream goes on, after every block's region), then per block (in the
  * table's order) u32 block, u32 page_size, u64 npages, u64 bitmap_offset,
  * u64 pages_offset.  A block's present-page bitmap (ceil(npages / 8)
- * bytes, bit i = byte i / 8, bit i % 8: page i has data) and its pages
+ * bytes, bit i = byte i / 8, bit i % 8: page i has data; then its CRC-32
+ * and 4 zero bytes) and its pages
  * (page i at pages_offset + i * page_size, pages_offset a multiple of
  * 1 MiB) lie in [record_end, resume) without overlap (the source puts
  * every bitmap first, then the page regions). */
@@ -342,9 +343,16 @@ typedef struct lm_mapped_layout {
     lm_mapped_block b[LM_RAM_MAX_BLOCKS];
 } lm_mapped_layout;
 
+/* A block's bitmap region: the bits, then a u32 CRC-32 (zlib's) of them
+ * and a u32 of zero, so a corrupt bitmap is told from a sparse one. */
+#define LM_MAPPED_BITMAP_TRAILER 8
 static inline uint64_t lm_mapped_bitmap_bytes(uint64_t npages)
 {
     return (npages + 7) / 8;
+}
+static inline uint64_t lm_mapped_bitmap_region(uint64_t npages)
+{
+    return lm_mapped_bitmap_bytes(npages) + LM_MAPPED_BITMAP_TRAILER;
 }
 
 /* Plans the regions of table[0..n) from record_end (the source's layout):
@@ -361,8 +369,10 @@ int lm_fmt_mapped_decode(const uint8_t *payload, size_t len, lm_mapped_layout *o
  * same blocks (count, page size, length), resume <= file_size. */
 int lm_fmt_mapped_check(const lm_mapped_layout *l, const lm_fmt_block *table, uint32_t n,
                         uint64_t file_size, lm_error *err);
-/* Checks one block's bitmap (its bytes as read from the file): no bit set
- * past npages.  Returns the number of present pages, or < 0. */
+/* Checks one block's bitmap region (lm_mapped_bitmap_region bytes as read
+ * from the file): its CRC, no bit set past npages.  Returns the number of
+ * present pages, or < 0.  lm_fmt_mapped_bitmap_seal writes the trailer. */
+void lm_fmt_mapped_bitmap_seal(uint8_t *bm, uint64_t npages);
 int64_t lm_fmt_mapped_bitmap_check(const uint8_t *bm, uint64_t npages, uint32_t block,
                                    lm_error *err);
 

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
+#include <zlib.h>
 
 static uint64_t align_up(uint64_t v, uint64_t a)
 {
@@ -32,7 +33,7 @@ void lm_fmt_mapped_plan(const lm_fmt_block *table, uint32_t n, uint64_t record_e
         b->page_size = table[i].page_size;
         b->npages = table[i].length / table[i].page_size;
         b->bitmap_offset = pos;
-        pos += lm_mapped_bitmap_bytes(b->npages);
+        pos += lm_mapped_bitmap_region(b->npages);
     }
     for (uint32_t i = 0; i < n; i++) {
         out->b[i].pages_offset = align_up(pos, LM_MAPPED_ALIGN);
@@ -103,7 +104,7 @@ int lm_fmt_mapped_decode(const uint8_t *p, size_t len, lm_mapped_layout *out, lm
         if (b->npages == 0 || b->npages > ((uint64_t)INT64_MAX) / b->page_size)
             return lm_error_set(err, -EPROTO, "MAPPED_RAM: block %" PRIu32 ": %" PRIu64 " pages", i,
                                 b->npages);
-        uint64_t bm_end = b->bitmap_offset + lm_mapped_bitmap_bytes(b->npages);
+        uint64_t bm_end = b->bitmap_offset + lm_mapped_bitmap_region(b->npages);
         uint64_t pg_len = b->npages * b->page_size;
         if (b->bitmap_offset < out->record_end || b->bitmap_offset > out->resume ||
             bm_end > out->resume)
@@ -164,10 +165,36 @@ int lm_fmt_mapped_check(const lm_mapped_layout *l, const lm_fmt_block *table, ui
     return 0;
 }
 
+/* zlib's crc32 takes at most 4 GiB at once; a bitmap of 2^35 pages is
+ * 4 GiB, so it goes in pieces. */
+static uint32_t crc_of(const uint8_t *p, uint64_t n)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (n) {
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, k);
+        p += k;
+        n -= k;
+    }
+    return (uint32_t)crc;
+}
+
+void lm_fmt_mapped_bitmap_seal(uint8_t *bm, uint64_t npages)
+{
+    uint64_t bytes = lm_mapped_bitmap_bytes(npages);
+    put32(bm + bytes, crc_of(bm, bytes));
+    put32(bm + bytes + 4, 0);
+}
+
 int64_t lm_fmt_mapped_bitmap_check(const uint8_t *bm, uint64_t npages, uint32_t block,
                                    lm_error *err)
 {
     uint64_t bytes = lm_mapped_bitmap_bytes(npages);
+    if (get32(bm + bytes) != crc_of(bm, bytes) || get32(bm + bytes + 4) != 0)
+        return lm_error_set(err, -EPROTO,
+                            "MAPPED_RAM: block %" PRIu32 ": corrupt bitmap (its CRC does not "
+                            "match; or the file was not completed)",
+                            block);
     if (npages % 8 && (bm[bytes - 1] >> (npages % 8)))
         return lm_error_set(err, -EPROTO,
                             "MAPPED_RAM: block %" PRIu32

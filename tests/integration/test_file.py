@@ -5,9 +5,10 @@ the bytes before offset= left untouched; the capabilities that need a
 return path refused with a clear error."""
 
 import os
+import struct
 
-from lmtest import (Runner, check, check_eq, log, set_caps, set_params, stop_and_verify,
-                    wait_status, wait_until)
+from lmtest import (Runner, TestFailure, check, check_eq, log, set_caps, set_params,
+                    stop_and_verify, wait_status, wait_until)
 
 R = Runner("file", per_test=90, budget=600)
 
@@ -225,6 +226,119 @@ def refused(t):
               "%s with a file: URI: %s", cap, e)
         set_caps(src, {c: False for c in caps})
     check_eq(src.status(), "running", "source still runs after the refusals")
+
+
+# ------------------------------------------------------------ bad input
+
+def find_layout(data):
+    """Offset of the MAPPED_RAM payload in a saved file, and its fields."""
+    off = 48  # HELLO
+    while off + 8 <= len(data):
+        typ, ln = data[off], struct.unpack_from("<I", data, off + 4)[0]
+        if typ == 0x14:
+            p = off + 8
+            ver, n, rend, resume = struct.unpack_from("<IIQQ", data, p)
+            blocks = [struct.unpack_from("<IIQQQ", data, p + 24 + 32 * i) for i in range(n)]
+            return p, {"n": n, "record_end": rend, "resume": resume, "blocks": blocks}
+        off += 8 + ln
+    raise TestFailure("no MAPPED_RAM record in the saved file")
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return "file:" + path
+
+
+@R.test("bad input/each named, destination stays up", timeout=180)
+def bad_input(t):
+    src = t.guest("src", mem="16M", fill="random", seed=1)
+    src.qmp.execute("stop")
+    good = os.path.join(t.tmpdir, "good.lm")
+    caps, params = mapped_caps(2)
+    save(src, good, caps=caps, params=params)
+    with open(good, "rb") as f:
+        data = bytearray(f.read())
+    lp, lay = find_layout(data)
+    d = t.tmpdir
+    cases = []
+    # truncated inside the page regions, and inside the device sections
+    cases.append(("truncated regions", write(os.path.join(d, "t1"), data[:lay["resume"] - 4096]),
+                  "truncated"))
+    cases.append(("truncated stream", write(os.path.join(d, "t2"), data[:len(data) - 3]),
+                  "truncated"))
+    # a corrupt header: the record says it ends elsewhere
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, lp + 8, lay["record_end"] - 8)
+    cases.append(("corrupt header", write(os.path.join(d, "h"), bad), "corrupt header"))
+    # offsets past the end: the regions claim more than the file holds
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, lp + 16, len(data) + (64 << 20))
+    cases.append(("offsets past the end", write(os.path.join(d, "o"), bad),
+                  "past the end of the file"))
+    # a page region that is not 1 MiB-aligned
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, lp + 24 + 24, lay["blocks"][0][4] + 4096)
+    cases.append(("misaligned pages", write(os.path.join(d, "a"), bad), "not a multiple of 1 MiB"))
+    # a corrupt bitmap: one bit flipped
+    bad = bytearray(data)
+    bad[lay["blocks"][0][3] + 5] ^= 0x10
+    cases.append(("corrupt bitmap", write(os.path.join(d, "b"), bad), "corrupt bitmap"))
+    # other versions: the stream's and the layout's
+    bad = bytearray(data)
+    struct.pack_into("<H", bad, 4, 9)
+    cases.append(("stream version", write(os.path.join(d, "v1"), bad), "version 9 not supported"))
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, lp, 7)
+    cases.append(("layout version", write(os.path.join(d, "v2"), bad), "version 7 not supported"))
+    # not ours at all
+    cases.append(("not ours", write(os.path.join(d, "n"), os.urandom(1 << 20)),
+                  "not a livemig migration stream"))
+    cases.append(("too short", write(os.path.join(d, "s"), b"LMIG"), "too short"))
+
+    dst = t.guest("dst", mem="16M", seed=2, incoming="defer")
+    set_caps(dst, dict({"events": True}, **caps))
+    set_params(dst, params)
+    for name, uri, needle in cases:
+        dst.qmp.execute("migrate-incoming", {"uri": uri})
+        info = wait_status(dst, "failed", 30, fail_on=("completed",))
+        desc = info.get("error-desc", "")
+        log("%s: %s" % (name, desc))
+        check(needle in desc and uri[5:] in desc, "%s: error-desc %r lacks %r or the file", name,
+              desc, needle)
+        check_eq(dst.status(), "inmigrate", "destination run state after a bad file")
+    # an offset past the end is refused at once
+    e = dst.qmp.expect_error("migrate-incoming", {"uri": "file:%s,offset=%d" % (good, 1 << 40)})
+    check("past the end" in str(e), "offset past the end: %s", e)
+    # a file saved without mapped-ram, to a destination that wants it
+    plain = os.path.join(d, "plain.lm")
+    src2 = t.guest("src2", mem="16M", fill="random", seed=1)
+    save(src2, plain)
+    dst.qmp.execute("migrate-incoming", {"uri": "file:" + plain})
+    info = wait_status(dst, "failed", 30, fail_on=("completed",))
+    check("mapped-ram" in info.get("error-desc", ""), "capability mismatch: %r",
+          info.get("error-desc"))
+    # and the destination still takes a good file
+    dst.qmp.execute("migrate-incoming", {"uri": "file:" + good})
+    wait_status(dst, "completed", 60)
+    stop_and_verify(dst)
+
+
+@R.test("bad input/block table not matching the guest")
+def bad_table(t):
+    src = t.guest("src", mem="16M", fill="random", seed=1)
+    src.qmp.execute("stop")
+    path = os.path.join(t.tmpdir, "snap.lm")
+    caps, params = mapped_caps(0)
+    save(src, path, caps=caps)
+    dst = t.guest("dst", mem="32M", seed=2, incoming="defer")
+    set_caps(dst, dict({"events": True}, **caps))
+    dst.qmp.execute("migrate-incoming", {"uri": "file:" + path})
+    info = wait_status(dst, "failed", 30, fail_on=("completed",))
+    desc = info.get("error-desc", "")
+    log("block table: %s" % desc)
+    check("ram" in desc.lower() and path in desc, "block table mismatch: %r", desc)
+    check_eq(dst.status(), "inmigrate", "destination run state after a bad file")
 
 
 if __name__ == "__main__":
