@@ -1,5 +1,5 @@
 /*
- * mapped.h - mapped-ram (DESIGN §8, digest §5.10, docs/format.md §6): a
+ * mapped.h - mapped-ram (DESIGN §8, digest §5.10, docs/format.md §9): a
  * file: URI's guest pages at fixed offsets.  Every RAM block gets a
  * present-page bitmap and a page region at a 1 MiB-aligned offset; page i
  * always lives at pages_offset + i * page_size, a zero page is a hole

@@ -311,7 +311,7 @@ int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *secti
 
 /* -------------------------------------------------------------- mapped-ram */
 
-/* MAPPED_RAM payload (docs/format.md §6), right after RAM_BLOCKS in a file
+/* MAPPED_RAM payload (docs/format.md §9), right after RAM_BLOCKS in a file
  * saved with mapped-ram: u32 version, u32 nblocks, u64 record_end (file
  * offset of the byte after this record), u64 resume (file offset where the
  * main stream goes on, after every block's region), then per block (in the

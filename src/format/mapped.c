@@ -1,5 +1,5 @@
 /*
- * mapped.c - the mapped-ram layout record (format.h, docs/format.md §6):
+ * mapped.c - the mapped-ram layout record (format.h, docs/format.md §9):
  * where each block's present-page bitmap and fixed page region lie in a
  * file.  Pure, as wire.c: every offset from a file is checked here before
  * anything reads at it (fuzzed by tests/fuzz/fuzz_mapped.c).
