@@ -258,6 +258,10 @@ typedef struct lm_params {
      * stopped (SIGSTOP) or black-holed destination no longer hangs it
      * (issue 12).  0 = never; 200..3600000; default 10000.  Source only. */
     uint64_t x_precopy_timeout_ms;
+    /* QEMU's direct-io: mapped-ram page reads and writes of a file: URI
+     * with O_DIRECT on descriptors of their own (the unaligned main stream
+     * stays on a normal one); needs capability mapped-ram; default false */
+    bool direct_io;
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -285,6 +289,7 @@ typedef enum lm_param {
     LM_PARAM_VCPU_DIRTY_LIMIT,
     LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD,
     LM_PARAM_X_PRECOPY_TIMEOUT_MS,
+    LM_PARAM_DIRECT_IO,
     LM_PARAM__MAX
 } lm_param;
 

@@ -188,7 +188,7 @@ uint64_t lm_chan_bytes_written(const lm_chan *c)
 uint64_t lm_chan_queued(const lm_chan *c)
 {
     int n = 0;
-    if (c->fd < 0 || c->no_sendmsg || ioctl(c->fd, SIOCOUTQ, &n) < 0 || n < 0)
+    if (!c || c->fd < 0 || c->no_sendmsg || ioctl(c->fd, SIOCOUTQ, &n) < 0 || n < 0)
         return 0;
     return (uint64_t)n;
 }
@@ -572,6 +572,24 @@ int lm_chan_skip(lm_chan *c, size_t n)
         if ((r = refill(c)) < 0)
             return r;
     }
+}
+
+int64_t lm_chan_read_offset(lm_chan *c)
+{
+    off_t pos = lseek(c->fd, 0, SEEK_CUR);
+    return pos < 0 ? -errno : (int64_t)pos - (int64_t)(c->rlen - c->rpos);
+}
+
+int lm_chan_seek(lm_chan *c, uint64_t offset)
+{
+    int r = sticky(c);
+    if (r)
+        return r;
+    if (lseek(c->fd, (off_t)offset, SEEK_SET) < 0)
+        return set_error_fmt(c, -errno, "%s: seek to %llu: %s", c->name, (unsigned long long)offset,
+                             strerror(errno));
+    c->rpos = c->rlen = 0;
+    return 0;
 }
 
 int lm_chan_wait_readable(lm_chan *c, int timeout_ms)

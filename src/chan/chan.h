@@ -24,7 +24,10 @@ typedef enum lm_uri_kind {
     LM_URI_TCP,  /* tcp:HOST:PORT, HOST may be [v6addr]; PORT 0 = any (listen) */
     LM_URI_UNIX, /* unix:PATH (absolute or relative; <= 107 bytes) */
     LM_URI_FD,   /* fd:N, an already connected socket (or listening one for incoming) */
+    LM_URI_FILE, /* file:PATH[,offset=N]: the stream starts at byte N of a file (file.c) */
 } lm_uri_kind;
+
+#define LM_URI_FILE_PATH_MAX 1024
 
 typedef struct lm_uri {
     lm_uri_kind kind;
@@ -32,6 +35,8 @@ typedef struct lm_uri {
     char port[8];
     char path[108];
     int fd;
+    char file[LM_URI_FILE_PATH_MAX]; /* file: the path */
+    uint64_t offset;                 /* file: where the stream starts */
 } lm_uri;
 
 /* Pure: parses and validates; errors name what was wrong, e.g.
@@ -39,6 +44,16 @@ typedef struct lm_uri {
 int lm_uri_parse(const char *s, lm_uri *out, lm_error *err);
 /* Formats back to text (for socket-address), returns out. */
 const char *lm_uri_format(const lm_uri *u, char *out, size_t cap);
+
+/* file.c: parses the rest of a file: URI ("PATH[,offset=N]", N decimal or
+ * 0x hex, QEMU's syntax) into u->file / u->offset. */
+int lm_uri_parse_file(const char *uri, const char *rest, lm_uri *u, lm_error *err);
+/* Source: opens (creates, mode 0600) u's file for the stream: truncated to
+ * u->offset (the bytes before it are left untouched), positioned there.
+ * Destination: opens it read-only, positioned at u->offset, and checks the
+ * offset lies inside the file.  *fd_out is owned by the caller. */
+int lm_file_open_out(const lm_uri *u, int *fd_out, lm_error *err);
+int lm_file_open_in(const lm_uri *u, int *fd_out, lm_error *err);
 
 /* Connects (blocking, bounded by timeout_ms) and tunes the socket (see
  * lm_sock_tune).  For fd: returns a dup of N.  *fd_out is owned by caller. */
@@ -103,6 +118,11 @@ int lm_chan_read_full(lm_chan *c, void *p, size_t n);
 int lm_chan_read_exact(lm_chan *c, void *p, size_t n);
 /* Discards n bytes. */
 int lm_chan_skip(lm_chan *c, size_t n);
+/* Files only (file: URIs, mapped-ram), reader side: the offset in the
+ * file of the next byte a read returns (-errno if the fd cannot seek), and
+ * a jump of the reader to offset (the read buffer is dropped). */
+int64_t lm_chan_read_offset(lm_chan *c);
+int lm_chan_seek(lm_chan *c, uint64_t offset);
 /* Waits up to timeout_ms for readable data (buffered or on the socket);
  * returns 1 readable, 0 timeout, < 0 error. */
 int lm_chan_wait_readable(lm_chan *c, int timeout_ms);
@@ -121,7 +141,8 @@ uint64_t lm_chan_bytes_written(const lm_chan *c); /* relaxed atomic reads */
  * the socket (SIOCOUTQ: TCP's unsent and unacknowledged bytes, a unix
  * socket's bytes the peer has not read yet), 0 for a pipe or file.  On a
  * shaped or slow link this is tens of milliseconds of data that a pause
- * must still drain.  Any thread; a snapshot. */
+ * must still drain.  Any thread; a snapshot; NULL (a multifd channel
+ * writing a file with pwritev) has none. */
 uint64_t lm_chan_queued(const lm_chan *c);
 /* Caps the bytes one read or write syscall moves (0: no cap; any thread).
  * This kernel kind runs without kernel preemption: a 1 MiB copy in one

@@ -180,7 +180,7 @@ int lm_uri_parse(const char *s, lm_uri *out, lm_error *err)
     const char *colon = strchr(s, ':');
     if (!colon)
         return lm_error_set(err, -EINVAL,
-                            "bad URI '%s': missing scheme (expected tcp:, unix: or fd:)",
+                            "bad URI '%s': missing scheme (expected tcp:, unix:, fd: or file:)",
                             quote(s, strlen(s), q, sizeof q));
     size_t slen = (size_t)(colon - s);
     const char *rest = colon + 1;
@@ -218,8 +218,14 @@ int lm_uri_parse(const char *s, lm_uri *out, lm_error *err)
             return lm_error_set(err, -EINVAL, "bad URI '%s': trailing junk after the fd number",
                                 quote(s, strlen(s), q, sizeof q));
         u.fd = (int)v;
+    } else if (slen == 4 && !memcmp(s, "file", 4)) {
+        u.kind = LM_URI_FILE;
+        int r = lm_uri_parse_file(s, rest, &u, err);
+        if (r < 0)
+            return r;
     } else {
-        return lm_error_set(err, -EINVAL, "unknown URI scheme '%s' (expected tcp:, unix: or fd:)",
+        return lm_error_set(err, -EINVAL,
+                            "unknown URI scheme '%s' (expected tcp:, unix:, fd: or file:)",
                             quote(s, slen, q, sizeof q));
     }
     *out = u;
@@ -242,6 +248,12 @@ const char *lm_uri_format(const lm_uri *u, char *out, size_t cap)
         break;
     case LM_URI_FD:
         snprintf(out, cap, "fd:%d", u->fd);
+        break;
+    case LM_URI_FILE:
+        if (u->offset)
+            snprintf(out, cap, "file:%s,offset=%llu", u->file, (unsigned long long)u->offset);
+        else
+            snprintf(out, cap, "file:%s", u->file);
         break;
     default:
         snprintf(out, cap, "?");
@@ -404,6 +416,9 @@ int lm_uri_connect_cancellable(const lm_uri *u, int timeout_ms, int cancel_fd, i
     *fd_out = -1;
 
     switch (u->kind) {
+    case LM_URI_FILE:
+        r = lm_error_set(err, -EINVAL, "%s is a file, not a peer to connect to", text);
+        goto out;
     case LM_URI_FD:
         if (u->fd < 0) {
             r = lm_error_set(err, -EBADF, "connect to %s: %s", text, strerror(EBADF));
@@ -594,6 +609,9 @@ int lm_uri_listen_mode(const lm_uri *u, int unix_mode, int *fd_out, char *actual
     *fd_out = -1;
 
     switch (u->kind) {
+    case LM_URI_FILE:
+        r = lm_error_set(err, -EINVAL, "%s is a file: there is no socket to listen on", text);
+        goto out;
     case LM_URI_FD:
         fd = u->fd >= 0 ? fcntl(u->fd, F_DUPFD_CLOEXEC, 0) : (errno = EBADF, -1);
         if (fd < 0) {

@@ -106,7 +106,7 @@ static int resume_check(lm_incoming *in, const lm_hello *h, lm_error *err)
 
 /* Checks one HELLO against this destination and the channels already
  * accepted; returns 0 or an error naming what was wrong. */
-static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
+int lm_in_hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
 {
     pthread_mutex_lock(&in->m->lock);
     uint64_t caps = in->m->caps;
@@ -123,8 +123,8 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
     if (h->page_size != LM_PAGE_SIZE)
         return lm_error_set(err, -EPROTO, "HELLO: source page size %u, destination %u",
                             h->page_size, LM_PAGE_SIZE);
-    const uint64_t known =
-        LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY | LM_FEAT_PREEMPT;
+    const uint64_t known = LM_FEAT_MULTIFD | LM_FEAT_SWITCHOVER_ACK | LM_FEAT_POSTCOPY |
+                           LM_FEAT_PREEMPT | LM_FEAT_MAPPED_RAM;
     if (h->features & ~known)
         return lm_error_set(err, -ENOTSUP,
                             "HELLO: the source asks for features 0x%llx that "
@@ -156,6 +156,13 @@ static int hello_check(lm_incoming *in, const lm_hello *h, lm_error *err)
                             (unsigned long long)pc_here,
                             pc_here & LM_FEAT_POSTCOPY ? "postcopy-ram" : "no postcopy-ram",
                             pc_here & LM_FEAT_PREEMPT ? ", postcopy-preempt" : "");
+    bool mr_here = caps & (1ull << LM_CAP_MAPPED_RAM);
+    bool mr_there = h->features & LM_FEAT_MAPPED_RAM;
+    if (mr_here != mr_there)
+        return lm_error_set(err, -EPROTO,
+                            "capability 'mapped-ram' is %s on the source but %s on the "
+                            "destination (set it on both sides)",
+                            mr_there ? "on" : "off", mr_here ? "on" : "off");
     bool src_mfd = h->features & LM_FEAT_MULTIFD;
     if (src_mfd && !multifd)
         return lm_error_set(err, -EPROTO,
@@ -226,7 +233,7 @@ static int hello(lm_incoming *in, lm_chan *c, const uint8_t *buf, size_t len, lm
     if (ret < 0 && err && err->code)
         ret = err->code;
     if (ret == 0)
-        ret = hello_check(in, &h, err);
+        ret = lm_in_hello_check(in, &h, err);
     if (ret < 0) {
         /* A livemig peer hears why, so both sides name the reason; a
          * stranger (bad magic) gets nothing. */
@@ -347,6 +354,8 @@ static int accept_channels(lm_incoming *in, lm_acceptor *a, bool connected, lm_e
 /* fd:N may be a listening socket or, as in QEMU, the stream itself. */
 int lm_in_connect_channels(lm_incoming *in, lm_error *err)
 {
+    if (in->file)
+        return lm_in_file_open(in, err); /* file.c */
     int listening = 0;
     socklen_t sl = sizeof listening;
     bool connected =
@@ -399,7 +408,7 @@ static void finish(lm_incoming *in, int ret, lm_error *err)
             lm_error_set(err, ret, "incoming migration failed");
         /* ERROR, not RP_SHUT: the guest never ran here and never will
          * (format.md 4.9), so a source past POSTCOPY_RUN may resume it. */
-        if (in->chan && !cancelled &&
+        if (in->chan && !cancelled && !in->file &&
             lm_rec_send_status(in->chan, LM_REC_ERROR, err->code, err->msg) == 0)
             linger_drain(in->chan);
         lm_mig_set_error(m, err);
@@ -468,7 +477,7 @@ static void *incoming_thread_fn(void *arg)
     in->lfd = -1;
     if (ret < 0)
         goto out;
-    if (in->nmfd) {
+    if (in->nmfd && !in->file) {
         ret = lm_mfd_recv_new(&m->mem, &m->place, &m->stats.mfd, in->chan, in->mfd_chans, in->nmfd,
                               &in->mfd, &err);
         if (ret < 0)
@@ -487,6 +496,8 @@ static void *incoming_thread_fn(void *arg)
         goto out;
     }
     ret = lm_incoming_load(in, &err);
+    if (in->file)
+        ret = lm_in_file_loaded(in, ret, &err);
     lm_loadvm_cleanup(&in->lv); /* before the guest runs, as QEMU does */
     ret = lm_in_complete(in, ret, &err);
 out:
@@ -522,7 +533,8 @@ int lm_in_complete(lm_incoming *in, int ret, lm_error *err)
     /* Everything loaded: run the guest, then confirm.  The source counts
      * its downtime until this confirmation arrives. */
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
-    lm_rec_send_status(in->chan, LM_REC_RP_SHUT, 0, "loaded");
+    if (!in->file)
+        lm_rec_send_status(in->chan, LM_REC_RP_SHUT, 0, "loaded");
     return 0;
 }
 
@@ -599,7 +611,21 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
         return lm_error_set(err, -ENOMEM, "out of memory");
     char actual[128] = "";
     int lfd = -1;
-    if (u.kind == LM_URI_FD) {
+    if ((caps & (1ull << LM_CAP_MAPPED_RAM)) && u.kind != LM_URI_FILE) {
+        free(in);
+        return lm_error_set(err, -EINVAL,
+                            "capability 'mapped-ram' needs a file: URI (it lays pages out in "
+                            "a file)");
+    }
+    if (u.kind == LM_URI_FILE) {
+        ret = lm_file_open_in(&u, &lfd, err);
+        if (ret < 0) {
+            free(in);
+            return ret;
+        }
+        in->file = true;
+        snprintf(in->file_path, sizeof in->file_path, "%s", u.file);
+    } else if (u.kind == LM_URI_FD) {
         lfd = dup(u.fd);
         if (lfd < 0) {
             free(in);

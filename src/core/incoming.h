@@ -32,6 +32,9 @@ typedef struct lm_incoming {
     uint8_t *tmp;     /* a run of pages before placement (postcopy) */
     bool resuming;    /* migrate-recover: accept the paused session's source only */
     bool resume_wait; /* recovering: POSTCOPY_RESUME not processed yet */
+    bool file;        /* file: URI: lfd is the file; nothing is ever written back */
+    bool mapped_done; /* mapped-ram: the MAPPED_RAM record was loaded */
+    char file_path[LM_URI_FILE_PATH_MAX];
 } lm_incoming;
 
 /* incoming.c, shared with the recovery (recover.c): accepts and greets
@@ -39,6 +42,20 @@ typedef struct lm_incoming {
  * of the thread (a paused migration is kept in m->paused_in, otherwise
  * freed). */
 int lm_in_connect_channels(lm_incoming *in, lm_error *err);
+/* Checks one HELLO against this destination's capabilities and the
+ * channels already accepted. */
+int lm_in_hello_check(lm_incoming *in, const lm_hello *h, lm_error *err);
+
+/* file.c: a file: URI.  Open: the file (in->lfd, positioned at the
+ * offset) becomes the main channel after its HELLO is read and checked
+ * (nothing is answered).  Loaded: the load loop's result, with a file's
+ * read errors said as a file's ("truncated" rather than "peer closed"). */
+int lm_in_file_open(lm_incoming *in, lm_error *err);
+int lm_in_file_loaded(lm_incoming *in, int ret, lm_error *err);
+/* The MAPPED_RAM record h (loader.c): every present page read from the
+ * file, in parallel with multifd (this side's multifd-channels readers),
+ * with O_DIRECT with direct-io; one sync after the block list. */
+int lm_in_file_mapped(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);
 int lm_in_complete(lm_incoming *in, int ret, lm_error *err);
 void lm_in_end(lm_incoming *in, int ret, lm_error *err);
 

@@ -35,6 +35,7 @@
 #include "livemig.h"
 #include "chan/chan.h"
 #include "chan/record.h"
+#include "file/mapped.h"
 #include "format/format.h"
 #include "mem/mem.h"
 #include "multifd/multifd.h"

@@ -137,6 +137,12 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
     case LM_REC_RAM_PASS:
         if (in->running && h->type == LM_REC_RAM_BLOCKS)
             return lm_error_set(err, -EPROTO, "RAM_BLOCKS after POSTCOPY_RUN");
+        if ((in->features & LM_FEAT_MAPPED_RAM) &&
+            (h->type == LM_REC_RAM_PAGES || h->type == LM_REC_RAM_ZERO))
+            return lm_error_set(err, -EPROTO,
+                                "%s record in a mapped-ram stream (its pages are in the "
+                                "file's page regions)",
+                                lm_rec_type_name(h->type));
         ret = lm_ram_load_record(&m->mem, &m->place, c, h, in->tmp, err);
         if (ret < 0)
             return in->running ? lm_error_prefix(err, "postcopy") : ret;
@@ -196,6 +202,8 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
         if (in->running)
             return lm_error_set(err, -EPROTO, "SWITCHOVER_START after POSTCOPY_RUN");
         return lm_loadvm_switchover(&in->lv, err);
+    case LM_REC_MAPPED_RAM:
+        return lm_in_file_mapped(in, h, err);
     case LM_REC_SECTION_START:
     case LM_REC_SECTION_PART:
     case LM_REC_SECTION_END:
@@ -206,6 +214,10 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
     case LM_REC_EOS:
         if (!m->mem.smap.ready && m->mem.nblocks)
             return lm_error_set(err, -EPROTO, "end of stream before the RAM block table");
+        if ((in->features & LM_FEAT_MAPPED_RAM) && !in->mapped_done)
+            return lm_error_set(err, -EPROTO,
+                                "end of stream before the MAPPED_RAM record: the file says "
+                                "where no page is");
         if (in->discarding && !in->running)
             return lm_error_set(err, -EPROTO,
                                 "end of stream between POSTCOPY_DISCARD and "

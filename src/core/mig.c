@@ -358,6 +358,7 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
     TAKE(LM_PARAM_VCPU_DIRTY_LIMIT, vcpu_dirty_limit);
     TAKE(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, x_vcpu_dirty_limit_period);
     TAKE(LM_PARAM_X_PRECOPY_TIMEOUT_MS, x_precopy_timeout_ms);
+    TAKE(LM_PARAM_DIRECT_IO, direct_io);
 #undef TAKE
     /* A running migration thread picks these up at once (it waits on
      * cond between rate windows). */

@@ -102,12 +102,74 @@ static int connect_one(lm_outgoing *g, const char *name, lm_chan **out, lm_error
     return ret;
 }
 
+/* file: the main channel is the file from its offset on, greeted with a
+ * HELLO that nobody answers (a file has no return path, digest §5.10). */
+static int open_file(lm_outgoing *g, lm_error *err)
+{
+    lm_mig *m = g->m;
+    int fd = -1;
+    int ret = lm_file_open_out(&g->uri, &fd, err);
+    if (ret < 0)
+        return ret;
+    char name[64];
+    snprintf(name, sizeof name, "file '%.40s'", g->uri.file);
+    if ((ret = lm_chan_new(fd, name, &g->chan, err)) < 0)
+        return ret;
+    pthread_mutex_lock(&m->lock);
+    m->chan = g->chan;
+    bool cancelled = m->cancel_requested;
+    pthread_mutex_unlock(&m->lock);
+    if (cancelled)
+        return lm_error_set(err, -ECANCELED, "migration cancelled");
+    lm_hello h = {.version = LM_FORMAT_VERSION,
+                  .role = LM_ROLE_MAIN,
+                  .kind = LM_HELLO_REQUEST,
+                  .page_size = LM_PAGE_SIZE,
+                  .chan_count = (uint16_t)g->nmfd,
+                  .features = g->features};
+    memcpy(h.session, g->session, sizeof h.session);
+    uint8_t buf[LM_HELLO_SIZE];
+    lm_fmt_hello_encode(&h, buf, sizeof buf);
+    if (lm_chan_put(g->chan, buf, sizeof buf) < 0)
+        return lm_chan_get_error(g->chan, err);
+    return 0;
+}
+
+/* QEMU's checks for a file: URI (migrate_prepare / migrate_caps_check):
+ * what needs the destination to answer cannot work on a file. */
+static int file_caps_check(uint64_t caps, const lm_params *p, lm_error *err)
+{
+    static const lm_cap need_rp[] = {LM_CAP_POSTCOPY_RAM, LM_CAP_POSTCOPY_PREEMPT,
+                                     LM_CAP_SWITCHOVER_ACK, LM_CAP_RETURN_PATH};
+    for (unsigned i = 0; i < sizeof need_rp / sizeof need_rp[0]; i++)
+        if (caps & (1ull << need_rp[i]))
+            return lm_error_set(err, -EINVAL,
+                                "capability '%s' needs a return path, which a file: URI does "
+                                "not have (turn it off to save to a file)",
+                                lm_cap_name(need_rp[i]));
+    if ((caps & (1ull << LM_CAP_MULTIFD)) && !(caps & (1ull << LM_CAP_MAPPED_RAM)))
+        return lm_error_set(err, -EINVAL,
+                            "multifd on a file: URI needs capability 'mapped-ram' (its "
+                            "channels write pages at fixed offsets)");
+    if ((caps & (1ull << LM_CAP_MAPPED_RAM)) && p->multifd_compression != LM_COMPRESS_NONE)
+        return lm_error_set(err, -EINVAL,
+                            "mapped-ram stores pages as they are: set multifd-compression "
+                            "none");
+    if (p->direct_io && !(caps & (1ull << LM_CAP_MAPPED_RAM)))
+        return lm_error_set(err, -EINVAL,
+                            "direct-io needs capability 'mapped-ram' (only its page I/O can be "
+                            "aligned for O_DIRECT)");
+    return 0;
+}
+
 /* Connects and greets the main channel and, with multifd, every multifd
  * channel.  Channels are named by their HELLO, so the order does not matter
  * to the destination (the shuffle knob proves it). */
 int lm_og_connect_channels(lm_outgoing *g, lm_error *err)
 {
     lm_mig *m = g->m;
+    if (g->file)
+        return open_file(g, err);
     unsigned n = g->nmfd + 1, order[LM_MULTIFD_MAX_CHANNELS + 1];
     for (unsigned i = 0; i < n; i++)
         order[i] = i; /* 0: main, i: multifd channel i - 1 */
@@ -294,6 +356,8 @@ static void finish(lm_outgoing *g, int ret, lm_error *err)
     lm_pc_src_stop_serving(&m->pcs);
     lm_mfd_send_free(g->o.mfd); /* after the main channel: its failures are reported there */
     g->o.mfd = NULL;
+    lm_mapped_free(g->mapped); /* after its writers */
+    g->mapped = g->o.mapped = NULL;
     for (unsigned i = 0; i < g->nmfd; i++) {
         lm_chan_free(g->mfd_chans[i]); /* connected but never handed over */
         g->mfd_chans[i] = NULL;        /* a recovery connects them again */
@@ -366,6 +430,8 @@ static void choose_features(lm_outgoing *g, uint64_t caps)
         g->features |= LM_FEAT_PREEMPT;
     if (g->ack_cap)
         g->features |= LM_FEAT_SWITCHOVER_ACK;
+    if (caps & (1ull << LM_CAP_MAPPED_RAM))
+        g->features |= LM_FEAT_MAPPED_RAM;
     if (caps & (1ull << LM_CAP_MULTIFD)) {
         g->features |= LM_FEAT_MULTIFD;
         g->nmfd = g->params.multifd_channels;
@@ -393,6 +459,14 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
         if (ret < 0)
             return ret;
     }
+    if (g->features & LM_FEAT_MAPPED_RAM) {
+        ret = lm_mapped_new(&m->mem, g->uri.file, lm_chan_fd(g->chan), g->params.direct_io,
+                            g->nmfd ? g->nmfd : 1, &m->stats.mfd.bytes, &g->mapped, err);
+        if (ret < 0)
+            return ret;
+        g->o.mapped = g->mapped;
+        g->mfd_cfg.mapped = g->mapped;
+    }
     if (g->nmfd) {
         ret = lm_mfd_send_new(&m->mem, &m->stats.mfd, g->chan, g->mfd_chans, g->nmfd, &g->mfd_cfg,
                               &g->o.mfd, err);
@@ -400,8 +474,7 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
             return ret;
         memset(g->mfd_chans, 0, sizeof g->mfd_chans); /* the sender's now */
     }
-    ret = lm_rp_start(g, err);
-    if (ret < 0)
+    if (!g->file && (ret = lm_rp_start(g, err)) < 0)
         return ret;
     if (g->preempt) {
         ret = lm_pc_src_reader_start(&m->pcs, g->preempt, g->chan, err);
@@ -410,8 +483,9 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
     }
     /* A round trip measures the confirmation cost of the switchover; the
      * first one now, flushed at once (queued behind the setup it would
-     * measure the first dirty sync), more every window. */
-    ret = lm_sw_send_ping(g);
+     * measure the first dirty sync), more every window.  A file answers
+     * nothing. */
+    ret = g->file ? 0 : lm_sw_send_ping(g);
     if (ret == 0) {
         lm_sw_reload_params(g);
         m->ram.guest_running = lm_vm_runstate(m) == LM_RUN_RUNNING;
@@ -545,6 +619,7 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     int ret = lm_uri_parse(uri, &g->uri, err);
     if (ret < 0)
         goto fail;
+    g->file = g->uri.kind == LM_URI_FILE;
     if (g->uri.kind == LM_URI_FD) {
         /* Our own copy, taken now rather than at connect time on the
          * migration thread: the caller may close fd N as soon as this
@@ -584,6 +659,17 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
     if (lm_status_is_active(m->status)) {
         pthread_mutex_unlock(&m->lock);
         ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
+        goto fail;
+    }
+    if (g->file && (ret = file_caps_check(m->caps, &m->params, err)) < 0) {
+        pthread_mutex_unlock(&m->lock);
+        goto fail;
+    }
+    if (!g->file && (m->caps & (1ull << LM_CAP_MAPPED_RAM))) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EINVAL,
+                           "capability 'mapped-ram' needs a file: URI (it lays pages out in a "
+                           "file)");
         goto fail;
     }
     memset(&m->stats, 0, sizeof m->stats);

@@ -19,9 +19,11 @@
 typedef struct lm_outgoing {
     lm_mig *m;
     lm_uri uri;
-    bool own_fd;   /* fd: uri.fd is our own dup, taken at start, closed at the end */
-    lm_out o;      /* what the handlers write into */
-    lm_chan *chan; /* the main channel */
+    bool own_fd;       /* fd: uri.fd is our own dup, taken at start, closed at the end */
+    bool file;         /* file: URI: no return path, no PING, no verdict to wait for */
+    lm_mapped *mapped; /* mapped-ram: the file's page regions (file only) */
+    lm_out o;          /* what the handlers write into */
+    lm_chan *chan;     /* the main channel */
     uint8_t session[LM_SESSION_ID_LEN];
     unsigned nmfd;                               /* multifd channels (0: off) */
     lm_chan *mfd_chans[LM_MULTIFD_MAX_CHANNELS]; /* until handed to o.mfd */

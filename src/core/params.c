@@ -88,7 +88,7 @@ static const struct {
     [LM_CAP_POSTCOPY_PREEMPT] = {"postcopy-preempt", true},
     [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
     [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", true},
-    [LM_CAP_MAPPED_RAM] = {"mapped-ram", false},
+    [LM_CAP_MAPPED_RAM] = {"mapped-ram", true},
 };
 
 const char *lm_cap_name(lm_cap c)
@@ -131,6 +131,8 @@ int lm_caps_check(uint64_t set, lm_error *err)
                             "'return-path'");
     if ((set & CAP(LM_CAP_POSTCOPY_PREEMPT)) && !(set & CAP(LM_CAP_POSTCOPY_RAM)))
         return lm_error_set(err, -EINVAL, "postcopy preempt requires postcopy-ram");
+    if ((set & CAP(LM_CAP_MAPPED_RAM)) && (set & CAP(LM_CAP_POSTCOPY_RAM)))
+        return lm_error_set(err, -EINVAL, "Mapped-ram migration is incompatible with postcopy");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
         return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge");
     if (set & CAP(LM_CAP_BACKGROUND_SNAPSHOT)) {
@@ -195,6 +197,7 @@ static const char *const param_names[LM_PARAM__MAX] = {
     [LM_PARAM_VCPU_DIRTY_LIMIT] = "vcpu-dirty-limit",
     [LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD] = "x-vcpu-dirty-limit-period",
     [LM_PARAM_X_PRECOPY_TIMEOUT_MS] = "x-precopy-timeout-ms",
+    [LM_PARAM_DIRECT_IO] = "direct-io",
 };
 
 const char *lm_param_name(lm_param p)

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Below this many bytes left, another live round cannot shorten the pause
  * by more than a fraction of a millisecond at loopback speeds. */
@@ -140,7 +141,7 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
         LM_ATOMIC_SET(&st->expected_downtime_ms,
                       (int64_t)((expected_downtime_us(g, pending) + 500) / 1000));
     }
-    if (!LM_ATOMIC_GET(&g->ping_sent_ns))
+    if (!g->file && !LM_ATOMIC_GET(&g->ping_sent_ns))
         lm_sw_send_ping(g); /* a failure is the channel's sticky error: seen by the loop */
     g->win_start_ns = now;
     g->win_start_bytes = delivered > g->win_start_bytes ? delivered : g->win_start_bytes;
@@ -306,6 +307,22 @@ int lm_sw_end_stream(lm_outgoing *g, const char *what, lm_error *err)
     if (ret < 0) {
         lm_chan_get_error(g->chan, err);
         return lm_error_set(err, ret, "%s", what);
+    }
+    if (g->file) {
+        /* Nobody answers a file: it is saved when it is on disk (QEMU
+         * does not sync; a snapshot reported completed should survive a
+         * power cut). */
+        int fd = lm_chan_fd(g->chan);
+        if ((ret = lm_chan_flush(g->chan)) < 0 || (ret = fdatasync(fd) < 0 ? -errno : 0) < 0) {
+            lm_chan_get_error(g->chan, err);
+            return lm_error_set(err, ret, "%s: writing the file failed", what);
+        }
+        pthread_mutex_lock(&m->lock);
+        m->eos_sent = true;
+        m->verdict = true;
+        pthread_mutex_unlock(&m->lock);
+        LM_ATOMIC_SET(&m->stats.transferred, lm_out_bytes(&g->o) + g->prior_bytes);
+        return 0;
     }
     pthread_mutex_lock(&m->lock);
     m->eos_sent = true;

@@ -87,6 +87,7 @@ typedef enum lm_rec_type {
     LM_REC_POSTCOPY_RUN = 0x23,     /* postcopy: start the workload, serve faults */
     LM_REC_POSTCOPY_RESUME = 0x24,  /* recovery: send the received bitmap, then resume */
     LM_REC_ACK_DEVICES = 0x28,      /* switchover-ack: the source's participating devices */
+    LM_REC_MAPPED_RAM = 0x14,       /* mapped-ram file: where each block's pages are */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
      * channels (which also end with EOS) */
@@ -307,6 +308,73 @@ typedef enum lm_dev_ack {
 int lm_fmt_device_ack_encode(uint32_t section_id, uint8_t state, uint8_t *buf, size_t cap);
 int lm_fmt_device_ack_decode(const uint8_t *payload, size_t len, uint32_t *section_id,
                              uint8_t *state, lm_error *err);
+
+/* -------------------------------------------------------------- mapped-ram */
+
+/* MAPPED_RAM payload (docs/format.md §9), right after RAM_BLOCKS in a file
+ * saved with mapped-ram: u32 version, u32 nblocks, u64 record_end (file
+ * offset of the byte after this record), u64 resume (file offset where the
+ * main stream goes on, after every block's region), then per block (in the
+ * table's order) u32 block, u32 page_size, u64 npages, u64 bitmap_offset,
+ * u64 pages_offset.  A block's present-page bitmap (ceil(npages / 8)
+ * bytes, bit i = byte i / 8, bit i % 8: page i has data; then its CRC-32
+ * and 4 zero bytes) and its pages
+ * (page i at pages_offset + i * page_size, pages_offset a multiple of
+ * 1 MiB) lie in [record_end, resume) without overlap (the source puts
+ * every bitmap first, then the page regions). */
+#define LM_MAPPED_VERSION 1
+#define LM_MAPPED_ALIGN (1u << 20)
+#define LM_MAPPED_HDR_SIZE 24
+#define LM_MAPPED_ENTRY_SIZE 32
+#define LM_MAPPED_MAX (LM_MAPPED_HDR_SIZE + LM_RAM_MAX_BLOCKS * LM_MAPPED_ENTRY_SIZE)
+
+typedef struct lm_mapped_block {
+    uint32_t page_size;
+    uint64_t npages;
+    uint64_t bitmap_offset;
+    uint64_t pages_offset;
+} lm_mapped_block;
+
+typedef struct lm_mapped_layout {
+    uint32_t version;
+    uint32_t nblocks;
+    uint64_t record_end;
+    uint64_t resume;
+    lm_mapped_block b[LM_RAM_MAX_BLOCKS];
+} lm_mapped_layout;
+
+/* A block's bitmap region: the bits, then a u32 CRC-32 (zlib's) of them
+ * and a u32 of zero, so a corrupt bitmap is told from a sparse one. */
+#define LM_MAPPED_BITMAP_TRAILER 8
+static inline uint64_t lm_mapped_bitmap_bytes(uint64_t npages)
+{
+    return (npages + 7) / 8;
+}
+static inline uint64_t lm_mapped_bitmap_region(uint64_t npages)
+{
+    return lm_mapped_bitmap_bytes(npages) + LM_MAPPED_BITMAP_TRAILER;
+}
+
+/* Plans the regions of table[0..n) from record_end (the source's layout):
+ * each block's bitmap, then its pages at the next 1 MiB boundary. */
+void lm_fmt_mapped_plan(const lm_fmt_block *table, uint32_t n, uint64_t record_end,
+                        lm_mapped_layout *out);
+int lm_fmt_mapped_encode(const lm_mapped_layout *l, uint8_t *buf, size_t cap);
+/* Decodes and checks everything the payload alone can say: the version
+ * (another one is named), counts, the length, each block's index, page
+ * size and regions (aligned, in order, no overlap or overflow, inside
+ * [record_end, resume)). */
+int lm_fmt_mapped_decode(const uint8_t *payload, size_t len, lm_mapped_layout *out, lm_error *err);
+/* Checks a decoded layout against the stream's block table and the file:
+ * same blocks (count, page size, length), resume <= file_size. */
+int lm_fmt_mapped_check(const lm_mapped_layout *l, const lm_fmt_block *table, uint32_t n,
+                        uint64_t file_size, lm_error *err);
+/* Checks one block's bitmap region (lm_mapped_bitmap_region bytes as read
+ * from the file): its CRC, no bit set past npages.  Returns the number of
+ * present pages, or < 0.  lm_fmt_mapped_bitmap_seal writes the trailer. */
+void lm_fmt_mapped_bitmap_seal(uint8_t *bm, uint64_t npages);
+int64_t lm_fmt_mapped_bitmap_check(const uint8_t *bm, uint64_t npages, uint32_t block,
+                                   lm_error *err);
 
 /* ----------------------------------------------------------- stream walker */
 

@@ -18,6 +18,7 @@ typedef struct walk_state {
     lm_fmt_block blocks[LM_RAM_MAX_BLOCKS];
     uint32_t nblocks;
     bool have_blocks;
+    uint64_t gap; /* after a MAPPED_RAM record: its page regions, skipped */
 } walk_state;
 
 /* Decodes and checks one record payload (its length already fits its
@@ -161,6 +162,19 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         rc =
             lm_fmt_device_ack_decode(p, h->len, &r->u.dev_ack.section_id, &r->u.dev_ack.state, err);
         break;
+    case LM_REC_MAPPED_RAM: {
+        lm_mapped_layout l;
+        rc = lm_fmt_mapped_decode(p, h->len, &l, err);
+        if (rc < 0)
+            break;
+        if (!w->have_blocks)
+            return lm_error_set(err, -EPROTO, "MAPPED_RAM before any RAM_BLOCKS");
+        rc = lm_fmt_mapped_check(&l, w->blocks, w->nblocks, UINT64_MAX, err);
+        /* The stream goes on after the page regions (a file's offsets are
+         * absolute, the gap is not). */
+        w->gap = l.resume - l.record_end;
+        break;
+    }
     default:
         /* Unreachable: lm_fmt_rec_hdr_decode refuses unknown types. */
         return lm_error_set(err, -EPROTO, "record type 0x%02x unknown", h->type);
@@ -178,6 +192,7 @@ long lm_fmt_walk_rec(const uint8_t *buf, size_t len, const lm_fmt_walk_cfg *cfg,
         w.nblocks = cfg->nblocks;
         w.have_blocks = true;
     }
+    w.gap = 0;
     size_t off = 0;
     long ret;
 
@@ -224,6 +239,12 @@ long lm_fmt_walk_rec(const uint8_t *buf, size_t len, const lm_fmt_walk_cfg *cfg,
             }
         }
         off += LM_REC_HDR_SIZE + r.hdr.len;
+        if (w.gap) {
+            if (w.gap > len - off)
+                break; /* the regions go past what we have */
+            off += (size_t)w.gap;
+            w.gap = 0;
+        }
     }
     ret = (long)off;
 out:

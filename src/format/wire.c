@@ -188,6 +188,8 @@ const char *lm_rec_type_name(uint8_t type)
         return "RP_RECV_BITMAP";
     case LM_REC_RP_RESUME_ACK:
         return "RP_RESUME_ACK";
+    case LM_REC_MAPPED_RAM:
+        return "MAPPED_RAM";
     }
     return "unknown";
 }
@@ -265,6 +267,10 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
         return true;
     case LM_REC_RP_DEVICE_ACK:
         *min = *max = LM_DEVICE_ACK_SIZE;
+        return true;
+    case LM_REC_MAPPED_RAM:
+        *min = LM_MAPPED_HDR_SIZE + LM_MAPPED_ENTRY_SIZE;
+        *max = LM_MAPPED_MAX;
         return true;
     }
     return false;

@@ -76,14 +76,21 @@ typedef struct lm_mfd_counters {
     uint64_t postcopy_pages; /* destination: pages placed atomically */
 } lm_mfd_counters;
 
+struct lm_mapped;
+
 typedef struct lm_mfd_send_cfg {
     lm_multifd_compression compression;
     int level;
     lm_zero_page_detection zpd;
+    /* mapped-ram (a file): no channels and no packets; channel i writes
+     * its batches at the pages' offsets with the file's descriptor i
+     * (lm_mapped_save_pages), and a sync only drains the channels (seed
+     * 004: local, nothing goes on the main stream). */
+    struct lm_mapped *mapped;
 } lm_mfd_send_cfg;
 
 /* Starts a send thread per channel ("lm-mfd-send/N").  chans[0..n) are
- * connected channels past their HELLO; ownership moves to the sender when
+ * connected channels past their HELLO (NULL with cfg->mapped); ownership moves to the sender when
  * it returns 0 (on failure they stay the caller's).
  * main is the main channel: a channel's failure is set as its error and
  * shuts it down, so the migration thread sees it. */
@@ -131,6 +138,18 @@ typedef struct lm_mfd_recv lm_mfd_recv;
  * as main's error and shuts main down, so the incoming thread stops with that reason. */
 int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan *main,
                     lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err);
+/* File readers (mapped-ram): n threads ("lm-mfd-recv/N") reading with
+ * fds[i] (closed by lm_mfd_recv_free when own_fds) what the incoming
+ * thread queues with lm_mfd_recv_file_read.  No packets: lm_mfd_recv_sync
+ * asks every reader to drain its queue and waits for them all, the same
+ * re-entrant call as for sockets.  path names the file in errors; a
+ * reader's failure is set as main's error. */
+int lm_mfd_recv_new_file(lm_mfd_counters *ctr, lm_chan *main, const int *fds, unsigned n,
+                         bool own_fds, const char *path, lm_mfd_recv **out, lm_error *err);
+/* Incoming thread: queues a read of pages [first, first + count) of b at
+ * file offset off (blocks while every reader's queue is full). */
+int lm_mfd_recv_file_read(lm_mfd_recv *r, lm_ram_block *b, uint64_t first, uint64_t count,
+                          uint64_t off, lm_error *err);
 /* Incoming thread: the RAM block table is known (channels may place pages). */
 void lm_mfd_recv_blocks_ready(lm_mfd_recv *r);
 /* Incoming thread: waits until every channel reached MULTIFD_SYNC(seq),

@@ -18,6 +18,7 @@
  * postcopy's fault thread and preempt loader).
  */
 #include "multifd/multifd.h"
+#include "file/mapped.h"
 #include "util/thread.h"
 
 #include <errno.h>
@@ -26,15 +27,27 @@
 #include <string.h>
 #include <unistd.h>
 
+#define FILE_QDEPTH 4 /* reads queued per file reader */
+
+/* A read of a file reader: len bytes at off into host. */
+typedef struct file_job {
+    lm_ram_block *b;
+    uint64_t first, count;
+    uint64_t off;
+} file_job;
+
 typedef struct recv_chan {
     lm_mfd_recv *r;
     unsigned id;
     pthread_t thread;
     bool started;
-    lm_chan *chan;
+    lm_chan *chan; /* NULL for a file reader */
+    int fd;        /* file reader: its descriptor */
     /* --- lock --- */
-    uint64_t synced; /* last MULTIFD_SYNC seen */
+    uint64_t synced; /* last MULTIFD_SYNC seen (file: last sync request drained) */
     bool eos;
+    file_job jobs[FILE_QDEPTH]; /* file reader: to do, jobs[0] first */
+    unsigned njobs;
     /* --- channel thread only --- */
     lm_mfd_codec *codec;
     lm_mfd_comp method;
@@ -58,6 +71,12 @@ struct lm_mfd_recv {
     /* --- lock --- */
     uint64_t released;
     bool blocks_ready;
+    uint64_t sync_req; /* file: the sync the readers are asked to reach */
+    bool finishing;    /* file: end once the queue is empty */
+    unsigned next;     /* file: round-robin start for the next read */
+    /* file readers (fixed at start) */
+    bool file, own_fds;
+    char path[LM_URI_FILE_PATH_MAX];
     /* test knob, fixed at start */
     unsigned delay_chan, delay_ms;
     bool quit;
@@ -81,6 +100,8 @@ static void fail(lm_mfd_recv *r, recv_chan *c, lm_error *e)
         lm_chan_shutdown(r->main, copy.msg);
     }
 }
+
+static int stopped(lm_mfd_recv *r, lm_error *err);
 
 static int chan_err(recv_chan *c, lm_error *err)
 {
@@ -266,6 +287,124 @@ static void *recv_thread(void *arg)
     return NULL;
 }
 
+/* A file reader (mapped-ram): no packets; it reads what the incoming
+ * thread queues, and reaches a sync when its queue is empty (seed 004:
+ * "all recv threads are idle"). */
+static void *file_thread(void *arg)
+{
+    recv_chan *c = arg;
+    lm_mfd_recv *r = c->r;
+    char name[16];
+    snprintf(name, sizeof name, "lm-mfd-recv/%u", c->id);
+    pthread_setname_np(pthread_self(), name);
+    lm_error err = {0};
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        while (!c->njobs && r->sync_req <= c->synced && !r->finishing && !r->quit)
+            pthread_cond_wait(&r->cond, &r->lock);
+        if (r->quit)
+            break;
+        if (c->njobs) {
+            file_job j = c->jobs[0];
+            pthread_mutex_unlock(&r->lock);
+            int ret = lm_mapped_read_run(c->fd, j.b, j.first, j.count, j.off, r->path, &err);
+            if (ret == 0) {
+                LM_ATOMIC_ADD(&r->ctr->bytes, j.count * j.b->page_size);
+                LM_ATOMIC_ADD(&r->ctr->normal, j.count);
+            }
+            pthread_mutex_lock(&r->lock);
+            for (unsigned i = 1; i < c->njobs; i++)
+                c->jobs[i - 1] = c->jobs[i];
+            c->njobs--;
+            pthread_cond_broadcast(&r->cond);
+            if (ret < 0) {
+                pthread_mutex_unlock(&r->lock);
+                fail(r, c, &err);
+                return NULL;
+            }
+        } else if (r->sync_req > c->synced) {
+            c->synced = r->sync_req;
+            pthread_cond_broadcast(&r->cond);
+        } else { /* finishing, nothing left */
+            c->eos = true;
+            pthread_cond_broadcast(&r->cond);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+int lm_mfd_recv_new_file(lm_mfd_counters *ctr, lm_chan *main, const int *fds, unsigned n,
+                         bool own_fds, const char *path, lm_mfd_recv **out, lm_error *err)
+{
+    lm_mfd_recv *r = calloc(1, sizeof *r);
+    recv_chan *ch = calloc(n ? n : 1, sizeof *ch);
+    if (!r || !ch) {
+        free(r);
+        free(ch);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    r->ctr = ctr;
+    r->main = main;
+    r->n = n;
+    r->ch = ch;
+    r->file = true;
+    r->own_fds = own_fds;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->cond, NULL);
+    int ret = 0;
+    for (unsigned i = 0; i < n; i++) {
+        ch[i].r = r;
+        ch[i].id = i;
+        ch[i].fd = fds[i]; /* r's when own_fds, once this returns 0 */
+    }
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        ret = -pthread_create(&ch[i].thread, NULL, file_thread, &ch[i]);
+        if (ret < 0)
+            lm_error_set(err, ret, "cannot start multifd file reader %u", i);
+        else
+            ch[i].started = true;
+    }
+    if (ret < 0) {
+        r->own_fds = false; /* the caller's again */
+        lm_mfd_recv_shutdown(r, "multifd setup failed");
+        lm_mfd_recv_free(r);
+        return ret;
+    }
+    *out = r;
+    return 0;
+}
+
+int lm_mfd_recv_file_read(lm_mfd_recv *r, lm_ram_block *b, uint64_t first, uint64_t count,
+                          uint64_t off, lm_error *err)
+{
+    int ret = 0;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        if (r->quit) {
+            ret = stopped(r, err);
+            break;
+        }
+        recv_chan *c = NULL;
+        for (unsigned k = 0; k < r->n && !c; k++) {
+            recv_chan *t = &r->ch[(r->next + k) % r->n];
+            if (t->njobs < FILE_QDEPTH)
+                c = t;
+        }
+        if (c) {
+            c->jobs[c->njobs++] = (file_job){b, first, count, off};
+            r->next = c->id + 1;
+            pthread_cond_broadcast(&r->cond);
+            break;
+        }
+        pthread_cond_wait(&r->cond, &r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
 int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan *main,
                     lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err)
 {
@@ -353,6 +492,11 @@ int lm_mfd_recv_sync(lm_mfd_recv *r, uint64_t seq, lm_error *err)
 {
     int ret = 0;
     pthread_mutex_lock(&r->lock);
+    if (r->file && seq > r->sync_req) {
+        /* Files have no SYNC packets: the request is ours (seed 004). */
+        r->sync_req = seq;
+        pthread_cond_broadcast(&r->cond);
+    }
     for (;;) {
         if (r->quit) {
             ret = stopped(r, err);
@@ -385,6 +529,8 @@ int lm_mfd_recv_finish(lm_mfd_recv *r, lm_error *err)
 {
     int ret = 0;
     pthread_mutex_lock(&r->lock);
+    r->finishing = true;
+    pthread_cond_broadcast(&r->cond);
     for (;;) {
         if (r->quit) {
             ret = stopped(r, err);
@@ -421,6 +567,8 @@ void lm_mfd_recv_free(lm_mfd_recv *r)
         if (c->started)
             pthread_join(c->thread, NULL);
         lm_chan_free(c->chan);
+        if (r->own_fds && c->fd >= 0)
+            close(c->fd);
         lm_mfd_codec_free(c->codec);
         free(c->ibuf);
         free(c->dbuf);

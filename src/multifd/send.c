@@ -18,6 +18,7 @@
  * megabyte otherwise.
  */
 #include "multifd/multifd.h"
+#include "file/mapped.h"
 #include "mem/dirty.h"
 #include "util/thread.h"
 
@@ -83,7 +84,7 @@ struct lm_mfd_send {
 static void fail(lm_mfd_send *s, send_chan *c, lm_error *e)
 {
     /* The channel's own (sticky) error already starts with its name. */
-    bool named = e->code && lm_chan_get_error(c->chan, NULL) == e->code;
+    bool named = e->code && c->chan && lm_chan_get_error(c->chan, NULL) == e->code;
     pthread_mutex_lock(&s->lock);
     bool first = !s->quit;
     if (!s->error.code && named)
@@ -118,10 +119,35 @@ static bool chan_takes(const send_chan *c)
     return c->nq < QDEPTH && c->sync_seq == c->done_seq && !c->eos;
 }
 
+/* mapped-ram: one batch at its pages' offsets in the file (zero pages
+ * detected here leave holes). */
+static int write_batch(send_chan *c, batch *b, lm_error *err)
+{
+    lm_mfd_send *s = c->s;
+    uint32_t nn = 0, nz = 0;
+    int ret = lm_mapped_save_pages(s->cfg.mapped, lm_mapped_fd(s->cfg.mapped, c->id), b->block,
+                                   b->pages, b->n, s->cfg.zpd != LM_ZPD_NONE, &nn, &nz, err);
+    /* The file's page bytes are counted by the writer (mapped.c) into
+     * ctr->bytes; per channel only an estimate of this batch's share. */
+    uint64_t wrote = (uint64_t)nn * s->mem->blocks[b->block].page_size;
+    LM_ATOMIC_ADD(&c->st->bytes, wrote);
+    LM_ATOMIC_ADD(&c->st->normal, nn);
+    LM_ATOMIC_ADD(&c->st->zero, nz);
+    LM_ATOMIC_ADD(&s->ctr->normal, nn);
+    LM_ATOMIC_ADD(&s->ctr->zero, nz);
+    if (b->phase == LM_MFD_DOWNTIME)
+        LM_ATOMIC_ADD(&s->ctr->downtime_bytes, wrote);
+    else
+        LM_ATOMIC_ADD(&s->ctr->precopy_bytes, wrote);
+    return ret;
+}
+
 /* Writes one batch as a MULTIFD_PAGES record. */
 static int send_batch(send_chan *c, batch *b, lm_error *err)
 {
     lm_mfd_send *s = c->s;
+    if (s->cfg.mapped)
+        return write_batch(c, b, err);
     lm_ram_block *blk = &s->mem->blocks[b->block];
     size_t ps = blk->page_size;
     uint64_t idx[LM_MFD_BATCH_PAGES];
@@ -262,12 +288,12 @@ static void *send_thread(void *arg)
         } else if (c->sync_seq != c->done_seq) {
             uint64_t seq = c->sync_seq;
             pthread_mutex_unlock(&s->lock);
-            ret = send_u64_record(c, LM_REC_MULTIFD_SYNC, seq, true);
+            ret = s->cfg.mapped ? 0 : send_u64_record(c, LM_REC_MULTIFD_SYNC, seq, true);
             pthread_mutex_lock(&s->lock);
             c->done_seq = seq;
         } else if (c->eos) {
             pthread_mutex_unlock(&s->lock);
-            ret = send_u64_record(c, LM_REC_EOS, 0, false);
+            ret = s->cfg.mapped ? 0 : send_u64_record(c, LM_REC_EOS, 0, false);
             pthread_mutex_lock(&s->lock);
             c->eos_done = true;
             pthread_cond_broadcast(&s->cond);
@@ -428,6 +454,24 @@ static int send_sync(lm_mfd_send *s, bool force, lm_error *err)
     for (unsigned i = 0; i < s->n; i++) {
         s->ch[i].sync_seq = seq;
         pthread_cond_signal(&s->ch[i].cond);
+    }
+    if (s->cfg.mapped) {
+        /* Local (seed 004): every page handed off so far is in the file
+         * before a page of the next round can be, on whatever channel. */
+        for (;;) {
+            unsigned done = 0;
+            for (unsigned i = 0; i < s->n; i++)
+                done += s->ch[i].done_seq >= seq;
+            if (done == s->n || s->quit)
+                break;
+            pthread_cond_wait(&s->cond, &s->lock);
+        }
+        int code = s->quit ? (s->error.code ? s->error.code : -ECANCELED) : 0;
+        if (code)
+            lm_error_set(err, code, "%s",
+                         s->error.code ? s->error.msg : "multifd channels stopped");
+        pthread_mutex_unlock(&s->lock);
+        return code;
     }
     pthread_mutex_unlock(&s->lock);
     uint8_t p[8];

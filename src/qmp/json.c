@@ -32,6 +32,8 @@ static json_t *socket_address_json(const char *text)
         a = json_pack("{s:s, s:s}", "type", "fd", "str", n);
         break;
     }
+    case LM_URI_FILE: /* QEMU's SocketAddress has no file: none is reported */
+        break;
     }
     if (!a)
         return NULL;

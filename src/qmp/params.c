@@ -40,6 +40,7 @@ static const struct {
     F(LM_PARAM_VCPU_DIRTY_LIMIT, P_U64, vcpu_dirty_limit),
     F(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, P_U64, x_vcpu_dirty_limit_period),
     F(LM_PARAM_X_PRECOPY_TIMEOUT_MS, P_U64, x_precopy_timeout_ms),
+    F(LM_PARAM_DIRECT_IO, P_BOOL, direct_io),
 #undef F
 };
 
@@ -55,8 +56,8 @@ static const struct compat {
     const char *name;
     enum ctype type;
 } compat[] = {
-    {"tls-creds", C_TLS}, {"tls-hostname", C_TLS}, {"tls-authz", C_TLS},
-    {"mode", C_MODE},     {"direct-io", C_OFF},    {"block-incremental", C_OFF},
+    {"tls-creds", C_TLS}, {"tls-hostname", C_TLS},      {"tls-authz", C_TLS},
+    {"mode", C_MODE},     {"block-incremental", C_OFF},
 };
 
 #define NCOMPAT (sizeof compat / sizeof compat[0])

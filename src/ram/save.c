@@ -11,6 +11,7 @@
  * straight from guest memory, or handed to the multifd channels.
  */
 #include "ram/ram.h"
+#include "file/mapped.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -172,6 +173,10 @@ static int ram_save_setup(void *opaque, lm_out *o, lm_error *err)
     ret = lm_rec_write(o->chan, LM_REC_RAM_BLOCKS, buf, (uint32_t)n);
     if (ret < 0)
         goto out;
+    /* mapped-ram: the regions are laid out once, right after the table;
+     * every page has its place from now on. */
+    if (o->mapped && (ret = lm_mapped_save_setup(o->mapped, o->chan, err)) < 0)
+        goto out;
     /* The setup bitmap counts as the first sync, as in QEMU. */
     uint64_t now = lm_now_ns();
     r->period_start_ns = now;
@@ -238,6 +243,11 @@ static int send_zero_run(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, u
 {
     uint8_t p[LM_RAM_ZERO_SIZE];
     lm_ram_zero z = {.block = block, .first_page = first, .count = count};
+    if (o->mapped) { /* a hole: the bits say zero */
+        lm_mapped_save_zero(o->mapped, block, first, count);
+        LM_ATOMIC_ADD(&r->ctr->duplicate, count);
+        return 0;
+    }
     int n = lm_fmt_ram_zero_encode(&z, p, sizeof p);
     if (n < 0)
         return n;
@@ -253,6 +263,15 @@ static int send_page_data(lm_ram *r, lm_out *o, uint32_t block, uint64_t first, 
     uint8_t hdr[LM_REC_HDR_SIZE + LM_RAM_PAGES_HDR_SIZE];
     uint64_t bytes = count * b->page_size;
     lm_ram_run run = {.block = block, .count = (uint32_t)count, .first_page = first};
+    if (o->mapped) { /* in place, at the pages' own offsets */
+        LM_ATOMIC_ADD(&r->ctr->normal, count);
+        lm_out_account(o, bytes);
+        lm_error e = {0};
+        int ret = lm_mapped_save_run(o->mapped, block, first, count, &e);
+        if (ret < 0) /* reported where every send error is: the main channel */
+            lm_chan_set_error(o->chan, ret, e.msg);
+        return ret;
+    }
     lm_fmt_rec_hdr_encode(LM_REC_RAM_PAGES, (uint32_t)(LM_RAM_PAGES_HDR_SIZE + bytes), hdr,
                           LM_REC_HDR_SIZE);
     lm_fmt_ram_pages_hdr_encode(&run, hdr + LM_REC_HDR_SIZE, LM_RAM_PAGES_HDR_SIZE);
@@ -544,6 +563,8 @@ static int ram_save_complete(void *opaque, lm_out *o, lm_error *err)
     ret = ram_send(r, o, UINT64_MAX, false, err);
     if (ret >= 0 && o->mfd)
         ret = lm_mfd_send_sync(o->mfd, err); /* all pages before the end of stream */
+    if (ret >= 0 && o->mapped)               /* every page is in place: the bitmaps say which */
+        ret = lm_mapped_save_complete(o->mapped, err);
     return ret < 0 ? ret : 0;
 }
 

@@ -31,11 +31,13 @@ typedef struct lm_out_counters {
 } lm_out_counters;
 
 struct lm_mfd_send;
+struct lm_mapped;
 
 /* What handlers write into. */
 typedef struct lm_out {
-    lm_chan *chan;           /* the main channel (the preempt one for requested pages) */
-    struct lm_mfd_send *mfd; /* multifd channels, NULL without multifd */
+    lm_chan *chan;            /* the main channel (the preempt one for requested pages) */
+    struct lm_mfd_send *mfd;  /* multifd channels, NULL without multifd */
+    struct lm_mapped *mapped; /* mapped-ram file: pages at fixed offsets, or NULL */
     lm_zero_page_detection zpd;
     bool last_stage; /* the guest is stopped: downtime bytes */
     bool postcopy;   /* after the switch: postcopy bytes */

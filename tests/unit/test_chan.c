@@ -135,6 +135,11 @@ static const struct good_uri good_uris[] = {
     {"unix:rel/path:with:colons", LM_URI_UNIX, NULL, NULL, "rel/path:with:colons", -1, NULL},
     {"fd:0", LM_URI_FD, NULL, NULL, NULL, 0, NULL},
     {"fd:42", LM_URI_FD, NULL, NULL, NULL, 42, NULL},
+    /* file: (fd holds the expected offset) */
+    {"file:/tmp/snap", LM_URI_FILE, NULL, NULL, NULL, 0, NULL},
+    {"file:rel/a:b,offset=4096", LM_URI_FILE, NULL, NULL, NULL, 4096, NULL},
+    {"file:/s,offset=0x1000", LM_URI_FILE, NULL, NULL, NULL, 4096, "file:/s,offset=4096"},
+    {"file:/s,offset=0", LM_URI_FILE, NULL, NULL, NULL, 0, "file:/s"},
     {"fd:2147483647", LM_URI_FD, NULL, NULL, NULL, 2147483647, NULL},
 };
 
@@ -148,7 +153,14 @@ static const struct bad_uri bad_uris[] = {
     {"hello", "missing scheme"},
     {"http://x:80", "unknown URI scheme 'http'"},
     {"TCP:h:1", "unknown URI scheme 'TCP'"},
-    {"file:/tmp/x", "unknown URI scheme 'file'"},
+    {"ftp:/tmp/x", "unknown URI scheme 'ftp'"},
+    {"file:", "empty path"},
+    {"file:,offset=4", "empty path"},
+    {"file:/x,offset=", "offset is not a number"},
+    {"file:/x,offset=12k", "offset is not a number"},
+    {"file:/x,offset=99999999999999999999", "offset is too large"},
+    {"file:/x,offset=0x8000000000000000", "offset is too large"},
+    {"file:/x,size=4", "unknown option after ','"},
     {"tcp:host", "bad URI 'tcp:host': missing ':PORT'"},
     {"tcp:host:", "missing port"},
     {"tcp::4444", "empty host"},
@@ -199,6 +211,8 @@ static void test_uri_parse_good(void **state)
             assert_string_equal(u.path, g->path);
         if (g->kind == LM_URI_FD)
             assert_int_equal(u.fd, g->fd);
+        if (g->kind == LM_URI_FILE)
+            assert_int_equal(u.offset, (uint64_t)g->fd);
         char out[512];
         assert_ptr_equal(lm_uri_format(&u, out, sizeof out), out);
         assert_string_equal(out, g->formatted ? g->formatted : g->in);

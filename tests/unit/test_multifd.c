@@ -29,8 +29,12 @@
 
 static void test_pages_hdr_roundtrip(void **state)
 {
-    lm_mfd_pages p = {.block = 3, .normal = 200, .zero = 56, .compression = LM_MFD_COMP_NONE,
-                      .data_len = 200 * 4096, .packet_num = 0x0102030405060708ull};
+    lm_mfd_pages p = {.block = 3,
+                      .normal = 200,
+                      .zero = 56,
+                      .compression = LM_MFD_COMP_NONE,
+                      .data_len = 200 * 4096,
+                      .packet_num = 0x0102030405060708ull};
     uint8_t b[LM_MFD_HDR_SIZE];
     assert_int_equal(lm_fmt_mfd_pages_hdr_encode(&p, b, sizeof b), LM_MFD_HDR_SIZE);
     /* Little-endian, documented offsets (docs/format.md). */
@@ -68,9 +72,15 @@ static void test_pages_hdr_bad(void **state)
     } cases[] = {
         {{.normal = 1, .data_len = 4096}, 24 + 8 + 4095, 0, 0, "record of 4127 bytes"},
         {{.normal = 2, .data_len = 4096}, 24 + 16 + 4096, 0, 0, "4096 data bytes for 2 pages"},
-        {{.normal = 1, .zero = 1, .compression = LM_MFD_COMP_ZSTD, .data_len = 0}, 24 + 16, 0, 0,
+        {{.normal = 1, .zero = 1, .compression = LM_MFD_COMP_ZSTD, .data_len = 0},
+         24 + 16,
+         0,
+         0,
          "0 compressed bytes for 1 normal pages"},
-        {{.zero = 1, .compression = LM_MFD_COMP_LZ4, .data_len = 5}, 24 + 8 + 5, 0, 0,
+        {{.zero = 1, .compression = LM_MFD_COMP_LZ4, .data_len = 5},
+         24 + 8 + 5,
+         0,
+         0,
          "5 compressed bytes for 0 normal pages"},
         {{.normal = 1, .data_len = 4096}, 24 + 8 + 4096, 8, 4, "unknown compression 4"},
         {{.normal = 1, .data_len = 4096}, 24 + 8 + 4096, 10, 1, "reserved byte 10"},
@@ -83,8 +93,7 @@ static void test_pages_hdr_bad(void **state)
             b[cases[i].poke_at] = cases[i].poke;
         lm_mfd_pages q;
         lm_error err = {0};
-        assert_int_equal(lm_fmt_mfd_pages_hdr_decode(b, sizeof b, cases[i].rec_len, 4096, &q,
-                                                     &err),
+        assert_int_equal(lm_fmt_mfd_pages_hdr_decode(b, sizeof b, cases[i].rec_len, 4096, &q, &err),
                          -EPROTO);
         assert_err(&err, -EPROTO, cases[i].needle);
     }
@@ -146,8 +155,8 @@ static void roundtrip_method(lm_mfd_comp method)
      * its own arrival (sync flush), pieces of different lengths. */
     for (unsigned k = 0; k < 4; k++) {
         fill_pages(pages, n, k);
-        struct iovec iov[3] = {{pages, 4096}, {pages + 4096, 10 * 4096},
-                               {pages + 11 * 4096, (size_t)(n - 11) * 4096}};
+        struct iovec iov[3] = {
+            {pages, 4096}, {pages + 4096, 10 * 4096}, {pages + 11 * 4096, (size_t)(n - 11) * 4096}};
         long len = lm_mfd_compress(tx, iov, 3, c, cap, &err);
         assert_true(len > 0);
         assert_true((size_t)len < (size_t)n * 4096 / 2); /* it did compress */
@@ -274,8 +283,8 @@ static void test_sender_keeps_packets_ascending(void **state)
         assert_int_equal(lm_fmt_mfd_pages_hdr_decode(pl, h.len, h.len, 4096, &p, &err),
                          LM_MFD_HDR_SIZE);
         lm_error_clear(&err);
-        int rc = lm_fmt_mfd_index_decode(pl + LM_MFD_HDR_SIZE, h.len - LM_MFD_HDR_SIZE, &p, 64,
-                                         idx, &err);
+        int rc = lm_fmt_mfd_index_decode(pl + LM_MFD_HDR_SIZE, h.len - LM_MFD_HDR_SIZE, &p, 64, idx,
+                                         &err);
         if (rc < 0)
             fail_msg("packet %u refused: %s", packets, err.msg);
         packets++;
@@ -291,6 +300,118 @@ static void test_sender_keeps_packets_ascending(void **state)
     free(mem);
 }
 
+/* ------------------------------------------- the re-entrant receive sync */
+
+/* The same lm_mfd_recv_sync serves sockets and files (seed 004): called
+ * again for a sequence already reached, or with an older one, it returns
+ * at once; a newer one waits for every channel again. */
+static void test_recv_sync_file(void **state)
+{
+    static const lm_host_ops ops = {.stop = nop, .start = nop};
+    lm_mig *m = NULL;
+    lm_error err = {0};
+    size_t len = 8 * 4096;
+    uint8_t *mem = aligned_alloc(4096, len);
+    memset(mem, 0, len);
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_INMIGRATE, &m, &err), 0);
+    assert_int_equal(lm_ram_add(m, "ram0", mem, len, 4096, &err), 0);
+    assert_int_equal(lm_mem_incoming_prepare(&m->mem, &err), 0);
+    lm_ram_block *b = &m->mem.blocks[0];
+
+    char path[] = "/tmp/lm-test-recv-sync-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    uint8_t page[4096];
+    for (unsigned i = 0; i < 8; i++) {
+        memset(page, 0x10 + i, sizeof page);
+        assert_int_equal(pwrite(fd, page, sizeof page, (off_t)i * 4096), 4096);
+    }
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    lm_chan *main_c = NULL;
+    assert_int_equal(lm_chan_new(pfd[0], "file", &main_c, &err), 0);
+    int fds[3] = {fd, fd, fd};
+    lm_mfd_recv *r = NULL;
+    assert_int_equal(lm_mfd_recv_new_file(&m->stats.mfd, main_c, fds, 3, false, path, &r, &err), 0);
+    /* Round 1: pages 0..3, spread over the readers. */
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(lm_mfd_recv_file_read(r, b, i, 1, (uint64_t)i * 4096, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0);
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(mem[i * 4096 + 17], 0x10 + i);
+    assert_int_equal(mem[4 * 4096], 0);
+    /* Again, and older: at once. */
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 0, &err), 0);
+    /* Round 2: pages 4..7 in one run, then a newer sync. */
+    assert_int_equal(lm_mfd_recv_file_read(r, b, 4, 4, 4 * 4096, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 2, &err), 0);
+    for (unsigned i = 4; i < 8; i++)
+        assert_int_equal(mem[i * 4096 + 4095], 0x10 + i);
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 2, &err), 0);
+    /* A read past the end of the file: the reader fails, and says so. */
+    assert_int_equal(lm_mfd_recv_file_read(r, b, 0, 1, 64 * 4096, &err), 0);
+    assert_true(lm_mfd_recv_sync(r, 3, &err) < 0);
+    if (!strstr(err.msg, "truncated"))
+        fail_msg("error \"%s\" lacks \"truncated\"", err.msg);
+    lm_mfd_recv_shutdown(r, "test over");
+    lm_mfd_recv_free(r);
+    lm_chan_free(main_c);
+    close(pfd[1]);
+    close(fd);
+    lm_mig_free(m);
+    free(mem);
+}
+
+static void send_u64_rec(int fd, uint8_t type, uint64_t v)
+{
+    uint8_t b[LM_REC_HDR_SIZE + 8];
+    lm_fmt_rec_hdr_encode(type, 8, b, LM_REC_HDR_SIZE);
+    lm_fmt_u64_encode(v, b + LM_REC_HDR_SIZE, 8);
+    assert_int_equal(write(fd, b, sizeof b), sizeof b);
+}
+
+static void test_recv_sync_socket(void **state)
+{
+    static const lm_host_ops ops = {.stop = nop, .start = nop};
+    lm_mig *m = NULL;
+    lm_error err = {0};
+    assert_int_equal(lm_mig_new(&ops, NULL, LM_RUN_INMIGRATE, &m, &err), 0);
+    int main_sv[2], sv[2][2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, main_sv), 0);
+    lm_chan *main_c = NULL, *ch[2];
+    assert_int_equal(lm_chan_new(main_sv[0], "main channel", &main_c, &err), 0);
+    for (unsigned i = 0; i < 2; i++) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv[i]), 0);
+        assert_int_equal(lm_chan_new(sv[i][0], "multifd channel", &ch[i], &err), 0);
+    }
+    lm_mfd_recv *r = NULL;
+    assert_int_equal(lm_mfd_recv_new(&m->mem, &m->place, &m->stats.mfd, main_c, ch, 2, &r, &err),
+                     0);
+    for (unsigned i = 0; i < 2; i++)
+        send_u64_rec(sv[i][1], LM_REC_MULTIFD_SYNC, 1);
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0); /* again: at once */
+    for (unsigned i = 0; i < 2; i++)
+        send_u64_rec(sv[i][1], LM_REC_MULTIFD_SYNC, 2);
+    assert_int_equal(lm_mfd_recv_sync(r, 2, &err), 0);
+    assert_int_equal(lm_mfd_recv_sync(r, 1, &err), 0); /* older: at once */
+    for (unsigned i = 0; i < 2; i++) {
+        uint8_t b[LM_REC_HDR_SIZE];
+        lm_fmt_rec_hdr_encode(LM_REC_EOS, 0, b, sizeof b);
+        assert_int_equal(write(sv[i][1], b, sizeof b), sizeof b);
+    }
+    assert_int_equal(lm_mfd_recv_finish(r, &err), 0);
+    lm_mfd_recv_free(r);
+    for (unsigned i = 0; i < 2; i++)
+        close(sv[i][1]);
+    close(main_sv[1]);
+    lm_chan_free(main_c);
+    lm_mig_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -302,6 +423,8 @@ int main(void)
         cmocka_unit_test(test_lz4),
         cmocka_unit_test(test_length_mismatch),
         cmocka_unit_test(test_sender_keeps_packets_ascending),
+        cmocka_unit_test(test_recv_sync_file),
+        cmocka_unit_test(test_recv_sync_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -572,8 +572,8 @@ static void test_parameters_roundtrip(void **state)
     for (unsigned i = 0; i < LM_PARAM__MAX; i++)
         assert_non_null(json_object_get(p, lm_param_name((lm_param)i)));
     /* and the QEMU parameters accepted only at their "off" value */
-    static const char *const off[] = {"tls-creds", "tls-hostname", "tls-authz",
-                                      "mode",      "direct-io",    "block-incremental"};
+    static const char *const off[] = {"tls-creds", "tls-hostname", "tls-authz", "mode",
+                                      "block-incremental"};
     for (unsigned i = 0; i < sizeof off / sizeof off[0]; i++)
         assert_non_null(json_object_get(p, off[i]));
     assert_int_equal(json_object_size(p), LM_PARAM__MAX + sizeof off / sizeof off[0]);
