@@ -546,6 +546,8 @@ int lm_og_loop(lm_outgoing *g, lm_error *errp)
             lm_sw_wait_until(g, now + lm_rl_wait_ns(&g->rl, now));
             continue;
         }
+        if (lm_sw_wait_inflight(g, now))
+            continue;
         lm_iter_state st = iter_state(g);
         lm_iter_result r = lm_iteration_run(&lm_sw_iter_ops, g, &st, &err, &ret);
         lm_sw_account_rl(g);

@@ -101,6 +101,9 @@ void lm_sw_reload_params(lm_outgoing *g);
 /* Every 100 ms: bandwidth, threshold, mbps, expected downtime, a PING. */
 void lm_sw_update_counters(lm_outgoing *g, uint64_t now);
 int lm_sw_send_ping(lm_outgoing *g);
+/* Waits while more than the in-flight bound is written but not delivered;
+ * true when it waited. */
+bool lm_sw_wait_inflight(lm_outgoing *g, uint64_t now);
 /* Counts the bytes written since the last call against max-bandwidth. */
 void lm_sw_account_rl(lm_outgoing *g);
 /* Waits on m->cond until deadline or a wake-up (cancel, params, return

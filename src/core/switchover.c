@@ -21,6 +21,8 @@
 #define ADAPTIVE_MAX_EXTRA_ROUNDS 10
 #define DRAIN_WAIT_MIN_NS 2000000ull
 #define DRAIN_WAIT_MAX_NS 50000000ull
+#define INFLIGHT_MIN (256u << 10)
+#define INFLIGHT_WAIT_MIN_NS 200000ull
 
 uint64_t lm_sw_preempt_bytes(const lm_outgoing *g)
 {
@@ -61,6 +63,38 @@ static uint64_t queued_bytes(lm_outgoing *g)
     if (g->o.mfd)
         q += lm_mfd_send_queued(g->o.mfd);
     return q;
+}
+
+/* Beyond QEMU: what is written and not yet delivered stays bounded, to a
+ * quarter of the threshold (a quarter of the pause the limit allows) but
+ * never under 20 ms of the link (its bandwidth-delay product) nor 256 KiB.
+ * Without it a running guest keeps the socket buffers full (MiBs: a third
+ * of a second at 100 Mbit/s) and pending + queued could never fit a
+ * threshold smaller than them; with it the rest waits as dirty pages,
+ * which the guest may still rewrite for free.  Returns true when it
+ * waited (the caller loops again). */
+bool lm_sw_wait_inflight(lm_outgoing *g, uint64_t now)
+{
+    if (g->o.postcopy || g->o.last_stage || !g->threshold)
+        return false;
+    uint64_t bw = switchover_bw(g);
+    if (!bw)
+        return false;
+    uint64_t bound = g->threshold / 4;
+    if (bound < bw / 50)
+        bound = bw / 50;
+    if (bound < INFLIGHT_MIN)
+        bound = INFLIGHT_MIN;
+    uint64_t q = queued_bytes(g);
+    if (q <= bound)
+        return false;
+    uint64_t ns = (q - bound) * 1000000000ull / bw;
+    if (ns < INFLIGHT_WAIT_MIN_NS)
+        ns = INFLIGHT_WAIT_MIN_NS;
+    if (ns > DRAIN_WAIT_MAX_NS)
+        ns = DRAIN_WAIT_MAX_NS;
+    lm_sw_wait_until(g, now + ns);
+    return true;
 }
 
 /* Expected downtime in µs for `pending` bytes: the final sync (its cost was
@@ -122,7 +156,11 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     uint64_t rate = wb * 1000000000ull / dt;
     LM_ATOMIC_SET(&st->mbps_x1000, wb * 8ull * 1000000000ull / dt / 1000ull);
     LM_ATOMIC_SET(&st->pages_per_second, (pages - g->win_start_pages) * 1000000000ull / dt);
-    if (wb >= (1u << 20)) {
+    /* A window says what the link can do when it moved a MiB, or when
+     * bytes were still waiting for it at its end (the link was the
+     * bottleneck: a link slower than 10 MB/s never moves a MiB in 100 ms,
+     * and was never measured before delivered bytes were counted). */
+    if (wb >= (1u << 20) || (wb && queued)) {
         if (!g->win_throttled) {
             g->bandwidth = g->have_unthrottled_bw ? (g->bandwidth * 3 + rate) / 4 : rate;
             g->have_unthrottled_bw = true;
