@@ -121,7 +121,7 @@ def migrate_once(tmp, ns, binary, mem, caps, params, tag):
         src = Guest(tmp, "src-" + tag, mem=mem, fill="random", workload="idle",
                     extra=("--pattern", "text"), wrap=ns.exec_prefix("a"))
         dst = Guest(tmp, "dst-" + tag, mem=mem, incoming="defer", workload="idle",
-                    wrap=ns.exec_prefix("b"))
+                    extra=("--pattern", "text"), wrap=ns.exec_prefix("b"))
         for g in (src, dst):
             lmtest.set_caps(g, dict(caps, events=True))
             lmtest.set_params(g, params)

@@ -27,7 +27,7 @@ R = Runner("recovery-cuts", per_test=300, budget=400)
 MEM = "2G"
 HOLD = 256 * 1000           # max-postcopy-bandwidth while faults are injected
 FAST = 10 * 1000 * 1000 * 1000
-TIMEOUT_MS = int(1000 * scaled(1))
+TIMEOUT_MS = int(3000 * scaled(1))
 CUTS = 10
 BLACKHOLES = (5, 10)
 ACTIVE = ("postcopy-active",)
