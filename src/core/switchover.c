@@ -57,11 +57,11 @@ static uint64_t switchover_bw(const lm_outgoing *g)
  * (1 Gbit/s: tens of milliseconds of data) the pause must drain them
  * before the destination can confirm.  Counted into every switchover
  * decision (iteration.h) and out of the bandwidth estimate. */
-static uint64_t queued_bytes(lm_outgoing *g)
+static uint64_t queued_bytes(lm_outgoing *g, bool with_cur)
 {
     uint64_t q = lm_chan_queued(g->chan);
     if (g->o.mfd)
-        q += lm_mfd_send_queued(g->o.mfd);
+        q += lm_mfd_send_queued(g->o.mfd, with_cur);
     return q;
 }
 
@@ -85,7 +85,7 @@ bool lm_sw_wait_inflight(lm_outgoing *g, uint64_t now)
         bound = bw / 50;
     if (bound < INFLIGHT_MIN)
         bound = INFLIGHT_MIN;
-    uint64_t q = queued_bytes(g);
+    uint64_t q = queued_bytes(g, false); /* in flight: what can drain */
     if (q <= bound)
         return false;
     uint64_t ns = (q - bound) * 1000000000ull / bw;
@@ -145,7 +145,7 @@ void lm_sw_update_counters(lm_outgoing *g, uint64_t now)
     uint64_t dt = now - g->win_start_ns;
     if (dt < LM_RATE_WINDOW_NS)
         return;
-    uint64_t queued = g->o.postcopy ? 0 : queued_bytes(g);
+    uint64_t queued = g->o.postcopy ? 0 : queued_bytes(g, true);
     LM_ATOMIC_SET(&st->queued, queued);
     uint64_t delivered = bytes > queued ? bytes - queued : 0;
     /* A multifd write may be counted by the kernel before its channel
@@ -216,7 +216,7 @@ static int op_iterate(void *opaque, uint64_t budget, bool in_postcopy, lm_error 
 static uint64_t op_queued(void *opaque)
 {
     lm_outgoing *g = opaque;
-    uint64_t q = queued_bytes(g);
+    uint64_t q = queued_bytes(g, true);
     g->last_queued = q;
     return q;
 }

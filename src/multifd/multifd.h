@@ -118,8 +118,11 @@ int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err);
 typedef enum { LM_MFD_PRECOPY, LM_MFD_DOWNTIME, LM_MFD_POSTCOPY } lm_mfd_phase;
 /* Bytes handed to the channels and not yet delivered: the pages of the
  * batches not yet sent (before compression: an upper bound) and what the
- * sockets still hold (lm_chan_queued).  The migration thread only. */
-uint64_t lm_mfd_send_queued(lm_mfd_send *s);
+ * sockets still hold (lm_chan_queued); with_cur: also the batch the
+ * migration thread is still filling (it leaves only when full or at a
+ * sync, so waiting for it to drain would wait for ever).  The migration
+ * thread only. */
+uint64_t lm_mfd_send_queued(lm_mfd_send *s, bool with_cur);
 void lm_mfd_send_set_phase(lm_mfd_send *s, lm_mfd_phase phase);
 /* Any thread: shuts every channel down (cancel, failure). */
 void lm_mfd_send_shutdown(lm_mfd_send *s, const char *why);

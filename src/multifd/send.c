@@ -520,9 +520,9 @@ int lm_mfd_send_finish(lm_mfd_send *s, lm_error *err)
     return ret;
 }
 
-uint64_t lm_mfd_send_queued(lm_mfd_send *s)
+uint64_t lm_mfd_send_queued(lm_mfd_send *s, bool with_cur)
 {
-    uint64_t pages = s->cur ? s->cur->n : 0, q = 0;
+    uint64_t pages = with_cur && s->cur ? s->cur->n : 0, q = 0;
     pthread_mutex_lock(&s->lock);
     for (unsigned i = 0; i < s->n; i++)
         for (unsigned k = 0; k < s->ch[i].nq; k++)

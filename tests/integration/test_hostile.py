@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 
+import lmtest
 from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, pid_alive,
                     run_cli, set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
                     wait_until)
@@ -524,7 +525,11 @@ def qmp_client_never_reads(t):
     rss1 = int(open("/proc/%d/statm" % g.pid).read().split()[1]) * 4096
     log("never-reading client dropped after %d events; guest RSS %+d KiB" %
         (2 * pairs, (rss1 - rss0) // 1024))
-    check(rss1 - rss0 < 4 * OUT_MAX, "guest RSS grew by %d bytes", rss1 - rss0)
+    # ASan keeps freed memory in its quarantine (256 MiB by default) and
+    # pads every allocation: RSS says nothing about what the server holds
+    # there.  The bound on the queue is still checked by the drop itself.
+    if lmtest.SANITIZER != "address":
+        check(rss1 - rss0 < 4 * OUT_MAX, "guest RSS grew by %d bytes", rss1 - rss0)
     check_eq(g.status(), "running", "guest run state (its QMP still serves)")
 
 
