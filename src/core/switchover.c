@@ -65,6 +65,17 @@ static uint64_t queued_bytes(lm_outgoing *g, bool with_cur)
     return q;
 }
 
+/* How long the link needs for `bytes` (bw 0: unknown, the longest wait),
+ * kept within [min_ns, DRAIN_WAIT_MAX_NS]: a wait for queued bytes to
+ * drain, after which the decisions are taken again with fresh figures. */
+static uint64_t drain_wait_ns(uint64_t bytes, uint64_t bw, uint64_t min_ns)
+{
+    uint64_t ns = bw ? bytes * 1000000000ull / bw : DRAIN_WAIT_MAX_NS;
+    if (ns < min_ns)
+        return min_ns;
+    return ns > DRAIN_WAIT_MAX_NS ? DRAIN_WAIT_MAX_NS : ns;
+}
+
 /* Beyond QEMU: what is written and not yet delivered stays bounded, to a
  * quarter of the threshold (a quarter of the pause the limit allows) but
  * never under 20 ms of the link (its bandwidth-delay product) nor 256 KiB.
@@ -88,12 +99,7 @@ bool lm_sw_wait_inflight(lm_outgoing *g, uint64_t now)
     uint64_t q = queued_bytes(g, false); /* in flight: what can drain */
     if (q <= bound)
         return false;
-    uint64_t ns = (q - bound) * 1000000000ull / bw;
-    if (ns < INFLIGHT_WAIT_MIN_NS)
-        ns = INFLIGHT_WAIT_MIN_NS;
-    if (ns > DRAIN_WAIT_MAX_NS)
-        ns = DRAIN_WAIT_MAX_NS;
-    lm_sw_wait_until(g, now + ns);
+    lm_sw_wait_until(g, now + drain_wait_ns(q - bound, bw, INFLIGHT_WAIT_MIN_NS));
     return true;
 }
 
@@ -264,13 +270,7 @@ static bool op_another_round_pays(void *opaque, uint64_t pending, uint64_t queue
 static void op_wait_drain(void *opaque, uint64_t queued)
 {
     lm_outgoing *g = opaque;
-    uint64_t bw = switchover_bw(g);
-    uint64_t ns = bw ? queued * 1000000000ull / bw : DRAIN_WAIT_MAX_NS;
-    if (ns < DRAIN_WAIT_MIN_NS)
-        ns = DRAIN_WAIT_MIN_NS;
-    if (ns > DRAIN_WAIT_MAX_NS)
-        ns = DRAIN_WAIT_MAX_NS;
-    lm_sw_wait_until(g, lm_now_ns() + ns);
+    lm_sw_wait_until(g, lm_now_ns() + drain_wait_ns(queued, switchover_bw(g), DRAIN_WAIT_MIN_NS));
 }
 
 /* Ready but for the ack, and nothing left to send right now: wait for the

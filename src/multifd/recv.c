@@ -335,31 +335,43 @@ static void *file_thread(void *arg)
     return NULL;
 }
 
-int lm_mfd_recv_new_file(lm_mfd_counters *ctr, lm_chan *main, const int *fds, unsigned n,
-                         bool own_fds, const char *path, lm_mfd_recv **out, lm_error *err)
+/* The receiver and its n channels, each knowing its index and r; the
+ * constructors below fill in what their kind needs.  NULL: out of memory. */
+static lm_mfd_recv *recv_alloc(lm_mfd_counters *ctr, lm_chan *main, unsigned n)
 {
     lm_mfd_recv *r = calloc(1, sizeof *r);
     recv_chan *ch = calloc(n ? n : 1, sizeof *ch);
     if (!r || !ch) {
         free(r);
         free(ch);
-        return lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
     }
     r->ctr = ctr;
     r->main = main;
     r->n = n;
     r->ch = ch;
-    r->file = true;
-    r->own_fds = own_fds;
-    snprintf(r->path, sizeof r->path, "%s", path);
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);
-    int ret = 0;
     for (unsigned i = 0; i < n; i++) {
         ch[i].r = r;
         ch[i].id = i;
-        ch[i].fd = fds[i]; /* r's when own_fds, once this returns 0 */
     }
+    return r;
+}
+
+int lm_mfd_recv_new_file(lm_mfd_counters *ctr, lm_chan *main, const int *fds, unsigned n,
+                         bool own_fds, const char *path, lm_mfd_recv **out, lm_error *err)
+{
+    lm_mfd_recv *r = recv_alloc(ctr, main, n);
+    if (!r)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    recv_chan *ch = r->ch;
+    r->file = true;
+    r->own_fds = own_fds;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    int ret = 0;
+    for (unsigned i = 0; i < n; i++)
+        ch[i].fd = fds[i]; /* r's when own_fds, once this returns 0 */
     for (unsigned i = 0; i < n && ret == 0; i++) {
         ret = -pthread_create(&ch[i].thread, NULL, file_thread, &ch[i]);
         if (ret < 0)
@@ -409,21 +421,12 @@ int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan 
                     lm_chan **chans, unsigned n, lm_mfd_recv **out, lm_error *err)
 {
     int ret = 0;
-    lm_mfd_recv *r = calloc(1, sizeof *r);
-    recv_chan *ch = calloc(n ? n : 1, sizeof *ch);
-    if (!r || !ch) {
-        free(r);
-        free(ch);
+    lm_mfd_recv *r = recv_alloc(ctr, main, n);
+    if (!r)
         return lm_error_set(err, -ENOMEM, "out of memory");
-    }
+    recv_chan *ch = r->ch;
     r->mem = mem;
     r->place = place;
-    r->ctr = ctr;
-    r->main = main;
-    r->n = n;
-    r->ch = ch;
-    pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->cond, NULL);
     const char *knob = getenv("LIVEMIG_TEST_MULTIFD");
     if (knob) {
         const char *d = strstr(knob, "delay=");
@@ -433,8 +436,6 @@ int lm_mfd_recv_new(lm_mem *mem, lm_place *place, lm_mfd_counters *ctr, lm_chan 
     size_t data = (size_t)LM_MFD_MAX_PAGES * LM_PAGE_SIZE;
     for (unsigned i = 0; i < n; i++) {
         recv_chan *c = &ch[i];
-        c->r = r;
-        c->id = i;
         c->chan = chans[i]; /* owned by r once this returns 0 */
         c->expect_packet = 1;
         /* Compressed data may exceed its input a little; the largest
