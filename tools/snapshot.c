@@ -130,7 +130,10 @@ static int check_deferred(qmpc *dst, lm_error *err)
     }
     if ((rc = qmpc_query_migrate(dst, &q, &qm, err)) < 0)
         goto out;
-    if (strcmp(q.status, "none") || json_object_get(qm, "socket-address"))
+    /* Waiting: nothing started, or an earlier restore ended (a refused
+     * file leaves the host waiting for another one). */
+    bool waiting = !strcmp(q.status, "none") || qmpc_status_final(q.status);
+    if (!waiting || json_object_get(qm, "socket-address"))
         rc = lm_error_set(err, -EBUSY,
                           "the host already has an incoming migration (status '%s'); start it "
                           "with --incoming defer",
