@@ -157,6 +157,11 @@ void usage_postcopy(FILE *f);
 int cmd_recover(int argc, char **argv);
 void usage_recover(FILE *f);
 int cmd_demo(int argc, char **argv);
+/* snapshot.c: save a guest to a file: URI, restore one from it. */
+int cmd_save(int argc, char **argv);
+void usage_save(FILE *f);
+int cmd_restore(int argc, char **argv);
+void usage_restore(FILE *f);
 /* inspect.c: the one tool file on the library's internal format/ headers. */
 int cmd_inspect(int argc, char **argv);
 void usage_inspect(FILE *f);
@@ -216,6 +221,12 @@ bool mig_opts_add_param(mig_opts *o, const char *cmd, const char *spec);
  * Returns the exit code (0 only when completed).  Honours cli_interrupted:
  * cancels the migration on the source and waits (bounded) for the end. */
 int mig_run(const mig_opts *o);
+/* migrate-set-capabilities with o's capabilities (and "events" when
+ * events; postcopy-ram with a postcopy option), migrate-set-parameters with
+ * its parameters; nothing is sent when there is nothing to set.  The error
+ * is prefixed with side ("source", "destination"). */
+int mig_set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, lm_error *err);
+int mig_set_params(qmpc *c, const char *side, const mig_opts *o, lm_error *err);
 
 /* ---------------------------------------- end of a migration (mig_end.c) */
 

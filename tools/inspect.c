@@ -8,9 +8,10 @@
  * (src/format/inspect.h on lm_fmt_walk_rec), never a second parser here.
  * Compressed multifd page data is decoded with the library's codecs
  * (multifd/multifd.h), one stream per channel as a destination does.
- * What a file is comes from its first bytes (lm_insp_detect): a mapped-ram
- * snapshot file becomes one more kind there and one more branch in
- * inspect_file.
+ * What a file is comes from its first bytes (lm_insp_detect).  A file
+ * saved with mapped-ram is a stream whose MAPPED_RAM record says where the
+ * bitmaps and pages are: the inspector checks the bitmaps and jumps over
+ * the page regions (the per-block "mapped-ram" lines).
  */
 #include "cli.h"
 #include "format/inspect.h"
@@ -203,8 +204,19 @@ static void print_text(const infile *f, FILE *o)
             const lm_insp_block *b = &s->blocks[i];
             fprintf(o, "    %-3u %-16s %9u %10s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "\n", i,
                     b->b.name, b->b.page_size, cli_fmt_bytes(b1, sizeof b1, (double)b->b.length),
-                    b->b.length / b->b.page_size, b->data_pages + b->mfd_normal,
-                    b->zero_pages + b->mfd_zero);
+                    b->b.length / b->b.page_size, b->data_pages + b->mfd_normal + b->mapped_present,
+                    b->zero_pages + b->mfd_zero +
+                        (s->mapped ? b->b.length / b->b.page_size - b->mapped_present : 0));
+            if (s->mapped && i < s->layout.nblocks) {
+                const lm_mapped_block *mb = &s->layout.b[i];
+                fprintf(o,
+                        "        mapped-ram %" PRIu64 " pages present, %" PRIu64
+                        " zero (holes); bitmap at %" PRIu64 " (%" PRIu64
+                        " bytes, CRC ok), pages at %" PRIu64 "..%" PRIu64 "\n",
+                        b->mapped_present, mb->npages - b->mapped_present, mb->bitmap_offset,
+                        lm_mapped_bitmap_region(mb->npages), mb->pages_offset,
+                        mb->pages_offset + mb->npages * mb->page_size);
+            }
             if (b->data_runs || b->zero_runs)
                 fprintf(o,
                         "        RAM_PAGES %" PRIu64 " pages in %" PRIu64 " runs, RAM_ZERO %" PRIu64
@@ -227,6 +239,16 @@ static void print_text(const infile *f, FILE *o)
                 " zero pages (no block table: inspect the main channel with it)\n",
                 s->mfd_normal, s->mfd_zero);
     }
+    if (s->mapped)
+        fprintf(o,
+                "  mapped-ram MAPPED_RAM at offset %" PRId64 ", layout version %" PRIu32
+                ": regions from file offset %" PRIu64 " to %" PRIu64
+                " (jumped over; the stream goes on there)%s\n",
+                s->mapped_off, s->layout.version, s->layout.record_end, s->layout.resume,
+                s->mapped_base ? ", the stream starts at file offset" : "");
+    if (s->mapped && s->mapped_base)
+        fprintf(o, "             %" PRIu64 " (the URI's offset=): offsets here are the stream's\n",
+                s->mapped_base);
     if (s->mfd_packets) {
         fprintf(o, "  multifd    %" PRIu64 " MULTIFD_PAGES packets, compression", s->mfd_packets);
         for (int m = 0; m < 4; m++)
@@ -350,10 +372,24 @@ static json_t *file_json(const infile *f)
         json_object_set_new(o, "compressed_bytes", j_u64(b->mfd_comp_bytes));
         json_object_set_new(o, "discarded_pages", j_u64(b->discard_pages));
         json_object_set_new(o, "requested_pages", j_u64(b->req_pages));
+        if (s->mapped && i < s->layout.nblocks) {
+            const lm_mapped_block *mb = &s->layout.b[i];
+            json_object_set_new(
+                o, "mapped_ram",
+                json_pack("{s:o, s:o, s:o, s:o}", "present_pages", j_u64(b->mapped_present),
+                          "zero_pages", j_u64(mb->npages - b->mapped_present), "bitmap_offset",
+                          j_u64(mb->bitmap_offset), "pages_offset", j_u64(mb->pages_offset)));
+        }
         json_array_append_new(blocks, o);
     }
     json_object_set_new(j, "blocks", blocks);
     json_object_set_new(j, "ram_blocks_records", j_u64(s->tables));
+    if (s->mapped)
+        json_object_set_new(
+            j, "mapped_ram",
+            json_pack("{s:o, s:I, s:o, s:o, s:o}", "offset", j_off(s->mapped_off), "version",
+                      (json_int_t)s->layout.version, "record_end", j_u64(s->layout.record_end),
+                      "resume", j_u64(s->layout.resume), "stream_base", j_u64(s->mapped_base)));
     json_t *secs = json_array();
     for (uint32_t i = 0; i < s->nsections; i++) {
         const lm_insp_section *c = &s->sections[i];
@@ -554,8 +590,8 @@ static void inspect_file(infile *f, const lm_insp *main_ch, bool records)
     int kind = lm_insp_detect(f->buf, f->len, &f->err);
     if (kind < 0)
         return;
-    /* kind == LM_INSP_STREAM: the only layout so far (a mapped-ram file
-     * would branch here). */
+    /* kind == LM_INSP_STREAM: the only layout (a mapped-ram file is one,
+     * its regions are checked by lm_insp_stream). */
     f->in = calloc(1, sizeof *f->in);
     if (!f->in) {
         lm_error_set(&f->err, -ENOMEM, "out of memory");

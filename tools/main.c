@@ -4,7 +4,8 @@
  * the QMP drivers migrate, status, cancel and postcopy, recover.c for
  * recover and migrate --auto-recover (mig_end.c: how a migration ends, the
  * summary and the postcopy policy; their display and --plot samples in
- * watch.c, progress.c and plot.c), inspect.c for inspect.  The tool uses
+ * watch.c, progress.c and plot.c), snapshot.c for save and restore,
+ * inspect.c for inspect.  The tool uses
  * only include/livemig.h (and cairo for the pictures), except inspect.c,
  * which decodes the wire format with the library's internal decoders.
  */
@@ -27,6 +28,8 @@ static const subcmd subcmds[] = {
     {"cancel", cmd_cancel, usage_cancel, "cancel a host's outgoing migration"},
     {"postcopy", cmd_postcopy, usage_postcopy, "switch a host's outgoing migration to postcopy"},
     {"recover", cmd_recover, usage_recover, "recover a paused postcopy migration (both sides)"},
+    {"save", cmd_save, usage_save, "save a guest to a file (live or background snapshot)"},
+    {"restore", cmd_restore, usage_restore, "restore a guest from a file saved by 'save'"},
     {"inspect", cmd_inspect, usage_inspect, "decode and validate a captured migration stream"},
     {"demo", cmd_demo, usage_demo, "migrate a live 1 GiB guest on this machine and verify it"},
     {NULL, NULL, NULL, NULL},

@@ -140,7 +140,7 @@ static json_t *param_json(const char *name, const char *value)
 
 /* "events" goes on wherever we can set capabilities: it is what lets us
  * wake on MIGRATION instead of waiting for the next poll. */
-static int set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, lm_error *err)
+int mig_set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, lm_error *err)
 {
     if (!events && !o->ncaps && o->postcopy == MIG_PC_NONE)
         return 0;
@@ -161,7 +161,7 @@ static int set_caps(qmpc *c, const char *side, const mig_opts *o, bool events, l
     return rc;
 }
 
-static int set_params(qmpc *c, const char *side, const mig_opts *o, lm_error *err)
+int mig_set_params(qmpc *c, const char *side, const mig_opts *o, lm_error *err)
 {
     if (!o->nparams)
         return 0;
@@ -203,7 +203,7 @@ static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t 
      * capabilities (QEMU takes them, livemig does not once it listens).  Go
      * on with a warning: a capability that must match on both sides then
      * fails the migration at its start with a clear error anyway. */
-    if (set_caps(dst, "destination", o, deferred, err) < 0) {
+    if (mig_set_caps(dst, "destination", o, deferred, err) < 0) {
         if (deferred) {
             rc = err->code;
             goto out;
@@ -214,7 +214,7 @@ static int prepare_destination(qmpc *dst, const mig_opts *o, char *real, size_t 
                 err->msg);
         lm_error_clear(err);
     }
-    if ((rc = set_params(dst, "destination", o, err)) < 0)
+    if ((rc = mig_set_params(dst, "destination", o, err)) < 0)
         goto out;
     if (deferred) {
         json_t *args = json_pack("{s:s}", "uri", o->uri);
@@ -275,7 +275,8 @@ int mig_run(const mig_opts *o)
 
     if (qmpc_connect(o->src, CONNECT_TIMEOUT_MS, &src, &err) < 0 ||
         qmpc_connect(o->dst, CONNECT_TIMEOUT_MS, &dst, &err) < 0 ||
-        set_caps(src, "source", o, true, &err) < 0 || set_params(src, "source", o, &err) < 0 ||
+        mig_set_caps(src, "source", o, true, &err) < 0 ||
+        mig_set_params(src, "source", o, &err) < 0 ||
         prepare_destination(dst, o, uri, sizeof uri, &err) < 0 ||
         (o->postcopy != MIG_PC_NONE && mig_pc_check_caps(src, dst, &err) < 0)) {
         cli_err("migrate", "%s", err.msg);

@@ -139,22 +139,17 @@ int lm_caps_check(uint64_t set, lm_error *err)
         /* QEMU's check_caps_background_snapshot, in its order.  (This
          * engine always has a return path; the capability still conflicts,
          * as in QEMU, so that the same settings are refused the same way.) */
-        static const lm_cap bad[] = {LM_CAP_POSTCOPY_RAM,
-                                     LM_CAP_DIRTY_BITMAPS,
-                                     LM_CAP_POSTCOPY_BLOCKTIME,
-                                     LM_CAP_LATE_BLOCK_ACTIVATE,
-                                     LM_CAP_RETURN_PATH,
-                                     LM_CAP_MULTIFD,
-                                     LM_CAP_PAUSE_BEFORE_SWITCHOVER,
-                                     LM_CAP_AUTO_CONVERGE,
-                                     LM_CAP_RELEASE_RAM,
-                                     LM_CAP_RDMA_PIN_ALL,
-                                     LM_CAP_XBZRLE,
-                                     LM_CAP_X_COLO,
-                                     LM_CAP_VALIDATE_UUID,
-                                     LM_CAP_ZERO_COPY_SEND,
-                                     LM_CAP_POSTCOPY_PREEMPT,
-                                     LM_CAP_SWITCHOVER_ACK};
+        static const lm_cap bad[] = {
+            LM_CAP_POSTCOPY_RAM, LM_CAP_DIRTY_BITMAPS, LM_CAP_POSTCOPY_BLOCKTIME,
+            LM_CAP_LATE_BLOCK_ACTIVATE, LM_CAP_RETURN_PATH, LM_CAP_MULTIFD,
+            LM_CAP_PAUSE_BEFORE_SWITCHOVER, LM_CAP_AUTO_CONVERGE, LM_CAP_RELEASE_RAM,
+            LM_CAP_RDMA_PIN_ALL, LM_CAP_XBZRLE, LM_CAP_X_COLO, LM_CAP_VALIDATE_UUID,
+            LM_CAP_ZERO_COPY_SEND, LM_CAP_POSTCOPY_PREEMPT, LM_CAP_SWITCHOVER_ACK,
+            /* Not in QEMU's list: this engine's
+             * snapshot writes the ordinary stream
+             * (a mapped-ram file would be left
+             * without its bitmaps). */
+            LM_CAP_MAPPED_RAM};
         for (unsigned i = 0; i < sizeof bad / sizeof bad[0]; i++)
             if (set & CAP(bad[i]))
                 return lm_error_set(err, -EINVAL, "Background-snapshot is not compatible with %s",

@@ -14,8 +14,8 @@
 
 /* ------------------------------------------------------------- detection */
 
-/* Layouts by their first bytes.  A mapped-ram snapshot file gets a row
- * (and the tool a branch) when that layout exists. */
+/* Layouts by their first bytes.  A mapped-ram file is a stream too (its
+ * HELLO first, the regions inside it: on_mapped). */
 static const struct {
     int kind;
     const char *name;
@@ -189,6 +189,13 @@ static int check_place(lm_insp *s, const lm_fmt_rec *r)
         why = "a second time";
     else if (t == LM_REC_POSTCOPY_DISCARD && s->postcopy_run_off >= 0)
         why = "after POSTCOPY_RUN";
+    else if (t == LM_REC_MAPPED_RAM && !(h->features & LM_FEAT_MAPPED_RAM))
+        why = "without the MAPPED_RAM feature in the HELLO";
+    else if (t == LM_REC_MAPPED_RAM && s->mapped)
+        why = "a second time";
+    else if ((t == LM_REC_RAM_PAGES || t == LM_REC_RAM_ZERO) && s->to_dst &&
+             (h->features & LM_FEAT_MAPPED_RAM))
+        why = "in a mapped-ram stream (its pages have their places in the file)";
     if (!why)
         return 0;
     snprintf(m, sizeof m, "%s record %s", tn, why);
@@ -234,6 +241,54 @@ static int on_mfd_data(lm_insp *s, const lm_fmt_rec *r)
         snprintf(m, sizeof m, "MULTIFD_PAGES packet %" PRIu64 ": %s", p->packet_num, e.msg);
         return fail(s, r->offset, e.code ? e.code : -EPROTO, m);
     }
+    return 0;
+}
+
+/* MAPPED_RAM (the walker decoded it and checked it against the table):
+ * the regions must lie in the file; every bitmap is read and checked.
+ * Offsets in the record are absolute file offsets; buf[0] is at file
+ * offset record_end - (the record's end in buf). */
+static int on_mapped(lm_insp *s, const lm_fmt_rec *r)
+{
+    char m[LM_ERROR_MSG_MAX + 64];
+    lm_mapped_layout *l = &s->layout;
+    lm_error e = {0};
+    if (lm_fmt_mapped_decode(r->payload, r->hdr.len, l, &e) < 0)
+        return fail(s, r->offset, e.code, e.msg); /* the walker decoded it already */
+    uint64_t end = r->offset + LM_REC_HDR_SIZE + (uint64_t)r->hdr.len;
+    if (l->record_end < end) {
+        snprintf(m, sizeof m,
+                 "MAPPED_RAM: corrupt header: record_end %" PRIu64 " is before the record's end "
+                 "(byte %" PRIu64 " of the stream)",
+                 l->record_end, end);
+        return fail(s, r->offset, -EPROTO, m);
+    }
+    s->mapped_base = l->record_end - end;
+    if (l->resume - l->record_end > s->len - end) {
+        snprintf(m, sizeof m,
+                 "MAPPED_RAM: truncated: the page regions end at file offset %" PRIu64
+                 ", past the end of the file (%" PRIu64 " bytes)",
+                 l->resume, s->mapped_base + s->len);
+        return fail(s, r->offset, -EPROTO, m);
+    }
+    for (uint32_t i = 0; i < l->nblocks; i++) {
+        const lm_mapped_block *mb = &l->b[i];
+        int64_t n = lm_fmt_mapped_bitmap_check(s->buf + (mb->bitmap_offset - s->mapped_base),
+                                               mb->npages, i, &e);
+        if (n < 0) {
+            /* e.msg is "MAPPED_RAM: block N: what": add the name and where. */
+            const char *what = strstr(e.msg, ": corrupt");
+            snprintf(m, sizeof m,
+                     "MAPPED_RAM: block %" PRIu32 " (\"%s\"), bitmap at file offset %" PRIu64
+                     ": %s",
+                     i, s->blocks[i].b.name, mb->bitmap_offset, what ? what + 2 : e.msg);
+            s->err_off = mb->bitmap_offset - s->mapped_base;
+            return lm_error_set(&s->err, e.code, "stream offset %" PRIu64 ": %s", s->err_off, m);
+        }
+        s->blocks[i].mapped_present = (uint64_t)n;
+    }
+    s->mapped = true;
+    s->mapped_off = (int64_t)r->offset;
     return 0;
 }
 
@@ -292,6 +347,9 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
         }
         break;
     }
+    case LM_REC_MAPPED_RAM:
+        rc = on_mapped(s, r);
+        break;
     case LM_REC_RAM_PASS:
         s->last_pass = r->u.u64;
         break;
@@ -312,6 +370,11 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
                 return fail(s, r->offset, -EPROTO, m);
             }
         }
+        if (s->to_dst && s->hello.role == LM_ROLE_MAIN &&
+            (s->hello.features & LM_FEAT_MAPPED_RAM) && !s->mapped)
+            return fail(s, r->offset, -EPROTO,
+                        "EOS without a MAPPED_RAM record, although the HELLO has the "
+                        "MAPPED_RAM feature (the pages are nowhere)");
         s->eos_off = (int64_t)r->offset;
         break;
     case LM_REC_ERROR:
@@ -378,7 +441,10 @@ int lm_insp_stream(lm_insp *s, const uint8_t *buf, size_t len, const lm_fmt_bloc
 {
     memset(s, 0, sizeof *s);
     s->hooks = hooks;
+    s->buf = buf;
+    s->len = len;
     s->size = len;
+    s->mapped_off = -1;
     s->switchover_off = s->postcopy_run_off = s->eos_off = s->error_off = -1;
     if (blocks && nblocks <= LM_RAM_MAX_BLOCKS) {
         for (uint32_t i = 0; i < nblocks; i++)

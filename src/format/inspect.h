@@ -41,6 +41,7 @@ typedef struct lm_insp_block {
     uint64_t mfd_comp_pages;           /* of mfd_normal: sent compressed ... */
     uint64_t mfd_comp_bytes;           /* ... in that many bytes */
     uint64_t discard_pages, req_pages; /* POSTCOPY_DISCARD, RP_REQ_PAGES */
+    uint64_t mapped_present;           /* mapped-ram: bits set in its bitmap */
 } lm_insp_block;
 
 typedef struct lm_insp_section {
@@ -90,6 +91,18 @@ typedef struct lm_insp {
     bool have_shut; /* an RP_SHUT record */
     int32_t shut_status;
     const lm_insp_hooks *hooks; /* lm_insp_stream's argument */
+    const uint8_t *buf;         /* ... and the stream, for the mapped-ram regions */
+    size_t len;
+    /* A mapped-ram file (docs/format.md §9.2): its MAPPED_RAM record, the
+     * layout (absolute file offsets), and the file offset of buf[0] (the
+     * migration URI's offset=, when the caller passed the stream from
+     * there).  Every bitmap is checked (CRC, no bit past the block) and
+     * counted into blocks[].mapped_present; the page regions are jumped
+     * over, the stream goes on at layout.resume. */
+    bool mapped;
+    int64_t mapped_off;
+    uint64_t mapped_base;
+    lm_mapped_layout layout;
     /* The first problem (err.code 0: none) and where it is. */
     lm_error err;
     uint64_t err_off;

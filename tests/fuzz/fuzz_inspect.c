@@ -10,7 +10,8 @@
  *  - the counts add up: records by type sum to the records, their bytes
  *    plus the HELLO to the valid length; a valid stream is valid to its
  *    last byte;
- *  - every counted page lies in its block; sections are bounded.
+ *  - every counted page lies in its block; sections are bounded; a
+ *    mapped-ram file's regions lie inside the input.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -52,8 +53,10 @@ static void run(const uint8_t *p, size_t n, const lm_fmt_block *t, uint32_t nt)
         bytes += s.rec_bytes[i];
     }
     CHECK(recs == s.records);
+    /* a mapped-ram file's regions lie between two records */
+    uint64_t gap = s.mapped ? s.layout.resume - s.layout.record_end : 0;
     if (s.have_hello)
-        CHECK(LM_HELLO_SIZE + bytes == s.valid);
+        CHECK(LM_HELLO_SIZE + bytes + gap == s.valid);
     else
         CHECK(s.records == 0);
     CHECK(s.nblocks <= LM_RAM_MAX_BLOCKS && s.nsections <= LM_INSP_MAX_SECTIONS);
@@ -61,7 +64,12 @@ static void run(const uint8_t *p, size_t n, const lm_fmt_block *t, uint32_t nt)
         const lm_insp_block *b = &s.blocks[i];
         CHECK(b->b.page_size >= 4096 && b->b.length % b->b.page_size == 0);
         CHECK(b->mfd_comp_pages <= b->mfd_normal);
+        CHECK(b->mapped_present <= b->b.length / b->b.page_size);
+        CHECK(!b->mapped_present || s.mapped);
     }
+    if (s.mapped)
+        CHECK(s.mapped_off >= 0 && s.layout.record_end - s.mapped_base <= n &&
+              s.layout.resume - s.mapped_base <= n);
     if (s.eos_off >= 0)
         CHECK((uint64_t)s.eos_off + LM_REC_HDR_SIZE <= s.valid);
     if (s.switchover_off >= 0)

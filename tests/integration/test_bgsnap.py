@@ -148,7 +148,7 @@ def cancel(t):
 def conflicts(t):
     src = t.guest("src", mem="64M")
     for other in ("postcopy-ram", "multifd", "return-path", "pause-before-switchover",
-                  "postcopy-blocktime", "late-block-activate"):
+                  "postcopy-blocktime", "late-block-activate", "mapped-ram"):
         e = src.qmp.expect_error("migrate-set-capabilities", {"capabilities": [
             {"capability": "background-snapshot", "state": True},
             {"capability": other, "state": True}]})

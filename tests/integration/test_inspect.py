@@ -9,7 +9,7 @@ pages sent with data (ram.normal), zero pages (ram.duplicate) and bytes
 sent exactly once.  Scenarios: a stopped guest, a running guest with the
 bulk device and switchover-ack, multifd with zstd compression (one file
 per channel, read together; the compressed data decoded, and found bad
-when a byte of it is flipped).  Then damaged copies of a real capture: cut
+when a byte of it is flipped), a mapped-ram file (its layout and bitmaps).  Then damaged copies of a real capture: cut
 short (mid-record and on a record boundary), bytes flipped in the HELLO
 and in record headers, an empty file, a foreign file and a QEMU stream,
 each refused with exit code 1 and an error naming what and at which
@@ -237,6 +237,50 @@ def postcopy(t):
     check(info["ram"]["postcopy-requests"] <= reqs <= sent,
           "RP_REQ_PAGES records %d: source counted %d, destination sent %s", reqs,
           info["ram"]["postcopy-requests"], sent)
+
+
+@R.test("a mapped-ram file: layout, bitmaps checked, regions jumped over")
+def mapped_ram(t):
+    """A stopped guest saved with mapped-ram and multifd: per block the
+    pages present (bits set) and the holes, which together are the block;
+    the present pages are the source's normal pages (the guest was stopped:
+    each page is saved once); the stream goes on after the regions (device
+    sections, EOS).  A flipped bitmap bit and a cut page region are
+    refused with what and where."""
+    src = t.guest("src", mem=MEM, workload="random", dirty_rate="8M", seed=5)
+    src.qmp.execute("stop")
+    path = os.path.join(t.tmpdir, "snap.lm")
+    set_caps(src, {"mapped-ram": True, "multifd": True})
+    set_params(src, {"multifd-channels": 2, "max-bandwidth": 0})
+    src.qmp.execute("migrate", {"uri": "file:" + path})
+    info = wait_status(src, "completed", 60)
+    j, _ = inspect_json([path])
+    f = j["files"][0]
+    check_main(f, ("multifd", "mapped-ram"))
+    m = f["mapped_ram"]
+    check(m["record_end"] < m["resume"] <= f["size"] and m["stream_base"] == 0,
+          "mapped_ram layout %r (size %d)", m, f["size"])
+    present = 0
+    for b in f["blocks"]:
+        mr = b["mapped_ram"]
+        check_eq(mr["present_pages"] + mr["zero_pages"], b["pages"],
+                 "block %s: present + holes" % b["name"])
+        check(mr["pages_offset"] % (1 << 20) == 0, "block %s pages at %d", b["name"],
+              mr["pages_offset"])
+        present += mr["present_pages"]
+    check_eq(present, info["ram"]["normal"], "present pages (query-migrate ram.normal)")
+    check(0 < present < sum(b["pages"] for b in f["blocks"]), "present pages %d", present)
+    rc, out, err = run_cli(["inspect", path])
+    check_eq(rc, 0, "text inspect exit code")
+    for want in ("mapped-ram", "pages present", "CRC ok",
+                 "jumped over; the stream goes on there", "EOS at offset"):
+        check(want in out, "text output lacks %r:\n%s", want, out)
+    b0 = f["blocks"][0]["mapped_ram"]
+    bad = damaged(t, path, "bitmap.lm", lambda d: d[:b0["bitmap_offset"]] +
+                  bytes([d[b0["bitmap_offset"]] ^ 1]) + d[b0["bitmap_offset"] + 1:])
+    expect_bad(bad, b0["bitmap_offset"], "block 0 (\"ram0\")", "corrupt bitmap")
+    cut = damaged(t, path, "cut.lm", lambda d: d[:m["resume"] - 4096])
+    expect_bad(cut, m["offset"], "MAPPED_RAM", "past the end of the file")
 
 
 def damaged(t, src_path, name, mutate):

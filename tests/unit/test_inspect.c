@@ -18,7 +18,7 @@
 #include "format/inspect.h"
 
 typedef struct sbuf {
-    uint8_t b[128 * 1024];
+    uint8_t b[3 << 20]; /* a mapped-ram file's regions start at 1 MiB */
     size_t len;
 } sbuf;
 
@@ -322,12 +322,81 @@ static void test_hooks(void **state)
     assert_non_null(strstr(in.err.msg, "no PING wanted"));
 }
 
+/* A mapped-ram file (docs/format.md §9.2) whose stream starts at file
+ * offset base (the URI's offset=): HELLO, RAM_BLOCKS, MAPPED_RAM, the
+ * bitmaps (block 0: pages 0..9 present; block 1: page 2), the page
+ * regions, a device section, EOS.  *l gets the layout. */
+static void mapped_file(sbuf *s, uint64_t base, uint64_t features, lm_mapped_layout *l)
+{
+    hello(s, LM_ROLE_MAIN, LM_HELLO_REQUEST, features);
+    blocks(s);
+    uint32_t plen = LM_MAPPED_HDR_SIZE + 2 * LM_MAPPED_ENTRY_SIZE;
+    lm_fmt_mapped_plan(table, 2, base + s->len + LM_REC_HDR_SIZE + plen, l);
+    uint8_t p[LM_MAPPED_MAX];
+    assert_int_equal(lm_fmt_mapped_encode(l, p, sizeof p), (int)plen);
+    rec(s, LM_REC_MAPPED_RAM, p, plen);
+    assert_int_equal(base + s->len, l->record_end);
+    memset(s->b + s->len, 0, l->resume - l->record_end);
+    uint8_t *bm0 = s->b + (l->b[0].bitmap_offset - base);
+    uint8_t *bm1 = s->b + (l->b[1].bitmap_offset - base);
+    bm0[0] = 0xff;
+    bm0[1] = 0x03;
+    bm1[0] = 0x04;
+    lm_fmt_mapped_bitmap_seal(bm0, l->b[0].npages);
+    lm_fmt_mapped_bitmap_seal(bm1, l->b[1].npages);
+    memset(s->b + (l->b[0].pages_offset - base), 0xa5, 10 * 4096);
+    s->len = l->resume - base;
+    section(s, LM_REC_SECTION_FULL, 0, "cpu", 56);
+    rec(s, LM_REC_EOS, NULL, 0);
+}
+
+static void test_mapped(void **state)
+{
+    static sbuf s;
+    lm_mapped_layout l;
+    for (uint64_t base = 0; base <= 8192; base += 8192) {
+        mapped_file(&s, base, LM_FEAT_MAPPED_RAM, &l);
+        assert_int_equal(lm_insp_stream(&in, s.b, s.len, NULL, 0, NULL), 0);
+        assert_true(in.mapped);
+        assert_int_equal(in.mapped_base, base);
+        assert_int_equal(in.layout.resume, l.resume);
+        assert_int_equal(in.blocks[0].mapped_present, 10);
+        assert_int_equal(in.blocks[1].mapped_present, 1);
+        assert_int_equal(in.nsections, 1); /* the stream goes on after the regions */
+        assert_int_equal(in.eos_off, (int64_t)s.len - LM_REC_HDR_SIZE);
+        assert_int_equal(in.valid, s.len);
+    }
+    /* A corrupt bitmap: refused at the bitmap, naming the block. */
+    mapped_file(&s, 0, LM_FEAT_MAPPED_RAM, &l);
+    s.b[l.b[1].bitmap_offset] ^= 0x10;
+    assert_refused(&s, l.b[1].bitmap_offset, "block 1 (\"ledger\")");
+    assert_non_null(strstr(in.err.msg, "corrupt bitmap"));
+    /* The page regions past the end of the file. */
+    mapped_file(&s, 0, LM_FEAT_MAPPED_RAM, &l);
+    s.len = l.resume - 1;
+    size_t moff = l.record_end - LM_REC_HDR_SIZE - (LM_MAPPED_HDR_SIZE + 2 * LM_MAPPED_ENTRY_SIZE);
+    assert_refused(&s, moff, "past the end of the file");
+    /* MAPPED_RAM without the feature; the feature without MAPPED_RAM. */
+    mapped_file(&s, 0, 0, &l);
+    assert_refused(&s, moff, "without the MAPPED_RAM feature");
+    hello(&s, LM_ROLE_MAIN, LM_HELLO_REQUEST, LM_FEAT_MAPPED_RAM);
+    blocks(&s);
+    size_t eos = rec(&s, LM_REC_EOS, NULL, 0);
+    assert_refused(&s, eos, "EOS without a MAPPED_RAM record");
+    /* RAM_PAGES in a mapped-ram stream. */
+    hello(&s, LM_ROLE_MAIN, LM_HELLO_REQUEST, LM_FEAT_MAPPED_RAM);
+    blocks(&s);
+    size_t pg = pages(&s, 0, 0, 1);
+    assert_refused(&s, pg, "in a mapped-ram stream");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts),   cmocka_unit_test(test_given_table),
         cmocka_unit_test(test_refusals), cmocka_unit_test(test_detect),
         cmocka_unit_test(test_hooks),    cmocka_unit_test(test_recovery_preempt),
+        cmocka_unit_test(test_mapped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
