@@ -717,6 +717,11 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     bool same = hdr[1] == (uint32_t)g->wl && hdr[2] == g->nthreads &&
                 (g->wl == WL_IDLE || g->nstarted == g->nthreads);
     sync_with_parked_workers(g);
+    /* Sparse pages keep version 1's body: check (and write) them so from
+     * now on, whatever this guest's own workload (its workers are parked,
+     * the lock above orders this before their next write). */
+    if (hdr[1] == WL_SPARSE)
+        sparse_body = true;
     if (same) {
         g->seed = get64(d + 16);
         __atomic_store_n(&g->base_writes, base, __ATOMIC_RELAXED);
