@@ -117,16 +117,26 @@ def postcopy_after(t):
     dst = t.dest("dst", transport="tcp", mem=MEM, workload="idle", defer=True,
                  caps={"postcopy-ram": True, "events": True})
     set_caps(src, {"xbzrle": True, "postcopy-ram": True, "events": True})
-    set_params(src, {"max-bandwidth": LINK})
+    # downtime-limit 0: precopy can never converge while the guest writes
+    # (the threshold is 0 bytes), so the switch below always finds it active.
+    set_params(src, {"max-bandwidth": LINK, "downtime-limit": 0})
     migrate(src, dst)
-    # Wait for deltas, then switch while they are still flowing.
-    wait_until(lambda: ((src.query_migrate().get("xbzrle-cache") or {}).get("pages", 0) > 100 or
-                        src.query_migrate().get("status") == "completed"), 90,
-               "XBZRLE pages before the switch")
+
+    def deltas():
+        info = src.query_migrate()
+        check(info.get("status") in ("setup", "active"), "source status %s before the switch",
+              info.get("status"))
+        return (info.get("xbzrle-cache") or {}).get("pages", 0) > 100
+
+    wait_until(deltas, 90, "XBZRLE pages before the switch")
     src.qmp.execute("migrate-start-postcopy")
+    wait_status(src, "postcopy-active", 30, fail_on=("completed", "failed", "cancelled"))
+    pages_at_switch = src.query_migrate()["xbzrle-cache"]["pages"]
     info = wait_status(src, "completed", 90)
     log("postcopy: %r, postcopy-bytes %s" % (info.get("xbzrle-cache"),
                                              info["ram"]["postcopy-bytes"]))
+    check(info["ram"]["postcopy-bytes"] > 0, "nothing was sent in postcopy")
+    check_eq(info["xbzrle-cache"]["pages"], pages_at_switch, "XBZRLE pages after the switch")
     wait_status(dst, "completed", 30)
     stop_and_verify(dst)
 
