@@ -264,6 +264,11 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
         if (r->u.run.block < s->nblocks)
             s->blocks[r->u.run.block].req_pages += r->u.run.count;
         break;
+    case LM_REC_RAM_XBZRLE:
+        b = &s->blocks[r->u.xbzrle.block]; /* checked against the table */
+        b->xbzrle_pages++;
+        b->xbzrle_bytes += r->u.xbzrle.data_len;
+        break;
     case LM_REC_RAM_ZERO:
         b = &s->blocks[r->u.zero.block];
         b->zero_pages += r->u.zero.count;

@@ -13,8 +13,11 @@ import re
 import socket
 import struct
 
-from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, set_caps,
-                    set_params, stop_and_verify, wait_runstate, wait_status, wait_until)
+import json
+import os
+
+from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, run_cli,
+                    set_caps, set_params, stop_and_verify, wait_runstate, wait_status, wait_until)
 
 R = Runner("xbzrle", per_test=120, budget=400)
 
@@ -198,6 +201,28 @@ def corrupt_case(t, name, enc, pattern):
 for _name, _enc, _pat in CORRUPT:
     R.add("a corrupt RAM_XBZRLE record fails the destination: %s" % _name, corrupt_case, _name,
           _enc, _pat)
+
+@R.test("livemig inspect counts RAM_XBZRLE pages and names a corrupt one with its offset")
+def inspect_stream(t):
+    page = rec(REC_RAM_PAGES, struct.pack("<IIQ", 1, 1, 5) + bytes(4096))
+    enc = bytes([8, 8]) + bytes(range(1, 9))
+    good = rec(REC_RAM_XBZRLE, struct.pack("<IHHQ", 1, len(enc), 0, 5) + enc)
+    path = os.path.join(t.tmpdir, "x.stream")
+    with open(path, "wb") as f:
+        f.write(hello() + blocks(16 << 20) + page + good + good + rec(0x30))
+    rc, out, err = run_cli(["inspect", "--json", path])
+    check_eq(rc, 0, "inspect exit code (stderr %r)" % err)
+    b = json.loads(out)["files"][0]["blocks"][1]
+    check_eq((b["xbzrle_pages"], b["xbzrle_bytes"]), (2, 20), "ram1's XBZRLE pages and bytes")
+    bad = rec(REC_RAM_XBZRLE, struct.pack("<IHHQ", 1, 4, 0, 5) + bytes([0x81, 0x20, 1, 9]))
+    with open(path, "wb") as f:
+        f.write(hello() + blocks(16 << 20) + page + bad + rec(0x30))
+    rc, out, err = run_cli(["inspect", path])
+    log("inspect: %r" % (out + err).strip().splitlines()[-1:])
+    check_eq(rc, 1, "inspect exit code on a corrupt delta")
+    check("unchanged run of 4097 bytes" in out + err and "offset" in out + err,
+          "inspect output %r does not name the corrupt delta and its offset", out + err)
+
 
 if __name__ == "__main__":
     R.main()
