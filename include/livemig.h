@@ -234,7 +234,7 @@ typedef struct lm_params {
     uint8_t multifd_zlib_level;                 /* 0..9, default 1 */
     uint8_t multifd_zstd_level;                 /* 0..20, default 1 */
     lm_zero_page_detection zero_page_detection; /* default multifd */
-    uint64_t xbzrle_cache_size;                 /* default only: 64 MiB */
+    uint64_t xbzrle_cache_size;                 /* bytes, a power of two >= 4096 (64 MiB) */
     uint8_t throttle_trigger_threshold;         /* 1..100 %, default 50 */
     uint8_t cpu_throttle_initial;               /* 1..99 %, default 20 */
     uint8_t cpu_throttle_increment;             /* 1..99 %, default 10 */
@@ -379,6 +379,18 @@ typedef struct lm_info {
     uint32_t cpu_throttle_percentage;
     uint64_t dirty_limit_mbps;
     uint64_t dirty_limit_throttle_us;
+    /* ---- 0.3 ---- */
+    /* source, capability xbzrle: QEMU's xbzrle-cache.  cache_size: bytes
+     * of the cache in use (xbzrle-cache-size, never more than the guest's
+     * RAM rounded up to a power of two); bytes: RAM_XBZRLE bytes sent,
+     * headers included, plus a page for every overflow (as QEMU); pages:
+     * pages sent as a delta; cache_miss: pages not found in the cache
+     * after the first round; the rates over the last >= 1 s period:
+     * misses per page handled, and page bytes per XBZRLE byte; overflow:
+     * deltas given up (too large), the page sent whole */
+    bool has_xbzrle;
+    uint64_t xbzrle_cache_size, xbzrle_bytes, xbzrle_pages, xbzrle_cache_miss, xbzrle_overflow;
+    double xbzrle_cache_miss_rate, xbzrle_encoding_rate;
 } lm_info;
 
 /* ---------------------------------------------------------------- events */

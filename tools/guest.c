@@ -58,10 +58,10 @@
 #define MAX_BULK 4
 #define CPU_MAGIC 0x30555043u /* "CPU0" */
 
-typedef enum workload { WL_IDLE, WL_RANDOM, WL_SEQUENTIAL, WL_HOT } workload;
+typedef enum workload { WL_IDLE, WL_RANDOM, WL_SEQUENTIAL, WL_HOT, WL_SPARSE } workload;
 typedef enum fill { FILL_NONE, FILL_RANDOM, FILL_ZERO } fill;
 
-static const char *const workload_names[] = {"idle", "random", "sequential", "hot"};
+static const char *const workload_names[] = {"idle", "random", "sequential", "hot", "sparse"};
 
 typedef struct region {
     void *map; /* what mmap returned (for munmap) */
@@ -168,6 +168,12 @@ static inline uint64_t page_seed(uint64_t idx, uint64_t ver)
  * the compression tests and benchmarks.  Set once before any thread. */
 static bool text_pattern;
 
+/* --workload sparse: a page's body is always that of version 1 and a
+ * write changes only its version word (8 bytes), so every version stays
+ * exactly checkable: the re-dirtied pages XBZRLE is for.  Set once before
+ * any thread. */
+static bool sparse_body;
+
 /* At least 512 bytes of text plus 8 for the last word of the window. */
 static const char TEXT[] =
     "livemig moves the memory and device state of a running workload from "
@@ -196,7 +202,7 @@ static inline uint64_t page_word(uint64_t s, unsigned k)
 static GUEST_MEMORY_WRITER void page_write(uint8_t *p, uint64_t idx, uint64_t ver)
 {
     uint64_t *w = (uint64_t *)p;
-    uint64_t s = page_seed(idx, ver);
+    uint64_t s = page_seed(idx, sparse_body ? 1 : ver);
     w[0] = idx;
     w[1] = ver;
     for (unsigned k = 2; k < WORDS; k++)
@@ -208,7 +214,7 @@ static bool page_ok(const uint8_t *p, uint64_t idx, uint64_t ver)
     const uint64_t *w = (const uint64_t *)p;
     if (w[0] != idx || w[1] != ver)
         return false;
-    uint64_t s = page_seed(idx, ver), diff = 0;
+    uint64_t s = page_seed(idx, sparse_body ? 1 : ver), diff = 0;
     for (unsigned k = 2; k < WORDS; k++)
         diff |= w[k] ^ page_word(s, k);
     return diff == 0;
@@ -446,7 +452,10 @@ static int64_t timespec_diff_ns(const struct timespec *a, const struct timespec 
 static GUEST_MEMORY_WRITER void write_pair(guest *g, uint64_t idx)
 {
     uint64_t ver = g->ledger[idx] + 1;
-    page_write(page_ptr(g, idx), idx, ver);
+    if (sparse_body && ver > 1)
+        ((uint64_t *)page_ptr(g, idx))[1] = ver; /* the one word that changes */
+    else
+        page_write(page_ptr(g, idx), idx, ver);
     g->ledger[idx] = ver;
 }
 
@@ -484,7 +493,7 @@ static void *worker_run(void *arg)
 
     /* Pacing (random): batches of ~1 ms worth of pages, then an absolute
      * sleep to the batch's deadline, so the rate holds without spinning. */
-    bool paced = g->wl == WL_RANDOM && g->dirty_rate > 0;
+    bool paced = (g->wl == WL_RANDOM || g->wl == WL_SPARSE) && g->dirty_rate > 0;
     double pps = (double)g->dirty_rate / PAGE / g->nthreads;
     uint64_t batch = paced ? (uint64_t)(pps / 1000) : 0;
     if (paced && batch < 1)
@@ -694,7 +703,7 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     memcpy(hdr, d, sizeof hdr);
     if (hdr[0] != CPU_MAGIC || hdr[3] != 0)
         return lm_error_set(err, -EPROTO, "cpu: bad magic 0x%08x", hdr[0]);
-    if (hdr[1] > WL_HOT || hdr[2] < 1 || hdr[2] > MAX_THREADS)
+    if (hdr[1] > WL_SPARSE || hdr[2] < 1 || hdr[2] > MAX_THREADS)
         return lm_error_set(err, -EPROTO, "cpu: workload %u / %u threads out of range", hdr[1],
                             hdr[2]);
     if (len != CPU_HDR + (size_t)hdr[2] * CPU_PER_THREAD)
@@ -708,6 +717,11 @@ static int cpu_load_state(void *opaque, uint32_t version, const uint8_t *d, size
     bool same = hdr[1] == (uint32_t)g->wl && hdr[2] == g->nthreads &&
                 (g->wl == WL_IDLE || g->nstarted == g->nthreads);
     sync_with_parked_workers(g);
+    /* Sparse pages keep version 1's body: check (and write) them so from
+     * now on, whatever this guest's own workload (its workers are parked,
+     * the lock above orders this before their next write). */
+    if (hdr[1] == WL_SPARSE)
+        sparse_body = true;
     if (same) {
         g->seed = get64(d + 16);
         __atomic_store_n(&g->base_writes, base, __ATOMIC_RELAXED);
@@ -923,8 +937,11 @@ void usage_guest(FILE *f)
                "                         migrate-incoming with 'defer'\n"
                "  --name NAME            the guest's name (QMP query-name; QEMU's -name)\n"
                "  --uuid UUID            its UUID (QMP query-uuid; default all zeros)\n"
-               "  --workload KIND        idle | random | sequential | hot (default idle)\n"
-               "  --dirty-rate RATE      random: bytes/s over all threads, K/M/G suffixes,\n"
+               "  --workload KIND        idle | random | sequential | hot | sparse (default\n"
+               "                         idle); sparse: sequential, each write changes one\n"
+               "                         8-byte word of a page (its version)\n"
+               "  --dirty-rate RATE      random, sparse: pages dirtied per second x 4096\n"
+               "                         (bytes/s) over all threads, K/M/G suffixes,\n"
                "                         0 = as fast as possible (default 64M)\n"
                "  --threads N            workload threads, 1..64 (default 1)\n"
                "  --seed N               random workload seed (default: from the clock)\n"
@@ -1052,17 +1069,18 @@ static int parse_flags(guest *g, int argc, char **argv)
             break;
         case O_WORKLOAD: {
             int w = -1;
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < (int)(sizeof workload_names / sizeof workload_names[0]); i++)
                 if (!strcmp(v, workload_names[i]))
                     w = i;
             if (w < 0) {
                 cli_err("guest",
                         "--workload: unknown workload '%s' (idle, random, "
-                        "sequential, hot)",
+                        "sequential, hot, sparse)",
                         v);
                 return CLI_EXIT_USAGE;
             }
             g->wl = (workload)w;
+            sparse_body = g->wl == WL_SPARSE;
             break;
         }
         case O_RATE:

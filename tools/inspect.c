@@ -222,6 +222,9 @@ static void print_text(const infile *f, FILE *o)
                         "        RAM_PAGES %" PRIu64 " pages in %" PRIu64 " runs, RAM_ZERO %" PRIu64
                         " pages in %" PRIu64 " runs\n",
                         b->data_pages, b->data_runs, b->zero_pages, b->zero_runs);
+            if (b->xbzrle_pages)
+                fprintf(o, "        RAM_XBZRLE %" PRIu64 " pages in %" PRIu64 " bytes of deltas\n",
+                        b->xbzrle_pages, b->xbzrle_bytes);
             if (b->mfd_normal || b->mfd_zero)
                 fprintf(o, "        multifd %" PRIu64 " data pages, %" PRIu64 " zero pages\n",
                         b->mfd_normal, b->mfd_zero);
@@ -366,6 +369,8 @@ static json_t *file_json(const infile *f)
         json_object_set_new(o, "data_runs", j_u64(b->data_runs));
         json_object_set_new(o, "zero_pages", j_u64(b->zero_pages));
         json_object_set_new(o, "zero_runs", j_u64(b->zero_runs));
+        json_object_set_new(o, "xbzrle_pages", j_u64(b->xbzrle_pages));
+        json_object_set_new(o, "xbzrle_bytes", j_u64(b->xbzrle_bytes));
         json_object_set_new(o, "multifd_data_pages", j_u64(b->mfd_normal));
         json_object_set_new(o, "multifd_zero_pages", j_u64(b->mfd_zero));
         json_object_set_new(o, "compressed_pages", j_u64(b->mfd_comp_pages));

@@ -135,6 +135,7 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
     case LM_REC_RAM_PAGES:
     case LM_REC_RAM_ZERO:
     case LM_REC_RAM_PASS:
+    case LM_REC_RAM_XBZRLE:
         if (in->running && h->type == LM_REC_RAM_BLOCKS)
             return lm_error_set(err, -EPROTO, "RAM_BLOCKS after POSTCOPY_RUN");
         if ((in->features & LM_FEAT_MAPPED_RAM) &&
@@ -143,6 +144,12 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
                                 "%s record in a mapped-ram stream (its pages are in the "
                                 "file's page regions)",
                                 lm_rec_type_name(h->type));
+        /* The source never combines XBZRLE with multifd (QEMU refuses the
+         * pair): a delta on the main channel could overtake, or be
+         * overtaken by, the page's full copy on a multifd channel. */
+        if (h->type == LM_REC_RAM_XBZRLE && (in->mfd || (in->features & LM_FEAT_MAPPED_RAM)))
+            return lm_error_set(err, -EPROTO, "RAM_XBZRLE record in a migration with %s",
+                                in->mfd ? "multifd channels" : "mapped-ram");
         ret = lm_ram_load_record(&m->mem, &m->place, c, h, in->tmp, err);
         if (ret < 0)
             return in->running ? lm_error_prefix(err, "postcopy") : ret;

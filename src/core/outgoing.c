@@ -491,6 +491,8 @@ static int setup(lm_outgoing *g, uint64_t caps, lm_error *err)
         m->ram.guest_running = lm_vm_runstate(m) == LM_RUN_RUNNING;
         m->ram.postcopy_capable = caps & (1ull << LM_CAP_POSTCOPY_RAM);
         m->ram.bgsnap = g->bgsnap;
+        m->ram.xbz_on = caps & (1ull << LM_CAP_XBZRLE);
+        m->ram.xbz_size = g->params.xbzrle_cache_size;
         ret = lm_savevm_setup(&m->sv, &lm_ram_handler_ops, &m->ram, g->ack_cap, &g->o, err);
     }
     if (ret == 0)

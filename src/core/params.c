@@ -63,7 +63,7 @@ static const struct {
     const char *name;
     bool supported;
 } caps[LM_CAP__MAX] = {
-    [LM_CAP_XBZRLE] = {"xbzrle", false},
+    [LM_CAP_XBZRLE] = {"xbzrle", true},
     [LM_CAP_RDMA_PIN_ALL] = {"rdma-pin-all", false},
     [LM_CAP_AUTO_CONVERGE] = {"auto-converge", true},
     [LM_CAP_ZERO_BLOCKS] = {"zero-blocks", false},
@@ -133,6 +133,12 @@ int lm_caps_check(uint64_t set, lm_error *err)
         return lm_error_set(err, -EINVAL, "postcopy preempt requires postcopy-ram");
     if ((set & CAP(LM_CAP_MAPPED_RAM)) && (set & CAP(LM_CAP_POSTCOPY_RAM)))
         return lm_error_set(err, -EINVAL, "Mapped-ram migration is incompatible with postcopy");
+    /* QEMU's words.  XBZRLE is used on the main channel only; with
+     * postcopy-ram it stops at the switch (QEMU does not refuse that). */
+    if ((set & CAP(LM_CAP_MULTIFD)) && (set & CAP(LM_CAP_XBZRLE)))
+        return lm_error_set(err, -EINVAL, "Multifd is not compatible with xbzrle");
+    if ((set & CAP(LM_CAP_MAPPED_RAM)) && (set & CAP(LM_CAP_XBZRLE)))
+        return lm_error_set(err, -EINVAL, "Mapped-ram migration is incompatible with xbzrle");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
         return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge");
     if (set & CAP(LM_CAP_BACKGROUND_SNAPSHOT)) {
@@ -276,8 +282,8 @@ int lm_zpd_from_name(const char *name, lm_zero_page_detection *out)
 
 #define P(x) (1ull << (x))
 
-/* Parameters the engine stores but does not act on: they tune xbzrle
- * and the destination's self-announce, neither of which this build has.  Each is accepted with its
+/* Parameters the engine stores but does not act on: they tune the
+ * destination's self-announce, which this build does not have.  Each is accepted with its
  * default value only (management software sets them routinely, usually to the default), so a
  * setting never silently does nothing. */
 static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
@@ -290,7 +296,6 @@ static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
                         "Parameter '%s' is not supported (only its default, %llu, is "             \
                         "accepted)",                                                               \
                         param_names[id], (unsigned long long)d.field)
-    ONLY_DEFAULT(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_INITIAL, announce_initial);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_MAX, announce_max);
     ONLY_DEFAULT(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds);

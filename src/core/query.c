@@ -61,6 +61,19 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     out->cpu_throttle_percentage = (uint32_t)LM_ATOMIC_GET(&st->cpu_throttle_pct);
     out->dirty_limit_mbps = LM_ATOMIC_GET(&st->dirty_limit_mbps);
     out->dirty_limit_throttle_us = out->dirty_limit_mbps ? LM_ATOMIC_GET(&st->dl_throttle_us) : 0;
+    pthread_mutex_lock(&m->lock);
+    out->has_xbzrle = m->caps & (1ull << LM_CAP_XBZRLE);
+    pthread_mutex_unlock(&m->lock);
+    if (out->has_xbzrle) {
+        const lm_xbz_counters *x = &st->ram.xbz;
+        out->xbzrle_cache_size = LM_ATOMIC_GET(&x->cache_size);
+        out->xbzrle_bytes = LM_ATOMIC_GET(&x->bytes);
+        out->xbzrle_pages = LM_ATOMIC_GET(&x->pages);
+        out->xbzrle_cache_miss = LM_ATOMIC_GET(&x->cache_miss);
+        out->xbzrle_overflow = LM_ATOMIC_GET(&x->overflow);
+        out->xbzrle_cache_miss_rate = (double)LM_ATOMIC_GET(&x->miss_rate_ppm) / 1e6;
+        out->xbzrle_encoding_rate = (double)LM_ATOMIC_GET(&x->encoding_rate_milli) / 1e3;
+    }
     out->multifd_bytes = LM_ATOMIC_GET(&st->mfd.bytes);
     out->multifd_channels = LM_ATOMIC_GET(&st->mfd.channels);
     for (unsigned i = 0; i < out->multifd_channels && i < LM_MULTIFD_MAX_CHANNELS; i++) {

@@ -43,6 +43,9 @@ void lm_sw_reload_params(lm_outgoing *g)
                   g->o.postcopy ? g->params.max_postcopy_bandwidth : g->params.max_bandwidth);
     }
     pthread_mutex_unlock(&m->lock);
+    /* xbzrle-cache-size applies at once, as in QEMU (this thread owns the
+     * cache; the allocation is done without m->lock). */
+    lm_ram_xbz_resize(&m->ram, g->params.xbzrle_cache_size);
 }
 
 static uint64_t switchover_bw(const lm_outgoing *g)

@@ -88,6 +88,7 @@ typedef enum lm_rec_type {
     LM_REC_POSTCOPY_RESUME = 0x24,  /* recovery: send the received bitmap, then resume */
     LM_REC_ACK_DEVICES = 0x28,      /* switchover-ack: the source's participating devices */
     LM_REC_MAPPED_RAM = 0x14,       /* mapped-ram file: where each block's pages are */
+    LM_REC_RAM_XBZRLE = 0x15,       /* one page as a delta against its last sent copy */
     LM_REC_EOS = 0x30,
     /* multifd: FLUSH on the main channel, PAGES and SYNC on multifd
      * channels (which also end with EOS) */
@@ -195,6 +196,45 @@ int lm_fmt_discard_decode(const uint8_t *payload, size_t len, lm_ram_zero *out, 
  * length (header + count * page_size) is the loader's to check. */
 int lm_fmt_ram_run_check(uint32_t block, uint64_t first_page, uint64_t count,
                          const lm_fmt_block *blocks, uint32_t nblocks, lm_error *err);
+
+/* ----------------------------------------------------------------- XBZRLE */
+
+/* RAM_XBZRLE payload (docs/format.md §4.16): a 16-byte header {u32 block,
+ * u16 data_len, u16 reserved 0, u64 page}, then data_len bytes: the page
+ * as a delta against the copy the destination holds, pairs of
+ * [ULEB128 unchanged-run][ULEB128 changed-run][changed-run bytes], each
+ * length one or two bytes (< 2^14, minimal), an unchanged run of 0 only
+ * in the first pair, a changed run never 0, the runs inside the page; the
+ * bytes after the last pair are unchanged.  Only for blocks of 4 KiB
+ * pages. */
+#define LM_XBZRLE_HDR_SIZE 16
+#define LM_XBZRLE_PAGE_MAX 4096 /* the only page size XBZRLE serves */
+#define LM_XBZRLE_DATA_MAX 4096 /* an encoding is at most a page (QEMU) */
+
+typedef struct lm_xbzrle_hdr {
+    uint32_t block;
+    uint16_t data_len;
+    uint64_t page;
+} lm_xbzrle_hdr;
+
+int lm_fmt_xbzrle_hdr_encode(const lm_xbzrle_hdr *h, uint8_t *buf, size_t cap);
+/* Checks data_len in 1..LM_XBZRLE_DATA_MAX, reserved zero, and that the
+ * record's payload length rec_len is exactly header + data_len. */
+int lm_fmt_xbzrle_hdr_decode(const uint8_t *buf, size_t len, uint32_t rec_len, lm_xbzrle_hdr *out,
+                             lm_error *err);
+/* Encodes cur against old (page_size bytes each, <= LM_XBZRLE_PAGE_MAX)
+ * into dst.  Returns the encoding's length, 0 when the page is unchanged
+ * (nothing to send), -ENOSPC as soon as the encoding would exceed dlen
+ * (the caller sends the page whole: an "overflow"). */
+int lm_fmt_xbzrle_encode(const uint8_t *old, const uint8_t *cur, uint32_t page_size, uint8_t *dst,
+                         size_t dlen);
+/* Checks the whole encoding src[0..slen) against a page of page_size
+ * bytes, then, when dst is not NULL, applies it to dst in place (a bad
+ * encoding leaves dst untouched).  Returns the page offset where the last
+ * changed run ended (> 0), or < 0 with err naming the byte and the rule
+ * broken. */
+int lm_fmt_xbzrle_decode(const uint8_t *src, size_t slen, uint8_t *dst, uint32_t page_size,
+                         lm_error *err);
 
 /* ---------------------------------------------------------------- multifd */
 
@@ -397,6 +437,7 @@ typedef struct lm_fmt_rec {
         lm_section_hdr section; /* SECTION_*: data is payload[data_off .. len) */
         lm_ram_run run;         /* RAM_PAGES, RP_REQ_PAGES */
         lm_ram_zero zero;       /* RAM_ZERO, POSTCOPY_DISCARD */
+        lm_xbzrle_hdr xbzrle;   /* RAM_XBZRLE */
         lm_mfd_pages mfd;       /* MULTIFD_PAGES */
         lm_recv_bitmap bitmap;  /* RP_RECV_BITMAP */
         lm_status_msg status;   /* ERROR, RP_SHUT */

@@ -193,8 +193,8 @@ static int check_place(lm_insp *s, const lm_fmt_rec *r)
         why = "without the MAPPED_RAM feature in the HELLO";
     else if (t == LM_REC_MAPPED_RAM && s->mapped)
         why = "a second time";
-    else if ((t == LM_REC_RAM_PAGES || t == LM_REC_RAM_ZERO) && s->to_dst &&
-             (h->features & LM_FEAT_MAPPED_RAM))
+    else if ((t == LM_REC_RAM_PAGES || t == LM_REC_RAM_ZERO || t == LM_REC_RAM_XBZRLE) &&
+             s->to_dst && (h->features & LM_FEAT_MAPPED_RAM))
         why = "in a mapped-ram stream (its pages have their places in the file)";
     if (!why)
         return 0;
@@ -318,6 +318,11 @@ static int on_record(void *opaque, const lm_fmt_rec *r)
     case LM_REC_RP_REQ_PAGES:
         if (r->u.run.block < s->nblocks)
             s->blocks[r->u.run.block].req_pages += r->u.run.count;
+        break;
+    case LM_REC_RAM_XBZRLE:
+        b = &s->blocks[r->u.xbzrle.block]; /* checked against the table */
+        b->xbzrle_pages++;
+        b->xbzrle_bytes += r->u.xbzrle.data_len;
         break;
     case LM_REC_RAM_ZERO:
         b = &s->blocks[r->u.zero.block];

@@ -35,13 +35,14 @@ const char *lm_insp_kind_name(int kind);
 
 typedef struct lm_insp_block {
     lm_fmt_block b;
-    uint64_t data_pages, data_runs;    /* RAM_PAGES */
-    uint64_t zero_pages, zero_runs;    /* RAM_ZERO */
-    uint64_t mfd_normal, mfd_zero;     /* MULTIFD_PAGES */
-    uint64_t mfd_comp_pages;           /* of mfd_normal: sent compressed ... */
-    uint64_t mfd_comp_bytes;           /* ... in that many bytes */
-    uint64_t discard_pages, req_pages; /* POSTCOPY_DISCARD, RP_REQ_PAGES */
-    uint64_t mapped_present;           /* mapped-ram: bits set in its bitmap */
+    uint64_t data_pages, data_runs;      /* RAM_PAGES */
+    uint64_t zero_pages, zero_runs;      /* RAM_ZERO */
+    uint64_t xbzrle_pages, xbzrle_bytes; /* RAM_XBZRLE: pages, bytes of encoding */
+    uint64_t mfd_normal, mfd_zero;       /* MULTIFD_PAGES */
+    uint64_t mfd_comp_pages;             /* of mfd_normal: sent compressed ... */
+    uint64_t mfd_comp_bytes;             /* ... in that many bytes */
+    uint64_t discard_pages, req_pages;   /* POSTCOPY_DISCARD, RP_REQ_PAGES */
+    uint64_t mapped_present;             /* mapped-ram: bits set in its bitmap */
 } lm_insp_block;
 
 typedef struct lm_insp_section {

@@ -75,6 +75,25 @@ static int walk_payload(walk_state *w, const lm_rec_hdr *h, const uint8_t *p, lm
         rc = lm_fmt_ram_run_check(z->block, z->first_page, z->count, w->blocks, w->nblocks, err);
         break;
     }
+    case LM_REC_RAM_XBZRLE: {
+        lm_xbzrle_hdr *x = &r->u.xbzrle;
+        rc = lm_fmt_xbzrle_hdr_decode(p, h->len, h->len, x, err);
+        if (rc < 0)
+            break;
+        if (!w->have_blocks)
+            return lm_error_set(err, -EPROTO, "RAM_XBZRLE before any RAM_BLOCKS");
+        rc = lm_fmt_ram_run_check(x->block, x->page, 1, w->blocks, w->nblocks, err);
+        if (rc < 0)
+            break;
+        if (w->blocks[x->block].page_size != LM_XBZRLE_PAGE_MAX)
+            return lm_error_set(err, -EPROTO,
+                                "RAM_XBZRLE: block %" PRIu32 " has %" PRIu32
+                                "-byte pages (XBZRLE serves 4 KiB pages only)",
+                                x->block, w->blocks[x->block].page_size);
+        rc = lm_fmt_xbzrle_decode(p + LM_XBZRLE_HDR_SIZE, x->data_len, NULL, LM_XBZRLE_PAGE_MAX,
+                                  err);
+        break;
+    }
     case LM_REC_POSTCOPY_DISCARD: {
         lm_ram_zero *z = &r->u.zero;
         rc = lm_fmt_discard_decode(p, h->len, z, err);

@@ -190,6 +190,8 @@ const char *lm_rec_type_name(uint8_t type)
         return "RP_RESUME_ACK";
     case LM_REC_MAPPED_RAM:
         return "MAPPED_RAM";
+    case LM_REC_RAM_XBZRLE:
+        return "RAM_XBZRLE";
     }
     return "unknown";
 }
@@ -226,6 +228,10 @@ static bool rec_len_range(uint8_t type, uint32_t *min, uint32_t *max)
     case LM_REC_RAM_ZERO:
     case LM_REC_POSTCOPY_DISCARD:
         *min = *max = LM_RAM_ZERO_SIZE;
+        return true;
+    case LM_REC_RAM_XBZRLE: /* the smallest pair: two lengths and one byte */
+        *min = LM_XBZRLE_HDR_SIZE + 3;
+        *max = LM_XBZRLE_HDR_SIZE + LM_XBZRLE_DATA_MAX;
         return true;
     case LM_REC_RAM_PASS:
     case LM_REC_MULTIFD_FLUSH:

@@ -137,6 +137,12 @@ int lm_place_pages(lm_place *pl, lm_ram_block *b, uint64_t first, uint64_t count
  * memory before the switch; through ops after). */
 int lm_place_recv(lm_place *pl, lm_chan *c, lm_ram_block *b, uint64_t first, uint64_t count,
                   uint8_t *scratch, lm_error *err);
+/* Applies an XBZRLE encoding (format.h) to page `page` of b in place and
+ * marks it received.  Refused once placement is atomic (postcopy) and on
+ * blocks whose pages are not 4 KiB; a bad encoding leaves the page
+ * untouched and says what was wrong. */
+int lm_place_delta(lm_place *pl, lm_ram_block *b, uint64_t page, const uint8_t *enc, size_t len,
+                   lm_error *err);
 void lm_place_set_atomic(lm_place *pl, const lm_place_ops *ops, void *opaque);
 void lm_place_reset(lm_place *pl);
 bool lm_place_is_atomic(const lm_place *pl);

@@ -83,6 +83,26 @@ int lm_place_recv(lm_place *pl, lm_chan *c, lm_ram_block *b, uint64_t first, uin
     return 0;
 }
 
+int lm_place_delta(lm_place *pl, lm_ram_block *b, uint64_t page, const uint8_t *enc, size_t len,
+                   lm_error *err)
+{
+    /* Postcopy places whole pages atomically; a delta would be applied to
+     * a page the running workload may be reading.  The source never sends
+     * one after the switch (QEMU neither). */
+    if (atomic_ops(pl))
+        return lm_error_set(err, -EPROTO, "an XBZRLE page after the switch to postcopy");
+    if (b->page_size != LM_XBZRLE_PAGE_MAX)
+        return lm_error_set(err, -EPROTO, "XBZRLE on a block of %u-byte pages", b->page_size);
+    lm_mem_prefault_view(b, b->base, b->prefaulted, page, 1);
+    /* In place, on the copy this page already holds (zero if it never
+     * received one: a page first sent as zero is cached as zero). */
+    int ret = lm_fmt_xbzrle_decode(enc, len, b->base + page * b->page_size, b->page_size, err);
+    if (ret < 0)
+        return ret;
+    lm_mem_mark_received(b, page, 1);
+    return 0;
+}
+
 void lm_place_set_atomic(lm_place *pl, const lm_place_ops *ops, void *opaque)
 {
     pl->opaque = opaque;

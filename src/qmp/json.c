@@ -116,6 +116,20 @@ json_t *lm_qmp_info_json(const lm_info *in)
         lm_qmp_put(o, "x-queued-bytes", lm_qmp_ju64(in->queued_bytes));
         lm_qmp_put(o, "x-switchover-queued-bytes", lm_qmp_ju64(in->switchover_queued_bytes));
     }
+    /* As QEMU: whenever the capability is on. */
+    if (in->has_xbzrle && in->has_ram && some) {
+        json_t *x = json_object();
+        if (x) {
+            lm_qmp_put(x, "cache-size", lm_qmp_ju64(in->xbzrle_cache_size));
+            lm_qmp_put(x, "bytes", lm_qmp_ju64(in->xbzrle_bytes));
+            lm_qmp_put(x, "pages", lm_qmp_ju64(in->xbzrle_pages));
+            lm_qmp_put(x, "cache-miss", lm_qmp_ju64(in->xbzrle_cache_miss));
+            lm_qmp_put(x, "cache-miss-rate", json_real(in->xbzrle_cache_miss_rate));
+            lm_qmp_put(x, "encoding-rate", json_real(in->xbzrle_encoding_rate));
+            lm_qmp_put(x, "overflow", lm_qmp_ju64(in->xbzrle_overflow));
+            lm_qmp_put(o, "xbzrle-cache", x);
+        }
+    }
     /* As QEMU: only while the throttle is in force. */
     if (in->cpu_throttle_percentage)
         lm_qmp_put(o, "cpu-throttle-percentage", json_integer(in->cpu_throttle_percentage));

@@ -67,6 +67,7 @@ static const member migration_info[] = {
     {"x-bandwidth", "uint64", OPT},
     {"x-queued-bytes", "uint64", OPT},
     {"x-switchover-queued-bytes", "uint64", OPT},
+    {"xbzrle-cache", "XBZRLECacheStats", OPT},
     {"cpu-throttle-percentage", "int", OPT},
     {"dirty-limit-throttle-time-per-round", "uint64", OPT},
     {"x-dirty-limit-mbps", "uint64", OPT},
@@ -93,6 +94,16 @@ static const member migration_stats[] = {
     {"postcopy-bytes", "uint64"},
     {"dirty-sync-missed-zero-copy", "uint64"},
     {"x-multifd-channels", "[XMultifdChannel]", OPT},
+    END,
+};
+static const member xbzrle_cache_stats[] = {
+    {"cache-size", "size"},
+    {"bytes", "int"},
+    {"pages", "int"},
+    {"cache-miss", "int"},
+    {"cache-miss-rate", "number"},
+    {"encoding-rate", "number"},
+    {"overflow", "int"},
     END,
 };
 static const member x_multifd_channel[] = {
@@ -212,6 +223,7 @@ static const struct named {
     {"MigrationCapabilityStatus", K_OBJECT, cap_status},
     {"MigrationInfo", K_OBJECT, migration_info},
     {"MigrationStats", K_OBJECT, migration_stats},
+    {"XBZRLECacheStats", K_OBJECT, xbzrle_cache_stats},
     {"XMultifdChannel", K_OBJECT, x_multifd_channel},
     {"XPostcopyInfo", K_OBJECT, x_postcopy_info},
     {"XDeviceInfo", K_OBJECT, x_device_info},

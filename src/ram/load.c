@@ -71,6 +71,27 @@ int lm_ram_read_zero_run(lm_mem *mem, lm_chan *c, const lm_rec_hdr *h, lm_ram_ze
     return lm_mem_stream_run(mem, z->block, z->first_page, z->count, what, bp, err);
 }
 
+/* RAM_XBZRLE: one page as a delta against what it holds; every error
+ * names the block and the page. */
+static int load_xbzrle(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h, lm_error *err)
+{
+    uint8_t buf[LM_XBZRLE_HDR_SIZE + LM_XBZRLE_DATA_MAX];
+    lm_xbzrle_hdr x;
+    lm_ram_block *b;
+    int ret = lm_rec_read_payload(c, h, buf, sizeof buf, "RAM_XBZRLE", err);
+    if (ret < 0)
+        return ret;
+    if (lm_fmt_xbzrle_hdr_decode(buf, h->len, h->len, &x, err) < 0)
+        return err && err->code ? err->code : -EPROTO;
+    if ((ret = lm_mem_stream_run(mem, x.block, x.page, 1, "RAM_XBZRLE", &b, err)) < 0)
+        return ret;
+    ret = lm_place_delta(pl, b, x.page, buf + LM_XBZRLE_HDR_SIZE, x.data_len, err);
+    if (ret < 0)
+        return lm_error_prefix(err, "RAM_XBZRLE: block '%s' page %llu", b->name,
+                               (unsigned long long)x.page);
+    return 0;
+}
+
 int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *h, uint8_t *scratch,
                        lm_error *err)
 {
@@ -93,6 +114,8 @@ int lm_ram_load_record(lm_mem *mem, lm_place *pl, lm_chan *c, const lm_rec_hdr *
             return ret;
         return lm_place_pages(pl, b, z.first_page, z.count, NULL, err);
     }
+    case LM_REC_RAM_XBZRLE:
+        return load_xbzrle(mem, pl, c, h, err);
     case LM_REC_RAM_PASS: {
         uint8_t p[8];
         uint64_t pass;

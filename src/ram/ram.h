@@ -21,6 +21,17 @@
 #include "multifd/multifd.h"
 #include "savevm/savevm.h"
 
+/* query-migrate's xbzrle-cache (relaxed atomics; xbzrle.c). */
+typedef struct lm_xbz_counters {
+    uint64_t cache_size;    /* bytes of the cache in use */
+    uint64_t bytes;         /* RAM_XBZRLE bytes sent (headers included), + a page per overflow */
+    uint64_t pages;         /* pages sent as RAM_XBZRLE */
+    uint64_t cache_miss;    /* pages not in the cache */
+    uint64_t overflow;      /* deltas given up: the page went whole */
+    uint64_t miss_rate_ppm; /* cache misses per page handled, last period, x 1e6 */
+    uint64_t encoding_rate_milli; /* page bytes per XBZRLE byte, last period, x 1000 */
+} lm_xbz_counters;
+
 /* query-migrate's RAM figures (relaxed atomics). */
 typedef struct lm_ram_counters {
     uint64_t remaining;        /* bytes still dirty */
@@ -28,6 +39,7 @@ typedef struct lm_ram_counters {
     uint64_t normal;           /* data pages sent on the main / preempt channel */
     uint64_t dirty_pages_rate; /* pages/s over periods of >= 1 s */
     uint64_t dirty_sync_count;
+    lm_xbz_counters xbz;
 } lm_ram_counters;
 
 /* What the sender tells or asks the rest of the engine (core sets these
@@ -76,7 +88,17 @@ typedef struct lm_ram {
     uint64_t period_dirty;
     uint64_t last_sync_ns;
     uint64_t last_sync_cost_ns; /* what the final sync will cost (expected downtime) */
+    /* XBZRLE (xbzrle.c): the capability and cache size, set before setup
+     * (the size again by lm_ram_xbz_resize); the cache; whether the first
+     * round is done (QEMU's xbzrle_started) */
+    bool xbz_on;
+    uint64_t xbz_size;
+    struct lm_xbz *xbz;
+    bool xbz_started;
+    uint64_t xbz_ram_bytes;
 } lm_ram;
+
+typedef struct lm_xbz lm_xbz;
 
 void lm_ram_init(lm_ram *r, lm_mem *mem, lm_ram_counters *ctr);
 void lm_ram_destroy(lm_ram *r);
@@ -101,6 +123,23 @@ bool lm_ram_dirty_run_locked(lm_ram *r, unsigned bi, uint64_t from, uint64_t end
                              uint64_t *p, uint64_t *q);
 /* From now on RAM is sent postcopy (at the switch, guest stopped). */
 void lm_ram_set_postcopy(lm_ram *r);
+
+/* ------------------------------------------------------------ xbzrle.c */
+
+/* Migration thread.  Setup allocates the cache when xbz_on (mapped
+ * lazily: a slot costs memory once a page is cached in it); cleanup frees
+ * it.  Resize takes effect at once with a new, empty cache (QEMU). */
+int lm_ram_xbz_setup(lm_ram *r, lm_error *err);
+void lm_ram_xbz_cleanup(lm_ram *r);
+void lm_ram_xbz_resize(lm_ram *r, uint64_t size);
+/* XBZRLE applies to the next background run on o: on, past the first
+ * round, on the main channel (no multifd, no mapped-ram), not postcopy. */
+bool lm_ram_xbz_active(const lm_ram *r, const lm_out *o);
+/* Sends the claimed pages [p, end) of block bi page by page: zero pages
+ * as RAM_ZERO, cached ones as RAM_XBZRLE deltas, the others whole. */
+int lm_ram_xbz_send(lm_ram *r, lm_out *o, unsigned bi, uint64_t p, uint64_t end);
+/* A dirty-rate period closed: cache-miss-rate and encoding-rate. */
+void lm_ram_xbz_period(lm_ram *r);
 
 /* ------------------------------------------------------------ bgsnap.c */
 

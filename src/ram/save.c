@@ -38,6 +38,7 @@ void lm_ram_destroy(lm_ram *r)
 void lm_ram_save_cleanup(lm_ram *r)
 {
     lm_ram_bgsnap_stop(r); /* before the maps its fault thread reads */
+    lm_ram_xbz_cleanup(r);
     if (r->tracker) {
         lm_dirty_stop(r->tracker);
         lm_dirty_free(r->tracker);
@@ -116,6 +117,8 @@ static int ram_save_setup(void *opaque, lm_out *o, lm_error *err)
     pthread_mutex_lock(&r->lock);
     r->dirty_pages = total;
     pthread_mutex_unlock(&r->lock);
+    if ((ret = lm_ram_xbz_setup(r, err)) < 0)
+        goto out;
     /* A running guest needs write tracking; a stopped one cannot dirty
      * anything, so one pass is exact and no tracker is needed.  A
      * background snapshot tracks nothing: it write-protects RAM when the
@@ -230,6 +233,7 @@ int lm_ram_sync(lm_ram *r, lm_out *o, lm_error *err)
         LM_ATOMIC_SET(&r->ctr->dirty_pages_rate, rate);
         if (r->hooks.period)
             r->hooks.period(r->hooks.period_opaque, r->period_dirty * LM_PAGE_SIZE);
+        lm_ram_xbz_period(r);
         r->period_start_ns = now;
         r->period_dirty = 0;
     }
@@ -429,7 +433,8 @@ static int64_t send_run(lm_ram *r, lm_out *o, unsigned bi, uint64_t from, uint64
         r->hooks.claimed(r->hooks.pc_opaque, bi, p, end - p, o);
     lm_ram_bgsnap_claimed_locked(r, bi, p, end);
     pthread_mutex_unlock(&r->lock);
-    int ret = lm_ram_send_pages(r, o, bi, p, end, true);
+    int ret = lm_ram_xbz_active(r, o) ? lm_ram_xbz_send(r, o, bi, p, end)
+                                      : lm_ram_send_pages(r, o, bi, p, end, true);
     if (ret == 0)
         ret = lm_ram_bgsnap_sent(r, bi, p, end);
     return ret < 0 ? ret : (int64_t)end;
@@ -483,6 +488,8 @@ static int ram_send(lm_ram *r, lm_out *o, uint64_t budget, bool timed, lm_error 
              * block we started from). */
             r->cur_block = (bi + 1) % mem->nblocks;
             r->cur_page = 0;
+            if (r->cur_block == 0) /* a round is complete (QEMU's xbzrle_started) */
+                r->xbz_started = true;
             if (++scanned_blocks > mem->nblocks + 1)
                 break; /* counter and maps disagree: trust the maps */
             continue;

@@ -214,8 +214,8 @@ def bad_uris(t):
         check_eq(e.cls, "GenericError", "error class for migrate %r" % (args,))
     # Unsupported capability: refused with "not supported yet".
     e = src.qmp.expect_error("migrate-set-capabilities",
-                             {"capabilities": [{"capability": "xbzrle", "state": True}]})
-    check("not supported yet" in e.desc, "xbzrle refused with %r", e.desc)
+                             {"capabilities": [{"capability": "x-colo", "state": True}]})
+    check("not supported yet" in e.desc, "x-colo refused with %r", e.desc)
     e = src.qmp.expect_error("migrate-set-capabilities",
                              {"capabilities": [{"capability": "no-such-cap", "state": True}]})
     check("no-such-cap" in e.desc, "unknown capability error %r does not name it", e.desc)

@@ -181,12 +181,11 @@ def caps_params(t):
     check_eq(p.get("downtime-limit"), 42, "downtime-limit after a refused set")
 
 
-# Parameters the engine stores but does not act on (xbzrle, self-announce):
+# Parameters the engine stores but does not act on (self-announce):
 # a value but the default is refused, naming
 # the parameter; the default itself is accepted, as management software
 # sets it routinely.  (name, non-default value, default)
 DEFAULT_ONLY = [
-    ("xbzrle-cache-size", 1 << 20, 64 << 20),
     ("announce-initial", 60, 50),
     ("announce-max", 600, 550),
     ("announce-rounds", 7, 5),

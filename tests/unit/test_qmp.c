@@ -533,9 +533,9 @@ static void test_set_parameters_errors(void **state)
         {"{\"max-bandwidth\": 5, \"vcpu-dirty-limit\": 0}", "Parameter 'vcpu-dirty-limit' expects"},
         {"{\"announce-rounds\": 7}",
          "Parameter 'announce-rounds' is not supported (only its default, 5, is accepted)"},
-        {"{\"xbzrle-cache-size\": 1048576}",
-         "Parameter 'xbzrle-cache-size' is not supported (only its default, 67108864, is "
-         "accepted)"},
+        {"{\"xbzrle-cache-size\": 1048577}",
+         "Parameter 'xbzrle-cache-size' expects a power of two no less than the target page "
+         "size"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char req[512];
@@ -671,11 +671,11 @@ static void test_capabilities(void **state)
                    "{\"capability\": \"pause-before-switchover\", \"state\": true}]}}");
     expect_return(r);
     json_decref(r);
-    /* all or nothing: events would be switched off, but xbzrle is refused */
+    /* all or nothing: events would be switched off, but x-colo is refused */
     r = raw_cmd(c, "{\"execute\": \"migrate-set-capabilities\", \"arguments\": {\"capabilities\": "
                    "[{\"capability\": \"events\", \"state\": false}, "
-                   "{\"capability\": \"xbzrle\", \"state\": true}]}}");
-    expect_error(r, "GenericError", "capability 'xbzrle' is not supported yet");
+                   "{\"capability\": \"x-colo\", \"state\": true}]}}");
+    expect_error(r, "GenericError", "capability 'x-colo' is not supported yet");
     json_decref(r);
     r = raw_cmd(c, "{\"execute\": \"migrate-set-capabilities\", \"arguments\": {\"capabilities\": "
                    "[{\"capability\": \"events\", \"state\": false}, "

@@ -345,7 +345,7 @@ static void test_params(void **state)
     assert_int_equal(got.downtime_limit, 10);
     /* capabilities: unsupported ones are refused, not silently taken */
     lm_error_clear(&err);
-    assert_true(lm_mig_set_capabilities(m, 1ull << LM_CAP_XBZRLE, 1ull << LM_CAP_XBZRLE, &err) < 0);
+    assert_true(lm_mig_set_capabilities(m, 1ull << LM_CAP_X_COLO, 1ull << LM_CAP_X_COLO, &err) < 0);
     assert_non_null(strstr(err.msg, "not supported yet"));
     assert_int_equal(lm_mig_get_capabilities(m), 0);
     assert_int_equal(lm_mig_set_capabilities(m, 1ull << LM_CAP_PAUSE_BEFORE_SWITCHOVER,
@@ -366,7 +366,6 @@ static void test_params_default_only(void **state)
         uint64_t other;      /* a non-default value, in range */
         const char *refused; /* the default, as the message has it */
     } only_default[] = {
-        {F(LM_PARAM_XBZRLE_CACHE_SIZE, xbzrle_cache_size), 1u << 20, "67108864"},
         {F(LM_PARAM_ANNOUNCE_INITIAL, announce_initial), 60, "50"},
         {F(LM_PARAM_ANNOUNCE_MAX, announce_max), 600, "550"},
         {F(LM_PARAM_ANNOUNCE_ROUNDS, announce_rounds), 7, "5"},
