@@ -352,6 +352,31 @@ def pid_alive(pid):
     return st[st.rindex(")") + 2] != "Z"
 
 
+def sigstop_and_wait(pid, timeout=10.0):
+    """SIGSTOP pid and return once every one of its threads is stopped
+    (state T in /proc/PID/task/*/stat).  kill(2) only queues the signal: a
+    thread the loaded machine has not run since is not stopped yet and may
+    still answer, which a test of a dead peer must not allow."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        running = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    st = f.read()
+            except OSError:
+                continue  # the thread ended
+            if st[st.rindex(")") + 2] not in "Tt":
+                running.append(tid)
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise TestFailure("pid %d: threads %s not stopped %.0f s after SIGSTOP" %
+                              (pid, ",".join(running), timeout))
+        time.sleep(0.005)
+
+
 # --------------------------------------------------------------------- QMP
 
 

@@ -33,8 +33,8 @@ import time
 
 import lmtest
 from lmtest import (Runner, check, check_eq, check_writes_increase, log, migrate, pid_alive,
-                    run_cli, set_caps, set_params, stop_and_verify, wait_runstate, wait_status,
-                    wait_until)
+                    run_cli, set_caps, set_params, sigstop_and_wait, stop_and_verify,
+                    wait_runstate, wait_status, wait_until)
 
 R = Runner("hostile", per_test=60, budget=300)
 
@@ -415,7 +415,7 @@ def dead_peer_case(t, how):
                "2 MB transferred")
     check_eq(src.query_migrate()["status"], "active", "source status before the fault")
     if how == "sigstop":
-        os.kill(dst.pid, signal.SIGSTOP)
+        sigstop_and_wait(dst.pid)
         t.closers.insert(0, lambda: os.kill(dst.pid, signal.SIGCONT) if dst.alive() else None)
     else:
         proxy.blackhole()
@@ -453,7 +453,7 @@ def dead_peer_verdict(t):
     set_params(src, {"x-precopy-timeout-ms": DEAD_TIMEOUT_MS})
     migrate(src, dst)
     wait_status(src, "pre-switchover", 30)
-    os.kill(dst.pid, signal.SIGSTOP)
+    sigstop_and_wait(dst.pid)
     t.closers.insert(0, lambda: os.kill(dst.pid, signal.SIGCONT) if dst.alive() else None)
     src.qmp.execute("migrate-continue", {"state": "pre-switchover"})
     info = wait_status(src, "failed", 20, fail_on=("completed", "cancelled"))
