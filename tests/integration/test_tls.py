@@ -9,6 +9,7 @@ an expired one."""
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -206,6 +207,82 @@ def x509_postcopy_preempt(t):
     src.qmp.execute("migrate-start-postcopy")
     wait_status(src, "postcopy-active", 15)
     set_params(src, {"max-bandwidth": 0})
+    finish(src, dst)
+
+
+@R.test("postcopy recovery over TLS: cut, a resume refused by tls-authz (authenticated "
+        "again), then recovered (main, preempt, multifd) and verified", timeout=60)
+def x509_recovery(t):
+    pki = make_pki()
+    caps = {"events": True, "postcopy-ram": True, "postcopy-preempt": True, "multifd": True}
+    tmo = {"x-postcopy-timeout-ms": 2000}
+    dst = dest(t, [x509_server_object(pki), authz_object(CLIENT_DN)],
+               dict(tmo, **{"tls-creds": "tls0", "tls-authz": "auth0"}), caps,
+               workload="random", dirty_rate="32M", seed=2)
+    src = source(t, [x509_client(pki)],
+                 dict(tmo, **{"tls-creds": "tls0", "max-bandwidth": 20 * 1000 * 1000,
+                              "downtime-limit": 1, "max-postcopy-bandwidth": 256 * 1000}),
+                 caps, workload="random", dirty_rate="32M", fill="random", seed=1)
+    px = t.proxy(dst.listen_uri(), listen="tcp")
+    src.qmp.execute("migrate", {"uri": px.uri})
+    wait_until(lambda: src.query_migrate().get("ram", {}).get("transferred", 0) > 4000000, 20,
+               "4 MB of precopy sent")
+    src.qmp.execute("migrate-start-postcopy")
+    for g in (src, dst):
+        wait_status(g, "postcopy-active", 20, fail_on=("failed", "completed", "cancelled"))
+    px.cut()
+    for g in (src, dst):
+        wait_status(g, "postcopy-paused", 20, fail_on=("failed", "completed", "cancelled"))
+    # The same client, no longer allowed: the resumed channel is
+    # authenticated again and refused.
+    dst.qmp.execute("object-del", {"id": "auth0"})
+    dst.qmp.execute("object-add", {"qom-type": "authz-list", "id": "auth0", "policy": "deny"})
+    dst.qmp.execute("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    uri = dst_uri(dst)
+    src.qmp.execute("migrate", {"uri": uri, "resume": True})
+    si = wait_until(lambda: (lambda i: i if i.get("status") == "postcopy-paused" and
+                             "tls-authz" in i.get("error-desc", "") else None)(
+                                 src.query_migrate()), 20, "the resume refused")
+    log("refused resume: source: %s" % si.get("error-desc"))
+    di = wait_until(lambda: (lambda i: i if i.get("status") == "postcopy-paused" and
+                             "tls-authz" in i.get("error-desc", "") else None)(
+                                 dst.query_migrate()), 20, "the destination refusing it")
+    log("refused resume: destination: %s" % di.get("error-desc"))
+    dst.qmp.execute("object-del", {"id": "auth0"})
+    dst.qmp.execute("object-add", {"qom-type": "authz-list", "id": "auth0", "policy": "deny",
+                                   "rules": [{"match": CLIENT_DN, "policy": "allow"}]})
+    dst.qmp.execute("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    src.qmp.execute("migrate", {"uri": dst_uri(dst), "resume": True})
+    for g in (src, dst):
+        wait_status(g, ("postcopy-active", "completed"), 20,
+                    fail_on=("failed", "cancelled", "postcopy-paused"))
+    set_params(src, {"max-postcopy-bandwidth": 0})
+    wait_status(src, "completed", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
+    wait_status(dst, "completed", 30, fail_on=("failed", "cancelled", "postcopy-paused"))
+    stop_and_verify(dst)
+
+
+def dst_uri(dst):
+    sa = dst.query_migrate().get("socket-address") or []
+    check(sa and sa[0].get("type") == "inet", "destination socket-address %r", sa)
+    return "tcp:%s:%s" % (sa[0].get("host", "127.0.0.1"), sa[0].get("port"))
+
+
+@R.test("strangers that never finish a TLS handshake do not hold the real source out")
+def strangers(t):
+    pki = make_pki()
+    dst = dest(t, [x509_server_object(pki)], {"tls-creds": "tls0"}, {"events": True})
+    host, port = dst_uri(dst)[4:].rsplit(":", 1)
+    socks = []
+    for first in (b"", b"\x16\x03\x01", b"\x16\x03\x01\x00\x10" + b"\x01" * 3):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        if first:
+            s.sendall(first)
+        socks.append(s)
+        t.closers.append(s.close)
+    src = source(t, [x509_client(pki)], {"tls-creds": "tls0"}, fill="random", seed=4)
+    migrate(src, dst)
+    # Held out, the source would fail: "did not answer HELLO within 10 s".
     finish(src, dst)
 
 
