@@ -791,8 +791,3 @@ int lm_chan_set_tls(lm_chan *c, lm_tls *t)
     lm_tls_set_transport(t, c, tls_pull, tls_push);
     return 0;
 }
-
-bool lm_chan_is_tls(const lm_chan *c)
-{
-    return c->tls != NULL;
-}

@@ -101,7 +101,6 @@ void lm_chan_free(lm_chan *c);
  * the counters count bytes on the wire.  Before the first read or write. */
 struct lm_tls;
 int lm_chan_set_tls(lm_chan *c, struct lm_tls *t);
-bool lm_chan_is_tls(const lm_chan *c);
 
 /* Write side.  Small writes are buffered (64 KiB); lm_chan_write_ref()
  * sends the buffered bytes, hdr and the caller's data in one writev without
