@@ -389,7 +389,10 @@ int lm_acceptor_take_tls(lm_acceptor *a, lm_tls **tls, lm_error *err)
 {
     *tls = a->last_tls;
     a->last_tls = NULL;
-    if (a->last_fail)
+    if (a->last_fail) {
+        lm_tls_free(*tls); /* its handshake failed: nothing to carry */
+        *tls = NULL;
         return lm_error_set(err, a->last_fail, "%s", a->last_msg);
+    }
     return a->last_plain ? 1 : 0;
 }

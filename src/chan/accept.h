@@ -3,6 +3,9 @@
  * until it has sent its greeting (the HELLO) or run out of time.  A
  * stranger that connects and says nothing costs one slot for a bounded
  * time; it never delays the connections that do speak (issue 12, defect 1).
+ * With TLS (cfg.tls) each connection's handshake runs in the same poll
+ * loop, one non-blocking step at a time, within the same deadline, and
+ * the greeting is read inside TLS.
  *
  * Threads: an acceptor belongs to the one thread that calls it.  Another
  * thread interrupts lm_acceptor_next() by making cancel_fd readable (an

@@ -74,8 +74,8 @@ int lm_tls_handshake(lm_tls *t, const char *what, int timeout_ms, int cancel_fd,
  * application data (the acceptor reads the HELLO this way): bytes, 0 none
  * yet, < 0 error or EOF (err says which). */
 ssize_t lm_tls_recv_nb(lm_tls *t, void *p, size_t n, lm_error *err);
-/* When the server refuses a client (authz), it tells it with an alert
- * before closing; true when this session was refused that way. */
+/* The server refusing a client (tls-authz): a fatal "access denied"
+ * alert, sent without blocking, before the connection is closed. */
 void lm_tls_refuse(lm_tls *t);
 
 /* ---- attached to a channel (chan.c) ----

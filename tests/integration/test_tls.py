@@ -286,6 +286,22 @@ def strangers(t):
     finish(src, dst)
 
 
+@R.test("cancel during the TLS handshake (a destination that never answers its ClientHello)")
+def cancel_in_handshake(t):
+    pki = make_pki()
+    src = source(t, [x509_client(pki)], {"tls-creds": "tls0", "tls-hostname": "localhost"})
+    silent = t.silent()
+    src.qmp.execute("migrate", {"uri": silent.uri})
+    # The ClientHello went out (a TLS handshake record), then nothing.
+    wait_until(lambda: len(silent.received) >= 5, 20, "the source's ClientHello")
+    check_eq(silent.received[:1], b"\x16", "first byte: a TLS handshake record")
+    check_eq(src.query_migrate().get("status"), "setup", "source status before cancel")
+    src.qmp.execute("migrate_cancel")
+    info = wait_status(src, "cancelled", 10, fail_on=("failed", "completed"))
+    log("cancelled: %r" % info.get("error-desc"))
+    check_eq(src.status(), "running", "source run state")
+
+
 @R.test("psk (tls-creds-psk, username default 'qemu'), authz on the username")
 def psk_ok(t):
     pki = make_pki()
