@@ -224,6 +224,11 @@ bool lm_tls_creds_is_server(const lm_tls_creds *c)
     return c->server;
 }
 
+bool lm_tls_creds_needs_hostname(const lm_tls_creds *c)
+{
+    return !c->server && !c->psk && c->verify_peer;
+}
+
 /* ------------------------------------------------------------------ authz */
 
 int lm_authz_new(bool allow_default, const lm_authz_rule *rules, unsigned n, lm_authz **out,

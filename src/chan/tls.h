@@ -39,6 +39,8 @@ int lm_tls_creds_psk_new(const char *dir, bool server, const char *username, lm_
 lm_tls_creds *lm_tls_creds_ref(lm_tls_creds *c);
 void lm_tls_creds_unref(lm_tls_creds *c);
 bool lm_tls_creds_is_server(const lm_tls_creds *c);
+/* A client that checks the server's certificate against a name. */
+bool lm_tls_creds_needs_hostname(const lm_tls_creds *c);
 
 /* authz-list: rules tried in order, the first whose match fits the
  * client's distinguished name decides; none: the list's policy. */

@@ -270,6 +270,10 @@ int lm_mig_tls_select_locked(lm_mig *m, bool server, const lm_uri *u, lm_error *
                  p->tls_hostname[0]      ? p->tls_hostname
                  : u->kind == LM_URI_TCP ? u->host
                                          : "");
+    if (cr && lm_tls_creds_needs_hostname(cr) && !m->tls_host[0])
+        return lm_error_set(err, -EINVAL,
+                            "tls-hostname is needed with a unix: or fd: URI: the name the "
+                            "destination's certificate must carry");
     return 0;
 }
 

@@ -416,6 +416,8 @@ def objects_errors(t):
     e = q.expect_error("migrate", {"uri": "tcp:127.0.0.1:1"})
     check("needs endpoint=client" in str(e), "server creds on a source: %r", e)
     set_params(g, {"tls-creds": "tls0"})
+    e = q.expect_error("migrate", {"uri": "unix:" + os.path.join(t.tmpdir, "none.sock")})
+    check("tls-hostname is needed with a unix: or fd: URI" in str(e), "unix: no name: %r", e)
     e = q.expect_error("migrate", {"uri": "file:" + os.path.join(t.tmpdir, "x.img")})
     check("cannot be used with a file: URI" in str(e), "file: with TLS: %r", e)
     q.execute("object-del", {"id": "srv"})
