@@ -13,8 +13,8 @@ import socket
 import subprocess
 import tempfile
 
-from lmtest import (Runner, check, check_eq, log, set_caps, set_params, stop_and_verify,
-                    wait_runstate, wait_status, wait_until, migrate)
+from lmtest import (Runner, check, check_eq, log, migrate, scaled, set_caps, set_params,
+                    stop_and_verify, wait_runstate, wait_status, wait_until)
 
 R = Runner("tls", per_test=30, budget=240)
 
@@ -215,7 +215,9 @@ def x509_postcopy_preempt(t):
 def x509_recovery(t):
     pki = make_pki()
     caps = {"events": True, "postcopy-ram": True, "postcopy-preempt": True, "multifd": True}
-    tmo = {"x-postcopy-timeout-ms": 2000}
+    # A cut is an RST on both sides: no silence bound needed (default 10 s,
+    # scaled for sanitizer builds).
+    tmo = {"x-postcopy-timeout-ms": int(10000 * scaled(1))}
     dst = dest(t, [x509_server_object(pki), authz_object(CLIENT_DN)],
                dict(tmo, **{"tls-creds": "tls0", "tls-authz": "auth0"}), caps,
                workload="random", dirty_rate="32M", seed=2)
