@@ -11,7 +11,7 @@ JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
 DEB_PKGS := build-essential cmake ninja-build pkg-config python3 clang clang-format \
             libjansson-dev libzstd-dev zlib1g-dev liblz4-dev libcmocka-dev libcairo2-dev \
-            libfontconfig-dev iproute2
+            libfontconfig-dev iproute2 libgnutls28-dev gnutls-bin
 # `make bench` only: its charts (bench/charts.py) and rendering them to look at.
 # Debian's matplotlib is Debian's python3's: the bench runs with that one.
 BENCH_DEB_PKGS := python3-matplotlib librsvg2-bin

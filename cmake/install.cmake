@@ -21,7 +21,7 @@ install(FILES ${CMAKE_SOURCE_DIR}/include/livemig.h DESTINATION ${CMAKE_INSTALL_
 # names the prefix actually installed to (`cmake --install --prefix P`
 # changes CMAKE_INSTALL_PREFIX only then).  Requires.private names the
 # pkg-config modules the static library was built against.
-set(LM_PC_REQUIRES "jansson libzstd zlib liblz4")
+set(LM_PC_REQUIRES "jansson libzstd zlib liblz4 gnutls")
 install(CODE "
   set(LM_PC_IN \"${CMAKE_SOURCE_DIR}/cmake/livemig.pc.in\")
   set(LM_PC_OUT \"${CMAKE_BINARY_DIR}/livemig.pc\")

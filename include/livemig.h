@@ -219,6 +219,9 @@ typedef enum lm_zero_page_detection {
     LM_ZPD_MULTIFD,
 } lm_zero_page_detection;
 
+/* Longest id of an object (tls-creds, authz-list). */
+#define LM_TLS_ID_MAX 63
+
 /* Migration parameters, QEMU's names (with '-' for '_') and defaults; see
  * lm_params_default().  Sizes are bytes, times milliseconds.  The ones
  * marked "default only" tune features this build does not have (xbzrle,
@@ -262,6 +265,14 @@ typedef struct lm_params {
      * with O_DIRECT on descriptors of their own (the unaligned main stream
      * stays on a normal one); needs capability mapped-ram; default false */
     bool direct_io;
+    /* ---- 0.3 ---- QEMU's TLS parameters ("" = off): the id of a
+     * tls-creds-x509 / tls-creds-psk object (lm_mig_object_add), the name
+     * the destination's certificate must carry (default: the tcp: URI's
+     * host), and (destination) the id of an authz-list that must allow the
+     * client's certificate DN */
+    char tls_creds[LM_TLS_ID_MAX + 1];
+    char tls_hostname[256];
+    char tls_authz[LM_TLS_ID_MAX + 1];
 } lm_params;
 
 /* One bit per lm_params field, for lm_mig_set_params()'s "which" mask. */
@@ -290,6 +301,9 @@ typedef enum lm_param {
     LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD,
     LM_PARAM_X_PRECOPY_TIMEOUT_MS,
     LM_PARAM_DIRECT_IO,
+    LM_PARAM_TLS_CREDS,
+    LM_PARAM_TLS_HOSTNAME,
+    LM_PARAM_TLS_AUTHZ,
     LM_PARAM__MAX
 } lm_param;
 
@@ -564,6 +578,18 @@ LM_API int lm_mig_pause(lm_mig *m, lm_error *err);
 
 /* QMP `query-migrate`. */
 LM_API void lm_mig_query(lm_mig *m, lm_info *out);
+
+/* QEMU's user-creatable objects for migration TLS (QMP object-add and
+ * object-del, -object): type "tls-creds-x509" (dir, endpoint
+ * client|server, verify-peer), "tls-creds-psk" (dir, endpoint, username)
+ * or "authz-list" (policy allow|deny, rules.N.match, rules.N.policy,
+ * rules.N.format exact|glob), with properties as n key/value strings
+ * (booleans "on"/"off"/"true"/"false").  Credentials are loaded now:
+ * errors name the file or property.  Parameters tls-creds and tls-authz
+ * name them by id.  Thread: any.  Blocks: reads the credential files. */
+LM_API int lm_mig_object_add(lm_mig *m, const char *type, const char *id, unsigned n,
+                             const char *const *keys, const char *const *vals, lm_error *err);
+LM_API int lm_mig_object_del(lm_mig *m, const char *id, lm_error *err);
 
 /* The guest's name and UUID, QEMU's -name and -uuid (QMP query-name,
  * query-uuid).  name: 1..LM_NAME_MAX printable ASCII bytes, or NULL for

@@ -92,6 +92,10 @@ extern volatile sig_atomic_t cli_interrupted;
  * blocking calls return EINTR) and ignores SIGPIPE. */
 void cli_catch_signals(void);
 
+/* object_opt.c: `--object TYPE,id=ID,key=value,...` (QEMU's -object, ",,"
+ * escapes a comma) through lm_mig_object_add. */
+int cli_object_add(lm_mig *m, const char *spec, lm_error *err);
+
 /* --------------------------------------------------------------- QMP */
 
 typedef struct lm_qmp_client qmpc;

@@ -56,6 +56,7 @@
 #define SAMPLES 5 /* 5 samples 250 ms apart: a 1 s window */
 #define SAMPLE_MS 250
 #define MAX_BULK 4
+#define MAX_OBJECTS 16
 #define CPU_MAGIC 0x30555043u /* "CPU0" */
 
 typedef enum workload { WL_IDLE, WL_RANDOM, WL_SEQUENTIAL, WL_HOT, WL_SPARSE } workload;
@@ -104,6 +105,8 @@ struct guest {
     bulk_cfg bulk_cfgs[MAX_BULK];
     unsigned nbulk;
     bulk *bulks[MAX_BULK];
+    const char *objects[MAX_OBJECTS]; /* --object specs, in order */
+    unsigned nobjects;
     /* cpu device: page writes not counted by the current workers' counters
      * (the fill, and writes made elsewhere before a migration); written
      * only with the workload stopped */
@@ -937,6 +940,8 @@ void usage_guest(FILE *f)
                "                         migrate-incoming with 'defer'\n"
                "  --name NAME            the guest's name (QMP query-name; QEMU's -name)\n"
                "  --uuid UUID            its UUID (QMP query-uuid; default all zeros)\n"
+               "  --object TYPE,id=ID,...  QEMU's -object: tls-creds-x509, tls-creds-psk or\n"
+               "                         authz-list for migration TLS (repeatable)\n"
                "  --workload KIND        idle | random | sequential | hot | sparse (default\n"
                "                         idle); sparse: sequential, each write changes one\n"
                "                         8-byte word of a page (its version)\n"
@@ -986,6 +991,7 @@ enum {
     O_BACKEND,
     O_NAME,
     O_UUID,
+    O_OBJECT,
 };
 
 static const cli_opt guest_opts[] = {
@@ -1005,6 +1011,7 @@ static const cli_opt guest_opts[] = {
     {"mem-backend", true, O_BACKEND},
     {"name", true, O_NAME},
     {"uuid", true, O_UUID},
+    {"object", true, O_OBJECT},
     {NULL, false, 0},
 };
 
@@ -1139,6 +1146,13 @@ static int parse_flags(guest *g, int argc, char **argv)
                 cli_err("guest", "--pattern: unknown pattern '%s' (random, text)", v);
                 return CLI_EXIT_USAGE;
             }
+            break;
+        case O_OBJECT:
+            if (g->nobjects >= MAX_OBJECTS) {
+                cli_err("guest", "--object: at most %d objects", MAX_OBJECTS);
+                return CLI_EXIT_USAGE;
+            }
+            g->objects[g->nobjects++] = v;
             break;
         case O_DEVICE: {
             lm_error e = {0};
@@ -1282,6 +1296,11 @@ int cmd_guest(int argc, char **argv)
         cli_err("guest", "--name/--uuid: %s", err.msg);
         goto out;
     }
+    for (unsigned i = 0; i < g->nobjects; i++)
+        if (cli_object_add(g->m, g->objects[i], &err) < 0) {
+            cli_err("guest", "--object %s: %s", g->objects[i], err.msg);
+            goto out;
+        }
     for (unsigned i = 0; i < g->nbulk; i++) {
         if (bulk_new(&g->bulk_cfgs[i], i, incoming, g->seed, &g->bulks[i], &err) < 0 ||
             bulk_register(g->bulks[i], g->m, &err) < 0) {

@@ -18,12 +18,14 @@
 #include "chan/accept.h"
 
 #include "chan/chan.h"
+#include "chan/tls.h"
 #include "util/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,6 +42,12 @@ typedef struct pend {
     uint64_t deadline_ns;
     size_t got;
     uint8_t buf[LM_ACCEPT_GREETING_MAX];
+    /* TLS: the session (handshaking until hs_done); plain: the peer sent
+     * plaintext; fail: the handshake's error (done, nothing read) */
+    lm_tls *tls;
+    bool hs_done, plain;
+    int fail;
+    char fail_msg[LM_ERROR_MSG_MAX];
 } pend;
 
 struct lm_acceptor {
@@ -49,6 +57,11 @@ struct lm_acceptor {
     unsigned n;
     struct pollfd *pfd; /* cancel, listener, then one per pending */
     lm_acceptor_stats st;
+    /* what TLS made of the connection handed over last (take_tls) */
+    lm_tls *last_tls;
+    bool last_plain;
+    int last_fail;
+    char last_msg[LM_ERROR_MSG_MAX];
 };
 
 int lm_acceptor_new(int lfd, int cancel_fd, const lm_acceptor_cfg *cfg, lm_acceptor **out,
@@ -80,6 +93,7 @@ int lm_acceptor_new(int lfd, int cancel_fd, const lm_acceptor_cfg *cfg, lm_accep
 
 static void drop(lm_acceptor *a, unsigned i)
 {
+    lm_tls_free(a->p[i].tls);
     close(a->p[i].fd);
     memmove(&a->p[i], &a->p[i + 1], (a->n - i - 1) * sizeof *a->p);
     a->n--;
@@ -91,6 +105,7 @@ void lm_acceptor_free(lm_acceptor *a)
         return;
     while (a->n)
         drop(a, a->n - 1);
+    lm_tls_free(a->last_tls);
     free(a->p);
     free(a->pfd);
     free(a);
@@ -216,10 +231,59 @@ static int accept_some(lm_acceptor *a, lm_error *err)
     return 0;
 }
 
+/* TLS: the handshake's next step, then the greeting inside it.  Returns
+ * true when it dealt with the connection, false when the peer turned out
+ * to speak plaintext (read it as such). */
+static bool tls_greeting(lm_acceptor *a, unsigned i)
+{
+    pend *p = &a->p[i];
+    lm_error e = {0};
+    if (!p->tls && lm_tls_new(a->cfg.tls, p->fd, NULL, a->cfg.authz, &p->tls, &e) < 0)
+        goto failed;
+    if (!p->hs_done) {
+        int r = lm_tls_handshake_step(p->tls, &e);
+        if (r == -ENOPROTOOPT) {
+            lm_tls_free(p->tls);
+            p->tls = NULL;
+            p->plain = true;
+            return false;
+        }
+        if (r < 0)
+            goto failed;
+        if (r > 0)
+            return true;
+        p->hs_done = true;
+    }
+    while (p->got < a->cfg.greeting_len) {
+        ssize_t n = lm_tls_recv_nb(p->tls, p->buf + p->got, a->cfg.greeting_len - p->got, &e);
+        if (n == 0)
+            return true;
+        if (n < 0) {
+            if (p->got > 0) {
+                p->done = true;
+                return true;
+            }
+            drop(a, i); /* handshaken, then gone without a word */
+            a->st.silent++;
+            return true;
+        }
+        p->got += (size_t)n;
+    }
+    p->done = true;
+    return true;
+failed:
+    p->fail = e.code ? e.code : -EPROTO;
+    snprintf(p->fail_msg, sizeof p->fail_msg, "%s", e.msg);
+    p->done = true;
+    return true;
+}
+
 /* Reads what connection i has of its greeting (poll said readable). */
 static void read_greeting(lm_acceptor *a, unsigned i)
 {
     pend *p = &a->p[i];
+    if (a->cfg.tls && !p->plain && tls_greeting(a, i))
+        return;
     size_t want = a->cfg.greeting_len - p->got;
     ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
     if (n < 0 && errno == ENOTSOCK)
@@ -252,6 +316,11 @@ static void hand_over(lm_acceptor *a, unsigned i, int *fd_out, uint8_t *buf, siz
     *fd_out = p->fd;
     memcpy(buf, p->buf, p->got);
     *len = p->got;
+    lm_tls_free(a->last_tls);
+    a->last_tls = p->tls;
+    a->last_plain = p->plain;
+    a->last_fail = p->fail;
+    memcpy(a->last_msg, p->fail_msg, sizeof a->last_msg);
     memmove(&a->p[i], &a->p[i + 1], (a->n - i - 1) * sizeof *a->p);
     a->n--;
 }
@@ -294,7 +363,9 @@ int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t 
         a->pfd[nf++] = (struct pollfd){.fd = a->cancel_fd, .events = POLLIN};
         a->pfd[nf++] = (struct pollfd){.fd = a->lfd, .events = POLLIN};
         for (unsigned i = 0; i < a->n; i++)
-            a->pfd[nf++] = (struct pollfd){.fd = a->p[i].fd, .events = POLLIN};
+            a->pfd[nf++] = (struct pollfd){
+                .fd = a->p[i].fd,
+                .events = a->p[i].tls && !a->p[i].hs_done ? lm_tls_events(a->p[i].tls) : POLLIN};
         int r = poll(a->pfd, nf, timeout); /* negative fds are ignored by poll */
         if (r < 0 && errno == EINTR)
             continue;
@@ -312,4 +383,16 @@ int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t 
                 return ret;
         }
     }
+}
+
+int lm_acceptor_take_tls(lm_acceptor *a, lm_tls **tls, lm_error *err)
+{
+    *tls = a->last_tls;
+    a->last_tls = NULL;
+    if (a->last_fail) {
+        lm_tls_free(*tls); /* its handshake failed: nothing to carry */
+        *tls = NULL;
+        return lm_error_set(err, a->last_fail, "%s", a->last_msg);
+    }
+    return a->last_plain ? 1 : 0;
 }

@@ -3,6 +3,9 @@
  * until it has sent its greeting (the HELLO) or run out of time.  A
  * stranger that connects and says nothing costs one slot for a bounded
  * time; it never delays the connections that do speak (issue 12, defect 1).
+ * With TLS (cfg.tls) each connection's handshake runs in the same poll
+ * loop, one non-blocking step at a time, within the same deadline, and
+ * the greeting is read inside TLS.
  *
  * Threads: an acceptor belongs to the one thread that calls it.  Another
  * thread interrupts lm_acceptor_next() by making cancel_fd readable (an
@@ -19,11 +22,21 @@
 /* The most a greeting may be (bytes). */
 #define LM_ACCEPT_GREETING_MAX 64
 
+struct lm_tls;
+struct lm_tls_creds;
+struct lm_authz;
+
 typedef struct lm_acceptor_cfg {
     size_t greeting_len;     /* bytes every connection must send first, <= LM_ACCEPT_GREETING_MAX */
     int greeting_timeout_ms; /* each connection's time for it, from its accept */
     unsigned max_pending;    /* connections still greeting at once (>= 1): a new one
                               * closes the oldest (the one silent for longest) */
+    /* TLS (NULL: none): every connection is a TLS server session with
+     * these credentials, handshaken in the same poll loop within the
+     * greeting's time, the client checked against authz (NULL: any); the
+     * greeting is read inside TLS.  Referenced, not owned. */
+    struct lm_tls_creds *tls;
+    struct lm_authz *authz;
 } lm_acceptor_cfg;
 
 typedef struct lm_acceptor_stats {
@@ -59,6 +72,13 @@ int lm_acceptor_add(lm_acceptor *a, int fd, lm_error *err);
  * err: the caller names timeouts and cancels in its own words. */
 int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t *buf, size_t *len,
                      lm_error *err);
+
+/* After lm_acceptor_next handed a connection over, what TLS made of it:
+ * 0 with *tls the handshaken session (the caller's; NULL without TLS), 1
+ * when TLS was wanted and the peer sent plaintext (its greeting was read
+ * as such), < 0 when its handshake or authorisation failed (err says why;
+ * len was 0, the fd is still the caller's to close). */
+int lm_acceptor_take_tls(lm_acceptor *a, struct lm_tls **tls, lm_error *err);
 
 /* Connections greeting now, and the counters so far. */
 unsigned lm_acceptor_pending(const lm_acceptor *a);

@@ -22,6 +22,8 @@
  */
 #include "chan/chan.h"
 
+#include "chan/tls.h"
+
 #include <errno.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
@@ -75,6 +77,13 @@ struct lm_chan {
     /* bytes one read or write syscall may move (0: no limit); see
      * lm_chan_set_io_slice */
     _Atomic size_t io_slice;
+
+    /* TLS (lm_chan_set_tls): the session, and the ciphertext buffers its
+     * transport uses so that one syscall carries many records: tout
+     * (writer only), tin/tin_pos/tin_len (reader only). */
+    lm_tls *tls;
+    uint8_t *tout, *tstage, *tin;
+    size_t tout_len, tin_pos, tin_len;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -167,6 +176,10 @@ void lm_chan_free(lm_chan *c)
 {
     if (!c)
         return;
+    lm_tls_free(c->tls);
+    free(c->tout);
+    free(c->tstage);
+    free(c->tin);
     if (c->fd >= 0)
         close(c->fd);
     pthread_mutex_destroy(&c->lock);
@@ -267,8 +280,9 @@ static ssize_t write_once(lm_chan *c, struct iovec *iov, int cnt)
     return c->guard_sigpipe ? writev_nosigpipe(c->fd, iov, cnt) : writev(c->fd, iov, cnt);
 }
 
-/* Writes all of iov[0..cnt) (modifies iov).  Returns 0 or the sticky error. */
-static int send_all(lm_chan *c, struct iovec *iov, int cnt)
+/* Writes all of iov[0..cnt) to the fd (modifies iov).  Returns 0 or the
+ * sticky error. */
+static int raw_send_all(lm_chan *c, struct iovec *iov, int cnt)
 {
     uint64_t busy = 0;
     int r = 0;
@@ -355,6 +369,14 @@ out:
     return r;
 }
 
+static int tls_send_all(lm_chan *c, struct iovec *iov, int cnt);
+
+/* Writes all of iov[0..cnt) (modifies iov), encrypted on a TLS channel. */
+static int send_all(lm_chan *c, struct iovec *iov, int cnt)
+{
+    return c->tls ? tls_send_all(c, iov, cnt) : raw_send_all(c, iov, cnt);
+}
+
 void lm_chan_set_io_slice(lm_chan *c, size_t bytes)
 {
     atomic_store_explicit(&c->io_slice, bytes, memory_order_relaxed);
@@ -438,7 +460,7 @@ int lm_chan_write_ref(lm_chan *c, const void *hdr, size_t hlen, const void *data
 
 /* One read syscall into p (up to n bytes).  Returns bytes (> 0) or the
  * sticky error; EOF is an error here because every caller needs the bytes. */
-static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
+static ssize_t raw_read_some(lm_chan *c, void *p, size_t n, bool waitall)
 {
     for (;;) {
         ssize_t got;
@@ -483,6 +505,14 @@ static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
         }
         return set_error_fmt(c, -e, "%s: read: %s", c->name, strerror(e));
     }
+}
+
+static ssize_t tls_read_some(lm_chan *c, void *p, size_t n);
+
+/* Up to n bytes into p (> 0), or the sticky error; decrypted on TLS. */
+static ssize_t read_some(lm_chan *c, void *p, size_t n, bool waitall)
+{
+    return c->tls ? tls_read_some(c, p, n) : raw_read_some(c, p, n, waitall);
 }
 
 static int refill(lm_chan *c)
@@ -599,6 +629,8 @@ int lm_chan_wait_readable(lm_chan *c, int timeout_ms)
         return r;
     if (c->rpos < c->rlen)
         return 1;
+    if (c->tls && (c->tin_pos < c->tin_len || lm_tls_pending(c->tls)))
+        return 1;
 
     uint64_t deadline = timeout_ms >= 0 ? mono_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
     for (;;) {
@@ -620,4 +652,142 @@ int lm_chan_wait_readable(lm_chan *c, int timeout_ms)
         /* POLLHUP/POLLERR count as readable: the read reports what it is. */
         return n > 0 ? 1 : 0;
     }
+}
+
+/* ------------------------------------------------------------------- TLS */
+
+#define TLS_BUF (256u << 10)
+
+/* The session's transport, reader side: ciphertext from tin, refilled by
+ * one raw read of up to 256 KiB (a record is read in one piece, not as a
+ * header and a body). */
+static ssize_t tls_pull(void *ctx, void *p, size_t n)
+{
+    lm_chan *c = ctx;
+    if (c->tin_pos == c->tin_len) {
+        ssize_t got = raw_read_some(c, c->tin, TLS_BUF, false);
+        if (got < 0)
+            return -1; /* the sticky error says why */
+        c->tin_pos = 0;
+        c->tin_len = (size_t)got;
+    }
+    size_t take = c->tin_len - c->tin_pos < n ? c->tin_len - c->tin_pos : n;
+    memcpy(p, c->tin + c->tin_pos, take);
+    c->tin_pos += take;
+    return (ssize_t)take;
+}
+
+static int tls_flush_out(lm_chan *c)
+{
+    if (!c->tout_len)
+        return 0;
+    struct iovec v = {c->tout, c->tout_len};
+    c->tout_len = 0;
+    return raw_send_all(c, &v, 1);
+}
+
+/* Writer side: records gather in tout and go out in one syscall when it
+ * is full or the send is over (tls_send_all). */
+static ssize_t tls_push(void *ctx, const struct iovec *iov, int cnt)
+{
+    lm_chan *c = ctx;
+    ssize_t total = 0;
+    for (int i = 0; i < cnt; i++) {
+        const uint8_t *p = iov[i].iov_base;
+        size_t n = iov[i].iov_len;
+        while (n) {
+            if (c->tout_len == TLS_BUF && tls_flush_out(c) < 0)
+                return -1;
+            size_t k = TLS_BUF - c->tout_len < n ? TLS_BUF - c->tout_len : n;
+            memcpy(c->tout + c->tout_len, p, k);
+            c->tout_len += k;
+            p += k;
+            n -= k;
+            total += (ssize_t)k;
+        }
+    }
+    return total;
+}
+
+static int tls_error(lm_chan *c, ssize_t code, const char *op)
+{
+    int r = sticky(c);
+    if (r)
+        return r; /* the transport's own error (EOF, timeout, shutdown) */
+    char why[200];
+    lm_tls_describe(c->tls, code, why, sizeof why);
+    return set_error_fmt(c, -EPROTO, "%s: %s: %s", c->name, op, why);
+}
+
+static int tls_send(lm_chan *c, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t k = lm_tls_send(c->tls, p, n);
+        if (k <= 0)
+            return tls_error(c, k, "write");
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Full records: a piece of a record's size or more is encrypted from
+ * where it is; small pieces (headers) are staged into one record first. */
+static int tls_send_all(lm_chan *c, struct iovec *iov, int cnt)
+{
+    size_t rec = lm_tls_record_max(c->tls), sl = 0;
+    if (rec > TLS_BUF)
+        rec = TLS_BUF;
+    int r = 0;
+    for (int i = 0; i < cnt && !r; i++) {
+        const uint8_t *p = iov[i].iov_base;
+        size_t left = iov[i].iov_len;
+        while (left && !r) {
+            if (sl == 0 && left >= rec) {
+                size_t k = left - left % rec;
+                r = tls_send(c, p, k);
+                p += k;
+                left -= k;
+                continue;
+            }
+            size_t k = rec - sl < left ? rec - sl : left;
+            memcpy(c->tstage + sl, p, k);
+            sl += k;
+            p += k;
+            left -= k;
+            if (sl == rec) {
+                r = tls_send(c, c->tstage, sl);
+                sl = 0;
+            }
+        }
+    }
+    if (!r && sl)
+        r = tls_send(c, c->tstage, sl);
+    if (!r)
+        r = tls_flush_out(c);
+    c->tout_len = 0;
+    return r ? r : sticky(c);
+}
+
+static ssize_t tls_read_some(lm_chan *c, void *p, size_t n)
+{
+    ssize_t got = lm_tls_recv(c->tls, p, n);
+    if (got > 0) {
+        return got;
+    }
+    if (got == 0)
+        return set_error_fmt(c, -EPIPE, "%s: peer closed the connection", c->name);
+    return tls_error(c, got, "read");
+}
+
+int lm_chan_set_tls(lm_chan *c, lm_tls *t)
+{
+    if (!(c->tout = malloc(TLS_BUF)) || !(c->tin = malloc(TLS_BUF)) ||
+        !(c->tstage = malloc(TLS_BUF))) {
+        lm_tls_free(t);
+        return set_error_fmt(c, -ENOMEM, "%s: out of memory", c->name);
+    }
+    c->tls = t;
+    lm_tls_set_transport(t, c, tls_pull, tls_push);
+    return 0;
 }

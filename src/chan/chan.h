@@ -95,6 +95,12 @@ typedef struct lm_chan lm_chan;
 int lm_chan_new(int fd, const char *name, lm_chan **out, lm_error *err);
 /* Closes the fd.  No other thread may still use the channel. */
 void lm_chan_free(lm_chan *c);
+/* From here on the channel carries TLS records of t (handshaken, see
+ * tls.h; owned from here, on every path), through its own raw syscalls:
+ * timeouts, lm_chan_shutdown, io slices and lm_chan_queued keep working,
+ * the counters count bytes on the wire.  Before the first read or write. */
+struct lm_tls;
+int lm_chan_set_tls(lm_chan *c, struct lm_tls *t);
 
 /* Write side.  Small writes are buffered (64 KiB); lm_chan_write_ref()
  * sends the buffered bytes, hdr and the caller's data in one writev without

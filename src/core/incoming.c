@@ -27,6 +27,7 @@
 #include "core/incoming.h"
 
 #include "chan/accept.h"
+#include "chan/tls.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -282,6 +283,34 @@ static bool placed(const lm_incoming *in, const lm_chan *c)
     return false;
 }
 
+/* A connection TLS refused (tr < 0: its handshake or tls-authz failed,
+ * tls_err says why), or one without TLS where TLS is wanted (tr 1), or a
+ * TLS one where it is not (tr 0): the migration fails naming the cause; a
+ * source that sent a plaintext HELLO hears it in a plaintext answer.
+ * Frees c. */
+static int tls_refused(lm_chan *c, int tr, const lm_error *tls_err, const uint8_t *buf, size_t len,
+                       lm_error *err)
+{
+    lm_hello h;
+    if (tr < 0) {
+        *err = *tls_err;
+        lm_error_prefix(err, "incoming channel");
+    } else if (tr == 1) {
+        lm_error_set(err, -EPROTO,
+                     "peer did not start TLS: the source sent plaintext, and tls-creds is set "
+                     "here (set tls-creds on the source too)");
+        if (len == LM_HELLO_SIZE && lm_fmt_hello_decode(buf, len, &h, NULL) > 0)
+            lm_hello_answer(c, &h, err);
+    } else {
+        lm_error_set(err, -EPROTO,
+                     "the source started TLS, but tls-creds is not set here (set it on the "
+                     "destination too)");
+    }
+    linger_drain(c);
+    lm_chan_free(c);
+    return err->code;
+}
+
 /* Takes connections from the acceptor until the main channel and every
  * multifd (and preempt) channel of the session are there (DESIGN §5:
  * identified by HELLO, never by order).  The acceptor reads every
@@ -291,7 +320,8 @@ static bool placed(const lm_incoming *in, const lm_chan *c)
  * connection that does speak and says something wrong still fails the
  * migration with the reason (DESIGN §9).  connected: the one fd: stream,
  * no listener. */
-static int accept_channels(lm_incoming *in, lm_acceptor *a, bool connected, lm_error *err)
+static int accept_channels(lm_incoming *in, lm_acceptor *a, bool a_tls, bool connected,
+                           lm_error *err)
 {
     lm_mig *m = in->m;
     uint64_t deadline = 0;
@@ -329,14 +359,27 @@ static int accept_channels(lm_incoming *in, lm_acceptor *a, bool connected, lm_e
         pthread_mutex_lock(&m->lock);
         bool cancel = m->cancel_requested;
         pthread_mutex_unlock(&m->lock);
+        lm_tls *tls = NULL;
+        lm_error tls_err = {0};
+        int tr = lm_acceptor_take_tls(a, &tls, &tls_err);
         lm_chan *c;
         ret = lm_chan_new(fd, "incoming channel", &c, err);
-        if (ret < 0)
+        if (ret < 0) {
+            lm_tls_free(tls);
             return ret; /* fd closed by lm_chan_new */
+        }
         if (cancel) {
+            lm_tls_free(tls);
             lm_chan_free(c);
             return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
         }
+        if (tls && lm_chan_set_tls(c, tls) < 0) {
+            ret = lm_chan_get_error(c, err);
+            lm_chan_free(c);
+            return ret;
+        }
+        if (tr != 0 || (!tls && !a_tls && len > 0 && buf[0] == LM_TLS_HANDSHAKE_BYTE))
+            return tls_refused(c, tr, &tls_err, buf, len, err);
         ret = hello(in, c, buf, len, err);
         if (ret < 0) {
             if (!placed(in, c)) {
@@ -360,20 +403,30 @@ int lm_in_connect_channels(lm_incoming *in, lm_error *err)
     socklen_t sl = sizeof listening;
     bool connected =
         getsockopt(in->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &sl) == 0 && !listening;
+    lm_tls_creds *tls;
+    lm_authz *authz;
+    lm_mig_tls_get(in->m, &tls, &authz, NULL, 0);
     const lm_acceptor_cfg cfg = {.greeting_len = LM_HELLO_SIZE,
                                  .greeting_timeout_ms = HELLO_TIMEOUT_MS,
-                                 .max_pending = LM_INCOMING_PENDING_MAX};
+                                 .max_pending = LM_INCOMING_PENDING_MAX,
+                                 .tls = tls,
+                                 .authz = authz};
     lm_acceptor *a = NULL;
     int ret = lm_acceptor_new(connected ? -1 : in->lfd, in->m->cancel_efd, &cfg, &a, err);
-    if (ret < 0)
+    if (ret < 0) {
+        lm_tls_creds_unref(tls);
+        lm_authz_unref(authz);
         return ret;
+    }
     if (connected) {
         ret = lm_acceptor_add(a, in->lfd, err); /* the acceptor's now */
         in->lfd = -1;
     }
     if (ret == 0)
-        ret = accept_channels(in, a, connected, err);
+        ret = accept_channels(in, a, tls != NULL, connected, err);
     lm_acceptor_free(a); /* closes the strangers still greeting */
+    lm_tls_creds_unref(tls);
+    lm_authz_unref(authz);
     return ret;
 }
 
@@ -594,6 +647,11 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     }
     pthread_mutex_unlock(&m->lock);
     ret = lm_uri_parse(uri, &u, err);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&m->lock);
+    ret = lm_mig_tls_select_locked(m, true, &u, err);
+    pthread_mutex_unlock(&m->lock);
     if (ret < 0)
         return ret;
 

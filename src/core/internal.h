@@ -92,6 +92,13 @@ struct lm_mig {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* signalled on every change below */
     /* --- guarded by lock --- */
+    /* object-add's objects (objects.c), and the TLS credentials and authz
+     * list the current migration chose when it started (NULL: no TLS),
+     * with the name the destination's certificate must carry */
+    struct lm_object *objects;
+    struct lm_tls_creds *tls_creds;
+    struct lm_authz *tls_authz;
+    char tls_host[256];
     lm_status status;
     lm_role role;
     uint64_t caps;
@@ -198,6 +205,15 @@ void lm_vm_start_after_migration(lm_mig *m, lm_runstate to);
 /* mig.c: channels cancel must shut down besides m->chan.  add returns
  * false when cancel was already requested; remove before freeing. */
 bool lm_mig_aux_chan_add(lm_mig *m, lm_chan *c);
+/* objects.c: with m->lock held, when a migration (server: incoming or
+ * recovery) starts: the credentials and authz list its parameters name,
+ * checked (kind, endpoint, no file: URI) and kept in m for its channels. */
+int lm_mig_tls_select_locked(lm_mig *m, bool server, const lm_uri *u, lm_error *err);
+/* Any thread: references to what was selected (*cr NULL: no TLS); az and
+ * host may be NULL. */
+void lm_mig_tls_get(lm_mig *m, struct lm_tls_creds **cr, struct lm_authz **az, char *host,
+                    size_t cap);
+void lm_mig_objects_free(lm_mig *m);
 void lm_mig_aux_chans_clear(lm_mig *m);
 /* Postcopy's link is gone: every channel fails with why and is shut
  * down (takes lock; the caller holds no lock but leaves). */

@@ -190,6 +190,7 @@ void lm_mig_free(lm_mig *m)
     lm_pc_src_destroy(&m->pcs);
     lm_ram_destroy(&m->ram);
     lm_mem_fini(&m->mem);
+    lm_mig_objects_free(m);
     free(m->ev_q);
     close(m->cancel_efd);
     pthread_cond_destroy(&m->cond);
@@ -359,6 +360,13 @@ int lm_mig_set_params(lm_mig *m, const lm_params *in, uint64_t which, lm_error *
     TAKE(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, x_vcpu_dirty_limit_period);
     TAKE(LM_PARAM_X_PRECOPY_TIMEOUT_MS, x_precopy_timeout_ms);
     TAKE(LM_PARAM_DIRECT_IO, direct_io);
+#define TAKE_STR(bit, field)                                                                       \
+    if (which & (1ull << (bit)))                                                                   \
+        snprintf(p->field, sizeof p->field, "%s", in->field);
+    TAKE_STR(LM_PARAM_TLS_CREDS, tls_creds);
+    TAKE_STR(LM_PARAM_TLS_HOSTNAME, tls_hostname);
+    TAKE_STR(LM_PARAM_TLS_AUTHZ, tls_authz);
+#undef TAKE_STR
 #undef TAKE
     /* A running migration thread picks these up at once (it waits on
      * cond between rate windows). */

@@ -20,6 +20,8 @@
 #include "core/iteration.h"
 #include "core/outgoing.h"
 
+#include "chan/tls.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -98,7 +100,28 @@ static int connect_one(lm_outgoing *g, const char *name, lm_chan **out, lm_error
         return ret;
     ret = lm_chan_new(fd, name, out, err);
     if (ret < 0)
-        close(fd);
+        return ret; /* fd closed by lm_chan_new */
+    /* TLS first, then the HELLO inside it (QEMU's order); a resumed
+     * channel is handshaken and authenticated again like a new one. */
+    lm_tls_creds *cr;
+    char host[256];
+    lm_mig_tls_get(g->m, &cr, NULL, host, sizeof host);
+    if (!cr)
+        return 0;
+    lm_tls *t = NULL;
+    ret = lm_tls_new(cr, fd, host, NULL, &t, err);
+    lm_tls_creds_unref(cr);
+    if (ret == 0)
+        ret = lm_tls_handshake(t, name, step_timeout_ms(g, LM_HELLO_TIMEOUT_MS), g->m->cancel_efd,
+                               err);
+    if (ret == 0)
+        ret = lm_chan_set_tls(*out, t) < 0 ? lm_chan_get_error(*out, err) : 0;
+    else
+        lm_tls_free(t);
+    if (ret < 0) {
+        lm_chan_free(*out);
+        *out = NULL;
+    }
     return ret;
 }
 
@@ -666,6 +689,10 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
         goto fail;
     }
     if (g->file && (ret = file_caps_check(m->caps, &m->params, err)) < 0) {
+        pthread_mutex_unlock(&m->lock);
+        goto fail;
+    }
+    if ((ret = lm_mig_tls_select_locked(m, false, &g->uri, err)) < 0) {
         pthread_mutex_unlock(&m->lock);
         goto fail;
     }

@@ -199,6 +199,9 @@ static const char *const param_names[LM_PARAM__MAX] = {
     [LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD] = "x-vcpu-dirty-limit-period",
     [LM_PARAM_X_PRECOPY_TIMEOUT_MS] = "x-precopy-timeout-ms",
     [LM_PARAM_DIRECT_IO] = "direct-io",
+    [LM_PARAM_TLS_CREDS] = "tls-creds",
+    [LM_PARAM_TLS_HOSTNAME] = "tls-hostname",
+    [LM_PARAM_TLS_AUTHZ] = "tls-authz",
 };
 
 const char *lm_param_name(lm_param p)
@@ -309,6 +312,14 @@ static int only_defaults(const lm_params *p, uint64_t which, lm_error *err)
  * implemented. */
 int lm_params_check(const lm_params *p, uint64_t which, lm_error *err)
 {
+#define STR_OK(id, field)                                                                          \
+    if ((which & P(id)) && !memchr(p->field, 0, sizeof p->field))                                  \
+        return lm_error_set(err, -EINVAL, "Parameter '%s' is longer than %zu bytes",               \
+                            param_names[id], sizeof p->field - 1);
+    STR_OK(LM_PARAM_TLS_CREDS, tls_creds);
+    STR_OK(LM_PARAM_TLS_HOSTNAME, tls_hostname);
+    STR_OK(LM_PARAM_TLS_AUTHZ, tls_authz);
+#undef STR_OK
     if ((which & P(LM_PARAM_DOWNTIME_LIMIT)) && p->downtime_limit > 2000000)
         return lm_error_set(err, -EINVAL,
                             "Parameter 'downtime-limit' expects an integer in "

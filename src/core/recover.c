@@ -97,6 +97,8 @@ int lm_incoming_recover(lm_mig *m, const char *uri, lm_error *err)
     if (ret == 0 && !in)
         ret =
             lm_error_set(err, -EINVAL, "Migrate recover can only be run when postcopy is paused.");
+    if (ret == 0)
+        ret = lm_mig_tls_select_locked(m, true, &u, err); /* authenticated again */
     if (ret < 0) {
         m->recovering = false;
         pthread_mutex_unlock(&m->lock);

@@ -147,6 +147,12 @@ int lm_outgoing_resume(lm_mig *m, const char *uri, lm_error *err)
         }
         u.fd = own;
     }
+    if ((ret = lm_mig_tls_select_locked(m, false, &u, err)) < 0) {
+        if (u.kind == LM_URI_FD)
+            close(u.fd);
+        pthread_mutex_unlock(&m->lock);
+        return ret;
+    }
     m->paused_out = NULL;
     g->setup_tmo_ms = m->params.x_postcopy_timeout_ms;
     g->setup_deadline_ns = g->setup_tmo_ms ? lm_now_ns() + g->setup_tmo_ms * 1000000ull : 0;

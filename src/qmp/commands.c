@@ -421,6 +421,7 @@ static int cmd_query_migrate(lm_mig *m, json_t *args, json_t **ret, lm_error *er
 
 /* Descriptor passing (qapi/misc.json); run by the server (fds.c), which
  * knows which client sent them. */
+static const argspec object_del_args[] = {{"id", T_STR, true}, {NULL}};
 static const argspec fdname_args[] = {{"fdname", T_STR, true}, {NULL, 0, false}};
 static const argspec add_fd_args[] = {
     {"fdset-id", T_INT, false}, {"opaque", T_STR, false}, {NULL, 0, false}};
@@ -467,6 +468,8 @@ static const lm_qmp_builtin builtins[] = {
     {"migrate_set_speed", cmd_set_speed, value_int_args},
     {"migrate_set_downtime", cmd_set_downtime, value_num_args},
     {"query-migrate", cmd_query_migrate, NULL, "MigrationInfo"},
+    {"object-add", lm_qmp_cmd_object_add, lm_qmp_args_decoded, NULL, "ObjectOptions"},
+    {"object-del", lm_qmp_cmd_object_del, object_del_args},
     {"getfd", NULL, fdname_args},
     {"closefd", NULL, fdname_args},
     {"add-fd", NULL, add_fd_args, "AddfdInfo"},

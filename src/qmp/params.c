@@ -8,9 +8,10 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
-enum ptype { P_U64, P_U8, P_BOOL, P_COMPRESS, P_ZPD };
+enum ptype { P_U64, P_U8, P_BOOL, P_COMPRESS, P_ZPD, P_STR };
 
 static const struct {
     enum ptype type;
@@ -41,23 +42,25 @@ static const struct {
     F(LM_PARAM_X_VCPU_DIRTY_LIMIT_PERIOD, P_U64, x_vcpu_dirty_limit_period),
     F(LM_PARAM_X_PRECOPY_TIMEOUT_MS, P_U64, x_precopy_timeout_ms),
     F(LM_PARAM_DIRECT_IO, P_BOOL, direct_io),
+    F(LM_PARAM_TLS_CREDS, P_STR, tls_creds),
+    F(LM_PARAM_TLS_HOSTNAME, P_STR, tls_hostname),
+    F(LM_PARAM_TLS_AUTHZ, P_STR, tls_authz),
 #undef F
 };
 
 /* QEMU parameters this build does not implement, accepted only with the
  * value that means "off" (and reported with it by
- * query-migrate-parameters): libvirt and others reset them routinely (e.g.
- * tls-creds "" before every migration).  set: the type
- * migrate-set-parameters takes (tls-*: a string or null, as QEMU's
- * StrOrNull); query: the type query-migrate-parameters reports. */
-enum ctype { C_TLS, C_MODE, C_OFF };
+ * query-migrate-parameters): libvirt and others reset them routinely.
+ * set: the type migrate-set-parameters takes; query: the type
+ * query-migrate-parameters reports. */
+enum ctype { C_MODE, C_OFF };
 
 static const struct compat {
     const char *name;
     enum ctype type;
 } compat[] = {
-    {"tls-creds", C_TLS}, {"tls-hostname", C_TLS},      {"tls-authz", C_TLS},
-    {"mode", C_MODE},     {"block-incremental", C_OFF},
+    {"mode", C_MODE},
+    {"block-incremental", C_OFF},
 };
 
 #define NCOMPAT (sizeof compat / sizeof compat[0])
@@ -72,13 +75,6 @@ static int compat_param(const char *key, json_t *v, lm_error *err)
     if (c == compat + NCOMPAT)
         return 0;
     switch (c->type) {
-    case C_TLS:
-        if (json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0))
-            return 1;
-        if (!json_is_string(v))
-            return lm_error_set(err, -EINVAL, "Invalid parameter type for '%s', expected: string",
-                                key);
-        return lm_error_set(err, -ENOTSUP, "Parameter '%s': TLS is not supported yet", key);
     case C_MODE:
         if (!json_is_string(v))
             return lm_error_set(err, -EINVAL,
@@ -100,8 +96,6 @@ static int compat_param(const char *key, json_t *v, lm_error *err)
 static json_t *compat_value(const struct compat *c)
 {
     switch (c->type) {
-    case C_TLS:
-        return json_string("");
     case C_MODE:
         return json_string("normal");
     default:
@@ -122,15 +116,17 @@ const char *lm_qmp_param_schema(size_t i, bool set, const char **type)
         [P_BOOL] = "bool",
         [P_COMPRESS] = "MultiFDCompression",
         [P_ZPD] = "ZeroPageDetection",
+        [P_STR] = "str",
     };
     if (i < LM_PARAM__MAX) {
-        *type = ptypes[ptab[i].type];
+        /* tls-*: a string or null (QEMU's StrOrNull) when set */
+        *type = ptab[i].type == P_STR && set ? "StrOrNull" : ptypes[ptab[i].type];
         return lm_param_name((lm_param)i);
     }
     if (i >= lm_qmp_param_count())
         return NULL;
     const struct compat *c = &compat[i - LM_PARAM__MAX];
-    *type = c->type == C_TLS ? (set ? "StrOrNull" : "str") : c->type == C_MODE ? "MigMode" : "bool";
+    *type = c->type == C_MODE ? "MigMode" : "bool";
     return c->name;
 }
 
@@ -176,6 +172,20 @@ int lm_qmp_decode_params(json_t *args, lm_params *out, uint64_t *which, lm_error
                                     key);
             *(bool *)field = json_is_true(v);
             break;
+        case P_STR: {
+            /* QEMU's StrOrNull: null means "" (off) */
+            if (!json_is_null(v) && !json_is_string(v))
+                return lm_error_set(err, -EINVAL,
+                                    "Invalid parameter type for '%s', expected: string", key);
+            const char *s = json_is_null(v) ? "" : json_string_value(v);
+            size_t cap =
+                p == LM_PARAM_TLS_HOSTNAME ? sizeof out->tls_hostname : sizeof out->tls_creds;
+            if (strlen(s) >= cap)
+                return lm_error_set(err, -EINVAL, "Parameter '%s' is longer than %zu bytes", key,
+                                    cap - 1);
+            snprintf(field, cap, "%s", s);
+            break;
+        }
         case P_COMPRESS:
         case P_ZPD: {
             if (!json_is_string(v))
@@ -239,6 +249,9 @@ int lm_qmp_cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err
             v = json_string(s ? s : "none");
             break;
         }
+        case P_STR:
+            v = json_string(field);
+            break;
         }
         lm_qmp_put(o, lm_param_name((lm_param)i), v);
     }

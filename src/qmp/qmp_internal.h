@@ -214,6 +214,9 @@ const char *lm_qmp_param_schema(size_t i, bool set, const char **type);
 /* The two commands (params.c). */
 int lm_qmp_cmd_set_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
 int lm_qmp_cmd_query_params(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+/* objects.c: object-add (decodes its own arguments) and object-del. */
+int lm_qmp_cmd_object_add(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
+int lm_qmp_cmd_object_del(lm_mig *m, json_t *args, json_t **ret, lm_error *err);
 
 /* The events the library emits (json.c): the QMP name of each
  * lm_event_type and the schema type of its "data" ("q_empty": none). */

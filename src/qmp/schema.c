@@ -44,6 +44,33 @@ static const member version_triple[] = {{"major", "int"}, {"minor", "int"}, {"mi
 static const member version_info[] = {{"qemu", "VersionTriple"}, {"package", "str"}, END};
 static const member name_info[] = {{"name", "str", OPT}, END};
 static const member uuid_info[] = {{"UUID", "str"}, END};
+/* object-add (qapi/qom.json, crypto.json, authz.json): the union of the
+ * object types this build creates. */
+static const member object_options[] = {{"qom-type", "ObjectType"}, {"id", "str"}, END};
+static const variant object_options_v[] = {{"authz-list", "AuthZListProperties"},
+                                           {"tls-creds-psk", "TlsCredsPskProperties"},
+                                           {"tls-creds-x509", "TlsCredsX509Properties"},
+                                           {NULL}};
+static const member authz_list_props[] = {
+    {"policy", "QAuthZListPolicy", OPT}, {"rules", "[QAuthZListRule]", OPT}, END};
+static const member authz_rule[] = {
+    {"match", "str"}, {"policy", "QAuthZListPolicy"}, {"format", "QAuthZListFormat", OPT}, END};
+static const member tls_psk_props[] = {{"verify-peer", "bool", OPT},
+                                       {"dir", "str", OPT},
+                                       {"endpoint", "QCryptoTLSCredsEndpoint", OPT},
+                                       {"priority", "str", OPT},
+                                       {"username", "str", OPT},
+                                       END};
+static const member tls_x509_props[] = {{"verify-peer", "bool", OPT},
+                                        {"dir", "str", OPT},
+                                        {"endpoint", "QCryptoTLSCredsEndpoint", OPT},
+                                        {"priority", "str", OPT},
+                                        {"sanity-check", "bool", OPT},
+                                        END};
+static const char *const object_type[] = {"authz-list", "tls-creds-psk", "tls-creds-x509", NULL};
+static const char *const authz_policy[] = {"deny", "allow", NULL};
+static const char *const authz_format[] = {"exact", "glob", NULL};
+static const char *const tls_endpoint[] = {"client", "server", NULL};
 /* Descriptor passing (qapi/misc.json, fds.c). */
 static const member addfd_info[] = {{"fdset-id", "int"}, {"fd", "int"}, END};
 static const member fdset_info[] = {{"fdset-id", "int"}, {"fds", "[FdsetFdInfo]"}, END};
@@ -257,6 +284,15 @@ static const struct named {
     {"SocketAddressType", K_ENUM, .values = sock_type},
     {"SchemaMetaType", K_ENUM, .values = meta_type},
     {"JSONType", K_ENUM, .values = json_types},
+    {"ObjectOptions", K_OBJECT, object_options, "qom-type", object_options_v},
+    {"AuthZListProperties", K_OBJECT, authz_list_props},
+    {"QAuthZListRule", K_OBJECT, authz_rule},
+    {"TlsCredsPskProperties", K_OBJECT, tls_psk_props},
+    {"TlsCredsX509Properties", K_OBJECT, tls_x509_props},
+    {"ObjectType", K_ENUM, .values = object_type},
+    {"QAuthZListPolicy", K_ENUM, .values = authz_policy},
+    {"QAuthZListFormat", K_ENUM, .values = authz_format},
+    {"QCryptoTLSCredsEndpoint", K_ENUM, .values = tls_endpoint},
     {"MigrationParameters", K_PARAMS, .set = false},
     {"MigrateSetParameters", K_PARAMS, .set = true},
 };
