@@ -67,10 +67,10 @@ int lm_in_file_mapped(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);
 int lm_in_complete(lm_incoming *in, int ret, lm_error *err);
 
 /* lazy.c: x-lazy-restore.  Start: at MAPPED_RAM, the layout and bitmaps
- * read, every page owed, RAM registered with userfaultfd, the readers
- * started, the stream moved to the device state.  Run: at the end of
- * stream, postcopy-active, the guest runs, wait until every page is
- * placed (or the file fails).  End: readers stopped, userfaultfd
+ * read, every page owed, RAM registered with userfaultfd, the stream
+ * moved to the device state.  Run: at the end of stream, postcopy-active,
+ * the guest runs, the readers start, wait until every page is placed (or
+ * the file fails).  End: readers stopped, userfaultfd
  * unregistered (after a failure with the guest running, the blocks still
  * owing pages fenced). */
 int lm_in_lazy_start(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);

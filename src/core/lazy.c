@@ -2,10 +2,10 @@
  * lazy.c - lazy restore on "lm-incoming" (capability x-lazy-restore,
  * docs/architecture.md): at MAPPED_RAM the layout and bitmaps are read,
  * every page becomes owed, guest RAM is registered with userfaultfd
- * (postcopy's destination: its fault thread, its atomic placement), the
- * readers start (file/lazy.c) and the loader goes on with the device
- * state; at the end of stream the guest runs (postcopy-active) while the
- * pages still missing come from the file; once nothing is owed the
+ * (postcopy's destination: its fault thread, its atomic placement) and
+ * the loader goes on with the device state; at the end of stream the
+ * guest runs (postcopy-active) and the readers start (file/lazy.c) while
+ * a page the guest touches first comes from the file at once; once nothing is owed the
  * migration completes and userfaultfd is unregistered.  A failure of the
  * file while the guest runs fails the migration, and every block that
  * still owes a page is fenced (postcopy's lm_pc_dst_end): nothing reads a
@@ -62,9 +62,6 @@ int lm_in_lazy_start(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
         (ret = lm_pc_dst_owe_all(&m->pcd, err)) < 0 ||
         (ret = lm_pc_dst_listen(&m->pcd, NULL, in->blocktime, err)) < 0)
         return lm_error_prefix(err, "lazy restore");
-    lm_lazy_hooks hk = {.owed = lazy_owed, .wake = lazy_wake, .opaque = in};
-    if ((ret = lm_lazy_start(z, &hk, err)) < 0)
-        return ret;
     in->mapped_done = true;
     return 0;
 }
@@ -80,6 +77,12 @@ int lm_in_lazy_run(lm_incoming *in, lm_error *err)
         return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
     in->lazy_running = true;
     lm_vm_start_after_migration(m, LM_RUN_RUNNING);
+    /* The readers start once the guest runs: until then the device state
+     * alone is read (the time to run), and a fault is served anyway. */
+    lm_lazy_hooks hk = {.owed = lazy_owed, .wake = lazy_wake, .opaque = in};
+    int sret = lm_lazy_start(in->lazy, &hk, err);
+    if (sret < 0)
+        return sret;
     for (;;) {
         pthread_mutex_lock(&d->lock);
         while (d->owed_pages && !in->lazy_event)

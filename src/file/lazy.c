@@ -282,6 +282,11 @@ int lm_lazy_open(lm_mem *mem, lm_place *pl, lm_chan *main, const lm_rec_hdr *h, 
         z->fds[i] = z->serve_fd; /* pread: the stream's offset stays */
     parse_knob(z);
     int ret = lm_mapped_read_layout(mem, main, h, path, &z->l, err);
+    /* The device state after the regions is what the guest waits for:
+     * its read from the disk starts now, beside the bitmaps' reads and
+     * the registration (the time to run). */
+    if (ret == 0)
+        posix_fadvise(z->serve_fd, (off_t)z->l.resume, 0, POSIX_FADV_WILLNEED);
     for (uint32_t i = 0; i < z->l.nblocks && ret == 0; i++) {
         unsigned bi = mem->smap.map[i];
         z->bidx[i] = bi;
