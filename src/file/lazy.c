@@ -44,8 +44,10 @@ struct lm_lazy {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* a serve, a failure, stop */
     /* --- lock --- */
-    uint32_t cur_block; /* the cursor: the next run starts here */
-    uint64_t cur_page;
+    /* Reader i's share: pages [pos[i], end[i]) of the blocks laid end to
+     * end in layout order, read front to back (one sequential stream per
+     * descriptor, so the kernel's readahead runs ahead of the copies). */
+    uint64_t pos[LM_MULTIFD_MAX_CHANNELS], end[LM_MULTIFD_MAX_CHANNELS];
     bool quit;
     unsigned ndone;
     int ret;
@@ -160,26 +162,27 @@ static int place_run(lm_lazy *z, int fd, uint32_t li, uint64_t p, uint64_t q, bo
     return lm_place_pages(z->pl, b, p, q - p, buf, err);
 }
 
-/* The next run for a reader (lock held): false when none is left. */
-static bool next_run(lm_lazy *z, uint32_t *li, uint64_t *p, uint64_t *q, bool *present)
+/* The next run of reader id (lock held): false when its share is done. */
+static bool next_run(lm_lazy *z, unsigned id, uint32_t *li, uint64_t *p, uint64_t *q, bool *present)
 {
-    while (z->cur_block < z->l.nblocks) {
-        const uint8_t *bm = z->bm[z->cur_block];
-        uint64_t np = z->l.b[z->cur_block].npages, s = z->cur_page;
-        if (s >= np) {
-            z->cur_block++;
-            z->cur_page = 0;
+    uint64_t base = 0, g = z->pos[id];
+    for (uint32_t b = 0; b < z->l.nblocks && g < z->end[id]; b++) {
+        uint64_t np = z->l.b[b].npages;
+        if (g >= base + np) {
+            base += np;
             continue;
         }
+        const uint8_t *bm = z->bm[b];
+        uint64_t s = g - base, stop = z->end[id] - base < np ? z->end[id] - base : np;
         bool set = bit(bm, s);
         uint64_t e = s + 1, max = set ? RUN_PAGES : ZERO_RUN_PAGES;
-        while (e < np && e - s < max && bit(bm, e) == set)
+        while (e < stop && e - s < max && bit(bm, e) == set)
             e++;
-        *li = z->cur_block;
+        *li = b;
         *p = s;
         *q = e;
         *present = set;
-        z->cur_page = e;
+        z->pos[id] = base + e;
         return true;
     }
     return false;
@@ -210,7 +213,7 @@ static void *reader_fn(void *arg)
         uint64_t p, q;
         bool present;
         pthread_mutex_lock(&z->lock);
-        bool more = !z->quit && next_run(z, &li, &p, &q, &present);
+        bool more = !z->quit && next_run(z, id, &li, &p, &q, &present);
         pthread_mutex_unlock(&z->lock);
         if (!more)
             break;
@@ -308,6 +311,28 @@ int lm_lazy_open(lm_mem *mem, lm_place *pl, lm_chan *main, const lm_rec_hdr *h, 
         ret = lm_mapped_open_direct(path, false, nreaders, z->fds, err);
         z->own_fds = ret == 0;
         z->direct = ret == 0;
+    } else if (ret == 0) {
+        /* One descriptor per reader: a readahead state of its own. */
+        unsigned k = 0;
+        for (; k < nreaders; k++) {
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                ret = lm_error_set(err, -errno, "file '%s': %s", path, strerror(errno));
+                break;
+            }
+            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+            z->fds[k] = fd;
+        }
+        z->own_fds = true;
+        for (unsigned r = k; r < nreaders; r++)
+            z->fds[r] = -1;
+    }
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < z->l.nblocks; i++)
+        total += z->l.b[i].npages;
+    for (unsigned i = 0; i < nreaders; i++) {
+        z->pos[i] = total * i / nreaders;
+        z->end[i] = total * (i + 1) / nreaders;
     }
     if (ret == 0 && lm_chan_seek(main, z->l.resume) < 0)
         ret = lm_chan_get_error(main, err);
@@ -368,7 +393,8 @@ void lm_lazy_free(lm_lazy *z)
         free(z->bm[i]);
     if (z->own_fds)
         for (unsigned i = 0; i < z->n; i++)
-            close(z->fds[i]);
+            if (z->fds[i] >= 0)
+                close(z->fds[i]);
     free(z->fbuf);
     pthread_cond_destroy(&z->cond);
     pthread_mutex_destroy(&z->lock);

@@ -10,8 +10,9 @@
  * whoever comes first, and its waiters wake).
  *
  * Threads and locks: lm_lazy_open / start / stop / free on the incoming
- * thread; lm_lazy_serve on the fault thread only (its own buffer); the
- * readers share a cursor under z->lock (a leaf lock, never held across
+ * thread; lm_lazy_serve on the fault thread only (its own buffer); each
+ * reader reads a contiguous share of the file front to back on its own
+ * descriptor, its cursor under z->lock (a leaf lock, never held across
  * I/O).  The first failure (a reader's or a serve's) is kept, stops the
  * readers and is reported through hooks.wake.
  *
