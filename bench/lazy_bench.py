@@ -4,14 +4,15 @@ restored guest runs, and how soon the whole image is in memory, against the
 disk's raw O_DIRECT read of the same file measured in the same run.
 
     python3 bench/lazy_bench.py --livemig PATH [--dir DIR] [--mem 2G]
-                                [--channels 2] [--direct] [--json OUT]
+                                [--channels 4] [--no-direct] [--keep-cache]
+                                [--json OUT]
 
 (a) save: a stopped guest of --mem random data, `migrate` to
     file:DIR/snap.lm with mapped-ram and multifd (--channels), direct-io;
 (b) raw: the saved file read with O_DIRECT by 1, 2 and 4 streams of 8 MiB
     transfers (bench/file_bench.py's reader); the best is the limit;
 (c) lazy restore: a fresh `livemig guest --incoming defer` with mapped-ram,
-    multifd, x-lazy-restore (direct-io with --direct); the wall clock when
+    multifd, x-lazy-restore (direct-io unless --no-direct); the wall clock when
     migrate-incoming is sent, against the timestamps of the destination's
     RESUME event (the guest runs) and of its MIGRATION `completed` event
     (every page placed, userfaultfd unregistered); the guest is verified
@@ -109,8 +110,6 @@ def run(args):
             if not (v.get("ok") and v.get("bad-pages") == 0):
                 raise lmtest.TestFailure("restored guest does not verify: %r" % v)
         finally:
-            if os.environ.get("LAZY_TRACE"):
-                log("".join(l for l in open(dst.logpath) if l.startswith("T ")))
             dst.stop()
     finally:
         if os.path.exists(path):
@@ -135,8 +134,9 @@ def main():
     ap.add_argument("--dir", default=os.path.join(HERE, "..", "build", "bench-files"),
                     help="a directory on the real disk (O_DIRECT)")
     ap.add_argument("--mem", default="2G")
-    ap.add_argument("--channels", type=int, default=2)
-    ap.add_argument("--direct", action="store_true", help="the readers use O_DIRECT")
+    ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--no-direct", dest="direct", action="store_false",
+                    help="buffered readers (default: O_DIRECT, direct-io on)")
     ap.add_argument("--keep-cache", action="store_true",
                     help="restore from the page cache (the file just read)")
     ap.add_argument("--json", metavar="OUT")
