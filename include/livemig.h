@@ -198,6 +198,11 @@ typedef enum lm_cap {
     LM_CAP_SWITCHOVER_ACK,
     LM_CAP_DIRTY_LIMIT,
     LM_CAP_MAPPED_RAM,
+    /* ---- 0.3 ---- */
+    /* ours, destination only: with mapped-ram and a file: URI, the guest
+     * runs as soon as the device state is loaded; its pages come from the
+     * file on demand (userfaultfd) while readers place the rest. */
+    LM_CAP_X_LAZY_RESTORE,
     LM_CAP__MAX
 } lm_cap;
 

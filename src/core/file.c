@@ -134,6 +134,12 @@ int lm_in_file_mapped(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
                             in->mapped_done ? "twice" : "in a stream saved without mapped-ram");
     if (!m->mem.smap.ready)
         return lm_error_set(err, -EPROTO, "MAPPED_RAM before the RAM block table");
+    if (in->lazy_cap) {
+        int lret = lm_in_lazy_start(in, h, err); /* lazy.c */
+        return lret < 0 && !strstr(err->msg, in->file_path)
+                   ? lm_error_prefix(err, "file '%s'", in->file_path)
+                   : lret;
+    }
     pthread_mutex_lock(&m->lock);
     bool multifd = m->caps & (1ull << LM_CAP_MULTIFD);
     bool direct = m->params.direct_io;

@@ -435,7 +435,8 @@ int lm_in_connect_channels(lm_incoming *in, lm_error *err)
 static void finish(lm_incoming *in, int ret, lm_error *err)
 {
     lm_mig *m = in->m;
-    lm_loadvm_cleanup(&in->lv); /* no-op when done already */
+    lm_loadvm_cleanup(&in->lv);   /* no-op when done already */
+    lm_in_lazy_end(in, ret, err); /* readers stopped before postcopy's end */
     pthread_mutex_lock(&m->lock);
     bool cancelled = m->cancel_requested;
     pthread_mutex_unlock(&m->lock);
@@ -575,6 +576,11 @@ int lm_in_complete(lm_incoming *in, int ret, lm_error *err)
     }
     if (ret < 0)
         return ret;
+    if (in->lazy_running) {
+        /* Lazy restore: every page is placed; the guest runs already. */
+        lm_in_lazy_end(in, 0, err);
+        return 0;
+    }
     if (in->running) {
         /* Postcopy: every owed page is placed; the guest runs already. */
         lm_pc_dst_preempt_stop(&m->pcd);
@@ -669,6 +675,13 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
         return lm_error_set(err, -ENOMEM, "out of memory");
     char actual[128] = "";
     int lfd = -1;
+    in->lazy_cap = caps & (1ull << LM_CAP_X_LAZY_RESTORE);
+    if (in->lazy_cap && u.kind != LM_URI_FILE) {
+        free(in);
+        return lm_error_set(err, -EINVAL,
+                            "capability 'x-lazy-restore' needs a file: URI (the pages come "
+                            "from a mapped-ram file)");
+    }
     if ((caps & (1ull << LM_CAP_MAPPED_RAM)) && u.kind != LM_URI_FILE) {
         free(in);
         return lm_error_set(err, -EINVAL,
@@ -709,7 +722,7 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
     lm_pc_dst_reset(&m->pcd);
     lm_place_reset(&m->place);
     ret = lm_mem_incoming_prepare(&m->mem, err);
-    if (ret == 0 && (caps & (1ull << LM_CAP_POSTCOPY_RAM))) {
+    if (ret == 0 && (caps & ((1ull << LM_CAP_POSTCOPY_RAM) | (1ull << LM_CAP_X_LAZY_RESTORE)))) {
         lm_mem_prefault_stop(&m->mem);
         ret = lm_pc_dst_classify(&m->pcd, err);
     }
@@ -718,7 +731,9 @@ int lm_incoming_start(lm_mig *m, const char *uri, lm_error *err)
         free(in);
         return ret;
     }
-    lm_mem_prefault_start(&m->mem);
+    /* A lazy restore populates nothing ahead: every page faults. */
+    if (!in->lazy_cap)
+        lm_mem_prefault_start(&m->mem);
 
     pthread_mutex_lock(&m->lock);
     lm_status prev = m->status;

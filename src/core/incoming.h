@@ -7,6 +7,7 @@
 #define LM_CORE_INCOMING_H
 
 #include "core/internal.h"
+#include "file/lazy.h"
 
 /* One incoming migration, owned by its thread "lm-incoming" (left in
  * m->paused_in when it paused, for the recovery's thread). */
@@ -34,6 +35,13 @@ typedef struct lm_incoming {
     bool resume_wait; /* recovering: POSTCOPY_RESUME not processed yet */
     bool file;        /* file: URI: lfd is the file; nothing is ever written back */
     bool mapped_done; /* mapped-ram: the MAPPED_RAM record was loaded */
+    /* x-lazy-restore (lazy.c): the capability (fixed at start), the
+     * readers from MAPPED_RAM on, the guest running on them, and a
+     * reader's news for the waiting incoming thread (pcd.lock). */
+    bool lazy_cap;
+    lm_lazy *lazy;
+    bool lazy_running;
+    bool lazy_event;
     char file_path[LM_URI_FILE_PATH_MAX];
 } lm_incoming;
 
@@ -57,6 +65,17 @@ int lm_in_file_loaded(lm_incoming *in, int ret, lm_error *err);
  * with O_DIRECT with direct-io; one sync after the block list. */
 int lm_in_file_mapped(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);
 int lm_in_complete(lm_incoming *in, int ret, lm_error *err);
+
+/* lazy.c: x-lazy-restore.  Start: at MAPPED_RAM, the layout and bitmaps
+ * read, every page owed, RAM registered with userfaultfd, the stream
+ * moved to the device state.  Run: at the end of stream, postcopy-active,
+ * the guest runs, the readers start, wait until every page is placed (or
+ * the file fails).  End: readers stopped, userfaultfd
+ * unregistered (after a failure with the guest running, the blocks still
+ * owing pages fenced). */
+int lm_in_lazy_start(lm_incoming *in, const lm_rec_hdr *h, lm_error *err);
+int lm_in_lazy_run(lm_incoming *in, lm_error *err);
+void lm_in_lazy_end(lm_incoming *in, int ret, const lm_error *err);
 void lm_in_end(lm_incoming *in, int ret, lm_error *err);
 
 /* loader.c: reads and loads the stream until EOS (0) or an error. */

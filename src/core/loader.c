@@ -238,6 +238,11 @@ static int load_one(lm_incoming *in, const lm_rec_hdr *h, lm_error *err)
             ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_POSTCOPY_EOS, err);
             if (ret == 0)
                 ret = lm_pc_dst_wait_placed(&m->pcd, err);
+        } else if (in->lazy) {
+            /* Lazy restore: the guest runs now, its pages on demand. */
+            ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_EOS, err);
+            if (ret == 0)
+                ret = lm_in_lazy_run(in, err);
         } else {
             ret = lm_loadvm_check_complete(&in->lv, LM_LOADVM_AT_EOS, err);
         }

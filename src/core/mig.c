@@ -289,6 +289,11 @@ int lm_mig_set_capabilities(lm_mig *m, uint64_t mask, uint64_t values, lm_error 
         if (ret < 0)
             return lm_error_prefix(err, "capability 'postcopy-ram'");
     }
+    if ((want & (1ull << LM_CAP_X_LAZY_RESTORE)) && !(before & (1ull << LM_CAP_X_LAZY_RESTORE))) {
+        int ret = lm_postcopy_probe(err);
+        if (ret < 0)
+            return lm_error_prefix(err, "capability 'x-lazy-restore'");
+    }
     int ret = 0;
     pthread_mutex_lock(&m->lock);
     if (caps_frozen_locked(m)) {
@@ -473,7 +478,11 @@ int lm_mig_pause(lm_mig *m, lm_error *err)
     int ret = 0;
     pthread_mutex_lock(&m->lock);
     lm_status s = m->status;
-    if (s == LM_STATUS_POSTCOPY_ACTIVE || s == LM_STATUS_POSTCOPY_RECOVER)
+    if (m->role == LM_ROLE_DEST && (m->caps & (1ull << LM_CAP_X_LAZY_RESTORE)))
+        ret = lm_error_set(err, -EINVAL,
+                           "migrate-pause: a lazy restore has no link to pause (its pages "
+                           "come from the file)");
+    else if (s == LM_STATUS_POSTCOPY_ACTIVE || s == LM_STATUS_POSTCOPY_RECOVER)
         link_down_locked(m, -ECONNABORTED, "Postcopy migration is paused by the user");
     else
         ret = lm_error_set(err, -EINVAL,

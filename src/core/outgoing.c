@@ -692,6 +692,13 @@ int lm_outgoing_start(lm_mig *m, const char *uri, lm_error *err)
         pthread_mutex_unlock(&m->lock);
         goto fail;
     }
+    if (m->caps & (1ull << LM_CAP_X_LAZY_RESTORE)) {
+        pthread_mutex_unlock(&m->lock);
+        ret = lm_error_set(err, -EINVAL,
+                           "capability 'x-lazy-restore' is for the destination only "
+                           "(migrate-incoming); turn it off to save");
+        goto fail;
+    }
     if ((ret = lm_mig_tls_select_locked(m, false, &g->uri, err)) < 0) {
         pthread_mutex_unlock(&m->lock);
         goto fail;

@@ -89,6 +89,7 @@ static const struct {
     [LM_CAP_SWITCHOVER_ACK] = {"switchover-ack", true},
     [LM_CAP_DIRTY_LIMIT] = {"dirty-limit", true},
     [LM_CAP_MAPPED_RAM] = {"mapped-ram", true},
+    [LM_CAP_X_LAZY_RESTORE] = {"x-lazy-restore", true},
 };
 
 const char *lm_cap_name(lm_cap c)
@@ -139,6 +140,10 @@ int lm_caps_check(uint64_t set, lm_error *err)
         return lm_error_set(err, -EINVAL, "Multifd is not compatible with xbzrle");
     if ((set & CAP(LM_CAP_MAPPED_RAM)) && (set & CAP(LM_CAP_XBZRLE)))
         return lm_error_set(err, -EINVAL, "Mapped-ram migration is incompatible with xbzrle");
+    if ((set & CAP(LM_CAP_X_LAZY_RESTORE)) && !(set & CAP(LM_CAP_MAPPED_RAM)))
+        return lm_error_set(err, -EINVAL,
+                            "capability 'x-lazy-restore' requires capability 'mapped-ram' "
+                            "(pages are served from their fixed places in the file)");
     if ((set & CAP(LM_CAP_AUTO_CONVERGE)) && (set & CAP(LM_CAP_DIRTY_LIMIT)))
         return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge");
     if (set & CAP(LM_CAP_BACKGROUND_SNAPSHOT)) {

@@ -17,6 +17,7 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     lm_role role = m->role;
     snprintf(out->error_desc, sizeof out->error_desc, "%s", m->error.code ? m->error.msg : "");
     snprintf(out->socket_address, sizeof out->socket_address, "%s", m->socket_address);
+    bool lazy = m->caps & (1ull << LM_CAP_X_LAZY_RESTORE);
     uint64_t total = 0;
     for (unsigned i = 0; i < m->mem.nblocks; i++)
         total += m->mem.blocks[i].len;
@@ -35,6 +36,15 @@ void lm_mig_query(lm_mig *m, lm_info *out)
     if (role == LM_ROLE_DEST) {
         lm_pc_dst_query(&m->pcd, out);
         out->pc_mfd_pages = LM_ATOMIC_GET(&st->mfd.postcopy_pages);
+        if (lazy && out->has_postcopy) {
+            /* Lazy restore: page bytes read from the file, and what is
+             * still to place (every page is owed at the start). */
+            out->has_ram = true;
+            out->transferred = LM_ATOMIC_GET(&st->transferred);
+            out->normal = out->transferred / LM_PAGE_SIZE;
+            out->normal_bytes = out->transferred;
+            out->remaining = out->pc_owed_pages * LM_PAGE_SIZE;
+        }
     }
     if (role != LM_ROLE_SOURCE)
         return;

@@ -22,6 +22,7 @@
  *                                         └──────────────┴──> failed | cancelling ──> cancelled
  *   active ──(POSTCOPY_RUN)──> postcopy-active ──> completed
  *                                    └──> postcopy-paused (any failure: the guest runs on)
+ *                                    └──> failed (lazy restore only: the file failed)
  *
  * Cancelling only ever leads to cancelled (QEMU's rule); postcopy states
  * are never cancelled (they pause instead).
@@ -41,7 +42,9 @@ static const uint32_t allowed[LM_STATUS__MAX] = {
     [LM_STATUS_DEVICE] = S(COMPLETED) | S(FAILED) | S(CANCELLING) | S(POSTCOPY_DEVICE) |
                          S(POSTCOPY_ACTIVE) | S(COLO),
     [LM_STATUS_POSTCOPY_DEVICE] = S(POSTCOPY_ACTIVE) | S(FAILED) | S(POSTCOPY_PAUSED),
-    [LM_STATUS_POSTCOPY_ACTIVE] = S(POSTCOPY_PAUSED) | S(COMPLETED),
+    /* failed: only a lazy restore whose file fails (core/lazy.c): there is
+     * no link to recover, the blocks still owing pages are fenced. */
+    [LM_STATUS_POSTCOPY_ACTIVE] = S(POSTCOPY_PAUSED) | S(COMPLETED) | S(FAILED),
     [LM_STATUS_POSTCOPY_PAUSED] = S(POSTCOPY_RECOVER_SETUP) | S(POSTCOPY_RECOVER),
     [LM_STATUS_POSTCOPY_RECOVER_SETUP] = S(POSTCOPY_PAUSED) | S(POSTCOPY_RECOVER),
     [LM_STATUS_POSTCOPY_RECOVER] = S(POSTCOPY_ACTIVE) | S(POSTCOPY_PAUSED),

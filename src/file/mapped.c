@@ -322,45 +322,65 @@ int lm_mapped_save_complete(lm_mapped *mr, lm_error *err)
 
 /* ------------------------------------------------------------- destination */
 
+int lm_mapped_read_layout(lm_mem *mem, lm_chan *main, const lm_rec_hdr *h, const char *path,
+                          lm_mapped_layout *l, lm_error *err)
+{
+    const lm_mem_stream_map *sm = &mem->smap;
+    uint8_t buf[LM_MAPPED_MAX];
+    int ret = lm_rec_read_payload(main, h, buf, sizeof buf, "mapped-ram layout", err);
+    if (ret < 0)
+        return ret;
+    if (lm_fmt_mapped_decode(buf, h->len, l, err) < 0)
+        return err && err->code ? err->code : -EPROTO;
+    int64_t here = lm_chan_read_offset(main);
+    if (here < 0 || (uint64_t)here != l->record_end)
+        return lm_error_set(err, -EPROTO,
+                            "MAPPED_RAM: corrupt header: it says it ends at byte %llu of the "
+                            "file, but it ends at byte %lld",
+                            (unsigned long long)l->record_end, (long long)here);
+    struct stat st;
+    if (fstat(lm_chan_fd(main), &st) < 0)
+        return lm_error_set(err, -errno, "file '%s': %s", path, strerror(errno));
+    return lm_fmt_mapped_check(l, sm->blocks, sm->nblocks, (uint64_t)st.st_size, err);
+}
+
+int64_t lm_mapped_read_bitmap(int fd, const lm_mapped_layout *l, uint32_t i, const char *name,
+                              const char *path, uint8_t **out, lm_error *err)
+{
+    const lm_mapped_block *lb = &l->b[i];
+    uint64_t nbytes = lm_mapped_bitmap_region(lb->npages);
+    char what[LM_RAM_NAME_MAX + 32];
+    uint8_t *bm = malloc(nbytes);
+    *out = NULL;
+    if (!bm)
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    snprintf(what, sizeof what, "block '%s' bitmap", name);
+    int64_t np = lm_mapped_pread(fd, bm, nbytes, lb->bitmap_offset, path, what, err);
+    if (np == 0)
+        np = lm_fmt_mapped_bitmap_check(bm, lb->npages, i, err);
+    if (np < 0)
+        free(bm);
+    else
+        *out = bm;
+    return np;
+}
+
 int lm_mapped_load(lm_mem *mem, lm_place *pl, lm_chan *main, const lm_rec_hdr *h, const char *path,
                    const lm_mapped_reader *rd, uint64_t *pages, lm_error *err)
 {
     const lm_mem_stream_map *sm = &mem->smap;
-    uint8_t buf[LM_MAPPED_MAX];
     lm_mapped_layout l;
     uint8_t *bm = NULL;
-    int ret = lm_rec_read_payload(main, h, buf, sizeof buf, "mapped-ram layout", err);
+    int ret = lm_mapped_read_layout(mem, main, h, path, &l, err);
     if (ret < 0)
-        return ret;
-    if (lm_fmt_mapped_decode(buf, h->len, &l, err) < 0)
-        return err && err->code ? err->code : -EPROTO;
-    int64_t here = lm_chan_read_offset(main);
-    if (here < 0 || (uint64_t)here != l.record_end)
-        return lm_error_set(err, -EPROTO,
-                            "MAPPED_RAM: corrupt header: it says it ends at byte %llu of the "
-                            "file, but it ends at byte %lld",
-                            (unsigned long long)l.record_end, (long long)here);
-    struct stat st;
-    if (fstat(lm_chan_fd(main), &st) < 0)
-        return lm_error_set(err, -errno, "file '%s': %s", path, strerror(errno));
-    if ((ret = lm_fmt_mapped_check(&l, sm->blocks, sm->nblocks, (uint64_t)st.st_size, err)) < 0)
         return ret;
     uint64_t present = 0;
     for (uint32_t i = 0; i < l.nblocks && ret == 0; i++) {
         lm_ram_block *b = &mem->blocks[sm->map[i]];
         const lm_mapped_block *lb = &l.b[i];
-        uint64_t ps = lb->page_size, nbytes = lm_mapped_bitmap_region(lb->npages);
-        char what[LM_RAM_NAME_MAX + 32];
+        uint64_t ps = lb->page_size;
         free(bm);
-        if (!(bm = malloc(nbytes))) {
-            ret = lm_error_set(err, -ENOMEM, "out of memory");
-            break;
-        }
-        snprintf(what, sizeof what, "block '%s' bitmap", b->name);
-        if ((ret = lm_mapped_pread(lm_chan_fd(main), bm, nbytes, lb->bitmap_offset, path, what,
-                                   err)) < 0)
-            break;
-        int64_t np = lm_fmt_mapped_bitmap_check(bm, lb->npages, i, err);
+        int64_t np = lm_mapped_read_bitmap(lm_chan_fd(main), &l, i, b->name, path, &bm, err);
         if (np < 0) {
             ret = (int)np;
             break;

@@ -84,6 +84,17 @@ typedef struct lm_mapped_reader {
     void *opaque;
 } lm_mapped_reader;
 
+/* Incoming thread, at the MAPPED_RAM record h of main (a file): reads the
+ * layout and checks it against the record's end, the stream's block
+ * table and the file's size (truncated). */
+int lm_mapped_read_layout(lm_mem *mem, lm_chan *main, const lm_rec_hdr *h, const char *path,
+                          lm_mapped_layout *l, lm_error *err);
+/* Reads and checks (CRC, no bit past the end) the bitmap region of the
+ * layout's block i (name: its RAM block's) into *out (malloc'ed, the
+ * caller frees it); returns the present pages, or < 0. */
+int64_t lm_mapped_read_bitmap(int fd, const lm_mapped_layout *l, uint32_t i, const char *name,
+                              const char *path, uint8_t **out, lm_error *err);
+
 /* Incoming thread, at the MAPPED_RAM record h of main (a file): checks the
  * layout against the stream's block table and the file, loads every
  * present page through rd (zero pages through pl: cleared only where an

@@ -105,6 +105,50 @@ int lm_pc_dst_prepare(lm_pc_dst *d, bool blocktime, lm_error *err)
     return ret;
 }
 
+int lm_pc_dst_owe_all(lm_pc_dst *d, lm_error *err)
+{
+    lm_mem *mem = d->mem;
+    for (unsigned i = 0; i < mem->nblocks; i++) {
+        lm_ram_block *b = &mem->blocks[i];
+        lm_pc_block *pb = &d->blk[i];
+        /* As a discard does (lm_pc_dst_load_discard): a hole for shared
+         * memory without minor faults, unmapped pages otherwise. */
+        int advice = pb->kind == LM_PC_SHARED ? MADV_REMOVE : MADV_DONTNEED;
+        if (madvise(b->base, b->len, advice) < 0)
+            return lm_error_set(err, -errno, "lazy restore: madvise(%s) of RAM block '%s': %s",
+                                advice == MADV_REMOVE ? "REMOVE" : "DONTNEED", b->name,
+                                strerror(errno));
+        pthread_mutex_lock(&d->lock);
+        memset(pb->owed, 0xff, lm_bitmap_words(b->npages) * 8);
+        if (b->npages % 64)
+            pb->owed[b->npages / 64] = (1ull << (b->npages % 64)) - 1;
+        d->owed_pages += b->npages;
+        pthread_mutex_unlock(&d->lock);
+        memset(b->received, 0, lm_bitmap_words(b->npages) * 8);
+    }
+    return 0;
+}
+
+void lm_pc_dst_disown(lm_pc_dst *d)
+{
+    pthread_mutex_lock(&d->lock);
+    for (unsigned i = 0; i < d->mem->nblocks; i++)
+        if (d->blk[i].owed)
+            memset(d->blk[i].owed, 0, lm_bitmap_words(d->mem->blocks[i].npages) * 8);
+    d->owed_pages = 0;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
+bool lm_pc_dst_owed_any(lm_pc_dst *d, unsigned bi, uint64_t first, uint64_t count)
+{
+    lm_pc_block *pb = &d->blk[bi];
+    pthread_mutex_lock(&d->lock);
+    bool any = pb->owed && lm_bitmap_next_set(pb->owed, first + count, first) < first + count;
+    pthread_mutex_unlock(&d->lock);
+    return any;
+}
+
 /* POSTCOPY_DISCARD: drop the local copy of owed pages.  Only between the
  * switch and POSTCOPY_RUN (the loader enforces the order). */
 int lm_pc_dst_load_discard(lm_pc_dst *d, lm_chan *c, const lm_rec_hdr *h, bool blocktime,

@@ -217,6 +217,12 @@ typedef struct lm_pc_dst {
      * end comes after main's).  Called with no postcopy lock held. */
     uint64_t (*link_bytes)(void *opaque);
     void *link_opaque;
+    /* Lazy restore (set before listen, fixed until lm_pc_dst_end): a
+     * fault on an owed page is served by this call on the fault thread
+     * (from a file) instead of a request on the return path; it reports
+     * its own failures.  NULL: postcopy's requests. */
+    int (*serve)(void *opaque, unsigned bi, uint64_t page, lm_error *err);
+    void *serve_opaque;
     lm_pc_block blk[LM_RAM_MAX_BLOCKS];
     /* --- rp_lock --- */
     lm_chan *rp;     /* main channel (return path), borrowed */
@@ -248,6 +254,17 @@ void lm_pc_dst_init(lm_pc_dst *d, lm_mem *mem, lm_place *place);
 void lm_pc_dst_destroy(lm_pc_dst *d); /* unregisters, joins */
 /* A new migrate-incoming: forget the last migration's figures. */
 void lm_pc_dst_reset(lm_pc_dst *d);
+/* Lazy restore, after lm_pc_dst_prepare and before listen: every page of
+ * every block is owed, and what memory holds is dropped (each block the
+ * way its kind needs), so that any access faults. */
+int lm_pc_dst_owe_all(lm_pc_dst *d, lm_error *err);
+/* Lazy restore that fails before the guest ever ran: nothing is owed any
+ * more (nobody will read it), so lm_pc_dst_end unregisters without a
+ * fence and the destination can load another file. */
+void lm_pc_dst_disown(lm_pc_dst *d);
+/* True when a page of [first, first + count) of block bi is owed (any
+ * thread; takes lock). */
+bool lm_pc_dst_owed_any(lm_pc_dst *d, unsigned bi, uint64_t first, uint64_t count);
 /* Decides each block's kind, maps the aliases (idempotent; uffd.c). */
 int lm_pc_dst_classify(lm_pc_dst *d, lm_error *err);
 /* Allocates the owed/requested maps, stops the prefault thread

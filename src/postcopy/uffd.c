@@ -252,6 +252,14 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, uint64_t flags)
     }
     if (!ask)
         return; /* asked once already: the page is on its way */
+    if (d->serve) {
+        /* Lazy restore: the page comes from the file now.  A failure is
+         * the serve's owner's to report; the page stays owed and its
+         * thread waits until the fence (lm_pc_dst_end). */
+        lm_error e = {0};
+        d->serve(d->serve_opaque, bi, p, &e);
+        return;
+    }
     uint8_t pl[LM_RAM_PAGES_HDR_SIZE];
     lm_ram_run r = {.block = d->mem->smap.rmap[bi], .count = 1, .first_page = p};
     lm_fmt_req_pages_encode(&r, pl, sizeof pl);

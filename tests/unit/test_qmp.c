@@ -652,6 +652,7 @@ static void test_capabilities(void **state)
         "switchover-ack",
         "dirty-limit",
         "mapped-ram",
+        "x-lazy-restore", /* ours (0.3) */
     };
     conn *c = raw_ready(f->path);
     json_t *r = raw_cmd(c, "{\"execute\": \"query-migrate-capabilities\"}");
