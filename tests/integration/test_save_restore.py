@@ -76,6 +76,20 @@ def stopped_mapped(t):
     save_restore(t, False, ["--mapped-ram", "--multifd", "4"], ["--mapped-ram", "--multifd", "2"])
 
 
+@R.test("save/restore: running guest, --mapped-ram, restore --lazy")
+def running_lazy(t):
+    src = t.guest("src", mem=MEM, fill="random", seed=1, workload="random", dirty_rate="64M")
+    path = os.path.join(t.tmpdir, "snap.lm")
+    cli_ok(["save", "--src", src.sock, "--file", path, "--mapped-ram", "--multifd", "2"], "save")
+    dst = t.guest("dst", mem=MEM, seed=2, incoming="defer", workload="random", dirty_rate="16M")
+    out = cli_ok(["restore", "--dst", dst.sock, "--file", path, "--mapped-ram", "--multifd", "2",
+                  "--lazy"], "restore --lazy")
+    check("restore completed" in out, "restore summary lacks 'restore completed': %r", out)
+    check_eq(caps_of(dst).get("x-lazy-restore"), True, "destination x-lazy-restore")
+    check_eq(dst.query_migrate().get("status"), "completed", "destination status")
+    stop_and_verify(dst)
+
+
 @R.test("save/restore: running guest, --mapped-ram --multifd 2, --json")
 def running_mapped(t):
     src = t.guest("src", mem=MEM, fill="random", seed=1, workload="random", dirty_rate="64M")
