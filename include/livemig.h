@@ -57,7 +57,7 @@ extern "C" {
  * report it.  MAJOR is the shared library's soname number; MINOR grows
  * with compatible additions, MICRO with fixes. */
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 2
+#define LM_VERSION_MINOR 3
 #define LM_VERSION_MICRO 0
 #define LM_VERSION_STR_(x) #x
 #define LM_VERSION_XSTR_(x) LM_VERSION_STR_(x)
@@ -198,7 +198,7 @@ typedef enum lm_cap {
     LM_CAP_SWITCHOVER_ACK,
     LM_CAP_DIRTY_LIMIT,
     LM_CAP_MAPPED_RAM,
-    /* ---- 0.3 ---- */
+    /* ---- 0.3 (lm_mig_query@LIVEMIG_0.3) ---- */
     /* ours, destination only: with mapped-ram and a file: URI, the guest
      * runs as soon as the device state is loaded; its pages come from the
      * file on demand (userfaultfd) while readers place the rest. */

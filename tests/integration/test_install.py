@@ -172,7 +172,7 @@ def exports(t):
         if kind == "A":  # a version node's own symbol
             nodes.append(name)
             continue
-        if "@@" not in name:  # an older version kept for old programs (abi_v01.c)
+        if "@@" not in name:  # an older version kept for old programs (abi_compat.c)
             compat.append(name)
             continue
         base, _, ver = name.partition("@@")
@@ -190,18 +190,19 @@ def exports(t):
         (len(exported), ", ".join(map_order), ", ".join(sorted(compat))))
 
 
-# A program built against the 0.1 header: it allocated the 0.1 sizes of
-# lm_params and lm_info (up to their first 0.2 field) and is bound to the
-# @LIVEMIG_0.1 versions, which must write no byte past that.  The .symver
-# references give this program exactly what an old binary's would.
+# A program built against an older header (0.1, 0.2): it allocated that
+# release's sizes of lm_params and lm_info (up to the first field the next
+# release added) and is bound to the @LIVEMIG_<old> versions, which must
+# write no byte past that.  The .symver references give this program
+# exactly what an old binary's would.
 OLD_PROGRAM = r"""
 #include <livemig.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-__asm__(".symver old_params_default, lm_params_default@LIVEMIG_0.1");
-__asm__(".symver old_get_params, lm_mig_get_params@LIVEMIG_0.1");
-__asm__(".symver old_query, lm_mig_query@LIVEMIG_0.1");
+__asm__(".symver old_params_default, lm_params_default@LIVEMIG_@VER@");
+__asm__(".symver old_get_params, lm_mig_get_params@LIVEMIG_@VER@");
+__asm__(".symver old_query, lm_mig_query@LIVEMIG_@VER@");
 void old_params_default(void *p);
 void old_get_params(lm_mig *m, void *p);
 void old_query(lm_mig *m, void *p);
@@ -210,7 +211,7 @@ static int intact(const unsigned char *b, size_t from, size_t to, const char *wh
 {
     for (size_t i = from; i < to; i++)
         if (b[i] != 0xA5) {
-            printf("%s wrote byte %zu, past the 0.1 size %zu\n", what, i, from);
+            printf("%s wrote byte %zu, past the @VER@ size %zu\n", what, i, from);
             return 0;
         }
     return 1;
@@ -218,7 +219,7 @@ static int intact(const unsigned char *b, size_t from, size_t to, const char *wh
 int main(void)
 {
     static unsigned char p[sizeof(lm_params) + 64], q[sizeof(lm_info) + 64];
-    size_t psz = offsetof(lm_params, vcpu_dirty_limit), isz = offsetof(lm_info, queued_bytes);
+    size_t psz = offsetof(lm_params, @PFIELD@), isz = offsetof(lm_info, @IFIELD@);
     lm_host_ops ops = {.stop = nop, .start = nop};
     lm_mig *m;
     lm_error err = {0};
@@ -228,40 +229,51 @@ int main(void)
     }
     memset(p, 0xA5, sizeof p);
     old_params_default(p);
-    if (!intact(p, psz, sizeof p, "lm_params_default@LIVEMIG_0.1") ||
+    if (!intact(p, psz, sizeof p, "lm_params_default@LIVEMIG_@VER@") ||
         ((lm_params *)p)->downtime_limit != 300)
         return 1;
     memset(p, 0xA5, sizeof p);
     old_get_params(m, p);
-    if (!intact(p, psz, sizeof p, "lm_mig_get_params@LIVEMIG_0.1"))
+    if (!intact(p, psz, sizeof p, "lm_mig_get_params@LIVEMIG_@VER@"))
         return 1;
     memset(q, 0xA5, sizeof q);
     old_query(m, q);
-    if (!intact(q, isz, sizeof q, "lm_mig_query@LIVEMIG_0.1") ||
+    if (!intact(q, isz, sizeof q, "lm_mig_query@LIVEMIG_@VER@") ||
         ((lm_info *)q)->status != LM_STATUS_NONE)
         return 1;
     lm_mig_free(m);
-    puts("0.1 layout kept");
+    puts("@VER@ layout kept");
     return 0;
 }
 """
 
+# Each older release: the first lm_params and lm_info fields the release
+# after it added.
+OLD_RELEASES = (("0.1", "vcpu_dirty_limit", "queued_bytes"),
+                ("0.2", "tls_creds", "has_xbzrle"))
 
-@R.test("a program bound to the LIVEMIG_0.1 versions gets the 0.1 struct sizes")
+
+@R.test("programs bound to the LIVEMIG_0.1 and _0.2 versions get their struct sizes")
 def old_program(t):
     install()
     cc, flags = toolchain()
-    src = os.path.join(WORK, "old01.c")
-    exe = os.path.join(WORK, "old01")
-    with open(src, "w") as f:
-        f.write(OLD_PROGRAM)
-    run([cc, "-O2", "-Wall", "-Werror", "-I", os.path.join(PREFIX, "include"), src, "-o", exe,
-         "-L", os.path.join(PREFIX, "lib"), "-llivemig"] + flags.split(), "building old01.c")
-    p = subprocess.run([exe], env=dict(os.environ, LD_LIBRARY_PATH=os.path.join(PREFIX, "lib")),
-                       capture_output=True, timeout=scaled(30))
-    out = (p.stdout + p.stderr).decode(errors="replace")
-    check(p.returncode == 0 and "0.1 layout kept" in out, "old01: exit %d: %s", p.returncode,
-          out)
+    for ver, pfield, ifield in OLD_RELEASES:
+        tag = "old" + ver.replace(".", "")
+        src = os.path.join(WORK, tag + ".c")
+        exe = os.path.join(WORK, tag)
+        with open(src, "w") as f:
+            f.write(OLD_PROGRAM.replace("@VER@", ver).replace("@PFIELD@", pfield)
+                    .replace("@IFIELD@", ifield))
+        run([cc, "-O2", "-Wall", "-Werror", "-I", os.path.join(PREFIX, "include"), src, "-o",
+             exe, "-L", os.path.join(PREFIX, "lib"), "-llivemig"] + flags.split(),
+            "building %s.c" % tag)
+        p = subprocess.run([exe],
+                           env=dict(os.environ, LD_LIBRARY_PATH=os.path.join(PREFIX, "lib")),
+                           capture_output=True, timeout=scaled(30))
+        out = (p.stdout + p.stderr).decode(errors="replace")
+        check(p.returncode == 0 and ver + " layout kept" in out, "%s: exit %d: %s", tag,
+              p.returncode, out)
+        log("%s: %s" % (tag, out.strip()))
 
 
 def toolchain():
