@@ -16,7 +16,7 @@
  *    does not block on migration I/O (it takes an internal mutex briefly).
  *
  * ABI (docs/api.md has the whole stance).  liblivemig.so.LM_VERSION_MAJOR
- * exports exactly the LM_API functions (symbol version LIVEMIG_0.1); any
+ * exports exactly the LM_API functions (version nodes: cmake/livemig.map); any
  * incompatible change bumps the major version, also before 1.0.
  *  - Opaque handles (lm_mig, lm_qmp_server, lm_qmp_client, lm_device_out)
  *    may change freely.
