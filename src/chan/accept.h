@@ -4,7 +4,9 @@
  * stranger that connects and says nothing costs one slot for a bounded
  * time; it never delays the connections that do speak (issue 12, defect 1).
  *
- * Threads: an acceptor belongs to the one thread that calls it.  Another
+ * Threads: an acceptor belongs to the one thread that calls it (the pool
+ * of greeting slots it shares with every other acceptor of the process
+ * has a lock of its own, accept.c).  Another
  * thread interrupts lm_acceptor_next() by making cancel_fd readable (an
  * eventfd written once) or by shutdown(2) of the listening socket.
  */
@@ -18,6 +20,12 @@
 
 /* The most a greeting may be (bytes). */
 #define LM_ACCEPT_GREETING_MAX 64
+/* Process-wide bound on connections greeting across every acceptor
+ * (accept.c): each has LM_ACCEPT_OWN_SLOTS of its own (a source's main,
+ * multifd and preempt channels fit), the rest of its max_pending comes
+ * from one pool of LM_ACCEPT_POOL_SLOTS shared by the whole process. */
+#define LM_ACCEPT_OWN_SLOTS 32
+#define LM_ACCEPT_POOL_SLOTS 1024
 
 typedef struct lm_acceptor_cfg {
     size_t greeting_len;     /* bytes every connection must send first, <= LM_ACCEPT_GREETING_MAX */
@@ -59,6 +67,11 @@ int lm_acceptor_add(lm_acceptor *a, int fd, lm_error *err);
  * err: the caller names timeouts and cancels in its own words. */
 int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t *buf, size_t *len,
                      lm_error *err);
+
+/* Changes the pool's sizes (tests; acceptors created later get `own`);
+ * and the pool slots taken now, by every acceptor of the process. */
+void lm_acceptor_set_pool(unsigned own, unsigned max);
+unsigned lm_acceptor_pool_used(void);
 
 /* Connections greeting now, and the counters so far. */
 unsigned lm_acceptor_pending(const lm_acceptor *a);
