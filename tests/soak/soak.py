@@ -72,6 +72,7 @@ FAULTS = [
     ("cut", 2, None),
     ("blackhole", 2, None),
     ("pause-recover", 2, POSTCOPY),
+    ("cut-recovery", 2, POSTCOPY),
 ]
 
 SLOW_BW = 24 * 1000 * 1000   # precopy held so that a fault lands mid-way
@@ -234,7 +235,7 @@ class Soak:
         n = self.verify(dst, what)
         return "%s: completed, %s verified %d pages" % (what, dst.name, n)
 
-    def recover(self, src, dst):
+    def recover(self, src, dst, wait=True):
         wait_status(src, "postcopy-paused", 40, fail_on=FINAL)
         wait_status(dst, "postcopy-paused", 40, fail_on=FINAL)
         try:
@@ -247,8 +248,10 @@ class Soak:
                            lifetime=scaled(self.a.op_bound) + 30)
         self.proxies.append(px)
         src.qmp.execute("migrate", {"uri": px.uri, "resume": True})
-        wait_status(src, ("postcopy-active", "completed"), 40,
-                    fail_on=("failed", "cancelled", "postcopy-paused"))
+        if wait:
+            wait_status(src, ("postcopy-active", "completed"), 40,
+                        fail_on=("failed", "cancelled", "postcopy-paused"))
+        return px
 
     def after_failure(self, src, dst, want=("failed", "cancelled")):
         """The source's migration ended without completing: it runs on
@@ -301,6 +304,25 @@ class Soak:
             self.recover(src, dst)
             return self.complete(src, dst, "paused at %s, recovered" % side.name), dst
 
+        if fault == "cut-recovery":
+            # A cut, then another at a random moment of the recovery
+            # (postcopy-recover-setup, -recover or active again).
+            self.switch(src, dst)
+            px.cut()
+            px2 = self.recover(src, dst, wait=False)
+            time.sleep(self.rng.uniform(0.0, 0.3))
+            px2.cut()
+            info = wait_status(src, ("postcopy-paused", "postcopy-active", "completed"), 40,
+                               fail_on=("failed", "cancelled"))
+            if info.get("status") == "postcopy-active":
+                # Recovered before the cut: it pauses now.
+                info = wait_status(src, ("postcopy-paused", "completed"), 40,
+                                   fail_on=("failed", "cancelled"))
+            was = info.get("status")
+            if was == "postcopy-paused":
+                self.recover(src, dst)
+            return self.complete(src, dst, "cut, recovery cut (%s), recovered" % was), dst
+
         # The rest act at a random moment: in precopy, or after the switch
         # (cancel-random in the precopy phase of a postcopy migration).
         if pc and fault != "cancel-random":
@@ -346,10 +368,13 @@ class Soak:
         raise Bad("unknown fault %s" % fault)
 
     def pick(self):
-        mode = self.rng.choice(sorted(MODES))
-        ok = [(f, w) for f, w, modes in FAULTS if modes is None or mode in modes]
+        mode = self.rng.choice(self.a.modes)
+        ok = [(f, w) for f, w, modes in FAULTS
+              if (modes is None or mode in modes) and f in self.a.faults]
         if is_postcopy(mode):
             ok = [(f, w) for f, w in ok if f not in ("cancel-dest", "cancel-pre-switchover")]
+        if not ok:
+            return "none", mode
         total = sum(w for _, w in ok)
         r = self.rng.uniform(0, total)
         for f, w in ok:
@@ -461,7 +486,19 @@ def main():
     ap.add_argument("--max-ops", type=int, default=0)
     ap.add_argument("--recycle", type=int, default=8,
                     help="a fresh source guest after this many operations (0: never)")
+    ap.add_argument("--faults", default=",".join(f for f, _, _ in FAULTS),
+                    help="comma-separated faults to draw from (default: all)")
+    ap.add_argument("--modes", default=",".join(sorted(MODES)),
+                    help="comma-separated modes to draw from (default: all)")
     a = ap.parse_args()
+    a.faults = a.faults.split(",")
+    a.modes = a.modes.split(",")
+    for f in a.faults:
+        if f not in [x for x, _, _ in FAULTS]:
+            ap.error("unknown fault %r" % f)
+    for m in a.modes:
+        if m not in MODES:
+            ap.error("unknown mode %r" % m)
     if a.seed in (None, "date"):
         a.seed = int(datetime.datetime.utcnow().strftime("%Y%m%d"))
     else:
