@@ -10,13 +10,18 @@ SIGKILL of the destination or of the source, a cut (RST) or a black hole
 of every channel, or, in postcopy, a pause followed by a recovery
 (migrate-recover + migrate resume=true).  Then:
   - a migration that completed: the destination must run and verify
-    (x-guest-verify: every page the source wrote is there, 0 bad pages);
-    it becomes the source of the next operation (guests hop);
+    (x-guest-verify: every page the source wrote is there, 0 bad pages),
+    the source must not run; the destination becomes the source of the
+    next operation (guests hop);
   - a migration that failed or was cancelled in precopy: the source must
     run on and verify; it stays the source of the next operation;
   - a postcopy whose peer we killed: the guest is gone with it (its
     memory was split); the survivor must be alive and paused, then is
-    stopped.
+    stopped;
+  - every destination must end once its links are gone (failed,
+    cancelled, or postcopy-paused), or still listen in setup when no
+    channel of the source reached it; one that did not complete must not
+    run the guest.
 Every operation has a bound (--op-bound seconds): one that exceeds it
 counts as hung.  A process that died without our SIGKILL, exited non-zero
 after quit, or whose log holds a sanitizer report counts as a crash.
@@ -231,6 +236,9 @@ class Soak:
             wait_status(src, "completed", 40)
         wait_status(dst, "completed", 30)
         lmtest.wait_runstate(dst, "running", 20)
+        # The guest runs in one place only.
+        if src.status() == "running":
+            raise Bad("%s runs after its migration completed" % src.name)
         self.completed += 1
         n = self.verify(dst, what)
         return "%s: completed, %s verified %d pages" % (what, dst.name, n)
@@ -420,6 +428,11 @@ class Soak:
                 di = wait_status(dst, FINAL + ("postcopy-paused", "setup"), 30, fail_on=())
                 if di.get("status") == "setup" and di.get("ram", {}).get("transferred"):
                     raise Bad("%s in setup with pages received: %r" % (dst.name, di))
+                # One that did not complete never runs the guest (the
+                # source does, or, in postcopy-paused, only it does).
+                if di.get("status") != "postcopy-paused" and dst.status() == "running":
+                    raise Bad("%s runs after its migration ended %s" %
+                              (dst.name, di.get("status")))
         except Hung:
             text = "exceeded its bound of %.0f s" % scaled(self.a.op_bound)
             verdict = "HUNG"
