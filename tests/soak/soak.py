@@ -82,7 +82,7 @@ FAULTS = [
 
 SLOW_BW = 24 * 1000 * 1000   # precopy held so that a fault lands mid-way
 HOLD_PC = 256 * 1000         # postcopy background push held the same way
-TIMEOUT_MS = int(1000 * scaled(1))  # x-precopy/x-postcopy-timeout-ms
+TIMEOUT_MS = int(2000 * scaled(1))  # x-precopy/x-postcopy-timeout-ms (a black hole)
 FINAL = ("completed", "failed", "cancelled")
 
 
