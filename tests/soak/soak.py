@@ -108,7 +108,8 @@ class Soak:
         self.rng = random.Random(a.seed)
         self.tmp = tempfile.mkdtemp(prefix="lm-soak-", dir="/tmp")
         self.nguest = 0
-        self.killed = set()    # pids we SIGKILLed
+        self.killed = set()    # pids we signalled
+        self.reported = set()  # pids counted as crashed
         self.src = None
         self.ops = 0
         self.faults = {}
@@ -170,6 +171,7 @@ class Soak:
                 pass
             if g.proc.poll() is None:
                 self.hung.append("%s did not exit within %.0f s of quit" % (g.name, scaled(10)))
+                self.killed.add(g.pid)  # the signals that follow are ours
         g.stop()
         self.check_dead(g)
         if has_sanitizer_report(g.log_tail(64 << 20)):
@@ -177,10 +179,13 @@ class Soak:
                                 (g.name, lmtest.sanitizer_summary(g.log_tail(64 << 20))))
 
     def check_dead(self, g):
+        """A process that ended without a signal of ours must have exited 0
+        (after quit); each counts once."""
         rc = g.proc.poll()
-        if rc is None or g.pid in self.killed:
+        if rc is None or g.pid in self.killed or g.pid in self.reported:
             return
-        if rc != 0 and rc not in (-signal.SIGTERM, -signal.SIGKILL):
+        if rc != 0:
+            self.reported.add(g.pid)
             self.crashes.append("%s exited with %s: %s" % (g.name, rc, g.log_tail(600)))
 
     def check_alive(self, *gs):
