@@ -13,7 +13,20 @@
  * when a new one comes, so a source that connects and speaks at once is
  * never the one closed.
  *
- * Threads: one owner thread, no locks (accept.h).
+ * A process may hold several listeners at once (one per lm_mig whose
+ * incoming migration or recovery is accepting: a host may run many guests
+ * in one process), so the per-listener cap alone does not bound what
+ * strangers make the process hold.  Each acceptor has a few slots of its
+ * own (pool_own: enough for a source's channels, so a crowd at one
+ * listener never keeps the real source of another out); beyond them it
+ * takes slots from one process-wide pool (pool_max), and when the pool is
+ * empty it closes its own oldest silent connection instead.  Connections
+ * greeting in the whole process: at most pool_max + pool_own x listeners,
+ * and listeners are opened by the host, never by a peer.
+ *
+ * Threads: an acceptor has one owner thread (accept.h); the pool is shared
+ * by every acceptor's thread, guarded by pool_lock (a leaf lock: nothing
+ * else is taken under it).
  */
 #include "chan/accept.h"
 
@@ -24,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,11 +64,20 @@ typedef struct pend {
     char fail_msg[LM_ERROR_MSG_MAX];
 } pend;
 
+/* The process-wide pool of greeting slots (see the top). */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned pool_own = LM_ACCEPT_OWN_SLOTS;  /* guarded by pool_lock */
+static unsigned pool_max = LM_ACCEPT_POOL_SLOTS; /* guarded by pool_lock */
+static unsigned pool_used;                       /* guarded by pool_lock */
+
 struct lm_acceptor {
     int lfd, cancel_fd;
     lm_acceptor_cfg cfg;
     pend *p; /* in arrival order: p[0] is the oldest */
     unsigned n;
+    unsigned own;       /* slots of its own (pool_own when created) */
+    unsigned pooled;    /* slots taken from the pool: >= n - own, given back
+                         * down to that by pool_settle() */
     struct pollfd *pfd; /* cancel, listener, then one per pending */
     lm_acceptor_stats st;
     /* what TLS made of the connection handed over last (take_tls) */
@@ -87,8 +110,52 @@ int lm_acceptor_new(int lfd, int cancel_fd, const lm_acceptor_cfg *cfg, lm_accep
     a->lfd = lfd;
     a->cancel_fd = cancel_fd;
     a->cfg = *cfg;
+    pthread_mutex_lock(&pool_lock);
+    a->own = pool_own;
+    pthread_mutex_unlock(&pool_lock);
     *out = a;
     return 0;
+}
+
+void lm_acceptor_set_pool(unsigned own, unsigned max)
+{
+    pthread_mutex_lock(&pool_lock);
+    pool_own = own;
+    pool_max = max;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+unsigned lm_acceptor_pool_used(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    unsigned n = pool_used;
+    pthread_mutex_unlock(&pool_lock);
+    return n;
+}
+
+/* One more slot from the pool for a; false when it is empty. */
+static bool pool_take(lm_acceptor *a)
+{
+    pthread_mutex_lock(&pool_lock);
+    bool ok = pool_used < pool_max;
+    if (ok)
+        pool_used++;
+    pthread_mutex_unlock(&pool_lock);
+    if (ok)
+        a->pooled++;
+    return ok;
+}
+
+/* Gives back the pool slots a holds beyond its connections' need. */
+static void pool_settle(lm_acceptor *a)
+{
+    unsigned need = a->n > a->own ? a->n - a->own : 0;
+    if (a->pooled <= need)
+        return;
+    pthread_mutex_lock(&pool_lock);
+    pool_used -= a->pooled - need;
+    pthread_mutex_unlock(&pool_lock);
+    a->pooled = need;
 }
 
 static void drop(lm_acceptor *a, unsigned i)
@@ -106,6 +173,7 @@ void lm_acceptor_free(lm_acceptor *a)
     while (a->n)
         drop(a, a->n - 1);
     lm_tls_free(a->last_tls);
+    pool_settle(a);
     free(a->p);
     free(a->pfd);
     free(a);
@@ -143,11 +211,15 @@ static bool evict(lm_acceptor *a)
     return false;
 }
 
-/* Room for one more connection under the cap; false when every slot holds
- * a complete greeting not handed over yet. */
+/* Room for one more connection under the caps (this acceptor's, and the
+ * process-wide pool beyond its own slots); false when every slot it has
+ * holds a complete greeting not handed over yet.  A slot freed by evict()
+ * keeps its pool slot for the newcomer (given back only by pool_settle). */
 static bool make_room(lm_acceptor *a)
 {
-    return a->n < a->cfg.max_pending || evict(a);
+    if (a->n < a->cfg.max_pending && (a->n < a->own || a->pooled > a->n - a->own || pool_take(a)))
+        return true;
+    return evict(a);
 }
 
 /* A place for one more connection, NULL when every slot holds a complete
@@ -182,15 +254,17 @@ int lm_acceptor_add(lm_acceptor *a, int fd, lm_error *err)
 static int accept_some(lm_acceptor *a, lm_error *err)
 {
     for (int k = 0; k < ACCEPT_BURST; k++) {
-        if (!make_room(a))
-            return 0; /* the listener waits until the caller took one */
         if (k > 0) {
             /* More waiting?  Asked with a zero-timeout poll rather than a
-             * non-blocking accept: an fd: listener's flags are the host's. */
+             * non-blocking accept: an fd: listener's flags are the host's.
+             * Asked before making room, so that no connection is closed
+             * for a newcomer that is not there. */
             struct pollfd lp = {.fd = a->lfd, .events = POLLIN};
             if (poll(&lp, 1, 0) <= 0 || !(lp.revents & POLLIN))
                 return 0;
         }
+        if (!make_room(a))
+            return 0; /* the listener waits until the caller took one */
         int fd = accept4(a->lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0) {
             pend *p = slot(a); /* room was made above */
@@ -323,6 +397,7 @@ static void hand_over(lm_acceptor *a, unsigned i, int *fd_out, uint8_t *buf, siz
     memcpy(a->last_msg, p->fail_msg, sizeof a->last_msg);
     memmove(&a->p[i], &a->p[i + 1], (a->n - i - 1) * sizeof *a->p);
     a->n--;
+    pool_settle(a);
 }
 
 int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t *buf, size_t *len,
@@ -347,6 +422,7 @@ int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t 
                 i++;
             }
         }
+        pool_settle(a); /* after timeouts, drops, evictions */
         if (a->lfd < 0 && a->n == 0 && expired)
             return -ETIMEDOUT;
         if (deadline_ns && now >= deadline_ns)

@@ -7,7 +7,9 @@
  * loop, one non-blocking step at a time, within the same deadline, and
  * the greeting is read inside TLS.
  *
- * Threads: an acceptor belongs to the one thread that calls it.  Another
+ * Threads: an acceptor belongs to the one thread that calls it (the pool
+ * of greeting slots it shares with every other acceptor of the process
+ * has a lock of its own, accept.c).  Another
  * thread interrupts lm_acceptor_next() by making cancel_fd readable (an
  * eventfd written once) or by shutdown(2) of the listening socket.
  */
@@ -21,6 +23,12 @@
 
 /* The most a greeting may be (bytes). */
 #define LM_ACCEPT_GREETING_MAX 64
+/* Process-wide bound on connections greeting across every acceptor
+ * (accept.c): each has LM_ACCEPT_OWN_SLOTS of its own (a source's main,
+ * multifd and preempt channels fit), the rest of its max_pending comes
+ * from one pool of LM_ACCEPT_POOL_SLOTS shared by the whole process. */
+#define LM_ACCEPT_OWN_SLOTS 32
+#define LM_ACCEPT_POOL_SLOTS 1024
 
 struct lm_tls;
 struct lm_tls_creds;
@@ -79,6 +87,11 @@ int lm_acceptor_next(lm_acceptor *a, uint64_t deadline_ns, int *fd_out, uint8_t 
  * as such), < 0 when its handshake or authorisation failed (err says why;
  * len was 0, the fd is still the caller's to close). */
 int lm_acceptor_take_tls(lm_acceptor *a, struct lm_tls **tls, lm_error *err);
+
+/* Changes the pool's sizes (tests; acceptors created later get `own`);
+ * and the pool slots taken now, by every acceptor of the process. */
+void lm_acceptor_set_pool(unsigned own, unsigned max);
+unsigned lm_acceptor_pool_used(void);
 
 /* Connections greeting now, and the counters so far. */
 unsigned lm_acceptor_pending(const lm_acceptor *a);

@@ -69,6 +69,12 @@ int lm_uri_parse_file(const char *uri, const char *rest, lm_uri *u, lm_error *er
     }
     if (plen == 0)
         return lm_error_set(err, -EINVAL, "bad file: URI: empty path");
+    /* Nor before ,offset=: "file:a,b,offset=0" would format back (offset
+     * 0 is not written) as "file:a,b", which names an option "b"; the
+     * fuzzing campaign found it (docs/reliability.md). */
+    if (memchr(rest, ',', plen))
+        return lm_error_set(err, -EINVAL,
+                            "bad file: URI: ',' in the path (only ,offset=N may follow the path)");
     if (plen >= sizeof u->file)
         return lm_error_set(err, -ENAMETOOLONG, "bad file: URI: path is %zu bytes, at most %zu",
                             plen, sizeof u->file - 1);

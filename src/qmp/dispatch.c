@@ -151,7 +151,7 @@ static void run_server_cmd(lm_qmp_server *s, client *c, lm_qmp_request *req,
         lm_qmp_srv_reply_error(c, req->id, "GenericError", err.msg[0] ? err.msg : "out of memory");
 }
 
-static void dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
+void lm_qmp_srv_dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req)
 {
     const char *name = req->execute;
 
@@ -247,7 +247,7 @@ void lm_qmp_srv_process_input(lm_qmp_server *s, client *c)
         if (lm_qmp_request_check(v, &req) < 0)
             lm_qmp_srv_reply_error(c, req.id, req.err_class, req.err_desc);
         else
-            dispatch(s, c, &req);
+            lm_qmp_srv_dispatch(s, c, &req);
         lm_qmp_request_fini(&req);
         lm_qmp_fds_settle(c); /* descriptors that came with it and were not taken */
     }

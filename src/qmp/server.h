@@ -141,6 +141,10 @@ int lm_qmp_srv_find_host_cmd(lm_qmp_server *s, const char *name);
 void lm_qmp_srv_host_cmds_fini(lm_qmp_server *s);
 /* dispatch.c: runs the complete requests client c has buffered. */
 void lm_qmp_srv_process_input(lm_qmp_server *s, client *c);
+/* One checked request of c: built-in, descriptor or host command, or
+ * CommandNotFound; exactly one reply is queued (fuzz_qmpcmd.c calls it
+ * directly, without a socket). */
+void lm_qmp_srv_dispatch(lm_qmp_server *s, client *c, lm_qmp_request *req);
 
 /* fds.c, server thread only. */
 /* Takes the n descriptors of one recvmsg() that brought nbytes of input,

@@ -2,7 +2,8 @@
  * test_accept.c - the acceptor (src/chan/accept.c): connections greeting
  * at once, each with its deadline, a cap that closes the oldest silent
  * one (never one that spoke), silent closes dropped, cancel through the
- * eventfd, and the connected-fd mode (no listener) timing out.
+ * eventfd, the connected-fd mode (no listener) timing out, and the
+ * process-wide pool two listeners share.
  *
  * Threads: none besides the test's; the peers are sockets it holds.
  * Timing: deadlines are checked from below (not before their time) and
@@ -31,9 +32,9 @@
 #define LATE_MS 20000
 #define GREETING 8
 
-static int listener(char *path, size_t cap)
+static int listener_tag(char *path, size_t cap, const char *tag)
 {
-    snprintf(path, cap, "/tmp/lm-accept-test-%d.sock", (int)getpid());
+    snprintf(path, cap, "/tmp/lm-accept-test-%d%s.sock", (int)getpid(), tag);
     unlink(path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -50,6 +51,11 @@ static int dial(const char *path)
     snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
     return fd;
+}
+
+static int listener(char *path, size_t cap)
+{
+    return listener_tag(path, cap, "");
 }
 
 /* The acceptor closed our peer: EOF (or a reset) on our side. */
@@ -166,11 +172,88 @@ static void test_deadlines_and_cancel(void **state)
     unlink(path);
 }
 
+/* Takes in what the listener has queued (a deadline far longer than the
+ * one poll round that needs: the connections are in the backlog). */
+static void take_in(lm_acceptor *a)
+{
+    int fd;
+    size_t len;
+    uint8_t buf[GREETING];
+    assert_int_equal(lm_acceptor_next(a, lm_now_ns() + 300000000ull, &fd, buf, &len, NULL),
+                     -ETIMEDOUT);
+}
+
+/* Two listeners in one process share the pool beyond their own slots: a
+ * crowd at one cannot make the process hold more than the pool, nor keep
+ * the other's source out (issue 12, item 3: a total cap). */
+static void test_pool_shared_by_listeners(void **state)
+{
+    char pa[108], pb[108];
+    int la = listener_tag(pa, sizeof pa, "a"), lb = listener_tag(pb, sizeof pb, "b");
+    lm_acceptor_set_pool(2, 3);
+    lm_acceptor_cfg cfg = {
+        .greeting_len = GREETING, .greeting_timeout_ms = 60000, .max_pending = 100};
+    lm_acceptor *a = NULL, *b = NULL;
+    assert_int_equal(lm_acceptor_new(la, -1, &cfg, &a, NULL), 0);
+    assert_int_equal(lm_acceptor_new(lb, -1, &cfg, &b, NULL), 0);
+    /* A: six silent ones; two of its own and the three of the pool hold
+     * five, the sixth closed A's oldest. */
+    int sa[6], sb[6];
+    for (int i = 0; i < 6; i++)
+        sa[i] = dial(pa);
+    take_in(a);
+    assert_int_equal(lm_acceptor_pending(a), 5);
+    assert_int_equal(lm_acceptor_pool_used(), 3);
+    assert_true(closed_by_acceptor(sa[0]));
+    assert_false(closed_by_acceptor(sa[5]));
+    /* B: the pool is empty, B has its own two; a third closes B's oldest
+     * (not one of A's). */
+    for (int i = 0; i < 3; i++)
+        sb[i] = dial(pb);
+    take_in(b);
+    assert_int_equal(lm_acceptor_pending(b), 2);
+    assert_int_equal(lm_acceptor_pool_used(), 3);
+    assert_true(closed_by_acceptor(sb[0]));
+    assert_false(closed_by_acceptor(sa[1]));
+    /* B's source still gets in. */
+    int speaker = dial(pb);
+    assert_int_equal(write(speaker, "HELLO123", GREETING), GREETING);
+    int fd = -1;
+    size_t len = 0;
+    uint8_t buf[GREETING];
+    assert_int_equal(lm_acceptor_next(b, lm_now_ns() + LATE_MS * 1000000ull, &fd, buf, &len, NULL),
+                     0);
+    assert_int_equal(len, GREETING);
+    close(fd);
+    assert_int_equal(lm_acceptor_pending(b), 1);
+    /* A gone, its pool slots are B's to take. */
+    lm_acceptor_free(a);
+    assert_int_equal(lm_acceptor_pool_used(), 0);
+    for (int i = 3; i < 6; i++)
+        sb[i] = dial(pb);
+    take_in(b);
+    assert_int_equal(lm_acceptor_pending(b), 4);
+    assert_int_equal(lm_acceptor_pool_used(), 2);
+    lm_acceptor_free(b);
+    assert_int_equal(lm_acceptor_pool_used(), 0);
+    lm_acceptor_set_pool(LM_ACCEPT_OWN_SLOTS, LM_ACCEPT_POOL_SLOTS);
+    for (int i = 0; i < 6; i++) {
+        close(sa[i]);
+        close(sb[i]);
+    }
+    close(speaker);
+    close(la);
+    close(lb);
+    unlink(pa);
+    unlink(pb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_speakers_first_silent_evicted),
         cmocka_unit_test(test_deadlines_and_cancel),
+        cmocka_unit_test(test_pool_shared_by_listeners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

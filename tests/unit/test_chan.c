@@ -161,6 +161,9 @@ static const struct bad_uri bad_uris[] = {
     {"file:/x,offset=99999999999999999999", "offset is too large"},
     {"file:/x,offset=0x8000000000000000", "offset is too large"},
     {"file:/x,size=4", "unknown option after ','"},
+    /* Found by fuzz_uri: it formatted back as "file:/a,b", another URI. */
+    {"file:/a,b,offset=0", "',' in the path"},
+    {"file:/a,b,offset=16", "',' in the path"},
     {"tcp:host", "bad URI 'tcp:host': missing ':PORT'"},
     {"tcp:host:", "missing port"},
     {"tcp::4444", "empty host"},
