@@ -216,7 +216,13 @@ class Soak:
         return g.query_migrate().get("ram", {}).get("transferred", 0)
 
     def start(self, src, dst, px, mode, slow):
-        set_params(src, {"max-bandwidth": SLOW_BW if slow else 0,
+        # A postcopy mode's precopy is always held (SLOW_BW: seconds for the
+        # guest's RAM) so that the switch after 2 MB comes before precopy
+        # could complete on its own: unheld, an idle 128 MiB guest
+        # completed in tens of ms, before the switch, in 21 of 1821
+        # operations of a 60-minute run.  complete() lifts the limit.
+        held = slow or mode.startswith("postcopy")
+        set_params(src, {"max-bandwidth": SLOW_BW if held else 0,
                          "max-postcopy-bandwidth": HOLD_PC if slow else 0,
                          "downtime-limit": 300})
         src.qmp.execute("migrate", {"uri": px.uri})
@@ -369,7 +375,18 @@ class Soak:
                 self.check_alive(dst)
                 self.lost += 1
                 return "destination postcopy-paused, alive (guest lost with the source)", None
-            info = wait_status(dst, "failed", 40, fail_on=("completed", "cancelled"))
+            try:
+                info = wait_status(dst, "failed", 40, fail_on=("completed", "cancelled"))
+            except TestFailure:
+                # Killed before any of its channels said HELLO: to the
+                # destination those connections were strangers', dropped
+                # without failing it (issue 12 defect 1); it still listens,
+                # with nothing received.
+                di = dst.query_migrate()
+                if di.get("status") != "setup" or di.get("ram", {}).get("transferred"):
+                    raise
+                self.check_alive(dst)
+                return "destination still in setup (source killed before its HELLO), alive", None
             self.check_alive(dst)
             return "destination failed (%s), alive" % (info.get("error-desc") or "")[:70], None
         if fault in ("cut", "blackhole"):
