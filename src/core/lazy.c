@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <time.h>
 
 static bool lazy_owed(void *opaque, unsigned bi, uint64_t first, uint64_t count)
 {
@@ -96,8 +97,24 @@ int lm_in_lazy_run(lm_incoming *in, lm_error *err)
         if (ret < 0)
             return ret;
         if (lm_lazy_done(in->lazy)) {
+            /* A fault's cluster may still be in flight: its UFFDIO_COPY
+             * mapped pages a reader then found there (EEXIST, skipped),
+             * and the fault thread clears their owed bits only after the
+             * ioctl returns.  So wait, bounded, while the count moves;
+             * one that stays put for 1 s is a real loss. */
             pthread_mutex_lock(&d->lock);
             owed = d->owed_pages;
+            while (owed) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_sec += 1;
+                int w = 0;
+                while (d->owed_pages == owed && w == 0)
+                    w = pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+                if (d->owed_pages == owed)
+                    break; /* no progress in 1 s */
+                owed = d->owed_pages;
+            }
             pthread_mutex_unlock(&d->lock);
             if (owed)
                 return lm_error_set(err, -EPROTO,
