@@ -80,22 +80,36 @@ static bool readable(const char *path)
     return access(path, R_OK) == 0;
 }
 
-int lm_tls_creds_x509_new(const char *dir, bool server, bool verify_peer, lm_tls_creds **out,
-                          lm_error *err)
+/* The part both kinds share: the library ready, dir given, a credentials
+ * object with one reference for the endpoint and dir. */
+static int creds_new(const char *kind, const char *dir, bool server, lm_tls_creds **out,
+                     lm_error *err)
 {
     *out = NULL;
     int r = gnutls_ready(err);
     if (r < 0)
         return r;
     if (!dir || !*dir)
-        return lm_error_set(err, -EINVAL, "tls-creds-x509: 'dir' is required");
+        return lm_error_set(err, -EINVAL, "%s: 'dir' is required", kind);
     lm_tls_creds *c = calloc(1, sizeof *c);
     if (!c)
         return lm_error_set(err, -ENOMEM, "out of memory");
     atomic_init(&c->refs, 1);
     c->server = server;
-    c->verify_peer = verify_peer;
     snprintf(c->dir, sizeof c->dir, "%s", dir);
+    *out = c;
+    return 0;
+}
+
+int lm_tls_creds_x509_new(const char *dir, bool server, bool verify_peer, lm_tls_creds **out,
+                          lm_error *err)
+{
+    *out = NULL;
+    lm_tls_creds *c;
+    int r = creds_new("tls-creds-x509", dir, server, &c, err);
+    if (r < 0)
+        return r;
+    c->verify_peer = verify_peer;
     char ca[600], cert[600], key[600];
     snprintf(ca, sizeof ca, "%s/ca-cert.pem", dir);
     snprintf(cert, sizeof cert, "%s/%s-cert.pem", dir, server ? "server" : "client");
@@ -154,18 +168,11 @@ int lm_tls_creds_psk_new(const char *dir, bool server, const char *username, lm_
                          lm_error *err)
 {
     *out = NULL;
-    int r = gnutls_ready(err);
+    lm_tls_creds *c;
+    int r = creds_new("tls-creds-psk", dir, server, &c, err);
     if (r < 0)
         return r;
-    if (!dir || !*dir)
-        return lm_error_set(err, -EINVAL, "tls-creds-psk: 'dir' is required");
-    lm_tls_creds *c = calloc(1, sizeof *c);
-    if (!c)
-        return lm_error_set(err, -ENOMEM, "out of memory");
-    atomic_init(&c->refs, 1);
-    c->server = server;
     c->psk = true;
-    snprintf(c->dir, sizeof c->dir, "%s", dir);
     char path[600];
     snprintf(path, sizeof path, "%s/keys.psk", dir);
     if (server) {
